@@ -1,0 +1,7 @@
+"""LightningDataModules, one per dataset, over torch_geometric datasets."""
+
+from datamodules.darcy import DarcyDataModule, DarcyDataset
+from datamodules.mesh_datamodule import MeshDataModule
+from datamodules.mesh_dataset import MeshDataset
+
+__all__ = ["DarcyDataModule", "DarcyDataset", "MeshDataModule", "MeshDataset"]

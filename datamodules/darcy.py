@@ -1,0 +1,182 @@
+"""Darcy flow (FNO benchmark): permeability -> pressure on a regular grid, as a point cloud."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+from torch.utils.data import Dataset
+
+from datamodules.checks import DataFormatError, check_finite, require_key
+from datamodules.darcy_generate import generate_darcy, write_darcy_mat
+from datamodules.mesh_dataset import MeshDataset
+from datamodules.mesh_datamodule import MeshDataModule
+
+KEYS = ("coeff", "sol")
+
+
+def read_darcy_mat(path: str | Path) -> dict[str, np.ndarray]:
+    """``coeff`` and ``sol`` as [n, s, s] float32 from a MATLAB v5 (scipy) or v7.3
+    (HDF5, axes reversed) file; errors name the file and the key at fault."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Darcy file not found: {path}")
+    try:
+        raw = scipy.io.loadmat(path, variable_names=list(KEYS))
+        arrays = {k: np.asarray(require_key(raw, k, path)) for k in KEYS}
+    except NotImplementedError:  # MATLAB v7.3 is HDF5
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            arrays = {k: np.asarray(require_key(f, k, path)).transpose() for k in KEYS}
+    except ValueError as err:
+        if isinstance(err, DataFormatError):
+            raise
+        raise DataFormatError(f"{path}: not a readable MATLAB file ({err})") from err
+    for k, a in arrays.items():
+        if a.ndim != 3 or a.shape[1] != a.shape[2]:
+            raise DataFormatError(f"{path}: key {k!r} has shape {a.shape}, expected (n, s, s)")
+        check_finite(a, path, k)
+    if arrays["coeff"].shape != arrays["sol"].shape:
+        raise DataFormatError(
+            f"{path}: 'coeff' {arrays['coeff'].shape} and 'sol' {arrays['sol'].shape} must have the same shape"
+        )
+    return {k: a.astype(np.float32) for k, a in arrays.items()}
+
+
+class DarcyDataset(MeshDataset):
+    """Samples ``[start, start + count)`` of one FNO Darcy file, grid-subsampled by ``stride``.
+
+    A sample holds ``pos`` [s², 2] (x, y in [0, 1]), ``x`` [s², 1] (permeability, 3 or
+    12 in the FNO data) and ``y`` [s², 1] (pressure u), with s = (S - 1) // stride + 1.
+
+    Args:
+        root: folder of the ``.mat`` file.
+        file: file name inside ``root``.
+        start: first sample index in the file.
+        count: number of samples.
+        stride: keep every ``stride``-th grid point along each axis.
+    """
+
+    def __init__(self, root: str | Path, file: str, start: int, count: int, stride: int = 1) -> None:
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        self.file, self.start, self.count, self.stride = file, start, count, stride
+        super().__init__(root)
+
+    @property
+    def raw_file_names(self) -> list[str]:
+        return [self.file]
+
+    def cache_config(self) -> dict:
+        path = Path(self.raw_dir) / self.file
+        stamp = path.stat().st_mtime_ns if path.exists() else 0
+        return {"file": self.file, "start": self.start, "count": self.count, "stride": self.stride, "mtime": stamp}
+
+    def read_samples(self) -> Iterator[dict[str, np.ndarray]]:
+        path = Path(self.raw_dir) / self.file
+        arrays = read_darcy_mat(path)
+        n = arrays["coeff"].shape[0]
+        if self.start + self.count > n:
+            raise DataFormatError(
+                f"{path}: holds {n} samples, but samples {self.start}..{self.start + self.count - 1} were asked for "
+                "(check n_train/n_val/n_test)"
+            )
+        s = arrays["coeff"].shape[1]
+        grid = np.linspace(0.0, 1.0, s, dtype=np.float32)[:: self.stride]
+        xx, yy = np.meshgrid(grid, grid, indexing="ij")
+        pos = np.stack([xx.ravel(), yy.ravel()], axis=-1)
+        for i in range(self.start, self.start + self.count):
+            coeff = arrays["coeff"][i, :: self.stride, :: self.stride].reshape(-1, 1)
+            sol = arrays["sol"][i, :: self.stride, :: self.stride].reshape(-1, 1)
+            yield {"pos": pos, "x": coeff, "y": sol}
+
+
+class DarcyDataModule(MeshDataModule):
+    """Darcy flow: inputs (x, y, permeability), target pressure; FNO ``.mat`` files.
+
+    Training uses the first ``n_train`` samples of ``train_file``, validation the next
+    ``n_val`` of the same file (never the test file), testing the first ``n_test`` of
+    ``test_file`` (which may have another resolution). When the files are absent and
+    ``generate`` is on, they are made with the FNO recipe (``darcy_generate``) and written
+    in the real layout, so the real loading path is always the one used.
+
+    Args:
+        root: folder holding the ``.mat`` files.
+        train_file: training file name (paper: ``piececonst_r421_N1024_smooth1.mat``).
+        test_file: test file name (paper: ``piececonst_r421_N1024_smooth2.mat``).
+        n_train: training samples.
+        n_val: validation samples, taken after the training ones in ``train_file``.
+        n_test: test samples.
+        stride: grid subsampling of the training file (paper: 5, 421 -> 85).
+        test_stride: grid subsampling of the test file (default: ``stride``).
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size (default: ``batch_size``).
+        num_workers: loader workers.
+        train_points: random points per training sample and epoch (None: all).
+        generate: make missing files with the FNO recipe.
+        gen_resolution: grid size s of generated files.
+        gen_seed: seed of generated data (the test file uses ``gen_seed + 1``).
+        seed: seed of shuffling and point subsets.
+    """
+
+    in_dim = 3
+    out_dim = 1
+
+    def __init__(
+        self,
+        root: str = "data/darcy",
+        train_file: str = "piececonst_r421_N1024_smooth1.mat",
+        test_file: str = "piececonst_r421_N1024_smooth2.mat",
+        n_train: int = 1000,
+        n_val: int = 24,
+        n_test: int = 200,
+        stride: int = 5,
+        test_stride: int | None = None,
+        batch_size: int = 2,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        train_points: int | None = None,
+        generate: bool = True,
+        gen_resolution: int = 85,
+        gen_seed: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed)
+        for name, value in (("n_train", n_train), ("n_test", n_test)):
+            if value < 1:
+                raise ValueError(f"DarcyDataModule: {name} must be >= 1, got {value}")
+        if n_val < 0:
+            raise ValueError(f"DarcyDataModule: n_val must be >= 0, got {n_val}")
+        self.train_file, self.test_file = train_file, test_file
+        self.n_train, self.n_val, self.n_test = n_train, n_val, n_test
+        self.stride = stride
+        self.test_stride = test_stride or stride
+        self.generate = generate
+        self.gen_resolution, self.gen_seed = gen_resolution, gen_seed
+
+    def prepare_data(self) -> None:
+        for file, count, seed in (
+            (self.train_file, self.n_train + self.n_val, self.gen_seed),
+            (self.test_file, self.n_test, self.gen_seed + 1),
+        ):
+            path = self.root / file
+            if path.exists():
+                continue
+            if not self.generate:
+                raise FileNotFoundError(f"Darcy file not found: {path} (set data.generate=true to make it)")
+            coeff, sol = generate_darcy(count, self.gen_resolution, seed)
+            write_darcy_mat(path, coeff, sol)
+
+    def build_datasets(self, stage: str) -> dict[str, Dataset]:
+        datasets: dict[str, Dataset] = {}
+        if stage in ("fit", "validate") and self.n_val > 0:
+            datasets["val"] = DarcyDataset(self.root, self.train_file, self.n_train, self.n_val, self.stride)
+        if stage == "fit":
+            train = DarcyDataset(self.root, self.train_file, 0, self.n_train, self.stride)
+            datasets["train"] = self.with_subsample(train)
+        if stage in ("test", "predict"):
+            datasets["test"] = DarcyDataset(self.root, self.test_file, 0, self.n_test, self.test_stride)
+        return datasets

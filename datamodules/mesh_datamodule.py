@@ -1,0 +1,133 @@
+"""Shared LightningDataModule: splits, training-split normalisation statistics and
+padded loaders over ``MeshDataset``s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from datamodules.collate import PaddedCollate
+from datamodules.mesh_dataset import MeshDataset
+from datamodules.subsample import EpochShuffleSampler, PointSubsample
+from flare_lightning.normalizer import channel_stats
+
+
+class MeshDataModule(L.LightningDataModule):
+    """Base for the dataset modules.
+
+    Subclasses set ``in_dim``/``out_dim`` (known at construction, so the CLI can link
+    them into the model), create missing data in ``prepare_data`` and build datasets
+    in ``build_datasets(stage)``, returning a dict with any of ``train``, ``val``,
+    ``test``, ``predict``. This class fits normalisation statistics on ``train`` only
+    and serves padded batches (see ``PaddedCollate``).
+
+    Args:
+        root: data folder.
+        batch_size: samples per training batch.
+        eval_batch_size: samples per validation/test/predict batch (default: batch_size).
+        num_workers: loader worker processes.
+        train_points: if set, train on this many random points per sample, drawn anew
+            each epoch without replacement; evaluation always uses every point.
+        seed: seed of the shuffling and the point subsets.
+    """
+
+    in_dim: int
+    out_dim: int
+
+    def __init__(
+        self,
+        root: str | Path,
+        batch_size: int = 2,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        train_points: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.train_points = train_points
+        self.seed = seed
+        self.subsample = PointSubsample(train_points, seed) if train_points else None
+        self.datasets: dict[str, Dataset] = {}
+        self.input_stats: tuple[Tensor, Tensor] | None = None
+        self.target_stats: tuple[Tensor, Tensor] | None = None
+
+    def build_datasets(self, stage: str) -> dict[str, Dataset]:
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        self.datasets = self.build_datasets(stage)
+        for name, ds in self.datasets.items():
+            if len(ds) == 0:
+                raise ValueError(f"{type(self).__name__}: the {name} split is empty (root={self.root})")
+        if "train" in self.datasets:
+            self.input_stats, self.target_stats = self.fit_stats(self.datasets["train"])
+
+    def fit_stats(self, train: Dataset) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """Per-channel (mean, std) of model inputs and of targets over the training split."""
+        base, indices = _unwrap(train)
+        inputs, targets = [], []
+        for i in indices:
+            lo, hi = int(base._ptr[i]), int(base._ptr[i + 1])
+            parts = [base.field("pos")[lo:hi]]
+            if base.has_inputs():
+                parts.append(base.field("x")[lo:hi])
+            inputs.append(parts[0] if len(parts) == 1 else _cat(parts))
+            targets.append(base.field("y")[lo:hi])
+        return channel_stats(inputs), channel_stats(targets)
+
+    def _loader(self, split: str, batch_size: int, train: bool = False) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"{type(self).__name__}: no {split} split; was setup() run for this stage?")
+        ds = self.datasets[split]
+        sampler = EpochShuffleSampler(len(ds), self.seed, self.subsample) if train else None
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=PaddedCollate(),
+            num_workers=self.num_workers,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict" if "predict" in self.datasets else "test", self.eval_batch_size)
+
+    def with_subsample(self, dataset: MeshDataset) -> MeshDataset:
+        """Attach the training point subsampling (if configured) to a dataset."""
+        if self.subsample is not None:
+            dataset.transform = self.subsample
+        return dataset
+
+
+def _cat(parts: list[Tensor]) -> Tensor:
+    import torch
+
+    return torch.cat(parts, dim=-1)
+
+
+def _unwrap(ds: Dataset) -> tuple[MeshDataset, list[int]]:
+    """The underlying ``MeshDataset`` and the sample indices a (possibly nested) Subset selects."""
+    indices = None
+    while isinstance(ds, Subset):
+        idx = list(ds.indices)
+        indices = idx if indices is None else [idx[i] for i in indices]
+        ds = ds.dataset
+    if not isinstance(ds, MeshDataset):
+        raise TypeError(f"expected a MeshDataset (or Subset of one), got {type(ds).__name__}")
+    return ds, list(range(len(ds))) if indices is None else indices

@@ -1,0 +1,5 @@
+"""Lightning callbacks of flare-lightning."""
+
+from flare_lightning.callbacks.test_metrics import TestMetricsWriter
+
+__all__ = ["TestMetricsWriter"]

@@ -1,0 +1,78 @@
+"""The ``flare`` command: LightningCLI with fit / validate / test / predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+
+from flare_lightning.callbacks.test_metrics import TestMetricsWriter
+from flare_lightning.module import SurrogateModule
+from flare_lightning.runs import BEST, resolve_checkpoint
+
+
+class FlareCLI(LightningCLI):
+    """Links data dimensions into the model, keeps best/last checkpoints, resolves
+    ``--ckpt_path best|last`` to the newest run on disk, and records test metrics."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # Input/output sizes come from the data, never typed twice.
+        parser.link_arguments("data.in_dim", "model.in_dim", apply_on="instantiate")
+        parser.link_arguments("data.out_dim", "model.out_dim", apply_on="instantiate")
+        parser.link_arguments("data.in_dim", "model.model.init_args.in_dim", apply_on="instantiate")
+        parser.link_arguments("data.out_dim", "model.model.init_args.out_dim", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/rel_l2",
+                "checkpoint.mode": "min",
+                "checkpoint.filename": Path(BEST).stem,
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": True,
+                "checkpoint.enable_version_counter": False,
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(TestMetricsWriter, "test_metrics")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="after fit, test the best checkpoint and write test_metrics.json into the run folder",
+        )
+
+    def after_fit(self) -> None:
+        if self.config.fit.get("test_after_fit") and self.trainer.checkpoint_callback is not None:
+            best = self.trainer.checkpoint_callback.best_model_path or None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
+
+    def _evaluate_in_run(self) -> None:
+        """Resolve ``ckpt_path`` and log evaluation next to the checkpoint's run: ``<run>/<subcommand>/``."""
+        sub = self.config.subcommand
+        cfg = self.config_init[sub]
+        csv = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
+        save_dir = csv.save_dir if csv else self.trainer.default_root_dir
+        name = csv.name if csv else "lightning_logs"
+        cfg["ckpt_path"] = resolve_checkpoint(cfg.get("ckpt_path"), save_dir, name)
+        if cfg["ckpt_path"] and csv is not None and Path(cfg["ckpt_path"]).parent.name == "checkpoints":
+            run = Path(cfg["ckpt_path"]).parent.parent
+            loggers = [lg for lg in self.trainer.loggers if lg is not csv]
+            self.trainer.loggers = [CSVLogger(save_dir=run, name="", version=sub), *loggers]
+
+    before_validate = _evaluate_in_run
+    before_test = _evaluate_in_run
+    before_predict = _evaluate_in_run
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> FlareCLI:
+    """Entry point of ``flare`` and ``python -m flare_lightning``."""
+    return FlareCLI(
+        SurrogateModule,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+        run=run,
+    )

@@ -1,0 +1,146 @@
+"""The FLARE model: residual-MLP lifting, pre-norm FLARE blocks, residual-MLP head."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from flare_lightning.models.attention import FlareAttention
+from flare_lightning.models.mlp import ResidualMLP
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """``layernorm`` or ``rmsnorm`` over the channel axis."""
+    if kind == "layernorm":
+        return nn.LayerNorm(channels)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(channels)
+    raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {kind!r}")
+
+
+class FlareBlock(nn.Module):
+    """Pre-norm block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``."""
+
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int,
+        num_latents: int,
+        kv_layers: int,
+        ffn_layers: int,
+        mlp_ratio: float,
+        act: str,
+        norm: str,
+        scale: float,
+        mixer_backend: str,
+        mlp_chunk_size: int | None,
+    ) -> None:
+        super().__init__()
+        self.norm1 = make_norm(norm, channels)
+        self.attn = FlareAttention(
+            channels, num_heads, num_latents, kv_layers, act, scale, mixer_backend, mlp_chunk_size
+        )
+        self.norm2 = make_norm(norm, channels)
+        hidden = int(round(channels * mlp_ratio))
+        self.mlp = ResidualMLP(channels, hidden, channels, ffn_layers, act, chunk_size=mlp_chunk_size)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: [B, N, C] -> [B, N, C]."""
+        x = x + self.attn(self.norm1(x), mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class FLARE(nn.Module):
+    """FLARE surrogate for fields on point clouds and meshes (arXiv 2508.12594).
+
+    Args:
+        in_dim: input channels per point (coordinates and input fields).
+        out_dim: output channels per point.
+        channels: model width C.
+        num_blocks: number of FLARE blocks.
+        num_heads: heads per block; C must be divisible by it.
+        num_latents: M latent queries per head.
+        kv_layers: hidden residual layers in the key/value MLPs.
+        ffn_layers: hidden residual layers in each block's feed-forward MLP.
+        io_layers: hidden residual layers in the input lifting and output head.
+        mlp_ratio: feed-forward hidden width as a multiple of C.
+        act: activation (``gelu_tanh``, ``gelu``, ``silu``, ``relu``).
+        norm: ``layernorm`` or ``rmsnorm``.
+        scale: logit scale of the mixer (1.0 as in the reference code).
+        mixer_backend: mixer implementation, see ``flare_lightning.kernels.BACKENDS``.
+        mlp_chunk_size: apply pointwise MLPs this many points at a time (None: all at once).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        channels: int = 64,
+        num_blocks: int = 8,
+        num_heads: int = 8,
+        num_latents: int = 64,
+        kv_layers: int = 3,
+        ffn_layers: int = 3,
+        io_layers: int = 2,
+        mlp_ratio: float = 1.0,
+        act: str = "gelu_tanh",
+        norm: Literal["layernorm", "rmsnorm"] = "layernorm",
+        scale: float = 1.0,
+        mixer_backend: str = "auto",
+        mlp_chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+        self.lift = ResidualMLP(in_dim, channels, channels, io_layers, act, chunk_size=mlp_chunk_size)
+        self.blocks = nn.ModuleList(
+            FlareBlock(
+                channels, num_heads, num_latents, kv_layers, ffn_layers, mlp_ratio, act, norm,
+                scale, mixer_backend, mlp_chunk_size,
+            )
+            for _ in range(num_blocks)
+        )
+        self.norm_out = make_norm(norm, channels)
+        self.head = ResidualMLP(channels, channels, out_dim, io_layers, act, chunk_size=mlp_chunk_size)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+            nn.init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, FlareAttention):
+            nn.init.normal_(module.latents, std=0.1)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: [B, N, in_dim]; mask: [B, N] bool, True on real points -> [B, N, out_dim]."""
+        if x.shape[-1] != self.in_dim:
+            raise ValueError(f"FLARE expects {self.in_dim} input channels, got {x.shape[-1]}")
+        h = self.lift(x)
+        for block in self.blocks:
+            h = block(h, mask)
+        return self.head(self.norm_out(h))
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters kept out of weight decay: the latents, norms and biases."""
+        names = set()
+        for name, p in self.named_parameters():
+            if name.endswith("latents") or p.dim() < 2:
+                names.add(name)
+        return names
+
+    @torch.no_grad()
+    def attention_weights(self, x: Tensor, mask: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
+        """Per block, the encode [B, H, M, N] and decode [B, H, N, M] weights for input x."""
+        weights = []
+        h = self.lift(x)
+        for block in self.blocks:
+            weights.append(block.attn.attention_weights(block.norm1(h), mask))
+            h = block(h, mask)
+        return weights

@@ -1,0 +1,74 @@
+"""Residual MLP: the K/V projection, feed-forward and input/output head of FLARE."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+ACTIVATIONS = {
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "relu": nn.ReLU,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """Activation module by name (one of ``ACTIVATIONS``)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]()
+
+
+class ResidualMLP(nn.Module):
+    """``Linear(in, hidden) -> act``, then ``num_layers`` residual ``Linear+act`` layers,
+    then ``Linear(hidden, out)``; the first and last steps add their input when the
+    widths match and the residual is enabled.
+
+    Args:
+        in_dim: input channels.
+        hidden_dim: width of the hidden layers.
+        out_dim: output channels.
+        num_layers: number of hidden residual layers.
+        act: activation name (see ``ACTIVATIONS``).
+        input_residual: add the input to the first layer's output when ``in_dim == hidden_dim``.
+        output_residual: add the hidden state to the output when ``hidden_dim == out_dim``.
+        chunk_size: apply the MLP to at most this many points at a time along dim -2, so
+            the peak memory of the hidden activations does not grow with N (None: all at once).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        num_layers: int = 2,
+        act: str = "gelu_tanh",
+        input_residual: bool = True,
+        output_residual: bool = True,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(in_dim, hidden_dim)
+        self.hidden = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(num_layers))
+        self.fc_out = nn.Linear(hidden_dim, out_dim)
+        self.act = make_activation(act)
+        self.input_residual = input_residual and in_dim == hidden_dim
+        self.output_residual = output_residual and hidden_dim == out_dim
+        self.chunk_size = chunk_size
+
+    def _forward(self, x: Tensor) -> Tensor:
+        h = self.act(self.fc_in(x))
+        if self.input_residual:
+            h = x + h
+        for layer in self.hidden:
+            h = h + self.act(layer(h))
+        out = self.fc_out(h)
+        return h + out if self.output_residual else out
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [..., N, in_dim] -> [..., N, out_dim]."""
+        if self.chunk_size is None or x.dim() < 2 or x.shape[-2] <= self.chunk_size:
+            return self._forward(x)
+        parts = torch.split(x, self.chunk_size, dim=-2)
+        return torch.cat([self._forward(p) for p in parts], dim=-2)
