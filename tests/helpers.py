@@ -1,0 +1,26 @@
+"""Helpers shared by tests: run the CLI in-process with small, quiet settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def run_cli(args: list[str]):
+    """Run ``flare`` in-process with ``args`` and return the ``FlareCLI`` object."""
+    from flare_lightning.cli import cli_main
+
+    return cli_main(args)
+
+
+def tiny_trainer_args(tmp_path: Path, name: str = "test") -> list[str]:
+    """CLI options that keep a run small, quiet and inside ``tmp_path``."""
+    return [
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--trainer.logger.init_args.name={name}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
