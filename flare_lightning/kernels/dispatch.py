@@ -1,0 +1,88 @@
+"""One entry point for the FLARE mixer, choosing an implementation by name.
+
+| backend    | what runs                                              | where            |
+|------------|--------------------------------------------------------|------------------|
+| ``triton`` | fused Triton kernels, nothing of size N x M stored     | CUDA             |
+| ``chunked``| two SDPA calls, decode folded over point chunks        | anywhere         |
+| ``sdpa``   | the paper's two SDPA calls                             | anywhere         |
+| ``explicit``| materialised weights (ground truth, analysis)         | anywhere, small N|
+
+``auto`` takes ``triton`` for CUDA tensors when Triton imports, else ``chunked``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Literal
+
+from torch import Tensor
+
+from flare_lightning.kernels.chunked import flare_mix_chunked
+from flare_lightning.kernels.reference import check_mixer_inputs, flare_mix_explicit, flare_mix_sdpa
+
+MixerBackend = Literal["auto", "triton", "chunked", "sdpa", "explicit"]
+BACKENDS: tuple[str, ...] = ("auto", "triton", "chunked", "sdpa", "explicit")
+
+
+@lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """Whether the Triton kernels can be imported (Triton is an optional dependency)."""
+    try:
+        import flare_lightning.kernels.triton_mixer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, k: Tensor) -> str:
+    """The concrete backend that ``backend`` means for keys ``k`` (``auto`` picks the fastest)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"mixer_backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if k.is_cuda and triton_available() else "chunked"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("mixer_backend='triton' needs the triton package; install it or use 'chunked'")
+        if not k.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(
+                f"mixer_backend='triton' needs CUDA tensors, got {k.device}; use 'auto' or 'chunked' "
+                "(or set TRITON_INTERPRET=1 before import to debug the kernels on CPU)"
+            )
+    return backend
+
+
+def flare_mix(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    scale: float = 1.0,
+    backend: str = "auto",
+) -> Tensor:
+    """FLARE token mixing ``softmax_M(s k qᵀ) softmax_N(s q kᵀ) v``.
+
+    Args:
+        q: latent queries [H, M, D]; cast to k's dtype (a float32 parameter under
+            autocast still receives its gradient through the cast).
+        k: keys [B, H, N, D].
+        v: values [B, H, N, D].
+        mask: [B, N] bool, True on real points, or None.
+        scale: logit scale s.
+        backend: ``auto`` or a name from ``BACKENDS``.
+
+    Returns:
+        y [B, H, N, D] in the dtype of ``v``.
+    """
+    check_mixer_inputs(q, k, v, mask)
+    name = resolve_backend(backend, k)
+    q = q.to(k.dtype)
+    if name == "triton":
+        from flare_lightning.kernels.triton_mixer import flare_mix_triton
+
+        return flare_mix_triton(q, k, v.to(k.dtype), mask, scale)
+    if name == "chunked":
+        return flare_mix_chunked(q, k, v, mask, scale)
+    if name == "explicit":
+        return flare_mix_explicit(q, k, v, mask, scale)
+    return flare_mix_sdpa(q, k, v, mask, scale)

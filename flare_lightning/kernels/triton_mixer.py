@@ -1,0 +1,262 @@
+"""Fused FLARE mixer on Triton: launch logic and the autograd Function.
+
+``flare_mix_triton(q, k, v, mask, scale)`` computes the same function as
+``reference.flare_mix_explicit`` without materialising any [N, M] tensor. The forward
+runs three kernels (chunked encode, log-sum-exp merge, decode), the backward two (chunked
+dz, then one pass over the points for dk, dv and dq partials) plus two small sums.
+Saved for backward: y, z [B, H, M, D] fp32 and one fp32 log-sum-exp per latent and per
+point; the inputs k, v are kept, nothing of size N x M is.
+
+Importing this module needs Triton; ``dispatch`` imports it only when asked for.
+Under ``TRITON_INTERPRET=1`` (set before this import) the kernels run on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from flare_lightning.kernels.reference import check_mixer_inputs
+from flare_lightning.kernels.triton_mixer_bwd import _bwd_dz_kernel, _bwd_main_kernel
+from flare_lightning.kernels.triton_mixer_fwd import (
+    _decode_fwd_kernel,
+    _encode_merge_kernel,
+    _encode_partial_kernel,
+)
+
+LOG2E = 1.4426950408889634
+INTERPRETED = type(_decode_fwd_kernel).__name__ == "InterpretedFunction"
+# Chunk partials are [B·H, chunks, M, D] fp32; cap them so that large M·D stays cheap.
+_PARTIAL_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile sizes (powers of two >= 16) and warps of one kernel."""
+
+    block_n: int
+    block_m: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+@dataclass(frozen=True)
+class MixerConfig:
+    """Launch configuration of the four heavy kernels and the chunking target.
+
+    ``programs_per_sm`` sets how many programs the chunked kernels (encode, dz, main)
+    aim for: enough to fill the GPU, few enough that the partials stay small.
+    """
+
+    encode: KernelConfig
+    decode: KernelConfig
+    dz: KernelConfig
+    main: KernelConfig
+    programs_per_sm: int = 4
+
+
+def _pow2(x: int, lo: int = 16) -> int:
+    return max(lo, 1 << max(0, math.ceil(math.log2(max(1, x)))))
+
+
+def default_config(m: int, d: int) -> MixerConfig:
+    """Tile sizes for M latents and head dim d, measured on H100/H200 (benchmarks/NOTES_mixer.md)."""
+    bm = _pow2(m)
+    enc_m = min(bm, 128)
+    dec_m = min(bm, 128)
+    main_m = min(bm, 64)
+    if INTERPRETED:  # numpy executes whole tiles: large tiles, few loop steps
+        small = KernelConfig(block_n=32, block_m=min(bm, 32))
+        return MixerConfig(small, small, small, small, programs_per_sm=1)
+    return MixerConfig(
+        encode=KernelConfig(128 if enc_m <= 64 else 64, enc_m, 4 if enc_m <= 64 else 8),
+        decode=KernelConfig(128, dec_m, 4 if dec_m <= 64 else 8),
+        dz=KernelConfig(128 if enc_m <= 64 else 64, enc_m, 4 if enc_m <= 64 else 8),
+        main=KernelConfig(64, main_m, 4),
+    )
+
+
+@lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _num_programs_target(device: torch.device, cfg: MixerConfig) -> int:
+    if device.type != "cuda":
+        return 4 * cfg.programs_per_sm
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device()) * cfg.programs_per_sm
+
+
+def _chunking(n: int, block_n: int, other_programs: int, target: int, partial_bytes: int) -> tuple[int, int]:
+    """(tiles per chunk, chunks) splitting ceil(n / block_n) point tiles over programs."""
+    n_tiles = triton_cdiv(n, block_n)
+    chunks = max(1, min(n_tiles, triton_cdiv(target, other_programs), _PARTIAL_BYTES // max(1, partial_bytes)))
+    tiles_per_chunk = triton_cdiv(n_tiles, chunks)
+    return tiles_per_chunk, triton_cdiv(n_tiles, tiles_per_chunk)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _prec(dtype: torch.dtype) -> str:
+    # fp32 inputs must not drop to tf32 in tl.dot: the fp32 contract is 1e-4 relative.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _unit_last(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, cfg: MixerConfig):
+    """Returns y [B, H, N, D], z [B·H, M, D] fp32, lse_enc [B·H, M], lse_dec [B·H, N]."""
+    b, h, n, d = k.shape
+    m = q.shape[1]
+    bh = b * h
+    dev = k.device
+    bd = _pow2(d)
+    qk_scale = scale * LOG2E
+    prec = _prec(k.dtype)
+    target = _num_programs_target(dev, cfg)
+    mask_u8 = mask.view(torch.uint8) if mask is not None else k  # dummy pointer when unused
+    mask_stride = mask.stride(0) if mask is not None else 0
+
+    ce = cfg.encode
+    m_tiles = triton_cdiv(m, ce.block_m)
+    tiles, chunks = _chunking(n, ce.block_n, bh * m_tiles, target, bh * m * d * 4)
+    m_part = torch.empty(bh, chunks, m, device=dev, dtype=torch.float32)
+    l_part = torch.empty_like(m_part)
+    acc_part = torch.empty(bh, chunks, m, d, device=dev, dtype=torch.float32)
+    keymask = mask is not None or n % ce.block_n != 0
+    _encode_partial_kernel[(m_tiles, chunks, bh)](
+        q, k, v, mask_u8, m_part, l_part, acc_part,
+        n, m, d, h, qk_scale, tiles,
+        k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), mask_stride,
+        HAS_KEYMASK=keymask, HAS_MASK=mask is not None, PREC=prec,
+        BLOCK_N=ce.block_n, BLOCK_M=ce.block_m, BLOCK_D=bd, num_warps=ce.num_warps, num_stages=ce.num_stages,
+    )
+    z = torch.empty(bh, m, d, device=dev, dtype=torch.float32)
+    lse_enc = torch.empty(bh, m, device=dev, dtype=torch.float32)
+    merge_m = min(_pow2(m), 64)
+    _encode_merge_kernel[(triton_cdiv(m, merge_m), bh)](
+        m_part, l_part, acc_part, z, lse_enc, m, d, chunks, BLOCK_M=merge_m, BLOCK_D=bd, num_warps=4,
+    )
+
+    cd = cfg.decode
+    y = torch.empty_like(v)
+    lse_dec = torch.empty(bh, n, device=dev, dtype=torch.float32)
+    _decode_fwd_kernel[(triton_cdiv(n, cd.block_n), bh)](
+        q, z, k, y, lse_dec, n, m, d, h, qk_scale,
+        k.stride(0), k.stride(1), k.stride(2), y.stride(0), y.stride(1), y.stride(2),
+        EVEN_M=m % cd.block_m == 0, PREC=prec,
+        BLOCK_N=cd.block_n, BLOCK_M=cd.block_m, BLOCK_D=bd, num_warps=cd.num_warps, num_stages=cd.num_stages,
+    )
+    return y, z, lse_enc, lse_dec
+
+
+def _flare_backward(q, k, v, mask, y, z, lse_enc, lse_dec, dy, scale: float, cfg: MixerConfig):
+    """Returns dq [H, M, D] (q's dtype), dk, dv [B, H, N, D]."""
+    b, h, n, d = k.shape
+    m = q.shape[1]
+    bh = b * h
+    dev = k.device
+    bd = _pow2(d)
+    qk_scale = scale * LOG2E
+    prec = _prec(k.dtype)
+    target = _num_programs_target(dev, cfg)
+    mask_u8 = mask.view(torch.uint8) if mask is not None else k
+    mask_stride = mask.stride(0) if mask is not None else 0
+
+    cz = cfg.dz
+    m_tiles = triton_cdiv(m, cz.block_m)
+    tiles, chunks = _chunking(n, cz.block_n, bh * m_tiles, target, bh * m * d * 4)
+    dz_part = torch.empty(bh, chunks, m, d, device=dev, dtype=torch.float32)
+    _bwd_dz_kernel[(m_tiles, chunks, bh)](
+        q, k, dy, lse_dec, dz_part, n, m, d, h, qk_scale, tiles,
+        k.stride(0), k.stride(1), k.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
+        EVEN_M=m % cz.block_m == 0, PREC=prec, BLOCK_N=cz.block_n, BLOCK_M=cz.block_m, BLOCK_D=bd,
+        num_warps=cz.num_warps, num_stages=cz.num_stages,
+    )
+    dz = dz_part.sum(1)  # [B·H, M, D]
+
+    cm = cfg.main
+    num_m_tiles = triton_cdiv(m, cm.block_m)
+    tiles, chunks = _chunking(n, cm.block_n, bh, target, bh * m * d * 4)
+    alloc = torch.empty if num_m_tiles == 1 else torch.zeros
+    dq_part = alloc(bh, chunks, m, d, device=dev, dtype=torch.float32)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    _bwd_main_kernel[(chunks, bh)](
+        q, k, v, y, dy, mask_u8, z, dz, lse_enc, lse_dec, dk, dv, dq_part,
+        n, m, d, h, qk_scale, scale, tiles,
+        k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        y.stride(0), y.stride(1), y.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
+        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), mask_stride,
+        HAS_KEYMASK=mask is not None or n % cm.block_n != 0, HAS_MASK=mask is not None,
+        EVEN_M=m % cm.block_m == 0, NUM_M_TILES=num_m_tiles, PREC=prec,
+        BLOCK_N=cm.block_n, BLOCK_M=cm.block_m, BLOCK_D=bd, num_warps=cm.num_warps, num_stages=cm.num_stages,
+    )
+    dq = dq_part.view(b, h, chunks, m, d).sum((0, 2)).mul_(scale).to(q.dtype)
+    return dq, dk, dv
+
+
+class FlareMixTriton(torch.autograd.Function):
+    """Autograd wrapper: inputs as ``flare_mix_triton``; gradients for q, k and v."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale, cfg):
+        y, z, lse_enc, lse_dec = _flare_forward(q, k, v, mask, scale, cfg)
+        ctx.save_for_backward(q, k, v, mask, y, z, lse_enc, lse_dec)
+        ctx.scale = scale
+        ctx.cfg = cfg
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, k, v, mask, y, z, lse_enc, lse_dec = ctx.saved_tensors
+        dq, dk, dv = _flare_backward(
+            q, k, v, mask, y, z, lse_enc, lse_dec, _unit_last(dy), ctx.scale, ctx.cfg
+        )
+        return dq, dk, dv, None, None, None
+
+
+def flare_mix_triton(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    scale: float = 1.0,
+    config: MixerConfig | None = None,
+) -> Tensor:
+    """Fused FLARE mixer ``softmax_M(s k qᵀ) softmax_N(s q kᵀ) v``.
+
+    Args:
+        q: latent queries [H, M, D], same dtype as k (fp32, bf16 or fp16).
+        k: keys [B, H, N, D]; any strides with unit stride over D (else copied).
+        v: values [B, H, N, D], same dtype as k.
+        mask: [B, N] bool, True on real points, or None.
+        scale: logit scale s.
+        config: tile sizes; ``default_config(M, D)`` when None.
+
+    Returns:
+        y [B, H, N, D] with v's dtype and layout; rows at padded points are finite but
+        carry no meaning.
+    """
+    check_mixer_inputs(q, k, v, mask)
+    if q.dtype != k.dtype or v.dtype != k.dtype:
+        raise TypeError(f"flare_mix_triton: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"flare_mix_triton: dtype must be float32, bfloat16 or float16, got {k.dtype}")
+    if not (k.is_cuda or INTERPRETED):
+        raise RuntimeError("flare_mix_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before import)")
+    cfg = config or default_config(q.shape[1], q.shape[2])
+    if mask is not None:
+        mask = mask.contiguous()
+    return FlareMixTriton.apply(q.contiguous(), _unit_last(k), _unit_last(v), mask, float(scale), cfg)
+
+
+__all__ = ["FlareMixTriton", "KernelConfig", "MixerConfig", "default_config", "flare_mix_triton"]
