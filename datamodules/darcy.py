@@ -26,15 +26,10 @@ def read_darcy_mat(path: str | Path) -> dict[str, np.ndarray]:
     try:
         raw = scipy.io.loadmat(path, variable_names=list(KEYS))
         arrays = {k: np.asarray(require_key(raw, k, path)) for k in KEYS}
-    except NotImplementedError:  # MATLAB v7.3 is HDF5
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            arrays = {k: np.asarray(require_key(f, k, path)).transpose() for k in KEYS}
-    except ValueError as err:
+    except Exception as err:  # noqa: BLE001 - v7.3 (HDF5) lands here, and so does junk
         if isinstance(err, DataFormatError):
             raise
-        raise DataFormatError(f"{path}: not a readable MATLAB file ({err})") from err
+        arrays = _read_hdf5(path, err)
     for k, a in arrays.items():
         if a.ndim != 3 or a.shape[1] != a.shape[2]:
             raise DataFormatError(f"{path}: key {k!r} has shape {a.shape}, expected (n, s, s)")
@@ -44,6 +39,16 @@ def read_darcy_mat(path: str | Path) -> dict[str, np.ndarray]:
             f"{path}: 'coeff' {arrays['coeff'].shape} and 'sol' {arrays['sol'].shape} must have the same shape"
         )
     return {k: a.astype(np.float32) for k, a in arrays.items()}
+
+
+def _read_hdf5(path: Path, err: Exception) -> dict[str, np.ndarray]:
+    """MATLAB v7.3 layout: HDF5 datasets stored column-major, so axes come reversed."""
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        raise DataFormatError(f"{path}: not a readable MATLAB v5 or v7.3 (HDF5) file ({err})") from err
+    with h5py.File(path, "r") as f:
+        return {k: np.asarray(require_key(f, k, path)).transpose() for k in KEYS}
 
 
 class DarcyDataset(MeshDataset):

@@ -8,6 +8,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
+from flare_lightning.callbacks.epoch_summary import EpochSummary
 from flare_lightning.callbacks.test_metrics import TestMetricsWriter
 from flare_lightning.module import SurrogateModule
 from flare_lightning.runs import BEST, resolve_checkpoint
@@ -36,6 +37,7 @@ class FlareCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(TestMetricsWriter, "test_metrics")
+        parser.add_lightning_class_args(EpochSummary, "epoch_summary")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -66,8 +68,8 @@ class FlareCLI(LightningCLI):
     before_predict = _evaluate_in_run
 
 
-def cli_main(args: list[str] | None = None, run: bool = True) -> FlareCLI:
-    """Entry point of ``flare`` and ``python -m flare_lightning``."""
+def make_cli(args: list[str] | None = None, run: bool = True) -> FlareCLI:
+    """Build (and by default run) the CLI; ``args`` replaces ``sys.argv[1:]``."""
     return FlareCLI(
         SurrogateModule,
         subclass_mode_data=True,
@@ -76,3 +78,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> FlareCLI:
         args=args,
         run=run,
     )
+
+
+def cli_main(args: list[str] | None = None) -> None:
+    """Entry point of ``flare`` and ``python -m flare_lightning``."""
+    make_cli(args)

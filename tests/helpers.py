@@ -10,9 +10,9 @@ CONFIGS = REPO / "configs"
 
 def run_cli(args: list[str]):
     """Run ``flare`` in-process with ``args`` and return the ``FlareCLI`` object."""
-    from flare_lightning.cli import cli_main
+    from flare_lightning.cli import make_cli
 
-    return cli_main(args)
+    return make_cli(args)
 
 
 def tiny_trainer_args(tmp_path: Path, name: str = "test") -> list[str]:

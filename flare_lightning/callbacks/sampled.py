@@ -1,0 +1,133 @@
+"""Base of callbacks that study a fixed handful of samples: every ``every_n_epochs`` of a
+fit (the first validation samples) and once after ``test`` (the first test samples)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from flare_lightning.callbacks.test_metrics import TestMetricsWriter, run_dir
+
+Batch = dict[str, Tensor]
+
+
+def take_samples(batches, count: int) -> list[Batch]:
+    """The first ``count`` samples of an iterable of padded batch dicts, on the CPU."""
+    taken, have = [], 0
+    for batch in batches:
+        if have >= count:
+            break
+        keep = min(count - have, len(batch["sample_id"]))
+        taken.append({k: v[:keep].detach().cpu() for k, v in batch.items() if isinstance(v, Tensor)})
+        have += keep
+    return taken
+
+
+def log_image_file(loggers, key: str, path: Path, step: int) -> None:
+    """Send a PNG to the loggers that take images: any with ``log_image`` (``WandbLogger``)
+    and TensorBoard; others (CSV) are skipped."""
+    for logger in loggers:
+        if hasattr(logger, "log_image"):
+            logger.log_image(key=key, images=[str(path)], step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            from matplotlib.image import imread
+
+            logger.experiment.add_image(key, imread(path), global_step=step, dataformats="HWC")
+
+
+class SampledAnalysis(L.Callback):
+    """Runs ``analyse`` on fixed samples at epochs 0, n, 2n, ... and the last one, and after
+    ``test``; on global rank 0 only, with the module in eval mode and no gradients.
+
+    Subclasses set ``subdir`` (their folder in the run directory) and implement ``analyse``.
+
+    Args:
+        num_samples: samples studied (the first of the validation split during fit, falling
+            back to the training split when there is none; the first test samples at test).
+        every_n_epochs: fit epochs between two analyses.
+    """
+
+    subdir = "analysis"
+
+    def __init__(self, num_samples: int = 4, every_n_epochs: int = 5) -> None:
+        if num_samples < 1 or every_n_epochs < 1:
+            raise ValueError(
+                f"{type(self).__name__}: num_samples and every_n_epochs must be >= 1, "
+                f"got {num_samples} and {every_n_epochs}"
+            )
+        self.num_samples = num_samples
+        self.every_n_epochs = every_n_epochs
+        self._fit_batches: list[Batch] | None = None
+        self._test_batches: list[Batch] = []
+        self._epoch_start = time.perf_counter()
+        self.epoch_seconds: float | None = None
+
+    def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, batches: list[Batch], tag: str, out_dir: Path) -> None:
+        """Study ``batches`` (already on the module's device); write into ``out_dir`` with
+        file names starting with ``tag`` (``epoch_0004`` or ``test``)."""
+        raise NotImplementedError
+
+    def due(self, trainer: L.Trainer) -> bool:
+        """Whether the epoch just finished is analysed: epoch % n == 0, or the last epoch."""
+        epoch = trainer.current_epoch
+        last = trainer.should_stop or (trainer.max_epochs not in (None, -1) and epoch + 1 >= trainer.max_epochs)
+        return epoch % self.every_n_epochs == 0 or bool(last)
+
+    # --- fit -----------------------------------------------------------------------
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Validation has run by now: the epoch time includes it.
+        self.epoch_seconds = time.perf_counter() - self._epoch_start
+        if not trainer.is_global_zero or trainer.sanity_checking or trainer.fast_dev_run or not self.due(trainer):
+            return
+        if self._fit_batches is None:
+            self._fit_batches = take_samples(self._fit_loader(trainer), self.num_samples)
+        if not self._fit_batches:
+            rank_zero_warn(f"{type(self).__name__}: no validation or training samples to analyse")
+            return
+        tag = f"epoch_{trainer.current_epoch:04d}"
+        self._run(trainer, pl_module, self._fit_batches, tag, run_dir(trainer) / self.subdir)
+
+    @staticmethod
+    def _fit_loader(trainer: L.Trainer):
+        for loader in (trainer.val_dataloaders, trainer.train_dataloader):
+            if isinstance(loader, (list, tuple)):
+                loader = loader[0] if loader else None
+            if loader is not None:
+                return loader
+        return []
+
+    # --- test ----------------------------------------------------------------------
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._test_batches = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        have = sum(len(b["sample_id"]) for b in self._test_batches)
+        if trainer.is_global_zero and have < self.num_samples:
+            self._test_batches += take_samples([batch], self.num_samples - have)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self._test_batches:
+            out_dir = TestMetricsWriter.output_dir(trainer) / self.subdir
+            self._run(trainer, pl_module, self._test_batches, "test", out_dir)
+
+    # --- shared --------------------------------------------------------------------
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, batches: list[Batch], tag: str, out_dir: Path) -> None:
+        """Move the batches to the device in the trainer's precision, then ``analyse``."""
+        plugin = trainer.precision_plugin
+        moved = [plugin.convert_input({k: v.to(pl_module.device) for k, v in b.items()}) for b in batches]
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad(), plugin.forward_context():
+                self.analyse(trainer, pl_module, moved, tag, out_dir)
+        finally:
+            pl_module.train(was_training)

@@ -1,0 +1,134 @@
+"""The ``flare`` CLI end to end on tiny generated Darcy data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from flare_lightning.metrics import RelativeL2Error
+from flare_lightning.module import SurrogateModule
+from tests.helpers import CONFIGS, run_cli, tiny_trainer_args
+
+TINY_MODEL = [
+    "--model.model.init_args.channels=16",
+    "--model.model.init_args.num_blocks=2",
+    "--model.model.init_args.num_heads=2",
+    "--model.model.init_args.num_latents=8",
+]
+
+
+def tiny_data(root: Path) -> list[str]:
+    return [
+        f"--data.init_args.root={root}",
+        "--data.init_args.train_file=train.mat",
+        "--data.init_args.test_file=test.mat",
+        "--data.init_args.n_train=8",
+        "--data.init_args.n_val=4",
+        "--data.init_args.n_test=4",
+        "--data.init_args.stride=1",
+        "--data.init_args.batch_size=4",
+    ]
+
+
+@pytest.mark.parametrize("config", ["quickstart.yaml", "darcy.yaml"])
+def test_fast_dev_run(config, tiny_darcy_root, tmp_path):
+    cli = run_cli(
+        ["fit", f"--config={CONFIGS / config}", "--trainer.fast_dev_run=1", *TINY_MODEL,
+         *tiny_data(tiny_darcy_root), *tiny_trainer_args(tmp_path)]
+    )
+    assert cli.trainer.state.finished
+    assert cli.trainer.global_step == 1
+    assert torch.isfinite(cli.trainer.callback_metrics["test/rel_l2"])  # fit is followed by a test
+    assert cli.model.model.in_dim == 3 and cli.model.model.out_dim == 1  # linked from the data
+
+
+def test_darcy_config_is_the_paper_protocol():
+    import yaml
+
+    cfg = yaml.safe_load((CONFIGS / "darcy.yaml").read_text())
+    model = cfg["model"]["model"]["init_args"]
+    assert (model["num_heads"], model["num_latents"], model["channels"], model["num_blocks"]) == (16, 256, 64, 8)
+    assert cfg["data"]["init_args"]["batch_size"] == 2
+    assert cfg["trainer"]["max_epochs"] == 500 and cfg["trainer"]["gradient_clip_val"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_darcy_root, tmp_path_factory):
+    """One short real training run (fit, then test on the best checkpoint)."""
+    out = tmp_path_factory.mktemp("runs")
+    cli = run_cli(
+        ["fit", f"--config={CONFIGS / 'quickstart.yaml'}", "--trainer.max_epochs=25", "--model.lr=5e-3",
+         *TINY_MODEL, *tiny_data(tiny_darcy_root), *tiny_trainer_args(out, name="tiny")]
+    )
+    return cli, out / "tiny" / "version_0"
+
+
+def test_run_folder_layout(trained_run):
+    _, run = trained_run
+    for name in ("config.yaml", "metrics.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "test_metrics.json"):
+        assert (run / name).is_file(), name
+
+
+def test_training_beats_the_untrained_model(trained_run):
+    cli, run = trained_run
+    trained = json.loads((run / "test_metrics.json").read_text())["test/rel_l2"]
+    dm = cli.datamodule
+    dm.setup("fit")
+    torch.manual_seed(0)
+    fresh = SurrogateModule(type(cli.model.model)(**cli.model.hparams["model"]["init_args"]), in_dim=3, out_dim=1)
+    fresh.input_norm.set_stats(*dm.input_stats)
+    fresh.target_norm.set_stats(*dm.target_stats)
+    dm.setup("test")
+    metric = RelativeL2Error()
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            metric.update(fresh(batch["x"], batch["mask"]), batch["y"], batch["mask"])
+    untrained = metric.compute().item()
+    assert trained < 0.5 * untrained, (trained, untrained)
+
+
+def test_checkpoint_reload_reproduces_test_metrics(trained_run, tiny_darcy_root, tmp_path):
+    _, run = trained_run
+    before = json.loads((run / "test_metrics.json").read_text())
+    (run / "test_metrics.json").unlink()
+    run_cli(
+        ["test", f"--config={CONFIGS / 'quickstart.yaml'}", "--ckpt_path=best", *TINY_MODEL,
+         *tiny_data(tiny_darcy_root), *tiny_trainer_args(run.parent.parent, name="tiny")]
+    )
+    after = json.loads((run / "test_metrics.json").read_text())
+    assert after == before
+    assert (run / "test" / "metrics.csv").is_file()  # evaluation logs stay inside the run
+
+
+def test_load_from_checkpoint_rebuilds_model_and_statistics(trained_run):
+    cli, run = trained_run
+    module = SurrogateModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
+    assert bool(module.input_norm.fitted)
+    dm = cli.datamodule
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    cli.model.load_state_dict(best["state_dict"])
+    with torch.no_grad():
+        torch.testing.assert_close(module.eval()(batch["x"], batch["mask"]), cli.model.eval()(batch["x"], batch["mask"]))
+        out = module.predict_step(batch, 0)
+    assert out["pred"].shape == batch["y"].shape
+    # predictions are in physical units: their scale matches the targets', not unit variance
+    assert out["pred"].std().item() == pytest.approx(batch["y"].std().item(), rel=0.5)
+
+
+def test_missing_best_checkpoint_is_reported(tmp_path, tiny_darcy_root):
+    with pytest.raises(FileNotFoundError, match="no run folder version_N with checkpoints/best.ckpt"):
+        run_cli(["test", f"--config={CONFIGS / 'quickstart.yaml'}", "--ckpt_path=best", *TINY_MODEL,
+                 *tiny_data(tiny_darcy_root), *tiny_trainer_args(tmp_path, name="none")])
+
+
+def test_module_entry_point_lists_subcommands():
+    out = subprocess.run([sys.executable, "-m", "flare_lightning", "--help"], capture_output=True, text=True, check=True)
+    for sub in ("fit", "validate", "test", "predict"):
+        assert sub in out.stdout
