@@ -1,7 +1,15 @@
 """LightningDataModules, one per dataset, over torch_geometric datasets."""
 
 from datamodules.darcy import DarcyDataModule, DarcyDataset
+from datamodules.drivaerml import DrivAerMLDataModule, DrivAerMLDataset
 from datamodules.mesh_datamodule import MeshDataModule
 from datamodules.mesh_dataset import MeshDataset
 
-__all__ = ["DarcyDataModule", "DarcyDataset", "MeshDataModule", "MeshDataset"]
+__all__ = [
+    "DarcyDataModule",
+    "DarcyDataset",
+    "DrivAerMLDataModule",
+    "DrivAerMLDataset",
+    "MeshDataModule",
+    "MeshDataset",
+]

@@ -1,0 +1,350 @@
+"""DrivAerML (road-car aerodynamics): surface pressure (and wall shear) on 484 morphed
+DrivAer notchback cars, as point clouds of surface cell centres."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import Dataset
+
+from datamodules.checks import DataFormatError, check_shape
+from datamodules.drivaerml_io import (
+    PROXY_LABEL,
+    Q_INF,
+    is_proxy_file,
+    list_runs,
+    read_run_npz,
+    read_split_file,
+)
+from datamodules.drivaerml_proxy import generate_proxy_runs
+from datamodules.mesh_datamodule import MeshDataModule
+from datamodules.mesh_dataset import MeshDataset
+from datamodules.vtp import read_vtp_cells
+
+Targets = Literal["pressure", "pressure_wss"]
+Source = Literal["npz", "vtp"]
+TARGET_DIMS = {"pressure": 1, "pressure_wss": 4}
+VTP_PRESSURE, VTP_WSS = "pMeanTrim", "wallShearStressMeanTrim"
+NPZ_FOLDERS = ("train", "test", "")  # where a run named by a split file may live
+
+
+class DrivAerMLDataset(MeshDataset):
+    """Surface fields of DrivAerML runs (or of DrivAerML proxy runs, same layout).
+
+    A sample holds ``pos`` [N, 3], the surface cell centres [m], and ``y`` [N, 1] = p
+    or [N, 4] = (p, τx, τy, τz): time-averaged kinematic pressure and wall shear stress
+    [m²/s²] (divided by the density), or Cp = p / q∞ and Cf = τ / q∞ (q∞ = 756.18 m²/s²,
+    U∞ = 38.889 m/s) with ``pressure_as_cp``. Real runs have ~8.8M cells; the paper
+    trains on 40k points per run.
+
+    Source: Ashton et al., "DrivAerML" (arXiv 2408.11969), CC-BY-SA 4.0,
+    huggingface.co/datasets/neashton/drivaerml. Paper split: 387 train / 97 test runs.
+
+    Args:
+        root: data folder; ``files`` are relative to it.
+        files: one ``run_<i>.npz`` archive or ``run_<i>/boundary_<i>.vtp`` surface per sample.
+        run_ids: the DrivAerML run id of each file (kept as ``self.run_ids``).
+        targets: ``pressure`` (as in the paper) or ``pressure_wss``.
+        pressure_as_cp: divide all targets by q∞ (Cp, and Cf for wall shear).
+        num_points: keep this many random points of each run, the same subset every time
+            (seeded by ``seed`` and the run id); None keeps all.
+        seed: seed of the point subsets.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        files: list[str],
+        run_ids: list[int],
+        targets: Targets = "pressure",
+        pressure_as_cp: bool = False,
+        num_points: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if len(files) != len(run_ids):
+            raise ValueError(f"DrivAerMLDataset: {len(files)} files but {len(run_ids)} run ids")
+        _check_option("targets", targets, TARGET_DIMS)
+        if num_points is not None and num_points < 1:
+            raise ValueError(f"DrivAerMLDataset: num_points must be >= 1 or None, got {num_points}")
+        self.files, self.run_ids = list(files), list(run_ids)
+        self.targets, self.pressure_as_cp, self.num_points, self.seed = targets, pressure_as_cp, num_points, seed
+        super().__init__(root)
+
+    @property
+    def raw_file_names(self) -> list[str]:
+        return self.files
+
+    def cache_config(self) -> dict:
+        stamps = []
+        for f in self.files:
+            path = Path(self.raw_dir) / f
+            stamps.append((path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None)
+        return {
+            "files": self.files,
+            "stamps": stamps,
+            "targets": self.targets,
+            "cp": self.pressure_as_cp,
+            "num_points": self.num_points,
+            "seed": self.seed,
+        }
+
+    def read_samples(self) -> Iterator[dict[str, np.ndarray]]:
+        for file, run_id in zip(self.files, self.run_ids, strict=True):
+            pos, y = self.read_run(Path(self.raw_dir) / file)
+            if self.num_points is not None and len(pos) > self.num_points:
+                rng = np.random.default_rng([self.seed, run_id])
+                keep = np.sort(rng.choice(len(pos), size=self.num_points, replace=False))
+                pos, y = pos[keep], y[keep]
+            yield {"pos": pos, "y": y / Q_INF if self.pressure_as_cp else y}
+
+    def read_run(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """(centres [N, 3], targets [N, 1 or 4]) of one run, in m and m²/s²."""
+        out = TARGET_DIMS[self.targets]
+        if path.suffix == ".vtp":
+            names = (VTP_PRESSURE, VTP_WSS)[:1] if out == 1 else (VTP_PRESSURE, VTP_WSS)
+            pos, cells = read_vtp_cells(path, names)
+            n = len(pos)
+            parts = [check_shape(cells[VTP_PRESSURE].reshape(n, -1), (n, 1), path, VTP_PRESSURE)]
+            if out == 4:
+                parts.append(check_shape(cells[VTP_WSS].reshape(n, -1), (n, 3), path, VTP_WSS))
+            return pos, np.concatenate(parts, axis=1)
+        pos, fields = read_run_npz(path)
+        return pos, fields[:, :out]
+
+
+class DrivAerMLDataModule(MeshDataModule):
+    """DrivAerML surface pressure (optionally + wall shear) from surface cell centres xyz.
+
+    Real data (``proxy: false``) is read from ``root``, in one of two layouts:
+
+    - ``source: npz``: presampled archives ``root/{train,test}/run_<i>.npz`` (keys
+      ``surface_mesh_centers`` (N, 3), ``surface_fields`` (N, 4) = [p, τx, τy, τz]);
+    - ``source: vtp``: raw surfaces ``root/run_<i>/boundary_<i>.vtp`` (cell arrays
+      ``pMeanTrim``, ``wallShearStressMeanTrim``; needs ``vtk``, and a ``split_file``).
+
+    Without ``split_file`` the npz folders ``train/`` and ``test/`` are the split. A split
+    file (JSON ``{"train": [ids], "test": [ids]}``, relative to ``root`` unless absolute)
+    picks runs by id from ``train/``, ``test/`` or ``root``. Validation uses the last
+    ``n_val`` training runs; ``n_val: 0`` trains on all of them (the paper's 387) and
+    validates on the test runs, so the "best" checkpoint is then chosen on test data.
+
+    With ``proxy: true`` it trains on the DrivAerML proxy (potential flow) instead: random
+    car-like bodies with panel-method pressure, written to ``root`` in the npz layout on
+    first use (see ``datamodules.drivaerml_proxy``). Its results are not DrivAerML results.
+
+    Args:
+        root: data folder (real files, or where the proxy is written).
+        split_file: optional JSON split of run ids.
+        source: ``npz`` (presampled archives) or ``vtp`` (raw boundary surfaces).
+        targets: ``pressure`` (paper: output 1) or ``pressure_wss`` (output 4).
+        pressure_as_cp: train on Cp = p / 756.18 (and Cf = τ / 756.18) instead of m²/s².
+        num_points: fixed random points kept per run for all splits (paper: 40000; None: all).
+        n_val: training runs held out for validation (0: validate on the test runs).
+        proxy: use (and if missing, generate) the DrivAerML proxy (potential flow).
+        proxy_train_runs: proxy bodies for training and validation.
+        proxy_test_runs: proxy bodies for testing.
+        proxy_panels: panels per proxy body (solve time grows as its square: 2000 ~ 2 s).
+        proxy_points: surface points written per proxy body.
+        proxy_seed: seed of the proxy bodies.
+        batch_size: training batch size (paper: 1).
+        eval_batch_size: validation/test batch size (default: ``batch_size``).
+        num_workers: loader workers.
+        train_points: random points per training sample, fresh each epoch (None: all).
+        seed: seed of shuffling and point subsets.
+    """
+
+    in_dim = 3
+
+    def __init__(
+        self,
+        root: str = "data/drivaerml",
+        split_file: str | None = None,
+        source: Source = "npz",
+        targets: Targets = "pressure",
+        pressure_as_cp: bool = False,
+        num_points: int | None = None,
+        n_val: int = 8,
+        proxy: bool = False,
+        proxy_train_runs: int = 40,
+        proxy_test_runs: int = 10,
+        proxy_panels: int = 2000,
+        proxy_points: int = 8000,
+        proxy_seed: int = 0,
+        batch_size: int = 1,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        train_points: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed)
+        _check_option("targets", targets, TARGET_DIMS)
+        _check_option("source", source, ("npz", "vtp"))
+        if n_val < 0:
+            raise ValueError(f"DrivAerMLDataModule: n_val must be >= 0, got {n_val}")
+        if proxy and (split_file is not None or source != "npz"):
+            raise ValueError(
+                "DrivAerMLDataModule: the proxy is npz data split by proxy_train_runs/proxy_test_runs; "
+                "unset data.split_file and data.source with data.proxy=true"
+            )
+        for name, value in (("proxy_train_runs", proxy_train_runs), ("proxy_test_runs", proxy_test_runs)):
+            if proxy and value < 1:
+                raise ValueError(f"DrivAerMLDataModule: {name} must be >= 1, got {value}")
+        if proxy and n_val >= proxy_train_runs:
+            raise ValueError(f"DrivAerMLDataModule: n_val={n_val} leaves no training runs of {proxy_train_runs}")
+        self.split_file, self.source, self.targets = split_file, source, targets
+        self.pressure_as_cp, self.num_points, self.n_val = pressure_as_cp, num_points, n_val
+        self.proxy, self.proxy_seed = proxy, proxy_seed
+        self.proxy_train_runs, self.proxy_test_runs = proxy_train_runs, proxy_test_runs
+        self.proxy_panels, self.proxy_points = proxy_panels, proxy_points
+
+    @property
+    def out_dim(self) -> int:
+        return TARGET_DIMS[self.targets]
+
+    @property
+    def label(self) -> str:
+        """What the data is, for logs and reports: DrivAerML or the proxy."""
+        return PROXY_LABEL if self.proxy else "DrivAerML"
+
+    # --- data on disk ------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.proxy:
+            self._check_proxy_folder()
+            split = self._proxy_split()
+            for name, ids in split.items():
+                missing = [i for i in ids if not (self.root / name / f"run_{i}.npz").exists()]
+                if missing:
+                    rank_zero_info(
+                        f"Generating {PROXY_LABEL} data (not DrivAerML): {len(missing)} {name} bodies "
+                        f"in {self.root / name}, about {self.proxy_panels / 1000:.0f} s each"
+                    )
+                    generate_proxy_runs(
+                        self.root / name, missing, self.proxy_panels, self.proxy_points, self.proxy_seed
+                    )
+        self.split_runs()
+
+    def _proxy_split(self) -> dict[str, list[int]]:
+        n = self.proxy_train_runs
+        return {"train": list(range(1, n + 1)), "test": list(range(n + 1, n + self.proxy_test_runs + 1))}
+
+    def _check_proxy_folder(self) -> None:
+        """Refuse to write proxy runs next to files that are not proxy runs."""
+        for name in ("train", "test"):
+            for i in list_runs(self.root / name):
+                path = self.root / name / f"run_{i}.npz"
+                if not is_proxy_file(path):
+                    raise DataFormatError(
+                        f"{path}: data.proxy=true, but this is not a {PROXY_LABEL} file (no 'proxy' key); "
+                        "point data.root at a separate folder for the proxy, or set data.proxy=false"
+                    )
+
+    def split_runs(self) -> dict[str, list[tuple[int, str]]]:
+        """``train`` and ``test`` lists of (run id, file relative to root), every file checked to exist."""
+        if self.proxy:
+            split = self._proxy_split()
+            return {k: [(i, f"{k}/run_{i}.npz") for i in ids] for k, ids in split.items()}
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"DrivAerML data folder not found: {self.root}. Download DrivAerML "
+                "(huggingface.co/datasets/neashton/drivaerml) and set data.root, or set data.proxy=true "
+                "to train on the DrivAerML proxy (potential flow)"
+            )
+        if self.split_file is None:
+            if self.source == "vtp":
+                raise ValueError(
+                    'DrivAerMLDataModule: source=vtp needs data.split_file (JSON {"train": [...], "test": [...]})'
+                )
+            runs = {}
+            for name in ("train", "test"):
+                folder = self.root / name
+                if not folder.is_dir():
+                    raise FileNotFoundError(f"DrivAerML: folder {folder} not found (expected {name}/run_<i>.npz files)")
+                ids = list_runs(folder)
+                if not ids:
+                    raise DataFormatError(f"DrivAerML: no run_<i>.npz files in {folder} (the {name} split is empty)")
+                runs[name] = [(i, f"{name}/run_{i}.npz") for i in ids]
+        else:
+            runs = self._runs_from_split_file()
+        self._refuse_proxy_files(runs)
+        return runs
+
+    def _runs_from_split_file(self) -> dict[str, list[tuple[int, str]]]:
+        path = Path(self.split_file)
+        path = path if path.is_absolute() else self.root / path
+        split = read_split_file(path)
+        runs, absent = {}, []
+        for name, ids in split.items():
+            runs[name] = []
+            for i in ids:
+                if self.source == "vtp":
+                    found = [f"run_{i}/boundary_{i}.vtp"]
+                else:
+                    found = [str(Path(d) / f"run_{i}.npz") for d in NPZ_FOLDERS]
+                found = [f for f in found if (self.root / f).exists()]
+                if found:
+                    runs[name].append((i, found[0]))
+                else:
+                    absent.append(i)
+        if absent:
+            where = "run_<i>/boundary_<i>.vtp" if self.source == "vtp" else "{train,test,.}/run_<i>.npz"
+            raise DataFormatError(
+                f"{path}: names {len(absent)} run(s) with no file under {self.root} ({where}): {_ids(absent)}"
+            )
+        return runs
+
+    def _refuse_proxy_files(self, runs: dict[str, list[tuple[int, str]]]) -> None:
+        if self.source != "npz":
+            return
+        for _, file in runs["train"] + runs["test"]:
+            if is_proxy_file(self.root / file):
+                raise DataFormatError(
+                    f"{self.root / file}: this is {PROXY_LABEL} data, not DrivAerML; set data.proxy=true "
+                    "(results on it must not be reported as DrivAerML)"
+                )
+
+    # --- datasets ----------------------------------------------------------------------
+    def _dataset(self, runs: list[tuple[int, str]]) -> DrivAerMLDataset:
+        return DrivAerMLDataset(
+            self.root,
+            files=[f for _, f in runs],
+            run_ids=[i for i, _ in runs],
+            targets=self.targets,
+            pressure_as_cp=self.pressure_as_cp,
+            num_points=self.num_points,
+            seed=self.seed,
+        )
+
+    def build_datasets(self, stage: str) -> dict[str, Dataset]:
+        runs = self.split_runs()
+        train, test = runs["train"], runs["test"]
+        if self.n_val >= len(train):
+            raise ValueError(f"DrivAerMLDataModule: n_val={self.n_val} leaves none of the {len(train)} training runs")
+        if self.n_val:
+            train, val = train[: -self.n_val], train[-self.n_val :]
+        else:
+            val = test
+            if stage in ("fit", "validate"):
+                rank_zero_warn("DrivAerMLDataModule: n_val=0 validates on the test runs; report the last checkpoint")
+        rank_zero_info(f"{self.label}: {len(train)} train / {len(val)} val / {len(test)} test runs from {self.root}")
+        datasets: dict[str, Dataset] = {}
+        if stage in ("fit", "validate"):
+            datasets["val"] = self._dataset(val)
+        if stage == "fit":
+            datasets["train"] = self.with_subsample(self._dataset(train))
+        if stage in ("test", "predict"):
+            datasets["test"] = self._dataset(test)
+        return datasets
+
+
+def _check_option(name: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"DrivAerML: {name} must be one of {sorted(allowed)}, got {value!r}")
+
+
+def _ids(ids: list[int], most: int = 20) -> str:
+    shown = ", ".join(str(i) for i in ids[:most])
+    return shown + (f", ... ({len(ids) - most} more)" if len(ids) > most else "")

@@ -1,0 +1,53 @@
+"""Cell centres and cell arrays of VTK XML PolyData (``.vtp``) surfaces; needs ``vtk``
+(``pip install 'flare-lightning[vtk]'``), imported only when a file is read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from datamodules.checks import DataFormatError, check_finite
+
+
+def _vtk():
+    try:
+        from vtkmodules.util.numpy_support import vtk_to_numpy
+        from vtkmodules.vtkFiltersCore import vtkCellCenters
+        from vtkmodules.vtkIOXML import vtkXMLPolyDataReader
+    except ImportError as err:
+        raise ImportError(
+            "reading .vtp surfaces needs the optional dependency vtk: pip install 'flare-lightning[vtk]' "
+            "(or pip install vtk)"
+        ) from err
+    return vtk_to_numpy, vtkCellCenters, vtkXMLPolyDataReader
+
+
+def read_vtp_cells(path: str | Path, arrays: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Cell centres float32 [N, 3] and the named cell-data arrays ([N] or [N, k]) of a
+    ``.vtp`` file; errors name the file and the missing array, listing those present."""
+    vtk_to_numpy, vtkCellCenters, vtkXMLPolyDataReader = _vtk()
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f".vtp file not found: {path}")
+    reader = vtkXMLPolyDataReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    poly = reader.GetOutput()
+    if poly is None or poly.GetNumberOfCells() == 0:
+        raise DataFormatError(f"{path}: no cells could be read (expected a VTK XML PolyData surface)")
+    cell_data = poly.GetCellData()
+    present = [cell_data.GetArrayName(i) for i in range(cell_data.GetNumberOfArrays())]
+    out = {}
+    for name in arrays:
+        arr = cell_data.GetArray(name)
+        if arr is None:
+            raise DataFormatError(f"{path}: missing cell array {name!r} (cell arrays present: {present})")
+        out[name] = check_finite(vtk_to_numpy(arr).astype(np.float32), path, name)
+    centres = vtkCellCenters()
+    centres.SetInputData(poly)
+    centres.VertexCellsOff()
+    centres.Update()
+    pos = vtk_to_numpy(centres.GetOutput().GetPoints().GetData()).astype(np.float32)
+    return check_finite(pos, path, "cell centres"), out
