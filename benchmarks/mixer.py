@@ -200,17 +200,15 @@ def tune(shapes, n: int, timer: Timer) -> list[dict]:
         base = tm.default_config(m, d)
         bm = max(16, 1 << math.ceil(math.log2(m)))
         variants = [("default", base)]
-        for bn, bmm, w, st in [(128, 64, 4, 2), (128, 128, 8, 2), (256, 64, 8, 2), (64, 64, 4, 3),
-                               (128, 64, 4, 3), (64, 128, 4, 2)]:
-            variants.append((f"encode {bn}x{bmm} w{w} s{st}", dataclasses.replace(base, encode=KC(bn, min(bmm, bm), w, st))))
-        for bn, bmm, w in [(64, 128, 4), (128, 64, 4), (128, 128, 8), (256, 64, 8), (64, 256, 8), (128, 256, 8)]:
-            variants.append((f"decode {bn}x{bmm} w{w}", dataclasses.replace(base, decode=KC(bn, min(bmm, bm), w))))
-        for bn, bmm, w, st in [(128, 64, 4, 2), (128, 128, 8, 2), (256, 64, 8, 2), (64, 64, 4, 3)]:
-            variants.append((f"dz {bn}x{bmm} w{w} s{st}", dataclasses.replace(base, dz=KC(bn, min(bmm, bm), w, st))))
-        for bn, bmm, w, st in [(64, 64, 8, 2), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (128, 32, 4, 2),
-                               (32, 128, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2)]:
-            variants.append((f"main {bn}x{bmm} w{w} s{st}", dataclasses.replace(base, main=KC(bn, min(bmm, bm), w, st))))
-        for pps in (2, 8, 16):
+        fwd_tiles = [(128, 64, 4, 2), (256, 64, 8, 2), (64, 64, 4, 2), (128, 128, 8, 2), (64, 128, 4, 2)]
+        bwd_tiles = [(128, 64, 8, 2), (32, 64, 4, 2), (64, 64, 4, 2), (64, 128, 8, 2), (64, 32, 4, 2), (64, 64, 8, 3)]
+        for field, tiles in [("encode", fwd_tiles), ("decode", fwd_tiles),
+                             ("bwd_decode", bwd_tiles), ("bwd_encode", bwd_tiles)]:
+            for bn, bmm, w, st in tiles:
+                kc = KC(bn, min(bmm, bm), w, st)
+                if kc != getattr(base, field):
+                    variants.append((f"{field} {bn}x{kc.block_m} w{w} s{st}", dataclasses.replace(base, **{field: kc})))
+        for pps in (2, 8):
             variants.append((f"programs/SM {pps}", dataclasses.replace(base, programs_per_sm=pps)))
         for name, cfg in variants:
             def fn(q_, k_, v_, cfg=cfg):
@@ -223,13 +221,6 @@ def tune(shapes, n: int, timer: Timer) -> list[dict]:
             out.append(row)
             print(f"tune H{h} D{d} M{m} | {name:28s} | fwd {_fmt(r['fwd'], '.3f')} | fwd+bwd {_fmt(r['fwd_bwd'], '.3f')}"
                   f"{' | ' + r['error'] if 'error' in r else ''}", flush=True)
-        for cs in (1024, 4096, 16384):
-            def fn(q_, k_, v_, cs=cs):
-                return flare_mix_chunked(q_, k_, v_, None, 1.0, chunk_size=cs)
-            r = measure(fn, (q, k, v), dy, timer)
-            out.append({"H": h, "D": d, "M": m, "N": n, "variant": f"chunked {cs}", **r})
-            print(f"tune H{h} D{d} M{m} | chunked {cs:<20d} | fwd {_fmt(r['fwd'], '.3f')} | fwd+bwd {_fmt(r['fwd_bwd'], '.3f')}",
-                  flush=True)
         del q, k, v, dy
         torch.cuda.empty_cache()
     return out

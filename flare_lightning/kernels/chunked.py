@@ -86,7 +86,7 @@ def flare_mix_chunked(
     with _flash_only(half):
         y_f = F.scaled_dot_product_attention(k_f, lat_f, z_f, scale=scale)
     if in_heads:
-        y = y_f.view(b, h, chunks * chunk, d)
+        y = y_f.reshape(b, h, chunks * chunk, d)
     else:
-        y = y_f.view(b, chunks, h, chunk, d).transpose(1, 2).reshape(b, h, chunks * chunk, d)
+        y = y_f.reshape(b, chunks, h, chunk, d).transpose(1, 2).reshape(b, h, chunks * chunk, d)
     return y[:, :, :n] if chunks * chunk != n else y

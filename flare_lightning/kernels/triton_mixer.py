@@ -2,10 +2,11 @@
 
 ``flare_mix_triton(q, k, v, mask, scale)`` computes the same function as
 ``reference.flare_mix_explicit`` without materialising any [N, M] tensor. The forward
-runs three kernels (chunked encode, log-sum-exp merge, decode), the backward two (chunked
-dz, then one pass over the points for dk, dv and dq partials) plus two small sums.
-Saved for backward: y, z [B, H, M, D] fp32 and one fp32 log-sum-exp per latent and per
-point; the inputs k, v are kept, nothing of size N x M is.
+runs three kernels (chunked encode, log-sum-exp merge, decode), the backward two passes
+over the points (decode side, then encode side) plus a few [B·H, M, D] sums. Each logit
+goes through exp2 four times in all (twice forward, twice backward). Saved for backward:
+y, z [B, H, M, D] and one fp32 log-sum-exp per latent and per point besides the inputs;
+nothing of size N x M.
 
 Importing this module needs Triton; ``dispatch`` imports it only when asked for.
 Under ``TRITON_INTERPRET=1`` (set before this import) the kernels run on CPU tensors.
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 from flare_lightning.kernels.reference import check_mixer_inputs
-from flare_lightning.kernels.triton_mixer_bwd import _bwd_dz_kernel, _bwd_main_kernel
+from flare_lightning.kernels.triton_mixer_bwd import _bwd_decode_kernel, _bwd_encode_kernel
 from flare_lightning.kernels.triton_mixer_fwd import (
     _decode_fwd_kernel,
     _encode_merge_kernel,
@@ -48,14 +49,15 @@ class KernelConfig:
 class MixerConfig:
     """Launch configuration of the four heavy kernels and the chunking target.
 
-    ``programs_per_sm`` sets how many programs the chunked kernels (encode, dz, main)
-    aim for: enough to fill the GPU, few enough that the partials stay small.
+    ``programs_per_sm`` sets how many programs the chunked kernels (forward encode and
+    both backward passes) aim for: enough to fill the GPU, few enough that the [M, D]
+    partials they each write stay small.
     """
 
     encode: KernelConfig
     decode: KernelConfig
-    dz: KernelConfig
-    main: KernelConfig
+    bwd_decode: KernelConfig
+    bwd_encode: KernelConfig
     programs_per_sm: int = 4
 
 
@@ -66,17 +68,15 @@ def _pow2(x: int, lo: int = 16) -> int:
 def default_config(m: int, d: int) -> MixerConfig:
     """Tile sizes for M latents and head dim d, measured on H100/H200 (benchmarks/NOTES_mixer.md)."""
     bm = _pow2(m)
-    enc_m = min(bm, 128)
-    dec_m = min(bm, 128)
-    main_m = min(bm, 64)
     if INTERPRETED:  # numpy executes whole tiles: large tiles, few loop steps
         small = KernelConfig(block_n=32, block_m=min(bm, 32))
         return MixerConfig(small, small, small, small, programs_per_sm=1)
+    tile_m = min(bm, 64)
     return MixerConfig(
-        encode=KernelConfig(128 if enc_m <= 64 else 64, enc_m, 4 if enc_m <= 64 else 8),
-        decode=KernelConfig(128, dec_m, 4 if dec_m <= 64 else 8),
-        dz=KernelConfig(128 if enc_m <= 64 else 64, enc_m, 4 if enc_m <= 64 else 8),
-        main=KernelConfig(64, main_m, 4),
+        encode=KernelConfig(128, tile_m, 8),
+        decode=KernelConfig(128, tile_m, 8),
+        bwd_decode=KernelConfig(64, tile_m, 8),
+        bwd_encode=KernelConfig(64, tile_m, 8),
     )
 
 
@@ -113,7 +113,8 @@ def _unit_last(t: Tensor) -> Tensor:
 
 
 def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, cfg: MixerConfig):
-    """Returns y [B, H, N, D], z [B·H, M, D] fp32, lse_enc [B·H, M], lse_dec [B·H, N]."""
+    """Returns y [B, H, N, D], z [B·H, M, D] (fp32 and input dtype), lse_enc [B·H, M],
+    lse_dec [B·H, N] (fp32, base 2)."""
     b, h, n, d = k.shape
     m = q.shape[1]
     bh = b * h
@@ -131,34 +132,34 @@ def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
     m_part = torch.empty(bh, chunks, m, device=dev, dtype=torch.float32)
     l_part = torch.empty_like(m_part)
     acc_part = torch.empty(bh, chunks, m, d, device=dev, dtype=torch.float32)
-    keymask = mask is not None or n % ce.block_n != 0
     _encode_partial_kernel[(m_tiles, chunks, bh)](
         q, k, v, mask_u8, m_part, l_part, acc_part,
         n, m, d, h, qk_scale, tiles,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), mask_stride,
-        HAS_KEYMASK=keymask, HAS_MASK=mask is not None, PREC=prec,
+        HAS_KEYMASK=mask is not None or n % ce.block_n != 0, HAS_MASK=mask is not None, PREC=prec,
         BLOCK_N=ce.block_n, BLOCK_M=ce.block_m, BLOCK_D=bd, num_warps=ce.num_warps, num_stages=ce.num_stages,
     )
     z = torch.empty(bh, m, d, device=dev, dtype=torch.float32)
+    z_lo = torch.empty(bh, m, d, device=dev, dtype=k.dtype)
     lse_enc = torch.empty(bh, m, device=dev, dtype=torch.float32)
     merge_m = min(_pow2(m), 64)
     _encode_merge_kernel[(triton_cdiv(m, merge_m), bh)](
-        m_part, l_part, acc_part, z, lse_enc, m, d, chunks, BLOCK_M=merge_m, BLOCK_D=bd, num_warps=4,
+        m_part, l_part, acc_part, z, z_lo, lse_enc, m, d, chunks, BLOCK_M=merge_m, BLOCK_D=bd, num_warps=4,
     )
 
     cd = cfg.decode
     y = torch.empty_like(v)
     lse_dec = torch.empty(bh, n, device=dev, dtype=torch.float32)
     _decode_fwd_kernel[(triton_cdiv(n, cd.block_n), bh)](
-        q, z, k, y, lse_dec, n, m, d, h, qk_scale,
+        q, z_lo, k, y, lse_dec, n, m, d, h, qk_scale,
         k.stride(0), k.stride(1), k.stride(2), y.stride(0), y.stride(1), y.stride(2),
         EVEN_M=m % cd.block_m == 0, PREC=prec,
         BLOCK_N=cd.block_n, BLOCK_M=cd.block_m, BLOCK_D=bd, num_warps=cd.num_warps, num_stages=cd.num_stages,
     )
-    return y, z, lse_enc, lse_dec
+    return y, z, z_lo, lse_enc, lse_dec
 
 
-def _flare_backward(q, k, v, mask, y, z, lse_enc, lse_dec, dy, scale: float, cfg: MixerConfig):
+def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: float, cfg: MixerConfig):
     """Returns dq [H, M, D] (q's dtype), dk, dv [B, H, N, D]."""
     b, h, n, d = k.shape
     m = q.shape[1]
@@ -170,38 +171,42 @@ def _flare_backward(q, k, v, mask, y, z, lse_enc, lse_dec, dy, scale: float, cfg
     target = _num_programs_target(dev, cfg)
     mask_u8 = mask.view(torch.uint8) if mask is not None else k
     mask_stride = mask.stride(0) if mask is not None else 0
-
-    cz = cfg.dz
-    m_tiles = triton_cdiv(m, cz.block_m)
-    tiles, chunks = _chunking(n, cz.block_n, bh * m_tiles, target, bh * m * d * 4)
-    dz_part = torch.empty(bh, chunks, m, d, device=dev, dtype=torch.float32)
-    _bwd_dz_kernel[(m_tiles, chunks, bh)](
-        q, k, dy, lse_dec, dz_part, n, m, d, h, qk_scale, tiles,
-        k.stride(0), k.stride(1), k.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
-        EVEN_M=m % cz.block_m == 0, PREC=prec, BLOCK_N=cz.block_n, BLOCK_M=cz.block_m, BLOCK_D=bd,
-        num_warps=cz.num_warps, num_stages=cz.num_stages,
-    )
-    dz = dz_part.sum(1)  # [B·H, M, D]
-
-    cm = cfg.main
-    num_m_tiles = triton_cdiv(m, cm.block_m)
-    tiles, chunks = _chunking(n, cm.block_n, bh, target, bh * m * d * 4)
-    alloc = torch.empty if num_m_tiles == 1 else torch.zeros
-    dq_part = alloc(bh, chunks, m, d, device=dev, dtype=torch.float32)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
-    _bwd_main_kernel[(chunks, bh)](
-        q, k, v, y, dy, mask_u8, z, dz, lse_enc, lse_dec, dk, dv, dq_part,
+
+    c1 = cfg.bwd_decode
+    tiles_1 = triton_cdiv(m, c1.block_m)
+    tiles, chunks_1 = _chunking(n, c1.block_n, bh, target, 2 * bh * m * d * 4)
+    alloc = torch.empty if tiles_1 == 1 else torch.zeros
+    dz_part = alloc(bh, chunks_1, m, d, device=dev, dtype=torch.float32)
+    dq_part_1 = alloc(bh, chunks_1, m, d, device=dev, dtype=torch.float32)
+    _bwd_decode_kernel[(chunks_1, bh)](
+        q, k, y, dy, z_lo, lse_dec, dk, dz_part, dq_part_1,
+        n, m, d, h, qk_scale, scale, tiles,
+        k.stride(0), k.stride(1), k.stride(2), y.stride(0), y.stride(1), y.stride(2),
+        dy.stride(0), dy.stride(1), dy.stride(2), dk.stride(0), dk.stride(1), dk.stride(2),
+        EVEN_M=m % c1.block_m == 0, NUM_M_TILES=tiles_1, PREC=prec,
+        BLOCK_N=c1.block_n, BLOCK_M=c1.block_m, BLOCK_D=bd, num_warps=c1.num_warps, num_stages=c1.num_stages,
+    )
+    dz = dz_part.sum(1)  # [B·H, M, D] fp32
+    delta = (dz * z).sum(-1)  # δ_m = dz_m·z_m [B·H, M]
+    dz_lo = dz.to(k.dtype)
+
+    c2 = cfg.bwd_encode
+    tiles_2 = triton_cdiv(m, c2.block_m)
+    tiles, chunks_2 = _chunking(n, c2.block_n, bh, target, bh * m * d * 4)
+    dq_part_2 = (torch.empty if tiles_2 == 1 else torch.zeros)(bh, chunks_2, m, d, device=dev, dtype=torch.float32)
+    _bwd_encode_kernel[(chunks_2, bh)](
+        q, k, v, mask_u8, dz_lo, delta, lse_enc, dk, dv, dq_part_2,
         n, m, d, h, qk_scale, scale, tiles,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        y.stride(0), y.stride(1), y.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), mask_stride,
-        HAS_KEYMASK=mask is not None or n % cm.block_n != 0, HAS_MASK=mask is not None,
-        EVEN_M=m % cm.block_m == 0, NUM_M_TILES=num_m_tiles, PREC=prec,
-        BLOCK_N=cm.block_n, BLOCK_M=cm.block_m, BLOCK_D=bd, num_warps=cm.num_warps, num_stages=cm.num_stages,
+        HAS_KEYMASK=mask is not None or n % c2.block_n != 0, HAS_MASK=mask is not None,
+        NUM_M_TILES=tiles_2, PREC=prec,
+        BLOCK_N=c2.block_n, BLOCK_M=c2.block_m, BLOCK_D=bd, num_warps=c2.num_warps, num_stages=c2.num_stages,
     )
-    dq = dq_part.view(b, h, chunks, m, d).sum((0, 2)).mul_(scale).to(q.dtype)
-    return dq, dk, dv
+    dq = dq_part_1.view(b, h, chunks_1, m, d).sum((0, 2)) + dq_part_2.view(b, h, chunks_2, m, d).sum((0, 2))
+    return (dq * scale).to(q.dtype), dk, dv
 
 
 class FlareMixTriton(torch.autograd.Function):
@@ -209,17 +214,17 @@ class FlareMixTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, mask, scale, cfg):
-        y, z, lse_enc, lse_dec = _flare_forward(q, k, v, mask, scale, cfg)
-        ctx.save_for_backward(q, k, v, mask, y, z, lse_enc, lse_dec)
+        y, z, z_lo, lse_enc, lse_dec = _flare_forward(q, k, v, mask, scale, cfg)
+        ctx.save_for_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec)
         ctx.scale = scale
         ctx.cfg = cfg
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        q, k, v, mask, y, z, lse_enc, lse_dec = ctx.saved_tensors
+        q, k, v, mask, y, z, z_lo, lse_enc, lse_dec = ctx.saved_tensors
         dq, dk, dv = _flare_backward(
-            q, k, v, mask, y, z, lse_enc, lse_dec, _unit_last(dy), ctx.scale, ctx.cfg
+            q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, _unit_last(dy), ctx.scale, ctx.cfg
         )
         return dq, dk, dv, None, None, None
 

@@ -17,7 +17,7 @@ import triton.language as tl
 
 # Finite stand-in for -inf on masked logits: exp2 of it is exactly 0, and an all-masked
 # tile gives exp2(0) = 1 instead of NaN (its weight then vanishes in the merge).
-NEG = -1.0e30
+NEG = tl.constexpr(-1.0e30)
 
 
 @triton.jit
@@ -81,10 +81,11 @@ def _encode_partial_kernel(
 
 @triton.jit
 def _encode_merge_kernel(
-    m_part_ptr, l_part_ptr, acc_part_ptr, z_ptr, lse_ptr, M, D, num_chunks,
+    m_part_ptr, l_part_ptr, acc_part_ptr, z_ptr, z_lo_ptr, lse_ptr, M, D, num_chunks,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Join chunk partials by log-sum-exp: z [B·H, M, D] fp32 and lse [B·H, M] (base 2)."""
+    """Join chunk partials by log-sum-exp into z [B·H, M, D] (fp32, and z_lo in the
+    input dtype for the tensor-core products) and lse [B·H, M] (base 2)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -105,7 +106,9 @@ def _encode_merge_kernel(
         acc += w[:, None] * part
     l_sum = tl.where(m_ok, l_sum, 1.0)
     out = pid_bh * M + offs_m
-    tl.store(z_ptr + out[:, None] * D + offs_d[None, :], acc / l_sum[:, None], mask=md_ok)
+    z = acc / l_sum[:, None]
+    tl.store(z_ptr + out[:, None] * D + offs_d[None, :], z, mask=md_ok)
+    tl.store(z_lo_ptr + out[:, None] * D + offs_d[None, :], z.to(z_lo_ptr.dtype.element_ty), mask=md_ok)
     tl.store(lse_ptr + out, mx + tl.log2(l_sum), mask=m_ok)
 
 
@@ -119,7 +122,7 @@ def _decode_fwd_kernel(
 ):
     """Decode one point tile: y [B, H, N, D] and its log-sum-exp lse [B·H, N] (base 2).
 
-    q: [H, M, D] in the input dtype; z: [B·H, M, D] fp32 from the encode.
+    q: [H, M, D] and z: [B·H, M, D], both in the input dtype.
     """
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -151,7 +154,7 @@ def _decode_fwd_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(k.dtype), z.to(k.dtype), input_precision=PREC)
+        acc = acc * alpha[:, None] + tl.dot(p.to(z.dtype), z, input_precision=PREC)
         m_i = m_new
 
     y = acc / l_i[:, None]
