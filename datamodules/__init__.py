@@ -2,6 +2,8 @@
 
 from datamodules.darcy import DarcyDataModule, DarcyDataset
 from datamodules.drivaerml import DrivAerMLDataModule, DrivAerMLDataset
+from datamodules.elasticity import ElasticityDataModule, ElasticityDataset
+from datamodules.lpbf import LPBFDataModule, LPBFDataset
 from datamodules.mesh_datamodule import MeshDataModule
 from datamodules.mesh_dataset import MeshDataset
 
@@ -10,6 +12,10 @@ __all__ = [
     "DarcyDataset",
     "DrivAerMLDataModule",
     "DrivAerMLDataset",
+    "ElasticityDataModule",
+    "ElasticityDataset",
+    "LPBFDataModule",
+    "LPBFDataset",
     "MeshDataModule",
     "MeshDataset",
 ]

@@ -1,0 +1,177 @@
+"""Elasticity (Geo-FNO): von Mises stress in a hyperelastic unit cell with a random void,
+on the 972-point cloud of each cell's mesh."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from datamodules.checks import DataFormatError, check_finite, check_shape, require_files
+from datamodules.elasticity_generate import FILES, generate_elasticity, write_elasticity
+from datamodules.mesh_datamodule import MeshDataModule
+from datamodules.mesh_dataset import MeshDataset
+
+log = logging.getLogger(__name__)
+READ = ("XY", "sigma")  # rr and theta describe the void; the model sees the points only
+
+
+def load_elasticity(root: str | Path) -> dict[str, np.ndarray]:
+    """Memory-mapped ``XY`` (N, 2, S) and ``sigma`` (N, S) from ``root/Meshes``, checked
+    for matching shapes; errors name the file, the array and what was expected."""
+    root = Path(root)
+    require_files([root / FILES[k] for k in READ], hint=f"the Geo-FNO elasticity data goes in {root / 'Meshes'}")
+    arrays = {}
+    for key in READ:
+        path = root / FILES[key]
+        try:
+            arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as err:
+            raise DataFormatError(f"{path}: not a readable .npy array ({err})") from err
+    xy = check_shape(arrays["XY"], (None, 2, None), root / FILES["XY"], "XY")
+    check_shape(arrays["sigma"], (xy.shape[0], xy.shape[2]), root / FILES["sigma"], "sigma")
+    if xy.shape[0] == 0 or xy.shape[2] == 0:
+        raise DataFormatError(
+            f"{root / FILES['XY']}: holds {xy.shape[2]} samples of {xy.shape[0]} points; expected at least one"
+        )
+    return arrays
+
+
+class ElasticityDataset(MeshDataset):
+    """Samples ``[start, start + count)`` of the Geo-FNO elasticity files.
+
+    A sample holds ``pos`` [972, 2] (x, y in the unit cell [0, 1]², dimensionless) and
+    ``y`` [972, 1] (von Mises stress, in the units of the applied traction of 100).
+    Source: the Geo-FNO data release (Li et al., arXiv 2207.05209); licence: Geo-FNO data.
+
+    ==========  =======  ======  =============================
+    samples     points   in/out  paper split
+    ==========  =======  ======  =============================
+    2000        972      2 / 1   first 1000 train, last 200 test
+    ==========  =======  ======  =============================
+
+    Args:
+        root: folder holding ``Meshes/Random_UnitCell_{XY,sigma}_10.npy``.
+        start: first sample index.
+        count: number of samples.
+    """
+
+    def __init__(self, root: str | Path, start: int, count: int) -> None:
+        self.start, self.count = start, count
+        super().__init__(root)
+
+    @property
+    def raw_file_names(self) -> list[str]:
+        return [FILES[k] for k in READ]
+
+    def cache_config(self) -> dict:
+        paths = [Path(self.raw_dir) / f for f in self.raw_file_names]
+        stamps = [p.stat().st_mtime_ns if p.exists() else 0 for p in paths]
+        return {"files": self.raw_file_names, "start": self.start, "count": self.count, "mtime": stamps}
+
+    def read_samples(self) -> Iterator[dict[str, np.ndarray]]:
+        arrays = load_elasticity(self.raw_dir)
+        total = arrays["XY"].shape[2]
+        if self.start + self.count > total:
+            raise DataFormatError(
+                f"{Path(self.raw_dir) / FILES['XY']}: holds {total} samples, but samples "
+                f"{self.start}..{self.start + self.count - 1} were asked for (check n_train/n_val/n_test)"
+            )
+        window = slice(self.start, self.start + self.count)
+        xy = check_finite(np.array(arrays["XY"][:, :, window]), Path(self.raw_dir) / FILES["XY"], "XY")
+        sigma = check_finite(np.array(arrays["sigma"][:, window]), Path(self.raw_dir) / FILES["sigma"], "sigma")
+        for i in range(self.count):
+            yield {"pos": xy[:, :, i], "y": sigma[:, i : i + 1]}
+
+
+class ElasticityDataModule(MeshDataModule):
+    """Elasticity: input (x, y) of each mesh point, target von Mises stress.
+
+    Split as in Geo-FNO and the FLARE paper: training on the first ``n_train`` samples,
+    testing on the last ``n_test`` (1000 / 200 of 2000). Validation takes the ``n_val``
+    samples right after the training ones, from the training part of the file, and must
+    not reach into the test samples. When the files are absent and ``generate`` is on,
+    cells are made here with a finite-element solve (``elasticity_generate``) and
+    written in the Geo-FNO layout, so the real loading path is always the one used.
+
+    Args:
+        root: folder holding ``Meshes/Random_UnitCell_*_10.npy``.
+        n_train: training samples (paper: 1000).
+        n_val: validation samples, taken after the training ones.
+        n_test: test samples, the last ones of the file (paper: 200).
+        batch_size: training batch size (paper: 2).
+        eval_batch_size: validation/test batch size (default: ``batch_size``).
+        num_workers: loader workers.
+        train_points: random points per training sample and epoch (None: all 972).
+        generate: make missing files with the finite-element solver.
+        gen_samples: samples to generate (default: n_train + n_val + n_test).
+        gen_seed: seed of generated data.
+        gen_workers: processes used to generate.
+        seed: seed of shuffling and point subsets.
+    """
+
+    in_dim = 2
+    out_dim = 1
+
+    def __init__(
+        self,
+        root: str = "data/elasticity",
+        n_train: int = 1000,
+        n_val: int = 100,
+        n_test: int = 200,
+        batch_size: int = 2,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        train_points: int | None = None,
+        generate: bool = True,
+        gen_samples: int | None = None,
+        gen_seed: int = 0,
+        gen_workers: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed)
+        for name, value in (("n_train", n_train), ("n_test", n_test)):
+            if value < 1:
+                raise ValueError(f"ElasticityDataModule: {name} must be >= 1, got {value}")
+        if n_val < 0:
+            raise ValueError(f"ElasticityDataModule: n_val must be >= 0, got {n_val}")
+        self.n_train, self.n_val, self.n_test = n_train, n_val, n_test
+        self.generate = generate
+        self.gen_samples = gen_samples or n_train + n_val + n_test
+        self.gen_seed, self.gen_workers = gen_seed, gen_workers
+
+    def prepare_data(self) -> None:
+        present = [f for f in FILES.values() if (self.root / f).exists()]
+        if present or not self.generate:
+            return  # reading reports any missing file by name
+        log.warning(
+            "Elasticity: no Geo-FNO files in %s; generating %d unit cells with scikit-fem "
+            "(made here, not the Geo-FNO data) using %d process(es)",
+            self.root / "Meshes", self.gen_samples, self.gen_workers,
+        )
+        write_elasticity(self.root, generate_elasticity(self.gen_samples, self.gen_seed, self.gen_workers))
+
+    def split_ranges(self) -> dict[str, tuple[int, int]]:
+        """(start, count) of each split, checked against the number of samples on disk."""
+        total = load_elasticity(self.root)["XY"].shape[2]
+        test_start = total - self.n_test
+        if self.n_train + self.n_val > test_start:
+            raise DataFormatError(
+                f"{self.root / FILES['XY']}: holds {total} samples; n_train + n_val = "
+                f"{self.n_train} + {self.n_val} would overlap the last n_test = {self.n_test} (test) samples"
+            )
+        return {"train": (0, self.n_train), "val": (self.n_train, self.n_val), "test": (test_start, self.n_test)}
+
+    def build_datasets(self, stage: str) -> dict[str, Dataset]:
+        ranges = self.split_ranges()
+        datasets: dict[str, Dataset] = {}
+        if stage in ("fit", "validate") and self.n_val > 0:
+            datasets["val"] = ElasticityDataset(self.root, *ranges["val"])
+        if stage == "fit":
+            datasets["train"] = self.with_subsample(ElasticityDataset(self.root, *ranges["train"]))
+        if stage in ("test", "predict"):
+            datasets["test"] = ElasticityDataset(self.root, *ranges["test"])
+        return datasets
