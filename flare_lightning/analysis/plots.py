@@ -31,7 +31,7 @@ def plot_spectra(summary: dict, title: str | None = None) -> Figure:
     """Eigenvalue magnitudes (top row) and singular values (bottom row) of ``W_dec W_enc``
     per block (columns), heads overlaid: mean over samples, band = one std."""
     blocks = summary["blocks"]
-    fig = Figure(figsize=(3.2 * len(blocks) + 0.8, 5.6), layout="constrained")
+    fig = Figure(figsize=(3.2 * len(blocks) + 1.4, 5.6), layout="constrained")
     axes = fig.subplots(2, len(blocks), squeeze=False, sharey="row")
     colours = head_colours(summary["num_heads"])
     for col, block in enumerate(blocks):
@@ -53,7 +53,7 @@ def plot_spectra(summary: dict, title: str | None = None) -> Figure:
                 ax.set_xlabel("index")
             if col == 0:
                 ax.set_ylabel(label)
-    axes[0, -1].legend(fontsize="small", loc="lower left")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right center", fontsize="small")
     n = summary["num_samples"]
     fig.suptitle(title or f"Spectrum of W_dec W_enc ({n} sample{'s' * (n != 1)})")
     return fig
@@ -64,7 +64,7 @@ def plot_effective_rank_history(summaries: Sequence[dict]) -> Figure:
     summaries = sorted(summaries, key=lambda s: s["epoch"])
     epochs = [s["epoch"] for s in summaries]
     num_blocks, num_heads = summaries[0]["num_blocks"], summaries[0]["num_heads"]
-    fig = Figure(figsize=(3.2 * num_blocks + 0.8, 3.2), layout="constrained")
+    fig = Figure(figsize=(3.2 * num_blocks + 1.4, 3.2), layout="constrained")
     axes = fig.subplots(1, num_blocks, squeeze=False, sharey=True)[0]
     colours = head_colours(num_heads)
     for b, ax in enumerate(axes):
@@ -75,7 +75,7 @@ def plot_effective_rank_history(summaries: Sequence[dict]) -> Figure:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("effective rank")
-    axes[-1].legend(fontsize="small")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize="small")
     return fig
 
 

@@ -20,13 +20,14 @@ class PredictionPlots(SampledAnalysis):
     Args:
         num_samples: samples drawn (first validation samples; first test samples at test).
         every_n_epochs: draw at epochs 0, n, 2n, ... and at the last epoch.
+        max_points: draw at most this many points per sample (a fixed random subset).
         channel: output channel to draw.
     """
 
     subdir = "predictions"
 
-    def __init__(self, num_samples: int = 3, every_n_epochs: int = 10, channel: int = 0) -> None:
-        super().__init__(num_samples, every_n_epochs)
+    def __init__(self, num_samples: int = 3, every_n_epochs: int = 10, max_points: int | None = 65536, channel: int = 0) -> None:
+        super().__init__(num_samples, every_n_epochs, max_points)
         self.channel = channel
         self.last_path: Path | None = None
 

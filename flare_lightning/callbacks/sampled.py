@@ -17,16 +17,44 @@ from flare_lightning.callbacks.test_metrics import TestMetricsWriter, run_dir
 Batch = dict[str, Tensor]
 
 
-def take_samples(batches, count: int) -> list[Batch]:
-    """The first ``count`` samples of an iterable of padded batch dicts, on the CPU."""
+def take_samples(batches, count: int, max_points: int | None = None) -> list[Batch]:
+    """The first ``count`` samples of an iterable of padded batch dicts, on the CPU, each
+    cut to at most ``max_points`` real points (see ``subsample_points``)."""
     taken, have = [], 0
     for batch in batches:
         if have >= count:
             break
         keep = min(count - have, len(batch["sample_id"]))
-        taken.append({k: v[:keep].detach().cpu() for k, v in batch.items() if isinstance(v, Tensor)})
+        part = {k: v[:keep].detach().cpu() for k, v in batch.items() if isinstance(v, Tensor)}
+        taken.append(part if max_points is None else subsample_points(part, max_points))
         have += keep
     return taken
+
+
+def subsample_points(batch: Batch, max_points: int) -> Batch:
+    """Keep at most ``max_points`` real points per sample: a fixed random subset (seeded by
+    the sample id) in the original order. Per-point tensors ([B, N, ...] and ``mask``) are
+    re-padded to the new length; the others are kept."""
+    mask = batch["mask"]  # [B, N]
+    if int(mask.sum(1).max()) <= max_points:
+        return batch
+    size, n = mask.shape[0], min(int(mask.sum(1).max()), max_points)
+    index = torch.zeros(size, n, dtype=torch.long)
+    new_mask = torch.zeros(size, n, dtype=torch.bool)
+    for i in range(size):
+        real = mask[i].nonzero().squeeze(1)
+        if len(real) > max_points:
+            g = torch.Generator().manual_seed(int(batch["sample_id"][i]))
+            real = real[torch.randperm(len(real), generator=g)[:max_points].sort().values]
+        index[i, : len(real)], new_mask[i, : len(real)] = real, True
+    out = {}
+    for key, value in batch.items():
+        if key != "mask" and value.dim() >= 2 and value.shape[1] == mask.shape[1]:
+            idx = index.view(size, n, *[1] * (value.dim() - 2)).expand(size, n, *value.shape[2:])
+            out[key] = torch.gather(value, 1, idx)
+        else:
+            out[key] = new_mask if key == "mask" else value
+    return out
 
 
 def log_image_file(loggers, key: str, path: Path, step: int) -> None:
@@ -51,18 +79,21 @@ class SampledAnalysis(L.Callback):
         num_samples: samples studied (the first of the validation split during fit, falling
             back to the training split when there is none; the first test samples at test).
         every_n_epochs: fit epochs between two analyses.
+        max_points: study at most this many points per sample (a fixed random subset),
+            bounding time and memory on large meshes (None: all points).
     """
 
     subdir = "analysis"
 
-    def __init__(self, num_samples: int = 4, every_n_epochs: int = 5) -> None:
-        if num_samples < 1 or every_n_epochs < 1:
+    def __init__(self, num_samples: int = 4, every_n_epochs: int = 5, max_points: int | None = 65536) -> None:
+        if num_samples < 1 or every_n_epochs < 1 or (max_points is not None and max_points < 1):
             raise ValueError(
-                f"{type(self).__name__}: num_samples and every_n_epochs must be >= 1, "
-                f"got {num_samples} and {every_n_epochs}"
+                f"{type(self).__name__}: num_samples, every_n_epochs and max_points must be >= 1, "
+                f"got {num_samples}, {every_n_epochs} and {max_points}"
             )
         self.num_samples = num_samples
         self.every_n_epochs = every_n_epochs
+        self.max_points = max_points
         self._fit_batches: list[Batch] | None = None
         self._test_batches: list[Batch] = []
         self._epoch_start = time.perf_counter()
@@ -89,7 +120,7 @@ class SampledAnalysis(L.Callback):
         if not trainer.is_global_zero or trainer.sanity_checking or trainer.fast_dev_run or not self.due(trainer):
             return
         if self._fit_batches is None:
-            self._fit_batches = take_samples(self._fit_loader(trainer), self.num_samples)
+            self._fit_batches = take_samples(self._fit_loader(trainer), self.num_samples, self.max_points)
         if not self._fit_batches:
             rank_zero_warn(f"{type(self).__name__}: no validation or training samples to analyse")
             return
@@ -112,7 +143,7 @@ class SampledAnalysis(L.Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         have = sum(len(b["sample_id"]) for b in self._test_batches)
         if trainer.is_global_zero and have < self.num_samples:
-            self._test_batches += take_samples([batch], self.num_samples - have)
+            self._test_batches += take_samples([batch], self.num_samples - have, self.max_points)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self._test_batches:

@@ -32,13 +32,17 @@ class SpectralAnalysis(SampledAnalysis):
     Args:
         num_samples: samples analysed (first validation samples; first test samples at test).
         every_n_epochs: analyse at epochs 0, n, 2n, ... and at the last epoch.
+        max_points: analyse at most this many points per sample (a fixed random subset; the
+            fp64 weights of a block take 16·H·M bytes per point).
         save_figures: draw the PNG figures (the JSON is always written).
     """
 
     subdir = "spectral"
 
-    def __init__(self, num_samples: int = 4, every_n_epochs: int = 5, save_figures: bool = True) -> None:
-        super().__init__(num_samples, every_n_epochs)
+    def __init__(
+        self, num_samples: int = 4, every_n_epochs: int = 5, max_points: int | None = 65536, save_figures: bool = True
+    ) -> None:
+        super().__init__(num_samples, every_n_epochs, max_points)
         self.save_figures = save_figures
         self.last_summary: dict | None = None
 
@@ -52,6 +56,7 @@ class SpectralAnalysis(SampledAnalysis):
             epoch=trainer.current_epoch,
             global_step=trainer.global_step,
             sample_ids=torch.cat([b["sample_id"] for b in batches]).tolist(),
+            points=torch.cat([b["mask"].sum(1) for b in batches]).tolist(),
         )
         figures = self._figures(summary, tag, out_dir) if self.save_figures else {}
         summary["seconds"] = {

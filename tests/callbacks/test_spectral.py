@@ -54,6 +54,7 @@ def test_fit_writes_one_json_per_analysed_epoch(quickstart_run):
         summary = json.loads((spectral / name).read_text())
         check_summary(summary, cfg)
         assert summary["stage"] == "fit" and summary["num_samples"] == 4 == len(summary["sample_ids"])
+        assert summary["points"] == [13 * 13] * 4  # the tiny Darcy grid, under max_points
         seconds = summary["seconds"]
         assert 0 < seconds["analysis"] <= seconds["total"] and seconds["epoch"] > 0
     assert not list(spectral.glob(".*.tmp"))  # atomic writes leave no temporaries
