@@ -226,6 +226,28 @@ def tune(shapes, n: int, timer: Timer) -> list[dict]:
     return out
 
 
+def profile(shapes, n: int) -> None:
+    """Per-kernel CUDA time of one triton fwd+bwd (torch.profiler), to see where time goes."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from flare_lightning.kernels.triton_mixer import flare_mix_triton
+
+    for h, d, m in shapes:
+        q, k, v, dy = _inputs(h, d, m, n)
+        for _ in range(3):
+            flare_mix_triton(q, k, v).backward(dy)
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                flare_mix_triton(q, k, v).backward(dy)
+            torch.cuda.synchronize()
+        print(f"profile H{h} D{d} M{m} N{n} (5 fwd+bwd, us per call)")
+        for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:10]:
+            print(f"  {e.key[:60]:60s} {e.device_time_total / 5:9.1f}")
+        del q, k, v, dy
+
+
 def _commit() -> str:
     if os.environ.get("FLARE_COMMIT"):
         return os.environ["FLARE_COMMIT"]
@@ -242,6 +264,7 @@ def main(argv=None) -> None:
     p.add_argument("--shapes", default=None, help="H:D:M triples, comma separated (default: the issue's four)")
     p.add_argument("--full-max-n", type=int, default=2**18, help="largest N timed for full attention")
     p.add_argument("--tune", action="store_true", help="sweep tile sizes at N = 2^20 instead")
+    p.add_argument("--profile", action="store_true", help="per-kernel times at N = 2^20 instead")
     p.add_argument("--json", default=None, help="also write all numbers to this file")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -257,6 +280,9 @@ def main(argv=None) -> None:
     }
     print(" ".join(f"{k}={v}" for k, v in env.items()), "| bf16, B=1, scale 1.0, no mask", flush=True)
     timer = Timer()
+    if args.profile:
+        profile(shapes, 2**20)
+        return
     if args.tune:
         rows = tune(shapes, 2**20, timer)
     else:

@@ -58,7 +58,7 @@ class MixerConfig:
     decode: KernelConfig
     bwd_decode: KernelConfig
     bwd_encode: KernelConfig
-    programs_per_sm: int = 4
+    programs_per_sm: int = 8
 
 
 def _pow2(x: int, lo: int = 16) -> int:
@@ -73,10 +73,10 @@ def default_config(m: int, d: int) -> MixerConfig:
         return MixerConfig(small, small, small, small, programs_per_sm=1)
     tile_m = min(bm, 64)
     return MixerConfig(
-        encode=KernelConfig(128, tile_m, 8),
-        decode=KernelConfig(128, tile_m, 8),
-        bwd_decode=KernelConfig(64, tile_m, 8),
-        bwd_encode=KernelConfig(64, tile_m, 8),
+        encode=KernelConfig(64, tile_m, 4),
+        decode=KernelConfig(64, tile_m, 4),
+        bwd_decode=KernelConfig(64, tile_m, 4),
+        bwd_encode=KernelConfig(64, tile_m if bm <= 64 else 32, 4),
     )
 
 
@@ -108,6 +108,21 @@ def _prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _align(*ts: Tensor) -> int:
+    """Elements (a power of two, at most 16 bytes' worth) dividing every row start of ``ts``.
+
+    Row starts are ``data_ptr + b·s_b + h·s_h + n·s_n``; the kernels promise the compiler
+    this alignment so that point rows move as 16-byte vectors.
+    """
+    g = 0
+    for t in ts:
+        g = math.gcd(g, t.data_ptr() // t.element_size())
+        for st in t.stride()[:3]:
+            g = math.gcd(g, st)
+    cap = 16 // ts[0].element_size()
+    return min(g & -g, cap) if g else cap
+
+
 def _unit_last(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -134,9 +149,9 @@ def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
     acc_part = torch.empty(bh, chunks, m, d, device=dev, dtype=torch.float32)
     _encode_partial_kernel[(m_tiles, chunks, bh)](
         q, k, v, mask_u8, m_part, l_part, acc_part,
-        n, m, d, h, qk_scale, tiles,
+        n, h, qk_scale, tiles,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), mask_stride,
-        HAS_KEYMASK=mask is not None or n % ce.block_n != 0, HAS_MASK=mask is not None, PREC=prec,
+        M=m, D=d, ALIGN=_align(k, v), HAS_KEYMASK=mask is not None or n % ce.block_n != 0, HAS_MASK=mask is not None, PREC=prec,
         BLOCK_N=ce.block_n, BLOCK_M=ce.block_m, BLOCK_D=bd, num_warps=ce.num_warps, num_stages=ce.num_stages,
     )
     z = torch.empty(bh, m, d, device=dev, dtype=torch.float32)
@@ -144,16 +159,17 @@ def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
     lse_enc = torch.empty(bh, m, device=dev, dtype=torch.float32)
     merge_m = min(_pow2(m), 64)
     _encode_merge_kernel[(triton_cdiv(m, merge_m), bh)](
-        m_part, l_part, acc_part, z, z_lo, lse_enc, m, d, chunks, BLOCK_M=merge_m, BLOCK_D=bd, num_warps=4,
+        m_part, l_part, acc_part, z, z_lo, lse_enc, chunks, M=m, D=d, BLOCK_M=merge_m, BLOCK_D=bd, num_warps=4,
     )
 
     cd = cfg.decode
     y = torch.empty_like(v)
     lse_dec = torch.empty(bh, n, device=dev, dtype=torch.float32)
-    _decode_fwd_kernel[(triton_cdiv(n, cd.block_n), bh)](
-        q, z_lo, k, y, lse_dec, n, m, d, h, qk_scale,
+    tiles, chunks = _chunking(n, cd.block_n, bh, target, 0)
+    _decode_fwd_kernel[(chunks, bh)](
+        q, z_lo, k, y, lse_dec, n, h, qk_scale, tiles,
         k.stride(0), k.stride(1), k.stride(2), y.stride(0), y.stride(1), y.stride(2),
-        EVEN_M=m % cd.block_m == 0, PREC=prec,
+        M=m, D=d, ALIGN=_align(k, y), NUM_M_TILES=triton_cdiv(m, cd.block_m), PREC=prec,
         BLOCK_N=cd.block_n, BLOCK_M=cd.block_m, BLOCK_D=bd, num_warps=cd.num_warps, num_stages=cd.num_stages,
     )
     return y, z, z_lo, lse_enc, lse_dec
@@ -182,10 +198,10 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
     dq_part_1 = alloc(bh, chunks_1, m, d, device=dev, dtype=torch.float32)
     _bwd_decode_kernel[(chunks_1, bh)](
         q, k, y, dy, z_lo, lse_dec, dk, dz_part, dq_part_1,
-        n, m, d, h, qk_scale, scale, tiles,
+        n, h, qk_scale, scale, tiles,
         k.stride(0), k.stride(1), k.stride(2), y.stride(0), y.stride(1), y.stride(2),
         dy.stride(0), dy.stride(1), dy.stride(2), dk.stride(0), dk.stride(1), dk.stride(2),
-        EVEN_M=m % c1.block_m == 0, NUM_M_TILES=tiles_1, PREC=prec,
+        M=m, D=d, ALIGN=_align(k, y, dy, dk), NUM_M_TILES=tiles_1, PREC=prec,
         BLOCK_N=c1.block_n, BLOCK_M=c1.block_m, BLOCK_D=bd, num_warps=c1.num_warps, num_stages=c1.num_stages,
     )
     dz = dz_part.sum(1)  # [B·H, M, D] fp32
@@ -198,10 +214,10 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
     dq_part_2 = (torch.empty if tiles_2 == 1 else torch.zeros)(bh, chunks_2, m, d, device=dev, dtype=torch.float32)
     _bwd_encode_kernel[(chunks_2, bh)](
         q, k, v, mask_u8, dz_lo, delta, lse_enc, dk, dv, dq_part_2,
-        n, m, d, h, qk_scale, scale, tiles,
+        n, h, qk_scale, scale, tiles,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), mask_stride,
-        HAS_KEYMASK=mask is not None or n % c2.block_n != 0, HAS_MASK=mask is not None,
+        M=m, D=d, ALIGN=_align(k, v, dk, dv), HAS_KEYMASK=mask is not None or n % c2.block_n != 0, HAS_MASK=mask is not None,
         NUM_M_TILES=tiles_2, PREC=prec,
         BLOCK_N=c2.block_n, BLOCK_M=c2.block_m, BLOCK_D=bd, num_warps=c2.num_warps, num_stages=c2.num_stages,
     )

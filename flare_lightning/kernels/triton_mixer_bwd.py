@@ -22,13 +22,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from flare_lightning.kernels.triton_mixer_fwd import _rows
+
 
 @triton.jit
 def _bwd_decode_kernel(
     q_ptr, k_ptr, y_ptr, dy_ptr, z_ptr, lse_dec_ptr, dk_ptr, dz_part_ptr, dq_part_ptr,
-    N, M, D, H, qk_scale, scale, tiles_per_chunk,
+    N, H, qk_scale, scale, tiles_per_chunk,
     s_kb, s_kh, s_kn, s_yb, s_yh, s_yn, s_gb, s_gh, s_gn, s_dkb, s_dkh, s_dkn,
-    EVEN_M: tl.constexpr, NUM_M_TILES: tl.constexpr, PREC: tl.constexpr,
+    M: tl.constexpr, D: tl.constexpr, ALIGN: tl.constexpr, NUM_M_TILES: tl.constexpr, PREC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Decode side: dk = s Σ_m dS_dec q (stored), dz and dq partials [B·H, chunks, M, D].
@@ -42,6 +44,10 @@ def _bwd_decode_kernel(
     b64 = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     h64 = h.to(tl.int64)
+    k_base = k_ptr + b64 * s_kb + h64 * s_kh
+    y_base = y_ptr + b64 * s_yb + h64 * s_yh
+    g_base = dy_ptr + b64 * s_gb + h64 * s_gh
+    dk_base = dk_ptr + b64 * s_dkb + h64 * s_dkh
     offs_d = tl.arange(0, BLOCK_D)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
@@ -50,16 +56,19 @@ def _bwd_decode_kernel(
     lse_base = lse_dec_ptr + pid_bh.to(tl.int64) * N
     dz_acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dq_acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if NUM_M_TILES == 1:  # the whole latent side stays in registers
+        md_mask0 = (offs_m0 < M)[:, None] & d_ok[None, :]
+        q_all = tl.load(q_ptr + h * M * D + offs_m0[:, None] * D + offs_d[None, :], mask=md_mask0, other=0.0)
+        z_all = tl.load(z_ptr + (pid_bh * M + offs_m0)[:, None] * D + offs_d[None, :], mask=md_mask0, other=0.0)
 
     n_begin = pid_c * tiles_per_chunk * BLOCK_N
     for t in range(tiles_per_chunk):
         offs_n = n_begin + t * BLOCK_N + offs_n0
         n_ok = offs_n < N
         nd_mask = n_ok[:, None] & d_ok[None, :]
-        rows = offs_n.to(tl.int64)[:, None]
-        k = tl.load(k_ptr + b64 * s_kb + h64 * s_kh + rows * s_kn + offs_d[None, :], mask=nd_mask, other=0.0)
-        y = tl.load(y_ptr + b64 * s_yb + h64 * s_yh + rows * s_yn + offs_d[None, :], mask=nd_mask, other=0.0)
-        dy = tl.load(dy_ptr + b64 * s_gb + h64 * s_gh + rows * s_gn + offs_d[None, :], mask=nd_mask, other=0.0)
+        k = tl.load(_rows(k_base, offs_n, s_kn, offs_d, ALIGN), mask=nd_mask, other=0.0)
+        y = tl.load(_rows(y_base, offs_n, s_yn, offs_d, ALIGN), mask=nd_mask, other=0.0)
+        dy = tl.load(_rows(g_base, offs_n, s_gn, offs_d, ALIGN), mask=nd_mask, other=0.0)
         lse = tl.load(lse_base + offs_n, mask=n_ok, other=0.0)  # [BN]; padded points have dy = 0
         delta = tl.sum(dy.to(tl.float32) * y.to(tl.float32), 1)  # Δ_n [BN]
         dk_acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -67,11 +76,15 @@ def _bwd_decode_kernel(
             offs_m = mt * BLOCK_M + offs_m0
             m_ok = offs_m < M
             md_mask = m_ok[:, None] & d_ok[None, :]
-            q = tl.load(q_ptr + h * M * D + offs_m[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
-            z = tl.load(z_ptr + (pid_bh * M + offs_m)[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
+            if NUM_M_TILES == 1:
+                q = q_all
+                z = z_all
+            else:
+                q = tl.load(q_ptr + h * M * D + offs_m[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
+                z = tl.load(z_ptr + (pid_bh * M + offs_m)[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
             s = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
             p = tl.exp2(s - lse[:, None])
-            if not EVEN_M:
+            if M % BLOCK_M != 0:
                 p = tl.where(m_ok[None, :], p, 0.0)
             d_p = tl.dot(dy, tl.trans(z), input_precision=PREC)  # dy_n·z_m
             ds = (p * (d_p - delta[:, None])).to(k.dtype)
@@ -85,8 +98,7 @@ def _bwd_decode_kernel(
                 part = (part_row0 + offs_m)[:, None] * D + offs_d[None, :]
                 tl.atomic_add(dz_part_ptr + part, dz_tile, mask=md_mask, sem="relaxed")
                 tl.atomic_add(dq_part_ptr + part, dq_tile, mask=md_mask, sem="relaxed")
-        dk_off = b64 * s_dkb + h64 * s_dkh + rows * s_dkn + offs_d[None, :]
-        tl.store(dk_ptr + dk_off, (dk_acc * scale).to(dk_ptr.dtype.element_ty), mask=nd_mask)
+        tl.store(_rows(dk_base, offs_n, s_dkn, offs_d, ALIGN), (dk_acc * scale).to(dk_ptr.dtype.element_ty), mask=nd_mask)
 
     if NUM_M_TILES == 1:
         m_ok = offs_m0 < M
@@ -98,8 +110,9 @@ def _bwd_decode_kernel(
 @triton.jit
 def _bwd_encode_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, dz_ptr, delta_ptr, lse_enc_ptr, dk_ptr, dv_ptr, dq_part_ptr,
-    N, M, D, H, qk_scale, scale, tiles_per_chunk,
+    N, H, qk_scale, scale, tiles_per_chunk,
     s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_dkb, s_dkh, s_dkn, s_dvb, s_dvh, s_dvn, s_mb,
+    M: tl.constexpr, D: tl.constexpr, ALIGN: tl.constexpr,
     HAS_KEYMASK: tl.constexpr, HAS_MASK: tl.constexpr, NUM_M_TILES: tl.constexpr, PREC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -114,21 +127,31 @@ def _bwd_encode_kernel(
     b64 = b.to(tl.int64)
     h = pid_bh % H
     h64 = h.to(tl.int64)
+    k_base = k_ptr + b64 * s_kb + h64 * s_kh
+    v_base = v_ptr + b64 * s_vb + h64 * s_vh
+    dk_base = dk_ptr + b64 * s_dkb + h64 * s_dkh
+    dv_base = dv_ptr + b64 * s_dvb + h64 * s_dvh
     offs_d = tl.arange(0, BLOCK_D)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     d_ok = offs_d < D
     part_row0 = (pid_bh * num_chunks + pid_c) * M
     dq_acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if NUM_M_TILES == 1:  # the whole latent side stays in registers
+        m_ok0 = offs_m0 < M
+        md_mask0 = m_ok0[:, None] & d_ok[None, :]
+        q_all = tl.load(q_ptr + h * M * D + offs_m0[:, None] * D + offs_d[None, :], mask=md_mask0, other=0.0)
+        dz_all = tl.load(dz_ptr + (pid_bh * M + offs_m0)[:, None] * D + offs_d[None, :], mask=md_mask0, other=0.0)
+        lse_all = tl.load(lse_enc_ptr + pid_bh * M + offs_m0, mask=m_ok0, other=float("inf"))
+        delta_all = tl.load(delta_ptr + pid_bh * M + offs_m0, mask=m_ok0, other=0.0)
 
     n_begin = pid_c * tiles_per_chunk * BLOCK_N
     for t in range(tiles_per_chunk):
         offs_n = n_begin + t * BLOCK_N + offs_n0
         n_ok = offs_n < N
         nd_mask = n_ok[:, None] & d_ok[None, :]
-        rows = offs_n.to(tl.int64)[:, None]
-        k = tl.load(k_ptr + b64 * s_kb + h64 * s_kh + rows * s_kn + offs_d[None, :], mask=nd_mask, other=0.0)
-        v = tl.load(v_ptr + b64 * s_vb + h64 * s_vh + rows * s_vn + offs_d[None, :], mask=nd_mask, other=0.0)
+        k = tl.load(_rows(k_base, offs_n, s_kn, offs_d, ALIGN), mask=nd_mask, other=0.0)
+        v = tl.load(_rows(v_base, offs_n, s_vn, offs_d, ALIGN), mask=nd_mask, other=0.0)
         if HAS_KEYMASK:
             valid = n_ok
             if HAS_MASK:
@@ -139,10 +162,16 @@ def _bwd_encode_kernel(
             offs_m = mt * BLOCK_M + offs_m0
             m_ok = offs_m < M
             md_mask = m_ok[:, None] & d_ok[None, :]
-            q = tl.load(q_ptr + h * M * D + offs_m[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
-            dz = tl.load(dz_ptr + (pid_bh * M + offs_m)[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
-            lse = tl.load(lse_enc_ptr + pid_bh * M + offs_m, mask=m_ok, other=float("inf"))  # A = 0 off M
-            delta = tl.load(delta_ptr + pid_bh * M + offs_m, mask=m_ok, other=0.0)  # δ_m
+            if NUM_M_TILES == 1:
+                q = q_all
+                dz = dz_all
+                lse = lse_all
+                delta = delta_all
+            else:
+                q = tl.load(q_ptr + h * M * D + offs_m[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
+                dz = tl.load(dz_ptr + (pid_bh * M + offs_m)[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
+                lse = tl.load(lse_enc_ptr + pid_bh * M + offs_m, mask=m_ok, other=float("inf"))  # A = 0 off M
+                delta = tl.load(delta_ptr + pid_bh * M + offs_m, mask=m_ok, other=0.0)  # δ_m
             s = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
             a = tl.exp2(s - lse[None, :])  # Aᵀ
             if HAS_KEYMASK:
@@ -157,11 +186,10 @@ def _bwd_encode_kernel(
             else:
                 part = (part_row0 + offs_m)[:, None] * D + offs_d[None, :]
                 tl.atomic_add(dq_part_ptr + part, dq_tile, mask=md_mask, sem="relaxed")
-        dk_off = b64 * s_dkb + h64 * s_dkh + rows * s_dkn + offs_d[None, :]
-        dk_dec = tl.load(dk_ptr + dk_off, mask=nd_mask, other=0.0).to(tl.float32)
-        tl.store(dk_ptr + dk_off, (dk_dec + dk_acc * scale).to(dk_ptr.dtype.element_ty), mask=nd_mask)
-        dv_off = b64 * s_dvb + h64 * s_dvh + rows * s_dvn + offs_d[None, :]
-        tl.store(dv_ptr + dv_off, dv_acc.to(dv_ptr.dtype.element_ty), mask=nd_mask)
+        dk_ptrs = _rows(dk_base, offs_n, s_dkn, offs_d, ALIGN)
+        dk_dec = tl.load(dk_ptrs, mask=nd_mask, other=0.0).to(tl.float32)
+        tl.store(dk_ptrs, (dk_dec + dk_acc * scale).to(dk_ptr.dtype.element_ty), mask=nd_mask)
+        tl.store(_rows(dv_base, offs_n, s_dvn, offs_d, ALIGN), dv_acc.to(dv_ptr.dtype.element_ty), mask=nd_mask)
 
     if NUM_M_TILES == 1:
         m_ok = offs_m0 < M

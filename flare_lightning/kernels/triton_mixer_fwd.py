@@ -2,12 +2,14 @@
 
 Logits are kept in base 2: ``t = (s log2 e) q·k``, so ``exp`` becomes one ``exp2`` and
 every log-sum-exp below (``lse``) is in base 2. Tiles are padded to powers of two of at
-least 16 (what ``tl.dot`` needs); the padding is masked, never read from memory.
+least 16 (what ``tl.dot`` needs); the padding is masked, never read from memory. M and D
+are compile-time constants, so that the masks over D fold away and point rows load as
+16-byte vectors (``_rows``).
 
 Encode (``z = softmax_N(t) v``) is split over the point axis: program (m-tile, chunk,
 b·h) runs an online softmax over its chunk and writes a partial (max, sum, weighted sum);
 ``_encode_merge_kernel`` joins the chunks by log-sum-exp. Decode (``y = softmax_M(t) z``)
-is parallel over point tiles with an online softmax over latent tiles.
+runs over chunks of point tiles with an online softmax over latent tiles.
 """
 
 from __future__ import annotations
@@ -21,10 +23,23 @@ NEG = tl.constexpr(-1.0e30)
 
 
 @triton.jit
+def _rows(base, offs_n, stride, offs_d, ALIGN: tl.constexpr):
+    """Pointers [BN, BD] to rows ``offs_n`` of a point tensor (unit stride over D).
+
+    ``ALIGN`` elements divide every row start (see ``triton_mixer._align``); saying so
+    lets the loads and stores of point rows become 16-byte vectors.
+    """
+    ptrs = base + offs_n.to(tl.int64)[:, None] * stride + offs_d[None, :]
+    nbytes: tl.constexpr = ALIGN * (base.dtype.element_ty.primitive_bitwidth // 8)
+    return tl.max_contiguous(tl.multiple_of(ptrs, [1, nbytes]), [1, ALIGN])
+
+
+@triton.jit
 def _encode_partial_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, m_part_ptr, l_part_ptr, acc_part_ptr,
-    N, M, D, H, qk_scale, tiles_per_chunk,
+    N, H, qk_scale, tiles_per_chunk,
     s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_mb,
+    M: tl.constexpr, D: tl.constexpr, ALIGN: tl.constexpr,
     HAS_KEYMASK: tl.constexpr, HAS_MASK: tl.constexpr, PREC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -57,9 +72,8 @@ def _encode_partial_kernel(
         offs_n = n_begin + t * BLOCK_N + offs_n0
         n_ok = offs_n < N
         kv_mask = n_ok[:, None] & d_ok[None, :]
-        rows = offs_n.to(tl.int64)[:, None]
-        k = tl.load(k_base + rows * s_kn + offs_d[None, :], mask=kv_mask, other=0.0)  # [BN, BD]
-        v = tl.load(v_base + rows * s_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(_rows(k_base, offs_n, s_kn, offs_d, ALIGN), mask=kv_mask, other=0.0)  # [BN, BD]
+        v = tl.load(_rows(v_base, offs_n, s_vn, offs_d, ALIGN), mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # [BM, BN]
         if HAS_KEYMASK:
             valid = n_ok
@@ -81,8 +95,8 @@ def _encode_partial_kernel(
 
 @triton.jit
 def _encode_merge_kernel(
-    m_part_ptr, l_part_ptr, acc_part_ptr, z_ptr, z_lo_ptr, lse_ptr, M, D, num_chunks,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    m_part_ptr, l_part_ptr, acc_part_ptr, z_ptr, z_lo_ptr, lse_ptr, num_chunks,
+    M: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Join chunk partials by log-sum-exp into z [B·H, M, D] (fp32, and z_lo in the
     input dtype for the tensor-core products) and lse [B·H, M] (base 2)."""
@@ -115,49 +129,59 @@ def _encode_merge_kernel(
 @triton.jit
 def _decode_fwd_kernel(
     q_ptr, z_ptr, k_ptr, y_ptr, lse_ptr,
-    N, M, D, H, qk_scale,
+    N, H, qk_scale, tiles_per_chunk,
     s_kb, s_kh, s_kn, s_yb, s_yh, s_yn,
-    EVEN_M: tl.constexpr, PREC: tl.constexpr,
+    M: tl.constexpr, D: tl.constexpr, ALIGN: tl.constexpr, NUM_M_TILES: tl.constexpr, PREC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Decode one point tile: y [B, H, N, D] and its log-sum-exp lse [B·H, N] (base 2).
+    """Decode a chunk of point tiles: y [B, H, N, D] and its log-sum-exp lse [B·H, N] (base 2).
 
     q: [H, M, D] and z: [B·H, M, D], both in the input dtype.
     """
-    pid_n = tl.program_id(0)
+    pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
+    b64 = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    h64 = h.to(tl.int64)
+    k_base = k_ptr + b64 * s_kb + h64 * s_kh
+    y_base = y_ptr + b64 * s_yb + h64 * s_yh
     offs_d = tl.arange(0, BLOCK_D)
     offs_m0 = tl.arange(0, BLOCK_M)
-    n_ok = offs_n < N
+    offs_n0 = tl.arange(0, BLOCK_N)
     d_ok = offs_d < D
-    rows = offs_n.to(tl.int64)[:, None]
-    nd_mask = n_ok[:, None] & d_ok[None, :]
-    k = tl.load(k_ptr + b.to(tl.int64) * s_kb + h.to(tl.int64) * s_kh + rows * s_kn + offs_d[None, :],
-                mask=nd_mask, other=0.0)  # [BN, BD]
+    if NUM_M_TILES == 1:  # the whole latent side stays in registers
+        md_mask0 = (offs_m0 < M)[:, None] & d_ok[None, :]
+        q_all = tl.load(q_ptr + h * M * D + offs_m0[:, None] * D + offs_d[None, :], mask=md_mask0, other=0.0)
+        z_all = tl.load(z_ptr + (pid_bh * M + offs_m0)[:, None] * D + offs_d[None, :], mask=md_mask0, other=0.0)
 
-    m_i = tl.full([BLOCK_N], NEG, tl.float32)
-    l_i = tl.zeros([BLOCK_N], tl.float32)
-    acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    for m_start in range(0, M, BLOCK_M):
-        offs_m = m_start + offs_m0
-        m_ok = offs_m < M
-        md_mask = m_ok[:, None] & d_ok[None, :]
-        q = tl.load(q_ptr + h * M * D + offs_m[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
-        z = tl.load(z_ptr + (pid_bh * M + offs_m)[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
-        s = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
-        if not EVEN_M:
-            s = tl.where(m_ok[None, :], s, NEG)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(z.dtype), z, input_precision=PREC)
-        m_i = m_new
-
-    y = acc / l_i[:, None]
-    y_off = b.to(tl.int64) * s_yb + h.to(tl.int64) * s_yh + offs_n.to(tl.int64)[:, None] * s_yn
-    tl.store(y_ptr + y_off + offs_d[None, :], y.to(y_ptr.dtype.element_ty), mask=nd_mask)
-    tl.store(lse_ptr + pid_bh.to(tl.int64) * N + offs_n, m_i + tl.log2(l_i), mask=n_ok)
+    n_begin = pid_c * tiles_per_chunk * BLOCK_N
+    for t in range(tiles_per_chunk):
+        offs_n = n_begin + t * BLOCK_N + offs_n0
+        n_ok = offs_n < N
+        nd_mask = n_ok[:, None] & d_ok[None, :]
+        k = tl.load(_rows(k_base, offs_n, s_kn, offs_d, ALIGN), mask=nd_mask, other=0.0)  # [BN, BD]
+        m_i = tl.full([BLOCK_N], NEG, tl.float32)
+        l_i = tl.zeros([BLOCK_N], tl.float32)
+        acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        for mt in range(NUM_M_TILES):
+            offs_m = mt * BLOCK_M + offs_m0
+            m_ok = offs_m < M
+            if NUM_M_TILES == 1:
+                q = q_all
+                z = z_all
+            else:
+                md_mask = m_ok[:, None] & d_ok[None, :]
+                q = tl.load(q_ptr + h * M * D + offs_m[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
+                z = tl.load(z_ptr + (pid_bh * M + offs_m)[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
+            s = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
+            if M % BLOCK_M != 0:
+                s = tl.where(m_ok[None, :], s, NEG)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(z.dtype), z, input_precision=PREC)
+            m_i = m_new
+        y = acc / l_i[:, None]
+        tl.store(_rows(y_base, offs_n, s_yn, offs_d, ALIGN), y.to(y_ptr.dtype.element_ty), mask=nd_mask)
+        tl.store(lse_ptr + pid_bh.to(tl.int64) * N + offs_n, m_i + tl.log2(l_i), mask=n_ok)
