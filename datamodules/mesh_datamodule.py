@@ -3,7 +3,9 @@ padded loaders over ``MeshDataset``s."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from torch import Tensor
@@ -11,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from datamodules.collate import PaddedCollate
 from datamodules.mesh_dataset import MeshDataset
-from datamodules.subsample import EpochShuffleSampler, PointSubsample
+from datamodules.subsample import EpochShuffleSampler, PointSubsample, ShardSampler
 from flare_lightning.normalizer import channel_stats
 
 
@@ -55,6 +57,8 @@ class MeshDataModule(L.LightningDataModule):
         self.seed = seed
         self.subsample = PointSubsample(train_points, seed) if train_points else None
         self.datasets: dict[str, Dataset] = {}
+        self._train_sampler: EpochShuffleSampler | None = None
+        self._resume_position: dict[str, int] | None = None
         self.input_stats: tuple[Tensor, Tensor] | None = None
         self.target_stats: tuple[Tensor, Tensor] | None = None
 
@@ -62,7 +66,15 @@ class MeshDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def setup(self, stage: str) -> None:
+        # Building a dataset processes raw files into its cache on first use. Under DDP one
+        # process (per node, like prepare_data) does that while the others wait, then they
+        # read the finished cache: concurrent writers would corrupt it.
+        first = self._processes_first()
+        if not first:
+            self._barrier()
         self.datasets = self.build_datasets(stage)
+        if first:
+            self._barrier()
         for name, ds in self.datasets.items():
             if len(ds) == 0:
                 raise ValueError(f"{type(self).__name__}: the {name} split is empty (root={self.root})")
@@ -86,15 +98,56 @@ class MeshDataModule(L.LightningDataModule):
         if split not in self.datasets:
             raise RuntimeError(f"{type(self).__name__}: no {split} split; was setup() run for this stage?")
         ds = self.datasets[split]
-        sampler = EpochShuffleSampler(len(ds), self.seed, self.subsample) if train else None
-        return DataLoader(
-            ds,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=PaddedCollate(),
-            num_workers=self.num_workers,
-            drop_last=False,
-        )
+        replicas, rank = self._ranks()
+        kwargs = dict(batch_size=batch_size, collate_fn=PaddedCollate(), num_workers=self.num_workers)
+        if not train:
+            return DataLoader(ds, sampler=ShardSampler(len(ds), replicas, rank), **kwargs)
+        self._train_sampler = EpochShuffleSampler(len(ds), self.seed, self.subsample, replicas, rank)
+        if self._resume_position is not None:
+            self._train_sampler.load_state_dict(self._resume_position)
+            self._resume_position = None
+        return DataLoader(ds, sampler=self._train_sampler, **kwargs)
+
+    def _processes_first(self) -> bool:
+        trainer = self.trainer
+        if trainer is None:
+            return True
+        return (trainer.local_rank if self.prepare_data_per_node else trainer.global_rank) == 0
+
+    def _barrier(self) -> None:
+        if self.trainer is not None and self.trainer.world_size > 1:
+            self.trainer.strategy.barrier("datasets")
+
+    def _ranks(self) -> tuple[int, int]:
+        """(world size, global rank) of the attached trainer; (1, 0) outside one."""
+        trainer = self.trainer
+        return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+
+    # --- resuming: the position in the training data travels in checkpoints -------------
+    def state_dict(self) -> dict[str, Any]:
+        """The training data position (epoch, samples of this rank's share done), saved by
+        Lightning in every checkpoint. A batch counts once the trainer has processed it
+        (its optimiser step done), which is what Lightning itself replays from."""
+        trainer, sampler = self.trainer, self._train_sampler
+        if trainer is None or sampler is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        finished = done >= trainer.num_training_batches
+        return {"train_position": sampler.state_at(len(sampler) if finished else done * self.batch_size)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume the training order where a checkpoint left it: Lightning calls this before
+        the training loader first iterates (the loader may not exist yet)."""
+        position = state.get("train_position")
+        if position is None:
+            return
+        # Lightning warns that a mid-epoch resume replays data unless the *loader* is
+        # stateful; here the datamodule carries the position, so the warning is moot.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        if self._train_sampler is not None:
+            self._train_sampler.load_state_dict(position)
+        else:
+            self._resume_position = position
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, train=True)

@@ -63,6 +63,20 @@ class FlareCLI(LightningCLI):
             loggers = [lg for lg in self.trainer.loggers if lg is not csv]
             self.trainer.loggers = [CSVLogger(save_dir=run, name="", version=sub), *loggers]
 
+    def before_fit(self) -> None:
+        """Resolve ``--ckpt_path last|best`` (resume) to the newest run's checkpoint and keep
+        logging and checkpointing in that run's folder, so a resumed run stays one run.
+        Without ``ckpt_path`` on SLURM, Lightning resumes from its pre-emption checkpoint."""
+        cfg = self.config_init["fit"]
+        csv = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
+        save_dir = csv.save_dir if csv else self.trainer.default_root_dir
+        name = csv.name if csv else "lightning_logs"
+        cfg["ckpt_path"] = resolve_checkpoint(cfg.get("ckpt_path"), save_dir, name)
+        if cfg["ckpt_path"] and csv is not None and Path(cfg["ckpt_path"]).parent.name == "checkpoints":
+            run = Path(cfg["ckpt_path"]).parent.parent
+            loggers = [lg for lg in self.trainer.loggers if lg is not csv]
+            self.trainer.loggers = [CSVLogger(save_dir=run.parent, name="", version=run.name), *loggers]
+
     before_validate = _evaluate_in_run
     before_test = _evaluate_in_run
     before_predict = _evaluate_in_run

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
 from flare_lightning.metrics import RelativeL2Error, relative_l2
 from flare_lightning.normalizer import Normalizer
@@ -65,6 +66,9 @@ class SurrogateModule(L.LightningModule):
         self.input_norm = Normalizer(in_dim)
         self.target_norm = Normalizer(out_dim)
         self.metrics = nn.ModuleDict({f"{stage}_rel_l2": RelativeL2Error() for stage in STAGES})
+        # Evaluation losses as sums and float weights: exact over DDP ranks with unequal
+        # shares (Lightning's own mean of logged values divides an integer sample count).
+        self.eval_losses = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in STAGES[1:]})
 
     # --- data statistics ---------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -95,7 +99,12 @@ class SurrogateModule(L.LightningModule):
         metric.update(pred, batch["y"], batch["mask"])
         size = batch["x"].shape[0]
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, batch_size=size, sync_dist=not on_step)
+        if on_step:
+            # Ranks hold equal shares in training, so the synced mean is exact (one scalar per step).
+            self.log(f"{stage}/loss", loss, on_step=True, on_epoch=True, batch_size=size, sync_dist=True)
+        else:
+            self.eval_losses[f"{stage}_loss"].update(loss.detach().float(), weight=size)
+            self.log(f"{stage}/loss", self.eval_losses[f"{stage}_loss"], on_step=False, on_epoch=True)
         self.log(f"{stage}/rel_l2", metric, on_step=False, on_epoch=True, batch_size=size)
         return loss
 

@@ -8,6 +8,8 @@ from torch import Tensor, nn
 from flare_lightning.kernels import flare_mix, flare_weights
 from flare_lightning.models.mlp import ResidualMLP
 
+EncodeStats = tuple[Tensor, Tensor, Tensor]  # running max [B, H, M], sum [B, H, M], acc [B, H, M, D]
+
 
 class FlareAttention(nn.Module):
     """Global token mixing at O(N M) cost.
@@ -61,6 +63,48 @@ class FlareAttention(nn.Module):
         v = self._heads(self.v_proj(x))
         y = flare_mix(self.latents, k, v, mask, self.scale, self.mixer_backend)  # [B, H, N, D]
         y = y.transpose(1, 2).reshape(x.shape)
+        return self.out_proj(y)
+
+    # --- evaluation over point chunks: the encode is a sum over points, so per-chunk
+    # partial sums merge exactly by log-sum-exp; the decode is pointwise given z.
+    def encode_partial(self, x: Tensor, mask: Tensor | None = None) -> EncodeStats:
+        """Encode statistics of one chunk of points, in float32 (or float64 for a float64 model).
+
+        x: [B, n, C] (normed block input); mask: [B, n] bool. Returns the running max
+        ``m`` [B, H, M], the sum ``l`` [B, H, M] of ``exp(logit - m)`` and the weighted
+        value sum ``acc`` [B, H, M, D]; ``merge_encode`` joins chunks and ``z = acc / l``.
+        """
+        k = self._heads(self.k_proj(x))
+        v = self._heads(self.v_proj(x))
+        dtype = torch.promote_types(k.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):  # statistics stay in full precision
+            k, v = k.to(dtype), v.to(dtype)
+            logits = torch.einsum("hmd,bhnd->bhmn", self.latents.to(dtype), k) * self.scale  # [B, H, M, n]
+            if mask is not None:
+                logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
+            m = logits.amax(dim=-1)  # [B, H, M]; -inf where the chunk has no real point
+            p = torch.exp(logits - torch.where(torch.isinf(m), 0.0, m)[..., None])
+            return m, p.sum(dim=-1), p @ v
+
+    @staticmethod
+    def merge_encode(a: EncodeStats, b: EncodeStats) -> EncodeStats:
+        """Join two ``encode_partial`` results (log-sum-exp rescaling)."""
+        m = torch.maximum(a[0], b[0])
+        safe = torch.where(torch.isinf(m), 0.0, m)
+        wa = torch.where(torch.isinf(a[0]), 0.0, torch.exp(a[0] - safe))
+        wb = torch.where(torch.isinf(b[0]), 0.0, torch.exp(b[0] - safe))
+        return m, a[1] * wa + b[1] * wb, a[2] * wa[..., None] + b[2] * wb[..., None]
+
+    def decode(self, x: Tensor, z: Tensor) -> Tensor:
+        """Mixer output for one chunk given the latent summary ``z`` [B, H, M, D] (``acc / l``).
+
+        x: [B, n, C] (normed block input) -> [B, n, C] (after ``out_proj``).
+        """
+        k = self._heads(self.k_proj(x))
+        with torch.autocast(x.device.type, enabled=False):
+            logits = torch.einsum("bhnd,hmd->bhnm", k.to(z.dtype), self.latents.to(z.dtype)) * self.scale
+            y = torch.softmax(logits, dim=-1) @ z  # [B, H, n, D]
+        y = y.to(k.dtype).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         return self.out_proj(y)
 
     @torch.no_grad()

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from flare_lightning.models.attention import FlareAttention
+from flare_lightning.models.checkpointing import checkpointed
 from flare_lightning.models.mlp import ResidualMLP
 
 
@@ -51,6 +52,25 @@ class FlareBlock(nn.Module):
         x = x + self.attn(self.norm1(x), mask)
         return x + self.mlp(self.norm2(x))
 
+    @torch.no_grad()
+    def forward_chunked_(self, h: Tensor, mask: Tensor | None, chunk_size: int) -> Tensor:
+        """The block applied to h [B, N, C] in place, ``chunk_size`` points at a time.
+
+        Pass 1 gathers the encode over chunks (log-sum-exp merge, exact); pass 2 decodes
+        each chunk and applies the feed-forward. Memory: h plus per-chunk temporaries.
+        """
+        stats = None
+        for lo in range(0, h.shape[1], chunk_size):
+            hi = lo + chunk_size
+            part = self.attn.encode_partial(self.norm1(h[:, lo:hi]), None if mask is None else mask[:, lo:hi])
+            stats = part if stats is None else self.attn.merge_encode(stats, part)
+        z = stats[2] / stats[1][..., None]  # [B, H, M, D]
+        for lo in range(0, h.shape[1], chunk_size):
+            x = h[:, lo : lo + chunk_size]
+            x = x + self.attn.decode(self.norm1(x), z)
+            h[:, lo : lo + chunk_size] = x + self.mlp(self.norm2(x))
+        return h
+
 
 class FLARE(nn.Module):
     """FLARE surrogate for fields on point clouds and meshes (arXiv 2508.12594).
@@ -70,7 +90,16 @@ class FLARE(nn.Module):
         norm: ``layernorm`` or ``rmsnorm``.
         scale: logit scale of the mixer (1.0 as in the reference code).
         mixer_backend: mixer implementation, see ``flare_lightning.kernels.BACKENDS``.
-        mlp_chunk_size: apply pointwise MLPs this many points at a time (None: all at once).
+        mlp_chunk_size: apply every pointwise MLP this many points at a time, each chunk
+            checkpointed in training, so MLP activations stop growing with N (None: off).
+        checkpoint_blocks: recompute each block's activations (and the lifting's and the
+            head's) in backward instead of storing them: about one extra forward of compute
+            for keeping only the [B, N, C] input of each block.
+        eval_chunk_size: without autograd (validation, test, predict), run the model this
+            many points at a time: the encode is a sum over points, so chunks merge exactly,
+            and memory is the [B, N, C] residual stream plus per-chunk work (None: off).
+        compile: ``torch.compile`` the blocks, the lifting and the head in place
+            (``nn.Module.compile``: parameter names and checkpoints are unchanged).
     """
 
     def __init__(
@@ -90,10 +119,18 @@ class FLARE(nn.Module):
         scale: float = 1.0,
         mixer_backend: str = "auto",
         mlp_chunk_size: int | None = None,
+        checkpoint_blocks: bool = False,
+        eval_chunk_size: int | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
+        for name, value in (("mlp_chunk_size", mlp_chunk_size), ("eval_chunk_size", eval_chunk_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"FLARE: {name} must be a positive number of points or None, got {value}")
         self.in_dim = in_dim
         self.out_dim = out_dim
+        self.checkpoint_blocks = checkpoint_blocks
+        self.eval_chunk_size = eval_chunk_size
         self.lift = ResidualMLP(in_dim, channels, channels, io_layers, act, chunk_size=mlp_chunk_size)
         self.blocks = nn.ModuleList(
             FlareBlock(
@@ -105,6 +142,10 @@ class FLARE(nn.Module):
         self.norm_out = make_norm(norm, channels)
         self.head = ResidualMLP(channels, channels, out_dim, io_layers, act, chunk_size=mlp_chunk_size)
         self.apply(self._init_weights)
+        if compile:
+            from flare_lightning.compile import compile_model
+
+            compile_model(self)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -122,10 +163,34 @@ class FLARE(nn.Module):
         """x: [B, N, in_dim]; mask: [B, N] bool, True on real points -> [B, N, out_dim]."""
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"FLARE expects {self.in_dim} input channels, got {x.shape[-1]}")
-        h = self.lift(x)
+        if self.eval_chunk_size is not None and not torch.is_grad_enabled() and x.shape[1] > self.eval_chunk_size:
+            return self.forward_chunked(x, mask, self.eval_chunk_size)
+        ckpt = self.checkpoint_blocks
+        h = checkpointed(self.lift, x, enabled=ckpt)
         for block in self.blocks:
-            h = block(h, mask)
+            h = checkpointed(block, h, mask, enabled=ckpt)
+        return checkpointed(self._output, h, enabled=ckpt)
+
+    def _output(self, h: Tensor) -> Tensor:
         return self.head(self.norm_out(h))
+
+    @torch.no_grad()
+    def forward_chunked(self, x: Tensor, mask: Tensor | None, chunk_size: int) -> Tensor:
+        """``forward`` without autograd, ``chunk_size`` points at a time (equal up to rounding).
+
+        x: [B, N, in_dim]; mask: [B, N] bool -> [B, N, out_dim]. Peak memory: the
+        [B, N, C] residual stream plus the work of one chunk (N x M logits of one chunk).
+        """
+        spans = range(0, x.shape[1], chunk_size)
+        h = None
+        for lo in spans:
+            part = self.lift(x[:, lo : lo + chunk_size])
+            if h is None:
+                h = part.new_empty(x.shape[0], x.shape[1], part.shape[-1])  # [B, N, C]
+            h[:, lo : lo + chunk_size] = part
+        for block in self.blocks:
+            block.forward_chunked_(h, mask, chunk_size)
+        return torch.cat([self._output(h[:, lo : lo + chunk_size]) for lo in spans], dim=1)
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters kept out of weight decay: the latents, norms and biases."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
+
+from flare_lightning.models.checkpointing import apply_in_chunks
 
 ACTIVATIONS = {
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
@@ -33,8 +34,10 @@ class ResidualMLP(nn.Module):
         act: activation name (see ``ACTIVATIONS``).
         input_residual: add the input to the first layer's output when ``in_dim == hidden_dim``.
         output_residual: add the hidden state to the output when ``hidden_dim == out_dim``.
-        chunk_size: apply the MLP to at most this many points at a time along dim -2, so
-            the peak memory of the hidden activations does not grow with N (None: all at once).
+        chunk_size: apply the MLP to at most this many points at a time along dim -2, each
+            chunk checkpointed while training: only the MLP's input and output are kept for
+            backward and its hidden activations exist for one chunk at a time, so their
+            memory does not grow with N (None: all at once, activations stored).
     """
 
     def __init__(
@@ -68,7 +71,6 @@ class ResidualMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [..., N, in_dim] -> [..., N, out_dim]."""
-        if self.chunk_size is None or x.dim() < 2 or x.shape[-2] <= self.chunk_size:
+        if self.chunk_size is None or x.dim() < 2:
             return self._forward(x)
-        parts = torch.split(x, self.chunk_size, dim=-2)
-        return torch.cat([self._forward(p) for p in parts], dim=-2)
+        return apply_in_chunks(self._forward, x, self.chunk_size, dim=-2)

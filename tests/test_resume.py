@@ -1,0 +1,145 @@
+"""Pre-emption: a run killed mid-training and resumed from its last checkpoint (or, on
+SLURM, from the checkpoint its requeue signal saved) ends with the same weights,
+optimiser, scheduler and step count as a run that was never interrupted."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from tests.helpers import CONFIGS, run_cli, tiny_trainer_args
+
+STEPS_PER_EPOCH = 4  # 8 training samples, batch 2
+EPOCHS = 2
+
+
+class Kill(L.Callback):
+    """Stops the run at the start of global step ``at_step`` (a simulated kill); with
+    ``slurm_signal`` it first sends itself SIGUSR1, as SLURM does before pre-empting.
+
+    Records the global step each run starts from in ``Kill.start_steps``.
+
+    Args:
+        at_step: global step at which to stop.
+        slurm_signal: send SIGUSR1 first (Lightning's SLURM requeue handler saves then).
+    """
+
+    start_steps: list[int] = []
+
+    def __init__(self, at_step: int = 10**9, slurm_signal: bool = False) -> None:
+        self.at_step = at_step
+        self.slurm_signal = slurm_signal
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        Kill.start_steps.append(trainer.global_step)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            if self.slurm_signal:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            raise KilledForTest(f"killed at step {self.at_step}")
+
+
+class KilledForTest(RuntimeError):
+    pass
+
+
+def fit_args(root: Path, tmp_path: Path, name: str, *extra: str) -> list[str]:
+    return [
+        "fit",
+        f"--config={CONFIGS / 'quickstart.yaml'}",
+        *tiny_trainer_args(tmp_path, name),
+        f"--data.init_args.root={root}",
+        "--data.init_args.train_file=train.mat",
+        "--data.init_args.test_file=test.mat",
+        "--data.init_args.n_train=8",
+        "--data.init_args.n_val=3",
+        "--data.init_args.n_test=3",
+        "--data.init_args.batch_size=2",
+        f"--trainer.max_epochs={EPOCHS}",
+        "--trainer.callbacks=[]",  # no analysis figures: time goes to training
+        "--trainer.accelerator=cpu",
+        "--trainer.deterministic=true",
+        "--test_after_fit=false",
+        *extra,
+    ]
+
+
+def last_ckpt(tmp_path: Path, name: str) -> dict:
+    paths = sorted((tmp_path / name).glob("version_*/checkpoints/last.ckpt"))
+    assert len(paths) == 1, f"expected one run folder with last.ckpt, got {paths}"
+    return torch.load(paths[0], map_location="cpu", weights_only=False)
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"] == EPOCHS * STEPS_PER_EPOCH
+    assert a["epoch"] == b["epoch"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), f"weights differ at {key}"
+    opt_a, opt_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    for i in opt_a:
+        for name, value in opt_a[i].items():
+            assert torch.equal(value, opt_b[i][name]), f"optimizer state {i}.{name} differs"
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_darcy_root, tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    run_cli(fit_args(tiny_darcy_root, tmp, "full"))
+    return last_ckpt(tmp, "full")
+
+
+@pytest.mark.parametrize("kill_step", [4, 6], ids=["epoch_boundary", "mid_epoch"])
+def test_killed_run_resumes_to_same_weights(tiny_darcy_root, tmp_path, uninterrupted, kill_step):
+    # last.ckpt after every step (no monitored metric, which would defer saves to validation)
+    every_step = ["--checkpoint.every_n_train_steps=1", "--checkpoint.monitor=null"]
+    probe = ["--trainer.callbacks+=tests.test_resume.Kill"]
+    Kill.start_steps.clear()
+    with pytest.raises(KilledForTest):
+        run_cli(fit_args(tiny_darcy_root, tmp_path, "cut", *every_step, *probe,
+                         f"--trainer.callbacks.init_args.at_step={kill_step}"))
+    assert last_ckpt(tmp_path, "cut")["global_step"] == kill_step
+    run_cli(fit_args(tiny_darcy_root, tmp_path, "cut", *every_step, *probe, "--ckpt_path=last"))
+    assert Kill.start_steps == [0, kill_step], "the second run did not resume from the checkpoint"
+    assert_same_training_state(uninterrupted, last_ckpt(tmp_path, "cut"))
+
+
+def test_slurm_signal_saves_and_requeued_job_resumes(tiny_darcy_root, tmp_path, uninterrupted, monkeypatch):
+    # What SLURM sets for a one-task job; Lightning then uses SLURMEnvironment with auto-requeue.
+    for key, value in {
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_JOB_NAME": "flare",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
+    scontrol = tmp_path / "bin" / "scontrol"  # stands in for SLURM's requeue command
+    scontrol.parent.mkdir()
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'requeued'}\n")
+    scontrol.chmod(0o755)
+    previous = signal.getsignal(signal.SIGUSR1)
+    pinned = ["--trainer.logger.init_args.version=4242"]  # one run folder across requeues
+    probe = ["--trainer.callbacks+=tests.test_resume.Kill"]
+    kill = ["--trainer.callbacks.init_args.at_step=5", "--trainer.callbacks.init_args.slurm_signal=true"]
+    Kill.start_steps.clear()
+    try:
+        with pytest.raises(KilledForTest):
+            run_cli(fit_args(tiny_darcy_root, tmp_path, "slurm", *pinned, *probe, *kill))
+        assert (tmp_path / "hpc_ckpt_1.ckpt").is_file(), "the SIGUSR1 handler did not save a checkpoint"
+        assert (tmp_path / "requeued").read_text().split() == ["requeue", "4242"]
+        run_cli(fit_args(tiny_darcy_root, tmp_path, "slurm", *pinned, *probe))  # the requeued job
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert Kill.start_steps == [0, 5], "the requeued run did not resume from the pre-emption checkpoint"
+    assert_same_training_state(uninterrupted, last_ckpt(tmp_path, "slurm"))
