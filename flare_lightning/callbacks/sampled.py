@@ -4,6 +4,7 @@ fit (the first validation samples) and once after ``test`` (the first test sampl
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +12,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
 
 from flare_lightning.callbacks.test_metrics import TestMetricsWriter, run_dir
 
@@ -57,6 +59,16 @@ def subsample_points(batch: Batch, max_points: int) -> Batch:
     return out
 
 
+def unsharded(loader) -> Iterable:
+    """The batches of ``loader`` in dataset order, without its (distributed or shuffling)
+    sampler, so every rank and world size sees the same first samples; ``[]`` for None."""
+    if loader is None:
+        return []
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return loader
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn)
+
+
 def log_image_file(loggers, key: str, path: Path, step: int) -> None:
     """Send a PNG to the loggers that take images: any with ``log_image`` (``WandbLogger``)
     and TensorBoard; others (CSV) are skipped."""
@@ -71,7 +83,8 @@ def log_image_file(loggers, key: str, path: Path, step: int) -> None:
 
 class SampledAnalysis(L.Callback):
     """Runs ``analyse`` on fixed samples at epochs 0, n, 2n, ... and the last one, and after
-    ``test``; on global rank 0 only, with the module in eval mode and no gradients.
+    ``test``; on global rank 0 only, with the module in eval mode and no gradients. The
+    samples are the first of their split in dataset order, whatever the world size.
 
     Subclasses set ``subdir`` (their folder in the run directory) and implement ``analyse``.
 
@@ -95,7 +108,6 @@ class SampledAnalysis(L.Callback):
         self.every_n_epochs = every_n_epochs
         self.max_points = max_points
         self._fit_batches: list[Batch] | None = None
-        self._test_batches: list[Batch] = []
         self._epoch_start = time.perf_counter()
         self.epoch_seconds: float | None = None
 
@@ -120,7 +132,8 @@ class SampledAnalysis(L.Callback):
         if not trainer.is_global_zero or trainer.sanity_checking or trainer.fast_dev_run or not self.due(trainer):
             return
         if self._fit_batches is None:
-            self._fit_batches = take_samples(self._fit_loader(trainer), self.num_samples, self.max_points)
+            loader = self._first_loader(trainer.val_dataloaders) or self._first_loader(trainer.train_dataloader)
+            self._fit_batches = take_samples(unsharded(loader), self.num_samples, self.max_points)
         if not self._fit_batches:
             rank_zero_warn(f"{type(self).__name__}: no validation or training samples to analyse")
             return
@@ -128,27 +141,18 @@ class SampledAnalysis(L.Callback):
         self._run(trainer, pl_module, self._fit_batches, tag, run_dir(trainer) / self.subdir)
 
     @staticmethod
-    def _fit_loader(trainer: L.Trainer):
-        for loader in (trainer.val_dataloaders, trainer.train_dataloader):
-            if isinstance(loader, (list, tuple)):
-                loader = loader[0] if loader else None
-            if loader is not None:
-                return loader
-        return []
+    def _first_loader(loaders):
+        if isinstance(loaders, (list, tuple)):
+            return loaders[0] if loaders else None
+        return loaders
 
     # --- test ----------------------------------------------------------------------
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._test_batches = []
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        have = sum(len(b["sample_id"]) for b in self._test_batches)
-        if trainer.is_global_zero and have < self.num_samples:
-            self._test_batches += take_samples([batch], self.num_samples - have, self.max_points)
-
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and self._test_batches:
-            out_dir = TestMetricsWriter.output_dir(trainer) / self.subdir
-            self._run(trainer, pl_module, self._test_batches, "test", out_dir)
+        if not trainer.is_global_zero:
+            return
+        batches = take_samples(unsharded(self._first_loader(trainer.test_dataloaders)), self.num_samples, self.max_points)
+        if batches:
+            self._run(trainer, pl_module, batches, "test", TestMetricsWriter.output_dir(trainer) / self.subdir)
 
     # --- shared --------------------------------------------------------------------
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, batches: list[Batch], tag: str, out_dir: Path) -> None:

@@ -4,7 +4,10 @@ test-time output folder."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,11 +16,13 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch.plugins.precision import Precision
+from torch.utils.data import DataLoader
 
 from flare_lightning.analysis.curves import read_metrics
 from flare_lightning.callbacks.sampled import log_image_file
 from flare_lightning.callbacks.spectral import SpectralAnalysis
 from flare_lightning.module import SurrogateModule
+from tests.helpers import CONFIGS, tiny_trainer_args
 from tests.quickstart_run import EPOCHS, quickstart_run  # noqa: F401  (session fixture)
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -103,9 +108,9 @@ def test_only_rank_zero_works(tmp_path):
     callback = SpectralAnalysis()
     # A trainer with nothing else: touching anything beyond is_global_zero would raise.
     callback.on_train_epoch_end(SimpleNamespace(is_global_zero=False), None)
-    callback.on_test_batch_end(SimpleNamespace(is_global_zero=False), None, None, {"sample_id": torch.zeros(2)}, 0)
     callback.on_test_end(SimpleNamespace(is_global_zero=False), None)
-    assert callback.last_summary is None and callback._fit_batches is None and callback._test_batches == []
+    assert callback.last_summary is None and callback._fit_batches is None
+    assert not list(tmp_path.iterdir())
 
 
 def test_invalid_arguments_are_named():
@@ -121,17 +126,16 @@ def test_test_output_goes_to_the_checkpoints_run(quickstart_run, tmp_path):
     module = SurrogateModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt", map_location="cpu")
     logger = SimpleNamespace(log_dir=str(run / "test"), logged=[])
     logger.log_metrics = lambda metrics, step: logger.logged.append(metrics)
-    trainer = SimpleNamespace(
-        is_global_zero=True, ckpt_path=str(run / "checkpoints" / "best.ckpt"), loggers=[logger],
-        precision_plugin=Precision(), current_epoch=0, global_step=5, default_root_dir=str(tmp_path),
-    )
     mask = torch.ones(3, 20, dtype=torch.bool)
     mask[2, 12:] = False
     batch = {"x": torch.rand(3, 20, 3), "y": torch.rand(3, 20, 1), "pos": torch.rand(3, 20, 2), "mask": mask,
              "sample_id": torch.tensor([4, 5, 6])}
+    trainer = SimpleNamespace(
+        is_global_zero=True, ckpt_path=str(run / "checkpoints" / "best.ckpt"), loggers=[logger],
+        precision_plugin=Precision(), current_epoch=0, global_step=5, default_root_dir=str(tmp_path),
+        test_dataloaders=DataLoader([batch], batch_size=None),
+    )
     callback = SpectralAnalysis(num_samples=2, save_figures=False)
-    callback.on_test_start(trainer, module)
-    callback.on_test_batch_end(trainer, module, None, batch, 0)
     callback.on_test_end(trainer, module)
     summary = json.loads((run / "spectral" / "test.json").read_text())
     assert summary["sample_ids"] == [4, 5] and summary["num_samples"] == 2
@@ -146,3 +150,25 @@ def test_images_go_to_loggers_that_take_them(tmp_path):
     path = tmp_path / "f.png"
     log_image_file([csv_like, wandb_like], "spectral/spectra", path, step=7)
     assert calls == [{"key": "spectral/spectra", "images": [str(path)], "step": 7}]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_writes_once_from_rank_zero(tiny_darcy_root, tmp_path):
+    cmd = [
+        sys.executable, "-m", "flare_lightning", "fit", f"--config={CONFIGS / 'quickstart.yaml'}",
+        f"--data.init_args.root={tiny_darcy_root}", "--data.init_args.train_file=train.mat",
+        "--data.init_args.test_file=test.mat", "--data.init_args.n_train=8", "--data.init_args.n_val=4",
+        "--data.init_args.n_test=4", "--data.init_args.batch_size=2", "--trainer.max_epochs=1",
+        "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2",
+        *tiny_trainer_args(tmp_path, "ddp"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"DDP run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    runs = sorted((tmp_path / "ddp").glob("version_*"))
+    assert len(runs) == 1, f"expected one run folder (rank 0 only), got {runs}"
+    spectral = runs[0] / "spectral"
+    assert sorted(p.name for p in spectral.glob("*.json")) == ["epoch_0000.json", "test.json"]
+    summary = json.loads((spectral / "epoch_0000.json").read_text())
+    assert summary["sample_ids"] == [0, 1, 2, 3]  # the split's first samples, not rank 0's shard
+    assert (runs[0] / "predictions" / "test.png").read_bytes().startswith(PNG)
