@@ -66,7 +66,7 @@ def _pow2(x: int, lo: int = 16) -> int:
 
 
 def default_config(m: int, d: int) -> MixerConfig:
-    """Tile sizes for M latents and head dim d, measured on H100/H200 (benchmarks/NOTES_mixer.md)."""
+    """Tile sizes for M latents and head dim d, from sweeps on an H200 (benchmarks/NOTES_mixer.md)."""
     bm = _pow2(m)
     if INTERPRETED:  # numpy executes whole tiles: large tiles, few loop steps
         small = KernelConfig(block_n=32, block_m=min(bm, 32))
@@ -93,13 +93,13 @@ def _num_programs_target(device: torch.device, cfg: MixerConfig) -> int:
 
 def _chunking(n: int, block_n: int, other_programs: int, target: int, partial_bytes: int) -> tuple[int, int]:
     """(tiles per chunk, chunks) splitting ceil(n / block_n) point tiles over programs."""
-    n_tiles = triton_cdiv(n, block_n)
-    chunks = max(1, min(n_tiles, triton_cdiv(target, other_programs), _PARTIAL_BYTES // max(1, partial_bytes)))
-    tiles_per_chunk = triton_cdiv(n_tiles, chunks)
-    return tiles_per_chunk, triton_cdiv(n_tiles, tiles_per_chunk)
+    n_tiles = _cdiv(n, block_n)
+    chunks = max(1, min(n_tiles, _cdiv(target, other_programs), _PARTIAL_BYTES // max(1, partial_bytes)))
+    tiles_per_chunk = _cdiv(n_tiles, chunks)
+    return tiles_per_chunk, _cdiv(n_tiles, tiles_per_chunk)
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
@@ -142,7 +142,7 @@ def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
     mask_stride = mask.stride(0) if mask is not None else 0
 
     ce = cfg.encode
-    m_tiles = triton_cdiv(m, ce.block_m)
+    m_tiles = _cdiv(m, ce.block_m)
     tiles, chunks = _chunking(n, ce.block_n, bh * m_tiles, target, bh * m * d * 4)
     m_part = torch.empty(bh, chunks, m, device=dev, dtype=torch.float32)
     l_part = torch.empty_like(m_part)
@@ -158,7 +158,7 @@ def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
     z_lo = torch.empty(bh, m, d, device=dev, dtype=k.dtype)
     lse_enc = torch.empty(bh, m, device=dev, dtype=torch.float32)
     merge_m = min(_pow2(m), 64)
-    _encode_merge_kernel[(triton_cdiv(m, merge_m), bh)](
+    _encode_merge_kernel[(_cdiv(m, merge_m), bh)](
         m_part, l_part, acc_part, z, z_lo, lse_enc, chunks, M=m, D=d, BLOCK_M=merge_m, BLOCK_D=bd, num_warps=4,
     )
 
@@ -169,7 +169,7 @@ def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
     _decode_fwd_kernel[(chunks, bh)](
         q, z_lo, k, y, lse_dec, n, h, qk_scale, tiles,
         k.stride(0), k.stride(1), k.stride(2), y.stride(0), y.stride(1), y.stride(2),
-        M=m, D=d, ALIGN=_align(k, y), NUM_M_TILES=triton_cdiv(m, cd.block_m), PREC=prec,
+        M=m, D=d, ALIGN=_align(k, y), NUM_M_TILES=_cdiv(m, cd.block_m), PREC=prec,
         BLOCK_N=cd.block_n, BLOCK_M=cd.block_m, BLOCK_D=bd, num_warps=cd.num_warps, num_stages=cd.num_stages,
     )
     return y, z, z_lo, lse_enc, lse_dec
@@ -191,7 +191,7 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
     dv = torch.empty_like(v)
 
     c1 = cfg.bwd_decode
-    tiles_1 = triton_cdiv(m, c1.block_m)
+    tiles_1 = _cdiv(m, c1.block_m)
     tiles, chunks_1 = _chunking(n, c1.block_n, bh, target, 2 * bh * m * d * 4)
     alloc = torch.empty if tiles_1 == 1 else torch.zeros
     dz_part = alloc(bh, chunks_1, m, d, device=dev, dtype=torch.float32)
@@ -209,7 +209,7 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
     dz_lo = dz.to(k.dtype)
 
     c2 = cfg.bwd_encode
-    tiles_2 = triton_cdiv(m, c2.block_m)
+    tiles_2 = _cdiv(m, c2.block_m)
     tiles, chunks_2 = _chunking(n, c2.block_n, bh, target, bh * m * d * 4)
     dq_part_2 = (torch.empty if tiles_2 == 1 else torch.zeros)(bh, chunks_2, m, d, device=dev, dtype=torch.float32)
     _bwd_encode_kernel[(chunks_2, bh)](
