@@ -1,0 +1,232 @@
+"""Training-step benchmark of the whole model (GitHub issue 5).
+
+One command on one GPU prints, for the 8-block C=64 M=64 H=8 model at N = 2^20 points
+(batch 1, bf16 autocast, loss in fp32, grad-clip 1.0, AdamW step), the median step time
+(CUDA events, after warm-up) and the peak memory (``torch.cuda.max_memory_allocated``
+over one step) of:
+
+  reference     the paper's formulation (benchmarks/reference_flare.py): eager, two SDPA
+  ours-fast     flare_lightning FLARE, mixer_backend="auto" (Triton kernels when present)
+  ours-ckpt     ours-fast with checkpoint_blocks=True
+  ours-memory   ours-fast with checkpoint_blocks=True and mlp_chunk_size=2^18
+  ours-compiled ours-fast with compile=True (torch.compile of blocks, lifting, head)
+
+All start from the same weights; the output of each is compared with the reference's.
+
+    PYTHONPATH=$PWD python benchmarks/step.py                        # the table
+    PYTHONPATH=$PWD torchrun --nproc_per_node 2 benchmarks/step.py --ddp   # DDP throughput
+    PYTHONPATH=$PWD python benchmarks/step.py --device cpu --n 4096 --configs ours-fast  # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from benchmarks.reference_flare import ReferenceFLARE
+from flare_lightning.models import FLARE
+
+IN_DIM, OUT_DIM = 3, 1  # DrivAerML surface: xyz -> pressure
+SHAPE = dict(channels=64, num_blocks=8, num_heads=8, num_latents=64)
+
+CONFIGS: dict[str, dict] = {
+    "reference": {},
+    "ours-fast": dict(mixer_backend="auto"),
+    "ours-ckpt": dict(mixer_backend="auto", checkpoint_blocks=True),
+    "ours-memory": dict(mixer_backend="auto", checkpoint_blocks=True, mlp_chunk_size=2**18),
+    "ours-compiled": dict(mixer_backend="auto", compile=True),  # last: compiling takes a while
+}
+
+
+def build(name: str, device: torch.device) -> nn.Module:
+    """The model of config ``name`` with the shared initial weights (seed 0)."""
+    torch.manual_seed(0)
+    ours = FLARE(IN_DIM, OUT_DIM, **SHAPE, **CONFIGS.get(name, {}))
+    if name == "reference":
+        s = SHAPE
+        ref = ReferenceFLARE(IN_DIM, OUT_DIM, s["channels"], s["num_blocks"], s["num_heads"], s["num_latents"])
+        return ref.load_from(ours).to(device)
+    return ours.to(device)
+
+
+def mixer_backend_used(device: torch.device) -> str:
+    """What ``mixer_backend="auto"`` resolves to on ``device`` (Triton may be absent)."""
+    from flare_lightning.kernels import dispatch
+
+    probe = torch.empty(1, 1, 1, 8, device=device)
+    return dispatch.resolve_backend("auto", probe)
+
+
+class TrainStep:
+    """One training step on a fixed random sample of ``n`` points: forward under bf16
+    autocast, relative-L2 loss in fp32, backward, grad-clip 1.0, AdamW."""
+
+    def __init__(self, model: nn.Module, n: int, device: torch.device, seed: int = 1) -> None:
+        self.model = model
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        g = torch.Generator(device=device).manual_seed(seed)
+        self.x = torch.rand(1, n, IN_DIM, device=device, generator=g) * 2 - 1
+        self.y = torch.sin(3 * self.x[..., :1]) * self.x[..., 1:2] + self.x[..., 2:3] ** 2
+        self.device_type = device.type
+
+    def __call__(self) -> float:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out = self.model(self.x)
+        diff = out.float() - self.y
+        loss = (diff.square().sum() / self.y.square().sum()).sqrt()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+
+def time_step(step: Callable[[], object], warmup: int = 3, budget_s: float = 4.0, reps: tuple = (5, 25)) -> dict:
+    """Median step time (CUDA events) after ``warmup`` steps, and the peak memory of one step."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    times = []
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0 = time.perf_counter()
+    while len(times) < reps[1] and (len(times) < reps[0] or time.perf_counter() - t0 < budget_s):
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return {"ms": times[len(times) // 2], "ms_min": times[0], "reps": len(times),
+            "peak_gb": peak / 1e9, "resident_gb": base / 1e9}
+
+
+@torch.no_grad()
+def output_rel_diff(model: nn.Module, ref: nn.Module, device: torch.device, n: int = 2**16) -> float:
+    """‖ours - reference‖ / ‖reference‖ of the outputs on one sample, both in bf16 autocast."""
+    x = torch.rand(1, n, IN_DIM, device=device, generator=torch.Generator(device=device).manual_seed(7))
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        a, b = model(x).float(), ref(x).float()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def run_table(names: list[str], n: int, device: torch.device) -> list[dict]:
+    rows, ref_model = [], build("reference", device)
+    for name in names:
+        model = ref_model if name == "reference" else build(name, device)
+        row = {"config": name, "n": n}
+        try:
+            row["rel_diff_vs_reference"] = output_rel_diff(model, ref_model, device)
+            row.update(time_step(TrainStep(model, n, device)))
+        except Exception as err:  # one failing config must not cost the others' numbers
+            row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if name != "reference":
+            del model
+        torch.cuda.empty_cache()
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    ref = next((r for r in rows if r["config"] == "reference" and "ms" in r), None)
+    print(f"\n{'config':<15}{'step ms':>10}{'speed-up':>10}{'peak GB':>10}{'mem/ref':>9}{'rel.diff':>10}")
+    for r in rows:
+        if "ms" not in r:
+            print(f"{r['config']:<15}  failed: {r.get('error')}")
+            continue
+        speed = f"{ref['ms'] / r['ms']:.2f}x" if ref else "-"
+        mem = f"{r['peak_gb'] / ref['peak_gb']:.3f}" if ref else "-"
+        print(f"{r['config']:<15}{r['ms']:>10.1f}{speed:>10}{r['peak_gb']:>10.2f}{mem:>9}"
+              f"{r.get('rel_diff_vs_reference', float('nan')):>10.1e}")
+
+
+def ddp_throughput(n: int, steps: int = 15) -> None:
+    """Run under torchrun: each rank trains ours-fast on its own sample of n points with
+    DDP (NCCL); rank 0 prints points/s and samples/s over ``steps`` timed steps."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("nccl")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    torch.cuda.set_device(device)
+    model = DDP(build("ours-fast", device), device_ids=[device.index])
+    step = TrainStep(model, n, device, seed=1 + rank)
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    dist.barrier()
+    seconds = time.perf_counter() - t0
+    if rank == 0:
+        row = {"world_size": world, "n_per_gpu": n, "steps": steps, "step_ms": 1e3 * seconds / steps,
+               "samples_per_s": world * steps / seconds, "points_per_s": world * steps * n / seconds,
+               "card": torch.cuda.get_device_name(device)}
+        print("DDP " + json.dumps(row), flush=True)
+        out = os.environ.get("OUT")
+        if out:
+            with open(os.path.join(out, f"ddp_{world}.json"), "w") as f:
+                json.dump(row, f, indent=1)
+    dist.destroy_process_group()
+
+
+def environment(device: torch.device) -> dict:
+    info = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "device": str(device)}
+    if device.type == "cuda":
+        info["card"] = torch.cuda.get_device_name(device)
+        info["mixer_backend_auto"] = mixer_backend_used(device)
+        try:
+            import triton
+
+            info["triton"] = triton.__version__
+        except ImportError:
+            info["triton"] = None
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2**20, help="points per sample")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--ddp", action="store_true", help="DDP throughput mode (launch with torchrun)")
+    parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for step.json")
+    args = parser.parse_args()
+    if args.ddp:
+        ddp_throughput(args.n)
+        return
+    device = torch.device(args.device)
+    if device.type != "cuda":  # smoke test: run each config once, no timing
+        for name in args.configs:
+            loss = TrainStep(build(name, device), args.n, device)()
+            print(name, "loss", float(loss))
+        return
+    info = environment(device)
+    print(json.dumps(info))
+    if info["mixer_backend_auto"] != "triton":
+        print("NOTE: the Triton mixer is not available here; 'auto' ran", info["mixer_backend_auto"])
+    rows = run_table(args.configs, args.n, device)
+    print_table(rows)
+    if args.out:
+        with open(os.path.join(args.out, "step.json"), "w") as f:
+            json.dump({"environment": info, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
