@@ -122,19 +122,18 @@ def output_rel_diff(model: nn.Module, ref: nn.Module, device: torch.device, n: i
 
 
 def run_table(names: list[str], n: int, device: torch.device) -> list[dict]:
-    rows, ref_model = [], build("reference", device)
+    rows = []
     for name in names:
-        model = ref_model if name == "reference" else build(name, device)
         row = {"config": name, "n": n}
         try:
-            row["rel_diff_vs_reference"] = output_rel_diff(model, ref_model, device)
+            model = build(name, device)  # compared before any training step changes its weights
+            row["rel_diff_vs_reference"] = output_rel_diff(model, build("reference", device), device)
             row.update(time_step(TrainStep(model, n, device)))
         except Exception as err:  # one failing config must not cost the others' numbers
             row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if name != "reference":
-            del model
+        model = None
         torch.cuda.empty_cache()
     return rows
 
@@ -186,6 +185,54 @@ def ddp_throughput(n: int, steps: int = 15) -> None:
     dist.destroy_process_group()
 
 
+def diagnose(device: torch.device, n: int) -> None:
+    """Where the step's time goes and whether the backends agree: each mixer backend's
+    model output (bf16) against a float32 ``explicit`` forward, the mixer alone on the
+    strided k/v the model passes against contiguous ones, and the top CUDA kernels of one
+    training step of ``reference`` and ``ours-fast`` (torch.profiler)."""
+    from flare_lightning.kernels import flare_mix
+
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+    x = torch.rand(1, 2**14, IN_DIM, device=device, generator=torch.Generator(device=device).manual_seed(7))
+    ours = build("ours-fast", device)
+    with torch.no_grad():
+        for mod in ours.modules():
+            if hasattr(mod, "mixer_backend"):
+                mod.mixer_backend = "explicit"
+        exact = ours(x)
+        for backend in ("triton", "chunked", "sdpa", "explicit"):
+            for mod in ours.modules():
+                if hasattr(mod, "mixer_backend"):
+                    mod.mixer_backend = backend
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                print(f"model bf16 {backend:<9} vs fp32 explicit: {rel(ours(x), exact):.2e}")
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            print(f"model bf16 reference vs fp32 explicit: {rel(build('reference', device)(x), exact):.2e}")
+        g = torch.Generator(device=device).manual_seed(3)
+        q = torch.randn(8, 64, 8, device=device, generator=g) * 0.1
+        kv = torch.randn(2, 1, 2**16, 64, device=device, generator=g)
+        k, v = (t.view(1, 2**16, 8, 8).transpose(1, 2) for t in kv)  # the model's strided layout
+        want = flare_mix(q, k, v, None, 1.0, "explicit")
+        for layout, (kk, vv) in (("strided", (k, v)), ("contiguous", (k.contiguous(), v.contiguous()))):
+            for backend in ("triton", "sdpa"):
+                got = flare_mix(q.bfloat16(), kk.bfloat16(), vv.bfloat16(), None, 1.0, backend)
+                print(f"mixer bf16 {backend:<7}{layout:<11} vs fp32 explicit: {rel(got, want):.2e}")
+    from torch.profiler import ProfilerActivity, profile
+
+    for name in ("reference", "ours-fast"):
+        step = TrainStep(build(name, device), n, device)
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        print(f"--- {name}: top CUDA kernels of one step at N={n}")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+
+
 def environment(device: torch.device) -> dict:
     info = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "device": str(device)}
     if device.type == "cuda":
@@ -206,12 +253,16 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--ddp", action="store_true", help="DDP throughput mode (launch with torchrun)")
+    parser.add_argument("--diagnose", action="store_true", help="backend agreement and a kernel profile")
     parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for step.json")
     args = parser.parse_args()
     if args.ddp:
         ddp_throughput(args.n)
         return
     device = torch.device(args.device)
+    if args.diagnose:
+        diagnose(device, args.n)
+        return
     if device.type != "cuda":  # smoke test: run each config once, no timing
         for name in args.configs:
             loss = TrainStep(build(name, device), args.n, device)()

@@ -10,6 +10,10 @@ from flare_lightning.models.mlp import ResidualMLP
 
 EncodeStats = tuple[Tensor, Tensor, Tensor]  # running max [B, H, M], sum [B, H, M], acc [B, H, M, D]
 
+# torch.compile (FLARE(compile=True)) leaves the mixer to its own kernels: Inductor would
+# otherwise try to re-compile the hand-written Triton kernels inside it.
+_mix = torch.compiler.disable(flare_mix)
+
 
 class FlareAttention(nn.Module):
     """Global token mixing at O(N M) cost.
@@ -59,9 +63,11 @@ class FlareAttention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: [B, N, C]; mask: [B, N] bool (True on real points) -> [B, N, C]."""
-        k = self._heads(self.k_proj(x))
-        v = self._heads(self.v_proj(x))
-        y = flare_mix(self.latents, k, v, mask, self.scale, self.mixer_backend)  # [B, H, N, D]
+        # Head-major copies: the fused kernels stream each head's rows, and as views of
+        # [B, N, C] the heads interleave, which made them ~6x slower (benchmarks/RESULTS.md).
+        k = self._heads(self.k_proj(x)).contiguous()
+        v = self._heads(self.v_proj(x)).contiguous()
+        y = _mix(self.latents, k, v, mask, self.scale, self.mixer_backend)  # [B, H, N, D]
         y = y.transpose(1, 2).reshape(x.shape)
         return self.out_proj(y)
 
