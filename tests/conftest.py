@@ -9,6 +9,10 @@ import pytest
 import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
+# Without CUDA the Triton kernels run in Triton's interpreter. It is chosen when @triton.jit
+# decorates a kernel, so it must be set before any test module imports them.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -10,9 +10,12 @@ CONFIGS = REPO / "configs"
 
 def run_cli(args: list[str]):
     """Run ``flare`` in-process with ``args`` and return the ``FlareCLI`` object."""
+    from unittest import mock
+
     from flare_lightning.cli import make_cli
 
-    return make_cli(args)
+    with mock.patch("sys.argv", ["flare"]):  # pytest's own arguments are not the CLI's
+        return make_cli(args)
 
 
 def tiny_trainer_args(tmp_path: Path, name: str = "test") -> list[str]:
