@@ -63,10 +63,8 @@ class FlareAttention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: [B, N, C]; mask: [B, N] bool (True on real points) -> [B, N, C]."""
-        # Head-major copies: the fused kernels stream each head's rows, and as views of
-        # [B, N, C] the heads interleave, which made them ~6x slower (benchmarks/RESULTS.md).
-        k = self._heads(self.k_proj(x)).contiguous()
-        v = self._heads(self.v_proj(x)).contiguous()
+        k = self._heads(self.k_proj(x))
+        v = self._heads(self.v_proj(x))
         y = _mix(self.latents, k, v, mask, self.scale, self.mixer_backend)  # [B, H, N, D]
         y = y.transpose(1, 2).reshape(x.shape)
         return self.out_proj(y)
