@@ -16,6 +16,7 @@ import os
 from functools import lru_cache
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from flare_lightning.kernels.chunked import flare_mix_chunked
@@ -52,6 +53,18 @@ def resolve_backend(backend: str, k: Tensor) -> str:
     return backend
 
 
+def mixer_dtype(k: Tensor) -> torch.dtype:
+    """The dtype the mixer computes in: autocast's when it is on for k's device, as for SDPA.
+
+    Under autocast the residual stream and LayerNorm outputs stay float32, so k and v
+    arrive in float32; without this cast the mixer would run at full precision.
+    """
+    device = k.device.type
+    if k.is_floating_point() and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return k.dtype
+
+
 def flare_mix(
     q: Tensor,
     k: Tensor,
@@ -63,8 +76,8 @@ def flare_mix(
     """FLARE token mixing ``softmax_M(s k qᵀ) softmax_N(s q kᵀ) v``.
 
     Args:
-        q: latent queries [H, M, D]; cast to k's dtype (a float32 parameter under
-            autocast still receives its gradient through the cast).
+        q: latent queries [H, M, D]; cast to the compute dtype (a float32 parameter
+            still receives its gradient through the cast).
         k: keys [B, H, N, D].
         v: values [B, H, N, D].
         mask: [B, N] bool, True on real points, or None.
@@ -72,15 +85,17 @@ def flare_mix(
         backend: ``auto`` or a name from ``BACKENDS``.
 
     Returns:
-        y [B, H, N, D] in the dtype of ``v``.
+        y [B, H, N, D] in the compute dtype: autocast's if enabled (see ``mixer_dtype``),
+        else k's.
     """
     check_mixer_inputs(q, k, v, mask)
     name = resolve_backend(backend, k)
-    q = q.to(k.dtype)
+    dtype = mixer_dtype(k)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if name == "triton":
         from flare_lightning.kernels.triton_mixer import flare_mix_triton
 
-        return flare_mix_triton(q, k, v.to(k.dtype), mask, scale)
+        return flare_mix_triton(q, k, v, mask, scale)
     if name == "chunked":
         return flare_mix_chunked(q, k, v, mask, scale)
     if name == "explicit":

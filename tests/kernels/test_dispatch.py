@@ -59,3 +59,23 @@ def test_backends_agree_and_reach_fp32_latents(backend, tm, device):
     rows = mask[:, None, :, None]
     assert ((y.double() - y_ref) * rows).norm() / (y_ref * rows).norm() < 2e-2
     assert (latents.grad.double() - ref.grad).norm() / ref.grad.norm() < 2e-2
+
+
+@pytest.mark.parametrize("backend", ["explicit", "sdpa", "chunked"])
+def test_autocast_sets_the_compute_dtype(backend):
+    """Under autocast k and v arrive in float32 (LayerNorm and residuals stay fp32); the
+    mixer must still compute in autocast's dtype, as SDPA does, not at full precision."""
+    from flare_lightning.kernels import flare_mix
+    from flare_lightning.kernels.dispatch import mixer_dtype
+
+    q = torch.randn(2, 4, 8, requires_grad=True)
+    k, v = torch.randn(2, 1, 2, 16, 8).unbind(0)
+    assert mixer_dtype(k) == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mixer_dtype(k) == torch.bfloat16
+        y = flare_mix(q, k, v, None, 1.0, backend)
+    assert y.dtype == torch.bfloat16
+    want = flare_mix(q.double(), k.double(), v.double(), None, 1.0, "explicit")
+    assert ((y.double() - want).norm() / want.norm()).item() < 2e-2
+    y.float().sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.float32
