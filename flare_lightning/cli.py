@@ -50,32 +50,31 @@ class FlareCLI(LightningCLI):
             best = self.trainer.checkpoint_callback.best_model_path or None
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
 
-    def _evaluate_in_run(self) -> None:
-        """Resolve ``ckpt_path`` and log evaluation next to the checkpoint's run: ``<run>/<subcommand>/``."""
-        sub = self.config.subcommand
-        cfg = self.config_init[sub]
+    def _use_checkpoint_run(self, subcommand: str, subfolder: bool) -> None:
+        """Resolve ``--ckpt_path best|last`` to the newest run's checkpoint and point the CSV
+        logger at that checkpoint's run: its ``<subcommand>/`` subfolder for evaluation, or
+        the run folder itself when resuming a fit, so a resumed run stays one run."""
+        cfg = self.config_init[subcommand]
         csv = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
         save_dir = csv.save_dir if csv else self.trainer.default_root_dir
         name = csv.name if csv else "lightning_logs"
         cfg["ckpt_path"] = resolve_checkpoint(cfg.get("ckpt_path"), save_dir, name)
-        if cfg["ckpt_path"] and csv is not None and Path(cfg["ckpt_path"]).parent.name == "checkpoints":
-            run = Path(cfg["ckpt_path"]).parent.parent
-            loggers = [lg for lg in self.trainer.loggers if lg is not csv]
-            self.trainer.loggers = [CSVLogger(save_dir=run, name="", version=sub), *loggers]
+        if not cfg["ckpt_path"] or csv is None or Path(cfg["ckpt_path"]).parent.name != "checkpoints":
+            return
+        run = Path(cfg["ckpt_path"]).parent.parent
+        if subfolder:
+            logger = CSVLogger(save_dir=run, name="", version=subcommand)
+        else:
+            logger = CSVLogger(save_dir=run.parent, name="", version=run.name)
+        self.trainer.loggers = [logger, *(lg for lg in self.trainer.loggers if lg is not csv)]
 
     def before_fit(self) -> None:
-        """Resolve ``--ckpt_path last|best`` (resume) to the newest run's checkpoint and keep
-        logging and checkpointing in that run's folder, so a resumed run stays one run.
-        Without ``ckpt_path`` on SLURM, Lightning resumes from its pre-emption checkpoint."""
-        cfg = self.config_init["fit"]
-        csv = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
-        save_dir = csv.save_dir if csv else self.trainer.default_root_dir
-        name = csv.name if csv else "lightning_logs"
-        cfg["ckpt_path"] = resolve_checkpoint(cfg.get("ckpt_path"), save_dir, name)
-        if cfg["ckpt_path"] and csv is not None and Path(cfg["ckpt_path"]).parent.name == "checkpoints":
-            run = Path(cfg["ckpt_path"]).parent.parent
-            loggers = [lg for lg in self.trainer.loggers if lg is not csv]
-            self.trainer.loggers = [CSVLogger(save_dir=run.parent, name="", version=run.name), *loggers]
+        """Resume from ``--ckpt_path`` inside its run (without it on SLURM, Lightning
+        resumes from its own pre-emption checkpoint)."""
+        self._use_checkpoint_run("fit", subfolder=False)
+
+    def _evaluate_in_run(self) -> None:
+        self._use_checkpoint_run(self.config.subcommand, subfolder=True)
 
     before_validate = _evaluate_in_run
     before_test = _evaluate_in_run
