@@ -9,6 +9,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from flare_lightning.callbacks.epoch_summary import EpochSummary
+from flare_lightning.callbacks.prediction_writer import PredictionWriter
 from flare_lightning.callbacks.test_metrics import TestMetricsWriter
 from flare_lightning.module import SurrogateModule
 from flare_lightning.runs import BEST, resolve_checkpoint
@@ -38,6 +39,7 @@ class FlareCLI(LightningCLI):
         )
         parser.add_lightning_class_args(TestMetricsWriter, "test_metrics")
         parser.add_lightning_class_args(EpochSummary, "epoch_summary")
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
