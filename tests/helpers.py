@@ -27,3 +27,15 @@ def tiny_trainer_args(tmp_path: Path, name: str = "test") -> list[str]:
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
     ]
+
+
+def tiny_darcy_args(root: Path, n_train: int = 8, n_val: int = 4, n_test: int = 4) -> list[str]:
+    """CLI options reading the ``tiny_darcy_root`` files (train.mat, test.mat) with these counts."""
+    return [
+        f"--data.init_args.root={root}",
+        "--data.init_args.train_file=train.mat",
+        "--data.init_args.test_file=test.mat",
+        f"--data.init_args.n_train={n_train}",
+        f"--data.init_args.n_val={n_val}",
+        f"--data.init_args.n_test={n_test}",
+    ]

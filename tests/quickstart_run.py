@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CONFIGS, run_cli, tiny_trainer_args
+from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 
 EPOCHS = 2
 _RUNS: dict[str, Path] = {}
@@ -26,12 +26,7 @@ def quickstart_run(tmp_path_factory, tiny_darcy_root) -> Path:
             [
                 "fit",
                 f"--config={CONFIGS / 'quickstart.yaml'}",
-                f"--data.init_args.root={tiny_darcy_root}",
-                "--data.init_args.train_file=train.mat",
-                "--data.init_args.test_file=test.mat",
-                "--data.init_args.n_train=8",
-                "--data.init_args.n_val=4",
-                "--data.init_args.n_test=4",
+                *tiny_darcy_args(tiny_darcy_root),
                 f"--trainer.max_epochs={EPOCHS}",
                 *tiny_trainer_args(out, "quickstart"),
             ]

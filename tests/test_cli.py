@@ -12,7 +12,7 @@ import torch
 
 from flare_lightning.metrics import RelativeL2Error
 from flare_lightning.module import SurrogateModule
-from tests.helpers import CONFIGS, run_cli, tiny_trainer_args
+from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 
 TINY_MODEL = [
     "--model.model.init_args.channels=16",
@@ -24,12 +24,7 @@ TINY_MODEL = [
 
 def tiny_data(root: Path) -> list[str]:
     return [
-        f"--data.init_args.root={root}",
-        "--data.init_args.train_file=train.mat",
-        "--data.init_args.test_file=test.mat",
-        "--data.init_args.n_train=8",
-        "--data.init_args.n_val=4",
-        "--data.init_args.n_test=4",
+        *tiny_darcy_args(root),
         "--data.init_args.stride=1",
         "--data.init_args.batch_size=4",
     ]

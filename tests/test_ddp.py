@@ -12,18 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CONFIGS, run_cli, tiny_trainer_args
+from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 
 
 def data_args(root: Path, batch_size: int) -> list[str]:
     return [
         f"--config={CONFIGS / 'quickstart.yaml'}",
-        f"--data.init_args.root={root}",
-        "--data.init_args.train_file=train.mat",
-        "--data.init_args.test_file=test.mat",
-        "--data.init_args.n_train=8",
-        "--data.init_args.n_val=3",
-        "--data.init_args.n_test=3",  # odd: 2 + 1 over two ranks, no padding allowed
+        *tiny_darcy_args(root, n_val=3, n_test=3),  # odd test count: 2 + 1 over two ranks, no padding
         f"--data.init_args.batch_size={batch_size}",
         "--data.init_args.eval_batch_size=1",  # ranks then run unequal numbers of test steps
         "--trainer.max_epochs=2",

@@ -14,7 +14,7 @@ from lightning.pytorch.plugins import MixedPrecision
 from datamodules import DarcyDataModule
 from flare_lightning.models import FLARE
 from flare_lightning.module import SurrogateModule
-from tests.helpers import CONFIGS, run_cli, tiny_trainer_args
+from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 
 
 def module_and_batch():
@@ -57,12 +57,7 @@ def tiny_fit_args(root, tmp_path, name):
         "fit",
         f"--config={CONFIGS / 'quickstart.yaml'}",
         *tiny_trainer_args(tmp_path, name),
-        f"--data.init_args.root={root}",
-        "--data.init_args.train_file=train.mat",
-        "--data.init_args.test_file=test.mat",
-        "--data.init_args.n_train=8",
-        "--data.init_args.n_val=4",
-        "--data.init_args.n_test=4",
+        *tiny_darcy_args(root),
         "--trainer.max_epochs=1",
         "--trainer.callbacks=[]",
     ]

@@ -12,7 +12,7 @@ import lightning as L
 import pytest
 import torch
 
-from tests.helpers import CONFIGS, run_cli, tiny_trainer_args
+from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 
 STEPS_PER_EPOCH = 4  # 8 training samples, batch 2
 EPOCHS = 2
@@ -54,12 +54,7 @@ def fit_args(root: Path, tmp_path: Path, name: str, *extra: str) -> list[str]:
         "fit",
         f"--config={CONFIGS / 'quickstart.yaml'}",
         *tiny_trainer_args(tmp_path, name),
-        f"--data.init_args.root={root}",
-        "--data.init_args.train_file=train.mat",
-        "--data.init_args.test_file=test.mat",
-        "--data.init_args.n_train=8",
-        "--data.init_args.n_val=3",
-        "--data.init_args.n_test=3",
+        *tiny_darcy_args(root, n_val=3, n_test=3),
         "--data.init_args.batch_size=2",
         f"--trainer.max_epochs={EPOCHS}",
         "--trainer.callbacks=[]",  # no analysis figures: time goes to training

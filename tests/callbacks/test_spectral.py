@@ -22,7 +22,7 @@ from flare_lightning.analysis.curves import read_metrics
 from flare_lightning.callbacks.sampled import log_image_file
 from flare_lightning.callbacks.spectral import SpectralAnalysis
 from flare_lightning.module import SurrogateModule
-from tests.helpers import CONFIGS, tiny_trainer_args
+from tests.helpers import CONFIGS, tiny_darcy_args, tiny_trainer_args
 from tests.quickstart_run import EPOCHS, quickstart_run  # noqa: F401  (session fixture)
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -156,9 +156,7 @@ def test_images_go_to_loggers_that_take_them(tmp_path):
 def test_two_process_ddp_writes_once_from_rank_zero(tiny_darcy_root, tmp_path):
     cmd = [
         sys.executable, "-m", "flare_lightning", "fit", f"--config={CONFIGS / 'quickstart.yaml'}",
-        f"--data.init_args.root={tiny_darcy_root}", "--data.init_args.train_file=train.mat",
-        "--data.init_args.test_file=test.mat", "--data.init_args.n_train=8", "--data.init_args.n_val=4",
-        "--data.init_args.n_test=4", "--data.init_args.batch_size=2", "--trainer.max_epochs=1",
+        *tiny_darcy_args(tiny_darcy_root), "--data.init_args.batch_size=2", "--trainer.max_epochs=1",
         "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2",
         *tiny_trainer_args(tmp_path, "ddp"),
     ]
