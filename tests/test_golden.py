@@ -29,11 +29,12 @@ class LossRecorder(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def loss_curve(root) -> list[float]:
+def loss_curve(root, mixer_backend: str = "explicit") -> list[float]:
+    """Per-step training losses of a seeded tiny run on the ``tiny_darcy_root`` files."""
     L.seed_everything(0, verbose=False)
     dm = DarcyDataModule(root=str(root), train_file="train.mat", test_file="test.mat", n_train=8, n_val=4,
                          n_test=4, stride=1, batch_size=2, generate=False)
-    model = FLARE(in_dim=3, out_dim=1, channels=16, num_blocks=2, num_heads=2, num_latents=8, mixer_backend="explicit")
+    model = FLARE(in_dim=3, out_dim=1, channels=16, num_blocks=2, num_heads=2, num_latents=8, mixer_backend=mixer_backend)
     module = SurrogateModule(model, in_dim=3, out_dim=1, lr=3e-3, scheduler="constant")
     recorder = LossRecorder()
     trainer = L.Trainer(max_steps=STEPS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
