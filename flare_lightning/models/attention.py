@@ -51,7 +51,7 @@ class FlareAttention(nn.Module):
         self.head_dim = channels // num_heads
         self.scale = scale
         self.mixer_backend = mixer_backend
-        self.latents = nn.Parameter(torch.empty(num_heads, num_latents, self.head_dim))
+        self.latents = nn.Parameter(0.1 * torch.randn(num_heads, num_latents, self.head_dim))  # N(0, 0.1)
         self.k_proj = ResidualMLP(channels, channels, channels, kv_layers, act, chunk_size=mlp_chunk_size)
         self.v_proj = ResidualMLP(channels, channels, channels, kv_layers, act, chunk_size=mlp_chunk_size)
         self.out_proj = nn.Linear(channels, channels)
