@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
+from flare_lightning.callbacks.checkpoint import BestAndLastCheckpoint
 from flare_lightning.callbacks.epoch_summary import EpochSummary
 from flare_lightning.callbacks.prediction_writer import PredictionWriter
 from flare_lightning.callbacks.test_metrics import TestMetricsWriter
@@ -25,7 +25,7 @@ class FlareCLI(LightningCLI):
         parser.link_arguments("data.out_dim", "model.out_dim", apply_on="instantiate")
         parser.link_arguments("data.in_dim", "model.model.init_args.in_dim", apply_on="instantiate")
         parser.link_arguments("data.out_dim", "model.model.init_args.out_dim", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/rel_l2",
