@@ -57,8 +57,9 @@ def trained_run(tiny_darcy_root, tmp_path_factory):
     """One short real training run (fit, then test on the best checkpoint)."""
     out = tmp_path_factory.mktemp("runs")
     cli = run_cli(
-        ["fit", f"--config={CONFIGS / 'quickstart.yaml'}", "--trainer.max_epochs=25", "--model.lr=5e-3",
-         *TINY_MODEL, *tiny_data(tiny_darcy_root), *tiny_trainer_args(out, name="tiny")]
+        ["fit", f"--config={CONFIGS / 'quickstart.yaml'}", "--trainer.max_epochs=60", "--model.lr=5e-3",
+         *TINY_MODEL, *tiny_data(tiny_darcy_root), "--data.init_args.batch_size=2",
+         *tiny_trainer_args(out, name="tiny")]
     )
     return cli, out / "tiny" / "version_0"
 
