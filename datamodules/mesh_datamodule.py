@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -90,7 +91,7 @@ class MeshDataModule(L.LightningDataModule):
             parts = [base.field("pos")[lo:hi]]
             if base.has_inputs():
                 parts.append(base.field("x")[lo:hi])
-            inputs.append(parts[0] if len(parts) == 1 else _cat(parts))
+            inputs.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1))
             targets.append(base.field("y")[lo:hi])
         return channel_stats(inputs), channel_stats(targets)
 
@@ -166,12 +167,6 @@ class MeshDataModule(L.LightningDataModule):
         if self.subsample is not None:
             dataset.transform = self.subsample
         return dataset
-
-
-def _cat(parts: list[Tensor]) -> Tensor:
-    import torch
-
-    return torch.cat(parts, dim=-1)
 
 
 def _unwrap(ds: Dataset) -> tuple[MeshDataset, list[int]]:

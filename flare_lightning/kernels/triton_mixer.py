@@ -127,19 +127,23 @@ def _unit_last(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _launch_constants(q: Tensor, k: Tensor, mask: Tensor | None, scale: float, cfg: MixerConfig) -> tuple:
+    """Shapes and launch constants shared by the forward and backward passes:
+    (B, H, N, D, M, B·H, device, padded D, scale·log2 e, dot precision, program target,
+    mask as uint8 (k as a dummy pointer when there is none), mask row stride)."""
+    b, h, n, d = k.shape
+    mask_u8 = mask.view(torch.uint8) if mask is not None else k
+    mask_stride = mask.stride(0) if mask is not None else 0
+    target = _num_programs_target(k.device, cfg)
+    return (
+        b, h, n, d, q.shape[1], b * h, k.device, _pow2(d), scale * LOG2E, _prec(k.dtype), target, mask_u8, mask_stride
+    )
+
+
 def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, cfg: MixerConfig):
     """Returns y [B, H, N, D], z [B·H, M, D] (fp32 and input dtype), lse_enc [B·H, M],
     lse_dec [B·H, N] (fp32, base 2)."""
-    b, h, n, d = k.shape
-    m = q.shape[1]
-    bh = b * h
-    dev = k.device
-    bd = _pow2(d)
-    qk_scale = scale * LOG2E
-    prec = _prec(k.dtype)
-    target = _num_programs_target(dev, cfg)
-    mask_u8 = mask.view(torch.uint8) if mask is not None else k  # dummy pointer when unused
-    mask_stride = mask.stride(0) if mask is not None else 0
+    b, h, n, d, m, bh, dev, bd, qk_scale, prec, target, mask_u8, mask_stride = _launch_constants(q, k, mask, scale, cfg)
 
     ce = cfg.encode
     m_tiles = _cdiv(m, ce.block_m)
@@ -177,16 +181,7 @@ def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
 
 def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: float, cfg: MixerConfig):
     """Returns dq [H, M, D] (q's dtype), dk, dv [B, H, N, D]."""
-    b, h, n, d = k.shape
-    m = q.shape[1]
-    bh = b * h
-    dev = k.device
-    bd = _pow2(d)
-    qk_scale = scale * LOG2E
-    prec = _prec(k.dtype)
-    target = _num_programs_target(dev, cfg)
-    mask_u8 = mask.view(torch.uint8) if mask is not None else k
-    mask_stride = mask.stride(0) if mask is not None else 0
+    b, h, n, d, m, bh, dev, bd, qk_scale, prec, target, mask_u8, mask_stride = _launch_constants(q, k, mask, scale, cfg)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
 
