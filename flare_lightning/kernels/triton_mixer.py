@@ -8,6 +8,9 @@ goes through exp2 four times in all (twice forward, twice backward). Saved for b
 y, z [B, H, M, D] and one fp32 log-sum-exp per latent and per point besides the inputs;
 nothing of size N x M.
 
+The kernels take a positive scale and fold it into the exp2 argument (one FMA per logit);
+``flare_mix_triton`` runs a negative scale as |s| with q negated, and s = 0 with q zeroed.
+
 Importing this module needs Triton; ``dispatch`` imports it only when asked for.
 Under ``TRITON_INTERPRET=1`` (set before this import) the kernels run on CPU tensors.
 """
@@ -43,6 +46,7 @@ class KernelConfig:
     block_m: int
     num_warps: int = 4
     num_stages: int = 2
+    programs_per_sm: int | None = None  # None: the MixerConfig's
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class MixerConfig:
 
     ``programs_per_sm`` sets how many programs the chunked kernels (forward encode and
     both backward passes) aim for: enough to fill the GPU, few enough that the [M, D]
-    partials they each write stay small.
+    partials they each write stay small. A kernel's own ``programs_per_sm`` overrides it.
     """
 
     encode: KernelConfig
@@ -65,19 +69,39 @@ def _pow2(x: int, lo: int = 16) -> int:
     return max(lo, 1 << max(0, math.ceil(math.log2(max(1, x)))))
 
 
-def default_config(m: int, d: int) -> MixerConfig:
-    """Tile sizes for M latents and head dim d, from sweeps on an H200 (benchmarks/NOTES_mixer.md)."""
+def default_config(m: int, d: int, dtype: torch.dtype = torch.bfloat16) -> MixerConfig:
+    """Tile sizes for M latents, head dim d and the inputs' dtype, from per-kernel sweeps on
+    an H200 at N = 2^20 in bf16 (``benchmarks/mixer_tune.py``; benchmarks/NOTES_mixer.md)."""
     bm = _pow2(m)
     if INTERPRETED:  # numpy executes whole tiles: large tiles, few loop steps
         small = KernelConfig(block_n=32, block_m=min(bm, 32))
         return MixerConfig(small, small, small, small, programs_per_sm=1)
+    if dtype == torch.float32:  # the exact path: 32 x 32 tiles keep fp32 operands in registers (no spills)
+        tile = KernelConfig(32, min(bm, 32), 4, 2)
+        return MixerConfig(tile, tile, tile, tile)
     tile_m = min(bm, 64)
-    return MixerConfig(
-        encode=KernelConfig(64, tile_m, 4),
-        decode=KernelConfig(64, tile_m, 4),
-        bwd_decode=KernelConfig(64, tile_m, 4),
-        bwd_encode=KernelConfig(64, tile_m if bm <= 64 else 32, 4),
-    )
+    st = 3 if d <= 32 else 2  # a third pipeline stage paid off for small head dims
+    if bm <= 64:
+        dec = KernelConfig(64, tile_m, 4, st)
+        bwd_dec = KernelConfig(64, tile_m, 4, st, programs_per_sm=6)
+        bwd_enc = KernelConfig(64, tile_m, 4, 2, programs_per_sm=6)
+    elif bm == 128:  # one latent tile: the per-latent sums stay in registers, no atomics
+        dec = KernelConfig(64, 128, 4, 2)
+        bwd_dec = KernelConfig(64, 128, 4, 2, programs_per_sm=4)
+        bwd_enc = KernelConfig(128, 32, 4, 2, programs_per_sm=6)
+    elif bm == 256:
+        dec = KernelConfig(64, 64, 4, st)
+        bwd_dec = KernelConfig(64, 64, 4, 2, programs_per_sm=12)
+        bwd_enc = KernelConfig(64, 64, 4, 2)
+    else:
+        dec = KernelConfig(64, 64, 4, st)
+        bwd_dec = KernelConfig(64, 64, 4, st, programs_per_sm=6)
+        bwd_enc = KernelConfig(64, 64, 4, 2, programs_per_sm=6)
+    if d > 32:  # wide heads: fewer registers per logit to spare, keep the first sweep's tiles
+        dec = KernelConfig(64, tile_m, 4)
+        bwd_dec = KernelConfig(64, tile_m, 4)
+        bwd_enc = KernelConfig(64, tile_m if bm <= 64 else 32, 4)
+    return MixerConfig(encode=KernelConfig(64, tile_m, 4, st), decode=dec, bwd_decode=bwd_dec, bwd_encode=bwd_enc)
 
 
 @lru_cache(maxsize=None)
@@ -85,10 +109,11 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _num_programs_target(device: torch.device, cfg: MixerConfig) -> int:
+def _num_programs_target(device: torch.device, cfg: MixerConfig, kernel: KernelConfig) -> int:
+    per_sm = kernel.programs_per_sm or cfg.programs_per_sm
     if device.type != "cuda":
-        return 4 * cfg.programs_per_sm
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device()) * cfg.programs_per_sm
+        return 4 * per_sm
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device()) * per_sm
 
 
 def _chunking(n: int, block_n: int, other_programs: int, target: int, partial_bytes: int) -> tuple[int, int]:
@@ -127,27 +152,24 @@ def _unit_last(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _launch_constants(q: Tensor, k: Tensor, mask: Tensor | None, scale: float, cfg: MixerConfig) -> tuple:
+def _launch_constants(q: Tensor, k: Tensor, mask: Tensor | None, scale: float) -> tuple:
     """Shapes and launch constants shared by the forward and backward passes:
-    (B, H, N, D, M, B·H, device, padded D, scale·log2 e, dot precision, program target,
-    mask as uint8 (k as a dummy pointer when there is none), mask row stride)."""
+    (B, H, N, D, M, B·H, device, padded D, scale·log2 e, dot precision, mask as uint8
+    (k as a dummy pointer when there is none), mask row stride)."""
     b, h, n, d = k.shape
     mask_u8 = mask.view(torch.uint8) if mask is not None else k
     mask_stride = mask.stride(0) if mask is not None else 0
-    target = _num_programs_target(k.device, cfg)
-    return (
-        b, h, n, d, q.shape[1], b * h, k.device, _pow2(d), scale * LOG2E, _prec(k.dtype), target, mask_u8, mask_stride
-    )
+    return b, h, n, d, q.shape[1], b * h, k.device, _pow2(d), scale * LOG2E, _prec(k.dtype), mask_u8, mask_stride
 
 
 def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, cfg: MixerConfig):
     """Returns y [B, H, N, D], z [B·H, M, D] (fp32 and input dtype), lse_enc [B·H, M],
     lse_dec [B·H, N] (fp32, base 2)."""
-    b, h, n, d, m, bh, dev, bd, qk_scale, prec, target, mask_u8, mask_stride = _launch_constants(q, k, mask, scale, cfg)
+    b, h, n, d, m, bh, dev, bd, qk_scale, prec, mask_u8, mask_stride = _launch_constants(q, k, mask, scale)
 
     ce = cfg.encode
     m_tiles = _cdiv(m, ce.block_m)
-    tiles, chunks = _chunking(n, ce.block_n, bh * m_tiles, target, bh * m * d * 4)
+    tiles, chunks = _chunking(n, ce.block_n, bh * m_tiles, _num_programs_target(dev, cfg, ce), bh * m * d * 4)
     m_part = torch.empty(bh, chunks, m, device=dev, dtype=torch.float32)
     l_part = torch.empty_like(m_part)
     acc_part = torch.empty(bh, chunks, m, d, device=dev, dtype=torch.float32)
@@ -161,15 +183,16 @@ def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
     z = torch.empty(bh, m, d, device=dev, dtype=torch.float32)
     z_lo = torch.empty(bh, m, d, device=dev, dtype=k.dtype)
     lse_enc = torch.empty(bh, m, device=dev, dtype=torch.float32)
-    merge_m = min(_pow2(m), 64)
+    merge_m = 16
     _encode_merge_kernel[(_cdiv(m, merge_m), bh)](
-        m_part, l_part, acc_part, z, z_lo, lse_enc, chunks, M=m, D=d, BLOCK_M=merge_m, BLOCK_D=bd, num_warps=4,
+        m_part, l_part, acc_part, z, z_lo, lse_enc, chunks,
+        M=m, D=d, BLOCK_C=max(1, 4096 // (merge_m * bd)), BLOCK_M=merge_m, BLOCK_D=bd, num_warps=4,
     )
 
     cd = cfg.decode
     y = torch.empty_like(v)
     lse_dec = torch.empty(bh, n, device=dev, dtype=torch.float32)
-    tiles, chunks = _chunking(n, cd.block_n, bh, target, 0)
+    tiles, chunks = _chunking(n, cd.block_n, bh, _num_programs_target(dev, cfg, cd), 0)
     _decode_fwd_kernel[(chunks, bh)](
         q, z_lo, k, y, lse_dec, n, h, qk_scale, tiles,
         k.stride(0), k.stride(1), k.stride(2), y.stride(0), y.stride(1), y.stride(2),
@@ -181,13 +204,13 @@ def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
 
 def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: float, cfg: MixerConfig):
     """Returns dq [H, M, D] (q's dtype), dk, dv [B, H, N, D]."""
-    b, h, n, d, m, bh, dev, bd, qk_scale, prec, target, mask_u8, mask_stride = _launch_constants(q, k, mask, scale, cfg)
+    b, h, n, d, m, bh, dev, bd, qk_scale, prec, mask_u8, mask_stride = _launch_constants(q, k, mask, scale)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
 
     c1 = cfg.bwd_decode
     tiles_1 = _cdiv(m, c1.block_m)
-    tiles, chunks_1 = _chunking(n, c1.block_n, bh, target, 2 * bh * m * d * 4)
+    tiles, chunks_1 = _chunking(n, c1.block_n, bh, _num_programs_target(dev, cfg, c1), 2 * bh * m * d * 4)
     alloc = torch.empty if tiles_1 == 1 else torch.zeros
     dz_part = alloc(bh, chunks_1, m, d, device=dev, dtype=torch.float32)
     dq_part_1 = alloc(bh, chunks_1, m, d, device=dev, dtype=torch.float32)
@@ -205,7 +228,7 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
 
     c2 = cfg.bwd_encode
     tiles_2 = _cdiv(m, c2.block_m)
-    tiles, chunks_2 = _chunking(n, c2.block_n, bh, target, bh * m * d * 4)
+    tiles, chunks_2 = _chunking(n, c2.block_n, bh, _num_programs_target(dev, cfg, c2), bh * m * d * 4)
     dq_part_2 = (torch.empty if tiles_2 == 1 else torch.zeros)(bh, chunks_2, m, d, device=dev, dtype=torch.float32)
     _bwd_encode_kernel[(chunks_2, bh)](
         q, k, v, mask_u8, dz_lo, delta, lse_enc, dk, dv, dq_part_2,
@@ -256,7 +279,7 @@ def flare_mix_triton(
         v: values [B, H, N, D], same dtype as k.
         mask: [B, N] bool, True on real points, or None.
         scale: logit scale s.
-        config: tile sizes; ``default_config(M, D)`` when None.
+        config: tile sizes; ``default_config(M, D, dtype)`` when None.
 
     Returns:
         y [B, H, N, D] with v's dtype and layout; rows at padded points are finite but
@@ -269,10 +292,13 @@ def flare_mix_triton(
         raise TypeError(f"flare_mix_triton: dtype must be float32, bfloat16 or float16, got {k.dtype}")
     if not (k.is_cuda or INTERPRETED):
         raise RuntimeError("flare_mix_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before import)")
-    cfg = config or default_config(q.shape[1], q.shape[2])
+    cfg = config or default_config(q.shape[1], q.shape[2], k.dtype)
     if mask is not None:
         mask = mask.contiguous()
-    return FlareMixTriton.apply(q.contiguous(), _unit_last(k), _unit_last(v), mask, float(scale), cfg)
+    scale = float(scale)
+    if scale <= 0.0:  # the kernels need a positive scale: s·q = |s|·(-q); s = 0 makes every logit 0
+        q, scale = (-q, -scale) if scale < 0.0 else (q * 0.0, 1.0)
+    return FlareMixTriton.apply(q.contiguous(), _unit_last(k), _unit_last(v), mask, scale, cfg)
 
 
 __all__ = ["FlareMixTriton", "KernelConfig", "MixerConfig", "default_config", "flare_mix_triton"]

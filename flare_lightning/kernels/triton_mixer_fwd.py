@@ -17,8 +17,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Finite stand-in for -inf on masked logits: exp2 of it is exactly 0, and an all-masked
-# tile gives exp2(0) = 1 instead of NaN (its weight then vanishes in the merge).
+# Start value of running maxima: finite, so that exp2(NEG - NEG) = 1 rather than NaN.
+# Masked logits are -inf instead: exp2 gives exactly 0 even after the scaling FMA, where a
+# finite sentinel such as NEG would leave the FMA's rounding residual (~1e22) in the exponent.
 NEG = tl.constexpr(-1.0e30)
 
 
@@ -74,15 +75,15 @@ def _encode_partial_kernel(
         kv_mask = n_ok[:, None] & d_ok[None, :]
         k = tl.load(_rows(k_base, offs_n, s_kn, offs_d, ALIGN), mask=kv_mask, other=0.0)  # [BN, BD]
         v = tl.load(_rows(v_base, offs_n, s_vn, offs_d, ALIGN), mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # [BM, BN]
+        s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [BM, BN], unscaled
         if HAS_KEYMASK:
             valid = n_ok
             if HAS_MASK:
                 valid = valid & (tl.load(mask_ptr + b * s_mb + offs_n, mask=n_ok, other=0) != 0)
-            s = tl.where(valid[None, :], s, NEG)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+            s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        p = tl.exp2(tl.fma(s, qk_scale, -m_new[:, None]))  # scale folded into one FMA per logit
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
@@ -96,30 +97,41 @@ def _encode_partial_kernel(
 @triton.jit
 def _encode_merge_kernel(
     m_part_ptr, l_part_ptr, acc_part_ptr, z_ptr, z_lo_ptr, lse_ptr, num_chunks,
-    M: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    M: tl.constexpr, D: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Join chunk partials by log-sum-exp into z [B·H, M, D] (fp32, and z_lo in the
-    input dtype for the tensor-core products) and lse [B·H, M] (base 2)."""
+    input dtype for the tensor-core products) and lse [B·H, M] (base 2).
+
+    Each program owns BLOCK_M latents and reads BLOCK_C chunks per step, so the join
+    is a short loop over many programs rather than a long one over few.
+    """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
+    offs_c0 = tl.arange(0, BLOCK_C)
     m_ok = offs_m < M
-    md_ok = m_ok[:, None] & (offs_d < D)[None, :]
+    d_ok = offs_d < D
     mx = tl.full([BLOCK_M], NEG, tl.float32)
-    for c in range(num_chunks):
-        row = (pid_bh * num_chunks + c) * M + offs_m
-        mx = tl.maximum(mx, tl.load(m_part_ptr + row, mask=m_ok, other=NEG))
     l_sum = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for c in range(num_chunks):
-        row = (pid_bh * num_chunks + c) * M + offs_m
-        w = tl.exp2(tl.load(m_part_ptr + row, mask=m_ok, other=NEG) - mx)
-        l_sum += w * tl.load(l_part_ptr + row, mask=m_ok, other=0.0)
-        part = tl.load(acc_part_ptr + row[:, None] * D + offs_d[None, :], mask=md_ok, other=0.0)
-        acc += w[:, None] * part
-    l_sum = tl.where(m_ok, l_sum, 1.0)
+    for c0 in range(0, num_chunks, BLOCK_C):
+        offs_c = c0 + offs_c0
+        ok = (offs_c < num_chunks)[:, None] & m_ok[None, :]  # [BC, BM]
+        row = (pid_bh * num_chunks + offs_c)[:, None] * M + offs_m[None, :]
+        m_c = tl.load(m_part_ptr + row, mask=ok, other=NEG)
+        l_c = tl.load(l_part_ptr + row, mask=ok, other=0.0)
+        a_c = tl.load(acc_part_ptr + row[:, :, None] * D + offs_d[None, None, :],
+                      mask=ok[:, :, None] & d_ok[None, None, :], other=0.0)  # [BC, BM, BD]
+        mx_new = tl.maximum(mx, tl.max(m_c, 0))
+        alpha = tl.exp2(mx - mx_new)
+        w = tl.exp2(m_c - mx_new[None, :])
+        l_sum = l_sum * alpha + tl.sum(w * l_c, 0)
+        acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * a_c, 0)
+        mx = mx_new
+    l_sum = tl.where(m_ok & (l_sum > 0), l_sum, 1.0)  # a sample with no real point: z = 0, finite
     out = pid_bh * M + offs_m
+    md_ok = m_ok[:, None] & d_ok[None, :]
     z = acc / l_sum[:, None]
     tl.store(z_ptr + out[:, None] * D + offs_d[None, :], z, mask=md_ok)
     tl.store(z_lo_ptr + out[:, None] * D + offs_d[None, :], z.to(z_lo_ptr.dtype.element_ty), mask=md_ok)
@@ -160,28 +172,33 @@ def _decode_fwd_kernel(
         n_ok = offs_n < N
         nd_mask = n_ok[:, None] & d_ok[None, :]
         k = tl.load(_rows(k_base, offs_n, s_kn, offs_d, ALIGN), mask=nd_mask, other=0.0)  # [BN, BD]
-        m_i = tl.full([BLOCK_N], NEG, tl.float32)
-        l_i = tl.zeros([BLOCK_N], tl.float32)
-        acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        for mt in range(NUM_M_TILES):
-            offs_m = mt * BLOCK_M + offs_m0
-            m_ok = offs_m < M
-            if NUM_M_TILES == 1:
-                q = q_all
-                z = z_all
-            else:
+        if NUM_M_TILES == 1:  # one softmax over the whole row, no rescaling
+            s = tl.dot(k, tl.trans(q_all), input_precision=PREC)  # [BN, BM], unscaled
+            if M % BLOCK_M != 0:
+                s = tl.where((offs_m0 < M)[None, :], s, float("-inf"))
+            m_i = tl.max(s, 1) * qk_scale
+            p = tl.exp2(tl.fma(s, qk_scale, -m_i[:, None]))
+            l_i = tl.sum(p, 1)
+            acc = tl.dot(p.to(z_all.dtype), z_all, input_precision=PREC)
+        else:
+            m_i = tl.full([BLOCK_N], NEG, tl.float32)
+            l_i = tl.zeros([BLOCK_N], tl.float32)
+            acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+            for mt in range(NUM_M_TILES):
+                offs_m = mt * BLOCK_M + offs_m0
+                m_ok = offs_m < M
                 md_mask = m_ok[:, None] & d_ok[None, :]
                 q = tl.load(q_ptr + h * M * D + offs_m[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
                 z = tl.load(z_ptr + (pid_bh * M + offs_m)[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
-            s = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
-            if M % BLOCK_M != 0:
-                s = tl.where(m_ok[None, :], s, NEG)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(z.dtype), z, input_precision=PREC)
-            m_i = m_new
-        y = acc / l_i[:, None]
+                s = tl.dot(k, tl.trans(q), input_precision=PREC)  # [BN, BM], unscaled
+                if M % BLOCK_M != 0:
+                    s = tl.where(m_ok[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+                alpha = tl.exp2(m_i - m_new)
+                p = tl.exp2(tl.fma(s, qk_scale, -m_new[:, None]))
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(z.dtype), z, input_precision=PREC)
+                m_i = m_new
+        y = acc * (1.0 / l_i)[:, None]  # one division per point, not per element
         tl.store(_rows(y_base, offs_n, s_yn, offs_d, ALIGN), y.to(y_ptr.dtype.element_ty), mask=nd_mask)
         tl.store(lse_ptr + pid_bh.to(tl.int64) * N + offs_n, m_i + tl.log2(l_i), mask=n_ok)

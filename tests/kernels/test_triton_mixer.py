@@ -64,6 +64,57 @@ def test_many_chunks_and_tiles(tm, device, dtype):
     assert_close_errors(errors, dtype, "triton small tiles")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_negative_scale(tm, device, dtype):
+    """The kernels take a positive scale; a negative one runs as |s| with q negated."""
+    errors = mixer_errors(tm.flare_mix_triton, 2, 2, 70, 24, 8, dtype, device, True, -0.7, seed=5)
+    assert_close_errors(errors, dtype, "triton negative scale")
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp2")
+@pytest.mark.parametrize("scale", [0.3, 0.7, 1.0])
+def test_masked_chunks_and_empty_samples(tm, device, scale):
+    """A sample whose last point tiles are all masked matches the reference, and a sample
+    with no real point gives finite outputs and gradients. (On the GPU a finite sentinel
+    for masked logits once turned whole samples into NaN through the scaling FMA.)"""
+    from flare_lightning.kernels.reference import flare_mix_explicit
+
+    g = torch.Generator().manual_seed(6)
+    b, h, n, m, d = 3, 2, 70, 24, 8
+    q = torch.randn(h, m, d, generator=g, dtype=torch.float64)
+    k, v, dy = (torch.randn(b, h, n, d, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = (torch.arange(n)[None] < torch.tensor([[n], [45], [0]])).to(device)
+    dy = dy.to(device) * mask[:, None, :, None]
+    ins = [t.to(device=device, dtype=torch.float32).requires_grad_() for t in (q, k, v)]
+    y = tm.flare_mix_triton(*ins, mask, scale)
+    grads = torch.autograd.grad(y, ins, dy.float())
+    assert torch.isfinite(y).all() and all(torch.isfinite(gr).all() for gr in grads)
+    ref = [t.detach().double().requires_grad_() for t in ins]
+    y_ref = flare_mix_explicit(ref[0], ref[1][:2], ref[2][:2], mask[:2], scale)  # the empty sample has no reference
+    dq_ref, dk_ref, dv_ref = torch.autograd.grad(y_ref, ref, dy[:2], allow_unused=True)
+    rows = mask[:2, None, :, None]
+    assert ((y[:2] - y_ref) * rows).norm() / (y_ref * rows).norm() < 1e-4
+    assert (grads[0] - dq_ref).norm() / dq_ref.norm() < 1e-4  # the empty sample adds nothing to dq
+    assert (grads[1][:2] - dk_ref[:2]).norm() / dk_ref[:2].norm() < 1e-4
+    assert (grads[2][:2] - dv_ref[:2]).norm() / dv_ref[:2].norm() < 1e-4
+
+
+def test_zero_scale(tm, device):
+    """Scale 0: every logit is 0, so y is the mean of v over real points, and dq = dk = 0."""
+    g = torch.Generator().manual_seed(4)
+    b, h, n, m, d = 2, 2, 50, 24, 8
+    q = torch.randn(h, m, d, generator=g).to(device).requires_grad_()
+    k, v = (torch.randn(b, h, n, d, generator=g).to(device).requires_grad_() for _ in range(2))
+    mask = (torch.arange(n)[None] < torch.tensor([[n], [31]])).to(device)
+    y = tm.flare_mix_triton(q, k, v, mask, 0.0)
+    dq, dk, dv = torch.autograd.grad(y[mask[:, None, :, None].expand_as(y)].sum(), (q, k, v))
+    w = mask[:, None, :, None].float()
+    mean = (v * w).sum(2, keepdim=True) / w.sum(2, keepdim=True)
+    assert torch.allclose(y * w, mean.expand_as(y) * w, atol=1e-5)
+    assert dq.abs().max() == 0 and dk.abs().max() == 0
+    assert torch.allclose(dv, w.expand_as(dv), atol=1e-5)  # |real| outputs, each 1/|real| of every real v
+
+
 def test_model_layout_strides(tm, device):
     """k, v as the model passes them: [B, N, H, D] storage viewed as [B, H, N, D]."""
     from flare_lightning.kernels.reference import flare_mix_explicit
