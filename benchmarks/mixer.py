@@ -13,13 +13,14 @@ with speed-ups over ``sdpa`` from the same run, and the relative difference of t
 triton and chunked outputs and gradients from the reference's (a race check at scale).
 
     PYTHONPATH=$PWD python benchmarks/mixer.py                 # the issue-4 table
-    PYTHONPATH=$PWD python benchmarks/mixer.py --tune          # tile-size sweep at N = 2^20
+    PYTHONPATH=$PWD python benchmarks/mixer.py --profile       # per-kernel times at N = 2^20
+
+Tile sizes are swept by ``benchmarks/mixer_tune.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import math
@@ -189,62 +190,6 @@ def _fmt_row(r: dict) -> str:
     )
 
 
-TUNE_VARIANTS = {
-    # field: (block_n, block_m, warps, stages) tried one at a time around the default
-    "encode": [(128, 64, 4, 2), (64, 128, 4, 2)],
-    "decode": [(128, 64, 4, 2), (64, 128, 4, 2), (64, 128, 8, 2)],
-    "bwd_decode": [(64, 128, 8, 2), (128, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2)],
-    "bwd_encode": [(64, 64, 4, 2), (64, 128, 8, 2), (128, 32, 4, 2)],
-}
-
-
-def tune(shapes, n: int, timer: Timer, quick: bool = False) -> list[dict]:
-    """Vary one kernel's tiles at a time around the default config at N = n.
-
-    Each variant's outputs and gradients are checked against the reference (a tile
-    that computes wrong shows as a large rel. diff), and the reference is timed in the
-    same run, so the speed-ups are comparable with the table's.
-    """
-    from flare_lightning.kernels import triton_mixer as tm
-
-    KC = tm.KernelConfig
-    out = []
-    for h, d, m in shapes:
-        q, k, v, dy = _inputs(h, d, m, n)
-        ref_out = reference_outputs((q, k, v), dy)
-        ref = measure(flare_mix_sdpa, (q, k, v), dy, timer)
-        print(f"tune H{h} D{d} M{m} | {'sdpa reference':28s} | fwd {ref['fwd']:.3f} | fwd+bwd {ref['fwd_bwd']:.3f}", flush=True)
-        base = tm.default_config(m, d)
-        bm = max(16, 1 << math.ceil(math.log2(m)))
-        variants = [("default", base)]
-        for pps in (4, 16):
-            variants.append((f"programs/SM {pps}", dataclasses.replace(base, programs_per_sm=pps)))
-        seen = {base}
-        for field, tiles in TUNE_VARIANTS.items():
-            for bn, bmm, w, st in tiles[: 1 if quick else None]:
-                cfg = dataclasses.replace(base, **{field: KC(bn, min(bmm, bm), w, st)})
-                if cfg not in seen:
-                    seen.add(cfg)
-                    variants.append((f"{field} {bn}x{min(bmm, bm)} w{w} s{st}", cfg))
-        for name, cfg in variants:
-            def fn(q_, k_, v_, cfg=cfg):
-                return tm.flare_mix_triton(q_, k_, v_, None, 1.0, config=cfg)
-            try:
-                r = measure(fn, (q, k, v), dy, timer)
-                r["err"] = rel_diff(fn, ref_out, (q, k, v), dy)
-            except Exception as e:  # a tile that does not fit (shared memory, registers)
-                r = {"fwd": None, "fwd_bwd": None, "peak_mib": None, "err": None, "error": type(e).__name__}
-            row = {"H": h, "D": d, "M": m, "N": n, "variant": name, "ref_fwd": ref["fwd"], "ref_fwd_bwd": ref["fwd_bwd"], **r}
-            out.append(row)
-            x_fb = ref["fwd_bwd"] / r["fwd_bwd"] if r["fwd_bwd"] else None
-            print(f"tune H{h} D{d} M{m} | {name:28s} | fwd {_fmt(r['fwd'], '.3f')} | fwd+bwd {_fmt(r['fwd_bwd'], '.3f')}"
-                  f" | x fwd+bwd {_fmt(x_fb, '.1f')} | rel. diff {_fmt(r['err'], '.1e')}"
-                  f"{' | ' + r['error'] if 'error' in r else ''}", flush=True)
-        del q, k, v, dy, ref_out
-        torch.cuda.empty_cache()
-    return out
-
-
 def profile(shapes, n: int) -> None:
     """Per-kernel CUDA time of one triton fwd+bwd (torch.profiler), to see where time goes."""
     from torch.profiler import ProfilerActivity
@@ -282,8 +227,6 @@ def main(argv=None) -> None:
     p.add_argument("--ns", default=",".join(str(int(math.log2(n))) for n in NS), help="log2 of N, comma separated")
     p.add_argument("--shapes", default=None, help="H:D:M triples, comma separated (default: the issue's four)")
     p.add_argument("--full-max-n", type=int, default=2**18, help="largest N timed for full attention")
-    p.add_argument("--tune", action="store_true", help="sweep tile sizes at N = 2^20 instead")
-    p.add_argument("--quick", action="store_true", help="with --tune: one variant per kernel")
     p.add_argument("--profile", action="store_true", help="per-kernel times at N = 2^20 instead")
     p.add_argument("--json", default=None, help="also write all numbers to this file")
     args = p.parse_args(argv)
@@ -303,14 +246,11 @@ def main(argv=None) -> None:
     if args.profile:
         profile(shapes, 2**20)
         return
-    if args.tune:
-        rows = tune(shapes, 2**20, timer, quick=args.quick)
-    else:
-        print(HEADER, flush=True)
-        rows = run_table(shapes, ns, args.full_max_n, timer)
-        print("\n" + HEADER)
-        for r in rows:
-            print(_fmt_row(r))
+    print(HEADER, flush=True)
+    rows = run_table(shapes, ns, args.full_max_n, timer)
+    print("\n" + HEADER)
+    for r in rows:
+        print(_fmt_row(r))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"env": env, "rows": rows}, f, indent=1)

@@ -1,0 +1,185 @@
+"""Tile-size sweep of the Triton mixer kernels, one kernel at a time (issue 4).
+
+For each (H, D, M) at N = 2^20 (bf16, B = 1), every kernel (forward encode, decode,
+backward decode side, backward encode side) is timed alone for each candidate
+``KernelConfig`` (CUDA time per launch from torch.profiler, median over calls). The
+kernels are independent launches, so the best candidate of each combines into one
+``MixerConfig``; that one, the current default and the two-SDPA reference are then timed
+end to end (median of CUDA-event timings, L2 flushed) and checked against the reference.
+Candidates compile in parallel worker processes first (Triton's on-disk cache), so the
+timed sweep itself does not wait on the compiler.
+
+    PYTHONPATH=$PWD python benchmarks/mixer_tune.py --jobs 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import multiprocessing as mp
+import statistics
+import sys
+
+import torch
+
+ROLES = ("encode", "decode", "bwd_decode", "bwd_encode")
+KERNEL_NAMES = {
+    "encode": "_encode_partial_kernel",
+    "decode": "_decode_fwd_kernel",
+    "bwd_decode": "_bwd_decode_kernel",
+    "bwd_encode": "_bwd_encode_kernel",
+    "merge": "_encode_merge_kernel",
+}
+# (block_n, block_m, warps, stages, programs per SM); block_m is clamped to M's tile.
+CANDIDATES = {
+    "encode": [(64, 64, 4, 2, 8), (64, 64, 4, 2, 6), (64, 64, 4, 2, 12), (64, 64, 4, 3, 8), (128, 64, 4, 2, 6),
+               (128, 64, 8, 2, 4), (64, 128, 8, 2, 4), (128, 128, 8, 2, 2), (64, 32, 4, 2, 8), (64, 64, 4, 2, 16),
+               (128, 64, 4, 2, 12), (64, 64, 4, 2, 4)],
+    "decode": [(64, 64, 4, 2, 8), (64, 64, 4, 2, 6), (64, 64, 4, 2, 12), (64, 128, 4, 2, 8), (64, 128, 8, 2, 4),
+               (128, 64, 8, 2, 4), (128, 128, 8, 2, 4), (64, 256, 8, 2, 2), (32, 64, 4, 2, 8), (64, 64, 4, 3, 8),
+               (128, 64, 4, 2, 6), (64, 64, 4, 2, 16)],
+    "bwd_decode": [(64, 64, 4, 2, 8), (64, 64, 4, 2, 3), (64, 64, 4, 2, 6), (64, 64, 4, 2, 12), (128, 64, 8, 2, 2),
+                   (128, 64, 8, 2, 4), (64, 128, 8, 2, 2), (64, 128, 4, 2, 4), (32, 64, 4, 2, 8), (64, 32, 4, 2, 8),
+                   (64, 64, 4, 3, 6), (128, 32, 4, 2, 6)],
+    "bwd_encode": [(64, 32, 4, 2, 8), (64, 64, 4, 2, 8), (64, 32, 4, 2, 3), (64, 32, 4, 2, 6), (64, 32, 4, 2, 12),
+                   (128, 32, 4, 2, 6), (128, 64, 8, 2, 4), (64, 128, 8, 2, 2), (32, 64, 4, 2, 8), (64, 64, 4, 2, 6),
+                   (128, 32, 8, 2, 4), (64, 16, 4, 2, 8)],
+}
+
+
+def candidates(m: int, role: str):
+    """The role's candidate KernelConfigs for M latents (block_m clamped, duplicates dropped)."""
+    from flare_lightning.kernels.triton_mixer import KernelConfig, _pow2
+
+    out = []
+    for bn, bm, w, st, pps in CANDIDATES[role]:
+        cfg = KernelConfig(bn, min(bm, _pow2(m)), w, st, pps)
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
+
+def variants(m: int, d: int):
+    """Configs whose i-th entry tries candidate i of every role (shorter lists repeat their first)."""
+    from flare_lightning.kernels.triton_mixer import default_config
+
+    base = default_config(m, d)
+    lists = {role: candidates(m, role) for role in ROLES}
+    count = max(len(v) for v in lists.values())
+    return [
+        dataclasses.replace(base, **{r: lists[r][i] if i < len(lists[r]) else lists[r][0] for r in ROLES})
+        for i in range(count)
+    ]
+
+
+def _inputs(h, d, m, n, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    kw = dict(device="cuda", dtype=torch.bfloat16, generator=g)
+    q = torch.randn(h, m, d, **kw).requires_grad_()
+    k = torch.randn(1, h, n, d, **kw).requires_grad_()
+    v = torch.randn(1, h, n, d, **kw).requires_grad_()
+    return q, k, v, torch.randn(1, h, n, d, **kw)
+
+
+def _run(cfg, q, k, v, dy):
+    from flare_lightning.kernels.triton_mixer import flare_mix_triton
+
+    for t in (q, k, v):
+        t.grad = None
+    flare_mix_triton(q, k, v, None, 1.0, config=cfg).backward(dy)
+
+
+def _warm(job):
+    """Worker: compile (by running once) a list of (shape, config) pairs."""
+    shape, cfgs, n = job
+    q, k, v, dy = _inputs(*shape, n)
+    failed = []
+    for cfg in cfgs:
+        try:
+            _run(cfg, q, k, v, dy)
+        except Exception as e:  # out of shared memory or registers: reported by the sweep
+            failed.append((repr(cfg), type(e).__name__))
+    torch.cuda.synchronize()
+    return failed
+
+
+def kernel_times(cfg, q, k, v, dy, calls: int = 3) -> dict[str, float]:
+    """CUDA microseconds per launch of each mixer kernel (median over ``calls`` fwd+bwd)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _run(cfg, q, k, v, dy)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            _run(cfg, q, k, v, dy)
+        torch.cuda.synchronize()
+    per = {name: [] for name in KERNEL_NAMES.values()}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.name in per:
+            per[e.name].append(e.time_range.elapsed_us())
+    return {role: statistics.median(per[name]) if per[name] else float("nan") for role, name in KERNEL_NAMES.items()}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="8:8:64,8:16:128,16:16:256,8:16:512", help="H:D:M triples")
+    p.add_argument("--log2n", type=int, default=20)
+    p.add_argument("--jobs", type=int, default=8, help="worker processes compiling candidates first")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks/mixer_tune.py needs a CUDA GPU")
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    from mixer import Timer, measure, reference_outputs, rel_diff
+
+    from flare_lightning.kernels.reference import flare_mix_sdpa
+    from flare_lightning.kernels.triton_mixer import default_config, flare_mix_triton
+
+    n = 2**args.log2n
+    shapes = [tuple(int(x) for x in s.split(":")) for s in args.shapes.split(",")]
+    jobs = [((h, d, m), [cfg], n) for h, d, m in shapes for cfg in variants(m, d)]
+    with mp.get_context("spawn").Pool(args.jobs) as pool:
+        for failed in pool.imap_unordered(_warm, jobs):
+            for cfg, err in failed:
+                print(f"compile/run failed: {cfg}: {err}", flush=True)
+    print(f"{len(jobs)} configs compiled", flush=True)
+
+    timer = Timer()
+    for h, d, m in shapes:
+        q, k, v, dy = _inputs(h, d, m, n)
+        best = {}
+        print(f"\n## H={h} D={d} M={m} N=2^{args.log2n}: us per launch", flush=True)
+        print("| variant | " + " | ".join(f"{r} config | us" for r in ROLES) + " | merge us |")
+        for i, cfg in enumerate(variants(m, d)):
+            try:
+                t = kernel_times(cfg, q, k, v, dy)
+            except Exception as e:
+                print(f"| {i} | failed: {type(e).__name__} |")
+                continue
+            cells = []
+            for role in ROLES:
+                kc = getattr(cfg, role)
+                cells.append(f"{kc.block_n}x{kc.block_m} w{kc.num_warps} s{kc.num_stages} p{kc.programs_per_sm} | {t[role]:.0f}")
+                if not math.isnan(t[role]) and (role not in best or t[role] < best[role][0]):
+                    best[role] = (t[role], kc)
+            print(f"| {i} | " + " | ".join(cells) + f" | {t['merge']:.0f} |", flush=True)
+        tuned = dataclasses.replace(default_config(m, d), **{r: best[r][1] for r in best})
+        print(f"best H={h} D={d} M={m}: " + ", ".join(f"{r}={best[r][1]} ({best[r][0]:.0f} us)" for r in best))
+        ref_out = reference_outputs((q, k, v), dy)
+        rows = {"sdpa": measure(flare_mix_sdpa, (q, k, v), dy, timer)}
+        for name, cfg in (("default", default_config(m, d)), ("tuned", tuned)):
+            def fn(q_, k_, v_, cfg=cfg):
+                return flare_mix_triton(q_, k_, v_, None, 1.0, config=cfg)
+            rows[name] = measure(fn, (q, k, v), dy, timer)
+            rows[name]["err"] = rel_diff(fn, ref_out, (q, k, v), dy)
+        ref = rows["sdpa"]
+        for name, r in rows.items():
+            print(f"end-to-end H={h} D={d} M={m} {name:8s}: fwd {r['fwd']:.3f} ms ({ref['fwd'] / r['fwd']:.1f}x), "
+                  f"fwd+bwd {r['fwd_bwd']:.3f} ms ({ref['fwd_bwd'] / r['fwd_bwd']:.1f}x), peak {r['peak_mib']:.0f} MiB"
+                  + (f", rel. diff {r['err']:.1e}" if "err" in r else ""), flush=True)
+        del q, k, v, dy, ref_out
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
