@@ -31,20 +31,19 @@ KERNEL_NAMES = {
     "bwd_encode": "_bwd_encode_kernel",
     "merge": "_encode_merge_kernel",
 }
-# (block_n, block_m, warps, stages, programs per SM); block_m is clamped to M's tile.
+# (block_n, block_m, warps, stages, programs per SM[, register cap]); block_m is clamped to
+# M's tile. Round 2 (round 1 and its results: benchmarks/NOTES_mixer.md): stages and program
+# counts around the round-1 winners, and register caps that fit one more program per SM
+# (128 registers: 4 programs of 4 warps; 72: 7) with the program count a multiple of that.
 CANDIDATES = {
-    "encode": [(64, 64, 4, 2, 8), (64, 64, 4, 2, 6), (64, 64, 4, 2, 12), (64, 64, 4, 3, 8), (128, 64, 4, 2, 6),
-               (128, 64, 8, 2, 4), (64, 128, 8, 2, 4), (128, 128, 8, 2, 2), (64, 32, 4, 2, 8), (64, 64, 4, 2, 16),
-               (128, 64, 4, 2, 12), (64, 64, 4, 2, 4)],
-    "decode": [(64, 64, 4, 2, 8), (64, 64, 4, 2, 6), (64, 64, 4, 2, 12), (64, 128, 4, 2, 8), (64, 128, 8, 2, 4),
-               (128, 64, 8, 2, 4), (128, 128, 8, 2, 4), (64, 256, 8, 2, 2), (32, 64, 4, 2, 8), (64, 64, 4, 3, 8),
-               (128, 64, 4, 2, 6), (64, 64, 4, 2, 16)],
-    "bwd_decode": [(64, 64, 4, 2, 8), (64, 64, 4, 2, 3), (64, 64, 4, 2, 6), (64, 64, 4, 2, 12), (128, 64, 8, 2, 2),
-                   (128, 64, 8, 2, 4), (64, 128, 8, 2, 2), (64, 128, 4, 2, 4), (32, 64, 4, 2, 8), (64, 32, 4, 2, 8),
-                   (64, 64, 4, 3, 6), (128, 32, 4, 2, 6)],
-    "bwd_encode": [(64, 32, 4, 2, 8), (64, 64, 4, 2, 8), (64, 32, 4, 2, 3), (64, 32, 4, 2, 6), (64, 32, 4, 2, 12),
-                   (128, 32, 4, 2, 6), (128, 64, 8, 2, 4), (64, 128, 8, 2, 2), (32, 64, 4, 2, 8), (64, 64, 4, 2, 6),
-                   (128, 32, 8, 2, 4), (64, 16, 4, 2, 8)],
+    "encode": [(64, 64, 4, 3, 6), (64, 64, 4, 3, 12), (64, 64, 4, 3, 7, 72), (64, 64, 4, 3, 14, 72),
+               (64, 64, 4, 3, 8, 72), (64, 64, 4, 4, 8), (64, 64, 4, 2, 12)],
+    "decode": [(64, 64, 4, 3, 16), (64, 64, 4, 3, 12), (64, 64, 4, 4, 8), (64, 128, 4, 3, 8), (64, 128, 4, 2, 12),
+               (64, 64, 4, 2, 8), (64, 64, 4, 3, 6)],
+    "bwd_decode": [(64, 64, 4, 3, 8, 128), (64, 64, 4, 2, 8, 128), (64, 64, 4, 2, 12, 128), (64, 64, 4, 3, 12, 128),
+                   (64, 128, 4, 2, 6, 168), (64, 64, 4, 3, 12), (64, 64, 4, 2, 6)],
+    "bwd_encode": [(64, 64, 4, 2, 8, 128), (64, 64, 4, 2, 12, 128), (64, 32, 4, 2, 8, 128), (64, 32, 4, 2, 12, 128),
+                   (128, 32, 4, 2, 8, 128), (64, 64, 4, 2, 12), (64, 64, 4, 3, 6)],
 }
 
 
@@ -53,23 +52,23 @@ def candidates(m: int, role: str):
     from flare_lightning.kernels.triton_mixer import KernelConfig, _pow2
 
     out = []
-    for bn, bm, w, st, pps in CANDIDATES[role]:
-        cfg = KernelConfig(bn, min(bm, _pow2(m)), w, st, pps)
+    for bn, bm, w, st, pps, *cap in CANDIDATES[role]:
+        cfg = KernelConfig(bn, min(bm, _pow2(m)), w, st, pps, cap[0] if cap else None)
         if cfg not in out:
             out.append(cfg)
     return out
 
 
 def variants(m: int, d: int):
-    """Configs whose i-th entry tries candidate i of every role (shorter lists repeat their first)."""
+    """The default config, then configs whose i-th entry tries candidate i of every role
+    (shorter lists repeat the default)."""
     from flare_lightning.kernels.triton_mixer import default_config
 
     base = default_config(m, d)
     lists = {role: candidates(m, role) for role in ROLES}
     count = max(len(v) for v in lists.values())
-    return [
-        dataclasses.replace(base, **{r: lists[r][i] if i < len(lists[r]) else lists[r][0] for r in ROLES})
-        for i in range(count)
+    return [base] + [
+        dataclasses.replace(base, **{r: lists[r][i] for r in ROLES if i < len(lists[r])}) for i in range(count)
     ]
 
 
@@ -159,7 +158,8 @@ def main(argv=None) -> None:
             cells = []
             for role in ROLES:
                 kc = getattr(cfg, role)
-                cells.append(f"{kc.block_n}x{kc.block_m} w{kc.num_warps} s{kc.num_stages} p{kc.programs_per_sm} | {t[role]:.0f}")
+                cap = f" r{kc.maxnreg}" if kc.maxnreg else ""
+                cells.append(f"{kc.block_n}x{kc.block_m} w{kc.num_warps} s{kc.num_stages} p{kc.programs_per_sm}{cap} | {t[role]:.0f}")
                 if not math.isnan(t[role]) and (role not in best or t[role] < best[role][0]):
                     best[role] = (t[role], kc)
             print(f"| {i} | " + " | ".join(cells) + f" | {t['merge']:.0f} |", flush=True)

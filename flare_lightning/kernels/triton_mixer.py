@@ -47,6 +47,14 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 2
     programs_per_sm: int | None = None  # None: the MixerConfig's
+    maxnreg: int | None = None  # register cap per thread (more programs per SM, maybe spills)
+
+    def launch_options(self) -> dict:
+        """Keyword arguments of a Triton launch with this config."""
+        opts = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.maxnreg is not None and not INTERPRETED:
+            opts["maxnreg"] = self.maxnreg
+        return opts
 
 
 @dataclass(frozen=True)
@@ -178,7 +186,7 @@ def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
         n, h, qk_scale, tiles,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), mask_stride,
         M=m, D=d, ALIGN=_align(k, v), HAS_KEYMASK=mask is not None or n % ce.block_n != 0, HAS_MASK=mask is not None, PREC=prec,
-        BLOCK_N=ce.block_n, BLOCK_M=ce.block_m, BLOCK_D=bd, num_warps=ce.num_warps, num_stages=ce.num_stages,
+        BLOCK_N=ce.block_n, BLOCK_M=ce.block_m, BLOCK_D=bd, **ce.launch_options(),
     )
     z = torch.empty(bh, m, d, device=dev, dtype=torch.float32)
     z_lo = torch.empty(bh, m, d, device=dev, dtype=k.dtype)
@@ -197,7 +205,7 @@ def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
         q, z_lo, k, y, lse_dec, n, h, qk_scale, tiles,
         k.stride(0), k.stride(1), k.stride(2), y.stride(0), y.stride(1), y.stride(2),
         M=m, D=d, ALIGN=_align(k, y), NUM_M_TILES=_cdiv(m, cd.block_m), PREC=prec,
-        BLOCK_N=cd.block_n, BLOCK_M=cd.block_m, BLOCK_D=bd, num_warps=cd.num_warps, num_stages=cd.num_stages,
+        BLOCK_N=cd.block_n, BLOCK_M=cd.block_m, BLOCK_D=bd, **cd.launch_options(),
     )
     return y, z, z_lo, lse_enc, lse_dec
 
@@ -220,7 +228,7 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
         k.stride(0), k.stride(1), k.stride(2), y.stride(0), y.stride(1), y.stride(2),
         dy.stride(0), dy.stride(1), dy.stride(2), dk.stride(0), dk.stride(1), dk.stride(2),
         M=m, D=d, ALIGN=_align(k, y, dy, dk), NUM_M_TILES=tiles_1, PREC=prec,
-        BLOCK_N=c1.block_n, BLOCK_M=c1.block_m, BLOCK_D=bd, num_warps=c1.num_warps, num_stages=c1.num_stages,
+        BLOCK_N=c1.block_n, BLOCK_M=c1.block_m, BLOCK_D=bd, **c1.launch_options(),
     )
     dz = dz_part.sum(1)  # [B·H, M, D] fp32
     delta = (dz * z).sum(-1)  # δ_m = dz_m·z_m [B·H, M]
@@ -237,7 +245,7 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), mask_stride,
         M=m, D=d, ALIGN=_align(k, v, dk, dv), HAS_KEYMASK=mask is not None or n % c2.block_n != 0, HAS_MASK=mask is not None,
         NUM_M_TILES=tiles_2, PREC=prec,
-        BLOCK_N=c2.block_n, BLOCK_M=c2.block_m, BLOCK_D=bd, num_warps=c2.num_warps, num_stages=c2.num_stages,
+        BLOCK_N=c2.block_n, BLOCK_M=c2.block_m, BLOCK_D=bd, **c2.launch_options(),
     )
     dq = dq_part_1.view(b, h, chunks_1, m, d).sum((0, 2)) + dq_part_2.view(b, h, chunks_2, m, d).sum((0, 2))
     return (dq * scale).to(q.dtype), dk, dv
