@@ -23,6 +23,9 @@ import sys
 
 import torch
 
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from mixer import Timer, _inputs, measure, reference_outputs, rel_diff  # noqa: E402  (benchmarks/ is not a package)
+
 ROLES = ("encode", "decode", "bwd_decode", "bwd_encode")
 KERNEL_NAMES = {
     "encode": "_encode_partial_kernel",
@@ -72,15 +75,6 @@ def variants(m: int, d: int):
     ]
 
 
-def _inputs(h, d, m, n, seed=0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    kw = dict(device="cuda", dtype=torch.bfloat16, generator=g)
-    q = torch.randn(h, m, d, **kw).requires_grad_()
-    k = torch.randn(1, h, n, d, **kw).requires_grad_()
-    v = torch.randn(1, h, n, d, **kw).requires_grad_()
-    return q, k, v, torch.randn(1, h, n, d, **kw)
-
-
 def _run(cfg, q, k, v, dy):
     from flare_lightning.kernels.triton_mixer import flare_mix_triton
 
@@ -128,9 +122,6 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks/mixer_tune.py needs a CUDA GPU")
-    sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    from mixer import Timer, measure, reference_outputs, rel_diff
-
     from flare_lightning.kernels.reference import flare_mix_sdpa
     from flare_lightning.kernels.triton_mixer import default_config, flare_mix_triton
 
