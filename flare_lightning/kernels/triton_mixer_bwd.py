@@ -22,7 +22,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from flare_lightning.kernels.triton_mixer_fwd import _rows
+from flare_lightning.kernels.triton_mixer_fwd import _chunk_program, _head_base, _latents, _rows
 
 
 @triton.jit
@@ -38,16 +38,12 @@ def _bwd_decode_kernel(
     z: [B·H, M, D] in the input dtype; lse_dec: [B·H, N] fp32. The partials are fp32
     and zeroed by the caller when NUM_M_TILES > 1; dq partials are unscaled.
     """
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_c, pid_bh, b64, h = _chunk_program(H)
     num_chunks = tl.num_programs(0)
-    b64 = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    h64 = h.to(tl.int64)
-    k_base = k_ptr + b64 * s_kb + h64 * s_kh
-    y_base = y_ptr + b64 * s_yb + h64 * s_yh
-    g_base = dy_ptr + b64 * s_gb + h64 * s_gh
-    dk_base = dk_ptr + b64 * s_dkb + h64 * s_dkh
+    k_base = _head_base(k_ptr, b64, h, s_kb, s_kh)
+    y_base = _head_base(y_ptr, b64, h, s_yb, s_yh)
+    g_base = _head_base(dy_ptr, b64, h, s_gb, s_gh)
+    dk_base = _head_base(dk_ptr, b64, h, s_dkb, s_dkh)
     offs_d = tl.arange(0, BLOCK_D)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
@@ -57,9 +53,8 @@ def _bwd_decode_kernel(
     dz_acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dq_acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if NUM_M_TILES == 1:  # the whole latent side stays in registers
-        md_mask0 = (offs_m0 < M)[:, None] & d_ok[None, :]
-        q_all = tl.load(q_ptr + h * M * D + offs_m0[:, None] * D + offs_d[None, :], mask=md_mask0, other=0.0)
-        z_all = tl.load(z_ptr + (pid_bh * M + offs_m0)[:, None] * D + offs_d[None, :], mask=md_mask0, other=0.0)
+        q_all = _latents(q_ptr + h * M * D, offs_m0, offs_d, M, D)
+        z_all = _latents(z_ptr + pid_bh * M * D, offs_m0, offs_d, M, D)
 
     n_begin = pid_c * tiles_per_chunk * BLOCK_N
     for t in range(tiles_per_chunk):
@@ -80,8 +75,8 @@ def _bwd_decode_kernel(
                 q = q_all
                 z = z_all
             else:
-                q = tl.load(q_ptr + h * M * D + offs_m[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
-                z = tl.load(z_ptr + (pid_bh * M + offs_m)[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
+                q = _latents(q_ptr + h * M * D, offs_m, offs_d, M, D)
+                z = _latents(z_ptr + pid_bh * M * D, offs_m, offs_d, M, D)
             s = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
             p = tl.exp2(s - lse[:, None])
             if M % BLOCK_M != 0:
@@ -120,17 +115,12 @@ def _bwd_encode_kernel(
 
     dz: [B·H, M, D] in the input dtype; delta (δ) and lse_enc: [B·H, M] fp32.
     """
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_c, pid_bh, b64, h = _chunk_program(H)
     num_chunks = tl.num_programs(0)
-    b = pid_bh // H
-    b64 = b.to(tl.int64)
-    h = pid_bh % H
-    h64 = h.to(tl.int64)
-    k_base = k_ptr + b64 * s_kb + h64 * s_kh
-    v_base = v_ptr + b64 * s_vb + h64 * s_vh
-    dk_base = dk_ptr + b64 * s_dkb + h64 * s_dkh
-    dv_base = dv_ptr + b64 * s_dvb + h64 * s_dvh
+    k_base = _head_base(k_ptr, b64, h, s_kb, s_kh)
+    v_base = _head_base(v_ptr, b64, h, s_vb, s_vh)
+    dk_base = _head_base(dk_ptr, b64, h, s_dkb, s_dkh)
+    dv_base = _head_base(dv_ptr, b64, h, s_dvb, s_dvh)
     offs_d = tl.arange(0, BLOCK_D)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
@@ -139,9 +129,8 @@ def _bwd_encode_kernel(
     dq_acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if NUM_M_TILES == 1:  # the whole latent side stays in registers
         m_ok0 = offs_m0 < M
-        md_mask0 = m_ok0[:, None] & d_ok[None, :]
-        q_all = tl.load(q_ptr + h * M * D + offs_m0[:, None] * D + offs_d[None, :], mask=md_mask0, other=0.0)
-        dz_all = tl.load(dz_ptr + (pid_bh * M + offs_m0)[:, None] * D + offs_d[None, :], mask=md_mask0, other=0.0)
+        q_all = _latents(q_ptr + h * M * D, offs_m0, offs_d, M, D)
+        dz_all = _latents(dz_ptr + pid_bh * M * D, offs_m0, offs_d, M, D)
         lse_all = tl.load(lse_enc_ptr + pid_bh * M + offs_m0, mask=m_ok0, other=float("inf"))
         delta_all = tl.load(delta_ptr + pid_bh * M + offs_m0, mask=m_ok0, other=0.0)
 
@@ -155,7 +144,7 @@ def _bwd_encode_kernel(
         if HAS_KEYMASK:
             valid = n_ok
             if HAS_MASK:
-                valid = valid & (tl.load(mask_ptr + b * s_mb + offs_n, mask=n_ok, other=0) != 0)
+                valid = valid & (tl.load(mask_ptr + b64 * s_mb + offs_n, mask=n_ok, other=0) != 0)
         dk_acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         dv_acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         for mt in range(NUM_M_TILES):
@@ -168,8 +157,8 @@ def _bwd_encode_kernel(
                 lse = lse_all
                 delta = delta_all
             else:
-                q = tl.load(q_ptr + h * M * D + offs_m[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
-                dz = tl.load(dz_ptr + (pid_bh * M + offs_m)[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
+                q = _latents(q_ptr + h * M * D, offs_m, offs_d, M, D)
+                dz = _latents(dz_ptr + pid_bh * M * D, offs_m, offs_d, M, D)
                 lse = tl.load(lse_enc_ptr + pid_bh * M + offs_m, mask=m_ok, other=float("inf"))  # A = 0 off M
                 delta = tl.load(delta_ptr + pid_bh * M + offs_m, mask=m_ok, other=0.0)  # δ_m
             s = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]

@@ -36,6 +36,27 @@ def _rows(base, offs_n, stride, offs_d, ALIGN: tl.constexpr):
 
 
 @triton.jit
+def _chunk_program(H):
+    """(chunk, b·h, b as int64, h) of a program on the (chunks, B·H) grid."""
+    pid_bh = tl.program_id(1)
+    return tl.program_id(0), pid_bh, (pid_bh // H).to(tl.int64), pid_bh % H
+
+
+@triton.jit
+def _head_base(ptr, b64, h, s_b, s_h):
+    """Start of (batch b, head h) in a [B, H, N, D] tensor (64-bit offsets)."""
+    return ptr + b64 * s_b + h.to(tl.int64) * s_h
+
+
+@triton.jit
+def _latents(base, offs_m, offs_d, M: tl.constexpr, D: tl.constexpr):
+    """Tile [BM, BD] of latent rows ``offs_m`` of one head's row-major [M, D] block at
+    ``base`` (q: q_ptr + h·M·D; z, dz: ptr + b·h·M·D), zero off M and D."""
+    mask = (offs_m < M)[:, None] & (offs_d < D)[None, :]
+    return tl.load(base + offs_m[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
 def _encode_partial_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, m_part_ptr, l_part_ptr, acc_part_ptr,
     N, H, qk_scale, tiles_per_chunk,
@@ -60,10 +81,9 @@ def _encode_partial_kernel(
     offs_n0 = tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     d_ok = offs_d < D
-    q = tl.load(q_ptr + h * M * D + offs_m[:, None] * D + offs_d[None, :],
-                mask=m_ok[:, None] & d_ok[None, :], other=0.0)  # [BM, BD]
-    k_base = k_ptr + b.to(tl.int64) * s_kb + h.to(tl.int64) * s_kh
-    v_base = v_ptr + b.to(tl.int64) * s_vb + h.to(tl.int64) * s_vh
+    q = _latents(q_ptr + h * M * D, offs_m, offs_d, M, D)  # [BM, BD]
+    k_base = _head_base(k_ptr, b.to(tl.int64), h, s_kb, s_kh)
+    v_base = _head_base(v_ptr, b.to(tl.int64), h, s_vb, s_vh)
 
     m_i = tl.full([BLOCK_M], NEG, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -150,21 +170,16 @@ def _decode_fwd_kernel(
 
     q: [H, M, D] and z: [B·H, M, D], both in the input dtype.
     """
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b64 = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    h64 = h.to(tl.int64)
-    k_base = k_ptr + b64 * s_kb + h64 * s_kh
-    y_base = y_ptr + b64 * s_yb + h64 * s_yh
+    pid_c, pid_bh, b64, h = _chunk_program(H)
+    k_base = _head_base(k_ptr, b64, h, s_kb, s_kh)
+    y_base = _head_base(y_ptr, b64, h, s_yb, s_yh)
     offs_d = tl.arange(0, BLOCK_D)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     d_ok = offs_d < D
     if NUM_M_TILES == 1:  # the whole latent side stays in registers
-        md_mask0 = (offs_m0 < M)[:, None] & d_ok[None, :]
-        q_all = tl.load(q_ptr + h * M * D + offs_m0[:, None] * D + offs_d[None, :], mask=md_mask0, other=0.0)
-        z_all = tl.load(z_ptr + (pid_bh * M + offs_m0)[:, None] * D + offs_d[None, :], mask=md_mask0, other=0.0)
+        q_all = _latents(q_ptr + h * M * D, offs_m0, offs_d, M, D)
+        z_all = _latents(z_ptr + pid_bh * M * D, offs_m0, offs_d, M, D)
 
     n_begin = pid_c * tiles_per_chunk * BLOCK_N
     for t in range(tiles_per_chunk):
@@ -187,9 +202,8 @@ def _decode_fwd_kernel(
             for mt in range(NUM_M_TILES):
                 offs_m = mt * BLOCK_M + offs_m0
                 m_ok = offs_m < M
-                md_mask = m_ok[:, None] & d_ok[None, :]
-                q = tl.load(q_ptr + h * M * D + offs_m[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
-                z = tl.load(z_ptr + (pid_bh * M + offs_m)[:, None] * D + offs_d[None, :], mask=md_mask, other=0.0)
+                q = _latents(q_ptr + h * M * D, offs_m, offs_d, M, D)
+                z = _latents(z_ptr + pid_bh * M * D, offs_m, offs_d, M, D)
                 s = tl.dot(k, tl.trans(q), input_precision=PREC)  # [BN, BM], unscaled
                 if M % BLOCK_M != 0:
                     s = tl.where(m_ok[None, :], s, float("-inf"))
