@@ -1,0 +1,34 @@
+"""The GPU benchmark scripts' CPU-side logic: what the tile sweep would try."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+
+@pytest.fixture(scope="module")
+def mixer_tune():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import mixer_tune
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return mixer_tune
+
+
+@pytest.mark.parametrize("m,d", [(64, 8), (128, 16), (256, 16), (40, 12)])
+def test_tune_variants_start_from_the_default_and_fit_m(mixer_tune, m, d):
+    pytest.importorskip("triton")
+    from flare_lightning.kernels.triton_mixer import _pow2, default_config
+
+    variants = mixer_tune.variants(m, d)
+    assert variants[0] == default_config(m, d)
+    assert len(set(variants)) == len(variants) > 4
+    for cfg in variants:
+        for role in mixer_tune.ROLES:
+            kc = getattr(cfg, role)
+            assert kc.block_m <= max(_pow2(m), 16) and kc.block_m & (kc.block_m - 1) == 0
+            assert kc.block_n >= 16 and kc.num_warps in (4, 8)
