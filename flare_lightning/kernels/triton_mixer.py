@@ -88,7 +88,10 @@ def default_config(m: int, d: int, dtype: torch.dtype = torch.bfloat16) -> Mixer
         tile = KernelConfig(32, min(bm, 32), 4, 2)
         return MixerConfig(tile, tile, tile, tile)
     tile_m = min(bm, 64)
-    st = 3 if d <= 32 else 2  # a third pipeline stage paid off for small head dims
+    if d > 32:  # wide heads: fewer registers per logit to spare, the first sweep's tiles
+        tile = KernelConfig(64, tile_m, 4)
+        return MixerConfig(tile, tile, tile, KernelConfig(64, tile_m if bm <= 64 else 32, 4))
+    st = 3  # a third pipeline stage paid off for small head dims
     cap = d <= 16  # register caps (one more program per SM) were measured for d <= 16 only
     encode = KernelConfig(64, tile_m, 4, st, programs_per_sm=14 if cap else 8, maxnreg=72 if cap else None)
     if bm <= 64:
@@ -103,10 +106,6 @@ def default_config(m: int, d: int, dtype: torch.dtype = torch.bfloat16) -> Mixer
         dec = KernelConfig(64, 64, 4, st, programs_per_sm=16)
         bwd_dec = KernelConfig(64, 64, 4, st, programs_per_sm=12, maxnreg=128 if cap else None)
         bwd_enc = KernelConfig(64, 64, 4, 2, programs_per_sm=12, maxnreg=128 if cap else None)
-    if d > 32:  # wide heads: fewer registers per logit to spare, keep the first sweep's tiles
-        dec = KernelConfig(64, tile_m, 4)
-        bwd_dec = KernelConfig(64, tile_m, 4)
-        bwd_enc = KernelConfig(64, tile_m if bm <= 64 else 32, 4)
     return MixerConfig(encode=encode, decode=dec, bwd_decode=bwd_dec, bwd_encode=bwd_enc)
 
 
