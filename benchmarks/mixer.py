@@ -190,25 +190,35 @@ def _fmt_row(r: dict) -> str:
     )
 
 
-def profile(shapes, n: int) -> None:
-    """Per-kernel CUDA time of one triton fwd+bwd (torch.profiler), to see where time goes."""
+def cuda_kernel_times(run, calls: int = 5) -> dict[str, list[float]]:
+    """CUDA microseconds of every kernel launch over ``calls`` calls of ``run`` (torch.profiler),
+    by kernel name; ``run`` is called once before, untimed."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
+    run()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            run()
+        torch.cuda.synchronize()
+    times: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            times.setdefault(e.name, []).append(e.time_range.elapsed_us())
+    return times
+
+
+def profile(shapes, n: int, calls: int = 5) -> None:
+    """Per-kernel CUDA time of one triton fwd+bwd, to see where time goes."""
     from flare_lightning.kernels.triton_mixer import flare_mix_triton
 
     for h, d, m in shapes:
         q, k, v, dy = _inputs(h, d, m, n)
-        for _ in range(3):
-            flare_mix_triton(q, k, v).backward(dy)
-        torch.cuda.synchronize()
-        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                flare_mix_triton(q, k, v).backward(dy)
-            torch.cuda.synchronize()
-        print(f"profile H{h} D{d} M{m} N{n} (5 fwd+bwd, us per call)")
-        for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:10]:
-            print(f"  {e.key[:60]:60s} {e.device_time_total / 5:9.1f}")
+        times = cuda_kernel_times(lambda: flare_mix_triton(q, k, v).backward(dy), calls)
+        print(f"profile H{h} D{d} M{m} N{n} ({calls} fwd+bwd, us per call)")
+        for name, ts in sorted(times.items(), key=lambda kv: -sum(kv[1]))[:10]:
+            print(f"  {name[:60]:60s} {sum(ts) / calls:9.1f}")
         del q, k, v, dy
 
 

@@ -24,7 +24,7 @@ import sys
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from mixer import Timer, _inputs, measure, reference_outputs, rel_diff  # noqa: E402  (benchmarks/ is not a package)
+from mixer import Timer, _inputs, cuda_kernel_times, measure, reference_outputs, rel_diff  # noqa: E402  (benchmarks/ is not a package)
 
 ROLES = ("encode", "decode", "bwd_decode", "bwd_encode")
 KERNEL_NAMES = {
@@ -84,34 +84,21 @@ def _run(cfg, q, k, v, dy):
 
 
 def _warm(job):
-    """Worker: compile (by running once) a list of (shape, config) pairs."""
-    shape, cfgs, n = job
+    """Worker: compile one (shape, config) by running it once; the error's name if it fails."""
+    shape, cfg, n = job
     q, k, v, dy = _inputs(*shape, n)
-    failed = []
-    for cfg in cfgs:
-        try:
-            _run(cfg, q, k, v, dy)
-        except Exception as e:  # out of shared memory or registers: reported by the sweep
-            failed.append((repr(cfg), type(e).__name__))
-    torch.cuda.synchronize()
-    return failed
+    try:
+        _run(cfg, q, k, v, dy)
+        torch.cuda.synchronize()
+    except Exception as e:  # out of shared memory or registers: the sweep reports it too
+        return f"{cfg!r}: {type(e).__name__}"
+    return None
 
 
 def kernel_times(cfg, q, k, v, dy, calls: int = 3) -> dict[str, float]:
     """CUDA microseconds per launch of each mixer kernel (median over ``calls`` fwd+bwd)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    _run(cfg, q, k, v, dy)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            _run(cfg, q, k, v, dy)
-        torch.cuda.synchronize()
-    per = {name: [] for name in KERNEL_NAMES.values()}
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA and e.name in per:
-            per[e.name].append(e.time_range.elapsed_us())
-    return {role: statistics.median(per[name]) if per[name] else float("nan") for role, name in KERNEL_NAMES.items()}
+    times = cuda_kernel_times(lambda: _run(cfg, q, k, v, dy), calls)
+    return {role: statistics.median(times[name]) if name in times else float("nan") for role, name in KERNEL_NAMES.items()}
 
 
 def main(argv=None) -> None:
@@ -127,11 +114,11 @@ def main(argv=None) -> None:
 
     n = 2**args.log2n
     shapes = [tuple(int(x) for x in s.split(":")) for s in args.shapes.split(",")]
-    jobs = [((h, d, m), [cfg], n) for h, d, m in shapes for cfg in variants(m, d)]
+    jobs = [((h, d, m), cfg, n) for h, d, m in shapes for cfg in variants(m, d)]
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         for failed in pool.imap_unordered(_warm, jobs):
-            for cfg, err in failed:
-                print(f"compile/run failed: {cfg}: {err}", flush=True)
+            if failed:
+                print(f"compile/run failed: {failed}", flush=True)
     print(f"{len(jobs)} configs compiled", flush=True)
 
     timer = Timer()

@@ -34,8 +34,8 @@ def launch(backend: str, precision: str, seed: int, out: Path, extra: list[str])
         "--trainer.logger.init_args.name", name,
         *extra,
     ]
-    log = open(out / f"{name}.log", "w")
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), out / name
+    with open(out / f"{name}.log", "w") as log:  # the child keeps its own copy of the handle
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), out / name
 
 
 def main(argv=None) -> None:
