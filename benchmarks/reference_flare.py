@@ -106,3 +106,26 @@ class ReferenceFLARE(nn.Module):
         self.ln_out.load_state_dict(flare.norm_out.state_dict())
         mlp(self.out_proj, flare.head)
         return self
+
+
+class ReferenceSurrogate(nn.Module):
+    """``ReferenceFLARE`` behind the framework's model interface, compiled as the authors'
+    trainer compiles it (``torch.compile`` of the whole model), for ``flare fit`` timings.
+
+    Args:
+        in_dim, out_dim: channels per point (linked from the data by the CLI).
+        channels, num_blocks, num_heads, num_latents: the FLARE shape.
+        compile: ``torch.compile`` the model (the authors' default).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, channels: int = 64, num_blocks: int = 8, num_heads: int = 8,
+                 num_latents: int = 64, compile: bool = True) -> None:
+        super().__init__()
+        self.net = ReferenceFLARE(in_dim, out_dim, channels, num_blocks, num_heads, num_latents)
+        if compile:
+            self.net.compile()
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x [B, N, in] -> [B, N, out]; the paper's code takes no mask: use it on meshes of one
+        size (Darcy, elasticity), whose batches have no padding."""
+        return self.net(x)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from flare_lightning.fast_step import FastTrainStep, GraphedForward
 from flare_lightning.metrics import RelativeL2Error, relative_l2
 from flare_lightning.normalizer import Normalizer
 
@@ -43,6 +44,12 @@ class SurrogateModule(L.LightningModule):
         div_factor: initial lr = lr / div_factor.
         final_div_factor: final lr = initial lr / final_div_factor.
         scheduler: ``onecycle`` (per batch, as in the paper) or ``constant``.
+        fast_step: on CUDA, compile the model and replay each training step (forward,
+            loss, backward, the trainer's gradient clipping, AdamW with the scheduled lr
+            and beta1) as one CUDA graph, and evaluation forwards as graphs: no host
+            overhead at small meshes. The loss is then logged per epoch only. Elsewhere the
+            same step runs eagerly. Needs Adam/AdamW, 32-true or bf16-mixed precision and
+            no gradient accumulation.
     """
 
     def __init__(
@@ -57,6 +64,7 @@ class SurrogateModule(L.LightningModule):
         div_factor: float = 1e4,
         final_div_factor: float = 1e4,
         scheduler: str = "onecycle",
+        fast_step: bool = False,
     ) -> None:
         super().__init__()
         # Built by the CLI, the model arrives as its config (class_path, init_args) and is
@@ -69,6 +77,20 @@ class SurrogateModule(L.LightningModule):
         # Evaluation losses as sums and float weights: exact over DDP ranks with unequal
         # shares (Lightning's own mean of logged values divides an integer sample count).
         self.eval_losses = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in STAGES[1:]})
+        self._fast: FastTrainStep | None = None
+        self._fast_eval: GraphedForward | None = None
+
+    @property
+    def automatic_optimization(self) -> bool:
+        # The fast step drives the optimizer itself (manual optimization), but only from
+        # on_fit_start: Lightning refuses trainer.gradient_clip_val under manual optimization
+        # before that, and the fast step applies that clipping itself. It stays manual after
+        # fit, so trainer.global_step keeps counting the fast step's updates.
+        return self._automatic_optimization and getattr(self, "_fast", None) is None
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        self._automatic_optimization = value
 
     # --- data statistics ---------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -83,16 +105,33 @@ class SurrogateModule(L.LightningModule):
     # --- forward -----------------------------------------------------------------
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Raw inputs x [B, N, in_dim] -> de-normalised prediction [B, N, out_dim]."""
-        if not bool(self.input_norm.fitted):
+        self._check_fitted()
+        return self._forward_normalised(x, mask)
+
+    def _check_fitted(self) -> None:
+        if not bool(self.input_norm.fitted):  # reads a device flag: once per forward, not in graphs
             raise RuntimeError(
                 "normalisation statistics are not fitted: train first, or load a checkpoint "
                 "(e.g. --ckpt_path best)"
             )
+
+    def _forward_normalised(self, x: Tensor, mask: Tensor | None) -> Tensor:
         out = self.model(self.input_norm.encode(x), mask)
         return self.target_norm.decode(out.float())
 
+    def _predict(self, batch: dict[str, Tensor]) -> Tensor:
+        """Evaluation forward: replayed as a CUDA graph with ``fast_step`` (a static buffer,
+        valid until the next call), else the plain forward."""
+        if not (self.hparams.get("fast_step") and batch["x"].is_cuda):
+            return self(batch["x"], batch["mask"])
+        if self._fast_eval is None:
+            self._check_fitted()
+            self._compile_for_fast_step()
+            self._fast_eval = GraphedForward(self._forward_normalised)
+        return self._fast_eval(batch["x"], batch["mask"])
+
     def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        pred = self(batch["x"], batch["mask"])
+        pred = self._predict(batch)
         errors = relative_l2(pred, batch["y"], batch["mask"])  # [B]
         loss = errors.mean()
         metric = self.metrics[f"{stage}_rel_l2"]
@@ -108,8 +147,72 @@ class SurrogateModule(L.LightningModule):
         self.log(f"{stage}/rel_l2", metric, on_step=False, on_epoch=True, batch_size=size)
         return loss
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        if self._fast is None:
+            return self._shared_step(batch, "train")
+        optimizer = self.optimizers()
+        optimizer._on_before_step()  # Lightning's step accounting (global_step) in manual mode
+        self._fast(batch)
+        optimizer._on_after_step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        return None
+
+    # --- the fast step -------------------------------------------------------------
+    def _sample_losses(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per-sample training losses [B] of the fast step (the same loss as ``_shared_step``)."""
+        pred = self._forward_normalised(batch["x"], batch["mask"])
+        return relative_l2(pred, batch["y"], batch["mask"])
+
+    def _compile_for_fast_step(self) -> None:
+        if self.device.type != "cuda" or getattr(self, "_fast_compiled", False):
+            return
+        from flare_lightning.compile import compile_model
+
+        compile_model(self.model)
+        self._fast_compiled = True
+
+    def on_fit_start(self) -> None:
+        if not self.hparams.get("fast_step"):
+            return
+        trainer = self.trainer
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError("model.fast_step needs trainer.accumulate_grad_batches 1 (one graph is one optimizer step)")
+        precision = str(trainer.precision)
+        if precision not in ("32-true", "32", "bf16-mixed"):
+            raise ValueError(
+                f"model.fast_step supports trainer.precision 32-true and bf16-mixed, got {precision!r} "
+                "(16-mixed needs a gradient scaler that reads the loss on the host every step)"
+            )
+        self._check_fitted()
+        self._compile_for_fast_step()
+        algorithm = trainer.gradient_clip_algorithm
+        self._fast = FastTrainStep(
+            self._sample_losses,
+            list(self.model.parameters()),
+            self.optimizers().optimizer,
+            clip_val=trainer.gradient_clip_val,
+            clip_algorithm=str(getattr(algorithm, "value", algorithm) or "norm"),
+            capture=self.device.type == "cuda",
+        )
+
+    def teardown(self, stage: str) -> None:
+        # Lightning moves the model off the GPU after each stage: captured graphs would
+        # replay into freed memory. The fast step object stays (manual optimization, so
+        # trainer.global_step keeps counting its updates); its graphs are dropped.
+        self._fast_eval = None
+        if self._fast is not None:
+            self._fast.release_graphs()
+
+    def on_train_epoch_end(self) -> None:
+        if self._fast is None:
+            return
+        total, count = self._fast.epoch_sums  # one device -> host read per epoch, at logging
+        mean = (total / count.clamp_min(1)).float()
+        self.log("train/loss", mean, on_epoch=True, sync_dist=True)
+        self.log("train/rel_l2", mean, on_epoch=True, sync_dist=True)
+        self._fast.reset_epoch()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "val")
@@ -119,7 +222,7 @@ class SurrogateModule(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """De-normalised prediction with the batch's mask and sample ids."""
-        pred = self(batch["x"], batch["mask"])
+        pred = self._predict(batch).clone()
         return {"pred": pred, "mask": batch["mask"], "sample_id": batch["sample_id"], "pos": batch["pos"]}
 
     # --- optimisation ------------------------------------------------------------

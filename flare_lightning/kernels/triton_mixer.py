@@ -284,7 +284,8 @@ def flare_mix_triton(
         v: values [B, H, N, D], same dtype as k.
         mask: [B, N] bool, True on real points, or None.
         scale: logit scale s.
-        config: tile sizes; ``default_config(M, D, dtype)`` when None.
+        config: tile sizes; ``default_config(M, D, dtype)`` when None (then the
+            ``flare_lightning::mixer_fwd`` custom op runs, which torch.compile traces).
 
     Returns:
         y [B, H, N, D] with v's dtype and layout; rows at padded points are finite but
@@ -297,13 +298,17 @@ def flare_mix_triton(
         raise TypeError(f"flare_mix_triton: dtype must be float32, bfloat16 or float16, got {k.dtype}")
     if not (k.is_cuda or INTERPRETED):
         raise RuntimeError("flare_mix_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before import)")
-    cfg = config or default_config(q.shape[1], q.shape[2], k.dtype)
     if mask is not None:
         mask = mask.contiguous()
     scale = float(scale)
     if scale <= 0.0:  # the kernels need a positive scale: s·q = |s|·(-q); s = 0 makes every logit 0
         q, scale = (-q, -scale) if scale < 0.0 else (q * 0.0, 1.0)
-    return FlareMixTriton.apply(q.contiguous(), _unit_last(k), _unit_last(v), mask, scale, cfg)
+    q, k, v = q.contiguous(), _unit_last(k), _unit_last(v)
+    if config is None:
+        from flare_lightning.kernels.triton_op import mixer_fwd
+
+        return mixer_fwd(q, k, v, mask, scale)[0]
+    return FlareMixTriton.apply(q, k, v, mask, scale, config)
 
 
 __all__ = ["FlareMixTriton", "KernelConfig", "MixerConfig", "default_config", "flare_mix_triton"]

@@ -10,9 +10,9 @@ from flare_lightning.models.mlp import ResidualMLP
 
 EncodeStats = tuple[Tensor, Tensor, Tensor]  # running max [B, H, M], sum [B, H, M], acc [B, H, M, D]
 
-# torch.compile (FLARE(compile=True)) leaves the mixer to its own kernels: Inductor would
-# otherwise try to re-compile the hand-written Triton kernels inside it.
-_mix = torch.compiler.disable(flare_mix)
+# torch.compile traces the mixer: the Triton kernels are custom ops (opaque to Inductor,
+# with fake implementations for shapes), the other backends are plain PyTorch.
+_mix = flare_mix
 
 
 class FlareAttention(nn.Module):

@@ -1,0 +1,200 @@
+"""Training step and epoch time at the paper's own sizes, through the real ``flare fit`` path.
+
+Darcy (85x85 = 7,225 points, H16, M256) and elasticity (972 points, H8, M64), 8 blocks,
+C=64, batch 2, in bf16-mixed and 32-true, one run on one card, rows side by side:
+
+| row | what runs |
+|---|---|
+| ``reference-compiled`` | the authors' formulation (two SDPA calls), ``torch.compile``d as their trainer does |
+| ``ours-eager`` | ``flare fit`` with the paper config as shipped |
+| ``ours-fast`` | the same with ``--model.fast_step true`` (compiled model, whole step as a CUDA graph) |
+
+Each row is a real ``flare fit`` (CLI, datamodule, Lightning loop, logging, checkpoints):
+epoch 0 warms up (compilation, graph capture) and epoch 1 is timed. Rows slower than
+``--full-below-ms`` per step train ``--steps`` batches an epoch and their epoch time is
+``(training samples / batch) x step + validation``; fast rows train full epochs.
+
+    python benchmarks/train_step_small.py                       # the whole table
+    python benchmarks/train_step_small.py --datasets darcy --precisions bf16-mixed --rows ours-fast
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = {"darcy": "configs/darcy.yaml", "elasticity": "configs/elasticity.yaml"}
+ROWS = {
+    "reference-compiled": [
+        "--model.model.class_path=benchmarks.reference_flare.ReferenceSurrogate",
+    ],
+    "ours-eager": [],
+    "ours-fast": ["--model.fast_step=true"],
+    # Inductor's horizontal fusion of independent small kernels (weight casts, bias sums):
+    "ours-fast-combo": ["--model.fast_step=true"],
+}
+INDUCTOR = {"ours-fast-combo": {"combo_kernels": True}}
+
+
+class EpochTimer(L.Callback):
+    """Wall-clock marks (after a device sync) at epoch and validation boundaries."""
+
+    def __init__(self) -> None:
+        self.marks: dict[tuple[int, str], tuple[float, int]] = {}
+
+    def _mark(self, trainer, what: str) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.marks[(trainer.current_epoch, what)] = (time.perf_counter(), trainer.global_step)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._mark(trainer, "start")
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._mark(trainer, "val_start")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._mark(trainer, "val_end")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._mark(trainer, "end")
+
+
+class FastStepProfile(L.Callback):
+    """Kernel table of a few replays of the captured step, at the end of training (the
+    graphs are dropped when Lightning tears the run down)."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        profile_fast_step(pl_module, next(iter(trainer.train_dataloader)))
+
+
+def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Path, profile: bool = False) -> dict:
+    """One ``flare fit`` of two epochs; returns the timed second epoch's figures."""
+    from flare_lightning.cli import make_cli
+
+    timer = EpochTimer()
+    name = f"{dataset}_{row}_{precision}"
+    args = [
+        f"--config={REPO / DATASETS[dataset]}", *ROWS[row],
+        f"--trainer.precision={precision}", "--trainer.max_epochs=2", "--trainer.num_sanity_val_steps=0",
+        f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
+        f"--trainer.logger.init_args.name={name}", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false", "--test_after_fit=false",
+    ]
+    if dataset == "elasticity":
+        args.append(f"--data.init_args.gen_workers={min(16, os.cpu_count() or 1)}")
+    if steps is not None:
+        args.append(f"--trainer.limit_train_batches={steps}")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    cli = make_cli(args, run=False)
+    cli.trainer.callbacks.append(timer)
+    if profile and row.startswith("ours-fast"):
+        cli.trainer.callbacks.append(FastStepProfile())
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()
+    t0 = time.perf_counter()
+    with inductor_config.patch(INDUCTOR.get(row, {})):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    total = time.perf_counter() - t0
+    (s0, g0), (v0, g1), (v1, _) = (timer.marks[(1, k)] for k in ("start", "val_start", "val_end"))
+    step_ms = 1e3 * (v0 - s0) / (g1 - g0)
+    batches = len(cli.datamodule.train_dataloader())
+    epoch_s = batches * step_ms / 1e3 + (v1 - v0)
+    return {
+        "dataset": dataset, "precision": precision, "row": row, "steps_timed": g1 - g0,
+        "step_ms": step_ms, "val_s": v1 - v0, "epoch_s": epoch_s, "batches_per_epoch": batches,
+        "500_epochs_min": 500 * epoch_s / 60, "fit_wall_s": total,
+        "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else float("nan"),
+        "epoch_measured": steps is None,
+    }
+
+
+def profile_fast_step(module, batch: dict, steps: int = 5, top: int = 20) -> None:
+    """Kernel table of a few replays of the captured step (they update the weights)."""
+    if module._fast is None or not module._fast._captured:
+        print("profile: no captured step")
+        return
+    batch = {k: v.cuda() for k, v in batch.items()}
+    for _ in range(5):
+        module._fast(batch)
+    torch.cuda.synchronize()
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            module._fast(batch)
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    gpu_us = sum(e.device_time for e in events) / steps
+    print(f"profile: {len(events) / steps:.0f} kernels per step, {gpu_us / 1e3:.2f} ms of kernel time per step")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=top))
+
+
+def environment() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "date": datetime.date.today().isoformat(),
+        "commit": os.environ.get("FLARE_COMMIT", commit),
+        "torch": torch.__version__, "lightning": L.__version__,
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'dataset':<11}{'precision':<12}{'row':<20}{'ms/step':>9}{'val s':>8}{'epoch s':>9}"
+          f"{'500 ep min':>11}{'peak GB':>9}{'vs ref':>8}")
+    for r in rows:
+        ref = next((x for x in rows if x["row"] == "reference-compiled" and x["dataset"] == r["dataset"]
+                    and x["precision"] == r["precision"]), None)
+        speed = f"{ref['step_ms'] / r['step_ms']:.1f}x" if ref else "-"
+        mark = "" if r["epoch_measured"] else "*"
+        print(f"{r['dataset']:<11}{r['precision']:<12}{r['row']:<20}{r['step_ms']:>9.2f}{r['val_s']:>8.2f}"
+              f"{r['epoch_s']:>8.1f}{mark:1}{r['500_epochs_min']:>11.1f}{r['peak_gb']:>9.2f}{speed:>8}")
+    print("* epoch = batches x step + validation (the row trained fewer batches per epoch)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--precisions", nargs="+", default=["bf16-mixed", "32-true"])
+    parser.add_argument("--rows", nargs="+", default=["reference-compiled", "ours-eager", "ours-fast"], choices=list(ROWS))
+    parser.add_argument("--steps", type=int, default=100, help="training batches per epoch of the slow rows")
+    parser.add_argument("--root", default="runs/bench_small", help="run folder of the fits")
+    parser.add_argument("--profile", action="store_true", help="kernel table of the captured step")
+    parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for train_step_small.json")
+    args = parser.parse_args()
+    env = environment()
+    print(json.dumps(env))
+    rows = []
+    for dataset in args.datasets:
+        for precision in args.precisions:
+            for row in args.rows:
+                steps = None if row.startswith("ours-fast") else args.steps
+                result = run_row(dataset, precision, row, steps, Path(args.root), args.profile)
+                print(json.dumps(result), flush=True)
+                rows.append(result)
+    print_table(rows)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "train_step_small.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

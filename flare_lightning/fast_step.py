@@ -1,0 +1,310 @@
+"""A training step with no host overhead: the whole optimizer step replayed as a CUDA graph.
+
+At the paper's sizes (a few thousand points, batch 2) a FLARE step is some 1,700 small
+kernels whose launch cost, not their work, sets the step time. ``FastTrainStep`` runs the
+forward, the loss, the backward, gradient clipping and the optimizer update as one
+captured CUDA graph (two under multi-process training, with the gradient all-reduce
+between them), reads the schedule's learning rate and beta1 from device tensors that are
+written in place before each replay, and sums the epoch's per-sample losses on the device,
+so a step costs one graph launch and no host synchronisation.
+
+Off CUDA (or with ``capture=False``) the same sequence runs eagerly, step for step: that is
+what the CPU tests compare against Lightning's automatic optimization, DDP included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+LossFn = Callable[[dict[str, Tensor]], Tensor]  # batch -> per-sample losses [B]
+TRAIN_KEYS = ("x", "y", "mask")
+
+
+def batch_key(batch: dict[str, Tensor], keys: tuple[str, ...] = TRAIN_KEYS) -> tuple:
+    """Shapes and dtypes of a batch's tensors: one captured graph per distinct key."""
+    return tuple((k, tuple(batch[k].shape), batch[k].dtype) for k in keys)
+
+
+@contextmanager
+def uncached_autocast(device: torch.device) -> Iterator[None]:
+    """Re-enter the ambient autocast state with its weight-cast cache off: cached casts
+    made during capture would be replayed stale (CUDA graphs need ``cache_enabled=False``)."""
+    kind = device.type
+    if not torch.is_autocast_enabled(kind):
+        yield
+        return
+    with torch.autocast(kind, dtype=torch.get_autocast_dtype(kind), cache_enabled=False):
+        yield
+
+
+@dataclass
+class _Captured:
+    """Static inputs and graphs of one batch shape."""
+
+    seen: int = 0
+    inputs: dict[str, Tensor] = field(default_factory=dict)
+    graphs: list[torch.cuda.CUDAGraph] = field(default_factory=list)
+    grads: list[Tensor] = field(default_factory=list)
+
+
+class FastTrainStep:
+    """Forward, backward, gradient all-reduce, clipping and optimizer step of one batch.
+
+    Args:
+        loss_fn: maps a batch (``x``, ``y``, ``mask``) to per-sample losses [B]; the step
+            minimises their mean and adds their sum and count to ``epoch_sums``.
+        params: the parameters the optimizer updates.
+        optimizer: a torch optimizer whose groups accept tensor ``lr`` and ``betas`` when
+            captured (Adam, AdamW).
+        clip_val: gradient clipping threshold (None or 0: off).
+        clip_algorithm: ``norm`` (total 2-norm, as Lightning's default) or ``value``.
+        capture: replay the step as a CUDA graph (needs CUDA parameters).
+        warmup_steps: eager steps per batch shape before it is captured (compilation,
+            lazy optimizer state and library handles are made in these).
+    """
+
+    def __init__(
+        self,
+        loss_fn: LossFn,
+        params: list[nn.Parameter],
+        optimizer: Optimizer,
+        clip_val: float | None = None,
+        clip_algorithm: str = "norm",
+        capture: bool = True,
+        warmup_steps: int = 3,
+    ) -> None:
+        if clip_algorithm not in ("norm", "value"):
+            raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {clip_algorithm!r}")
+        self.loss_fn = loss_fn
+        self.params = [p for p in params if p.requires_grad]
+        if not self.params:
+            raise ValueError("FastTrainStep: no parameter requires a gradient")
+        self.optimizer = optimizer
+        self.clip_val = clip_val or None
+        self.clip_algorithm = clip_algorithm
+        self.device = self.params[0].device
+        self.capture = capture and self.device.type == "cuda"
+        self.warmup_steps = max(1, warmup_steps)
+        self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.epoch_sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss sum, samples]
+        self._captured: dict[tuple, _Captured] = {}
+        self._hparams: list[tuple[Tensor, Tensor, Tensor]] = []
+        if self.capture:
+            self._make_capturable()
+
+    # --- the step, in its three parts --------------------------------------------
+    def _forward_backward(self, batch: dict[str, Tensor]) -> None:
+        with uncached_autocast(self.device):
+            losses = self.loss_fn(batch)  # [B]
+        losses.mean().backward()
+        sums = self.epoch_sums
+        sums[0].add_(losses.detach().sum().to(sums.dtype))
+        sums[1].add_(losses.shape[0])
+
+    def _allreduce_grads(self, grads: list[Tensor] | None = None) -> None:
+        """Average gradients over processes in one collective (DDP's reducer is bypassed:
+        Lightning disables it in manual optimization)."""
+        if self.world_size == 1:
+            return
+        grads = self._grads() if grads is None else grads
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat.div_(self.world_size)
+        torch._foreach_copy_(grads, torch._utils._unflatten_dense_tensors(flat, grads))
+
+    def _update(self) -> None:
+        if self.clip_val is not None:
+            grads = [p for p in self.params if p.grad is not None]
+            if self.clip_algorithm == "norm":
+                torch.nn.utils.clip_grad_norm_(grads, self.clip_val, foreach=True)
+            else:
+                torch.nn.utils.clip_grad_value_(grads, self.clip_val, foreach=True)
+        if self.capture:
+            decoupled = isinstance(self.optimizer, torch.optim.AdamW)
+            for group, hparams in zip(self.optimizer.param_groups, self._hparams):
+                adam_update_(group, self.optimizer.state, *hparams, group.get("decoupled_weight_decay", decoupled))
+            # LR schedulers warn when they step before optimizer.step() was ever called; the
+            # update above is that step (torch marks it on the optimizer the same way).
+            self.optimizer._opt_called = True
+        else:
+            self.optimizer.step()
+
+    def _grads(self) -> list[Tensor]:
+        for p in self.params:  # every rank must reduce the same list
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        return [p.grad for p in self.params]
+
+    # --- running -------------------------------------------------------------------
+    def __call__(self, batch: dict[str, Tensor]) -> None:
+        """One optimizer step on ``batch`` (``x`` [B, N, in], ``y`` [B, N, out], ``mask`` [B, N])."""
+        if not self.capture:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._forward_backward(batch)
+            self._allreduce_grads()
+            self._update()
+            return
+        entry = self._captured.setdefault(batch_key(batch), _Captured())
+        self._write_hparams()
+        if entry.seen < self.warmup_steps:
+            entry.seen += 1
+            self._eager_on_side_stream(batch)
+            return
+        if not entry.graphs:
+            self._capture(entry, batch)
+        for name, t in entry.inputs.items():
+            t.copy_(batch[name], non_blocking=True)
+        entry.graphs[0].replay()
+        if len(entry.graphs) > 1:
+            self._allreduce_grads(entry.grads)
+            entry.graphs[1].replay()
+
+    def reset_epoch(self) -> None:
+        self.epoch_sums.zero_()
+
+    def release_graphs(self) -> None:
+        """Forget captured graphs (parameters moved or were replaced); later steps recapture."""
+        self._captured.clear()
+
+    # --- CUDA graphs -------------------------------------------------------------------
+    def _eager_on_side_stream(self, batch: dict[str, Tensor]) -> None:
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._forward_backward(batch)
+            self._allreduce_grads()
+            self._update()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+
+    def _capture(self, entry: _Captured, batch: dict[str, Tensor]) -> None:
+        entry.inputs = {name: batch[name].clone() for name in TRAIN_KEYS}
+        self.optimizer.zero_grad(set_to_none=True)  # backward allocates grads in the graph's pool
+        torch.cuda.synchronize(self.device)
+        first = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(first):
+            self._forward_backward(entry.inputs)
+            if self.world_size == 1:
+                self._update()
+        entry.graphs.append(first)
+        if self.world_size > 1:
+            entry.grads = self._grads()
+            second = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(second):
+                self._update()
+            entry.graphs.append(second)
+        # Graph-owned gradients are overwritten by every replay: hide them from Python code.
+        for p in self.params:
+            p.grad = None
+
+    def _make_capturable(self) -> None:
+        """One (lr, beta1, beta2) device tensor triple per group, and the optimizer state on
+        the device (also when resumed from an eager run's checkpoint)."""
+        for group in self.optimizer.param_groups:
+            check_adam_group(group, type(self.optimizer).__name__)
+            self._hparams.append(tuple(torch.zeros((), device=self.device) for _ in range(3)))
+            for p in group["params"]:
+                state = self.optimizer.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=self.device)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                elif state["step"].device != self.device:
+                    state["step"] = state["step"].to(self.device, torch.float32)
+            group["capturable"] = True  # the state format of torch's capturable Adam
+
+    def _write_hparams(self) -> None:
+        """Copy the schedule's current values into the tensors the graph reads."""
+        for group, (lr, beta1, beta2) in zip(self.optimizer.param_groups, self._hparams):
+            lr.fill_(group["lr"])
+            beta1.fill_(group["betas"][0])
+            beta2.fill_(group["betas"][1])
+
+
+def check_adam_group(group: dict, name: str) -> None:
+    """The captured update implements Adam/AdamW without amsgrad or maximize."""
+    if "betas" not in group or "eps" not in group or group.get("amsgrad") or group.get("maximize"):
+        raise TypeError(f"fast_step captures an Adam or AdamW update (no amsgrad, no maximize), got {name}")
+
+
+@torch.no_grad()
+def adam_update_(group: dict, state: dict, lr: Tensor, beta1: Tensor, beta2: Tensor, decoupled: bool) -> None:
+    """torch's Adam/AdamW update for one param group, with lr and betas read from device
+    tensors (torch 2.11's foreach Adam turns a tensor beta1 into a host number, which a
+    CUDA graph cannot capture). Uses the optimizer's own state: checkpoints stay torch's."""
+    params = [p for p in group["params"] if p.grad is not None]
+    if not params:
+        return
+    grads = [p.grad for p in params]
+    exp_avgs = [state[p]["exp_avg"] for p in params]
+    exp_avg_sqs = [state[p]["exp_avg_sq"] for p in params]
+    steps = [state[p]["step"] for p in params]
+    torch._foreach_add_(steps, 1.0)
+    wd = group["weight_decay"]
+    if wd != 0:
+        if decoupled:  # AdamW
+            torch._foreach_mul_(params, 1.0 - lr * wd)
+        else:
+            grads = torch._foreach_add(grads, params, alpha=wd)
+    torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_add_(exp_avgs, torch._foreach_mul(grads, 1.0 - beta1))
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    sq = torch._foreach_mul(grads, grads)
+    torch._foreach_mul_(sq, 1.0 - beta2)
+    torch._foreach_add_(exp_avg_sqs, sq)
+    step = steps[0]  # one group's parameters share their step count
+    step_size = lr / (1.0 - beta1**step)
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, (1.0 - beta2**step).sqrt())
+    torch._foreach_add_(denom, group["eps"])
+    update = torch._foreach_div(exp_avgs, denom)
+    torch._foreach_mul_(update, -step_size)
+    torch._foreach_add_(params, update)
+
+
+class GraphedForward:
+    """``fn(x, mask)`` without autograd, replayed as a CUDA graph per input shape.
+
+    The first call of each shape runs eagerly (compiling and warming up), the second
+    captures, every later one copies the inputs in and replays. The returned tensor is
+    the graph's static output: read or copy it before the next call.
+
+    Args:
+        fn: the forward, ``x [B, N, in], mask [B, N] -> [B, N, out]``.
+        capture: capture on CUDA (eager everywhere else, or when False).
+    """
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], capture: bool = True) -> None:
+        self.fn = fn
+        self.capture = capture
+        self._captured: dict[tuple, tuple[_Captured, Tensor]] = {}
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor, mask: Tensor) -> Tensor:
+        if not (self.capture and x.is_cuda):
+            return self.fn(x, mask)
+        key = batch_key({"x": x, "mask": mask}, ("x", "mask")) + (torch.is_autocast_enabled("cuda"),)
+        if key not in self._captured:
+            self._captured[key] = (_Captured(), x)
+            with uncached_autocast(x.device):
+                return self.fn(x, mask)
+        entry, out = self._captured[key]
+        if not entry.graphs:
+            entry.inputs = {"x": x.clone(), "mask": mask.clone()}
+            graph = torch.cuda.CUDAGraph()
+            torch.cuda.synchronize(x.device)
+            with uncached_autocast(x.device), torch.cuda.graph(graph):
+                out = self.fn(entry.inputs["x"], entry.inputs["mask"])
+            entry.graphs.append(graph)
+            self._captured[key] = (entry, out)
+        entry.inputs["x"].copy_(x, non_blocking=True)
+        entry.inputs["mask"].copy_(mask, non_blocking=True)
+        entry.graphs[0].replay()
+        return out

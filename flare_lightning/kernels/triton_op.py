@@ -1,0 +1,79 @@
+"""The fused Triton mixer as ``torch.library`` custom ops.
+
+``torch.compile`` traces a whole FLARE block through ``flare_lightning::mixer_fwd`` (no
+graph break): Inductor leaves the hand-written kernels alone and takes output shapes from
+the fake implementations; ``mixer_bwd`` is the registered backward. The kernels are looked
+up at call time, so reloading ``triton_mixer`` (tests switch to Triton's interpreter) does
+not need the ops registered twice.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import Tensor
+
+
+def _kernels():
+    from flare_lightning.kernels import triton_mixer  # noqa: F401  (imported once, maybe reloaded)
+
+    return sys.modules["flare_lightning.kernels.triton_mixer"]
+
+
+@torch.library.custom_op("flare_lightning::mixer_fwd", mutates_args=())
+def mixer_fwd(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, z, z_lo, lse_enc, lse_dec) of ``_flare_forward`` with the default config."""
+    tm = _kernels()
+    return tm._flare_forward(q, k, v, mask, scale, tm.default_config(q.shape[1], q.shape[2], k.dtype))
+
+
+@mixer_fwd.register_fake
+def _(q, k, v, mask, scale):
+    b, h, n, d = k.shape
+    m = q.shape[1]
+    f32 = torch.float32
+    return (
+        torch.empty_like(v),
+        k.new_empty(b * h, m, d, dtype=f32),
+        k.new_empty(b * h, m, d),
+        k.new_empty(b * h, m, dtype=f32),
+        k.new_empty(b * h, n, dtype=f32),
+    )
+
+
+@torch.library.custom_op("flare_lightning::mixer_bwd", mutates_args=())
+def mixer_bwd(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, y: Tensor, z: Tensor, z_lo: Tensor,
+    lse_enc: Tensor, lse_dec: Tensor, dy: Tensor, scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dq, dk, dv) of ``_flare_backward`` with the default config."""
+    tm = _kernels()
+    cfg = tm.default_config(q.shape[1], q.shape[2], k.dtype)
+    return tm._flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, tm._unit_last(dy), scale, cfg)
+
+
+@mixer_bwd.register_fake
+def _(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _mixer_setup_context(ctx, inputs, output) -> None:
+    q, k, v, mask, scale = inputs
+    y, z, z_lo, lse_enc, lse_dec = output
+    ctx.save_for_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec)
+    ctx.scale = scale
+
+
+def _mixer_backward(ctx, dy, *unused):
+    q, k, v, mask, y, z, z_lo, lse_enc, lse_dec = ctx.saved_tensors
+    dq, dk, dv = mixer_bwd(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+mixer_fwd.register_autograd(_mixer_backward, setup_context=_mixer_setup_context)
+
+
+__all__ = ["mixer_bwd", "mixer_fwd"]

@@ -1,0 +1,205 @@
+"""The fast training step (``fast_step``) follows Lightning's automatic optimization step
+for step: same parameters after every epoch, same logged loss, same global step, and it
+resumes and runs under DDP. On CUDA the step is a replayed CUDA graph; here on CPU the
+same sequence runs eagerly, and the GPU tests compare the graph with it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from datamodules.darcy import DarcyDataModule
+from flare_lightning.fast_step import FastTrainStep, GraphedForward
+from flare_lightning.models import FLARE
+from flare_lightning.module import SurrogateModule
+from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+class Trajectory(L.Callback):
+    """Flat parameter vector after every training epoch, and the epoch's logged train loss."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.params: list[torch.Tensor] = []
+        self.losses: list[float] = []
+        self.manual = False
+        self.stop_at = stop_at
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.manual = not pl_module.automatic_optimization
+        if self.stop_at is not None and trainer.global_step >= self.stop_at:
+            trainer.should_stop = True
+        self.params.append(torch.cat([p.detach().flatten().double().cpu() for p in pl_module.parameters()]))
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if "train/loss" in trainer.callback_metrics or "train/loss_epoch" in trainer.callback_metrics:
+            self.losses.append(_epoch_loss(trainer))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.losses.append(_epoch_loss(trainer))
+
+
+def _epoch_loss(trainer) -> float:
+    m = trainer.callback_metrics
+    return float(m["train/loss_epoch"] if "train/loss_epoch" in m else m["train/loss"])
+
+
+def fit_tiny(root: Path, fast: bool, steps: int, accelerator: str = "cpu", precision: str = "32-true",
+             ckpt_path: str | None = None, default_root_dir: Path | None = None, stop_at: int | None = None):
+    """A seeded tiny Darcy fit (OneCycle, clipping 1.0): returns (module, trainer, trajectory)."""
+    L.seed_everything(0, verbose=False)
+    dm = DarcyDataModule(root=str(root), train_file="train.mat", test_file="test.mat", n_train=8, n_val=4,
+                         n_test=4, stride=1, batch_size=2, generate=False)
+    backend = "explicit" if accelerator == "cpu" else "auto"
+    model = FLARE(in_dim=3, out_dim=1, channels=16, num_blocks=2, num_heads=2, num_latents=8, mixer_backend=backend)
+    module = SurrogateModule(model, in_dim=3, out_dim=1, lr=3e-3, fast_step=fast)
+    traj = Trajectory(stop_at)
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=default_root_dir is not None,
+                        default_root_dir=default_root_dir, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[traj], gradient_clip_val=1.0, limit_val_batches=0, accelerator=accelerator,
+                        devices=1, precision=precision)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    return module, trainer, traj
+
+
+@pytest.mark.slow
+def test_fast_step_follows_automatic_optimization(tiny_darcy_root):
+    # 40 steps = 10 epochs of 4 batches (200 on the GPU below): OneCycle's lr and beta1
+    # change every step, clipping is on.
+    _, t_auto, auto = fit_tiny(tiny_darcy_root, fast=False, steps=40)
+    module, t_fast, fast = fit_tiny(tiny_darcy_root, fast=True, steps=40)
+    assert t_fast.global_step == t_auto.global_step == 40
+    assert fast.manual and not auto.manual  # the fast path really ran
+    assert len(fast.params) == len(auto.params) == 10
+    for epoch, (a, b) in enumerate(zip(auto.params, fast.params)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"parameters differ after epoch {epoch}")
+    torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(auto.losses), rtol=1e-5, atol=1e-7)
+    assert fast.losses[-1] < 0.9 * fast.losses[0]  # a learning curve
+    assert t_fast.lr_scheduler_configs[0].scheduler.last_epoch == 40  # stepped once per batch
+
+
+def test_fast_step_resumes_like_an_uninterrupted_run(tiny_darcy_root, tmp_path):
+    _, _, whole = fit_tiny(tiny_darcy_root, fast=True, steps=16)
+    fit_tiny(tiny_darcy_root, fast=True, steps=16, default_root_dir=tmp_path, stop_at=8)
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    module, trainer, resumed = fit_tiny(tiny_darcy_root, fast=True, steps=16, ckpt_path=str(ckpt))
+    assert trainer.global_step == 16
+    torch.testing.assert_close(resumed.params[-1], whole.params[-1], rtol=1e-5, atol=1e-6)
+
+
+def test_fast_step_refuses_what_it_cannot_capture(tiny_darcy_root):
+    L.seed_everything(0, verbose=False)
+    dm = DarcyDataModule(root=str(tiny_darcy_root), train_file="train.mat", test_file="test.mat", n_train=8,
+                         n_val=4, n_test=4, stride=1, batch_size=2, generate=False)
+    model = FLARE(in_dim=3, out_dim=1, channels=16, num_blocks=1, num_heads=2, num_latents=8)
+    module = SurrogateModule(model, in_dim=3, out_dim=1, fast_step=True)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        accumulate_grad_batches=2, limit_val_batches=0, accelerator="cpu")
+    with pytest.raises(ValueError, match="accumulate_grad_batches"):
+        trainer.fit(module, datamodule=dm)
+
+
+def test_fast_step_option_from_the_cli(tiny_darcy_root, tmp_path):
+    cli = run_cli(["fit", f"--config={CONFIGS / 'quickstart.yaml'}", *tiny_darcy_args(tiny_darcy_root),
+                   *tiny_trainer_args(tmp_path), "--trainer.max_epochs=2", "--trainer.accelerator=cpu",
+                   "--trainer.callbacks=[]", "--model.fast_step=true"])
+    assert cli.trainer.global_step == 2 * 4
+    assert torch.isfinite(torch.tensor(float(cli.trainer.callback_metrics["test/rel_l2"])))
+
+
+@pytest.mark.slow
+def test_fast_step_under_two_process_ddp_matches_one_process(tiny_darcy_root, tmp_path):
+    """The fast step all-reduces gradients itself (Lightning bypasses DDP's reducer in manual
+    optimization): two ranks with batch 2 must follow one process with batch 4."""
+    def args(batch: int) -> list[str]:
+        return ["fit", f"--config={CONFIGS / 'quickstart.yaml'}", *tiny_darcy_args(tiny_darcy_root, n_val=3, n_test=3),
+                f"--data.init_args.batch_size={batch}", "--trainer.max_epochs=3", "--trainer.accelerator=cpu",
+                "--trainer.callbacks=[]", "--model.fast_step=true"]
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "flare_lightning", *args(2), *tiny_trainer_args(two, "ddp"),
+           "--trainer.strategy=ddp", "--trainer.devices=2"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"DDP run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    one = tmp_path / "one"
+    run_cli([*args(4), *tiny_trainer_args(one, "single"), "--trainer.devices=1"])
+
+    def last_weights(root: Path) -> dict[str, torch.Tensor]:
+        ckpt = next(root.rglob("last.ckpt"))
+        return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+    ddp, single = last_weights(two), last_weights(one)
+    for name, value in single.items():
+        torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=1e-6, msg=f"{name} differs")
+
+
+def test_fast_train_step_rejects_optimizers_it_cannot_capture():
+    p = torch.nn.Parameter(torch.zeros(3))
+    step = FastTrainStep(lambda b: p.sum()[None], [p], torch.optim.SGD([p], lr=0.1), capture=False)
+    assert not step.capture  # on CPU nothing is captured, any optimizer runs eagerly
+    if torch.cuda.is_available():
+        q = torch.nn.Parameter(torch.zeros(3, device="cuda"))
+        with pytest.raises(TypeError, match="Adam or AdamW"):
+            FastTrainStep(lambda b: q.sum()[None], [q], torch.optim.SGD([q], lr=0.1))
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_cuda_graph_step_matches_eager_step(tiny_darcy_root, precision):
+    _, _, eager = fit_tiny(tiny_darcy_root, fast=False, steps=200, accelerator="gpu", precision=precision)
+    module, _, graph = fit_tiny(tiny_darcy_root, fast=True, steps=200, accelerator="gpu", precision=precision)
+    assert graph.manual and len(graph.params) == 50
+    # The graph runs the compiled model (other summation orders than eager kernels): float32
+    # agrees to rounding at first, and rounding differences grow slowly over 200 steps of
+    # training (about 1% by the end); bf16 stays within its own noise.
+    early, late = (1e-3, 3e-2) if precision == "32-true" else (2e-2, 5e-2)
+    losses, ref = torch.tensor(graph.losses), torch.tensor(eager.losses)
+    torch.testing.assert_close(losses[:5], ref[:5], rtol=early, atol=1e-5)
+    torch.testing.assert_close(losses, ref, rtol=late, atol=2e-3)
+    final_gap = (graph.params[-1] - eager.params[-1]).norm() / eager.params[-1].norm()
+    assert final_gap < late, f"final parameters differ by {final_gap:.2e}"
+
+
+@cuda
+def test_graphed_forward_replays_new_inputs():
+    lin = torch.nn.Linear(4, 3).cuda()
+    fwd = GraphedForward(lambda x, m: lin(x) * m[..., None])
+    for _ in range(4):  # eager, capture, replay, replay
+        x = torch.randn(2, 5, 4, device="cuda")
+        m = torch.rand(2, 5, device="cuda") > 0.3
+        torch.testing.assert_close(fwd(x, m), lin(x) * m[..., None])
+    assert len(fwd._captured) == 1
+
+
+@pytest.mark.parametrize("cls", [torch.optim.AdamW, torch.optim.Adam], ids=lambda c: c.__name__)
+def test_captured_adam_update_matches_torch(cls):
+    """The update the graph captures (lr and betas from tensors, changing every step as
+    OneCycle changes them) equals torch's optimizer step in float64, on torch's own state."""
+    from flare_lightning.fast_step import adam_update_
+
+    torch.manual_seed(0)
+    ref = [torch.nn.Parameter(torch.randn(5, 3, dtype=torch.float64)) for _ in range(3)]
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    opt_ref = cls(ref, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.99))
+    opt = cls(ours, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.99))
+    for p in ours:
+        opt.state[p].update(step=torch.zeros(()), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+    for it in range(6):
+        lr, beta1 = 1e-2 * (it + 1), 0.85 + 0.02 * it
+        opt_ref.param_groups[0].update(lr=lr, betas=(beta1, 0.99))
+        for p, q in zip(ref, ours):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        opt_ref.step()
+        hp = [torch.tensor(v, dtype=torch.float64) for v in (lr, beta1, 0.99)]
+        adam_update_(opt.param_groups[0], opt.state, *hp, decoupled=cls is torch.optim.AdamW)
+    for p, q in zip(ref, ours):
+        torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(opt.state[q]["exp_avg_sq"], opt_ref.state[p]["exp_avg_sq"], rtol=1e-12, atol=1e-14)
