@@ -170,7 +170,9 @@ class SurrogateModule(L.LightningModule):
             return
         from flare_lightning.compile import compile_model
 
-        compile_model(self.model)
+        # Horizontal fusion of the many small independent kernels (weight casts, bias-grad
+        # sums): 6.9 -> 6.1 ms per Darcy step, 4.1 -> 3.1 ms elasticity (H200, bf16, a9a96c1).
+        compile_model(self.model, options={"combo_kernels": True})
         self._fast_compiled = True
 
     def on_fit_start(self) -> None:
