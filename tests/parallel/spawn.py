@@ -17,7 +17,8 @@ def _entry(rank: int, fn: Callable, world: int, init_file: str, args: tuple) -> 
     try:
         fn(rank, world, *args)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def run_spawned(fn: Callable, world: int, *args) -> None:
