@@ -27,7 +27,6 @@ class ContextGroup:
         self.size = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         self.enabled = True  # False: the model runs on this rank alone (see hooks.local_forward)
-        self._lengths: list[int] = []
 
     def __deepcopy__(self, memo) -> ContextGroup:
         return self  # a handle on communicators, shared by copies of a model
@@ -58,7 +57,6 @@ class ContextGroup:
         """This rank's share of x [B, N, C] and mask [B, N] -> [B, L, C], [B, L] (padded)."""
         n = x.shape[1]
         lo, hi, length = self.share(n)
-        self._lengths.append(n)
         if mask is None and n % self.size == 0:
             return x[:, lo:hi], None
         if mask is None:
@@ -70,10 +68,10 @@ class ContextGroup:
             mask_local = F.pad(mask_local, (0, pad), value=False)
         return x_local, mask_local
 
-    def unshard(self, y_local: Tensor) -> Tensor:
-        """Every rank's output share [B, L, C] joined back into [B, N, C] on every rank
-        (N of the matching ``shard`` call)."""
-        return gather_shares(y_local, self.group, self.rank, self.size, self._lengths.pop())
+    def unshard(self, y_local: Tensor, n: int) -> Tensor:
+        """Every rank's share [B, L, C] (from ``shard`` of n points) joined back into
+        [B, n, C] on every rank; differentiable."""
+        return gather_shares(y_local, self.group, self.rank, self.size, n)
 
     def mix(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, backend: str) -> Tensor:
         """FLARE mixer of this rank's share, exact for the whole sample (see ``mixer``)."""

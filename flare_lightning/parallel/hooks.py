@@ -14,10 +14,13 @@ from flare_lightning.parallel.context import ContextGroup
 _HANDLES = "_context_parallel_hooks"
 
 
-def attach_context(model: nn.Module, context: ContextGroup) -> None:
+def attach_context(model: nn.Module, context: ContextGroup, whole_samples: bool = True) -> None:
     """Run ``model(x [B, N, C], mask [B, N])`` context-parallel: each rank computes on its
     share of the points and the output [B, N, out] is the whole sample's on every rank.
 
+    With ``whole_samples=False`` the model takes and returns this rank's share only
+    ([B, L, C] -> [B, L, out], see ``ContextGroup.shard``): nothing per point is held for
+    the whole sample; the loss then needs sums over the group (``relative_l2_sharded``).
     Idempotent: a model already attached to ``context`` is left as it is.
     """
     layers = [m for m in model.modules() if isinstance(m, FlareAttention)]
@@ -30,17 +33,23 @@ def attach_context(model: nn.Module, context: ContextGroup) -> None:
         detach_context(model)
     for layer in layers:
         layer.context = context
+    if not whole_samples:
+        setattr(model, _HANDLES, (context, ()))
+        return
+
+    lengths: list[int] = []  # points per sample of the calls in flight (pre-hook -> hook)
 
     def shard(module, args, kwargs):
         if not context.enabled:
             return None
         x, rest = args[0], args[1:]
+        lengths.append(x.shape[1])
         mask = rest[0] if rest else kwargs.pop("mask", None)
         x, mask = context.shard(x, mask)
         return (x, mask, *rest[1:]), kwargs
 
     def unshard(module, args, kwargs, output):
-        return context.unshard(output) if context.enabled else None
+        return context.unshard(output, lengths.pop()) if context.enabled else None
 
     handles = (
         model.register_forward_pre_hook(shard, with_kwargs=True),

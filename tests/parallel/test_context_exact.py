@@ -45,3 +45,8 @@ def test_mixer_on_uneven_shares(world, backend):
 
 def test_bf16_autocast_with_memory_options():
     run_spawned(workers.autocast_close, 2)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_inputs_and_loss(world):
+    run_spawned(workers.sharded_training, world)

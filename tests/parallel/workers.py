@@ -154,3 +154,30 @@ def autocast_close(rank: int, world: int) -> None:
         dist.all_reduce(grad)
         assert torch.isfinite(grad).all()
         assert rel_err(grad / world, q.grad) < 0.1
+
+
+def sharded_training(rank: int, world: int) -> None:
+    """``attach_context(whole_samples=False)`` + ``relative_l2_sharded``: each rank holds only
+    its share of x, y and the mask; loss and mean gradients equal the whole-sample model's."""
+    from flare_lightning.parallel import relative_l2_sharded
+
+    context = ContextGroup()
+    torch.manual_seed(0)
+    net = FLARE(3, 2, channels=16, num_blocks=2, num_heads=2, num_latents=8, kv_layers=1, ffn_layers=1,
+                mixer_backend="chunked", checkpoint_blocks=True)
+    ref = copy.deepcopy(net)
+    x, y, mask = batch(4, 11, [11, 4])
+    loss_ref = relative_l2(ref(x, mask), y, mask).mean()
+    loss_ref.backward()
+    attach_context(net, context, whole_samples=False)
+    x_loc, mask_loc = context.shard(x, mask)
+    y_loc, _ = context.shard(y, mask)
+    loss = relative_l2_sharded(net(x_loc, mask_loc), y_loc, mask_loc, None).mean()
+    loss.backward()
+    assert x_loc.shape[1] == -(-11 // world)
+    assert abs(float(loss) - float(loss_ref)) < 1e-6 * float(loss_ref), f"rank {rank}: loss {loss} vs {loss_ref}"
+    total = torch.cat([q.grad.flatten() for q in ref.parameters()]).norm()
+    for (name, p), q in zip(net.named_parameters(), ref.parameters()):
+        grad = p.grad.clone()
+        dist.all_reduce(grad)
+        assert float((grad / world - q.grad).norm() / total) < 1e-5, f"rank {rank}: gradient of {name}"
