@@ -25,6 +25,8 @@ class ContextParallelStrategy(DDPStrategy):
     rank of a group minimises the same whole-sample loss, so the sum of the group's
     gradients is ``context_parallel`` times the sample's, and DDP's mean over all ranks
     gives the mean over data-parallel groups of the samples' gradients, as plain DDP.
+    Metrics synchronise over the world: the ranks of a group add the same per-sample
+    values, so sums and counts both grow G-fold and every mean is unchanged.
 
     Args:
         context_parallel: ranks per context group; must divide the world size (keep a group
