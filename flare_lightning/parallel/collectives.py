@@ -69,7 +69,8 @@ def merge_latents_lse2(z: Tensor, lse: Tensor, group) -> tuple[Tensor, Tensor]:
     w = torch.exp2(lse - mx)  # [B·H, M]; 0 for a rank without real points (lse ~ -1e30)
     packed = all_reduce_sum(torch.cat([w[..., None], w[..., None] * z], dim=-1), group)
     total = packed[..., 0]
-    return packed[..., 1:] / total[..., None], mx + torch.log2(total)
+    z = (packed[..., 1:] / total[..., None]).contiguous()  # the kernels index z as dense [B·H, M, D]
+    return z, mx + torch.log2(total)
 
 
 class _GatherShares(torch.autograd.Function):
