@@ -117,8 +117,14 @@ class Memory:
 
     def __init__(self, device: torch.device, capacity: int | None = None) -> None:
         self.device, self.capacity = device, capacity
-        cuda = device.type == "cuda"
-        self.total = torch.cuda.get_device_properties(device).total_memory if cuda else 1e5 + 1e3 * capacity
+
+    def usable(self) -> float:
+        """Bytes this process can allocate: free memory plus what PyTorch's cache holds (the
+        CUDA context and NCCL buffers are already taken out)."""
+        if self.device.type != "cuda":
+            return 1e5 + 1e3 * self.capacity
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return float(free + torch.cuda.memory_reserved(self.device))
 
     def run(self, make_step, points_per_rank: int) -> float | None:
         """Peak bytes of one step (None: out of memory), agreed between ranks."""
@@ -169,7 +175,7 @@ def largest_n(config: str, device: torch.device, shape: dict, context: ContextGr
         return {"config": config, "error": f"out of memory already at N = {sizes}"}
     per_point = (peaks[1] - peaks[0]) / (sizes[1] - sizes[0])
     fixed = peaks[0] - per_point * sizes[0]
-    predicted = int((0.985 * memory.total - fixed) / per_point)
+    predicted = int((0.985 * memory.usable() - fixed) / per_point)
     n, tries = predicted // grain * grain, []
     while time.perf_counter() - t0 < budget_s and n > sizes[1]:
         peak = attempt(n)

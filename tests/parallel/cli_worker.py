@@ -29,7 +29,8 @@ def run_commands(rank: int, world: int, commands: list[list[str]]) -> None:
 
 class AssertSharded(L.Callback):
     """Fails the run unless every training step's FLARE blocks see ``points`` points per
-    sample (this rank's share) while the loss sees whole samples.
+    sample (this rank's share) while the loss sees whole samples; appends each step's loss
+    on this rank to ``<default_root_dir>/losses_rank<r>.txt`` (kept across a resume).
 
     Args:
         points: expected points per sample inside the model.
@@ -48,3 +49,6 @@ class AssertSharded(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         assert self.seen and set(self.seen) == {self.points}, f"blocks saw {set(self.seen)} points, not {self.points}"
         assert batch["x"].shape[1] == 169, "the loss must see whole samples"
+        path = os.path.join(trainer.default_root_dir, f"losses_rank{trainer.global_rank}.txt")
+        with open(path, "a") as f:
+            f.write(f"{trainer.global_step - 1} {float(outputs['loss']):.9e}\n")

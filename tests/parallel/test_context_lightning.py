@@ -116,6 +116,14 @@ def test_two_context_ranks_match_one_process_with_resume(tiny_darcy_root, tmp_pa
     assert [p.name for p in (run / "predict").glob("predictions*.pt")] == ["predictions_rank0.pt"]
     assert (run / "predictions").is_dir()
     assert_same_run(run, single_run, steps=range(12, EPOCHS * 4))
+    # every step of both runs (killed, resumed), on both ranks of the group
+    ref = train_losses(single_run)
+    for rank in range(2):
+        rows = [line.split() for line in (tmp_path / f"losses_rank{rank}.txt").read_text().splitlines()]
+        got = {int(step): float(loss) for step, loss in rows}
+        assert sorted(got) == list(range(EPOCHS * 4)) and len(rows) == EPOCHS * 4
+        for step, value in ref.items():
+            assert got[step] == pytest.approx(value, rel=1e-5), f"rank {rank}, step {step}"
 
 
 @pytest.mark.slow
