@@ -16,7 +16,8 @@ class ContextGroup:
 
     A batch padded to N points is cut into ``size`` shares of L = ceil(N / size) points
     (the last ones padded with masked points): every rank computes on the same number of
-    points, so the work is balanced whatever the samples' own lengths.
+    points, so the work is balanced whatever the samples' own lengths, and every rank takes
+    the same code path (e.g. ``eval_chunk_size``), hence the same sequence of collectives.
 
     Args:
         group: the torch.distributed process group (None: the whole world).
