@@ -71,6 +71,11 @@ class ContextParallelStrategy(DDPStrategy):
                 f"ContextParallelStrategy: {type(self.lightning_module).__name__} has no `model` attribute "
                 "(the network run on x [B, N, C] and mask [B, N]) to split over points"
             )
+        if getattr(self.lightning_module, "hparams", {}).get("fast_step"):
+            raise ValueError(
+                "model.fast_step does not combine with ContextParallelStrategy: its CUDA graph would "
+                "capture the context group's collectives (untested); drop one of them"
+            )
         attach_context(model, self.context)
         super().setup(trainer)
 

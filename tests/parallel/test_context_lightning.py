@@ -144,3 +144,15 @@ def test_context_size_must_divide_the_world():
 
     with pytest.raises(ValueError, match="context_parallel"):
         ContextParallelStrategy(context_parallel=0)
+
+
+def test_fast_step_is_refused_clearly():
+    from flare_lightning.models import FLARE
+    from flare_lightning.module import SurrogateModule
+    from flare_lightning.parallel import ContextParallelStrategy
+
+    strategy = ContextParallelStrategy(context_parallel=2)
+    strategy._lightning_module = SurrogateModule(FLARE(3, 1, channels=8, num_blocks=1, num_heads=2, num_latents=4),
+                                                 3, 1, fast_step=True)
+    with pytest.raises(ValueError, match="fast_step"):
+        strategy.setup(None)
