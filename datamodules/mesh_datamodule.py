@@ -120,9 +120,14 @@ class MeshDataModule(L.LightningDataModule):
             self.trainer.strategy.barrier("datasets")
 
     def _ranks(self) -> tuple[int, int]:
-        """(world size, global rank) of the attached trainer; (1, 0) outside one."""
+        """(number of sample shards, this rank's shard) of the attached trainer; (1, 0) outside
+        one. The strategy decides: the world for DDP, data-parallel groups under context
+        parallelism (the ranks of a group share samples)."""
         trainer = self.trainer
-        return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+        if trainer is None:
+            return 1, 0
+        shards = getattr(trainer.strategy, "distributed_sampler_kwargs", None) or {}
+        return shards.get("num_replicas", trainer.world_size), shards.get("rank", trainer.global_rank)
 
     # --- resuming: the position in the training data travels in checkpoints -------------
     def state_dict(self) -> dict[str, Any]:

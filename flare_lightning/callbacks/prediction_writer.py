@@ -18,7 +18,8 @@ class PredictionWriter(BasePredictionWriter):
     """Writes ``<log dir>/<filename>`` after ``predict``: a dict ``{sample_id: {"pos": [N, d],
     "pred": [N, out]}}`` (float32 tensors on CPU, real points only), loadable with
     ``torch.load(path, weights_only=True)``. Under DDP each rank writes its own
-    ``<stem>_rank<r>.pt`` (every sample is predicted by exactly one rank).
+    ``<stem>_rank<r>.pt`` (every sample is predicted by exactly one rank); under context
+    parallelism the first rank of each context group writes its group's samples.
 
     Args:
         filename: file name inside the run's log folder (``<run>/predict/`` for ``flare predict``).
@@ -32,6 +33,8 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any, batch_indices: Any
     ) -> None:
+        if getattr(trainer.strategy, "context_rank", 0) != 0:
+            return  # context parallelism: the group's first rank writes its whole samples
         samples: dict[int, dict[str, torch.Tensor]] = {}
         for batch in _flatten(predictions):
             for i, sample_id in enumerate(batch["sample_id"].tolist()):

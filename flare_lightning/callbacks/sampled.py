@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from flare_lightning.callbacks.test_metrics import TestMetricsWriter, run_dir
+from flare_lightning.parallel.hooks import local_forward
 
 Batch = dict[str, Tensor]
 
@@ -162,7 +163,8 @@ class SampledAnalysis(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            with torch.no_grad(), plugin.forward_context():
+            # local_forward: this runs on rank 0 alone, so a context-parallel model must not wait for its group
+            with torch.no_grad(), plugin.forward_context(), local_forward(pl_module):
                 self.analyse(trainer, pl_module, moved, tag, out_dir)
         finally:
             pl_module.train(was_training)

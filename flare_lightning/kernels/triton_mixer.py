@@ -167,9 +167,10 @@ def _launch_constants(q: Tensor, k: Tensor, mask: Tensor | None, scale: float) -
     return b, h, n, d, q.shape[1], b * h, k.device, _pow2(d), scale * LOG2E, _prec(k.dtype), mask_u8, mask_stride
 
 
-def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, cfg: MixerConfig):
+def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, cfg: MixerConfig, merge=None):
     """Returns y [B, H, N, D], z [B·H, M, D] (fp32 and input dtype), lse_enc [B·H, M],
-    lse_dec [B·H, N] (fp32, base 2)."""
+    lse_dec [B·H, N] (fp32, base 2). ``merge(z, lse_enc) -> (z, lse_enc)``, if given, joins
+    this encode with other ranks' shares of the points (context parallelism) before the decode."""
     b, h, n, d, m, bh, dev, bd, qk_scale, prec, mask_u8, mask_stride = _launch_constants(q, k, mask, scale)
 
     ce = cfg.encode
@@ -193,6 +194,9 @@ def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
         m_part, l_part, acc_part, z, z_lo, lse_enc, chunks,
         M=m, D=d, BLOCK_C=max(1, 4096 // (merge_m * bd)), BLOCK_M=merge_m, BLOCK_D=bd, num_warps=4,
     )
+    if merge is not None:
+        z, lse_enc = merge(z, lse_enc)
+        z_lo = z.to(k.dtype)
 
     cd = cfg.decode
     y = torch.empty_like(v)
@@ -207,8 +211,9 @@ def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
     return y, z, z_lo, lse_enc, lse_dec
 
 
-def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: float, cfg: MixerConfig):
-    """Returns dq [H, M, D] (q's dtype), dk, dv [B, H, N, D]."""
+def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: float, cfg: MixerConfig, reduce_dz=None):
+    """Returns dq [H, M, D] (q's dtype), dk, dv [B, H, N, D]. ``reduce_dz(dz) -> dz``, if given,
+    sums the latents' gradient over the ranks that share z (context parallelism)."""
     b, h, n, d, m, bh, dev, bd, qk_scale, prec, mask_u8, mask_stride = _launch_constants(q, k, mask, scale)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
@@ -228,6 +233,8 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
         BLOCK_N=c1.block_n, BLOCK_M=c1.block_m, BLOCK_D=bd, **c1.launch_options(),
     )
     dz = dz_part.sum(1)  # [B·H, M, D] fp32
+    if reduce_dz is not None:
+        dz = reduce_dz(dz)
     delta = (dz * z).sum(-1)  # δ_m = dz_m·z_m [B·H, M]
     dz_lo = dz.to(k.dtype)
 

@@ -33,6 +33,10 @@ class FlareAttention(nn.Module):
         mlp_chunk_size: chunk size over points for the key/value MLPs (None: no chunking).
     """
 
+    # Set by flare_lightning.parallel.attach_context: the layer then holds one share of each
+    # sample's points and mixes them with the other ranks' shares (None: whole samples).
+    context = None
+
     def __init__(
         self,
         channels: int,
@@ -65,7 +69,10 @@ class FlareAttention(nn.Module):
         """x: [B, N, C]; mask: [B, N] bool (True on real points) -> [B, N, C]."""
         k = self._heads(self.k_proj(x))
         v = self._heads(self.v_proj(x))
-        y = _mix(self.latents, k, v, mask, self.scale, self.mixer_backend)  # [B, H, N, D]
+        if self.context is not None and self.context.enabled:
+            y = self.context.mix(self.latents, k, v, mask, self.scale, self.mixer_backend)  # [B, H, N, D]
+        else:
+            y = _mix(self.latents, k, v, mask, self.scale, self.mixer_backend)  # [B, H, N, D]
         y = y.transpose(1, 2).reshape(x.shape)
         return self.out_proj(y)
 
@@ -98,6 +105,13 @@ class FlareAttention(nn.Module):
         wa = torch.where(torch.isinf(a[0]), 0.0, torch.exp(a[0] - safe))
         wb = torch.where(torch.isinf(b[0]), 0.0, torch.exp(b[0] - safe))
         return m, a[1] * wa + b[1] * wb, a[2] * wa[..., None] + b[2] * wb[..., None]
+
+    def latent_summary(self, stats: EncodeStats) -> Tensor:
+        """z = acc / l [B, H, M, D] of merged ``encode_partial`` statistics (joined with the
+        other ranks' shares first under context parallelism)."""
+        if self.context is not None and self.context.enabled:
+            stats = self.context.merge_stats(stats)
+        return stats[2] / stats[1][..., None]
 
     def decode(self, x: Tensor, z: Tensor) -> Tensor:
         """Mixer output for one chunk given the latent summary ``z`` [B, H, M, D] (``acc / l``).

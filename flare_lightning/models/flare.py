@@ -64,7 +64,7 @@ class FlareBlock(nn.Module):
             hi = lo + chunk_size
             part = self.attn.encode_partial(self.norm1(h[:, lo:hi]), None if mask is None else mask[:, lo:hi])
             stats = part if stats is None else self.attn.merge_encode(stats, part)
-        z = stats[2] / stats[1][..., None]  # [B, H, M, D]
+        z = self.attn.latent_summary(stats)  # [B, H, M, D]
         for lo in range(0, h.shape[1], chunk_size):
             x = h[:, lo : lo + chunk_size]
             x = x + self.attn.decode(self.norm1(x), z)

@@ -1,0 +1,98 @@
+"""Collectives of context parallelism with exact gradients.
+
+Every rank of a context group holds a share of the same samples' points, and the group
+minimises the sum of the ranks' losses. A value built from a sum over ranks
+(``all_reduce_sum``) or copied to every rank (``gather_shares``) therefore receives, in
+backward, the sum over ranks of the gradients that flow into it: that is the adjoint of
+the sum, and it is what keeps every rank's parameter gradient an exact share of the
+gradient of the whole sample (see docs/scaling.md for the normalisation under DDP).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+# Statistics of one share of the encode: running max [B, H, M], sum of exp(logit - max)
+# [B, H, M] and the weighted value sum [B, H, M, D] (as FlareAttention.encode_partial).
+EncodeStats = tuple[Tensor, Tensor, Tensor]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """y = Σ_ranks x; the gradient of x is Σ_ranks of the gradients of y."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group) -> Tensor:
+        ctx.group = group
+        y = x.contiguous().clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM, group=group)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+def all_reduce_sum(x: Tensor, group) -> Tensor:
+    """Sum of ``x`` over the ranks of ``group``, differentiable (see the module docstring)."""
+    return _AllReduceSum.apply(x, group)
+
+
+@torch.no_grad()
+def all_reduce_max(x: Tensor, group) -> Tensor:
+    """Elementwise max of ``x`` over ``group``; no gradient (used for log-sum-exp shifts,
+    which cancel out of every result)."""
+    y = x.detach().contiguous().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.MAX, group=group)
+    return y
+
+
+def merge_encode_stats(stats: EncodeStats, group) -> EncodeStats:
+    """Join every rank's encode statistics (natural log base) into the whole sample's:
+    one max all-reduce of [B, H, M], then one sum all-reduce of ``[l, acc]`` packed as
+    [B, H, M, D + 1]. Ranks without real points (max = -inf) contribute nothing."""
+    m, l, acc = stats
+    mx = all_reduce_max(m, group)
+    safe = torch.where(torch.isinf(mx), 0.0, mx)
+    w = torch.where(torch.isinf(m), 0.0, torch.exp(m - safe))
+    packed = all_reduce_sum(torch.cat([(l * w)[..., None], acc * w[..., None]], dim=-1), group)
+    return mx, packed[..., 0], packed[..., 1:]
+
+
+def merge_latents_lse2(z: Tensor, lse: Tensor, group) -> tuple[Tensor, Tensor]:
+    """Join per-rank latent summaries z [B·H, M, D] with their base-2 log-sum-exp
+    lse [B·H, M] (the Triton encode's outputs) into the whole sample's (z, lse)."""
+    mx = all_reduce_max(lse, group)
+    w = torch.exp2(lse - mx)  # [B·H, M]; 0 for a rank without real points (lse ~ -1e30)
+    packed = all_reduce_sum(torch.cat([w[..., None], w[..., None] * z], dim=-1), group)
+    total = packed[..., 0]
+    z = (packed[..., 1:] / total[..., None]).contiguous()  # the kernels index z as dense [B·H, M, D]
+    return z, mx + torch.log2(total)
+
+
+class _GatherShares(torch.autograd.Function):
+    """[B, L, C] per rank -> [B, n, C] on every rank (shares in rank order, cut to n);
+    backward: this rank's slice of the sum over ranks of the gradients."""
+
+    @staticmethod
+    def forward(ctx, local: Tensor, group, rank: int, size: int, n: int) -> Tensor:
+        ctx.group, ctx.rank, ctx.size, ctx.length = group, rank, size, local.shape[1]
+        parts = [torch.empty_like(local) for _ in range(size)]
+        dist.all_gather(parts, local.contiguous(), group=group)
+        return torch.cat(parts, dim=1)[:, :n]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        length, lo = ctx.length, ctx.rank * ctx.length
+        full = grad.new_zeros(grad.shape[0], ctx.size * length, *grad.shape[2:])
+        full[:, : grad.shape[1]] = grad
+        dist.all_reduce(full, op=dist.ReduceOp.SUM, group=ctx.group)
+        return full[:, lo : lo + length], None, None, None, None
+
+
+def gather_shares(local: Tensor, group, rank: int, size: int, n: int) -> Tensor:
+    """Concatenate equal-length shares [B, L, ...] of all ranks along dim 1, cut to n points."""
+    return _GatherShares.apply(local, group, rank, size, n)
