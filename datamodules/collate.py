@@ -14,6 +14,23 @@ def model_inputs(data: Data | Batch) -> Tensor:
     return data.pos if x is None else torch.cat([data.pos, x], dim=-1)
 
 
+def bucket_size(n: int) -> int:
+    """The smallest size >= n of the form 2^k x {1, 1.25, 1.5, 1.75} (at least 16).
+
+    Padding every batch to these sizes bounds the number of distinct shapes (four per
+    doubling of N, so a CUDA graph each) at a cost of at most 25% extra points (12.5% for
+    sizes spread evenly on a log scale).
+    """
+    if n <= 16:
+        return 16
+    base = 1 << (n.bit_length() - 1)  # largest power of two <= n
+    for step in (0, 1, 2, 3, 4):
+        size = base + step * base // 4
+        if size >= n:
+            return size
+    raise AssertionError("unreachable: base * 2 >= n")
+
+
 class PaddedCollate:
     """PyG batch -> dict of dense tensors.
 
@@ -21,11 +38,20 @@ class PaddedCollate:
     [B, N_max, d], ``mask`` [B, N_max] bool (True on real points) and ``sample_id`` [B].
     Batch size and maximum node count are passed to ``to_dense_batch`` so that no
     device synchronisation is needed.
+
+    Args:
+        pad_to_buckets: pad N_max up to ``bucket_size(N_max)`` so that meshes of varying
+            sizes make few distinct batch shapes (for ``fast_step``'s CUDA graphs).
     """
+
+    def __init__(self, pad_to_buckets: bool = False) -> None:
+        self.pad_to_buckets = pad_to_buckets
 
     def __call__(self, data_list: list[Data]) -> dict[str, Tensor]:
         batch = Batch.from_data_list(data_list)
         size, n_max = len(data_list), max(d.num_nodes for d in data_list)
+        if self.pad_to_buckets:
+            n_max = bucket_size(n_max)
 
         def dense(t: Tensor) -> tuple[Tensor, Tensor]:
             return to_dense_batch(t, batch.batch, batch_size=size, max_num_nodes=n_max)

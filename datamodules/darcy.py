@@ -125,6 +125,7 @@ class DarcyDataModule(MeshDataModule):
         gen_resolution: grid size s of generated files.
         gen_seed: seed of generated data (the test file uses ``gen_seed + 1``).
         seed: seed of shuffling and point subsets.
+        pad_to_buckets: pad batches to a few point-count buckets (for ``model.fast_step``).
     """
 
     in_dim = 3
@@ -148,8 +149,9 @@ class DarcyDataModule(MeshDataModule):
         gen_resolution: int = 85,
         gen_seed: int = 0,
         seed: int = 0,
+        pad_to_buckets: bool = False,
     ) -> None:
-        super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed)
+        super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets)
         for name, value in (("n_train", n_train), ("n_test", n_test)):
             if value < 1:
                 raise ValueError(f"DarcyDataModule: {name} must be >= 1, got {value}")

@@ -155,6 +155,7 @@ class DrivAerMLDataModule(MeshDataModule):
         num_workers: loader workers.
         train_points: random points per training sample, fresh each epoch (None: all).
         seed: seed of shuffling and point subsets.
+        pad_to_buckets: pad batches to a few point-count buckets (for ``model.fast_step``).
     """
 
     in_dim = 3
@@ -179,8 +180,9 @@ class DrivAerMLDataModule(MeshDataModule):
         num_workers: int = 0,
         train_points: int | None = None,
         seed: int = 0,
+        pad_to_buckets: bool = False,
     ) -> None:
-        super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed)
+        super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets)
         _check_option("targets", targets, TARGET_DIMS)
         _check_option("source", source, ("npz", "vtp"))
         if n_val < 0:

@@ -111,6 +111,7 @@ class ElasticityDataModule(MeshDataModule):
         gen_seed: seed of generated data.
         gen_workers: processes used to generate.
         seed: seed of shuffling and point subsets.
+        pad_to_buckets: pad batches to a few point-count buckets (for ``model.fast_step``).
     """
 
     in_dim = 2
@@ -131,8 +132,9 @@ class ElasticityDataModule(MeshDataModule):
         gen_seed: int = 0,
         gen_workers: int = 1,
         seed: int = 0,
+        pad_to_buckets: bool = False,
     ) -> None:
-        super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed)
+        super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets)
         for name, value in (("n_train", n_train), ("n_test", n_test)):
             if value < 1:
                 raise ValueError(f"ElasticityDataModule: {name} must be >= 1, got {value}")

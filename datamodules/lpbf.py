@@ -141,6 +141,7 @@ class LPBFDataModule(MeshDataModule):
         proxy_seed: seed of proxy parts (the test folder uses ``proxy_seed + 1``).
         proxy_workers: processes used to generate the proxy.
         seed: seed of shuffling and node subsets.
+        pad_to_buckets: pad batches to a few point-count buckets (for ``model.fast_step``).
     """
 
     in_dim = 3
@@ -165,8 +166,9 @@ class LPBFDataModule(MeshDataModule):
         proxy_seed: int = 0,
         proxy_workers: int = 1,
         seed: int = 0,
+        pad_to_buckets: bool = False,
     ) -> None:
-        super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed)
+        super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets)
         unknown = [t for t in targets if t not in TARGETS]
         if unknown or not targets:
             raise ValueError(

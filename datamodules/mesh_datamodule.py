@@ -35,6 +35,9 @@ class MeshDataModule(L.LightningDataModule):
         train_points: if set, train on this many random points per sample, drawn anew
             each epoch without replacement; evaluation always uses every point.
         seed: seed of the shuffling and the point subsets.
+        pad_to_buckets: pad each batch's point count up to a few bucket sizes (at most
+            25% more points), so that meshes of varying sizes make few batch shapes: use
+            it with ``model.fast_step``, which captures one CUDA graph per shape.
     """
 
     in_dim: int
@@ -48,9 +51,11 @@ class MeshDataModule(L.LightningDataModule):
         num_workers: int = 0,
         train_points: int | None = None,
         seed: int = 0,
+        pad_to_buckets: bool = False,
     ) -> None:
         super().__init__()
         self.root = Path(root)
+        self.pad_to_buckets = pad_to_buckets
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -100,7 +105,8 @@ class MeshDataModule(L.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}: no {split} split; was setup() run for this stage?")
         ds = self.datasets[split]
         replicas, rank = self._ranks()
-        kwargs = dict(batch_size=batch_size, collate_fn=PaddedCollate(), num_workers=self.num_workers)
+        collate = PaddedCollate(pad_to_buckets=self.pad_to_buckets)
+        kwargs = dict(batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers)
         if not train:
             return DataLoader(ds, sampler=ShardSampler(len(ds), replicas, rank), **kwargs)
         self._train_sampler = EpochShuffleSampler(len(ds), self.seed, self.subsample, replicas, rank)

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -25,6 +27,7 @@ from torch.optim import Optimizer
 
 LossFn = Callable[[dict[str, Tensor]], Tensor]  # batch -> per-sample losses [B]
 TRAIN_KEYS = ("x", "y", "mask")
+MAX_GRAPHS = 16  # batch shapes captured at most; further shapes run eagerly (each graph holds memory)
 
 
 def batch_key(batch: dict[str, Tensor], keys: tuple[str, ...] = TRAIN_KEYS) -> tuple:
@@ -42,6 +45,14 @@ def uncached_autocast(device: torch.device) -> Iterator[None]:
         return
     with torch.autocast(kind, dtype=torch.get_autocast_dtype(kind), cache_enabled=False):
         yield
+
+
+def _warn_shapes(count: int) -> None:
+    warnings.warn(
+        f"fast_step: {count} batch shapes are captured already; further shapes run eagerly. "
+        "Meshes of varying sizes: set data.init_args.pad_to_buckets true",
+        stacklevel=3,
+    )
 
 
 @dataclass
@@ -151,7 +162,13 @@ class FastTrainStep:
             self._allreduce_grads()
             self._update()
             return
-        entry = self._captured.setdefault(batch_key(batch), _Captured())
+        key = batch_key(batch)
+        if key not in self._captured and len(self._captured) >= MAX_GRAPHS:
+            _warn_shapes(len(self._captured))
+            self._write_hparams()
+            self._eager_on_side_stream(batch)
+            return
+        entry = self._captured.setdefault(key, _Captured())
         self._write_hparams()
         if entry.seen < self.warmup_steps:
             entry.seen += 1
@@ -291,6 +308,10 @@ class GraphedForward:
         if not (self.capture and x.is_cuda):
             return self.fn(x, mask)
         key = batch_key({"x": x, "mask": mask}, ("x", "mask")) + (torch.is_autocast_enabled("cuda"),)
+        if key not in self._captured and len(self._captured) >= MAX_GRAPHS:
+            _warn_shapes(len(self._captured))
+            with uncached_autocast(x.device):
+                return self.fn(x, mask)
         if key not in self._captured:
             self._captured[key] = (_Captured(), x)
             with uncached_autocast(x.device):

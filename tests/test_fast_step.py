@@ -212,3 +212,25 @@ def test_captured_adam_update_matches_torch(cls):
     for p, q in zip(ref, ours):
         torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(opt.state[q]["exp_avg_sq"], opt_ref.state[p]["exp_avg_sq"], rtol=1e-12, atol=1e-14)
+
+
+def test_bucket_sizes_bound_shapes_and_padding():
+    from datamodules.collate import bucket_size
+
+    sizes = [bucket_size(n) for n in range(1, 50_000)]
+    assert all(s >= n for n, s in zip(range(1, 50_000), sizes))
+    assert max(s / n for n, s in zip(range(17, 50_000), sizes[16:])) <= 1.25  # at most 25% padding
+    assert len(set(sizes)) <= 4 * 12 + 1  # four buckets per doubling
+    assert bucket_size(736) == 768 and bucket_size(47_500) == 49_152
+
+
+def test_padded_batches_to_buckets_keep_every_sample(tiny_darcy_root):
+    from datamodules.collate import PaddedCollate, bucket_size
+
+    dm = DarcyDataModule(root=str(tiny_darcy_root), train_file="train.mat", test_file="test.mat", n_train=8,
+                         n_val=4, n_test=4, stride=1, batch_size=2, generate=False, pad_to_buckets=True)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["x"].shape[1] == bucket_size(169) == 192
+    plain = PaddedCollate()([dm.datasets["train"][i] for i in range(2)])
+    assert batch["mask"].sum() == plain["mask"].sum() == 2 * 169
