@@ -6,7 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from flare_lightning.kernels import flare_mix, flare_weights
+from flare_lightning.kernels.dispatch import BACKENDS
 from flare_lightning.models.mlp import ResidualMLP
+from flare_lightning.models.options import check_finite, check_heads, check_ints
 
 EncodeStats = tuple[Tensor, Tensor, Tensor]  # running max [B, H, M], sum [B, H, M], acc [B, H, M, D]
 
@@ -49,8 +51,12 @@ class FlareAttention(nn.Module):
         mlp_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        if channels % num_heads != 0:
-            raise ValueError(f"channels ({channels}) must be divisible by num_heads ({num_heads})")
+        check_ints("FlareAttention", 1, channels=channels, num_heads=num_heads, num_latents=num_latents)
+        check_ints("FlareAttention", 0, kv_layers=kv_layers)
+        check_heads("FlareAttention", channels, num_heads)
+        check_finite("FlareAttention", scale=scale)
+        if mixer_backend not in BACKENDS:
+            raise ValueError(f"FlareAttention: mixer_backend must be one of {BACKENDS}, got {mixer_backend!r}")
         self.num_heads = num_heads
         self.head_dim = channels // num_heads
         self.scale = scale

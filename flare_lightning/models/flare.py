@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from flare_lightning.models.attention import FlareAttention
 from flare_lightning.models.checkpointing import checkpointed
 from flare_lightning.models.mlp import ResidualMLP
+from flare_lightning.models.options import check_finite, check_heads, check_ints, check_optional_positive
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -124,9 +125,14 @@ class FLARE(nn.Module):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (("mlp_chunk_size", mlp_chunk_size), ("eval_chunk_size", eval_chunk_size)):
-            if value is not None and value < 1:
-                raise ValueError(f"FLARE: {name} must be a positive number of points or None, got {value}")
+        check_ints("FLARE", 1, in_dim=in_dim, out_dim=out_dim, channels=channels, num_blocks=num_blocks,
+                   num_heads=num_heads, num_latents=num_latents)
+        check_ints("FLARE", 0, kv_layers=kv_layers, ffn_layers=ffn_layers, io_layers=io_layers)
+        check_optional_positive("FLARE", mlp_chunk_size=mlp_chunk_size, eval_chunk_size=eval_chunk_size)
+        check_heads("FLARE", channels, num_heads)
+        check_finite("FLARE", positive=True, mlp_ratio=mlp_ratio)
+        if int(round(channels * mlp_ratio)) < 1:
+            raise ValueError(f"FLARE: mlp_ratio {mlp_ratio} gives a feed-forward width of 0 at channels={channels}")
         self.in_dim = in_dim
         self.out_dim = out_dim
         self.checkpoint_blocks = checkpoint_blocks

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from flare_lightning.models.checkpointing import apply_in_chunks
+from flare_lightning.models.options import check_ints, check_optional_positive
 
 ACTIVATIONS = {
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
@@ -52,6 +53,9 @@ class ResidualMLP(nn.Module):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
+        check_ints("ResidualMLP", 1, in_dim=in_dim, hidden_dim=hidden_dim, out_dim=out_dim)
+        check_ints("ResidualMLP", 0, num_layers=num_layers)
+        check_optional_positive("ResidualMLP", chunk_size=chunk_size)
         self.fc_in = nn.Linear(in_dim, hidden_dim)
         self.hidden = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(num_layers))
         self.fc_out = nn.Linear(hidden_dim, out_dim)
