@@ -176,6 +176,7 @@ class DarcyDataModule(MeshDataModule):
                 raise FileNotFoundError(f"Darcy file not found: {path} (set data.generate=true to make it)")
             coeff, sol = generate_darcy(count, self.gen_resolution, seed)
             write_darcy_mat(path, coeff, sol)
+            self.note_generated(file)
 
     def build_datasets(self, stage: str) -> dict[str, Dataset]:
         datasets: dict[str, Dataset] = {}

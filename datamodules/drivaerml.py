@@ -208,6 +208,10 @@ class DrivAerMLDataModule(MeshDataModule):
         return TARGET_DIMS[self.targets]
 
     @property
+    def data_source(self) -> str:
+        return "proxy" if self.proxy else "files"
+
+    @property
     def label(self) -> str:
         """What the data is, for logs and reports: DrivAerML or the proxy."""
         return PROXY_LABEL if self.proxy else "DrivAerML"

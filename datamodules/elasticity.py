@@ -155,6 +155,7 @@ class ElasticityDataModule(MeshDataModule):
             self.root / "Meshes", self.gen_samples, self.gen_workers,
         )
         write_elasticity(self.root, generate_elasticity(self.gen_samples, self.gen_seed, self.gen_workers))
+        self.note_generated("Meshes/")
 
     def split_ranges(self) -> dict[str, tuple[int, int]]:
         """(start, count) of each split, checked against the number of samples on disk."""

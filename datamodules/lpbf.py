@@ -146,6 +146,8 @@ class LPBFDataModule(MeshDataModule):
 
     in_dim = 3
 
+    generated_as = "proxy"
+
     def __init__(
         self,
         root: str = "data/lpbf",
@@ -207,6 +209,7 @@ class LPBFDataModule(MeshDataModule):
                 folder, self.proxy_counts[split], self.proxy_seed + offset, self.proxy_workers,
                 self.proxy_grid, self.proxy_voxel_size,
             )
+            self.note_generated(f"{split}/ ({PROXY_LABEL})")
 
     def split_files(self) -> dict[str, list[str]]:
         """Case files of each split, checked against the requested counts."""

@@ -15,7 +15,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from datamodules.collate import PaddedCollate
 from datamodules.mesh_dataset import MeshDataset
 from datamodules.subsample import EpochShuffleSampler, PointSubsample, ShardSampler
+from flare_lightning.files import atomic_write_text
 from flare_lightning.normalizer import channel_stats
+
+GENERATED_NOTE = "GENERATED.txt"
 
 
 class MeshDataModule(L.LightningDataModule):
@@ -42,6 +45,19 @@ class MeshDataModule(L.LightningDataModule):
 
     in_dim: int
     out_dim: int
+    generated_as = "generated"  # data_source of locally made data ("proxy" for labelled proxies)
+
+    @property
+    def data_source(self) -> str:
+        """For run records: ``files`` (read from ``root``), or ``generated_as`` when this
+        project made the data in ``root`` (``note_generated`` left a note there)."""
+        return self.generated_as if (self.root / GENERATED_NOTE).is_file() else "files"
+
+    def note_generated(self, what: str) -> None:
+        """Record in ``<root>/GENERATED.txt`` that ``what`` was made locally, not read."""
+        note = self.root / GENERATED_NOTE
+        old = note.read_text() if note.is_file() else ""
+        atomic_write_text(note, old + f"{what}: made locally by {type(self).__name__}, not real data\n")
 
     def __init__(
         self,

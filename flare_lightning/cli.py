@@ -6,13 +6,20 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from flare_lightning.callbacks.checkpoint import BestAndLastCheckpoint
 from flare_lightning.callbacks.epoch_summary import EpochSummary
+from flare_lightning.callbacks.finite_loss import FiniteLossCheck
 from flare_lightning.callbacks.prediction_writer import PredictionWriter
+from flare_lightning.callbacks.run_info import RunInfoWriter
 from flare_lightning.callbacks.test_metrics import TestMetricsWriter
+from flare_lightning.checkpoint_io import SafeCheckpointIO
+from flare_lightning.csv_history import ContinuingCSVLogger, logging_step
 from flare_lightning.module import SurrogateModule
-from flare_lightning.runs import BEST, resolve_checkpoint
+from flare_lightning.runs import BEST, continues_run, resolve_checkpoint
+from flare_lightning.validation import has_validation
 
 
 class FlareCLI(LightningCLI):
@@ -40,17 +47,42 @@ class FlareCLI(LightningCLI):
         parser.add_lightning_class_args(TestMetricsWriter, "test_metrics")
         parser.add_lightning_class_args(EpochSummary, "epoch_summary")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(FiniteLossCheck, "finite_loss")
+        parser.add_lightning_class_args(RunInfoWriter, "run_info")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
             default=True,
-            help="after fit, test the best checkpoint and write test_metrics.json into the run folder",
+            help="after fit, test the best checkpoint (last.ckpt without validation data) and write "
+            "test_metrics.json into the run folder",
         )
+
+    def instantiate_trainer(self, **kwargs):
+        """The trainer, with checkpoints written beside their destination and read weights-only."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        return trainer
 
     def after_fit(self) -> None:
         if self.config.fit.get("test_after_fit") and self.trainer.checkpoint_callback is not None:
-            best = self.trainer.checkpoint_callback.best_model_path or None
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
+            ckpt, why = self._checkpoint_to_test()
+            for writer in (cb for cb in self.trainer.callbacks if isinstance(cb, TestMetricsWriter)):
+                writer.selection = why
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+    def _checkpoint_to_test(self) -> tuple[str | None, str]:
+        """The checkpoint a fit is tested on, and why: the best by validation, else
+        ``last.ckpt`` (never one chosen on test data), else the weights in memory."""
+        callback = self.trainer.checkpoint_callback
+        if callback.best_model_path:
+            how = f"lowest {callback.monitor} on the validation data" if callback.monitor else "latest save (no monitor)"
+            return callback.best_model_path, f"best.ckpt: {how}"
+        last = callback.last_model_path
+        if last and Path(last).is_file():
+            why = "no validation data (n_val 0), so no checkpoint was selected" if not has_validation(self.trainer) else "no best checkpoint was saved"
+            return last, f"last.ckpt: {why}"
+        return None, "the weights in memory at the end of fit (no checkpoint was saved)"
 
     def _use_checkpoint_run(self, subcommand: str, subfolder: bool) -> None:
         """Resolve ``--ckpt_path best|last`` to the newest run's checkpoint and point the CSV
@@ -60,19 +92,36 @@ class FlareCLI(LightningCLI):
         csv = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
         save_dir = csv.save_dir if csv else self.trainer.default_root_dir
         name = csv.name if csv else "lightning_logs"
-        cfg["ckpt_path"] = resolve_checkpoint(cfg.get("ckpt_path"), save_dir, name)
-        if not cfg["ckpt_path"] or csv is None or Path(cfg["ckpt_path"]).parent.name != "checkpoints":
+        cfg["ckpt_path"] = ckpt = resolve_checkpoint(cfg.get("ckpt_path"), save_dir, name)
+        if csv is None:
             return
-        run = Path(cfg["ckpt_path"]).parent.parent
-        if subfolder:
-            logger = CSVLogger(save_dir=run, name="", version=subcommand)
+        if not subfolder:
+            self._continue_history(csv, ckpt, save_dir, name)
+            return
+        if not ckpt or Path(ckpt).parent.name != "checkpoints":
+            return
+        logger = CSVLogger(save_dir=Path(ckpt).parent.parent, name="", version=subcommand)
+        self.trainer.loggers = [logger, *(lg for lg in self.trainer.loggers if lg is not csv)]
+
+    def _continue_history(self, csv: CSVLogger, ckpt: str | None, save_dir: str, name: str) -> None:
+        """A fit from a run's own ``last.ckpt`` continues that run: same folder, and its
+        ``metrics.csv`` keeps the rows before the checkpoint. A fit from any other checkpoint
+        (a best.ckpt, another logger's run) is a new run in a new folder."""
+        if ckpt is None:
+            hpc = self.trainer._checkpoint_connector._hpc_resume_path if SLURMEnvironment.detect() else None
+            if hpc is None:
+                return
+            run, ckpt = Path(csv.log_dir), hpc  # a requeued SLURM job resumes its pre-emption checkpoint
         else:
-            logger = CSVLogger(save_dir=run.parent, name="", version=run.name)
+            run = continues_run(ckpt, save_dir, name)
+            if run is None:
+                return
+        logger = ContinuingCSVLogger(save_dir=str(run.parent), name="", version=run.name, resume_step=logging_step(ckpt))
         self.trainer.loggers = [logger, *(lg for lg in self.trainer.loggers if lg is not csv)]
 
     def before_fit(self) -> None:
-        """Resume from ``--ckpt_path`` inside its run (without it on SLURM, Lightning
-        resumes from its own pre-emption checkpoint)."""
+        """Resume from ``--ckpt_path`` inside its run when it is that run's last.ckpt (without
+        it on SLURM, Lightning resumes from its own pre-emption checkpoint)."""
         self._use_checkpoint_run("fit", subfolder=False)
 
     def _evaluate_in_run(self) -> None:

@@ -4,21 +4,27 @@ checkpoints and the datamodule from the ``config.yaml`` the CLI saved beside it.
 from __future__ import annotations
 
 import importlib
+import pickle
 from pathlib import Path
 
 import lightning as L
 import yaml
 
+from flare_lightning.checkpoint_io import unsafe_checkpoint_error
 from flare_lightning.module import SurrogateModule
 from flare_lightning.runs import BEST
 
 
 def load_module(run_dir: str | Path, checkpoint: str = BEST, map_location: str = "cpu") -> SurrogateModule:
-    """``<run_dir>/checkpoints/<checkpoint>`` as a ``SurrogateModule`` in eval mode."""
+    """``<run_dir>/checkpoints/<checkpoint>`` as a ``SurrogateModule`` in eval mode (loaded
+    weights-only: a checkpoint never runs code)."""
     path = Path(run_dir) / "checkpoints" / checkpoint
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint {path} (expected a run folder made by flare fit)")
-    module = SurrogateModule.load_from_checkpoint(path, map_location=map_location)
+    try:
+        module = SurrogateModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise unsafe_checkpoint_error(path, err) from err
     return module.eval()
 
 

@@ -92,6 +92,13 @@ class SurrogateModule(L.LightningModule):
     def automatic_optimization(self, value: bool) -> None:
         self._automatic_optimization = value
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: bool | None = None, weights_only: bool = True, **kwargs: Any) -> SurrogateModule:
+        """Lightning's ``load_from_checkpoint``, weights-only unless told otherwise (older
+        torch versions unpickle everything by default, which can run code)."""
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
+
     # --- data statistics ---------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Take normalisation statistics from the datamodule when training; a checkpoint

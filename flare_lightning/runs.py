@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 BEST = "best.ckpt"
 LAST = "last.ckpt"
+RUN_INFO = "run_info.json"
 
 
 def latest_run(save_dir: str | Path, name: str, required: str | None = None) -> Path:
-    """The ``version_N`` folder with the largest N (holding ``checkpoints/<required>`` if given)."""
+    """The ``version_N`` folder with the largest N (holding ``checkpoints/<required>`` if
+    given: notebooks use that to find the newest finished run)."""
     base = Path(save_dir) / name
     runs = []
     for p in base.glob("version_*"):
@@ -23,11 +26,50 @@ def latest_run(save_dir: str | Path, name: str, required: str | None = None) -> 
     return max(runs)[1]
 
 
+def _why_missing(run: Path, file: str) -> str:
+    info = run / RUN_INFO
+    try:
+        validation = json.loads(info.read_text()).get("validation") if info.is_file() else None
+    except (OSError, ValueError):
+        validation = None
+    if file == BEST and validation is False:
+        return "it was trained without validation data (n_val 0), so no checkpoint was selected; use --ckpt_path last"
+    if not (run / "checkpoints").is_dir():
+        return "it has no checkpoints (stopped before its first save, or not made by flare fit)"
+    return f"it holds {sorted(p.name for p in (run / 'checkpoints').glob('*.ckpt'))}"
+
+
 def resolve_checkpoint(ckpt_path: str | None, save_dir: str | Path, name: str) -> str | None:
-    """Map ``best``/``last`` to the newest run's ``best.ckpt``/``last.ckpt``; paths pass through."""
+    """Map ``best``/``last`` to ``best.ckpt``/``last.ckpt`` of the newest run (the largest
+    ``version_N``); paths pass through. When the newest run lacks that file this is an
+    error: an older run is never picked silently."""
     if ckpt_path in ("best", "last"):
         file = BEST if ckpt_path == "best" else LAST
-        return str(latest_run(save_dir, name, required=file) / "checkpoints" / file)
+        run = latest_run(save_dir, name)
+        path = run / "checkpoints" / file
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--ckpt_path {ckpt_path}: the newest run {run} has no checkpoints/{file}: {_why_missing(run, file)}. "
+                "Older runs are not used in its place: pass the checkpoint's path instead"
+            )
+        return str(path)
     if ckpt_path is not None and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path {ckpt_path!r} is not a file (use a path, 'best' or 'last')")
     return ckpt_path
+
+
+def run_of_checkpoint(ckpt_path: str | Path) -> Path | None:
+    """The run folder of ``<run>/checkpoints/<file>.ckpt``, else None."""
+    path = Path(ckpt_path)
+    return path.parent.parent if path.parent.name == "checkpoints" else None
+
+
+def continues_run(ckpt_path: str | Path, save_dir: str | Path, name: str) -> Path | None:
+    """The run that ``fit --ckpt_path`` continues in place: the checkpoint must be that run's
+    ``last.ckpt`` and the run a ``version`` of the configured logger (``save_dir/name``).
+    Anything else (a ``best.ckpt``, another logger's run, a loose file) starts a new run."""
+    run = run_of_checkpoint(ckpt_path)
+    if run is None or Path(ckpt_path).name != LAST:
+        return None
+    same_logger = run.parent.resolve() == (Path(save_dir) / name).resolve()
+    return run if same_logger else None

@@ -4,13 +4,14 @@ so that any figure can be redrawn later from the files a run leaves behind."""
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+
+from flare_lightning.files import atomic_write_bytes
 
 FLOOR = 1e-6  # log-scale floor: spectra reach exact zeros when N < M
 
@@ -82,11 +83,6 @@ def plot_effective_rank_history(summaries: Sequence[dict]) -> Figure:
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Render ``fig`` to PNG and move it into ``path`` in one rename (readers never see a
     partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+
+from flare_lightning.files import remove_stale_temps
+from flare_lightning.validation import has_validation
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
@@ -14,6 +18,10 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     ``last.ckpt`` behind, and a pre-empted run resumed with ``--ckpt_path last`` would
     repeat epochs. Here ``last.ckpt`` follows the end of every validation (or training
     epoch, when that is where checkpoints are taken).
+
+    Without validation data (``n_val 0``) no checkpoint is selected: only ``last.ckpt``
+    is kept (nothing is ever chosen on test data). Temporary files left in the checkpoint
+    folder by a save that was killed are removed when a fit starts.
     """
 
     _last_written_step: int = -1
@@ -22,6 +30,18 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         super()._save_last_checkpoint(trainer, monitor_candidates)
         if self.save_last:
             self._last_written_step = trainer.global_step
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero and self.dirpath:
+            for tmp in remove_stale_temps(self.dirpath, ".*.ckpt.*.tmp"):
+                rank_zero_info(f"removed {tmp}, left by an interrupted checkpoint save")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.monitor is not None and self.save_top_k != 0 and not has_validation(trainer):
+            rank_zero_info(f"no validation data: no checkpoint is selected on {self.monitor}; only last.ckpt is kept")
+            self.save_top_k = 0
 
     def _refresh_last(self, trainer: L.Trainer) -> None:
         if not self.save_last or self._should_skip_saving_checkpoint(trainer):

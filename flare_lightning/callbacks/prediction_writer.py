@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from flare_lightning.callbacks.test_metrics import run_dir
+from flare_lightning.files import atomic_write
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -47,16 +47,7 @@ class PredictionWriter(BasePredictionWriter):
         if trainer.world_size > 1:
             stem, suffix = os.path.splitext(name)
             name = f"{stem}_rank{trainer.global_rank}{suffix}"
-        self.last_path = run_dir(trainer) / name
-        self.last_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.last_path.parent, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(samples, tmp)
-            os.replace(tmp, self.last_path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        self.last_path = atomic_write(run_dir(trainer) / name, lambda f: torch.save(samples, f))
 
 
 def _flatten(predictions: Any) -> list[dict]:

@@ -1,27 +1,18 @@
-"""Write the test metrics of a run as JSON next to its ``metrics.csv``."""
+"""Write the test metrics of a run as JSON next to its ``metrics.csv``, with what they
+measured: the checkpoint (and why it was chosen), the data, the code."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import lightning as L
 
+from flare_lightning.files import atomic_write_text
+from flare_lightning.provenance import checkpoint_info, data_info, environment
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+__all__ = ["TestMetricsWriter", "atomic_write_text", "run_dir"]
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -32,8 +23,11 @@ def run_dir(trainer: L.Trainer) -> Path:
 
 
 class TestMetricsWriter(L.Callback):
-    """After ``test``, writes ``{metric: value}`` to ``<run dir>/<filename>`` (rank 0 only);
-    the run dir is that of the tested checkpoint, so a fit's folder collects its test results.
+    """After ``test``, writes ``<run dir>/<filename>`` (rank 0 only): ``{metric: value}``
+    (``null`` for non-finite values) plus ``checkpoint`` (path, epoch, global step and why
+    it was tested), ``data`` (class, root, source: files / generated / proxy, split sizes)
+    and ``environment`` (commit, package versions). The run dir is that of the tested
+    checkpoint, so a fit's folder collects its test results.
 
     Args:
         filename: JSON file name inside the run folder.
@@ -42,6 +36,7 @@ class TestMetricsWriter(L.Callback):
     def __init__(self, filename: str = "test_metrics.json") -> None:
         self.filename = filename
         self.last_path: Path | None = None
+        self.selection: str | None = None  # why this checkpoint; set by the CLI before it tests
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {
@@ -49,7 +44,13 @@ class TestMetricsWriter(L.Callback):
         }
         if not trainer.is_global_zero:
             return
-        payload = {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items())}
+        payload: dict = {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items())}
+        ckpt = getattr(trainer, "ckpt_path", None)
+        selection = self.selection or (f"ckpt_path {ckpt}" if ckpt else "the weights in memory (no ckpt_path)")
+        payload["checkpoint"] = {**checkpoint_info(ckpt), "selection": selection}
+        payload["data"] = data_info(getattr(trainer, "datamodule", None))
+        payload["environment"] = environment()
+        self.selection = None
         self.last_path = self.output_dir(trainer) / self.filename
         atomic_write_text(self.last_path, json.dumps(payload, indent=2) + "\n")
 
