@@ -130,7 +130,9 @@ class ShardSampler(DistributedSampler):
     Lightning's default ``DistributedSampler`` repeats samples so that ranks have equal
     shares; the repeats would be counted twice in test metrics. Here every sample is
     evaluated exactly once across ranks (shares differ by at most one sample, which is
-    fine for evaluation, whose steps hold no collective operations).
+    fine for evaluation, whose steps hold no collective operations). A rank with no
+    sample at all would skip the evaluation loop while the others wait for it in the
+    metrics' all-gather (a hang), so fewer samples than ranks is refused here, at once.
 
     Args:
         length: number of samples.
@@ -140,6 +142,12 @@ class ShardSampler(DistributedSampler):
 
     def __init__(self, length: int, num_replicas: int = 1, rank: int = 0) -> None:
         super().__init__(range(length), num_replicas=num_replicas, rank=rank, shuffle=False)
+        if 0 < length < num_replicas:
+            raise ValueError(
+                f"an evaluation split of {length} samples cannot be shared by {num_replicas} ranks: every rank "
+                "needs at least one sample (a rank without one would leave the others waiting in the metric "
+                "sync). Use at least as many validation/test samples as devices, or fewer devices"
+            )
         self.length = length
 
     def __iter__(self) -> Iterator[int]:
