@@ -75,8 +75,6 @@ class ContinuingCSVLogger(CSVLogger):
 
 
 def logging_step(ckpt_path: str | Path) -> int:
-    """The logging step a run resumed from ``ckpt_path`` starts at (Lightning logs at the
-    count of optimizer steps taken, saved in the checkpoint's loop state)."""
-    ckpt = load_checkpoint(ckpt_path, mmap=True)
-    loop = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
-    return int(loop.get("_batches_that_stepped", ckpt.get("global_step", 0)))
+    """The first logging step of a run resumed from ``ckpt_path``: its global step (a row
+    logged after optimizer step k carries step k - 1, so rows before it are history)."""
+    return int(load_checkpoint(ckpt_path, mmap=True).get("global_step", 0))

@@ -1,9 +1,12 @@
 """Pre-emption: a run killed mid-training and resumed from its last checkpoint (or, on
 SLURM, from the checkpoint its requeue signal saved) ends with the same weights,
-optimiser, scheduler and step count as a run that was never interrupted."""
+optimiser, scheduler and step count, and the same metrics.csv history, as a run that
+was never interrupted. A fit from another run's checkpoint is a new run."""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import signal
 from pathlib import Path
@@ -61,6 +64,7 @@ def fit_args(root: Path, tmp_path: Path, name: str, *extra: str) -> list[str]:
         "--trainer.accelerator=cpu",
         "--trainer.deterministic=true",
         "--test_after_fit=false",
+        "--trainer.log_every_n_steps=1",  # a row per step: the history a resume must keep
         *extra,
     ]
 
@@ -69,6 +73,27 @@ def last_ckpt(tmp_path: Path, name: str) -> dict:
     paths = sorted((tmp_path / name).glob("version_*/checkpoints/last.ckpt"))
     assert len(paths) == 1, f"expected one run folder with last.ckpt, got {paths}"
     return torch.load(paths[0], map_location="cpu", weights_only=False)
+
+
+def history(tmp_path: Path, name: str) -> list[dict[str, str]]:
+    paths = sorted((tmp_path / name).glob("version_*/metrics.csv"))
+    assert len(paths) == 1, f"expected one run folder with metrics.csv, got {paths}"
+    with open(paths[0], newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_history(a: list[dict[str, str]], b: list[dict[str, str]], cut_epoch: int | None = None) -> None:
+    """The same rows (step, epoch and every metric), values equal to float32 rounding.
+
+    Lightning does not checkpoint the running epoch aggregates of training metrics, so
+    after a mid-epoch resume the epoch values of ``cut_epoch`` cover only the batches
+    run after the resume; those two values are not compared."""
+    assert [sorted(k for k, v in r.items() if v) for r in a] == [sorted(k for k, v in r.items() if v) for r in b]
+    for row_a, row_b in zip(a, b):
+        for key, value in row_a.items():
+            partial = cut_epoch is not None and row_a["epoch"] == str(cut_epoch) and key in ("train/loss_epoch", "train/rel_l2")
+            if value and not partial:
+                assert float(row_b[key]) == pytest.approx(float(value), rel=1e-6, abs=1e-9), (key, row_a, row_b)
 
 
 def assert_same_training_state(a: dict, b: dict) -> None:
@@ -87,7 +112,7 @@ def assert_same_training_state(a: dict, b: dict) -> None:
 def uninterrupted(tiny_darcy_root, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("uninterrupted")
     run_cli(fit_args(tiny_darcy_root, tmp, "full"))
-    return last_ckpt(tmp, "full")
+    return {**last_ckpt(tmp, "full"), "history": history(tmp, "full")}
 
 
 @pytest.mark.parametrize("kill_step", [4, 6], ids=["epoch_boundary", "mid_epoch"])
@@ -100,9 +125,30 @@ def test_killed_run_resumes_to_same_weights(tiny_darcy_root, tmp_path, uninterru
         run_cli(fit_args(tiny_darcy_root, tmp_path, "cut", *every_step, *probe,
                          f"--trainer.callbacks.init_args.at_step={kill_step}"))
     assert last_ckpt(tmp_path, "cut")["global_step"] == kill_step
+    checkpoints = next((tmp_path / "cut").glob("version_*/checkpoints"))
+    orphan = checkpoints / ".last.ckpt.k1ll3d.tmp"  # what a kill during a save leaves behind
+    orphan.write_bytes(b"half a checkpoint")
     run_cli(fit_args(tiny_darcy_root, tmp_path, "cut", *every_step, *probe, "--ckpt_path=last"))
     assert Kill.start_steps == [0, kill_step], "the second run did not resume from the checkpoint"
     assert_same_training_state(uninterrupted, last_ckpt(tmp_path, "cut"))
+    mid_epoch = kill_step % STEPS_PER_EPOCH != 0
+    assert_same_history(uninterrupted["history"], history(tmp_path, "cut"), kill_step // STEPS_PER_EPOCH if mid_epoch else None)
+    assert not orphan.exists(), "the temporary file of an interrupted save was not cleaned up"
+
+
+def test_fit_from_another_runs_checkpoint_is_a_new_run(tiny_darcy_root, tmp_path):
+    constant = "--model.scheduler=constant"  # OneCycle cannot be stretched past its planned steps
+    run_cli(fit_args(tiny_darcy_root, tmp_path, "src", constant, "--trainer.max_epochs=1"))
+    src = tmp_path / "src" / "version_0"
+    before = {name: (src / name).read_bytes() for name in ("config.yaml", "hparams.yaml", "metrics.csv")}
+    best = src / "checkpoints" / "best.ckpt"
+    run_cli(fit_args(tiny_darcy_root, tmp_path, "src", constant, f"--ckpt_path={best}"))
+    for name, content in before.items():
+        assert (src / name).read_bytes() == content, f"the source run's {name} was rewritten"
+    new = tmp_path / "src" / "version_1"
+    assert (new / "checkpoints" / "last.ckpt").is_file(), "a fit from another run's weights is a new run"
+    assert f"ckpt_path: {best}" in (new / "config.yaml").read_text()
+    assert json.loads((new / "run_info.json").read_text())["checkpoint"] == str(best.resolve())
 
 
 def test_slurm_signal_saves_and_requeued_job_resumes(tiny_darcy_root, tmp_path, uninterrupted, monkeypatch):
@@ -138,3 +184,4 @@ def test_slurm_signal_saves_and_requeued_job_resumes(tiny_darcy_root, tmp_path, 
         signal.signal(signal.SIGUSR1, previous)
     assert Kill.start_steps == [0, 5], "the requeued run did not resume from the pre-emption checkpoint"
     assert_same_training_state(uninterrupted, last_ckpt(tmp_path, "slurm"))
+    assert_same_history(uninterrupted["history"], history(tmp_path, "slurm"), cut_epoch=1)  # killed at step 5
