@@ -1,0 +1,89 @@
+"""Checkpoint files: written in their destination folder and renamed, so a kill during a
+save leaves the previous checkpoint whole; read weights-only with errors naming the file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from flare_lightning import checkpoint_io
+from flare_lightning.checkpoint_io import SafeCheckpointIO, load_checkpoint
+from tests.helpers import REPO
+
+
+def test_checkpoint_bytes_go_to_a_temp_file_in_the_destination_folder(tmp_path, monkeypatch):
+    where = []
+    real_save = torch.save
+
+    def spy(obj, f, *args, **kwargs):
+        where.append(Path(getattr(f, "name", "<memory>")))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", spy)
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    SafeCheckpointIO().save_checkpoint({"w": torch.arange(3)}, path)
+    assert len(where) == 1 and where[0].parent == path.parent and where[0] != path, where
+    assert torch.equal(SafeCheckpointIO().load_checkpoint(path)["w"], torch.arange(3))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_failed_save_keeps_the_old_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    SafeCheckpointIO().save_checkpoint({"w": torch.zeros(4)}, path)
+
+    def broken(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # Ctrl-C or a signal in the middle of the write
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", broken)
+    with pytest.raises(KeyboardInterrupt):
+        SafeCheckpointIO().save_checkpoint({"w": torch.ones(4)}, path)
+    assert torch.equal(load_checkpoint(path)["w"], torch.zeros(4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+@pytest.mark.slow
+def test_kill_during_save_leaves_old_checkpoint_intact(tmp_path):
+    path = tmp_path / "last.ckpt"
+    SafeCheckpointIO().save_checkpoint({"w": torch.zeros(4)}, path)
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        from flare_lightning import checkpoint_io
+        def killed(obj, f, *a, **k):
+            f.write(b"x" * 4096); f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        checkpoint_io.torch.save = killed
+        checkpoint_io.SafeCheckpointIO().save_checkpoint({{"w": torch.ones(4)}}, {str(path)!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert torch.equal(load_checkpoint(path)["w"], torch.zeros(4)), "the old checkpoint was damaged"
+    orphans = [p for p in tmp_path.iterdir() if p.name != "last.ckpt"]
+    assert len(orphans) == 1 and orphans[0].name.startswith(".last.ckpt.")  # cleaned at the next fit's start
+
+
+def test_checkpoint_mode_follows_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        SafeCheckpointIO().save_checkpoint({"w": torch.zeros(1)}, tmp_path / "a.ckpt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.ckpt").stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("content, match", [(b"", "is empty"), (b"PK\x03\x04 truncated", "damaged or not a torch checkpoint")])
+def test_damaged_checkpoint_errors_name_the_file(tmp_path, content, match):
+    path = tmp_path / "last.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as err:
+        load_checkpoint(path)
+    assert str(path) in str(err.value)
