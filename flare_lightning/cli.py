@@ -92,7 +92,11 @@ class FlareCLI(LightningCLI):
         csv = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
         save_dir = csv.save_dir if csv else self.trainer.default_root_dir
         name = csv.name if csv else "lightning_logs"
-        cfg["ckpt_path"] = ckpt = resolve_checkpoint(cfg.get("ckpt_path"), save_dir, name)
+        asked = cfg.get("ckpt_path")
+        cfg["ckpt_path"] = ckpt = resolve_checkpoint(asked, save_dir, name)
+        if asked in ("best", "last"):
+            for writer in (cb for cb in self.trainer.callbacks if isinstance(cb, TestMetricsWriter)):
+                writer.selection = f"--ckpt_path {asked}: {asked}.ckpt of the newest run"
         if csv is None:
             return
         if not subfolder:

@@ -32,7 +32,7 @@ class RunInfoWriter(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # on_train_start: the validation loaders are known by now (see has_validation).
-        if not self.enabled or not trainer.is_global_zero:
+        if not self.enabled or not trainer.is_global_zero or trainer.fast_dev_run:  # fast_dev_run: no run folder
             return
         path = run_dir(trainer) / RUN_INFO
         ckpt = getattr(trainer, "ckpt_path", None)
