@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping
 
 # Epoch values of the training loss: "train/loss_epoch" when it is also logged per step,
 # "train/loss" when it is logged once per epoch (the fast step accumulates it on device).
@@ -16,19 +18,33 @@ class NonFiniteLossError(RuntimeError):
     """The training (or validation) loss became NaN or infinite."""
 
 
-class FiniteLossCheck(L.Callback):
+class FiniteLossCheck(EarlyStopping):
     """Raises ``NonFiniteLossError`` (so ``flare fit`` exits non-zero) when the epoch's
     training loss, or the validation loss, is NaN or infinite. It reads the epoch values
-    that are logged anyway, once per epoch: no host sync per step. It runs before the
-    checkpoint callback of the same hook, so ``last.ckpt`` keeps the last finite weights
-    (unless checkpoints are also saved every few steps).
+    that are logged anyway, once per epoch: no host sync per step.
+
+    It is an ``EarlyStopping`` only for where Lightning calls it: with the monitoring
+    callbacks, after the module's own ``on_train_epoch_end`` (where the fast step logs
+    its device-accumulated epoch loss) and before the checkpoint callback, so a
+    non-finite epoch does not overwrite ``last.ckpt`` (checkpoints saved every few steps
+    still can). None of ``EarlyStopping``'s own logic runs.
 
     Args:
         enabled: check the losses.
     """
 
     def __init__(self, enabled: bool = True) -> None:
+        super().__init__(monitor=TRAIN_KEYS[-1], strict=False, check_finite=False)
         self.enabled = enabled
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
 
     def _check(self, trainer: L.Trainer, keys: tuple[str, ...], what: str) -> None:
         key = next((k for k in keys if k in trainer.callback_metrics), None)

@@ -48,3 +48,20 @@ def test_diverging_fit_exits_non_zero(tiny_darcy_root, tmp_path):
     assert proc.returncode != 0, f"a diverged fit exited 0:\n{proc.stderr[-3000:]}"
     assert "NonFiniteLossError" in proc.stderr and "at epoch 0" in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "nan" / "version_0" / "test_metrics.json").exists()  # no test of NaN weights
+
+
+def test_epoch_loss_logged_by_the_module_at_epoch_end_is_checked(tmp_path):
+    """The fast step logs ``train/loss`` in the module's ``on_train_epoch_end``, after the
+    plain callbacks' hook: the check must still see that epoch's value."""
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    class EpochEndLoss(BoringModel):
+        def on_train_epoch_end(self) -> None:
+            self.log("train/loss", torch.tensor(float("nan")), on_epoch=True)
+
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[FiniteLossCheck()], default_root_dir=tmp_path, accelerator="cpu")
+    with pytest.raises(NonFiniteLossError, match=r"training loss \(train/loss\) is nan at epoch 0"):
+        trainer.fit(EpochEndLoss())
