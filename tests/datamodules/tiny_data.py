@@ -16,6 +16,7 @@ import scipy.io
 from datamodules import DarcyDataModule, DrivAerMLDataModule, ElasticityDataModule, LPBFDataModule
 from datamodules.elasticity_generate import FILES
 from datamodules.mesh_datamodule import MeshDataModule
+from datamodules.mesh_dataset import MeshDataset
 
 KINDS = ("darcy", "elasticity", "drivaerml", "lpbf")
 
@@ -155,3 +156,33 @@ def lpbf(root: Path) -> Tiny:
 def tiny(kind: str, root: Path) -> Tiny:
     """Write the tiny data of ``kind`` under ``root``."""
     return {"darcy": darcy, "elasticity": elasticity, "drivaerml": drivaerml, "lpbf": lpbf}[kind](root)
+
+
+class BigDataset(MeshDataset):
+    """Synthetic samples read from one raw ``.npy`` of float32 rows [S * N, 4] (pos xyz, y),
+    for measuring memory: sample i is rows [i N, (i + 1) N)."""
+
+    def __init__(self, root: str | Path, samples: int, points: int) -> None:
+        self.samples, self.points = samples, points
+        super().__init__(root)
+
+    @property
+    def raw_file_names(self) -> list[str]:
+        return ["big.npy"]
+
+    def cache_config(self) -> dict:
+        return {"samples": self.samples, "points": self.points}
+
+    def read_samples(self):
+        rows = np.load(Path(self.raw_dir) / "big.npy", mmap_mode="r")
+        for i in range(self.samples):
+            block = rows[i * self.points : (i + 1) * self.points]
+            yield {"pos": block[:, :3], "y": block[:, 3:]}
+
+
+def write_big(root: Path, samples: int, points: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    rows = np.lib.format.open_memmap(root / "big.npy", mode="w+", dtype=np.float32, shape=(samples * points, 4))
+    for i in range(samples):
+        rows[i * points : (i + 1) * points] = i
+    rows.flush()
