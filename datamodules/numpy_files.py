@@ -70,7 +70,8 @@ def open_npz(path: str | Path) -> np.lib.npyio.NpzFile:
 
 def npz_array(npz: np.lib.npyio.NpzFile, key: str, path: str | Path) -> np.ndarray:
     """Member ``key`` of an open archive, read without unpickling and checked numeric."""
-    require_key(npz, key, path)
+    if key not in npz.files:
+        require_key(npz, key, path)  # raises, listing the keys the archive has
     try:
         arr = npz[key]
     except MemoryError:
