@@ -15,6 +15,7 @@ grow with the dataset, and DDP ranks on one node share the pages through the pag
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,11 @@ def load_cache(path: str | Path, meta: dict[str, Any]) -> tuple[dict[str, Tensor
         return None, "absent"
     try:
         obj = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - truncated zip, foreign pickle, ...: all mean "rebuild"
-        return None, f"unreadable or not a cache ({type(err).__name__}: {str(err)[:200]})"
+    except pickle.UnpicklingError:
+        return None, "unreadable or not a cache (it holds objects other than tensors and plain types: never unpickled)"
+    except Exception as err:  # noqa: BLE001 - truncated or damaged zip, ...: all mean "rebuild"
+        first_line = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        return None, f"unreadable or not a cache ({type(err).__name__}: {first_line})"
     stored = obj.get("meta") if isinstance(obj, dict) else None
     fields = obj.get("fields") if isinstance(obj, dict) else None
     if not isinstance(stored, dict) or not isinstance(fields, dict) or stored.get("format") != FORMAT:
