@@ -47,25 +47,22 @@ class _CountSteps(L.Callback):
         self.steps += 1
 
 
-def _fit(dm) -> _CountSteps:
-    counter = _CountSteps()
+def _fit(dm, counter: _CountSteps) -> None:
     model = FLARE(in_dim=dm.in_dim, out_dim=dm.out_dim, channels=8, num_blocks=1, num_heads=2, num_latents=4)
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[counter], accelerator="cpu", devices=1)
     trainer.fit(SurrogateModule(model, in_dim=dm.in_dim, out_dim=dm.out_dim), datamodule=dm)
-    return counter
 
 
 def test_nan_in_test_file_fails_fit_before_any_step_and_n_val_zero_fits(tmp_path):
     data = tiny("darcy", tmp_path)
-    assert _fit(data.datamodule(n_val=0)).steps == 2  # trains with no validation loader at all
+    counter = _CountSteps()
+    _fit(data.datamodule(n_val=0), counter)  # trains with no validation loader at all
+    assert counter.steps == 2
     data.set_test_value(np.nan)
-    dm = data.datamodule(n_val=0)
     counter = _CountSteps()
     with pytest.raises(DataFormatError, match=r"test.mat: key 'sol' has 1 NaN/Inf"):
-        model = FLARE(in_dim=3, out_dim=1, channels=8, num_blocks=1, num_heads=2, num_latents=4)
-        L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                  callbacks=[counter], accelerator="cpu", devices=1).fit(SurrogateModule(model, 3, 1), datamodule=dm)
+        _fit(data.datamodule(n_val=0), counter)
     assert counter.steps == 0
 
 
