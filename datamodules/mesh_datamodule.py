@@ -4,8 +4,8 @@ padded loaders over ``MeshDataset``s."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -199,8 +199,12 @@ class MeshDataModule(L.LightningDataModule):
         return self._loader("train", self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
-        # No loader at all without a validation split: Lightning then skips validation.
-        return self._loader("val", self.eval_batch_size) if self.has_val else []
+        if self.has_val:
+            return self._loader("val", self.eval_batch_size)
+        # No loader at all without a validation split: Lightning then skips validation (and
+        # would warn that the empty list has length zero, which is the intention here).
+        warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
+        return []
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size)

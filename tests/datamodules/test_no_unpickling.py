@@ -4,14 +4,13 @@ placed where PyG, the cache or a reader might look is never executed."""
 from __future__ import annotations
 
 import builtins
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from datamodules.checks import DataFormatError
-from tests.datamodules.tiny_data import KINDS, lpbf_case, tiny, write_lpbf_case
+from tests.datamodules.tiny_data import KINDS, tiny, write_lpbf_case
 
 
 class Evil:
