@@ -138,9 +138,11 @@ class ElasticityDataModule(MeshDataModule):
         pad_to_buckets: bool = False,
     ) -> None:
         super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets)
-        self.check_options(1, n_train=n_train, n_test=n_test, gen_workers=gen_workers)
+        self.check_options(1, n_train=n_train, n_test=n_test)
         self.check_options(0, n_val=n_val)
-        self.check_options(n_train + n_val + n_test, allow_none=True, gen_samples=gen_samples)
+        if generate:
+            self.check_options(1, gen_workers=gen_workers)
+            self.check_options(n_train + n_val + n_test, allow_none=True, gen_samples=gen_samples)
         self.n_train, self.n_val, self.n_test = n_train, n_val, n_test
         self.generate = generate
         self.gen_samples = gen_samples or n_train + n_val + n_test
