@@ -49,3 +49,24 @@ def check_finite(arr: np.ndarray, file: Path | str, key: str) -> np.ndarray:
                 f"{file}: key {key!r} has {int(bad.sum())} NaN/Inf value(s), first at index {first}"
             )
     return arr
+
+
+def finite_float32(arr: np.ndarray, file: Path | str, key: str) -> np.ndarray:
+    """``arr`` cast to float32 (the cached dtype), then checked finite: values finite in
+    float64 but beyond float32's range (|x| > 3.4e38) are caught, not cached as Inf."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "biuf":
+        raise DataFormatError(f"{file}: key {key!r} has dtype {arr.dtype}, expected a numeric array")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(np.float32)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        nonfinite = ~np.isfinite(arr) if arr.dtype.kind == "f" else np.zeros(arr.shape, dtype=bool)
+        if nonfinite.any():
+            check_finite(arr, file, key)
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DataFormatError(
+            f"{file}: key {key!r} has {int(bad.sum())} value(s) beyond the float32 range (|x| > 3.4e38), "
+            f"first at index {first}: they would become Inf in the float32 cache"
+        )
+    return out

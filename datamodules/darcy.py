@@ -9,7 +9,7 @@ import numpy as np
 import scipy.io
 from torch.utils.data import Dataset
 
-from datamodules.checks import DataFormatError, check_finite, require_key
+from datamodules.checks import DataFormatError, finite_float32, require_key
 from datamodules.darcy_generate import generate_darcy, write_darcy_mat
 from datamodules.mesh_dataset import MeshDataset
 from datamodules.mesh_datamodule import MeshDataModule
@@ -31,14 +31,15 @@ def read_darcy_mat(path: str | Path) -> dict[str, np.ndarray]:
             raise
         arrays = _read_hdf5(path, err)
     for k, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise DataFormatError(f"{path}: key {k!r} has dtype {a.dtype}, expected a numeric (n, s, s) array")
         if a.ndim != 3 or a.shape[1] != a.shape[2]:
             raise DataFormatError(f"{path}: key {k!r} has shape {a.shape}, expected (n, s, s)")
-        check_finite(a, path, k)
     if arrays["coeff"].shape != arrays["sol"].shape:
         raise DataFormatError(
             f"{path}: 'coeff' {arrays['coeff'].shape} and 'sol' {arrays['sol'].shape} must have the same shape"
         )
-    return {k: a.astype(np.float32) for k, a in arrays.items()}
+    return {k: finite_float32(a, path, k) for k, a in arrays.items()}
 
 
 def _read_hdf5(path: Path, err: Exception) -> dict[str, np.ndarray]:
@@ -71,14 +72,22 @@ class DarcyDataset(MeshDataset):
         self.file, self.start, self.count, self.stride = file, start, count, stride
         super().__init__(root)
 
+    def sample_keys(self) -> list[tuple[str, int]]:
+        # the same sample of the same file content, whatever the stride or file name
+        return [(self.raw_digests[self.file], self.start + i) for i in range(len(self))]
+
+    def sample_name(self, index: int) -> str:
+        return f"{Path(self.raw_dir) / self.file}: sample {self.start + index}"
+
+    def expected_samples(self) -> int:
+        return self.count
+
     @property
     def raw_file_names(self) -> list[str]:
         return [self.file]
 
     def cache_config(self) -> dict:
-        path = Path(self.raw_dir) / self.file
-        stamp = path.stat().st_mtime_ns if path.exists() else 0
-        return {"file": self.file, "start": self.start, "count": self.count, "stride": self.stride, "mtime": stamp}
+        return {"file": self.file, "start": self.start, "count": self.count, "stride": self.stride}
 
     def read_samples(self) -> Iterator[dict[str, np.ndarray]]:
         path = Path(self.raw_dir) / self.file
@@ -152,11 +161,16 @@ class DarcyDataModule(MeshDataModule):
         pad_to_buckets: bool = False,
     ) -> None:
         super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets)
-        for name, value in (("n_train", n_train), ("n_test", n_test)):
-            if value < 1:
-                raise ValueError(f"DarcyDataModule: {name} must be >= 1, got {value}")
-        if n_val < 0:
-            raise ValueError(f"DarcyDataModule: n_val must be >= 0, got {n_val}")
+        self.check_options(1, n_train=n_train, n_test=n_test, stride=stride)
+        self.check_options(1, allow_none=True, test_stride=test_stride)
+        self.check_options(0, n_val=n_val)
+        # 3 points per side is the least with an interior point to solve for
+        self.check_options(3, gen_resolution=gen_resolution)
+        if (Path(root) / train_file).resolve() == (Path(root) / test_file).resolve():
+            raise ValueError(
+                f"DarcyDataModule: train_file and test_file are the same file ({Path(root) / train_file}); "
+                "the test samples must not be training samples"
+            )
         self.train_file, self.test_file = train_file, test_file
         self.n_train, self.n_val, self.n_test = n_train, n_val, n_test
         self.stride = stride
@@ -185,6 +199,6 @@ class DarcyDataModule(MeshDataModule):
         if stage == "fit":
             train = DarcyDataset(self.root, self.train_file, 0, self.n_train, self.stride)
             datasets["train"] = self.with_subsample(train)
-        if stage in ("test", "predict"):
+        if stage in ("fit", "test", "predict"):
             datasets["test"] = DarcyDataset(self.root, self.test_file, 0, self.n_test, self.test_stride)
         return datasets

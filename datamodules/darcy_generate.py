@@ -8,8 +8,6 @@ where < 0. Solution: ``-∇·(a ∇u) = 1`` on the unit square, u = 0 on the bou
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,9 @@ import scipy.fft
 import scipy.io
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+
+from datamodules.progress import progress
+from flare_lightning.atomic import atomic_write
 
 HIGH, LOW = 12.0, 3.0
 
@@ -74,7 +75,7 @@ def generate_darcy(num_samples: int, resolution: int, seed: int) -> tuple[np.nda
     rng = np.random.default_rng(seed)
     coeff = np.empty((num_samples, resolution, resolution), dtype=np.float32)
     sol = np.empty_like(coeff)
-    for i in range(num_samples):
+    for i in progress(range(num_samples), f"Darcy samples ({resolution}x{resolution})", total=num_samples):
         a = darcy_coefficient(rng, resolution)
         coeff[i] = a
         sol[i] = solve_darcy(a)
@@ -83,13 +84,5 @@ def generate_darcy(num_samples: int, resolution: int, seed: int) -> tuple[np.nda
 
 def write_darcy_mat(path: str | Path, coeff: np.ndarray, sol: np.ndarray) -> None:
     """Write ``coeff``/``sol`` as a MATLAB v5 file in the FNO layout, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            scipy.io.savemat(f, {"coeff": coeff.astype(np.float32), "sol": sol.astype(np.float32)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    arrays = {"coeff": coeff.astype(np.float32), "sol": sol.astype(np.float32)}
+    atomic_write(path, lambda f: scipy.io.savemat(f, arrays))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
 from datamodules.checks import DataFormatError, check_shape
@@ -74,18 +74,22 @@ class DrivAerMLDataset(MeshDataset):
         self.targets, self.pressure_as_cp, self.num_points, self.seed = targets, pressure_as_cp, num_points, seed
         super().__init__(root)
 
+    def sample_keys(self) -> list[str]:
+        return [self.raw_digests[f] for f in self.files]  # one run per file: its content
+
+    def sample_name(self, index: int) -> str:
+        return f"{Path(self.raw_dir) / self.files[index]} (run {self.run_ids[index]})"
+
+    def expected_samples(self) -> int:
+        return len(self.files)
+
     @property
     def raw_file_names(self) -> list[str]:
         return self.files
 
     def cache_config(self) -> dict:
-        stamps = []
-        for f in self.files:
-            path = Path(self.raw_dir) / f
-            stamps.append((path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None)
         return {
             "files": self.files,
-            "stamps": stamps,
             "targets": self.targets,
             "cp": self.pressure_as_cp,
             "num_points": self.num_points,
@@ -129,8 +133,9 @@ class DrivAerMLDataModule(MeshDataModule):
     Without ``split_file`` the npz folders ``train/`` and ``test/`` are the split. A split
     file (JSON ``{"train": [ids], "test": [ids]}``, relative to ``root`` unless absolute)
     picks runs by id from ``train/``, ``test/`` or ``root``. Validation uses the last
-    ``n_val`` training runs; ``n_val: 0`` trains on all of them (the paper's 387) and
-    validates on the test runs, so the "best" checkpoint is then chosen on test data.
+    ``n_val`` training runs; ``n_val: 0`` trains on all of them (the paper's 387)
+    with no validation at all: the last checkpoint is the one tested, and test data is
+    never used for validation or checkpoint selection.
 
     With ``proxy: true`` it trains on the DrivAerML proxy (potential flow) instead: random
     car-like bodies with panel-method pressure, written to ``root`` in the npz layout on
@@ -143,7 +148,7 @@ class DrivAerMLDataModule(MeshDataModule):
         targets: ``pressure`` (paper: output 1) or ``pressure_wss`` (output 4).
         pressure_as_cp: train on Cp = p / 756.18 (and Cf = τ / 756.18) instead of m²/s².
         num_points: fixed random points kept per run for all splits (paper: 40000; None: all).
-        n_val: training runs held out for validation (0: validate on the test runs).
+        n_val: training runs held out for validation (0: no validation; test the last checkpoint).
         proxy: use (and if missing, generate) the DrivAerML proxy (potential flow).
         proxy_train_runs: proxy bodies for training and validation.
         proxy_test_runs: proxy bodies for testing.
@@ -185,8 +190,10 @@ class DrivAerMLDataModule(MeshDataModule):
         super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets)
         _check_option("targets", targets, TARGET_DIMS)
         _check_option("source", source, ("npz", "vtp"))
-        if n_val < 0:
-            raise ValueError(f"DrivAerMLDataModule: n_val must be >= 0, got {n_val}")
+        self.check_options(0, n_val=n_val)
+        self.check_options(1, allow_none=True, num_points=num_points)
+        if proxy:
+            self.check_options(1, proxy_panels=proxy_panels, proxy_points=proxy_points)
         if proxy and (split_file is not None or source != "npz"):
             raise ValueError(
                 "DrivAerMLDataModule: the proxy is npz data split by proxy_train_runs/proxy_test_runs; "
@@ -329,21 +336,32 @@ class DrivAerMLDataModule(MeshDataModule):
         train, test = runs["train"], runs["test"]
         if self.n_val >= len(train):
             raise ValueError(f"DrivAerMLDataModule: n_val={self.n_val} leaves none of the {len(train)} training runs")
-        if self.n_val:
-            train, val = train[: -self.n_val], train[-self.n_val :]
-        else:
-            val = test
-            if stage in ("fit", "validate"):
-                rank_zero_warn("DrivAerMLDataModule: n_val=0 validates on the test runs; report the last checkpoint")
-        rank_zero_info(f"{self.label}: {len(train)} train / {len(val)} val / {len(test)} test runs from {self.root}")
+        train, val = (train[: -self.n_val], train[-self.n_val :]) if self.n_val else (train, [])
+        _refuse_shared_runs({"train": train, "val": val, "test": test}, self.root)
+        if stage == "fit":
+            rank_zero_info(f"{self.label}: {len(train)} train / {len(val)} val / {len(test)} test runs from {self.root}")
         datasets: dict[str, Dataset] = {}
-        if stage in ("fit", "validate"):
+        if stage in ("fit", "validate") and val:
             datasets["val"] = self._dataset(val)
         if stage == "fit":
             datasets["train"] = self.with_subsample(self._dataset(train))
-        if stage in ("test", "predict"):
+        if stage in ("fit", "test", "predict"):
             datasets["test"] = self._dataset(test)
         return datasets
+
+
+def _refuse_shared_runs(splits: dict[str, list[tuple[int, str]]], root: Path) -> None:
+    """A DrivAerML run id is one car: it may sit in one split only (e.g. not in both
+    ``train/`` and ``test/``), whatever its files hold."""
+    seen: dict[int, tuple[str, str]] = {}
+    for split, runs in splits.items():
+        for run_id, file in runs:
+            other = seen.setdefault(run_id, (split, file))
+            if other[0] != split:
+                raise DataFormatError(
+                    f"DrivAerML: run {run_id} is in both the {other[0]} split ({root / other[1]}) and the "
+                    f"{split} split ({root / file}); the splits must not share runs"
+                )
 
 
 def _check_option(name: str, value: str, allowed) -> None:

@@ -9,14 +9,14 @@ proxy generator also hold a ``proxy`` string, so proxy data is never taken for D
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from datamodules.checks import DataFormatError, check_finite, check_shape, require_key
+from datamodules.checks import DataFormatError, check_shape, finite_float32, require_key
+from datamodules.numpy_files import npz_array, open_npz
+from flare_lightning.atomic import atomic_write
 
 U_INF = 38.889  # free-stream speed of the DrivAerML runs [m/s]
 Q_INF = 756.18  # dynamic pressure 0.5 U∞² [m²/s²]: Cp = p / Q_INF
@@ -34,23 +34,17 @@ def read_run_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.exists():
         raise FileNotFoundError(f"DrivAerML run file not found: {path}")
     try:
-        arrays = np.load(path, allow_pickle=False)
-    except (OSError, EOFError, ValueError) as err:
-        raise DataFormatError(f"{path}: not a readable .npz archive ({err})") from err
-    if not isinstance(arrays, np.lib.npyio.NpzFile):
-        raise DataFormatError(
-            f"{path}: holds a single array, expected an .npz archive with keys {CENTERS_KEY!r}, {FIELDS_KEY!r}"
-        )
+        arrays = open_npz(path)
+    except DataFormatError as err:
+        raise DataFormatError(f"{err} (expected keys {CENTERS_KEY!r}, {FIELDS_KEY!r})") from err
     with arrays:
-        centres = np.asarray(require_key(arrays, CENTERS_KEY, path))
-        fields = np.asarray(require_key(arrays, FIELDS_KEY, path))
+        centres = npz_array(arrays, CENTERS_KEY, path)
+        fields = npz_array(arrays, FIELDS_KEY, path)
     check_shape(centres, (None, 3), path, CENTERS_KEY)
     check_shape(fields, (centres.shape[0], 4), path, FIELDS_KEY)
     if centres.shape[0] == 0:
         raise DataFormatError(f"{path}: key {CENTERS_KEY!r} holds no points, expected (N, 3) with N > 0")
-    check_finite(centres, path, CENTERS_KEY)
-    check_finite(fields, path, FIELDS_KEY)
-    return centres.astype(np.float32), fields.astype(np.float32)
+    return finite_float32(centres, path, CENTERS_KEY), finite_float32(fields, path, FIELDS_KEY)
 
 
 def is_proxy_file(path: str | Path) -> bool:
@@ -58,7 +52,7 @@ def is_proxy_file(path: str | Path) -> bool:
     ``read_run_npz`` then reports it)."""
     try:
         arrays = np.load(path, allow_pickle=False)
-    except (OSError, EOFError, ValueError):
+    except Exception:  # noqa: BLE001 - any damage: read_run_npz names it
         return False
     if not isinstance(arrays, np.lib.npyio.NpzFile):
         return False
@@ -68,16 +62,7 @@ def is_proxy_file(path: str | Path) -> bool:
 
 def write_run_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez`` to a temporary file in the same folder, then rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def list_runs(folder: Path) -> list[int]:

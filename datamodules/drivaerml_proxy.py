@@ -24,6 +24,7 @@ import numpy as np
 from scipy.interpolate import RegularGridInterpolator
 
 from datamodules.drivaerml_io import PROXY_KEY, PROXY_LABEL, Q_INF, write_run_npz
+from datamodules.progress import progress
 
 SurfaceFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -291,7 +292,7 @@ def generate_proxy_runs(folder: str | Path, run_ids: list[int], panels: int, poi
     """Write ``folder/run_<i>.npz`` for each missing run id (each file atomically): resumable."""
     folder = Path(folder)
     written = []
-    for run_id in run_ids:
+    for run_id in progress(run_ids, f"{PROXY_LABEL} bodies ({folder.name})", total=len(run_ids)):
         path = folder / f"run_{run_id}.npz"
         if not path.exists():
             write_run_npz(path, proxy_run(run_id, panels, points, seed))

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from datamodules.checks import DataFormatError, check_finite, check_shape, require_files
+from datamodules.checks import DataFormatError, check_shape, finite_float32, require_files
 from datamodules.elasticity_generate import FILES, generate_elasticity, write_elasticity
 from datamodules.mesh_datamodule import MeshDataModule
 from datamodules.mesh_dataset import MeshDataset
+from datamodules.numpy_files import load_npy
 
 log = logging.getLogger(__name__)
 READ = ("XY", "sigma")  # rr and theta describe the void; the model sees the points only
@@ -24,13 +25,7 @@ def load_elasticity(root: str | Path) -> dict[str, np.ndarray]:
     for matching shapes; errors name the file, the array and what was expected."""
     root = Path(root)
     require_files([root / FILES[k] for k in READ], hint=f"the Geo-FNO elasticity data goes in {root / 'Meshes'}")
-    arrays = {}
-    for key in READ:
-        path = root / FILES[key]
-        try:
-            arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as err:
-            raise DataFormatError(f"{path}: not a readable .npy array ({err})") from err
+    arrays = {key: load_npy(root / FILES[key], key) for key in READ}
     xy = check_shape(arrays["XY"], (None, 2, None), root / FILES["XY"], "XY")
     check_shape(arrays["sigma"], (xy.shape[0], xy.shape[2]), root / FILES["sigma"], "sigma")
     if xy.shape[0] == 0 or xy.shape[2] == 0:
@@ -63,14 +58,22 @@ class ElasticityDataset(MeshDataset):
         self.start, self.count = start, count
         super().__init__(root)
 
+    def sample_keys(self) -> list[tuple[str, str, int]]:
+        xy, sigma = (self.raw_digests[FILES[k]] for k in READ)
+        return [(xy, sigma, self.start + i) for i in range(len(self))]
+
+    def sample_name(self, index: int) -> str:
+        return f"{Path(self.raw_dir) / FILES['XY']} (and sigma): sample {self.start + index}"
+
+    def expected_samples(self) -> int:
+        return self.count
+
     @property
     def raw_file_names(self) -> list[str]:
         return [FILES[k] for k in READ]
 
     def cache_config(self) -> dict:
-        paths = [Path(self.raw_dir) / f for f in self.raw_file_names]
-        stamps = [p.stat().st_mtime_ns if p.exists() else 0 for p in paths]
-        return {"files": self.raw_file_names, "start": self.start, "count": self.count, "mtime": stamps}
+        return {"files": self.raw_file_names, "start": self.start, "count": self.count}
 
     def read_samples(self) -> Iterator[dict[str, np.ndarray]]:
         arrays = load_elasticity(self.raw_dir)
@@ -81,8 +84,8 @@ class ElasticityDataset(MeshDataset):
                 f"{self.start}..{self.start + self.count - 1} were asked for (check n_train/n_val/n_test)"
             )
         window = slice(self.start, self.start + self.count)
-        xy = check_finite(np.array(arrays["XY"][:, :, window]), Path(self.raw_dir) / FILES["XY"], "XY")
-        sigma = check_finite(np.array(arrays["sigma"][:, window]), Path(self.raw_dir) / FILES["sigma"], "sigma")
+        xy = finite_float32(arrays["XY"][:, :, window], Path(self.raw_dir) / FILES["XY"], "XY")
+        sigma = finite_float32(arrays["sigma"][:, window], Path(self.raw_dir) / FILES["sigma"], "sigma")
         for i in range(self.count):
             yield {"pos": xy[:, :, i], "y": sigma[:, i : i + 1]}
 
@@ -135,11 +138,11 @@ class ElasticityDataModule(MeshDataModule):
         pad_to_buckets: bool = False,
     ) -> None:
         super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets)
-        for name, value in (("n_train", n_train), ("n_test", n_test)):
-            if value < 1:
-                raise ValueError(f"ElasticityDataModule: {name} must be >= 1, got {value}")
-        if n_val < 0:
-            raise ValueError(f"ElasticityDataModule: n_val must be >= 0, got {n_val}")
+        self.check_options(1, n_train=n_train, n_test=n_test)
+        self.check_options(0, n_val=n_val)
+        if generate:
+            self.check_options(1, gen_workers=gen_workers)
+            self.check_options(n_train + n_val + n_test, allow_none=True, gen_samples=gen_samples)
         self.n_train, self.n_val, self.n_test = n_train, n_val, n_test
         self.generate = generate
         self.gen_samples = gen_samples or n_train + n_val + n_test
@@ -175,6 +178,6 @@ class ElasticityDataModule(MeshDataModule):
             datasets["val"] = ElasticityDataset(self.root, *ranges["val"])
         if stage == "fit":
             datasets["train"] = self.with_subsample(ElasticityDataset(self.root, *ranges["train"]))
-        if stage in ("test", "predict"):
+        if stage in ("fit", "test", "predict"):
             datasets["test"] = ElasticityDataset(self.root, *ranges["test"])
         return datasets

@@ -46,7 +46,8 @@ from skfem import (
 from skfem.helpers import ddot, div, sym_grad
 
 from datamodules.fem import nodal_gradient, von_mises
-from datamodules.generate_util import atomic_write_files, parallel_map
+from datamodules.generate_util import parallel_map
+from flare_lightning.atomic import atomic_write_files
 
 FILES = {
     "XY": "Meshes/Random_UnitCell_XY_10.npy",  # (972, 2, S) vertex coordinates
@@ -188,7 +189,8 @@ def generate_elasticity(num_samples: int, seed: int = 0, workers: int = 1) -> di
     ``XY`` (972, 2, S), ``sigma`` (972, S), ``rr`` (42, S), ``theta`` (S, 10)."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    samples = parallel_map(functools.partial(elasticity_sample, seed=seed), range(num_samples), workers)
+    make = functools.partial(elasticity_sample, seed=seed)
+    samples = parallel_map(make, range(num_samples), workers, desc="elasticity cells (FEM)")
     return {
         "XY": np.stack([s["XY"] for s in samples], axis=-1),
         "sigma": np.stack([s["sigma"] for s in samples], axis=-1),

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from datamodules.checks import DataFormatError, check_finite, check_shape, require_key
+from datamodules.checks import DataFormatError, check_shape, finite_float32
 from datamodules.lpbf_generate import PROXY_LABEL, PROXY_TAG, generate_lpbf_proxy
 from datamodules.mesh_datamodule import MeshDataModule
 from datamodules.mesh_dataset import MeshDataset
+from datamodules.numpy_files import npz_array, open_npz
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
@@ -46,22 +47,20 @@ def read_lpbf_case(path: str | Path, fields: Sequence[str]) -> dict[str, np.ndar
     """``pos`` (N, 3) and ``fields`` (each (N, width)) of one case, checked for keys,
     shapes and finite values.
 
-    The numeric arrays are read without unpickling; only ``_metadata`` (not needed for
-    training) is a pickled object array in the real files.
+    Only the numeric keys asked for are read, each with ``allow_pickle=False`` (an
+    ``.npz`` member is read only when its key is): ``_metadata``, a pickled object array
+    in the real files, is never read, so a crafted one cannot run code. It holds nothing
+    training needs.
     """
     path = Path(path)
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DataFormatError(f"{path}: not a readable .npz archive ({err})") from err
-    with npz:
-        pos = check_shape(np.asarray(require_key(npz, "pos", path)), (None, 3), path, "pos")
-        out = {"pos": check_finite(pos, path, "pos")}
+    with open_npz(path) as npz:
+        pos = check_shape(npz_array(npz, "pos", path), (None, 3), path, "pos")
+        out = {"pos": finite_float32(pos, path, "pos")}
         for key in fields:
-            arr = np.asarray(require_key(npz, key, path))
+            arr = npz_array(npz, key, path)
             if FIELD_WIDTH[key] == 1 and arr.ndim == 1:
                 arr = arr[:, None]
-            out[key] = check_finite(check_shape(arr, (pos.shape[0], FIELD_WIDTH[key]), path, key), path, key)
+            out[key] = finite_float32(check_shape(arr, (pos.shape[0], FIELD_WIDTH[key]), path, key), path, key)
     if pos.shape[0] == 0:
         raise DataFormatError(f"{path}: key 'pos' holds no nodes, expected (N, 3) with N > 0")
     return out
@@ -92,14 +91,21 @@ class LPBFDataset(MeshDataset):
         self.files, self.targets, self.scale = list(files), list(targets), [float(s) for s in scale]
         super().__init__(root)
 
+    def sample_keys(self) -> list[str]:
+        return [self.raw_digests[f] for f in self.files]  # one case per file: its content
+
+    def sample_name(self, index: int) -> str:
+        return str(Path(self.raw_dir) / self.files[index])
+
+    def expected_samples(self) -> int:
+        return len(self.files)
+
     @property
     def raw_file_names(self) -> list[str]:
         return self.files
 
     def cache_config(self) -> dict:
-        paths = [Path(self.raw_dir) / f for f in self.files]
-        stamps = [(p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else 0 for p in paths]
-        return {"files": self.files, "targets": self.targets, "scale": self.scale, "stamps": stamps}
+        return {"files": self.files, "targets": self.targets, "scale": self.scale}
 
     def read_samples(self) -> Iterator[dict[str, np.ndarray]]:
         fields = sorted({TARGETS[t][0] for t in self.targets})
@@ -176,11 +182,14 @@ class LPBFDataModule(MeshDataModule):
             raise ValueError(
                 f"LPBFDataModule: targets must be a non-empty list from {sorted(TARGETS)}, got {list(targets)}"
             )
-        for name, value in (("n_train", n_train), ("n_test", n_test)):
-            if value is not None and value < 1:
-                raise ValueError(f"LPBFDataModule: {name} must be >= 1 or None, got {value}")
-        if n_val < 0:
-            raise ValueError(f"LPBFDataModule: n_val must be >= 0, got {n_val}")
+        self.check_options(1, allow_none=True, n_train=n_train, n_test=n_test)
+        self.check_options(0, n_val=n_val)
+        if generate:
+            self.check_options(1, proxy_train=proxy_train, proxy_test=proxy_test, proxy_workers=proxy_workers)
+            if len(proxy_grid) != 3 or min(proxy_grid) < 2:
+                raise ValueError(f"LPBFDataModule: proxy_grid must be 3 sizes >= 2 voxels, got {proxy_grid}")
+            if proxy_voxel_size <= 0:
+                raise ValueError(f"LPBFDataModule: proxy_voxel_size must be > 0 mm, got {proxy_voxel_size}")
         if len(build_volume) != 3 or min(build_volume) <= 0:
             raise ValueError(f"LPBFDataModule: build_volume must be 3 positive sizes, got {build_volume}")
         self.targets = list(targets)
@@ -244,6 +253,6 @@ class LPBFDataModule(MeshDataModule):
             datasets["val"] = dataset("val")
         if stage == "fit":
             datasets["train"] = self.with_subsample(dataset("train"))
-        if stage in ("test", "predict"):
+        if stage in ("fit", "test", "predict"):
             datasets["test"] = dataset("test")
         return datasets

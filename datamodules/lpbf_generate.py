@@ -33,7 +33,8 @@ from skfem import Basis, BilinearForm, ElementHex1, ElementVector, LinearForm, M
 from skfem.helpers import ddot, sym_grad, trace
 
 from datamodules.fem import nodal_gradient, von_mises
-from datamodules.generate_util import atomic_directory, atomic_write, parallel_map
+from datamodules.generate_util import parallel_map
+from flare_lightning.atomic import atomic_directory, atomic_write
 
 PROXY_TAG = "lpbfproxy"  # in every proxy file name, so proxy data is recognisable
 PROXY_LABEL = (
@@ -236,4 +237,4 @@ def generate_lpbf_proxy(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     with atomic_directory(folder) as tmp:
         make = functools.partial(_make_case, folder=tmp, seed=seed, grid=tuple(grid), voxel_size=voxel_size)
-        return parallel_map(make, range(num_samples), workers)
+        return parallel_map(make, range(num_samples), workers, desc=f"LPBF proxy cases ({Path(folder).name})")

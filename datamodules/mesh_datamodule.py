@@ -4,6 +4,7 @@ padded loaders over ``MeshDataset``s."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,11 @@ class MeshDataModule(L.LightningDataModule):
     ``test``, ``predict``. This class fits normalisation statistics on ``train`` only
     and serves padded batches (see ``PaddedCollate``).
 
+    Protocol: ``n_val: 0`` means no validation at all (``has_val`` is False and
+    ``val_dataloader`` returns no loader), never validation on test data. ``setup("fit")``
+    also reads and checks the test split, so bad test data fails before the first
+    training step, and refuses splits that share a sample (same file content).
+
     Args:
         root: data folder.
         batch_size: samples per training batch.
@@ -45,6 +51,7 @@ class MeshDataModule(L.LightningDataModule):
 
     in_dim: int
     out_dim: int
+    n_val: int = 0
     generated_as = "generated"  # data_source of locally made data ("proxy" for labelled proxies)
 
     @property
@@ -70,6 +77,9 @@ class MeshDataModule(L.LightningDataModule):
         pad_to_buckets: bool = False,
     ) -> None:
         super().__init__()
+        self.check_options(1, batch_size=batch_size)
+        self.check_options(1, allow_none=True, eval_batch_size=eval_batch_size, train_points=train_points)
+        self.check_options(0, num_workers=num_workers)
         self.root = Path(root)
         self.pad_to_buckets = pad_to_buckets
         self.batch_size = batch_size
@@ -77,12 +87,28 @@ class MeshDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.train_points = train_points
         self.seed = seed
-        self.subsample = PointSubsample(train_points, seed) if train_points else None
+        self.subsample = PointSubsample(train_points, seed) if train_points is not None else None
         self.datasets: dict[str, Dataset] = {}
         self._train_sampler: EpochShuffleSampler | None = None
         self._resume_position: dict[str, int] | None = None
         self.input_stats: tuple[Tensor, Tensor] | None = None
         self.target_stats: tuple[Tensor, Tensor] | None = None
+
+    def check_options(self, minimum: int, allow_none: bool = False, **options: int | None) -> None:
+        """Raise a ``ValueError`` naming the first option below ``minimum`` (or None when
+        not allowed): the shared check of counts and sizes at construction."""
+        for name, value in options.items():
+            if value is None and allow_none:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                extra = " or None" if allow_none else ""
+                raise ValueError(f"{type(self).__name__}: {name} must be >= {minimum}{extra}, got {value!r}")
+
+    @property
+    def has_val(self) -> bool:
+        """Whether there is a validation split (``n_val > 0``); without one, fit neither
+        validates nor selects a checkpoint on validation data, and never uses test data."""
+        return self.n_val > 0
 
     def build_datasets(self, stage: str) -> dict[str, Dataset]:
         raise NotImplementedError
@@ -91,30 +117,38 @@ class MeshDataModule(L.LightningDataModule):
         # Building a dataset processes raw files into its cache on first use. Under DDP one
         # process (per node, like prepare_data) does that while the others wait, then they
         # read the finished cache: concurrent writers would corrupt it.
+        if stage == "validate" and not self.has_val:
+            raise ValueError(f"{type(self).__name__}: n_val=0, so there is no validation split to evaluate")
         first = self._processes_first()
         if not first:
             self._barrier()
         self.datasets = self.build_datasets(stage)
+        if stage == "fit" and "test" not in self.datasets:
+            # Read and check the test split now: bad test data must fail before training.
+            self.datasets.update(self.build_datasets("test"))
         if first:
             self._barrier()
         for name, ds in self.datasets.items():
             if len(ds) == 0:
                 raise ValueError(f"{type(self).__name__}: the {name} split is empty (root={self.root})")
+        check_disjoint(type(self).__name__, self.datasets)
         if "train" in self.datasets:
             self.input_stats, self.target_stats = self.fit_stats(self.datasets["train"])
 
     def fit_stats(self, train: Dataset) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
         """Per-channel (mean, std) of model inputs and of targets over the training split."""
         base, indices = _unwrap(train)
-        inputs, targets = [], []
-        for i in indices:
-            lo, hi = int(base._ptr[i]), int(base._ptr[i + 1])
-            parts = [base.field("pos")[lo:hi]]
-            if base.has_inputs():
-                parts.append(base.field("x")[lo:hi])
-            inputs.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1))
-            targets.append(base.field("y")[lo:hi])
-        return channel_stats(inputs), channel_stats(targets)
+
+        def spans() -> Iterator[tuple[int, int]]:
+            return ((int(base._ptr[i]), int(base._ptr[i + 1])) for i in indices)
+
+        def inputs() -> Iterator[Tensor]:  # one sample at a time: memory does not grow with the split
+            for lo, hi in spans():
+                parts = [base.field("pos")[lo:hi]] + ([base.field("x")[lo:hi]] if base.has_inputs() else [])
+                yield torch.cat(parts, dim=-1)
+
+        targets = (base.field("y")[lo:hi] for lo, hi in spans())
+        return channel_stats(inputs()), channel_stats(targets)
 
     def _loader(self, split: str, batch_size: int, train: bool = False) -> DataLoader:
         if split not in self.datasets:
@@ -180,8 +214,13 @@ class MeshDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, train=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size)
+    def val_dataloader(self) -> DataLoader | list:
+        if self.has_val:
+            return self._loader("val", self.eval_batch_size)
+        # No loader at all without a validation split: Lightning then skips validation (and
+        # would warn that the empty list has length zero, which is the intention here).
+        warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
+        return []
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size)
@@ -194,6 +233,21 @@ class MeshDataModule(L.LightningDataModule):
         if self.subsample is not None:
             dataset.transform = self.subsample
         return dataset
+
+
+def check_disjoint(owner: str, datasets: dict[str, Dataset]) -> None:
+    """Refuse splits that share a sample (the same file content read into two splits)."""
+    seen: dict[Any, tuple[str, str]] = {}
+    for split, ds in datasets.items():
+        base, indices = _unwrap(ds)
+        keys = base.sample_keys()
+        for i in indices:
+            other = seen.setdefault(keys[i], (split, base.sample_name(i)))
+            if other[0] != split:
+                raise ValueError(
+                    f"{owner}: the {split} and {other[0]} splits overlap: {base.sample_name(i)} is the same data as "
+                    f"{other[1]}; training, validation and test data must be disjoint"
+                )
 
 
 def _unwrap(ds: Dataset) -> tuple[MeshDataset, list[int]]:

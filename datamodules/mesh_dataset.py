@@ -1,13 +1,12 @@
-"""Base PyG dataset for fields on meshes: raw files are processed once into a cache of
-plain tensors, and each sample is served as ``Data(pos, x, y)``."""
+"""Base PyG dataset for fields on meshes: raw files are processed once into a verified,
+memory-mapped cache (``mesh_cache``), and each sample is served as ``Data(pos, x, y)``."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +15,12 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, Dataset
 
-from datamodules.checks import DataFormatError, require_files
+from datamodules.checks import DataFormatError, finite_float32, require_files
+from datamodules.content_hash import file_digest
+from datamodules.mesh_cache import load_cache, write_cache
+from datamodules.progress import is_rank_zero, progress
 
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+HASH_PROGRESS_BYTES = 1 << 30  # show a bar when hashing more raw data than this
 
 
 class MeshDataset(Dataset):
@@ -38,8 +29,14 @@ class MeshDataset(Dataset):
     Subclasses name their raw files (relative to ``root``), describe the options that
     change processing (``cache_config``) and yield samples from ``read_samples``: dicts
     with ``pos`` [N, d], optional ``x`` [N, f] (input fields) and ``y`` [N, o]
-    (targets). The cache holds concatenated float32 tensors and offsets, loadable with
-    ``torch.load(weights_only=True)``. Each ``Data`` also carries ``sample_id`` (its index).
+    (targets). The cache holds concatenated float32 tensors and offsets (``mesh_cache``):
+    named by the options, checked against the raw files' content digests and its own
+    checksums on every load, rebuilt (with a warning) when stale or damaged, and
+    memory-mapped. Each ``Data`` also carries ``sample_id`` (its index).
+
+    PyG's ``Dataset`` runs ``process()`` and then unpickles ``processed/pre_transform.pt``
+    and ``pre_filter.pt`` with ``weights_only=False``: a data folder could run code. This
+    class defines neither ``download`` nor ``process``, so PyG reads nothing from disk.
 
     Args:
         root: folder holding the raw files; the cache goes to ``root/processed``.
@@ -48,8 +45,10 @@ class MeshDataset(Dataset):
 
     def __init__(self, root: str | Path, transform: Callable[[Data], Data] | None = None) -> None:
         self._root_path = Path(root)
-        super().__init__(str(root), transform=transform, log=False)
-        self._data = torch.load(self.processed_paths[0], weights_only=True)
+        super().__init__(str(root), transform=transform, log=is_rank_zero())
+        self.check_raw_files()
+        self.raw_digests = self._hash_raw_files()
+        self._data = self._load_or_build()
         self._ptr: Tensor = self._data["ptr"]
 
     # --- what subclasses provide -------------------------------------------------
@@ -58,8 +57,23 @@ class MeshDataset(Dataset):
         raise NotImplementedError
 
     def cache_config(self) -> dict[str, Any]:
-        """Everything that changes the processed tensors (file names, split, stride...)."""
+        """Every option that changes the processed tensors (file names, split, stride...);
+        the raw files' content is added by this class."""
         return {"raw": self.raw_file_names}
+
+    def sample_keys(self) -> list[Hashable]:
+        """One identity per sample, equal for the same sample read through another split
+        (used to refuse overlapping splits); by default (file digest, index in the files)."""
+        digests = tuple(self.raw_digests[f] for f in self.raw_file_names)
+        return [(digests, i) for i in range(len(self))]
+
+    def sample_name(self, index: int) -> str:
+        """Where sample ``index`` comes from, for error messages."""
+        return f"{type(self).__name__} at {self.raw_dir}: sample {index}"
+
+    def expected_samples(self) -> int | None:
+        """Number of samples ``read_samples`` yields, if known (for the progress bar)."""
+        return None
 
     # --- PyG plumbing --------------------------------------------------------------
     @property
@@ -72,31 +86,61 @@ class MeshDataset(Dataset):
 
     @property
     def processed_file_names(self) -> list[str]:
-        key = json.dumps(self.cache_config(), sort_keys=True, default=str)
-        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+        digest = hashlib.blake2b(self._config_json().encode(), digest_size=6).hexdigest()
         return [f"{type(self).__name__.lower()}_{digest}.pt"]
 
-    def download(self) -> None:
+    def _config_json(self) -> str:
+        return json.dumps(self.cache_config(), sort_keys=True, default=str)
+
+    def check_raw_files(self) -> None:
+        """Raise ``FileNotFoundError`` naming every missing raw file."""
         require_files(
             [Path(self.raw_dir) / f for f in self.raw_file_names],
             hint=f"{type(self).__name__} reads these from root={self.raw_dir}",
         )
 
-    def process(self) -> None:
+    def _hash_raw_files(self) -> dict[str, str]:
+        files = list(self.raw_file_names)
+        size = sum((Path(self.raw_dir) / f).stat().st_size for f in files)
+        if size > HASH_PROGRESS_BYTES:
+            files = progress(files, f"{type(self).__name__}: hashing raw files", total=len(files), unit="file")
+        return {f: file_digest(Path(self.raw_dir) / f) for f in files}
+
+    def _load_or_build(self) -> dict[str, Tensor]:
+        path = Path(self.processed_paths[0])
+        meta = {"config": self._config_json(), "raw": self.raw_digests}
+        fields, why = load_cache(path, meta)
+        if fields is not None:
+            return fields
+        if why != "absent":
+            warnings.warn(f"{type(self).__name__}: cache {path} is {why}; rebuilding it from the raw files", stacklevel=3)
+        self.build_cache(path, meta)
+        fields, why = load_cache(path, meta)
+        if fields is None:
+            raise RuntimeError(f"{path}: the cache just written does not verify ({why})")
+        return fields
+
+    def build_cache(self, path: Path, meta: dict[str, Any]) -> None:
+        """Read every sample, cast to float32, check, and write the cache to ``path``."""
         pos, xs, ys, ptr = [], [], [], [0]
-        for i, sample in enumerate(self.read_samples()):
-            p = torch.as_tensor(sample["pos"], dtype=torch.float32)
-            y = torch.as_tensor(sample["y"], dtype=torch.float32)
+        samples = progress(
+            self.read_samples(), f"{type(self).__name__}: processing into {path.name}",
+            total=self.expected_samples(), unit="sample",
+        )
+        for i, sample in enumerate(samples):
+            name = self.sample_name(i)
+            p = torch.from_numpy(finite_float32(sample["pos"], name, "pos"))
+            y = torch.from_numpy(finite_float32(sample["y"], name, "y"))
             x = sample.get("x")
             if p.dim() != 2 or y.dim() != 2 or p.shape[0] != y.shape[0] or p.shape[0] == 0:
                 raise DataFormatError(
-                    f"{type(self).__name__}: sample {i} has pos {tuple(p.shape)} and y {tuple(y.shape)}, "
+                    f"{name}: has pos {tuple(p.shape)} and y {tuple(y.shape)}, "
                     "expected [N, d] and [N, o] with the same N > 0"
                 )
             pos.append(p)
             ys.append(y)
             if x is not None:
-                xs.append(torch.as_tensor(x, dtype=torch.float32).reshape(p.shape[0], -1))
+                xs.append(torch.from_numpy(finite_float32(x, name, "x")).reshape(p.shape[0], -1))
             ptr.append(ptr[-1] + p.shape[0])
         if len(ptr) == 1:
             raise DataFormatError(f"{type(self).__name__} at {self.raw_dir}: no samples were read")
@@ -105,7 +149,7 @@ class MeshDataset(Dataset):
         data = {"pos": torch.cat(pos), "y": torch.cat(ys), "ptr": torch.tensor(ptr, dtype=torch.long)}
         if xs:
             data["x"] = torch.cat(xs)
-        atomic_torch_save(data, Path(self.processed_paths[0]))
+        write_cache(path, data, meta)
 
     def len(self) -> int:
         return self._ptr.numel() - 1
@@ -119,7 +163,8 @@ class MeshDataset(Dataset):
         return data
 
     def field(self, name: str) -> Tensor:
-        """All points of all samples for ``pos``, ``x`` or ``y``, concatenated: [sum N, C]."""
+        """All points of all samples for ``pos``, ``x`` or ``y``, concatenated: [sum N, C]
+        (a memory map of the cache: slice it, do not copy it whole)."""
         return self._data[name]
 
     def has_inputs(self) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.checks import DataFormatError, check_finite
+from datamodules.checks import DataFormatError, finite_float32
 
 
 def _vtk():
@@ -44,10 +44,10 @@ def read_vtp_cells(path: str | Path, arrays: Sequence[str]) -> tuple[np.ndarray,
         arr = cell_data.GetArray(name)
         if arr is None:
             raise DataFormatError(f"{path}: missing cell array {name!r} (cell arrays present: {present})")
-        out[name] = check_finite(vtk_to_numpy(arr).astype(np.float32), path, name)
+        out[name] = finite_float32(vtk_to_numpy(arr), path, name)
     centres = vtkCellCenters()
     centres.SetInputData(poly)
     centres.VertexCellsOff()
     centres.Update()
-    pos = vtk_to_numpy(centres.GetOutput().GetPoints().GetData()).astype(np.float32)
-    return check_finite(pos, path, "cell centres"), out
+    pos = vtk_to_numpy(centres.GetOutput().GetPoints().GetData())
+    return finite_float32(pos, path, "cell centres"), out

@@ -108,7 +108,7 @@ def test_splits_points_and_training_only_statistics(tmp_path):
 def test_padded_batches_from_the_loader(tmp_path):
     coeff, sol = make_arrays(n=7, s=11)
     write_darcy_mat(tmp_path / "train.mat", coeff, sol)
-    write_darcy_mat(tmp_path / "test.mat", coeff, sol)
+    write_darcy_mat(tmp_path / "test.mat", *make_arrays(n=3, s=11, seed=1))  # a copy of train.mat is refused
     dm = make_dm(tmp_path, train_points=20)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -146,11 +146,11 @@ def test_generates_missing_files_in_the_real_layout(tmp_path):
 def test_processed_cache_is_reused_and_refreshed(tmp_path):
     coeff, sol = make_arrays(n=7)
     write_darcy_mat(tmp_path / "train.mat", coeff, sol)
-    write_darcy_mat(tmp_path / "test.mat", coeff, sol)
-    make_dm(tmp_path).setup("fit")
+    write_darcy_mat(tmp_path / "test.mat", *make_arrays(n=3, seed=1))
+    make_dm(tmp_path).setup("fit")  # train, val and (checked before training) test
     caches = sorted((tmp_path / "processed").glob("darcydataset_*.pt"))
-    assert len(caches) == 2
+    assert len(caches) == 3
     make_dm(tmp_path).setup("fit")
     assert sorted((tmp_path / "processed").glob("darcydataset_*.pt")) == caches
     make_dm(tmp_path, stride=1).setup("fit")  # another stride is another cache
-    assert len(list((tmp_path / "processed").glob("darcydataset_*.pt"))) == 4
+    assert len(list((tmp_path / "processed").glob("darcydataset_*.pt"))) == 6

@@ -88,11 +88,11 @@ def test_normalisation_is_fitted_on_training_runs_only(root):
     np.testing.assert_allclose(dm.input_stats[0].numpy(), pos.mean(0), rtol=1e-4, atol=1e-4)
 
 
-def test_n_val_zero_trains_on_all_runs_and_validates_on_test(root):
+def test_n_val_zero_trains_on_all_runs_without_validation(root):
     dm = setup_dm(root, n_val=0)
     assert dm.datasets["train"].run_ids == TRAIN_IDS
-    assert dm.datasets["val"].run_ids == TEST_IDS
-    assert dm.datasets["val"] is not dm.datasets["train"]
+    assert "val" not in dm.datasets and not dm.has_val and dm.val_dataloader() == []  # never the test runs
+    assert dm.datasets["test"].run_ids == TEST_IDS  # read and checked before training
 
 
 def test_split_file_picks_runs_from_any_folder(root):
@@ -230,7 +230,7 @@ def test_unreadable_archive_is_named(root):
         setup_dm(root)
     with open(root / "train" / "run_3.npz", "wb") as f:
         np.save(f, np.zeros(3))  # a bare .npy array under an .npz name
-    with pytest.raises(DataFormatError, match=r"run_3.npz: holds a single array, expected an .npz archive"):
+    with pytest.raises(DataFormatError, match=r"run_3.npz: holds a single array \(.npy\), expected an .npz archive"):
         setup_dm(root)
 
 
@@ -339,7 +339,7 @@ def test_bad_vtp_names_file_and_array(tmp_path):
     with pytest.raises(DataFormatError, match=r"split.json: names 1 run\(s\) .*run_<i>/boundary_<i>.vtp\): 4"):
         setup_dm(tmp_path, source="vtp", split_file="split.json", n_val=0)
     (tmp_path / "split.json").write_text(json.dumps({"train": [1], "test": [2]}))
-    with pytest.raises(DataFormatError, match=r"boundary_2.vtp: missing cell array 'wallShearStressMeanTrim'"):
+    with pytest.raises(DataFormatError, match=r"boundary_\d.vtp: missing cell array 'wallShearStressMeanTrim'"):
         setup_dm(tmp_path, source="vtp", split_file="split.json", n_val=0, targets="pressure_wss")
     write_vtp(tmp_path / "run_1" / "boundary_1.vtp", {"pMeanTrim": np.array([0, np.nan, 1], np.float32)})
     with pytest.raises(DataFormatError, match=r"boundary_1.vtp: key 'pMeanTrim' has 1 NaN/Inf"):

@@ -111,7 +111,7 @@ def test_bad_arrays_fail_before_training_and_leave_no_cache(tmp_path, corrupt, e
         dm.setup("fit")
     # only the validation cache (built before the failing training split) may exist, complete
     for cache in (tmp_path / "processed").glob("elasticitydataset_*"):
-        assert torch.load(cache, weights_only=True)["ptr"].numel() - 1 == 2
+        assert torch.load(cache, weights_only=True)["fields"]["ptr"].numel() - 1 == 2
     assert not list(tmp_path.rglob("*.tmp"))
 
 

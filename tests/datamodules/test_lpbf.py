@@ -132,7 +132,7 @@ def test_bad_case_fails_before_training_and_leaves_no_cache(lpbf_root, corrupt, 
         datamodule(root).setup("fit")
     # only the validation cache (built before the failing training split) may exist, complete
     for cache in (root / "processed").glob("lpbfdataset_*"):
-        assert torch.load(cache, weights_only=True)["ptr"].numel() - 1 == 2
+        assert torch.load(cache, weights_only=True)["fields"]["ptr"].numel() - 1 == 2
     assert not list(root.rglob("*.tmp"))
 
 

@@ -1,0 +1,76 @@
+"""Crash-safe file writes: a temporary file in the destination folder, renamed into place,
+with the permissions the umask gives ordinary files (``mkstemp`` alone makes them 0600)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+def umask() -> int:
+    """The process umask (read without changing it for longer than two calls)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_files(writes: Mapping[str | Path, Callable[[BinaryIO], Any]]) -> None:
+    """Call each ``write(file)`` on a temporary file next to its path, then rename all.
+
+    A crash while writing leaves none of the files (and no temporary file) behind, so a
+    set of files that belong together is never left half-written or incomplete. The
+    files get mode ``0o666 & ~umask``, like files made by ``open``.
+    """
+    temps: dict[Path, str] = {}
+    try:
+        for path, write in writes.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temps[path] = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.chmod(temps[path], 0o666 & ~umask())
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
+    """``atomic_write_files`` for one file: ``path`` is the old file or complete, never partial."""
+    atomic_write_files({path: write})
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; on success it becomes ``path``.
+
+    ``path`` must be absent or empty. On an exception the temporary folder is removed,
+    so a crashed generation never leaves a partly filled ``path`` behind.
+    """
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} already holds files; refusing to generate data into it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes an owner-only folder
+    try:
+        yield tmp
+        if path.exists():
+            path.rmdir()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
