@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+TEMP_SUFFIX = ".tmp"
+
 
 def umask() -> int:
     """The process umask (read without changing it for longer than two calls)."""
@@ -31,9 +33,12 @@ def atomic_write_files(writes: Mapping[str | Path, Callable[[BinaryIO], Any]]) -
         for path, write in writes.items():
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temps[path] = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
+            fd, temps[path] = tempfile.mkstemp(dir=path.parent, prefix=temp_name(path), suffix=TEMP_SUFFIX)
+            os.close(fd)  # reopened by name: the file object then names the file it writes
+            with open(temps[path], "wb") as f:
                 write(f)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the rename makes it visible
             os.chmod(temps[path], 0o666 & ~umask())
         for path, tmp in temps.items():
             os.replace(tmp, path)
@@ -43,14 +48,39 @@ def atomic_write_files(writes: Mapping[str | Path, Callable[[BinaryIO], Any]]) -
                 os.remove(tmp)
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
+def temp_name(path: Path) -> str:
+    """The prefix of ``path``'s temporary files: ``.<name>.`` (they end in ``.tmp``)."""
+    return f".{path.name}."
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     """``atomic_write_files`` for one file: ``path`` is the old file or complete, never partial."""
     atomic_write_files({path: write})
+    return Path(path)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
-    atomic_write(path, lambda f: f.write(data))
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode())
+
+
+def remove_stale_temps(folder: str | Path, pattern: str = f".*{TEMP_SUFFIX}") -> list[Path]:
+    """Delete temporary files that a killed writer left in ``folder`` (``.<name>.*.tmp``);
+    returns what was removed. Call it only where no other process is writing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for tmp in folder.glob(pattern):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from flare_lightning.files import atomic_write
+from flare_lightning.atomic import atomic_write
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):

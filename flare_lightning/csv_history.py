@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from flare_lightning.checkpoint_io import load_checkpoint
-from flare_lightning.files import atomic_write_text
+from flare_lightning.atomic import atomic_write_text
 
 
 class _ContinuingWriter(ExperimentWriter):

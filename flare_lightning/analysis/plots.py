@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from flare_lightning.files import atomic_write_bytes
+from flare_lightning.atomic import atomic_write_bytes
 
 FLOOR = 1e-6  # log-scale floor: spectra reach exact zeros when N < M
 

@@ -6,7 +6,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
-from flare_lightning.files import remove_stale_temps
+from flare_lightning.atomic import remove_stale_temps
 from flare_lightning.validation import has_validation
 
 

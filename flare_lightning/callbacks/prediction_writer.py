@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from flare_lightning.callbacks.test_metrics import run_dir
-from flare_lightning.files import atomic_write
+from flare_lightning.atomic import atomic_write
 
 
 class PredictionWriter(BasePredictionWriter):

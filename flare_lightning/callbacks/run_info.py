@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 
 from flare_lightning.callbacks.test_metrics import run_dir
-from flare_lightning.files import atomic_write_text
+from flare_lightning.atomic import atomic_write_text
 from flare_lightning.provenance import data_info, environment
 from flare_lightning.runs import RUN_INFO
 from flare_lightning.validation import has_validation

@@ -12,7 +12,7 @@ import torch
 from flare_lightning.analysis.plots import plot_effective_rank_history, plot_spectra, save_figure
 from flare_lightning.analysis.report import analyse_mixers, merge_batches, summarise
 from flare_lightning.callbacks.sampled import Batch, SampledAnalysis, log_image_file
-from flare_lightning.files import atomic_write_text
+from flare_lightning.atomic import atomic_write_text
 
 
 class SpectralAnalysis(SampledAnalysis):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning as L
 
-from flare_lightning.files import atomic_write_text
+from flare_lightning.atomic import atomic_write_text
 from flare_lightning.provenance import checkpoint_info, data_info, environment
 
 __all__ = ["TestMetricsWriter", "atomic_write_text", "run_dir"]
