@@ -199,6 +199,11 @@ def write_json(path: Path, obj: object) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def python_path() -> str:
+    """The repo first, then whatever PYTHONPATH already holds (e.g. wheels a GPU machine adds)."""
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def prepare_data(datasets: list[str], extra: tuple[str, ...]) -> None:
     """Make and cache every dataset once, before workers start side by side on it."""
     from unittest import mock
@@ -266,7 +271,7 @@ def launch(args: argparse.Namespace) -> list[subprocess.Popen]:
             "runs": [{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(r).items()} for r in queue],
             "fast_step": args.fast_step, "extra": list(extra), "commit": commit, "log_dir": str(log_dir),
         })
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": args.devices[slot], "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": args.devices[slot], "PYTHONPATH": python_path()}
         with open(log_dir / f"worker_{slot}.log", "a") as fh:
             procs.append(subprocess.Popen([sys.executable, __file__, "worker", str(queue_file)], cwd=ROOT, env=env,
                                           stdout=fh, stderr=subprocess.STDOUT, start_new_session=True))

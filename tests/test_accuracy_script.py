@@ -163,3 +163,8 @@ def test_worker_records_attempts_and_skips_finished_runs(accuracy, tmp_path):
     assert (record["card"], record["commit"], record["seed"], record["epochs"]) == ("NVIDIA H200", "abc1234", 0, 1)
     assert len(record["attempts"]) == 1 and record["attempts"][0]["rc"] == 0 and record["attempts"][0]["wall_s"] > 0
     assert "trained" in (tmp_path / "flare_quickstart_seed0_ep1.log").read_text()
+
+
+def test_workers_keep_the_callers_python_path(accuracy, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/opt/wheels")
+    assert accuracy.python_path().split(":") == [str(REPO), "/opt/wheels"]

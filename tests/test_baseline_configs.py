@@ -33,6 +33,7 @@ def tiny_model(model: str) -> list[str]:
     return [f"--model.model.init_args.{arg}" for arg in TINY[model]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [p for p in BASELINES if p.stem.endswith(("_darcy", "_quickstart"))], ids=lambda p: p.stem)
 def test_fast_dev_run_on_tiny_darcy(config, tiny_darcy_root, tmp_path):
     model = config.stem.split("_")[0]
