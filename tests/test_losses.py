@@ -87,3 +87,14 @@ def test_module_options_reach_the_loss_and_the_optimizer():
     assert all(g["eps"] == 1e-6 for g in module.configure_optimizers().param_groups)
     with pytest.raises(ValueError, match="model.loss must be one of"):
         SurrogateModule(net, in_dim=3, out_dim=1, loss="mse")
+
+
+def test_fit_refuses_grid_loss_on_point_subsets(tiny_darcy_root, tmp_path):
+    from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
+
+    with pytest.raises(ValueError, match="data.train_points must be null, got 49"):
+        run_cli(["fit", f"--config={CONFIGS / 'darcy.yaml'}", "--trainer.fast_dev_run=1",
+                 "--model.model.init_args.channels=8", "--model.model.init_args.num_blocks=1",
+                 "--model.model.init_args.num_heads=2", "--model.model.init_args.num_latents=4",
+                 *tiny_darcy_args(tiny_darcy_root), "--data.init_args.stride=1", "--data.init_args.train_points=49",
+                 *tiny_trainer_args(tmp_path)])
