@@ -298,6 +298,13 @@ class Result:
     commit: str
     folder: Path
 
+    def full_protocol_s(self) -> float | None:
+        """Wall time of the config's full budget at this run's pace (steps scale the time)."""
+        if self.wall_s is None or self.budget == "full":
+            return self.wall_s
+        steps = estimated_steps(Run(self.model, self.dataset, self.seed, int(self.budget[2:]), self.folder))
+        return self.wall_s * estimated_steps(Run(self.model, self.dataset, self.seed, None, self.folder)) / steps
+
 
 def collect(out: Path) -> list[Result]:
     """Every finished run under ``out`` (``<model>_<dataset>/seed<S>_<budget>/test_metrics.json``)."""
@@ -384,12 +391,15 @@ def render(results: list[Result], out: Path) -> str:
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     if results:
-        lines += ["## Runs", "", "| model | dataset | budget | seed | test rel. L2 | wall time | card | commit | folder |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["## Runs", "", "The column \"full budget at this pace\" scales a run's wall time to its config's full epoch budget",
+                  "(what a full-protocol run would take at the same pace on the same card).", "",
+                  "| model | dataset | budget | seed | test rel. L2 | wall time | full budget at this pace | card | commit | folder |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(results, key=lambda r: (r.budget, r.dataset, list(MODELS).index(r.model), r.seed)):
             resumed = f", {r.attempts} attempts" if r.attempts > 1 else ""
             lines.append(f"| {MODELS[r.model]} | {r.dataset} | {r.budget} | {r.seed} | {r.rel_l2:.4e} | "
-                         f"{_hours(r.wall_s)}{resumed} | {r.card} | {r.commit} | `{r.folder.relative_to(out)}` |")
+                         f"{_hours(r.wall_s)}{resumed} | {_hours(r.full_protocol_s())} | {r.card} | {r.commit} | "
+                         f"`{r.folder.relative_to(out)}` |")
         lines.append("")
     return "\n".join(lines)
 
