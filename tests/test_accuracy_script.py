@@ -169,3 +169,11 @@ def test_worker_records_attempts_and_skips_finished_runs(accuracy, tmp_path):
 def test_workers_keep_the_callers_python_path(accuracy, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "/opt/wheels")
     assert accuracy.python_path().split(":") == [str(REPO), "/opt/wheels"]
+
+
+def test_prepare_data_makes_and_caches_a_dataset(accuracy, tmp_path):
+    root = tmp_path / "qs"
+    accuracy.prepare_data(["quickstart"], (f"--data.init_args.root={root}", "--data.init_args.n_train=6",
+                                           "--data.init_args.n_val=2", "--data.init_args.n_test=3"))
+    assert (root / "darcy_gen_r29_train.mat").is_file() and (root / "darcy_gen_r29_test.mat").is_file()
+    assert list((root / "processed").rglob("*.pt"))  # processed caches exist before the workers start
