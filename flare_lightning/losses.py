@@ -80,3 +80,8 @@ def check_loss_data(name: str, datamodule: object) -> None:
             "model.loss 'darcy_grad' differentiates on the whole s x s grid: "
             f"data.train_points must be null, got {datamodule.train_points}"
         )
+    if name == "darcy_grad" and getattr(datamodule, "pad_to_buckets", False):
+        raise ValueError(
+            "model.loss 'darcy_grad' needs batches of whole s x s grids: data.pad_to_buckets must be "
+            "false (Darcy samples all have the same size, so they need no buckets)"
+        )

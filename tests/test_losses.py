@@ -66,6 +66,8 @@ def test_darcy_grad_loss_rejects_non_grids():
     with pytest.raises(ValueError, match="data.train_points must be null, got 400"):
         check_loss_data("darcy_grad", type("DM", (), {"train_points": 400})())
     check_loss_data("rel_l2", type("DM", (), {"train_points": 400})())
+    with pytest.raises(ValueError, match="data.pad_to_buckets must be false"):
+        check_loss_data("darcy_grad", type("DM", (), {"train_points": None, "pad_to_buckets": True})())
     with pytest.raises(ValueError, match="model.loss must be one of .*'darcy_grad'.*got 'l1'"):
         get_loss("l1")
 
