@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from flare_lightning.fast_step import FastTrainStep, GraphedForward
-from flare_lightning.metrics import RelativeL2Error, relative_l2
+from flare_lightning.losses import check_loss_data, get_loss
+from flare_lightning.metrics import RelativeL2Error
 from flare_lightning.normalizer import Normalizer
 
 STAGES = ("train", "val", "test")
@@ -30,8 +31,9 @@ class SurrogateModule(L.LightningModule):
     """Trains any ``model(x [B, N, in_dim], mask [B, N]) -> [B, N, out_dim]``.
 
     Inputs are normalised and outputs de-normalised with statistics fitted on the
-    training split (buffers, so checkpoints carry them); the loss and the metric are the
-    per-sample relative L2 error on de-normalised fields, averaged over samples.
+    training split (buffers, so checkpoints carry them); the metric is the per-sample
+    relative L2 error on de-normalised fields, averaged over samples, and so is the loss
+    unless ``loss`` picks another objective (``flare_lightning.losses``).
 
     Args:
         model: the network, e.g. ``flare_lightning.models.FLARE``.
@@ -40,6 +42,7 @@ class SurrogateModule(L.LightningModule):
         lr: peak learning rate of the OneCycle schedule.
         weight_decay: AdamW weight decay (latents, norms and biases are exempt).
         betas: AdamW betas.
+        eps: AdamW epsilon (the paper's 1M-point DrivAerML runs: 1e-6).
         pct_start: fraction of steps spent warming up.
         div_factor: initial lr = lr / div_factor.
         final_div_factor: final lr = initial lr / final_div_factor.
@@ -50,6 +53,8 @@ class SurrogateModule(L.LightningModule):
             overhead at small meshes. The loss is then logged per epoch only. Elsewhere the
             same step runs eagerly. Needs Adam/AdamW, 32-true or bf16-mixed precision and
             no gradient accumulation.
+        loss: training objective on de-normalised fields: ``rel_l2``, or ``darcy_grad`` (the
+            paper's Darcy objective: rel. L2 of u + 0.1 x rel. L2 of its grid derivatives).
     """
 
     def __init__(
@@ -65,8 +70,11 @@ class SurrogateModule(L.LightningModule):
         final_div_factor: float = 1e4,
         scheduler: str = "onecycle",
         fast_step: bool = False,
+        loss: str = "rel_l2",
+        eps: float = 1e-8,
     ) -> None:
         super().__init__()
+        self.loss_fn = get_loss(loss)
         # Built by the CLI, the model arrives as its config (class_path, init_args) and is
         # saved so load_from_checkpoint can rebuild it; built in Python it is an object.
         self.save_hyperparameters(ignore=None if _built_by_cli() else ["model"])
@@ -105,6 +113,8 @@ class SurrogateModule(L.LightningModule):
         restored afterwards (resume, test with ``ckpt_path``) overwrites them with its own."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         stats = (getattr(dm, "input_stats", None), getattr(dm, "target_stats", None))
+        if stage == "fit" and dm is not None:
+            check_loss_data(self.hparams.loss, dm)
         if stats[0] is not None and (stage == "fit" or not bool(self.input_norm.fitted)):
             self.input_norm.set_stats(*stats[0])
             self.target_norm.set_stats(*stats[1])
@@ -139,7 +149,7 @@ class SurrogateModule(L.LightningModule):
 
     def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         pred = self._predict(batch)
-        errors = relative_l2(pred, batch["y"], batch["mask"])  # [B]
+        errors = self.loss_fn(pred, batch["y"], batch["mask"])  # [B]
         loss = errors.mean()
         metric = self.metrics[f"{stage}_rel_l2"]
         metric.update(pred, batch["y"], batch["mask"])
@@ -170,7 +180,7 @@ class SurrogateModule(L.LightningModule):
     def _sample_losses(self, batch: dict[str, Tensor]) -> Tensor:
         """Per-sample training losses [B] of the fast step (the same loss as ``_shared_step``)."""
         pred = self._forward_normalised(batch["x"], batch["mask"])
-        return relative_l2(pred, batch["y"], batch["mask"])
+        return self.loss_fn(pred, batch["y"], batch["mask"])
 
     def _compile_for_fast_step(self) -> None:
         if self.device.type != "cuda" or getattr(self, "_fast_compiled", False):
@@ -244,7 +254,7 @@ class SurrogateModule(L.LightningModule):
                 continue
             (plain if name in no_decay or p.dim() < 2 else decay).append(p)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": plain, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
         if hp.scheduler == "constant":
             return optimizer
         if hp.scheduler != "onecycle":

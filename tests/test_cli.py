@@ -50,6 +50,7 @@ def test_darcy_config_is_the_paper_protocol():
     assert (model["num_heads"], model["num_latents"], model["channels"], model["num_blocks"]) == (16, 256, 64, 8)
     assert cfg["data"]["init_args"]["batch_size"] == 2
     assert cfg["trainer"]["max_epochs"] == 500 and cfg["trainer"]["gradient_clip_val"] == 1.0
+    assert cfg["model"]["loss"] == "darcy_grad"  # the reference's Darcy objective
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,445 @@
+"""Accuracy table (issue 11): train FLARE and the baselines on the same data, collect the
+test relative L2 of every run into benchmarks/ACCURACY.md.
+
+Each run is ``flare fit --config <config>`` (FLARE: configs/<dataset>.yaml; baselines:
+configs/baselines/<model>_<dataset>.yaml) with a seed and optionally a reduced epoch budget,
+in its own folder ``<out>/<model>_<dataset>/seed<S>_<full|epN>/``. ``launch`` makes the data
+once (in the foreground), then starts one background worker per entry of ``--devices``
+(``CUDA_VISIBLE_DEVICES`` set; repeat an id to run several models side by side on one GPU);
+each worker runs its queue one run after another, logs to ``<out>/logs/``, and records
+start, end, card and commit in ``launch.json`` beside the run. Launching again skips runs
+with a finished ``test_metrics.json`` and resumes interrupted ones from ``last.ckpt``.
+
+    python benchmarks/accuracy.py launch --devices 0 1 --epochs 50 --dry-run   # print the plan
+    python benchmarks/accuracy.py launch --devices 0 0 1 1 --epochs 50 [--fast-step] [-- --trainer.precision bf16-mixed]
+    python benchmarks/accuracy.py collect                                        # -> benchmarks/ACCURACY.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {"flare": "FLARE", "transolver": "Transolver", "transformer": "Transformer", "perceiverio": "PerceiverIO"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A table column: its label, the CLI overrides every model gets, and the paper's numbers."""
+
+    label: str
+    overrides: tuple[str, ...] = ()
+    paper_label: str | None = None  # the paper's real-data column beside this one
+    paper: dict[str, float] = field(default_factory=dict)  # rel. L2 x1e-3 (DESIGN.md section 4)
+
+
+DATASETS = {
+    "darcy": Dataset(
+        "Darcy 85x85, made here (1000/24/200)",
+        paper_label="paper: Darcy, real FNO files",
+        paper={"flare": 5.1, "transolver": 18.6, "transformer": 4.4},
+    ),
+    "elasticity": Dataset(
+        "elasticity, made here (1000/100/200 of 2000 cells)",
+        # The paper's counts; a fresh root, since existing files are read as they are.
+        overrides=(
+            "--data.init_args.root=data/elasticity_generated_2000", "--data.init_args.n_train=1000",
+            "--data.init_args.n_val=100", "--data.init_args.n_test=200", "--data.init_args.gen_samples=2000",
+            "--data.init_args.gen_workers=8",
+        ),
+        paper_label="paper: elasticity, real Geo-FNO files",
+        paper={"flare": 3.4, "transolver": 6.4},
+    ),
+    "quickstart": Dataset("quickstart: Darcy 29x29, made here, ~130k-parameter models"),
+}
+
+
+def config_path(model: str, dataset: str) -> Path:
+    """FLARE trains with the dataset's own config, a baseline with configs/baselines/<model>_<dataset>.yaml."""
+    path = ROOT / "configs" / (f"{dataset}.yaml" if model == "flare" else f"baselines/{model}_{dataset}.yaml")
+    if not path.is_file():
+        raise FileNotFoundError(f"no config for model {model!r} on dataset {dataset!r}: {path}")
+    return path
+
+
+def finished(folder: Path) -> bool:
+    """A run is done when its test_metrics.json holds a finite test/rel_l2."""
+    try:
+        value = json.loads((folder / "test_metrics.json").read_text()).get("test/rel_l2")
+    except (OSError, ValueError):
+        return False
+    return isinstance(value, (int, float))
+
+
+@dataclass
+class Run:
+    """One training run of the table and where it lives."""
+
+    model: str
+    dataset: str
+    seed: int
+    epochs: int | None  # None: the config's own budget
+    out: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}_{self.dataset}"
+
+    @property
+    def tag(self) -> str:
+        return f"seed{self.seed}_" + ("full" if self.epochs is None else f"ep{self.epochs}")
+
+    @property
+    def folder(self) -> Path:
+        return self.out / self.name / self.tag
+
+    def command(self, fast_step: bool = False, extra: tuple[str, ...] = ()) -> list[str]:
+        """The ``flare fit`` command line; resumes from ``last.ckpt`` when an earlier attempt left one."""
+        cmd = [
+            sys.executable, "-m", "flare_lightning", "fit", f"--config={config_path(self.model, self.dataset)}",
+            f"--seed_everything={self.seed}",
+            f"--trainer.default_root_dir={self.folder}",
+            f"--trainer.logger.init_args.save_dir={self.out}",
+            f"--trainer.logger.init_args.name={self.name}",
+            f"--trainer.logger.init_args.version={self.tag}",
+            "--trainer.enable_progress_bar=false",
+            *DATASETS[self.dataset].overrides,
+        ]
+        if self.epochs is not None:
+            cmd.append(f"--trainer.max_epochs={self.epochs}")
+        if fast_step:
+            cmd.append("--model.fast_step=true")
+        cmd.extend(extra)
+        last = self.folder / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            cmd.append(f"--ckpt_path={last}")
+        return cmd
+
+
+def plan(models: list[str], datasets: list[str], seeds: list[int], epochs: int | None, out: Path) -> list[Run]:
+    """Every (model, dataset, seed) run, dataset by dataset."""
+    for model in models:
+        if model not in MODELS:
+            raise ValueError(f"--models: unknown model {model!r}; choose from {sorted(MODELS)}")
+    for dataset in datasets:
+        if dataset not in DATASETS:
+            raise ValueError(f"--datasets: unknown dataset {dataset!r}; choose from {sorted(DATASETS)}")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {epochs}")
+    runs = [Run(m, d, s, epochs, out) for d in datasets for s in seeds for m in models]
+    for run in runs:
+        config_path(run.model, run.dataset)  # fail now, not in a background worker
+    return runs
+
+
+def estimated_steps(run: Run) -> int:
+    """Optimizer steps of a run (training samples / batch x epochs): at these sizes a step costs
+    about the same for every model (host-bound, DESIGN.md section 6), so steps stand for time."""
+    cfg = yaml.safe_load(config_path(run.model, run.dataset).read_text())
+    data = dict(cfg["data"]["init_args"])
+    for override in DATASETS[run.dataset].overrides:
+        key, _, value = override.removeprefix("--data.init_args.").partition("=")
+        data[key] = yaml.safe_load(value)
+    epochs = run.epochs if run.epochs is not None else cfg["trainer"]["max_epochs"]
+    return -(-int(data["n_train"]) // int(data["batch_size"])) * int(epochs)
+
+
+def assign(runs: list[Run], devices: list[str]) -> dict[int, list[Run]]:
+    """Spread the runs over the worker slots (one per entry of ``devices``), longest first, each
+    to the slot with the fewest estimated steps so far, so the slots finish at about the same time."""
+    slots: dict[int, list[Run]] = {i: [] for i in range(len(devices))}
+    load = [0] * len(devices)
+    for run in sorted(runs, key=estimated_steps, reverse=True):
+        slot = min(range(len(devices)), key=lambda i: load[i])
+        slots[slot].append(run)
+        load[slot] += estimated_steps(run)
+    return slots
+
+
+def git_commit() -> str:
+    """HEAD's short hash, with ``+dirty`` when the work tree has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                               text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def card_name(env: dict[str, str]) -> str:
+    """``torch.cuda.get_device_name`` of the GPU a worker's runs see (in a child, so no CUDA context stays)."""
+    code = "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
+    try:
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: object) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def python_path() -> str:
+    """The repo first, then whatever PYTHONPATH already holds (e.g. wheels a GPU machine adds)."""
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
+def prepare_data(datasets: list[str], extra: tuple[str, ...]) -> None:
+    """Make and cache every dataset once, before workers start side by side on it."""
+    from unittest import mock
+
+    from flare_lightning.cli import make_cli
+
+    for dataset in datasets:
+        print(f"preparing {dataset} ...", flush=True)
+        with mock.patch("sys.argv", ["flare"]):
+            cli = make_cli([f"--config={config_path('flare', dataset)}", *DATASETS[dataset].overrides, *extra], run=False)
+        dm = cli.datamodule
+        dm.prepare_data()
+        dm.setup("fit")
+        dm.setup("test")
+
+
+def worker(queue_file: Path) -> None:
+    """Run a queue of runs one after another (skipping finished ones), recording each attempt."""
+    queue = json.loads(queue_file.read_text())
+    card = card_name(dict(os.environ))
+    for item in queue["runs"]:
+        run = Run(item["model"], item["dataset"], item["seed"], item["epochs"], Path(item["out"]))
+        if finished(run.folder):
+            print(f"{run.name}/{run.tag}: finished before, skipped", flush=True)
+            continue
+        cmd = run.command(queue["fast_step"], tuple(queue["extra"]))
+        record_path = run.folder / "launch.json"
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {"attempts": []}
+        record.update(model=run.model, dataset=run.dataset, seed=run.seed, epochs=run.epochs, card=card,
+                      commit=queue["commit"], cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
+        log = Path(queue["log_dir"]) / f"{run.name}_{run.tag}.log"
+        print(f"{run.name}/{run.tag}: {' '.join(cmd)}\n  log: {log}", flush=True)
+        start = time.time()
+        with open(log, "a") as fh:
+            rc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode
+        end = time.time()
+        record["attempts"].append({"start": start, "end": end, "wall_s": end - start, "rc": rc, "command": cmd})
+        write_json(record_path, record)
+        print(f"{run.name}/{run.tag}: exit {rc} after {end - start:.0f} s", flush=True)
+
+
+def launch(args: argparse.Namespace) -> list[subprocess.Popen]:
+    """Print the plan; unless ``--dry-run``, make the data and start the background workers."""
+    runs = plan(args.models, args.datasets, args.seeds, args.epochs, args.out.resolve())
+    slots = assign(runs, args.devices)
+    extra = tuple(args.extra)
+    for slot, queue in slots.items():
+        steps = sum(estimated_steps(r) for r in queue)
+        print(f"# worker {slot}: CUDA_VISIBLE_DEVICES={args.devices[slot]}, {steps} optimizer steps in all")
+        for run in queue:
+            state = "done, skipped" if finished(run.folder) else "resume" if (run.folder / "checkpoints/last.ckpt").is_file() else "new"
+            print(f"#   {run.name}/{run.tag} [{state}], {estimated_steps(run)} steps")
+            print(" ".join(run.command(args.fast_step, extra)))
+    if args.dry_run:
+        return []
+    prepare_data(sorted({r.dataset for r in runs}), extra)
+    log_dir = args.out.resolve() / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    commit, procs = git_commit(), []
+    for slot, queue in slots.items():
+        if not queue:
+            continue
+        queue_file = log_dir / f"queue_{slot}.json"
+        write_json(queue_file, {
+            "runs": [{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(r).items()} for r in queue],
+            "fast_step": args.fast_step, "extra": list(extra), "commit": commit, "log_dir": str(log_dir),
+        })
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": args.devices[slot], "PYTHONPATH": python_path()}
+        with open(log_dir / f"worker_{slot}.log", "a") as fh:
+            procs.append(subprocess.Popen([sys.executable, __file__, "worker", str(queue_file)], cwd=ROOT, env=env,
+                                          stdout=fh, stderr=subprocess.STDOUT, start_new_session=True))
+        print(f"worker {slot} (pid {procs[-1].pid}) on GPU {args.devices[slot]}: log {log_dir}/worker_{slot}.log")
+    return procs
+
+
+# --- the table ----------------------------------------------------------------------------------
+TAG = re.compile(r"seed(\d+)_(full|ep(\d+))")
+
+
+@dataclass
+class Result:
+    """One finished run as the table shows it."""
+
+    model: str
+    dataset: str
+    seed: int
+    budget: str
+    rel_l2: float
+    wall_s: float | None
+    attempts: int
+    card: str
+    commit: str
+    folder: Path
+
+    def full_protocol_s(self) -> float | None:
+        """Wall time of the config's full budget at this run's pace (steps scale the time)."""
+        if self.wall_s is None or self.budget == "full":
+            return self.wall_s
+        steps = estimated_steps(Run(self.model, self.dataset, self.seed, int(self.budget[2:]), self.folder))
+        return self.wall_s * estimated_steps(Run(self.model, self.dataset, self.seed, None, self.folder)) / steps
+
+
+def collect(out: Path) -> list[Result]:
+    """Every finished run under ``out`` (``<model>_<dataset>/seed<S>_<budget>/test_metrics.json``)."""
+    results = []
+    for metrics in sorted(out.glob("*_*/seed*/test_metrics.json")):
+        folder = metrics.parent
+        model, _, dataset = folder.parent.name.partition("_")
+        tag = TAG.fullmatch(folder.name)
+        if model not in MODELS or dataset not in DATASETS or tag is None or not finished(folder):
+            continue
+        rel = json.loads(metrics.read_text())["test/rel_l2"]
+        record = json.loads((folder / "launch.json").read_text()) if (folder / "launch.json").is_file() else {}
+        attempts = record.get("attempts", [])
+        results.append(Result(
+            model, dataset, int(tag.group(1)), tag.group(2), float(rel),
+            sum(a["wall_s"] for a in attempts) if attempts else None, len(attempts),
+            record.get("card", "unknown"), record.get("commit", "unknown"), folder,
+        ))
+    return results
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def _hours(seconds: float | None) -> str:
+    if seconds is None:
+        return "time unknown"
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def _cell(rs: list[Result]) -> str:
+    if not rs:
+        return "not run"
+    vals = [r.rel_l2 * 1e3 for r in rs]
+    walls = [r.wall_s for r in rs if r.wall_s is not None]
+    wall = _hours(statistics.mean(walls)) if walls else "time unknown"
+    if len(vals) == 1:
+        return f"**{vals[0]:.2f}** ({wall})"
+    return f"**{statistics.mean(vals):.2f}** ({min(vals):.2f}-{max(vals):.2f}, {len(vals)} seeds; {wall} each)"
+
+
+def _budget_title(budget: str) -> str:
+    if budget == "full":
+        return "Full budget: each config's own epochs (the paper's 500 for Darcy and elasticity; 60 for the quickstart)"
+    return (f"Reduced budget: {budget[2:]} epochs for every model (the paper: 500; the OneCycle schedule is "
+            "compressed to the budget, so these are not the paper's protocol)")
+
+
+def render(results: list[Result], out: Path) -> str:
+    """ACCURACY.md: per epoch budget, a models x datasets table with the paper's real-data numbers
+    beside the local ones, then every run with its card, commit, seed and wall time."""
+    lines = [
+        "# Accuracy: FLARE and the baselines on the same data",
+        "",
+        "Test relative L2 error x1e-3 (lower is better) of the best-validation checkpoint, mean over seeds,",
+        "with the wall time of a run (fit + test). Every model sees the same samples of a column; each",
+        "trains with its own paper protocol (configs/<dataset>.yaml for FLARE, configs/baselines/ for the",
+        "others; Darcy with the reference's gradient objective, test metric rel. L2 of u).",
+        "**Columns marked \"paper\" are the FLARE paper's numbers on the real files: other data,",
+        "not comparable cell by cell** (DESIGN.md section 4; blank where it gives none).",
+        f"Made by `python benchmarks/accuracy.py collect` from the runs under `{_shown(out)}`.",
+        "",
+    ]
+    if not results:
+        lines += ["**No finished runs yet**: launch them with `benchmarks/accuracy.py launch` (its docstring).", ""]
+    budgets = sorted({r.budget for r in results}, key=lambda b: (b != "full", int(b[2:]) if b != "full" else 0)) or ["full"]
+    for budget in budgets:
+        rs = [r for r in results if r.budget == budget]
+        header, rule = ["model"], ["---"]
+        for name, ds in DATASETS.items():
+            header.append(ds.label)
+            rule.append("---")
+            if ds.paper_label:
+                header.append(f"*{ds.paper_label}*")
+                rule.append("---")
+        lines += [f"## {_budget_title(budget)}", "", "| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+        for model, label in MODELS.items():
+            row = [label]
+            for name, ds in DATASETS.items():
+                row.append(_cell([r for r in rs if r.model == model and r.dataset == name]))
+                if ds.paper_label:
+                    row.append(f"*{ds.paper[model]}*" if model in ds.paper else "")
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    if results:
+        lines += ["## Runs", "", "The column \"full budget at this pace\" scales a run's wall time to its config's full epoch budget",
+                  "(what a full-protocol run would take at the same pace on the same card).", "",
+                  "| model | dataset | budget | seed | test rel. L2 | wall time | full budget at this pace | card | commit | folder |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(results, key=lambda r: (r.budget, r.dataset, list(MODELS).index(r.model), r.seed)):
+            resumed = f", {r.attempts} attempts" if r.attempts > 1 else ""
+            lines.append(f"| {MODELS[r.model]} | {r.dataset} | {r.budget} | {r.seed} | {r.rel_l2:.4e} | "
+                         f"{_hours(r.wall_s)}{resumed} | {_hours(r.full_protocol_s())} | {r.card} | {r.commit} | "
+                         f"`{r.folder.relative_to(out)}` |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    lp = sub.add_parser("launch", help="start the runs in the background (or print them with --dry-run)")
+    lp.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    lp.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    lp.add_argument("--seeds", nargs="+", type=int, default=[0])
+    lp.add_argument("--epochs", type=int, default=None, help="reduced epoch budget for every run (default: the configs')")
+    lp.add_argument("--devices", nargs="+", default=["0"], help="GPU id per worker; repeat an id for several workers on it")
+    lp.add_argument("--fast-step", action="store_true", help="pass --model.fast_step=true (issue 15)")
+    lp.add_argument("--out", type=Path, default=ROOT / "runs" / "accuracy")
+    lp.add_argument("--dry-run", action="store_true", help="print the plan and the commands, start nothing")
+    lp.add_argument("--wait", action="store_true", help="wait for the workers to finish, then collect")
+    lp.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "ACCURACY.md")
+    lp.add_argument("extra", nargs="*", help="more `flare fit` overrides for every run, after --")
+    cp = sub.add_parser("collect", help="write the table from the finished runs")
+    cp.add_argument("--out", type=Path, default=ROOT / "runs" / "accuracy")
+    cp.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "ACCURACY.md")
+    wp = sub.add_parser("worker", help=argparse.SUPPRESS)
+    wp.add_argument("queue", type=Path)
+    args = p.parse_args(argv)
+    if args.command == "worker":
+        worker(args.queue)
+        return
+    if args.command == "launch":
+        procs = launch(args)
+        if not (args.wait and procs):
+            return
+        for proc in procs:
+            proc.wait()
+    out = args.out.resolve()
+    results = collect(out)
+    text = render(results, out)
+    write_text(args.output, text)
+    print(f"{len(results)} finished runs -> {args.output}")
+
+
+if __name__ == "__main__":
+    main()

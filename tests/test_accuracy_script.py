@@ -1,0 +1,179 @@
+"""benchmarks/accuracy.py on CPU: the launcher's command lines (dry run), the spread of runs over
+GPUs, skipping and resuming, and the table collected from fake run folders."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from flare_lightning.cli import make_cli
+from tests.helpers import CONFIGS, REPO
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import accuracy
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return accuracy
+
+
+def opts(cmd: list[str]) -> dict[str, str]:
+    return dict(a.removeprefix("--").split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+
+
+def test_command_lines(accuracy, tmp_path):
+    flare = accuracy.Run("flare", "darcy", 3, 50, tmp_path)
+    cmd = flare.command()
+    assert cmd[1:4] == ["-m", "flare_lightning", "fit"]
+    o = opts(cmd)
+    assert o["config"] == str(CONFIGS / "darcy.yaml") and o["seed_everything"] == "3"
+    assert o["trainer.max_epochs"] == "50" and o["trainer.logger.init_args.save_dir"] == str(tmp_path)
+    assert (o["trainer.logger.init_args.name"], o["trainer.logger.init_args.version"]) == ("flare_darcy", "seed3_ep50")
+    assert "model.fast_step" not in o and "ckpt_path" not in o
+    assert opts(flare.command(fast_step=True))["model.fast_step"] == "true"
+
+    base = accuracy.Run("transolver", "elasticity", 0, None, tmp_path)
+    o = opts(base.command(extra=("--trainer.precision=bf16-mixed",)))
+    assert o["config"] == str(CONFIGS / "baselines" / "transolver_elasticity.yaml")
+    assert "trainer.max_epochs" not in o and o["trainer.precision"] == "bf16-mixed"
+    assert (o["data.init_args.n_train"], o["data.init_args.n_test"]) == ("1000", "200")  # the paper's counts
+    assert base.folder == tmp_path / "transolver_elasticity" / "seed0_full"
+
+
+def test_interrupted_runs_resume_and_finished_runs_are_skipped(accuracy, tmp_path):
+    run = accuracy.Run("perceiverio", "quickstart", 0, 5, tmp_path)
+    (run.folder / "checkpoints").mkdir(parents=True)
+    (run.folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert opts(run.command())["ckpt_path"] == str(run.folder / "checkpoints" / "last.ckpt")
+    assert not accuracy.finished(run.folder)
+    (run.folder / "test_metrics.json").write_text(json.dumps({"test/rel_l2": None}))  # a diverged run is not done
+    assert not accuracy.finished(run.folder)
+    (run.folder / "test_metrics.json").write_text(json.dumps({"test/rel_l2": 0.01, "test/loss": 0.01}))
+    assert accuracy.finished(run.folder)
+
+
+@pytest.mark.parametrize("model,dataset", [("flare", "elasticity"), ("transformer", "darcy"), ("perceiverio", "quickstart")])
+def test_command_lines_parse_as_flare_fit(accuracy, tmp_path, model, dataset):
+    """Every option the launcher adds is one the CLI knows (nothing is trained)."""
+    cmd = accuracy.Run(model, dataset, 1, 7, tmp_path).command()
+    with mock.patch("sys.argv", ["flare"]):
+        cli = make_cli(cmd[4:], run=False)
+    assert cli.trainer.max_epochs == 7
+    assert Path(cli.trainer.logger.log_dir) == tmp_path / f"{model}_{dataset}" / "seed1_ep7"
+
+
+def test_runs_are_spread_evenly_over_the_gpus(accuracy, tmp_path):
+    runs = accuracy.plan(list(accuracy.MODELS), list(accuracy.DATASETS), [0, 1], 10, tmp_path)
+    assert len(runs) == 4 * 3 * 2
+    slots = accuracy.assign(runs, ["0", "0", "1", "1"])
+    assigned = [r for q in slots.values() for r in q]
+    assert sorted(map(id, assigned)) == sorted(map(id, runs))
+    loads = [sum(accuracy.estimated_steps(r) for r in q) for q in slots.values()]
+    assert max(loads) - min(loads) <= max(accuracy.estimated_steps(r) for r in runs)
+    # Transolver trains elasticity with batch 1: 1000 steps per epoch
+    assert accuracy.estimated_steps(accuracy.Run("transolver", "elasticity", 0, 10, tmp_path)) == 10_000
+
+
+def test_bad_choices_are_reported(accuracy, tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'gnot'"):
+        accuracy.plan(["gnot"], ["darcy"], [0], None, tmp_path)
+    with pytest.raises(ValueError, match="--epochs must be >= 1"):
+        accuracy.plan(["flare"], ["darcy"], [0], 0, tmp_path)
+
+
+def test_dry_run_prints_and_starts_nothing(accuracy, tmp_path, capsys):
+    with mock.patch.object(accuracy, "prepare_data") as prepare, mock.patch.object(accuracy.subprocess, "Popen") as popen:
+        accuracy.main(["launch", "--models", "flare", "transolver", "--datasets", "quickstart", "--devices", "0", "1",
+                       "--out", str(tmp_path), "--fast-step", "--dry-run"])
+    printed = capsys.readouterr().out
+    assert "CUDA_VISIBLE_DEVICES=0" in printed and "CUDA_VISIBLE_DEVICES=1" in printed
+    assert printed.count("--model.fast_step=true") == 2
+    prepare.assert_not_called()
+    popen.assert_not_called()
+
+
+def fake_run(out: Path, name: str, tag: str, rel_l2, wall_s=None, card="NVIDIA H200", commit="abc1234") -> None:
+    folder = out / name / tag
+    folder.mkdir(parents=True)
+    if rel_l2 is not False:
+        (folder / "test_metrics.json").write_text(json.dumps({"test/rel_l2": rel_l2, "test/loss": 0.0}))
+    if wall_s is not None:
+        attempts = [{"wall_s": w, "rc": 0} for w in (wall_s if isinstance(wall_s, list) else [wall_s])]
+        (folder / "launch.json").write_text(json.dumps({"attempts": attempts, "card": card, "commit": commit}))
+
+
+def test_collector_on_fake_runs(accuracy, tmp_path):
+    out = tmp_path / "runs"
+    fake_run(out, "flare_darcy", "seed0_ep50", 0.0061, wall_s=5400)
+    fake_run(out, "transolver_darcy", "seed0_ep50", 0.0200, wall_s=[1800, 1200], commit="def5678+dirty")
+    fake_run(out, "transolver_darcy", "seed1_ep50", 0.0180, wall_s=3000)
+    fake_run(out, "transformer_darcy", "seed0_ep50", False)  # still running: no test_metrics.json
+    fake_run(out, "flare_quickstart", "seed0_full", 0.037, wall_s=180, card="cpu")
+    fake_run(out, "flare_pipe", "seed0_full", 0.01)  # a dataset the table does not have
+    results = accuracy.collect(out)
+    assert sorted((r.model, r.dataset, r.seed, r.budget) for r in results) == [
+        ("flare", "darcy", 0, "ep50"), ("flare", "quickstart", 0, "full"),
+        ("transolver", "darcy", 0, "ep50"), ("transolver", "darcy", 1, "ep50")]
+    text = accuracy.render(results, out)
+    full, reduced = text.split("## Full budget")[1].split("## Reduced budget: 50 epochs")
+    reduced = reduced.split("## Runs")[0]
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in reduced.splitlines() if line.startswith("| ")}
+    assert rows["FLARE"][1] == "**6.10** (1.5 h)" and rows["FLARE"][2] == "*5.1*"  # paper, real files, beside it
+    assert rows["Transolver"][1] == "**19.00** (18.00-20.00, 2 seeds; 50 min each)" and rows["Transolver"][2] == "*18.6*"
+    assert rows["Transformer"][1] == "not run" and rows["Transformer"][2] == "*4.4*"
+    assert rows["PerceiverIO"][2] == ""  # DESIGN.md gives no paper number
+    assert "**37.00** (3 min)" in full
+    assert "real FNO files" in text and "not comparable cell by cell" in text
+    runs = text.split("## Runs")[1]
+    # 50 of Darcy's 500 epochs took 50 min: the full budget at this pace is 10x longer
+    assert "| Transolver | darcy | ep50 | 0 | 2.0000e-02 | 50 min, 2 attempts | 8.3 h | NVIDIA H200 | def5678+dirty |" in runs
+    assert "| FLARE | quickstart | full | 0 | 3.7000e-02 | 3 min | 3 min | cpu | abc1234 |" in runs
+
+
+def test_collect_writes_the_table(accuracy, tmp_path):
+    out, output = tmp_path / "runs", tmp_path / "ACCURACY.md"
+    fake_run(out, "perceiverio_elasticity", "seed2_full", 0.009, wall_s=7200)
+    accuracy.main(["collect", "--out", str(out), "--output", str(output)])
+    text = output.read_text()
+    assert "| PerceiverIO | elasticity | full | 2 | 9.0000e-03 | 2.0 h | 2.0 h |" in text
+    assert not list(tmp_path.glob(".ACCURACY.md*"))  # no temporary file left behind
+
+
+def test_worker_records_attempts_and_skips_finished_runs(accuracy, tmp_path):
+    out = tmp_path / "runs"
+    run = accuracy.Run("flare", "quickstart", 0, 1, out)
+    queue = {"runs": [{"model": "flare", "dataset": "quickstart", "seed": 0, "epochs": 1, "out": str(out)}],
+             "fast_step": False, "extra": [], "commit": "abc1234", "log_dir": str(tmp_path)}
+    (tmp_path / "queue.json").write_text(json.dumps(queue))
+    script = ("import json, pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True, exist_ok=True); "
+              "(p / 'test_metrics.json').write_text(json.dumps({'test/rel_l2': 0.5})); print('trained')")
+    fake = [sys.executable, "-c", script, str(run.folder)]
+    with mock.patch.object(accuracy.Run, "command", return_value=fake) as command, \
+            mock.patch.object(accuracy, "card_name", return_value="NVIDIA H200"):
+        accuracy.worker(tmp_path / "queue.json")
+        accuracy.worker(tmp_path / "queue.json")  # finished now: skipped
+    assert command.call_count == 1
+    record = json.loads((run.folder / "launch.json").read_text())
+    assert (record["card"], record["commit"], record["seed"], record["epochs"]) == ("NVIDIA H200", "abc1234", 0, 1)
+    assert len(record["attempts"]) == 1 and record["attempts"][0]["rc"] == 0 and record["attempts"][0]["wall_s"] > 0
+    assert "trained" in (tmp_path / "flare_quickstart_seed0_ep1.log").read_text()
+
+
+def test_workers_keep_the_callers_python_path(accuracy, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/opt/wheels")
+    assert accuracy.python_path().split(":") == [str(REPO), "/opt/wheels"]
+
+
+def test_prepare_data_makes_and_caches_a_dataset(accuracy, tmp_path):
+    root = tmp_path / "qs"
+    accuracy.prepare_data(["quickstart"], (f"--data.init_args.root={root}", "--data.init_args.n_train=6",
+                                           "--data.init_args.n_val=2", "--data.init_args.n_test=3"))
+    assert (root / "darcy_gen_r29_train.mat").is_file() and (root / "darcy_gen_r29_test.mat").is_file()
+    assert list((root / "processed").rglob("*.pt"))  # processed caches exist before the workers start
