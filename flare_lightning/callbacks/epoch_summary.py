@@ -1,4 +1,5 @@
-"""One printed line per epoch: readable logs without a progress bar (CI, SLURM)."""
+"""One printed line per epoch: a record of every epoch that outlives the progress bar
+(and readable logs without one: CI, SLURM)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,17 @@ import time
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
+TRAIN_KEYS = ("train/loss_epoch", "train/rel_l2")
+VAL_KEYS = ("val/loss", "val/rel_l2")
+
 
 class EpochSummary(L.Callback):
-    """Prints ``epoch e/E  train/loss ..  val/rel_l2 ..  (t s)`` after each validation.
+    """Prints ``epoch e/E  train/loss_epoch ..  train/rel_l2 ..  val/loss ..  val/rel_l2 ..  (t s)``
+    at the end of each training epoch, with that epoch's own numbers.
+
+    Lightning reduces a training epoch's metrics at ``on_train_epoch_end``, after the
+    epoch's validation has run, so that is where both are current. Validation values are
+    shown only for epochs that validated (``check_val_every_n_epoch``).
 
     Args:
         enabled: print the line.
@@ -18,14 +27,23 @@ class EpochSummary(L.Callback):
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self._start = 0.0
+        self._validated = False
+        self.last_line: str | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
+        self._validated = False
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled or trainer.sanity_checking:
+        if not trainer.sanity_checking:
+            self._validated = True
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled:
             return
-        keys = ("train/loss_epoch", "train/rel_l2", "val/rel_l2")
-        parts = [f"{k} {float(trainer.callback_metrics[k]):.4g}" for k in keys if k in trainer.callback_metrics]
+        metrics = trainer.callback_metrics  # this epoch's reduced training metrics
+        keys = TRAIN_KEYS + (VAL_KEYS if self._validated else ())
+        parts = [f"{k} {float(metrics[k]):.4g}" for k in keys if k in metrics]
         elapsed = time.perf_counter() - self._start
-        rank_zero_info(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {'  '.join(parts)}  ({elapsed:.1f} s)")
+        self.last_line = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {'  '.join(parts)}  ({elapsed:.1f} s)"
+        rank_zero_info(self.last_line)
