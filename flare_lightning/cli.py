@@ -18,6 +18,7 @@ from flare_lightning.callbacks.test_metrics import TestMetricsWriter
 from flare_lightning.checkpoint_io import SafeCheckpointIO
 from flare_lightning.csv_history import ContinuingCSVLogger, logging_step
 from flare_lightning.module import SurrogateModule
+from flare_lightning.run_loggers import SaveConfigToLoggers, name_loggers_like_csv
 from flare_lightning.runs import BEST, continues_run, resolve_checkpoint
 from flare_lightning.validation import has_validation
 
@@ -63,6 +64,10 @@ class FlareCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = SafeCheckpointIO()
         return trainer
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        name_loggers_like_csv(config.get("trainer", {}).get("logger"))
 
     def after_fit(self) -> None:
         if self.config.fit.get("test_after_fit") and self.trainer.checkpoint_callback is not None:
@@ -141,6 +146,7 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> FlareCLI:
     return FlareCLI(
         SurrogateModule,
         subclass_mode_data=True,
+        save_config_callback=SaveConfigToLoggers,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=args,

@@ -1,5 +1,5 @@
 """LightningModule for point-cloud surrogates: normalisation, relative-L2 loss and
-metrics, AdamW with a per-batch OneCycle schedule."""
+metrics, AdamW with a per-batch OneCycle schedule (or any optimizer and scheduler)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
@@ -46,7 +47,15 @@ class SurrogateModule(L.LightningModule):
         pct_start: fraction of steps spent warming up.
         div_factor: initial lr = lr / div_factor.
         final_div_factor: final lr = initial lr / final_div_factor.
-        scheduler: ``onecycle`` (per batch, as in the paper) or ``constant``.
+        scheduler: ``onecycle`` (per batch, as in the paper) or ``constant``; ignored when
+            ``lr_scheduler`` is given.
+        optimizer: any optimizer instead of AdamW, e.g. ``--model.optimizer torch.optim.SGD
+            --model.optimizer.lr 0.01``; it gets the same parameter groups (latents, norms
+            and biases without weight decay) and ``lr``/``betas``/``weight_decay`` above
+            no longer apply (OneCycle then peaks at the optimizer's own lr).
+        lr_scheduler: any scheduler instead of ``scheduler``, stepped once per epoch, e.g.
+            ``--model.lr_scheduler torch.optim.lr_scheduler.CosineAnnealingLR
+            --model.lr_scheduler.T_max 100`` (``ReduceLROnPlateau`` watches ``val/rel_l2``).
         fast_step: on CUDA, compile the model and replay each training step (forward,
             loss, backward, the trainer's gradient clipping, AdamW with the scheduled lr
             and beta1) as one CUDA graph, and evaluation forwards as graphs: no host
@@ -72,13 +81,20 @@ class SurrogateModule(L.LightningModule):
         fast_step: bool = False,
         loss: str = "rel_l2",
         eps: float = 1e-8,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
+        if scheduler not in ("onecycle", "constant"):
+            raise ValueError(f"model.scheduler must be 'onecycle' or 'constant', got {scheduler!r}")
         self.loss_fn = get_loss(loss)
-        # Built by the CLI, the model arrives as its config (class_path, init_args) and is
-        # saved so load_from_checkpoint can rebuild it; built in Python it is an object.
-        self.save_hyperparameters(ignore=None if _built_by_cli() else ["model"])
+        # Built by the CLI, the model (and optimizer/scheduler choices) arrive as their config
+        # (class_path, init_args) and are saved so load_from_checkpoint can rebuild them;
+        # built in Python they are objects.
+        self.save_hyperparameters(ignore=None if _built_by_cli() else ["model", "optimizer", "lr_scheduler"])
         self.model = model
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
         self.input_norm = Normalizer(in_dim)
         self.target_norm = Normalizer(out_dim)
         self.metrics = nn.ModuleDict({f"{stage}_rel_l2": RelativeL2Error() for stage in STAGES})
@@ -245,26 +261,47 @@ class SurrogateModule(L.LightningModule):
         return {"pred": pred, "mask": batch["mask"], "sample_id": batch["sample_id"], "pos": batch["pos"]}
 
     # --- optimisation ------------------------------------------------------------
-    def configure_optimizers(self) -> Any:
-        hp = self.hparams
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Two groups: weights with the optimizer's weight decay, and latents, norms and
+        biases (``model.no_weight_decay()`` and every parameter below 2-D) without."""
         no_decay = set(self.model.no_weight_decay()) if hasattr(self.model, "no_weight_decay") else set()
         decay, plain = [], []
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
             (plain if name in no_decay or p.dim() < 2 else decay).append(p)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": plain, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        return [{"params": decay}, {"params": plain, "weight_decay": 0.0}]
+
+    def build_optimizer(self, param_groups: list[dict[str, Any]], **overrides: Any) -> torch.optim.Optimizer:
+        """The configured optimizer over ``param_groups``: ``model.optimizer`` if given, else
+        AdamW(lr, betas, eps, weight_decay). ``overrides`` go to the AdamW constructor (e.g.
+        ``capturable=True``, a tensor ``lr``), for callers that build their own step."""
+        if self.optimizer is not None:
+            return self.optimizer(param_groups)
+        hp = self.hparams
+        kwargs = dict(lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay) | overrides
+        return torch.optim.AdamW(param_groups, **kwargs)
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """Lightning's scheduler config for ``optimizer``: ``model.lr_scheduler`` per epoch
+        if given, else the per-batch OneCycle (peaking at each group's lr), else None."""
+        if self.lr_scheduler is not None:
+            return {"scheduler": self.lr_scheduler(optimizer), "interval": "epoch", "monitor": "val/rel_l2"}
+        hp = self.hparams
         if hp.scheduler == "constant":
-            return optimizer
-        if hp.scheduler != "onecycle":
-            raise ValueError(f"model.scheduler must be 'onecycle' or 'constant', got {hp.scheduler!r}")
+            return None
+        peak = [float(group["lr"]) for group in optimizer.param_groups]
         schedule = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
-            max_lr=hp.lr,
+            max_lr=peak,
             total_steps=max(1, int(self.trainer.estimated_stepping_batches)),
             pct_start=hp.pct_start,
             div_factor=hp.div_factor,
             final_div_factor=hp.final_div_factor,
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return {"scheduler": schedule, "interval": "step"}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.build_optimizer(self.parameter_groups())
+        schedule = self.build_scheduler(optimizer)
+        return optimizer if schedule is None else {"optimizer": optimizer, "lr_scheduler": schedule}
