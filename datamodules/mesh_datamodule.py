@@ -134,6 +134,10 @@ class MeshDataModule(L.LightningDataModule):
         check_disjoint(type(self).__name__, self.datasets)
         if "train" in self.datasets:
             self.input_stats, self.target_stats = self.fit_stats(self.datasets["train"])
+        # Hand the statistics to the module now, before callbacks' setup copies it (EMA).
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if hasattr(module, "use_data_stats"):
+            module.use_data_stats(self, stage)
 
     def fit_stats(self, train: Dataset) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
         """Per-channel (mean, std) of model inputs and of targets over the training split."""

@@ -128,6 +128,12 @@ class SurrogateModule(L.LightningModule):
         """Take normalisation statistics from the datamodule when training; a checkpoint
         restored afterwards (resume, test with ``ckpt_path``) overwrites them with its own."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        self.use_data_stats(dm, stage)
+
+    def use_data_stats(self, dm: Any, stage: str) -> None:
+        """Install ``dm.input_stats``/``dm.target_stats`` (if fitted) for ``stage``. Mesh
+        datamodules call this at the end of their own ``setup``, before callbacks set up,
+        so copies that callbacks make of the module (``WeightAveraging``) carry them."""
         stats = (getattr(dm, "input_stats", None), getattr(dm, "target_stats", None))
         if stage == "fit" and dm is not None:
             check_loss_data(self.hparams.loss, dm)

@@ -1,9 +1,10 @@
 """Lightning callbacks of flare-lightning."""
 
+from flare_lightning.callbacks.ema import EMA
 from flare_lightning.callbacks.epoch_summary import EpochSummary
 from flare_lightning.callbacks.prediction_writer import PredictionWriter
 from flare_lightning.callbacks.predictions import PredictionPlots
 from flare_lightning.callbacks.spectral import SpectralAnalysis
 from flare_lightning.callbacks.test_metrics import TestMetricsWriter
 
-__all__ = ["EpochSummary", "PredictionPlots", "PredictionWriter", "SpectralAnalysis", "TestMetricsWriter"]
+__all__ = ["EMA", "EpochSummary", "PredictionPlots", "PredictionWriter", "SpectralAnalysis", "TestMetricsWriter"]
