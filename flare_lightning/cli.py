@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -69,8 +72,26 @@ class FlareCLI(LightningCLI):
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         name_loggers_like_csv(config.get("trainer", {}).get("logger"))
 
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except SystemExit as exit:
+            given = [str(a) for a in (sys.argv[1:] if args is None else args)]
+            if exit.code and not any(a.startswith(("--config", "-c")) for a in given):
+                sub = next((a for a in given if not a.startswith("-")), "fit")
+                print(f"hint: start from a dataset config: flare {sub} --config configs/<dataset>.yaml, "
+                      f"e.g. flare {sub} --config configs/quickstart.yaml", file=sys.stderr)
+            raise
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        # --trainer.enable_checkpointing false: drop our checkpoint callback, which Lightning
+        # would otherwise reject.
+        if config.get("enable_checkpointing") is False:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
+
     def after_fit(self) -> None:
-        if self.config.fit.get("test_after_fit") and self.trainer.checkpoint_callback is not None:
+        if self.config.fit.get("test_after_fit"):
             ckpt, why = self._checkpoint_to_test()
             for writer in (cb for cb in self.trainer.callbacks if isinstance(cb, TestMetricsWriter)):
                 writer.selection = why
@@ -80,6 +101,8 @@ class FlareCLI(LightningCLI):
         """The checkpoint a fit is tested on, and why: the best by validation, else
         ``last.ckpt`` (never one chosen on test data), else the weights in memory."""
         callback = self.trainer.checkpoint_callback
+        if callback is None:  # --trainer.enable_checkpointing false
+            return None, "the weights in memory at the end of fit (checkpointing is off)"
         if callback.best_model_path:
             how = f"lowest {callback.monitor} on the validation data" if callback.monitor else "latest save (no monitor)"
             return callback.best_model_path, f"best.ckpt: {how}"
@@ -134,7 +157,13 @@ class FlareCLI(LightningCLI):
         self._use_checkpoint_run("fit", subfolder=False)
 
     def _evaluate_in_run(self) -> None:
-        self._use_checkpoint_run(self.config.subcommand, subfolder=True)
+        subcommand = self.config.subcommand
+        if not self.config_init[subcommand].get("ckpt_path"):
+            raise SystemExit(
+                f"flare {subcommand}: no trained weights given: pass --ckpt_path best (the newest run's "
+                "best checkpoint), last, or a .ckpt file"
+            )
+        self._use_checkpoint_run(subcommand, subfolder=True)
 
     before_validate = _evaluate_in_run
     before_test = _evaluate_in_run

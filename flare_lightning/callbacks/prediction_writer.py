@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 
 from flare_lightning.callbacks.test_metrics import run_dir
 from flare_lightning.atomic import atomic_write
@@ -43,11 +44,17 @@ class PredictionWriter(BasePredictionWriter):
                     "pos": batch["pos"][i][keep].float().cpu(),
                     "pred": batch["pred"][i][keep].float().cpu(),
                 }
+        if trainer.fast_dev_run:  # a debug run leaves no files
+            return
         name = self.filename
         if trainer.world_size > 1:
             stem, suffix = os.path.splitext(name)
             name = f"{stem}_rank{trainer.global_rank}{suffix}"
         self.last_path = atomic_write(run_dir(trainer) / name, lambda f: torch.save(samples, f))
+        if trainer.world_size > 1:
+            rank_zero_info(f"predictions written to {self.last_path.parent}/{stem}_rank*{suffix} (one file per rank)")
+        else:
+            rank_zero_info(f"predictions of {len(samples)} samples written to {self.last_path}")
 
 
 def _flatten(predictions: Any) -> list[dict]:

@@ -149,7 +149,7 @@ class SampledAnalysis(L.Callback):
 
     # --- test ----------------------------------------------------------------------
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or trainer.fast_dev_run:
             return
         batches = take_samples(unsharded(self._first_loader(trainer.test_dataloaders)), self.num_samples, self.max_points)
         if batches:

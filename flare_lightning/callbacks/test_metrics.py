@@ -42,7 +42,7 @@ class TestMetricsWriter(L.Callback):
         metrics = {
             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")
         }
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or trainer.fast_dev_run:  # a debug run leaves no files
             return
         payload: dict = {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items())}
         ckpt = getattr(trainer, "ckpt_path", None)
