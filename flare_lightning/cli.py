@@ -24,6 +24,7 @@ from flare_lightning.module import SurrogateModule
 from flare_lightning.run_loggers import SaveConfigToLoggers, name_loggers_like_csv
 from flare_lightning.runs import BEST, continues_run, resolve_checkpoint
 from flare_lightning.validation import has_validation
+from flare_lightning.slurm import pin_run_to_slurm_job
 
 
 class FlareCLI(LightningCLI):
@@ -71,6 +72,8 @@ class FlareCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         name_loggers_like_csv(config.get("trainer", {}).get("logger"))
+        if self.subcommand == "fit":
+            pin_run_to_slurm_job(config.get("trainer"))
 
     def parse_arguments(self, parser, args) -> None:
         try:
@@ -153,7 +156,8 @@ class FlareCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Resume from ``--ckpt_path`` inside its run when it is that run's last.ckpt (without
-        it on SLURM, Lightning resumes from its own pre-emption checkpoint)."""
+        it on SLURM, Lightning resumes from the job's own pre-emption checkpoint: see
+        ``flare_lightning.slurm``)."""
         self._use_checkpoint_run("fit", subfolder=False)
 
     def _evaluate_in_run(self) -> None:

@@ -11,7 +11,11 @@ shift || true
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER=${MASTER:-localhost:29500}
-GPUS=${GPUS:-$(nvidia-smi -L | wc -l)}
+GPUS=${GPUS:-$(nvidia-smi -L 2>/dev/null | wc -l || true)}   # processes (GPUs) per node
+if [ "${GPUS:-0}" -lt 1 ]; then
+    echo "torchrun_ddp.sh: no GPU found by nvidia-smi; set GPUS=<processes per node>" >&2
+    exit 1
+fi
 
 torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS" \
     --rdzv_backend c10d --rdzv_endpoint "$MASTER" \
