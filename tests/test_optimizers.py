@@ -38,6 +38,7 @@ def test_default_is_adamw_with_per_step_onecycle(tiny_darcy_root, tmp_path):
     cli = fit(tiny_darcy_root, tmp_path, "--model.lr=3e-3", "--model.weight_decay=0.25")
     optimizer = cli.trainer.optimizers[0]
     assert type(optimizer) is torch.optim.AdamW
+    assert optimizer.defaults["fused"]  # one kernel on CPU: a few ms less per quickstart step
     decay = [g for g in optimizer.param_groups if g["weight_decay"] != 0.0]
     assert len(decay) == 1 and decay[0]["weight_decay"] == 0.25
     names = exempt_names(cli.model)
