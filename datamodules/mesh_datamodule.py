@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from datamodules.collate import PaddedCollate
 from datamodules.mesh_dataset import MeshDataset
 from datamodules.subsample import EpochShuffleSampler, PointSubsample, ShardSampler
-from flare_lightning.files import atomic_write_text
+from flare_lightning.atomic import atomic_write_text
 from flare_lightning.normalizer import channel_stats
 
 GENERATED_NOTE = "GENERATED.txt"
