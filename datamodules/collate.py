@@ -35,7 +35,8 @@ class PaddedCollate:
     """PyG batch -> dict of dense tensors.
 
     Returns ``x`` [B, N_max, d + f] (model inputs), ``y`` [B, N_max, o], ``pos``
-    [B, N_max, d], ``mask`` [B, N_max] bool (True on real points) and ``sample_id`` [B].
+    [B, N_max, d], ``mask`` [B, N_max] bool (True on real points), ``sample_id`` [B], and
+    ``normals`` [B, N_max, 3] / ``areas`` [B, N_max, 1] when the samples carry them.
     Batch size and maximum node count are passed to ``to_dense_batch`` so that no
     device synchronisation is needed.
 
@@ -57,7 +58,9 @@ class PaddedCollate:
             return to_dense_batch(t, batch.batch, batch_size=size, max_num_nodes=n_max)
 
         x, mask = dense(model_inputs(batch))
+        extras = {k: dense(batch[k])[0] for k in ("normals", "areas") if k in batch}  # surface geometry, if kept
         return {
+            **extras,
             "x": x,
             "y": dense(batch.y)[0],
             "pos": dense(batch.pos)[0],

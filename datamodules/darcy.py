@@ -135,6 +135,7 @@ class DarcyDataModule(MeshDataModule):
         gen_seed: seed of generated data (the test file uses ``gen_seed + 1``).
         seed: seed of shuffling and point subsets.
         pad_to_buckets: pad batches to a few point-count buckets (for ``model.fast_step``).
+        predict_files: meshes for ``flare predict`` (folder, glob or file; see ``MeshDataModule``).
     """
 
     in_dim = 3
@@ -159,8 +160,11 @@ class DarcyDataModule(MeshDataModule):
         gen_seed: int = 0,
         seed: int = 0,
         pad_to_buckets: bool = False,
+        predict_files: str | list[str] | None = None,
     ) -> None:
-        super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets)
+        super().__init__(
+            root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets, predict_files
+        )
         self.check_options(1, n_train=n_train, n_test=n_test, stride=stride)
         self.check_options(1, allow_none=True, test_stride=test_stride)
         self.check_options(0, n_val=n_val)
@@ -179,6 +183,8 @@ class DarcyDataModule(MeshDataModule):
         self.gen_resolution, self.gen_seed = gen_resolution, gen_seed
 
     def prepare_data(self) -> None:
+        if self.predicting_files():
+            return  # new meshes only: no training data is needed
         for file, count, seed in (
             (self.train_file, self.n_train + self.n_val, self.gen_seed),
             (self.test_file, self.n_test, self.gen_seed + 1),

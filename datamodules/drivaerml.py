@@ -8,34 +8,40 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
-from datamodules.checks import DataFormatError, check_shape
+from datamodules.checks import DataFormatError
 from datamodules.drivaerml_io import (
     PROXY_LABEL,
     Q_INF,
     is_proxy_file,
     list_runs,
-    read_run_npz,
     read_split_file,
 )
+from datamodules.drivaerml_predict import DrivAerMLReader
 from datamodules.drivaerml_proxy import generate_proxy_runs
 from datamodules.mesh_datamodule import MeshDataModule
-from datamodules.mesh_dataset import MeshDataset
-from datamodules.vtp import read_vtp_cells
+from flare_lightning.force_metrics import ForceCoefficientErrors
+from datamodules.mesh_dataset import EXTRA_FIELDS, MeshDataset
 
 Targets = Literal["pressure", "pressure_wss"]
 Source = Literal["npz", "vtp"]
 TARGET_DIMS = {"pressure": 1, "pressure_wss": 4}
-VTP_PRESSURE, VTP_WSS = "pMeanTrim", "wallShearStressMeanTrim"
-NPZ_FOLDERS = ("train", "test", "")  # where a run named by a split file may live
+NPZ_FOLDERS = ("train", "test", "")
+# Full-scale DrivAer frontal area [m²], the constant reference of the coefficients
+# (docs/datasets/drivaerml.md says where the value comes from; per-run areas differ).
+REFERENCE_AREA = 2.16  # where a run named by a split file may live
 
 
 class DrivAerMLDataset(MeshDataset):
     """Surface fields of DrivAerML runs (or of DrivAerML proxy runs, same layout).
 
-    A sample holds ``pos`` [N, 3], the surface cell centres [m], and ``y`` [N, 1] = p
+    A sample holds ``pos`` [N, 3], the surface cell centres [m], ``normals`` [N, 3] (into
+    the body) and ``areas`` [N, 1] [m²] of the cells where the files give them (raw
+    ``.vtp``: from the mesh; archives: keys ``surface_normals``/``surface_areas`` if
+    present, otherwise not available), and ``y`` [N, 1] = p
     or [N, 4] = (p, τx, τy, τz): time-averaged kinematic pressure and wall shear stress
     [m²/s²] (divided by the density), or Cp = p / q∞ and Cf = τ / q∞ (q∞ = 756.18 m²/s²,
     U∞ = 38.889 m/s) with ``pressure_as_cp``. Real runs have ~8.8M cells; the paper
@@ -94,30 +100,22 @@ class DrivAerMLDataset(MeshDataset):
             "cp": self.pressure_as_cp,
             "num_points": self.num_points,
             "seed": self.seed,
+            "geometry": 1,  # caches also hold cell normals and areas where the files give them
         }
 
     def read_samples(self) -> Iterator[dict[str, np.ndarray]]:
+        reader = DrivAerMLReader(TARGET_DIMS[self.targets], self.pressure_as_cp, strict=True)
         for file, run_id in zip(self.files, self.run_ids, strict=True):
-            pos, y = self.read_run(Path(self.raw_dir) / file)
-            if self.num_points is not None and len(pos) > self.num_points:
+            sample = {k: v for k, v in reader(Path(self.raw_dir) / file).items() if k in ("pos", "y", *EXTRA_FIELDS)}
+            if self.num_points is not None and len(sample["pos"]) > self.num_points:
                 rng = np.random.default_rng([self.seed, run_id])
-                keep = np.sort(rng.choice(len(pos), size=self.num_points, replace=False))
-                pos, y = pos[keep], y[keep]
-            yield {"pos": pos, "y": y / Q_INF if self.pressure_as_cp else y}
+                keep = np.sort(rng.choice(len(sample["pos"]), size=self.num_points, replace=False))
+                sample = {k: v[keep] for k, v in sample.items()}
+            yield sample
 
-    def read_run(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        """(centres [N, 3], targets [N, 1 or 4]) of one run, in m and m²/s²."""
-        out = TARGET_DIMS[self.targets]
-        if path.suffix == ".vtp":
-            names = (VTP_PRESSURE, VTP_WSS)[:1] if out == 1 else (VTP_PRESSURE, VTP_WSS)
-            pos, cells = read_vtp_cells(path, names)
-            n = len(pos)
-            parts = [check_shape(cells[VTP_PRESSURE].reshape(n, -1), (n, 1), path, VTP_PRESSURE)]
-            if out == 4:
-                parts.append(check_shape(cells[VTP_WSS].reshape(n, -1), (n, 3), path, VTP_WSS))
-            return pos, np.concatenate(parts, axis=1)
-        pos, fields = read_run_npz(path)
-        return pos, fields[:, :out]
+    def sample_name(self, idx: int) -> str:
+        """``run_<i>``: the DrivAerML run id of sample ``idx``."""
+        return f"run_{self.run_ids[idx]}"
 
 
 class DrivAerMLDataModule(MeshDataModule):
@@ -161,6 +159,9 @@ class DrivAerMLDataModule(MeshDataModule):
         train_points: random points per training sample, fresh each epoch (None: all).
         seed: seed of shuffling and point subsets.
         pad_to_buckets: pad batches to a few point-count buckets (for ``model.fast_step``).
+        reference_area: A_ref [m²] of the drag and lift coefficients (Cd = F_x / (q∞ A_ref),
+            Cl = F_z / (q∞ A_ref)); see docs/datasets/drivaerml.md for the value's source.
+        predict_files: meshes for ``flare predict`` (folder, glob or file; see ``MeshDataModule``).
     """
 
     in_dim = 3
@@ -186,8 +187,15 @@ class DrivAerMLDataModule(MeshDataModule):
         train_points: int | None = None,
         seed: int = 0,
         pad_to_buckets: bool = False,
+        reference_area: float = REFERENCE_AREA,
+        predict_files: str | list[str] | None = None,
     ) -> None:
-        super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets)
+        super().__init__(
+            root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets, predict_files
+        )
+        if reference_area <= 0:
+            raise ValueError(f"DrivAerMLDataModule: reference_area must be > 0 m², got {reference_area}")
+        self.reference_area = reference_area
         _check_option("targets", targets, TARGET_DIMS)
         _check_option("source", source, ("npz", "vtp"))
         self.check_options(0, n_val=n_val)
@@ -219,12 +227,43 @@ class DrivAerMLDataModule(MeshDataModule):
         return "proxy" if self.proxy else "files"
 
     @property
+    def target_names(self) -> list[str]:
+        """Names of the output channels (pressure, then wall shear stress)."""
+        names = ["Cp", "Cf_x", "Cf_y", "Cf_z"] if self.pressure_as_cp else ["p", "tau_x", "tau_y", "tau_z"]
+        return names[: self.out_dim]
+
+    @property
+    def force_reference(self) -> dict[str, float]:
+        """q∞ in the targets' units and A_ref, for the drag and lift coefficients."""
+        return {"dynamic_pressure": 1.0 if self.pressure_as_cp else Q_INF, "reference_area": self.reference_area}
+
+    def predict_reader(self) -> DrivAerMLReader:
+        """Raw ``.vtp`` surfaces, presampled ``run_<i>.npz`` archives or plain point sets."""
+        return DrivAerMLReader(self.out_dim, self.pressure_as_cp)
+
+    def sample_quantities(self, fields: dict[str, np.ndarray]) -> dict[str, float]:
+        """Cd and Cl of one predicted (and true) surface, for the prediction files' field data."""
+        if "normals" not in fields:
+            return {}
+        metric = ForceCoefficientErrors(**self.force_reference)
+        t = {k: torch.as_tensor(v)[None] for k, v in fields.items()}
+        mask = torch.ones(t["normals"].shape[:2], dtype=torch.bool)
+        out = {}
+        for key, tag in (("prediction", "pred"), ("target", "true")):
+            if key in t:
+                cd, cl = metric.coefficients(t[key], t["normals"], t["areas"], mask)[0].tolist()
+                out.update({f"cd_{tag}": cd, f"cl_{tag}": cl})
+        return out
+
+    @property
     def label(self) -> str:
         """What the data is, for logs and reports: DrivAerML or the proxy."""
         return PROXY_LABEL if self.proxy else "DrivAerML"
 
     # --- data on disk ------------------------------------------------------------------
     def prepare_data(self) -> None:
+        if self.predicting_files():
+            return  # new meshes only: no training data is needed
         if self.proxy:
             self._check_proxy_folder()
             split = self._proxy_split()

@@ -115,6 +115,7 @@ class ElasticityDataModule(MeshDataModule):
         gen_workers: processes used to generate.
         seed: seed of shuffling and point subsets.
         pad_to_buckets: pad batches to a few point-count buckets (for ``model.fast_step``).
+        predict_files: meshes for ``flare predict`` (folder, glob or file; see ``MeshDataModule``).
     """
 
     in_dim = 2
@@ -136,8 +137,11 @@ class ElasticityDataModule(MeshDataModule):
         gen_workers: int = 1,
         seed: int = 0,
         pad_to_buckets: bool = False,
+        predict_files: str | list[str] | None = None,
     ) -> None:
-        super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets)
+        super().__init__(
+            root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets, predict_files
+        )
         self.check_options(1, n_train=n_train, n_test=n_test)
         self.check_options(0, n_val=n_val)
         if generate:
@@ -149,6 +153,8 @@ class ElasticityDataModule(MeshDataModule):
         self.gen_seed, self.gen_workers = gen_seed, gen_workers
 
     def prepare_data(self) -> None:
+        if self.predicting_files():
+            return  # new meshes only: no training data is needed
         present = [f for f in FILES.values() if (self.root / f).exists()]
         if present or not self.generate:
             return  # reading reports any missing file by name

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from datamodules.checks import DataFormatError, check_shape, finite_float32
 from datamodules.lpbf_generate import PROXY_LABEL, PROXY_TAG, generate_lpbf_proxy
+from datamodules.lpbf_predict import LPBFReader
 from datamodules.mesh_datamodule import MeshDataModule
 from datamodules.mesh_dataset import MeshDataset
 from datamodules.numpy_files import npz_array, open_npz
@@ -107,6 +108,10 @@ class LPBFDataset(MeshDataset):
     def cache_config(self) -> dict:
         return {"files": self.files, "targets": self.targets, "scale": self.scale}
 
+    def sample_name(self, idx: int) -> str:
+        """The case file's stem (``case_0042``)."""
+        return Path(self.files[idx]).stem
+
     def read_samples(self) -> Iterator[dict[str, np.ndarray]]:
         fields = sorted({TARGETS[t][0] for t in self.targets})
         scale = np.asarray(self.scale, dtype=np.float32)
@@ -148,6 +153,7 @@ class LPBFDataModule(MeshDataModule):
         proxy_workers: processes used to generate the proxy.
         seed: seed of shuffling and node subsets.
         pad_to_buckets: pad batches to a few point-count buckets (for ``model.fast_step``).
+        predict_files: meshes for ``flare predict`` (folder, glob or file; see ``MeshDataModule``).
     """
 
     in_dim = 3
@@ -175,8 +181,11 @@ class LPBFDataModule(MeshDataModule):
         proxy_workers: int = 1,
         seed: int = 0,
         pad_to_buckets: bool = False,
+        predict_files: str | list[str] | None = None,
     ) -> None:
-        super().__init__(root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets)
+        super().__init__(
+            root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets, predict_files
+        )
         unknown = [t for t in targets if t not in TARGETS]
         if unknown or not targets:
             raise ValueError(
@@ -204,7 +213,17 @@ class LPBFDataModule(MeshDataModule):
     def out_dim(self) -> int:
         return len(self.targets)
 
+    @property
+    def target_names(self) -> list[str]:
+        return list(self.targets)
+
+    def predict_reader(self) -> LPBFReader:
+        """``case*.npz`` parts (hexahedra kept for the output) or plain point sets, in mm."""
+        return LPBFReader(self.targets, self.build_volume)
+
     def prepare_data(self) -> None:
+        if self.predicting_files():
+            return  # new meshes only: no training data is needed
         if not self.generate:
             return  # reading reports a missing folder by name
         for offset, split in enumerate(SPLITS):

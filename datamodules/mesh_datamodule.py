@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from datamodules.collate import PaddedCollate
 from datamodules.mesh_dataset import MeshDataset
+from datamodules.point_sets import PointSetReader
+from datamodules.predict_files import PredictCollate, PredictFileDataset, check_unique_names, resolve_predict_files
 from datamodules.subsample import EpochShuffleSampler, PointSubsample, ShardSampler
 from flare_lightning.atomic import atomic_write_text
 from flare_lightning.normalizer import channel_stats
@@ -47,6 +49,9 @@ class MeshDataModule(L.LightningDataModule):
         pad_to_buckets: pad each batch's point count up to a few bucket sizes (at most
             25% more points), so that meshes of varying sizes make few batch shapes: use
             it with ``model.fast_step``, which captures one CUDA graph per shape.
+        predict_files: ``flare predict`` on these meshes instead of the test split: a folder,
+            a glob or a file (the dataset's own formats, or plain ``.npz``/``.vtp``/``.vtu``
+            point sets, see ``predict_reader``); read one at a time at full resolution.
     """
 
     in_dim: int
@@ -75,11 +80,13 @@ class MeshDataModule(L.LightningDataModule):
         train_points: int | None = None,
         seed: int = 0,
         pad_to_buckets: bool = False,
+        predict_files: str | list[str] | None = None,
     ) -> None:
         super().__init__()
         self.check_options(1, batch_size=batch_size)
         self.check_options(1, allow_none=True, eval_batch_size=eval_batch_size, train_points=train_points)
         self.check_options(0, num_workers=num_workers)
+        self.predict_files = predict_files
         self.root = Path(root)
         self.pad_to_buckets = pad_to_buckets
         self.batch_size = batch_size
@@ -113,7 +120,22 @@ class MeshDataModule(L.LightningDataModule):
     def build_datasets(self, stage: str) -> dict[str, Dataset]:
         raise NotImplementedError
 
+    def predict_reader(self):
+        """Reads one ``predict_files`` mesh (a picklable ``reader(path) -> sample dict`` with
+        ``output_name(path)``); datasets with their own formats override this."""
+        return PointSetReader(self.in_dim, self.out_dim)
+
+    def predicting_files(self) -> bool:
+        """True while ``flare predict`` runs on ``predict_files`` (no training data is needed)."""
+        trainer = self.trainer
+        return self.predict_files is not None and trainer is not None and trainer.state.fn == "predict"
+
     def setup(self, stage: str) -> None:
+        if stage == "predict" and self.predict_files is not None:
+            dataset = PredictFileDataset(resolve_predict_files(self.predict_files), self.predict_reader())
+            check_unique_names(dataset)
+            self.datasets = {"predict": dataset}
+            return
         # Building a dataset processes raw files into its cache on first use. Under DDP one
         # process (per node, like prepare_data) does that while the others wait, then they
         # read the finished cache: concurrent writers would corrupt it.
@@ -159,7 +181,10 @@ class MeshDataModule(L.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}: no {split} split; was setup() run for this stage?")
         ds = self.datasets[split]
         replicas, rank = self._ranks()
-        collate = PaddedCollate(pad_to_buckets=self.pad_to_buckets)
+        if isinstance(ds, PredictFileDataset):
+            collate = PredictCollate()
+        else:
+            collate = PaddedCollate(pad_to_buckets=self.pad_to_buckets)
         kwargs = dict(batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers)
         if not train:
             return DataLoader(ds, sampler=ShardSampler(len(ds), replicas, rank), **kwargs)

@@ -21,6 +21,8 @@ from datamodules.mesh_cache import load_cache, write_cache
 from datamodules.progress import is_rank_zero, progress
 
 HASH_PROGRESS_BYTES = 1 << 30  # show a bar when hashing more raw data than this
+# Optional per-point geometry of surface cells, kept for integrated quantities (forces).
+EXTRA_FIELDS = ("normals", "areas")
 
 
 class MeshDataset(Dataset):
@@ -29,7 +31,8 @@ class MeshDataset(Dataset):
     Subclasses name their raw files (relative to ``root``), describe the options that
     change processing (``cache_config``) and yield samples from ``read_samples``: dicts
     with ``pos`` [N, d], optional ``x`` [N, f] (input fields) and ``y`` [N, o]
-    (targets). The cache holds concatenated float32 tensors and offsets (``mesh_cache``):
+    (targets), and optionally ``normals`` [N, 3] and ``areas`` [N, 1] (``EXTRA_FIELDS``:
+    kept for integrated quantities such as forces, never model inputs). The cache holds concatenated float32 tensors and offsets (``mesh_cache``):
     named by the options, checked against the raw files' content digests and its own
     checksums on every load, rebuilt (with a warning) when stale or damaged, and
     memory-mapped. Each ``Data`` also carries ``sample_id`` (its index).
@@ -123,6 +126,7 @@ class MeshDataset(Dataset):
     def build_cache(self, path: Path, meta: dict[str, Any]) -> None:
         """Read every sample, cast to float32, check, and write the cache to ``path``."""
         pos, xs, ys, ptr = [], [], [], [0]
+        extras: dict[str, list[Tensor]] = {}
         samples = progress(
             self.read_samples(), f"{type(self).__name__}: processing into {path.name}",
             total=self.expected_samples(), unit="sample",
@@ -141,6 +145,10 @@ class MeshDataset(Dataset):
             ys.append(y)
             if x is not None:
                 xs.append(torch.from_numpy(finite_float32(x, name, "x")).reshape(p.shape[0], -1))
+            for key in EXTRA_FIELDS:
+                if sample.get(key) is not None:
+                    value = torch.from_numpy(finite_float32(sample[key], name, key)).reshape(p.shape[0], -1)
+                    extras.setdefault(key, []).append(value)
             ptr.append(ptr[-1] + p.shape[0])
         if len(ptr) == 1:
             raise DataFormatError(f"{type(self).__name__} at {self.raw_dir}: no samples were read")
@@ -149,6 +157,10 @@ class MeshDataset(Dataset):
         data = {"pos": torch.cat(pos), "y": torch.cat(ys), "ptr": torch.tensor(ptr, dtype=torch.long)}
         if xs:
             data["x"] = torch.cat(xs)
+        for key, parts in extras.items():
+            if len(parts) != len(pos):
+                raise DataFormatError(f"{type(self).__name__}: some samples have {key} and some not")
+            data[key] = torch.cat(parts)
         write_cache(path, data, meta)
 
     def len(self) -> int:
@@ -159,6 +171,9 @@ class MeshDataset(Dataset):
         data = Data(pos=self._data["pos"][lo:hi], y=self._data["y"][lo:hi])
         if "x" in self._data:
             data.x = self._data["x"][lo:hi]
+        for key in EXTRA_FIELDS:
+            if key in self._data:
+                data[key] = self._data[key][lo:hi]
         data.sample_id = torch.tensor([idx])
         return data
 

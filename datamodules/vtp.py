@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.checks import DataFormatError, finite_float32
+from datamodules.surface_geometry import vtp_normals_and_areas
 
 
 def _vtk():
@@ -24,9 +25,13 @@ def _vtk():
     return vtk_to_numpy, vtkCellCenters, vtkXMLPolyDataReader
 
 
-def read_vtp_cells(path: str | Path, arrays: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def read_vtp_cells(
+    path: str | Path, arrays: Sequence[str], optional: bool = False, geometry: bool = False
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Cell centres float32 [N, 3] and the named cell-data arrays ([N] or [N, k]) of a
-    ``.vtp`` file; errors name the file and the missing array, listing those present."""
+    ``.vtp`` file; errors name the file and the missing array, listing those present.
+    ``optional`` leaves absent arrays out instead; ``geometry`` adds ``normals`` [N, 3] and
+    ``areas`` [N, 1] of the cells (``surface_geometry``: oriented into the body)."""
     vtk_to_numpy, vtkCellCenters, vtkXMLPolyDataReader = _vtk()
     path = Path(path)
     if not path.exists():
@@ -42,6 +47,8 @@ def read_vtp_cells(path: str | Path, arrays: Sequence[str]) -> tuple[np.ndarray,
     out = {}
     for name in arrays:
         arr = cell_data.GetArray(name)
+        if arr is None and optional:
+            continue
         if arr is None:
             raise DataFormatError(f"{path}: missing cell array {name!r} (cell arrays present: {present})")
         out[name] = finite_float32(vtk_to_numpy(arr), path, name)
@@ -49,5 +56,7 @@ def read_vtp_cells(path: str | Path, arrays: Sequence[str]) -> tuple[np.ndarray,
     centres.SetInputData(poly)
     centres.VertexCellsOff()
     centres.Update()
-    pos = vtk_to_numpy(centres.GetOutput().GetPoints().GetData())
-    return finite_float32(pos, path, "cell centres"), out
+    pos = finite_float32(vtk_to_numpy(centres.GetOutput().GetPoints().GetData()), path, "cell centres")
+    if geometry:
+        out["normals"], out["areas"] = vtp_normals_and_areas(poly, pos, path)
+    return pos, out

@@ -188,5 +188,12 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> FlareCLI:
 
 
 def cli_main(args: list[str] | None = None) -> None:
-    """Entry point of ``flare`` and ``python -m flare_lightning``."""
+    """Entry point of ``flare`` and ``python -m flare_lightning``; ``flare export`` writes a
+    checkpoint as a self-contained model (``flare_lightning.export``)."""
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["export"]:
+        from flare_lightning.export import export_main
+
+        export_main(argv[1:])
+        return
     make_cli(args)

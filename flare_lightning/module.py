@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from flare_lightning.fast_step import FastTrainStep, GraphedForward
+from flare_lightning.force_metrics import ForceCoefficientErrors, force_report
 from flare_lightning.losses import check_loss_data, get_loss
 from flare_lightning.metrics import RelativeL2Error
 from flare_lightning.normalizer import Normalizer
@@ -101,6 +102,12 @@ class SurrogateModule(L.LightningModule):
         # Evaluation losses as sums and float weights: exact over DDP ranks with unequal
         # shares (Lightning's own mean of logged values divides an integer sample count).
         self.eval_losses = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in STAGES[1:]})
+        # Multi-output targets: relative L2 of each output channel as well (val and test).
+        channels = range(out_dim) if out_dim > 1 else []
+        self.channel_metrics = nn.ModuleDict({f"{s}_{c}": RelativeL2Error() for s in STAGES[1:] for c in channels})
+        self.channel_names = [f"ch{c}" for c in channels]
+        self.forces: ForceCoefficientErrors | None = None  # set in setup() when the data defines forces
+        self.test_report: dict = {}  # per-run tables for test_metrics.json
         self._fast: FastTrainStep | None = None
         self._fast_eval: GraphedForward | None = None
 
@@ -140,6 +147,12 @@ class SurrogateModule(L.LightningModule):
         if stats[0] is not None and (stage == "fit" or not bool(self.input_norm.fitted)):
             self.input_norm.set_stats(*stats[0])
             self.target_norm.set_stats(*stats[1])
+        names = getattr(dm, "target_names", None)
+        if names is not None and len(names) == len(self.channel_names):
+            self.channel_names = list(names)
+        reference = getattr(dm, "force_reference", None)
+        if reference is not None and self.forces is None:
+            self.forces = ForceCoefficientErrors(**reference)
 
     # --- forward -----------------------------------------------------------------
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -184,6 +197,8 @@ class SurrogateModule(L.LightningModule):
             self.eval_losses[f"{stage}_loss"].update(loss.detach().float(), weight=size)
             self.log(f"{stage}/loss", self.eval_losses[f"{stage}_loss"], on_step=False, on_epoch=True)
         self.log(f"{stage}/rel_l2", metric, on_step=False, on_epoch=True, batch_size=size)
+        if stage != "train":
+            self._update_field_metrics(pred, batch, stage)
         return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
@@ -254,6 +269,30 @@ class SurrogateModule(L.LightningModule):
         self.log("train/loss", mean, on_epoch=True, sync_dist=True)
         self.log("train/rel_l2", mean, on_epoch=True, sync_dist=True)
         self._fast.reset_epoch()
+    def _update_field_metrics(self, pred: Tensor, batch: dict[str, Tensor], stage: str) -> None:
+        """Per-channel relative L2 of multi-output targets; in test, force coefficients of
+        samples that carry surface normals and areas."""
+        for c, name in enumerate(self.channel_names):
+            metric = self.channel_metrics[f"{stage}_{c}"]
+            metric.update(pred[..., c : c + 1], batch["y"][..., c : c + 1], batch["mask"])
+            self.log(f"{stage}/rel_l2_{name}", metric, on_step=False, on_epoch=True, batch_size=pred.shape[0])
+        if stage == "test" and self.forces is not None and "normals" in batch:
+            self.forces.update(pred, batch["y"], batch["normals"], batch["areas"], batch["mask"], batch["sample_id"])
+
+    def on_test_epoch_end(self) -> None:
+        """Log Cd/Cl errors and R² over the test runs and keep the per-run table."""
+        self.test_report = {}
+        if self.forces is None or not self.forces.update_called:
+            return
+        dataset = getattr(getattr(self.trainer, "datamodule", None), "datasets", {}).get("test")
+        name_of = getattr(dataset, "sample_name", None)
+        values = self.forces.compute()
+        names = {i: name_of(i) for i in values["sample_id"].tolist()} if name_of else {}
+        scalars, runs = force_report(values, names)
+        for key, value in scalars.items():
+            self.log(f"test/{key}", value, rank_zero_only=True)
+        self.test_report = {"test/forces": {**self.forces.describe(), "runs": runs}}
+        self.forces.reset()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "val")

@@ -135,18 +135,22 @@ def test_module_entry_point_lists_subcommands():
 
 
 def test_predict_writes_denormalised_fields_per_sample(trained_run, tiny_darcy_root):
+    pytest.importorskip("vtk")
+    from tests.mesh_files import read_arrays
+
     cli, run = trained_run
     run_cli(
         ["predict", f"--config={CONFIGS / 'quickstart.yaml'}", "--ckpt_path=best", *TINY_MODEL,
          *tiny_data(tiny_darcy_root), *tiny_trainer_args(run.parent.parent, name="tiny")]
     )
-    preds = torch.load(run / "predict" / "predictions.pt", weights_only=True)
-    assert sorted(preds) == [0, 1, 2, 3]  # every test sample once
+    files = sorted(p.name for p in (run / "predict").glob("*.vtu"))
+    assert files == [f"sample_{i:05d}.vtu" for i in range(4)]  # every test sample once
     dm = cli.datamodule
     dm.setup("test")
     module = SurrogateModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt").eval()
     sample = dm.datasets["test"][2]
     with torch.no_grad():
         want = module(torch.cat([sample.pos, sample.x], -1)[None])[0]
-    torch.testing.assert_close(preds[2]["pred"], want, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(preds[2]["pos"], sample.pos)
+    data, arrays = read_arrays(run / "predict" / "sample_00002.vtu")
+    torch.testing.assert_close(torch.as_tensor(arrays["prediction"])[:, None], want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.as_tensor(arrays["target"])[:, None], sample.y)

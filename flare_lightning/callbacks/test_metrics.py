@@ -51,6 +51,7 @@ class TestMetricsWriter(L.Callback):
         payload["data"] = data_info(getattr(trainer, "datamodule", None))
         payload["environment"] = environment()
         self.selection = None
+        payload.update(getattr(pl_module, "test_report", None) or {})  # per-run tables (e.g. forces)
         self.last_path = self.output_dir(trainer) / self.filename
         atomic_write_text(self.last_path, json.dumps(payload, indent=2) + "\n")
 

@@ -1,0 +1,1 @@
+"""Files written for users outside training: VTK fields for ParaView."""
