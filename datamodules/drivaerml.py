@@ -113,7 +113,7 @@ class DrivAerMLDataset(MeshDataset):
                 sample = {k: v[keep] for k, v in sample.items()}
             yield sample
 
-    def sample_name(self, idx: int) -> str:
+    def output_name(self, idx: int) -> str:
         """``run_<i>``: the DrivAerML run id of sample ``idx``."""
         return f"run_{self.run_ids[idx]}"
 

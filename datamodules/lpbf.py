@@ -108,7 +108,7 @@ class LPBFDataset(MeshDataset):
     def cache_config(self) -> dict:
         return {"files": self.files, "targets": self.targets, "scale": self.scale}
 
-    def sample_name(self, idx: int) -> str:
+    def output_name(self, idx: int) -> str:
         """The case file's stem (``case_0042``)."""
         return Path(self.files[idx]).stem
 

@@ -285,7 +285,7 @@ class SurrogateModule(L.LightningModule):
         if self.forces is None or not self.forces.update_called:
             return
         dataset = getattr(getattr(self.trainer, "datamodule", None), "datasets", {}).get("test")
-        name_of = getattr(dataset, "sample_name", None)
+        name_of = getattr(dataset, "output_name", None)
         values = self.forces.compute()
         names = {i: name_of(i) for i in values["sample_id"].tolist()} if name_of else {}
         scalars, runs = force_report(values, names)

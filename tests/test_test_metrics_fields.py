@@ -52,7 +52,7 @@ def test_drivaerml_test_metrics_hold_channels_and_force_coefficients(tmp_path):
         for tag, f in (("pred", pred), ("true", y)):
             force = surface_force(f[None, :, 0], s.normals[None].double(), s.areas[None].double(), f[None, :, 1:])
             cd, cl = force_coefficients(force, Q_INF, cli.datamodule.reference_area)
-            coeffs.setdefault(dataset.sample_name(i), {})[tag] = (cd.item(), cl.item())
+            coeffs.setdefault(dataset.output_name(i), {})[tag] = (cd.item(), cl.item())
     per_channel = np.mean(per_channel, axis=0)
     for c, name in enumerate(["p", "tau_x", "tau_y", "tau_z"]):
         assert metrics[f"test/rel_l2_{name}"] == pytest.approx(per_channel[c], rel=1e-4)

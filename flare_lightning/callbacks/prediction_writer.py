@@ -91,6 +91,6 @@ def _per_point(value: Any, batch: dict[str, Any]) -> bool:
 def _test_geometry(dm: Any, batch: dict[str, Any], i: int, sample_id: int) -> MeshGeometry:
     """A test-split sample as a point cloud at its model coordinates, named by its dataset."""
     dataset = getattr(dm, "datasets", {}).get("test")
-    name_of = getattr(dataset, "sample_name", None)
+    name_of = getattr(dataset, "output_name", None)
     name = name_of(sample_id) if name_of is not None else f"sample_{sample_id:05d}"
     return MeshGeometry(name, "points", points=_numpy(batch["pos"][i][batch["mask"][i]]))
