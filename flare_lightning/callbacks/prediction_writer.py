@@ -10,7 +10,6 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_info
 
 from flare_lightning.callbacks.test_metrics import run_dir
 from flare_lightning.io.mesh_geometry import MeshGeometry
