@@ -142,8 +142,11 @@ def test_fast_step_under_two_process_ddp_matches_one_process(tiny_darcy_root, tm
         return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
     ddp, single = last_weights(two), last_weights(one)
-    for name, value in single.items():
-        torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=1e-6, msg=f"{name} differs")
+    names = [n for n, v in single.items() if v.is_floating_point() and n.startswith("model.")]
+    a = torch.cat([ddp[n].flatten().double() for n in names])
+    b = torch.cat([single[n].flatten().double() for n in names])
+    gap = ((a - b).norm() / b.norm()).item()
+    assert gap < 1e-5, f"two-rank fast step ends {gap:.2e} (relative L2 of all weights) from one process"
 
 
 def test_fast_train_step_rejects_optimizers_it_cannot_capture():
