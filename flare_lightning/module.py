@@ -328,7 +328,10 @@ class SurrogateModule(L.LightningModule):
         hp = self.hparams
         params = [p for group in param_groups for p in group["params"]]
         # fast_step runs its own captured update and keeps torch's plain state format.
-        fused = not hp.get("fast_step") and bool(params) and all(p.device.type == "cpu" and p.is_floating_point() for p in params)
+        # Lightning refuses gradient clipping with fused optimizers under mixed precision.
+        mixed = self._trainer is not None and "mixed" in str(self.trainer.precision)
+        cpu = bool(params) and all(p.device.type == "cpu" and p.is_floating_point() for p in params)
+        fused = cpu and not mixed and not hp.get("fast_step")
         kwargs = dict(lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay, fused=fused) | overrides
         return torch.optim.AdamW(param_groups, **kwargs)
 

@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 
 from flare_lightning.callbacks.test_metrics import run_dir
 from flare_lightning.io.mesh_geometry import MeshGeometry
@@ -41,6 +42,10 @@ class PredictionWriter(BasePredictionWriter):
         # Lightning would otherwise keep every batch's outputs until predict ends.
         trainer.predict_loop.return_predictions = False
         self.written = []
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.written:
+            rank_zero_info(f"predictions written to {self.folder(trainer)} ({len(self.written)} files from rank 0)")
 
     def folder(self, trainer: L.Trainer) -> Path:
         return Path(self.output_dir) if self.output_dir else run_dir(trainer)

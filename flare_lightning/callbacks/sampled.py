@@ -130,7 +130,7 @@ class SampledAnalysis(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Validation has run by now: the epoch time includes it.
         self.epoch_seconds = time.perf_counter() - self._epoch_start
-        if not trainer.is_global_zero or trainer.sanity_checking or trainer.fast_dev_run or not self.due(trainer):
+        if not trainer.is_global_zero or trainer.sanity_checking or getattr(trainer, "fast_dev_run", False) or not self.due(trainer):
             return
         if self._fit_batches is None:
             loader = self._first_loader(trainer.val_dataloaders) or self._first_loader(trainer.train_dataloader)
@@ -149,7 +149,7 @@ class SampledAnalysis(L.Callback):
 
     # --- test ----------------------------------------------------------------------
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.fast_dev_run:
+        if not trainer.is_global_zero or getattr(trainer, "fast_dev_run", False):
             return
         batches = take_samples(unsharded(self._first_loader(trainer.test_dataloaders)), self.num_samples, self.max_points)
         if batches:
