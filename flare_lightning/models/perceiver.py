@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flare_lightning.models.mlp import ResidualMLP, make_activation
+from flare_lightning.models.init import init_linear_and_norm
 
 
 def _heads(t: Tensor, num_heads: int) -> Tensor:
@@ -139,17 +140,7 @@ class PerceiverIO(nn.Module):
         self.decoder = PointDecoder(channels, num_heads)
         self.norm_out = nn.LayerNorm(channels)
         self.head = ResidualMLP(channels, channels, out_dim, io_layers, act)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        self.apply(init_linear_and_norm)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: [B, N, in_dim]; mask: [B, N] bool, True on real points -> [B, N, out_dim]."""

@@ -7,11 +7,14 @@ FLARE paper compares against: 8 layers, width 128, 64 slices, 8 heads, MLP ratio
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flare_lightning.models.mlp import make_activation
+from flare_lightning.models.init import init_linear_and_norm
 
 
 class PhysicsAttention(nn.Module):
@@ -126,18 +129,8 @@ class Transolver(nn.Module):
         )
         self.norm_out = nn.LayerNorm(channels)
         self.head = nn.Linear(channels, out_dim)
-        self.apply(self._init_weights)
+        self.apply(partial(init_linear_and_norm, truncated=True))
         self.placeholder = nn.Parameter(torch.rand(channels) / channels)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: [B, N, in_dim]; mask: [B, N] bool, True on real points -> [B, N, out_dim]."""
