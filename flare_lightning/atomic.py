@@ -59,6 +59,23 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     return Path(path)
 
 
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = TEMP_SUFFIX) -> Iterator[str]:
+    """Yield a temporary file name beside ``path`` for writers that take a file name (VTK,
+    ``torch.export``, ONNX); on success it is renamed to ``path`` with the umask's mode."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_name(path), suffix=suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes owner-only files
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     return atomic_write(path, lambda f: f.write(data))

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from flare_lightning.atomic import atomic_path
 from flare_lightning.models.attention import FlareAttention
 from flare_lightning.module import SurrogateModule
 
@@ -73,21 +72,12 @@ def export_model(
     x = example_inputs(module)
     dims = {"x": {0: torch.export.Dim("batch", max=1024), 1: torch.export.Dim("points", min=2)}}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=FORMATS[fmt])
-    os.close(fd)
-    try:
-        with torch.no_grad():
-            if fmt == "torch_export":
-                torch.export.save(torch.export.export(wrapper, (x,), dynamic_shapes=dims), tmp)
-            else:
-                torch.onnx.export(wrapper, (x,), tmp, dynamo=True, dynamic_shapes=dims, input_names=["x"],
-                                  output_names=["y"], external_data=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; outputs are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path, suffix=FORMATS[fmt]) as tmp, torch.no_grad():
+        if fmt == "torch_export":
+            torch.export.save(torch.export.export(wrapper, (x,), dynamic_shapes=dims), tmp)
+        else:
+            torch.onnx.export(wrapper, (x,), tmp, dynamo=True, dynamic_shapes=dims, input_names=["x"],
+                              output_names=["y"], external_data=False)
     return path
 
 

@@ -4,6 +4,7 @@ the umask says (mkstemp alone makes 0600 files)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,24 @@ def test_a_failed_write_leaves_the_old_files_and_no_temp(tmp_path):
         atomic_write_files({a: lambda f: f.write(b"new"), b: boom})
     assert a.read_bytes() == b"old" and not b.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_atomic_path_renames_with_the_umask_and_leaves_nothing_on_failure(tmp_path):
+    import os
+    import stat
+
+    from flare_lightning.atomic import atomic_path
+
+    old = os.umask(0o027)
+    try:
+        with atomic_path(tmp_path / "out.vtu", suffix=".vtu") as tmp:
+            Path(tmp).write_text("data")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.vtu").read_text() == "data"
+    assert stat.S_IMODE((tmp_path / "out.vtu").stat().st_mode) == 0o640
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "out.vtu") as tmp:
+        Path(tmp).write_text("half")
+        raise RuntimeError("writer failed")
+    assert (tmp_path / "out.vtu").read_text() == "data"  # the old file stays whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.vtu"]  # no temporary left

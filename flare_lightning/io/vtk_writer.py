@@ -3,13 +3,12 @@ volumes and point clouds) that ParaView opens as they are; needs ``vtk``."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from flare_lightning.atomic import atomic_path
 from flare_lightning.io.mesh_geometry import VTK_VERTEX, MeshGeometry
 
 
@@ -124,19 +123,11 @@ def write_fields(
     poly = data.IsA("vtkPolyData")
     path = Path(path).with_suffix(".vtp" if poly else ".vtu")
     writer = xml.vtkXMLPolyDataWriter() if poly else xml.vtkXMLUnstructuredGridWriter()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=path.suffix) as tmp:
         writer.SetFileName(tmp)
         writer.SetInputData(data)
         writer.SetDataModeToAppended()
         writer.SetCompressorTypeToZLib()
         if writer.Write() != 1:
             raise OSError(f"VTK could not write {path}")
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; outputs are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
