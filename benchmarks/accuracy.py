@@ -168,7 +168,10 @@ def assign(runs: list[Run], devices: list[str]) -> dict[int, list[Run]]:
 
 
 def git_commit() -> str:
-    """HEAD's short hash, with ``+dirty`` when the work tree has uncommitted changes."""
+    """HEAD's short hash, with ``+dirty`` when the work tree has uncommitted changes
+    (``$FLARE_COMMIT`` where the copy has no git history, as on the lent GPU machines)."""
+    if os.environ.get("FLARE_COMMIT"):
+        return os.environ["FLARE_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,

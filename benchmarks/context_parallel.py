@@ -276,7 +276,8 @@ def run_phase(world: int, args: argparse.Namespace) -> dict:
 def environment(dry_run: bool) -> dict:
     info = {"date": datetime.date.today().isoformat(), "torch": torch.__version__}
     try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        info["commit"] = os.environ.get("FLARE_COMMIT") or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         info["commit"] = None
     if not dry_run:

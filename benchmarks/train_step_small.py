@@ -8,6 +8,8 @@ C=64, batch 2, in bf16-mixed and 32-true, one run on one card, rows side by side
 | ``reference-compiled`` | the authors' formulation (two SDPA calls), ``torch.compile``d as their trainer does |
 | ``ours-eager`` | ``flare fit`` with the paper config as shipped |
 | ``ours-fast`` | the same with ``--model.fast_step true`` (compiled model, whole step as a CUDA graph) |
+| ``ours-fast-untuned`` | ``ours-fast`` with the mixer's N = 2^20 tiles (``FLARE_MIXER_AUTOTUNE=0``) |
+| ``ours-fast-max-autotune`` | ``ours-fast`` with Inductor's GEMM autotuning (Triton GEMMs, fused epilogues) |
 
 Each row is a real ``flare fit`` (CLI, datamodule, Lightning loop, logging, checkpoints):
 epoch 0 warms up (compilation, graph capture) and epoch 1 is timed. Rows slower than
@@ -39,10 +41,11 @@ ROWS = {
     ],
     "ours-eager": [],
     "ours-fast": ["--model.fast_step=true"],
-    # Inductor's horizontal fusion of independent small kernels (weight casts, bias sums):
-    "ours-fast-combo": ["--model.fast_step=true"],
+    "ours-fast-untuned": ["--model.fast_step=true"],
+    "ours-fast-max-autotune": ["--model.fast_step=true"],
 }
-INDUCTOR = {"ours-fast-combo": {"combo_kernels": True}}
+INDUCTOR = {"ours-fast-max-autotune": {"max_autotune_gemm": True}}
+ENV = {"ours-fast-untuned": {"FLARE_MIXER_AUTOTUNE": "0"}}
 
 
 class EpochTimer(L.Callback):
@@ -104,11 +107,22 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
         cli.trainer.callbacks.append(FastStepProfile())
     import torch._inductor.config as inductor_config
 
+    from flare_lightning.kernels import tuning
+
     torch._dynamo.reset()
+    tuning.clear_cache()
+    saved = {k: os.environ.get(k) for k in ENV.get(row, {})}
+    os.environ.update(ENV.get(row, {}))
     t0 = time.perf_counter()
-    with inductor_config.patch(INDUCTOR.get(row, {})):
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    try:
+        with inductor_config.patch(INDUCTOR.get(row, {})):
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     total = time.perf_counter() - t0
+    for key, cfg in tuning.tuned_configs().items():
+        print(f"mixer tiles {key[0]} k{list(key[3])}: {cfg}", flush=True)
     (s0, g0), (v0, g1), (v1, _) = (timer.marks[(1, k)] for k in ("start", "val_start", "val_end"))
     step_ms = 1e3 * (v0 - s0) / (g1 - g0)
     batches = len(cli.datamodule.train_dataloader())
