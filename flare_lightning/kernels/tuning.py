@@ -2,16 +2,18 @@
 
 ``default_config`` comes from sweeps at N = 2^20 (benchmarks/mixer_tune.py). At the paper's
 own meshes (Darcy 7,225 points, elasticity 972) each mixer kernel runs for tens of
-microseconds and other tiles and program counts win. For problems of at most
+microseconds and other tiles and program counts win. With tuning on, for problems of at most
 ``SMALL_LOGITS`` logits (B·H·N·M), the first eager call of each problem shape times a few
 candidates per kernel on that call's own inputs (one kernel at a time, the others fixed),
 drops any whose output differs from the default's by more than rounding, and keeps the
 fastest for the rest of the process. Larger problems keep the swept defaults.
 
-The choice changes only the order of the kernels' sums: results stay within rounding of
-the default's, but two processes may pick different tiles (not bitwise reproducible).
-Tuning never runs during CUDA graph capture (a shape first seen there runs the default);
-``FLARE_MIXER_AUTOTUNE=0`` turns it off.
+Opt-in (``FLARE_MIXER_AUTOTUNE=1``): measured through ``flare fit`` on an H200 at commit
+5bf5c3b it did not pay at the paper's sizes (Darcy 6.65 vs 6.44 ms per fast step, elasticity
+3.65 vs 3.05; benchmarks/RESULTS.md): the picks, timed kernel by kernel in isolation, do not
+carry over to the captured step. The choice changes only the order of the kernels' sums, but
+two processes may pick different tiles (not bitwise reproducible). Tuning never runs during
+CUDA graph capture (a shape first seen there runs the default).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ _cache: dict[tuple, object] = {}
 
 
 def autotune_enabled() -> bool:
-    """Whether tuning is on (``FLARE_MIXER_AUTOTUNE`` unset or not "0")."""
-    return os.environ.get("FLARE_MIXER_AUTOTUNE", "1") != "0"
+    """Whether tuning is on (``FLARE_MIXER_AUTOTUNE=1``; off by default)."""
+    return os.environ.get("FLARE_MIXER_AUTOTUNE", "0") == "1"
 
 
 def problem_key(pass_name: str, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple:

@@ -64,6 +64,9 @@ def test_candidates_cover_tiles_and_program_counts(tm):
 
 def test_no_tuning_off_cuda_or_when_disabled(tm, monkeypatch):
     tuning.clear_cache()
+    monkeypatch.delenv("FLARE_MIXER_AUTOTUNE", raising=False)
+    assert not tuning.autotune_enabled()  # opt-in
+    monkeypatch.setenv("FLARE_MIXER_AUTOTUNE", "1")
     k = torch.zeros(2, 4, 100, 8, dtype=torch.bfloat16)
     assert not tuning.wants_tuning(k, 64)  # CPU
     base = _base(tm)
@@ -110,6 +113,7 @@ def test_custom_op_tunes_once_and_matches_default(tm, monkeypatch):
     from flare_lightning.kernels.triton_op import mixer_fwd
 
     tuning.clear_cache()
+    monkeypatch.setenv("FLARE_MIXER_AUTOTUNE", "1")
     g = torch.Generator(device="cuda").manual_seed(0)
     kw = dict(device="cuda", dtype=torch.bfloat16, generator=g)
     q = (0.1 * torch.randn(16, 256, 4, **kw)).requires_grad_()
