@@ -12,6 +12,11 @@ with a finished ``test_metrics.json`` and resumes interrupted ones from ``last.c
 
     python benchmarks/accuracy.py launch --devices 0 1 --epochs 50 --dry-run   # print the plan
     python benchmarks/accuracy.py launch --devices 0 0 1 1 --epochs 50 [--fast-step] [-- --trainer.precision bf16-mixed]
+    python benchmarks/accuracy.py launch --devices 0 1 --fast-step -- --trainer.precision bf16-mixed   # full protocol
+
+Launch every run of a machine from one ``launch`` (workers get their share of the CPU cores as
+OpenMP threads; separate launches each assume the whole machine). In float32 the fast step is
+4x slower on Darcy (the fp32 mixer): full-protocol runs use bf16-mixed, as the step benchmarks do.
     python benchmarks/accuracy.py collect                                        # -> benchmarks/ACCURACY.md
 """
 
@@ -248,6 +253,16 @@ def worker(queue_file: Path) -> None:
         print(f"{run.name}/{run.tag}: exit {rc} after {end - start:.0f} s", flush=True)
 
 
+def worker_env(devices: list[str], slot: int, cpus: int | None = None) -> dict[str, str]:
+    """Environment of worker ``slot``: its GPU, the repo on PYTHONPATH, and its share of the CPU
+    cores as OpenMP threads (unless set): side by side with a full thread pool each, the runs'
+    spinning threads starved each other's host loop (40-180 ms steps instead of 3-7 ms)."""
+    threads = max(1, (cpus or os.cpu_count() or 1) // max(1, len(devices)))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": devices[slot], "PYTHONPATH": python_path()}
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    return env
+
+
 def launch(args: argparse.Namespace) -> list[subprocess.Popen]:
     """Print the plan; unless ``--dry-run``, make the data and start the background workers."""
     runs = plan(args.models, args.datasets, args.seeds, args.epochs, args.out.resolve())
@@ -274,7 +289,7 @@ def launch(args: argparse.Namespace) -> list[subprocess.Popen]:
             "runs": [{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(r).items()} for r in queue],
             "fast_step": args.fast_step, "extra": list(extra), "commit": commit, "log_dir": str(log_dir),
         })
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": args.devices[slot], "PYTHONPATH": python_path()}
+        env = worker_env(args.devices, slot)
         with open(log_dir / f"worker_{slot}.log", "a") as fh:
             procs.append(subprocess.Popen([sys.executable, __file__, "worker", str(queue_file)], cwd=ROOT, env=env,
                                           stdout=fh, stderr=subprocess.STDOUT, start_new_session=True))
@@ -300,6 +315,7 @@ class Result:
     card: str
     commit: str
     folder: Path
+    precision: str = "32-true"
 
     def full_protocol_s(self) -> float | None:
         """Wall time of the config's full budget at this run's pace (steps scale the time)."""
@@ -325,8 +341,20 @@ def collect(out: Path) -> list[Result]:
             model, dataset, int(tag.group(1)), tag.group(2), float(rel),
             sum(a["wall_s"] for a in attempts) if attempts else None, len(attempts),
             record.get("card", "unknown"), record.get("commit", "unknown"), folder,
+            run_precision(attempts[-1]["command"]) if attempts else "unknown",
         ))
     return results
+
+
+def run_precision(command: list[str]) -> str:
+    """The trainer precision a ``flare fit`` command line asked for (the configs' default: 32-true)."""
+    value = "32-true"
+    for i, arg in enumerate(command):
+        if arg.startswith("--trainer.precision="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--trainer.precision" and i + 1 < len(command):
+            value = command[i + 1]
+    return value
 
 
 def _shown(path: Path) -> Path:
@@ -396,11 +424,11 @@ def render(results: list[Result], out: Path) -> str:
     if results:
         lines += ["## Runs", "", "The column \"full budget at this pace\" scales a run's wall time to its config's full epoch budget",
                   "(what a full-protocol run would take at the same pace on the same card).", "",
-                  "| model | dataset | budget | seed | test rel. L2 | wall time | full budget at this pace | card | commit | folder |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| model | dataset | budget | seed | precision | test rel. L2 | wall time | full budget at this pace | card | commit | folder |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(results, key=lambda r: (r.budget, r.dataset, list(MODELS).index(r.model), r.seed)):
             resumed = f", {r.attempts} attempts" if r.attempts > 1 else ""
-            lines.append(f"| {MODELS[r.model]} | {r.dataset} | {r.budget} | {r.seed} | {r.rel_l2:.4e} | "
+            lines.append(f"| {MODELS[r.model]} | {r.dataset} | {r.budget} | {r.seed} | {r.precision} | {r.rel_l2:.4e} | "
                          f"{_hours(r.wall_s)}{resumed} | {_hours(r.full_protocol_s())} | {r.card} | {r.commit} | "
                          f"`{r.folder.relative_to(out)}` |")
         lines.append("")

@@ -105,7 +105,8 @@ def fake_run(out: Path, name: str, tag: str, rel_l2, wall_s=None, card="NVIDIA H
     if rel_l2 is not False:
         (folder / "test_metrics.json").write_text(json.dumps({"test/rel_l2": rel_l2, "test/loss": 0.0}))
     if wall_s is not None:
-        attempts = [{"wall_s": w, "rc": 0} for w in (wall_s if isinstance(wall_s, list) else [wall_s])]
+        cmd = ["flare", "fit"] + (["--trainer.precision=bf16-mixed"] if "transolver" in name else [])
+        attempts = [{"wall_s": w, "rc": 0, "command": cmd} for w in (wall_s if isinstance(wall_s, list) else [wall_s])]
         (folder / "launch.json").write_text(json.dumps({"attempts": attempts, "card": card, "commit": commit}))
 
 
@@ -133,8 +134,9 @@ def test_collector_on_fake_runs(accuracy, tmp_path):
     assert "real FNO files" in text and "not comparable cell by cell" in text
     runs = text.split("## Runs")[1]
     # 50 of Darcy's 500 epochs took 50 min: the full budget at this pace is 10x longer
-    assert "| Transolver | darcy | ep50 | 0 | 2.0000e-02 | 50 min, 2 attempts | 8.3 h | NVIDIA H200 | def5678+dirty |" in runs
-    assert "| FLARE | quickstart | full | 0 | 3.7000e-02 | 3 min | 3 min | cpu | abc1234 |" in runs
+    assert "| Transolver | darcy | ep50 | 0 | bf16-mixed | 2.0000e-02 | 50 min, 2 attempts | 8.3 h | NVIDIA H200 | def5678+dirty |" in runs
+    assert "| FLARE | quickstart | full | 0 | 32-true | 3.7000e-02 | 3 min | 3 min | cpu | abc1234 |" in runs
+    assert accuracy.run_precision(["flare", "--trainer.precision", "16-mixed"]) == "16-mixed"
 
 
 def test_collect_writes_the_table(accuracy, tmp_path):
@@ -142,7 +144,7 @@ def test_collect_writes_the_table(accuracy, tmp_path):
     fake_run(out, "perceiverio_elasticity", "seed2_full", 0.009, wall_s=7200)
     accuracy.main(["collect", "--out", str(out), "--output", str(output)])
     text = output.read_text()
-    assert "| PerceiverIO | elasticity | full | 2 | 9.0000e-03 | 2.0 h | 2.0 h |" in text
+    assert "| PerceiverIO | elasticity | full | 2 | 32-true | 9.0000e-03 | 2.0 h | 2.0 h |" in text
     assert not list(tmp_path.glob(".ACCURACY.md*"))  # no temporary file left behind
 
 
@@ -169,6 +171,16 @@ def test_worker_records_attempts_and_skips_finished_runs(accuracy, tmp_path):
 def test_workers_keep_the_callers_python_path(accuracy, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "/opt/wheels")
     assert accuracy.python_path().split(":") == [str(REPO), "/opt/wheels"]
+
+
+def test_workers_share_the_cpu_cores(accuracy, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    envs = [accuracy.worker_env(["0", "0", "1"], slot, cpus=32) for slot in range(3)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "0", "1"]
+    assert {e["OMP_NUM_THREADS"] for e in envs} == {"10"}
+    assert accuracy.worker_env(["0"] * 64, 0, cpus=32)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the caller's choice wins
+    assert accuracy.worker_env(["0", "1"], 1, cpus=32)["OMP_NUM_THREADS"] == "3"
 
 
 def test_prepare_data_makes_and_caches_a_dataset(accuracy, tmp_path):
