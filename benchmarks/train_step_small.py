@@ -9,6 +9,7 @@ C=64, batch 2, in bf16-mixed and 32-true, one run on one card, rows side by side
 | ``ours-eager`` | ``flare fit`` with the paper config as shipped |
 | ``ours-fast`` | the same with ``--model.fast_step true`` (compiled model, whole step as a CUDA graph) |
 | ``ours-fast-tuned`` | ``ours-fast`` with the mixer tiles timed on first use (``FLARE_MIXER_AUTOTUNE=1``) |
+| ``ours-fast-fused-kv`` | ``ours-fast`` with ``fuse_kv`` (key and value MLPs as one batched GEMM chain) |
 | ``ours-fast-max-autotune`` | ``ours-fast`` with Inductor's GEMM autotuning (Triton GEMMs, fused epilogues) |
 
 Each row is a real ``flare fit`` (CLI, datamodule, Lightning loop, logging, checkpoints):
@@ -42,6 +43,7 @@ ROWS = {
     "ours-eager": [],
     "ours-fast": ["--model.fast_step=true"],
     "ours-fast-tuned": ["--model.fast_step=true"],
+    "ours-fast-fused-kv": ["--model.fast_step=true", "--model.model.init_args.fuse_kv=true"],
     "ours-fast-max-autotune": ["--model.fast_step=true"],
 }
 INDUCTOR = {"ours-fast-max-autotune": {"max_autotune_gemm": True}}

@@ -174,6 +174,12 @@ class FlareCLI(LightningCLI):
     before_predict = _evaluate_in_run
 
 
+EPILOG = (
+    "flare export --ckpt_path CKPT [--format torch_export|onnx] [--output FILE]: write a trained checkpoint as a "
+    "self-contained model (flare export --help). Start from a config: flare fit --config configs/quickstart.yaml"
+)
+
+
 def make_cli(args: list[str] | None = None, run: bool = True) -> FlareCLI:
     """Build (and by default run) the CLI; ``args`` replaces ``sys.argv[1:]``."""
     return FlareCLI(
@@ -182,6 +188,7 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> FlareCLI:
         save_config_callback=SaveConfigToLoggers,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
+        parser_kwargs={"epilog": EPILOG},
         args=args,
         run=run,
     )

@@ -54,3 +54,13 @@ def test_predict_says_where_its_output_went(tiny_darcy_root, tmp_path, caplog):
     path = tmp_path / "test" / "version_0" / "predict"
     assert len(list(path.glob("*.vtu"))) == 4  # one file per test sample
     assert any(f"written to {path}" in r.getMessage() for r in caplog.records)
+
+
+def test_top_level_help_names_export(capsys):
+    """``flare --help`` lists Lightning's subcommands and says how to export a checkpoint."""
+    from flare_lightning.cli import cli_main
+
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    out = capsys.readouterr().out
+    assert "flare export --ckpt_path" in out and "fit" in out and "predict" in out

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from flare_lightning.kernels import flare_mix, flare_weights
 from flare_lightning.kernels.dispatch import BACKENDS
-from flare_lightning.models.mlp import ResidualMLP
+from flare_lightning.models.mlp import ResidualMLP, residual_mlp_pair
 from flare_lightning.models.options import check_finite, check_heads, check_ints
 
 EncodeStats = tuple[Tensor, Tensor, Tensor]  # running max [B, H, M], sum [B, H, M], acc [B, H, M, D]
@@ -33,6 +33,8 @@ class FlareAttention(nn.Module):
         scale: logit scale s (the reference uses 1.0, not 1/sqrt(D)).
         mixer_backend: implementation of the mixer (see ``flare_lightning.kernels.BACKENDS``).
         mlp_chunk_size: chunk size over points for the key/value MLPs (None: no chunking).
+        fuse_kv: compute the key and value MLPs as one chain of batched GEMMs (half the
+            launches, same parameters; ``residual_mlp_pair``); not with ``mlp_chunk_size``.
     """
 
     # Set by flare_lightning.parallel.attach_context: the layer then holds one share of each
@@ -49,6 +51,7 @@ class FlareAttention(nn.Module):
         scale: float = 1.0,
         mixer_backend: str = "auto",
         mlp_chunk_size: int | None = None,
+        fuse_kv: bool = False,
     ) -> None:
         super().__init__()
         check_ints("FlareAttention", 1, channels=channels, num_heads=num_heads, num_latents=num_latents)
@@ -61,6 +64,7 @@ class FlareAttention(nn.Module):
         self.head_dim = channels // num_heads
         self.scale = scale
         self.mixer_backend = mixer_backend
+        self.fuse_kv = fuse_kv
         self.latents = nn.Parameter(0.1 * torch.randn(num_heads, num_latents, self.head_dim))  # N(0, 0.1)
         self.k_proj = ResidualMLP(channels, channels, channels, kv_layers, act, chunk_size=mlp_chunk_size)
         self.v_proj = ResidualMLP(channels, channels, channels, kv_layers, act, chunk_size=mlp_chunk_size)
@@ -71,10 +75,17 @@ class FlareAttention(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
+    def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values [B, H, N, D] of x [B, N, C] (one batched GEMM chain with ``fuse_kv``)."""
+        if self.fuse_kv and self.k_proj.chunk_size is None:
+            k, v = residual_mlp_pair(x, self.k_proj, self.v_proj)
+        else:
+            k, v = self.k_proj(x), self.v_proj(x)
+        return self._heads(k), self._heads(v)
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: [B, N, C]; mask: [B, N] bool (True on real points) -> [B, N, C]."""
-        k = self._heads(self.k_proj(x))
-        v = self._heads(self.v_proj(x))
+        k, v = self.keys_values(x)
         if self.context is not None and self.context.enabled:
             y = self.context.mix(self.latents, k, v, mask, self.scale, self.mixer_backend)  # [B, H, N, D]
         else:
@@ -91,8 +102,7 @@ class FlareAttention(nn.Module):
         ``m`` [B, H, M], the sum ``l`` [B, H, M] of ``exp(logit - m)`` and the weighted
         value sum ``acc`` [B, H, M, D]; ``merge_encode`` joins chunks and ``z = acc / l``.
         """
-        k = self._heads(self.k_proj(x))
-        v = self._heads(self.v_proj(x))
+        k, v = self.keys_values(x)
         dtype = torch.promote_types(k.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):  # statistics stay in full precision
             k, v = k.to(dtype), v.to(dtype)

@@ -38,11 +38,12 @@ class FlareBlock(nn.Module):
         scale: float,
         mixer_backend: str,
         mlp_chunk_size: int | None,
+        fuse_kv: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = make_norm(norm, channels)
         self.attn = FlareAttention(
-            channels, num_heads, num_latents, kv_layers, act, scale, mixer_backend, mlp_chunk_size
+            channels, num_heads, num_latents, kv_layers, act, scale, mixer_backend, mlp_chunk_size, fuse_kv
         )
         self.norm2 = make_norm(norm, channels)
         hidden = int(round(channels * mlp_ratio))
@@ -99,6 +100,9 @@ class FLARE(nn.Module):
         eval_chunk_size: without autograd (validation, test, predict), run the model this
             many points at a time: the encode is a sum over points, so chunks merge exactly,
             and memory is the [B, N, C] residual stream plus per-chunk work (None: off).
+        fuse_kv: each block computes its key and value MLPs as one chain of batched GEMMs
+            (half the GEMM launches, same parameters and checkpoints; ignored with
+            ``mlp_chunk_size``).
         compile: ``torch.compile`` the blocks, the lifting and the head in place
             (``nn.Module.compile``: parameter names and checkpoints are unchanged).
     """
@@ -122,6 +126,7 @@ class FLARE(nn.Module):
         mlp_chunk_size: int | None = None,
         checkpoint_blocks: bool = False,
         eval_chunk_size: int | None = None,
+        fuse_kv: bool = False,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -141,7 +146,7 @@ class FLARE(nn.Module):
         self.blocks = nn.ModuleList(
             FlareBlock(
                 channels, num_heads, num_latents, kv_layers, ffn_layers, mlp_ratio, act, norm,
-                scale, mixer_backend, mlp_chunk_size,
+                scale, mixer_backend, mlp_chunk_size, fuse_kv,
             )
             for _ in range(num_blocks)
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flare_lightning.models.checkpointing import apply_in_chunks
@@ -78,3 +80,41 @@ class ResidualMLP(nn.Module):
         if self.chunk_size is None or x.dim() < 2:
             return self._forward(x)
         return apply_in_chunks(self._forward, x, self.chunk_size, dim=-2)
+
+
+def residual_mlp_pair(x: Tensor, a: ResidualMLP, b: ResidualMLP) -> tuple[Tensor, Tensor]:
+    """``(a(x), b(x))`` for two ResidualMLPs of one shape, as one chain of batched GEMMs.
+
+    The first layers share their input, so they run as one GEMM with the two weight matrices
+    stacked; every later layer runs the pair as one ``baddbmm`` over a [2, T, width] stack.
+    Half the GEMM launches of two separate MLPs, the same arithmetic; the parameters stay in
+    ``a`` and ``b`` (checkpoints unchanged). FLARE's keys and values use it (``fuse_kv``).
+    """
+    if (
+        len(a.hidden) != len(b.hidden)
+        or a.fc_in.weight.shape != b.fc_in.weight.shape
+        or a.fc_out.weight.shape != b.fc_out.weight.shape
+        or (a.input_residual, a.output_residual) != (b.input_residual, b.output_residual)
+        or type(a.act) is not type(b.act)
+    ):
+        raise ValueError("residual_mlp_pair: the two MLPs must have the same layers, widths, residuals and activation")
+    width = a.fc_in.out_features
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, x.shape[-1])  # [T, in]
+    w_in = torch.cat([a.fc_in.weight, b.fc_in.weight])  # [2·width, in]
+    h = a.act(F.linear(flat, w_in, torch.cat([a.fc_in.bias, b.fc_in.bias])))  # [T, 2·width]
+    h = h.view(-1, 2, width).transpose(0, 1)  # [2, T, width]
+    h = flat.unsqueeze(0) + h if a.input_residual else h
+    h = h.contiguous()
+
+    def pair(la: nn.Linear, lb: nn.Linear, h: Tensor) -> Tensor:
+        weight = torch.stack([la.weight, lb.weight]).transpose(1, 2)  # [2, in, out]
+        bias = torch.stack([la.bias, lb.bias]).unsqueeze(1)  # [2, 1, out]
+        return torch.baddbmm(bias, h, weight)
+
+    for la, lb in zip(a.hidden, b.hidden):
+        h = h + a.act(pair(la, lb, h))
+    out = pair(a.fc_out, b.fc_out, h)
+    if a.output_residual:
+        out = h + out
+    return out[0].reshape(*lead, -1), out[1].reshape(*lead, -1)
