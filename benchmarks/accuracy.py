@@ -66,7 +66,7 @@ DATASETS = {
         paper_label="paper: elasticity, real Geo-FNO files",
         paper={"flare": 3.4, "transolver": 6.4},
     ),
-    "quickstart": Dataset("quickstart: Darcy 29x29, made here, ~130k-parameter models"),
+    "quickstart": Dataset("quickstart: Darcy 21x21, made here, 90k (FLARE) to 128k-parameter models"),
 }
 
 
@@ -380,7 +380,7 @@ def _cell(rs: list[Result]) -> str:
 
 def _budget_title(budget: str) -> str:
     if budget == "full":
-        return "Full budget: each config's own epochs (the paper's 500 for Darcy and elasticity; 60 for the quickstart)"
+        return "Full budget: each config's own epochs (the paper's 500 for Darcy and elasticity; 27 for the quickstart)"
     return (f"Reduced budget: {budget[2:]} epochs for every model (the paper: 500; the OneCycle schedule is "
             "compressed to the budget, so these are not the paper's protocol)")
 
