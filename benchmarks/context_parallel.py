@@ -43,6 +43,7 @@ from torch import nn
 from flare_lightning.metrics import relative_l2
 from flare_lightning.models import FLARE
 from flare_lightning.parallel import ContextGroup, attach_context, relative_l2_sharded
+from flare_lightning.parallel.nccl import use_small_nccl_buffers
 
 IN_DIM, OUT_DIM = 3, 1
 SHAPE = dict(channels=64, num_blocks=8, num_heads=8, num_latents=64)
@@ -244,6 +245,8 @@ def phase(rank: int, world: int, args: argparse.Namespace, init_file: str, resul
         torch.set_num_threads(1)
     context = None
     if world > 1:
+        if args.small_nccl_buffers:  # as ContextParallelStrategy does (flare_lightning/parallel/nccl.py)
+            use_small_nccl_buffers()
         dist.init_process_group("gloo" if cpu else "nccl", init_method=f"file://{init_file}", rank=rank,
                                 world_size=world, timeout=timedelta(seconds=args.timeout_s))
         context = ContextGroup()
@@ -314,6 +317,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--budget-s", type=float, default=150.0, help="time for the largest-N search per phase")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="collective timeout (an asymmetric OOM)")
     parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for context_parallel.json")
+    parser.add_argument("--nccl-default-buffers", dest="small_nccl_buffers", action="store_false",
+                        help="keep NCCL's default buffers (the strategy's small_nccl_buffers=False)")
     parser.add_argument("--dry-run", action="store_true", help="CPU + gloo, tiny model and N, simulated memory")
     parser.add_argument("--dry-capacity", type=int, default=3000, help="--dry-run: points per rank that 'fit'")
     args = parser.parse_args(argv)

@@ -10,6 +10,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from flare_lightning.parallel.context import ContextGroup
 from flare_lightning.parallel.hooks import attach_context, detach_context
+from flare_lightning.parallel.nccl import use_small_nccl_buffers
 
 
 class ContextParallelStrategy(DDPStrategy):
@@ -31,21 +32,27 @@ class ContextParallelStrategy(DDPStrategy):
     Args:
         context_parallel: ranks per context group; must divide the world size (keep a group
             within one node: its collectives run once per block, forward and backward).
+        small_nccl_buffers: ask NCCL for 1 MiB buffers on at most 4 channels (where
+            ``NCCL_BUFFSIZE`` / ``NCCL_MAX_NCHANNELS`` are unset): the group's collectives are
+            tiny, and the default buffers take memory a huge sample could use (``parallel.nccl``).
         **kwargs: passed to ``DDPStrategy`` (e.g. ``find_unused_parameters``).
     """
 
     strategy_name = "context_parallel"
 
-    def __init__(self, context_parallel: int = 2, **kwargs: Any) -> None:
+    def __init__(self, context_parallel: int = 2, small_nccl_buffers: bool = True, **kwargs: Any) -> None:
         if int(context_parallel) != context_parallel or context_parallel < 1:
             raise ValueError(f"trainer.strategy.context_parallel must be a positive integer, got {context_parallel!r}")
         super().__init__(**kwargs)
         self.context_parallel = int(context_parallel)
+        self.small_nccl_buffers = small_nccl_buffers
         self.context: ContextGroup | None = None
         self.data_parallel_size = 1
         self.data_parallel_rank = 0
 
     def setup_distributed(self) -> None:
+        if self.small_nccl_buffers:  # each process, before its NCCL communicator exists
+            use_small_nccl_buffers()
         super().setup_distributed()
         world = self.world_size
         if world % self.context_parallel != 0:

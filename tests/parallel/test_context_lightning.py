@@ -166,3 +166,29 @@ def test_fast_step_is_refused_clearly():
                                                  3, 1, fast_step=True)
     with pytest.raises(ValueError, match="fast_step"):
         strategy.setup(None)
+
+
+def test_small_nccl_buffers_are_asked_for_before_nccl_starts(monkeypatch):
+    """The strategy sets NCCL's buffer size and channel count (where unset) before DDP's process
+    group exists; a user's own value wins; ``small_nccl_buffers=False`` leaves NCCL alone."""
+    from flare_lightning.parallel import ContextParallelStrategy
+    from flare_lightning.parallel import strategy as strategy_module
+    from flare_lightning.parallel.nccl import use_small_nccl_buffers
+
+    env = {"NCCL_BUFFSIZE": "8388608"}
+    assert use_small_nccl_buffers(env) == {"NCCL_MAX_NCHANNELS": "4"}
+    assert env == {"NCCL_BUFFSIZE": "8388608", "NCCL_MAX_NCHANNELS": "4"}
+
+    order = []
+
+    def init(self):
+        order.append("process group")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(strategy_module, "use_small_nccl_buffers", lambda: order.append("nccl"))
+    monkeypatch.setattr(strategy_module.DDPStrategy, "setup_distributed", init)
+    for flag, expected in ((True, ["nccl", "process group"]), (False, ["process group"])):
+        order.clear()
+        with pytest.raises(RuntimeError, match="stop here"):
+            ContextParallelStrategy(context_parallel=2, small_nccl_buffers=flag).setup_distributed()
+        assert order == expected
