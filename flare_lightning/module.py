@@ -229,6 +229,20 @@ class SurrogateModule(L.LightningModule):
         compile_model(self.model, options={"combo_kernels": True})
         self._fast_compiled = True
 
+    def on_train_start(self) -> None:
+        # After a resume Lightning has restored the scheduler: a OneCycle planned for another
+        # number of steps would fail only when it runs out, possibly hours later.
+        scheduler = self.lr_schedulers() if self.trainer.lr_scheduler_configs else None
+        if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
+            planned, needed = scheduler.total_steps, int(self.trainer.estimated_stepping_batches)
+            if planned < needed:
+                raise ValueError(
+                    f"the checkpoint's OneCycle schedule was planned for {planned} optimizer steps, but this "
+                    f"run needs {needed} (trainer.max_epochs, the training data or its batch size changed "
+                    "since that run started); resume with the original trainer.max_epochs and data, or train "
+                    "a new run that starts from the checkpoint's weights"
+                )
+
     def on_fit_start(self) -> None:
         if not self.hparams.get("fast_step"):
             return

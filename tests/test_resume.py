@@ -190,3 +190,14 @@ def test_slurm_signal_saves_and_requeued_job_resumes(tiny_darcy_root, tmp_path, 
     # Killed at step 5. Lightning's pre-emption checkpoint, saved inside a step, makes the
     # resumed run log one step number later; the rows and their values are the same.
     assert_same_history(uninterrupted["history"], history(tmp_path, "slurm"), cut_epoch=1, ignore=("step",))
+
+
+def test_resume_with_more_epochs_than_the_schedule_fails_at_once(tiny_darcy_root, tmp_path):
+    """A OneCycle run resumed with a larger max_epochs stops before its first step, saying why,
+    instead of when the restored schedule runs out; the same max_epochs resumes as before."""
+    run_cli(fit_args(tiny_darcy_root, tmp_path, "short"))
+    ckpt = sorted((tmp_path / "short").glob("version_*/checkpoints/last.ckpt"))[0]
+    with pytest.raises(ValueError, match=f"planned for {EPOCHS * STEPS_PER_EPOCH} optimizer steps, but this run needs"):
+        run_cli(fit_args(tiny_darcy_root, tmp_path, "short", f"--ckpt_path={ckpt}", f"--trainer.max_epochs={EPOCHS + 2}"))
+    cli = run_cli(fit_args(tiny_darcy_root, tmp_path, "short", f"--ckpt_path={ckpt}"))
+    assert cli.trainer.global_step == EPOCHS * STEPS_PER_EPOCH
