@@ -245,10 +245,14 @@ def worker(queue_file: Path) -> None:
         log = Path(queue["log_dir"]) / f"{run.name}_{run.tag}.log"
         print(f"{run.name}/{run.tag}: {' '.join(cmd)}\n  log: {log}", flush=True)
         start = time.time()
+        # Recorded before the run starts, so an attempt whose machine went away still counts
+        # (its end and wall time stay None: the table then marks the run's time as a lower bound).
+        record["attempts"].append({"start": start, "end": None, "wall_s": None, "rc": None, "command": cmd})
+        write_json(record_path, record)
         with open(log, "a") as fh:
             rc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode
         end = time.time()
-        record["attempts"].append({"start": start, "end": end, "wall_s": end - start, "rc": rc, "command": cmd})
+        record["attempts"][-1].update(end=end, wall_s=end - start, rc=rc)
         write_json(record_path, record)
         print(f"{run.name}/{run.tag}: exit {rc} after {end - start:.0f} s", flush=True)
 
@@ -316,6 +320,7 @@ class Result:
     commit: str
     folder: Path
     precision: str = "32-true"
+    untimed_attempts: int = 0  # attempts that never recorded their end (the machine went away)
 
     def full_protocol_s(self) -> float | None:
         """Wall time of the config's full budget at this run's pace (steps scale the time)."""
@@ -337,11 +342,13 @@ def collect(out: Path) -> list[Result]:
         rel = json.loads(metrics.read_text())["test/rel_l2"]
         record = json.loads((folder / "launch.json").read_text()) if (folder / "launch.json").is_file() else {}
         attempts = record.get("attempts", [])
+        timed = [a["wall_s"] for a in attempts if a.get("wall_s") is not None]
         results.append(Result(
             model, dataset, int(tag.group(1)), tag.group(2), float(rel),
-            sum(a["wall_s"] for a in attempts) if attempts else None, len(attempts),
+            sum(timed) if timed else None, len(attempts),
             record.get("card", "unknown"), record.get("commit", "unknown"), folder,
             run_precision(attempts[-1]["command"]) if attempts else "unknown",
+            len(attempts) - len(timed),
         ))
     return results
 
@@ -428,6 +435,8 @@ def render(results: list[Result], out: Path) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(results, key=lambda r: (r.budget, r.dataset, list(MODELS).index(r.model), r.seed)):
             resumed = f", {r.attempts} attempts" if r.attempts > 1 else ""
+            if r.untimed_attempts:
+                resumed += f" (+{r.untimed_attempts} untimed: a lower bound)"
             lines.append(f"| {MODELS[r.model]} | {r.dataset} | {r.budget} | {r.seed} | {r.precision} | {r.rel_l2:.4e} | "
                          f"{_hours(r.wall_s)}{resumed} | {_hours(r.full_protocol_s())} | {r.card} | {r.commit} | "
                          f"`{r.folder.relative_to(out)}` |")

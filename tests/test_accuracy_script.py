@@ -4,6 +4,7 @@ GPUs, skipping and resuming, and the table collected from fake run folders."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from unittest import mock
@@ -166,6 +167,36 @@ def test_worker_records_attempts_and_skips_finished_runs(accuracy, tmp_path):
     assert (record["card"], record["commit"], record["seed"], record["epochs"]) == ("NVIDIA H200", "abc1234", 0, 1)
     assert len(record["attempts"]) == 1 and record["attempts"][0]["rc"] == 0 and record["attempts"][0]["wall_s"] > 0
     assert "trained" in (tmp_path / "flare_quickstart_seed0_ep1.log").read_text()
+
+
+def test_an_attempt_is_recorded_before_its_run_and_untimed_ones_are_marked(accuracy, tmp_path):
+    """A worker killed with its machine leaves an attempt without an end; the table counts it and
+    says the run's wall time is a lower bound."""
+    out = tmp_path / "runs"
+    run = accuracy.Run("flare", "darcy", 0, 50, out)
+    queue = {"runs": [{"model": "flare", "dataset": "darcy", "seed": 0, "epochs": 50, "out": str(out)}],
+             "fast_step": False, "extra": [], "commit": "abc1234", "log_dir": str(tmp_path)}
+    (tmp_path / "queue.json").write_text(json.dumps(queue))
+    seen = {}
+
+    def fake_run(cmd, **kwargs):  # what launch.json holds while the run is going
+        seen.update(json.loads((run.folder / "launch.json").read_text())["attempts"][-1])
+        run.folder.mkdir(parents=True, exist_ok=True)
+        (run.folder / "test_metrics.json").write_text(json.dumps({"test/rel_l2": 0.006}))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    run.folder.mkdir(parents=True)
+    (run.folder / "launch.json").write_text(json.dumps({"attempts": [
+        {"start": 0.0, "end": None, "wall_s": None, "rc": None, "command": ["flare", "fit"]}]}))
+    with mock.patch.object(accuracy.subprocess, "run", side_effect=fake_run), \
+            mock.patch.object(accuracy, "card_name", return_value="NVIDIA H200"):
+        accuracy.worker(tmp_path / "queue.json")
+    assert seen["start"] > 0 and seen["end"] is None and seen["rc"] is None
+    attempts = json.loads((run.folder / "launch.json").read_text())["attempts"]
+    assert len(attempts) == 2 and attempts[1]["rc"] == 0 and attempts[1]["wall_s"] >= 0
+    (result,) = accuracy.collect(out)
+    assert result.attempts == 2 and result.untimed_attempts == 1
+    assert "2 attempts (+1 untimed: a lower bound)" in accuracy.render([result], out)
 
 
 def test_workers_keep_the_callers_python_path(accuracy, monkeypatch):
