@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flare_lightning.models.mlp import ResidualMLP, make_activation
 from flare_lightning.models.init import init_linear_and_norm
+from flare_lightning.models.mlp import ResidualMLP, make_activation
+from flare_lightning.models.options import check_heads
 
 
 def _heads(t: Tensor, num_heads: int) -> Tensor:
@@ -131,8 +132,7 @@ class PerceiverIO(nn.Module):
         act: str = "gelu_tanh",
     ) -> None:
         super().__init__()
-        if channels % num_heads:
-            raise ValueError(f"PerceiverIO: channels ({channels}) must be divisible by num_heads ({num_heads})")
+        check_heads("PerceiverIO", channels, num_heads)
         self.in_dim, self.out_dim = in_dim, out_dim
         self.lift = ResidualMLP(in_dim, channels, channels, io_layers, act)
         self.encoder = LatentEncoder(channels, num_heads, num_latents)

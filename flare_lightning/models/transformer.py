@@ -7,8 +7,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flare_lightning.models.mlp import ResidualMLP, make_activation
 from flare_lightning.models.init import init_linear_and_norm
+from flare_lightning.models.mlp import ResidualMLP, make_activation
+from flare_lightning.models.options import check_heads
 
 
 class SelfAttention(nn.Module):
@@ -22,8 +23,7 @@ class SelfAttention(nn.Module):
 
     def __init__(self, channels: int, num_heads: int) -> None:
         super().__init__()
-        if channels % num_heads:
-            raise ValueError(f"Transformer: channels ({channels}) must be divisible by num_heads ({num_heads})")
+        check_heads("Transformer", channels, num_heads)
         self.num_heads = num_heads
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj_out = nn.Linear(channels, channels)

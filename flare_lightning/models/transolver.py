@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flare_lightning.models.mlp import make_activation
 from flare_lightning.models.init import init_linear_and_norm
+from flare_lightning.models.mlp import make_activation
+from flare_lightning.models.options import check_heads
 
 
 class PhysicsAttention(nn.Module):
@@ -33,8 +34,7 @@ class PhysicsAttention(nn.Module):
 
     def __init__(self, channels: int, num_heads: int, num_slices: int) -> None:
         super().__init__()
-        if channels % num_heads:
-            raise ValueError(f"Transolver: channels ({channels}) must be divisible by num_heads ({num_heads})")
+        check_heads("Transolver", channels, num_heads)
         self.num_heads = num_heads
         self.head_dim = channels // num_heads
         self.temperature = nn.Parameter(torch.full((1, num_heads, 1, 1), 0.5))  # per-head slice temperature
