@@ -15,6 +15,7 @@ from datamodules.collate import PaddedCollate
 from datamodules.drivaerml import DrivAerMLDataModule
 from datamodules.drivaerml_io import Q_INF
 from flare_lightning.models import FLARE
+from tests import mesh_files
 from tests.helpers import CONFIGS, run_cli, tiny_trainer_args
 
 TRAIN_IDS, TEST_IDS = [1, 2, 3, 5, 8], [13, 21]
@@ -284,28 +285,10 @@ def test_proxy_and_real_files_are_never_mixed(root, tmp_path):
 # --- raw .vtp surfaces -------------------------------------------------------------------
 def write_vtp(path: Path, arrays: dict[str, np.ndarray]) -> np.ndarray:
     """Two triangles and a quad with the given cell arrays; returns their centroids (3, 3)."""
-    vtk = pytest.importorskip("vtk")
-    from vtkmodules.util.numpy_support import numpy_to_vtk
-
+    pytest.importorskip("vtk")
     pts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [2, 0, 0], [2, 1, 1]], dtype=np.float64)
     cells = [[0, 1, 2], [1, 3, 2], [1, 4, 5, 3]]
-    poly = vtk.vtkPolyData()
-    points = vtk.vtkPoints()
-    points.SetData(numpy_to_vtk(pts, deep=True))
-    poly.SetPoints(points)
-    polys = vtk.vtkCellArray()
-    for c in cells:
-        polys.InsertNextCell(len(c), c)
-    poly.SetPolys(polys)
-    for name, values in arrays.items():
-        arr = numpy_to_vtk(values, deep=True)
-        arr.SetName(name)
-        poly.GetCellData().AddArray(arr)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = vtk.vtkXMLPolyDataWriter()
-    writer.SetFileName(str(path))
-    writer.SetInputData(poly)
-    assert writer.Write() == 1
+    mesh_files.write_vtp(path, pts, cells, arrays)
     return np.array([pts[c].mean(0) for c in cells], dtype=np.float32)
 
 
