@@ -39,3 +39,15 @@ def tiny_darcy_args(root: Path, n_train: int = 8, n_val: int = 4, n_test: int = 
         f"--data.init_args.n_val={n_val}",
         f"--data.init_args.n_test={n_test}",
     ]
+
+
+def import_benchmark(name: str):
+    """A script of ``benchmarks/`` (not a package) imported as a module."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))

@@ -12,17 +12,12 @@ from unittest import mock
 import pytest
 
 from flare_lightning.cli import make_cli
-from tests.helpers import CONFIGS, REPO
+from tests.helpers import CONFIGS, REPO, import_benchmark
 
 
 @pytest.fixture(scope="module")
 def accuracy():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import accuracy
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return accuracy
+    return import_benchmark("accuracy")
 
 
 def opts(cmd: list[str]) -> dict[str, str]:

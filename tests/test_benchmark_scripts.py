@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def mixer_tune():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import mixer_tune
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return mixer_tune
+    return import_benchmark("mixer_tune")
 
 
 @pytest.mark.parametrize("m,d", [(64, 8), (128, 16), (256, 16), (40, 12)])
