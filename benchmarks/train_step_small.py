@@ -30,6 +30,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from unittest import mock
 
 import lightning as L
 import torch
@@ -113,15 +114,9 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
 
     torch._dynamo.reset()
     tuning.clear_cache()
-    saved = {k: os.environ.get(k) for k in ENV.get(row, {})}
-    os.environ.update(ENV.get(row, {}))
     t0 = time.perf_counter()
-    try:
-        with inductor_config.patch(INDUCTOR.get(row, {})):
-            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    with mock.patch.dict(os.environ, ENV.get(row, {})), inductor_config.patch(INDUCTOR.get(row, {})):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     total = time.perf_counter() - t0
     for key, cfg in tuning.tuned_configs().items():
         print(f"mixer tiles {key[0]} k{list(key[3])}: {cfg}", flush=True)
