@@ -11,6 +11,8 @@ C=64, batch 2, in bf16-mixed and 32-true, one run on one card, rows side by side
 | ``ours-fast-tuned`` | ``ours-fast`` with the mixer tiles timed on first use (``FLARE_MIXER_AUTOTUNE=1``) |
 | ``ours-fast-fused-kv`` | ``ours-fast`` with ``fuse_kv`` (key and value MLPs as one batched GEMM chain) |
 | ``ours-fast-max-autotune`` | ``ours-fast`` with Inductor's GEMM autotuning (Triton GEMMs, fused epilogues) |
+| ``ours-fast-foreach-adam`` | ``ours-fast`` with the captured clip + Adam update as eager multi-tensor ops |
+| ``ours-fast-blockwise`` | ``ours-fast`` as before 2026-11-30's third session: blocks compiled one by one, foreach update |
 
 Each row is a real ``flare fit`` (CLI, datamodule, Lightning loop, logging, checkpoints):
 epoch 0 warms up (compilation, graph capture) and epoch 1 is timed. Rows slower than
@@ -24,6 +26,7 @@ epoch 0 warms up (compilation, graph capture) and epoch 1 is timed. Rows slower 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -46,9 +49,16 @@ ROWS = {
     "ours-fast-tuned": ["--model.fast_step=true"],
     "ours-fast-fused-kv": ["--model.fast_step=true", "--model.model.init_args.fuse_kv=true"],
     "ours-fast-max-autotune": ["--model.fast_step=true"],
+    "ours-fast-foreach-adam": ["--model.fast_step=true"],
+    "ours-fast-blockwise": ["--model.fast_step=true"],
 }
 INDUCTOR = {"ours-fast-max-autotune": {"max_autotune_gemm": True}}
 ENV = {"ours-fast-tuned": {"FLARE_MIXER_AUTOTUNE": "1"}}
+PATCHES = {  # module constants a row sets for its run
+    "ours-fast-foreach-adam": {"flare_lightning.fast_step.COMPILE_UPDATE": False},
+    "ours-fast-blockwise": {"flare_lightning.fast_step.COMPILE_UPDATE": False,
+                            "flare_lightning.module.WHOLE_GRAPH_FAST_STEP": False},
+}
 
 
 class EpochTimer(L.Callback):
@@ -115,7 +125,11 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
     torch._dynamo.reset()
     tuning.clear_cache()
     t0 = time.perf_counter()
-    with mock.patch.dict(os.environ, ENV.get(row, {})), inductor_config.patch(INDUCTOR.get(row, {})):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.dict(os.environ, ENV.get(row, {})))
+        stack.enter_context(inductor_config.patch(INDUCTOR.get(row, {})))
+        for target, value in PATCHES.get(row, {}).items():
+            stack.enter_context(mock.patch(target, value))
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     total = time.perf_counter() - t0
     for key, cfg in tuning.tuned_configs().items():

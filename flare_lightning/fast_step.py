@@ -28,6 +28,10 @@ from torch.optim import Optimizer
 LossFn = Callable[[dict[str, Tensor]], Tensor]  # batch -> per-sample losses [B]
 TRAIN_KEYS = ("x", "y", "mask")
 MAX_GRAPHS = 16  # batch shapes captured at most; further shapes run eagerly (each graph holds memory)
+# The captured clip + Adam update compiled by Inductor: a handful of fused kernels for all
+# parameters instead of some 80 multi-tensor launches (benchmarks/train_step_small.py row
+# ``ours-fast-foreach-adam`` sets it False).
+COMPILE_UPDATE = True
 
 
 def batch_key(batch: dict[str, Tensor], keys: tuple[str, ...] = TRAIN_KEYS) -> tuple:
@@ -107,8 +111,11 @@ class FastTrainStep:
         self.epoch_sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss sum, samples]
         self._captured: dict[tuple, _Captured] = {}
         self._hparams: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._captured_update = clipped_adam_update_
         if self.capture:
             self._make_capturable()
+            if COMPILE_UPDATE:
+                self._captured_update = torch.compile(clipped_adam_update_, dynamic=False)
 
     # --- the step, in its three parts --------------------------------------------
     def _forward_backward(self, batch: dict[str, Tensor]) -> None:
@@ -131,21 +138,30 @@ class FastTrainStep:
         torch._foreach_copy_(grads, torch._utils._unflatten_dense_tensors(flat, grads))
 
     def _update(self) -> None:
-        if self.clip_val is not None:
-            grads = [p for p in self.params if p.grad is not None]
-            if self.clip_algorithm == "norm":
-                torch.nn.utils.clip_grad_norm_(grads, self.clip_val, foreach=True)
-            else:
-                torch.nn.utils.clip_grad_value_(grads, self.clip_val, foreach=True)
-        if self.capture:
-            decoupled = isinstance(self.optimizer, torch.optim.AdamW)
-            for group, hparams in zip(self.optimizer.param_groups, self._hparams):
-                adam_update_(group, self.optimizer.state, *hparams, group.get("decoupled_weight_decay", decoupled))
-            # LR schedulers warn when they step before optimizer.step() was ever called; the
-            # update above is that step (torch marks it on the optimizer the same way).
-            self.optimizer._opt_called = True
-        else:
+        if not self.capture:
+            self._clip([p for p in self.params if p.grad is not None])
             self.optimizer.step()
+            return
+        groups = []
+        for group, (lr, beta1, beta2) in zip(self.optimizer.param_groups, self._hparams):
+            params = [p for p in group["params"] if p.grad is not None]
+            state = [self.optimizer.state[p] for p in params]
+            lists = [[p.grad for p in params], [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state]]
+            decoupled = group.get("decoupled_weight_decay", isinstance(self.optimizer, torch.optim.AdamW))
+            hparams = (lr, beta1, beta2, float(group["weight_decay"]), float(group["eps"]), bool(decoupled))
+            groups.append((params, *lists, [s["step"] for s in state], *hparams))
+        self._captured_update(groups, self.clip_val, self.clip_algorithm)
+        # LR schedulers warn when they step before optimizer.step() was ever called; the
+        # update above is that step (torch marks it on the optimizer the same way).
+        self.optimizer._opt_called = True
+
+    def _clip(self, params: list[Tensor]) -> None:
+        if self.clip_val is None:
+            return
+        if self.clip_algorithm == "norm":
+            torch.nn.utils.clip_grad_norm_(params, self.clip_val, foreach=True)
+        else:
+            torch.nn.utils.clip_grad_value_(params, self.clip_val, foreach=True)
 
     def _grads(self) -> list[Tensor]:
         for p in self.params:  # every rank must reduce the same list
@@ -259,17 +275,27 @@ def adam_update_(group: dict, state: dict, lr: Tensor, beta1: Tensor, beta2: Ten
     params = [p for p in group["params"] if p.grad is not None]
     if not params:
         return
-    grads = [p.grad for p in params]
-    exp_avgs = [state[p]["exp_avg"] for p in params]
-    exp_avg_sqs = [state[p]["exp_avg_sq"] for p in params]
-    steps = [state[p]["step"] for p in params]
+    states = [state[p] for p in params]
+    adam_lists_(
+        params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+        [s["step"] for s in states], lr, beta1, beta2, group["weight_decay"], group["eps"], decoupled,
+    )
+
+
+def adam_lists_(
+    params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+    steps: list[Tensor], lr: Tensor, beta1: Tensor, beta2: Tensor, weight_decay: float, eps: float,
+    decoupled: bool,
+) -> None:
+    """The Adam/AdamW update of one group's tensor lists, in place (torch's formula)."""
+    if not params:
+        return
     torch._foreach_add_(steps, 1.0)
-    wd = group["weight_decay"]
-    if wd != 0:
+    if weight_decay != 0:
         if decoupled:  # AdamW
-            torch._foreach_mul_(params, 1.0 - lr * wd)
+            torch._foreach_mul_(params, 1.0 - lr * weight_decay)
         else:
-            grads = torch._foreach_add(grads, params, alpha=wd)
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
     torch._foreach_mul_(exp_avgs, beta1)
     torch._foreach_add_(exp_avgs, torch._foreach_mul(grads, 1.0 - beta1))
     torch._foreach_mul_(exp_avg_sqs, beta2)
@@ -280,10 +306,31 @@ def adam_update_(group: dict, state: dict, lr: Tensor, beta1: Tensor, beta2: Ten
     step_size = lr / (1.0 - beta1**step)
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denom, (1.0 - beta2**step).sqrt())
-    torch._foreach_add_(denom, group["eps"])
+    torch._foreach_add_(denom, eps)
     update = torch._foreach_div(exp_avgs, denom)
     torch._foreach_mul_(update, -step_size)
     torch._foreach_add_(params, update)
+
+
+@torch.no_grad()
+def clipped_adam_update_(groups: list[tuple], clip_val: float | None, clip_algorithm: str) -> None:
+    """Gradient clipping over all groups, then each group's Adam update, in place.
+
+    ``groups``: per param group ``(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1,
+    beta2, weight_decay, eps, decoupled)``. Clipping is torch's ``clip_grad_norm_`` (total
+    2-norm, coefficient ``clip / (norm + 1e-6)`` capped at 1) or ``clip_grad_value_``.
+    Plain foreach ops, so that ``torch.compile`` fuses the whole update.
+    """
+    grads = [g for group in groups for g in group[1]]
+    if clip_val is not None and grads:
+        if clip_algorithm == "norm":
+            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            torch._foreach_mul_(grads, torch.clamp(clip_val / (total + 1e-6), max=1.0))
+        else:
+            torch._foreach_clamp_min_(grads, -clip_val)
+            torch._foreach_clamp_max_(grads, clip_val)
+    for group in groups:
+        adam_lists_(*group)
 
 
 class GraphedForward:

@@ -3,6 +3,7 @@ metrics, AdamW with a per-batch OneCycle schedule (or any optimizer and schedule
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -18,6 +19,9 @@ from flare_lightning.metrics import RelativeL2Error
 from flare_lightning.normalizer import Normalizer
 
 STAGES = ("train", "val", "test")
+# fast_step compiles the whole training loss and evaluation forward as one graph each (False:
+# the model's blocks one by one; benchmarks/train_step_small.py row ``ours-fast-blockwise``).
+WHOLE_GRAPH_FAST_STEP = True
 
 
 def _built_by_cli() -> bool:
@@ -110,6 +114,7 @@ class SurrogateModule(L.LightningModule):
         self.test_report: dict = {}  # per-run tables for test_metrics.json
         self._fast: FastTrainStep | None = None
         self._fast_eval: GraphedForward | None = None
+        self._fast_fns: tuple[Callable, Callable] | None = None  # compiled (train losses, eval forward)
 
     @property
     def automatic_optimization(self) -> bool:
@@ -179,7 +184,7 @@ class SurrogateModule(L.LightningModule):
         if self._fast_eval is None:
             self._check_fitted()
             self._compile_for_fast_step()
-            self._fast_eval = GraphedForward(self._forward_normalised)
+            self._fast_eval = GraphedForward(self._fast_fns[1])
         return self._fast_eval(batch["x"], batch["mask"])
 
     def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
@@ -220,14 +225,25 @@ class SurrogateModule(L.LightningModule):
         return self.loss_fn(pred, batch["y"], batch["mask"])
 
     def _compile_for_fast_step(self) -> None:
-        if self.device.type != "cuda" or getattr(self, "_fast_compiled", False):
+        """Compile what the fast step's graphs run (CUDA only): by default the whole training
+        loss (normalisers, model, loss: one Inductor graph forward, one backward, so fusion
+        crosses block boundaries) and the whole evaluation forward; with
+        ``WHOLE_GRAPH_FAST_STEP`` False, the model's blocks one by one, in place."""
+        if self.device.type != "cuda" or self._fast_fns is not None:
+            return
+        # Horizontal fusion of the many small independent kernels (weight casts, bias-grad
+        # sums): 6.9 -> 6.1 ms per Darcy step, 4.1 -> 3.1 ms elasticity (H200, bf16, a9a96c1).
+        options = {"combo_kernels": True}
+        if WHOLE_GRAPH_FAST_STEP:
+            self._fast_fns = (
+                torch.compile(self._sample_losses, options=options),
+                torch.compile(self._forward_normalised, options=options),
+            )
             return
         from flare_lightning.compile import compile_model
 
-        # Horizontal fusion of the many small independent kernels (weight casts, bias-grad
-        # sums): 6.9 -> 6.1 ms per Darcy step, 4.1 -> 3.1 ms elasticity (H200, bf16, a9a96c1).
-        compile_model(self.model, options={"combo_kernels": True})
-        self._fast_compiled = True
+        compile_model(self.model, options=options)
+        self._fast_fns = (self._sample_losses, self._forward_normalised)
 
     def on_train_start(self) -> None:
         # After a resume Lightning has restored the scheduler: a OneCycle planned for another
@@ -259,7 +275,7 @@ class SurrogateModule(L.LightningModule):
         self._compile_for_fast_step()
         algorithm = trainer.gradient_clip_algorithm
         self._fast = FastTrainStep(
-            self._sample_losses,
+            self._fast_fns[0] if self._fast_fns is not None else self._sample_losses,
             list(self.model.parameters()),
             self.optimizers().optimizer,
             clip_val=trainer.gradient_clip_val,

@@ -222,6 +222,49 @@ def test_captured_adam_update_matches_torch(cls):
         torch.testing.assert_close(opt.state[q]["exp_avg_sq"], opt_ref.state[p]["exp_avg_sq"], rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("clip", ["norm", "value"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_clipped_update_matches_torch_clip_and_adamw(clip, compiled):
+    """The captured update (clipping over all groups, then AdamW per group, lr and betas from
+    tensors) equals torch's clip_grad_*_ + AdamW.step in float64, also compiled by Inductor."""
+    from flare_lightning.fast_step import clipped_adam_update_
+
+    torch.manual_seed(1)
+    shapes = [(5, 3), (3,), (4, 4), (2,)]
+    ref = [torch.nn.Parameter(torch.randn(s, dtype=torch.float64)) for s in shapes]
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+
+    def groups_of(ps):
+        return [{"params": ps[:2], "weight_decay": 0.1}, {"params": ps[2:], "weight_decay": 0.0}]
+
+    opt_ref = torch.optim.AdamW(groups_of(ref), lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
+    state = {p: dict(step=torch.zeros((), dtype=torch.float64), exp_avg=torch.zeros_like(p),
+                     exp_avg_sq=torch.zeros_like(p)) for p in ours}
+    update = torch.compile(clipped_adam_update_, dynamic=False) if compiled else clipped_adam_update_
+    for it in range(5):
+        lr, beta1 = 1e-2 * (it + 1), 0.85 + 0.02 * it
+        for g in opt_ref.param_groups:
+            g.update(lr=lr, betas=(beta1, 0.99))
+        for p, q in zip(ref, ours):
+            p.grad = 3 * torch.randn_like(p)  # norms above the threshold: clipping acts
+            q.grad = p.grad.clone()
+        if clip == "norm":
+            torch.nn.utils.clip_grad_norm_(ref, 0.5)
+        else:
+            torch.nn.utils.clip_grad_value_(ref, 0.5)
+        opt_ref.step()
+        hp = [torch.tensor(v, dtype=torch.float64) for v in (lr, beta1, 0.99)]
+        groups = []
+        for g, wd in ((ours[:2], 0.1), (ours[2:], 0.0)):
+            lists = [[q.grad for q in g], [state[q]["exp_avg"] for q in g], [state[q]["exp_avg_sq"] for q in g],
+                     [state[q]["step"] for q in g]]
+            groups.append((g, *lists, *hp, wd, 1e-8, True))
+        update(groups, 0.5, clip)
+    for p, q in zip(ref, ours):
+        torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(state[q]["exp_avg"], opt_ref.state[p]["exp_avg"], rtol=1e-12, atol=1e-14)
+
+
 def test_bucket_sizes_bound_shapes_and_padding():
     from datamodules.collate import bucket_size
 
