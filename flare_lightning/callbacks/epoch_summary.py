@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 TRAIN_KEYS = ("train/loss_epoch", "train/rel_l2")
@@ -14,7 +15,8 @@ VAL_KEYS = ("val/loss", "val/rel_l2")
 
 class EpochSummary(L.Callback):
     """Prints ``epoch e/E  train/loss_epoch ..  train/rel_l2 ..  val/loss ..  val/rel_l2 ..  (t s)``
-    at the end of each training epoch, with that epoch's own numbers.
+    at the end of each training epoch, with that epoch's own numbers (on a GPU also the
+    epoch's peak allocated memory: ``(t s, peak g GB)``).
 
     Lightning reduces a training epoch's metrics at ``on_train_epoch_end``, after the
     epoch's validation has run, so that is where both are current. Validation values are
@@ -33,6 +35,8 @@ class EpochSummary(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
         self._validated = False
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -44,6 +48,8 @@ class EpochSummary(L.Callback):
         metrics = trainer.callback_metrics  # this epoch's reduced training metrics
         keys = TRAIN_KEYS + (VAL_KEYS if self._validated else ())
         parts = [f"{k} {float(metrics[k]):.4g}" for k in keys if k in metrics]
-        elapsed = time.perf_counter() - self._start
-        self.last_line = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {'  '.join(parts)}  ({elapsed:.1f} s)"
+        took = f"{time.perf_counter() - self._start:.1f} s"
+        if pl_module.device.type == "cuda":
+            took += f", peak {torch.cuda.max_memory_allocated(pl_module.device) / 1e9:.2f} GB"
+        self.last_line = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {'  '.join(parts)}  ({took})"
         rank_zero_info(self.last_line)
