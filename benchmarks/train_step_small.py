@@ -13,8 +13,9 @@ C=64, batch 2, in bf16-mixed and 32-true, one run on one card, rows side by side
 | ``ours-fast-tuned`` | ``ours-fast`` with the mixer tiles timed on first use (``FLARE_MIXER_AUTOTUNE=1``) |
 | ``ours-fast-fused-kv`` | ``ours-fast`` with ``fuse_kv`` (key and value MLPs as one batched GEMM chain) |
 | ``ours-fast-max-autotune`` | ``ours-fast`` with Inductor's GEMM autotuning (Triton GEMMs, fused epilogues) |
-| ``ours-fast-foreach-adam`` | ``ours-fast`` with the captured clip + Adam update as eager multi-tensor ops |
-| ``ours-fast-blockwise`` | ``ours-fast`` as before 2026-11-30's third session: blocks compiled one by one, foreach update |
+| ``ours-fast-blockwise`` | ``ours-fast`` with the model's blocks compiled one by one (the path before bedb423) |
+| ``ours-fast-unpinned`` | ``ours-fast`` with pageable batches (as before 2026-11-30's third session) |
+| ``ours-fast-coordesc`` | ``ours-fast`` with Inductor's coordinate-descent tuning of its Triton kernels |
 
 Each row is a real ``flare fit`` (CLI, datamodule, Lightning loop, logging, checkpoints):
 epoch 0 warms up (compilation, graph capture) and epoch 1 is timed. Rows slower than
@@ -58,15 +59,16 @@ ROWS = {
     "ours-fast-tuned": ["--model.fast_step=true"],
     "ours-fast-fused-kv": ["--model.fast_step=true", "--model.model.init_args.fuse_kv=true"],
     "ours-fast-max-autotune": ["--model.fast_step=true"],
-    "ours-fast-foreach-adam": ["--model.fast_step=true"],
     "ours-fast-blockwise": ["--model.fast_step=true"],
+    "ours-fast-unpinned": ["--model.fast_step=true"],
+    "ours-fast-coordesc": ["--model.fast_step=true"],
 }
-INDUCTOR = {"ours-fast-max-autotune": {"max_autotune_gemm": True}}
+INDUCTOR = {"ours-fast-max-autotune": {"max_autotune_gemm": True},
+            "ours-fast-coordesc": {"coordinate_descent_tuning": True}}
 ENV = {"ours-fast-tuned": {"FLARE_MIXER_AUTOTUNE": "1"}}
 PATCHES = {  # module constants a row sets for its run
-    "ours-fast-foreach-adam": {"flare_lightning.fast_step.COMPILE_UPDATE": False},
-    "ours-fast-blockwise": {"flare_lightning.fast_step.COMPILE_UPDATE": False,
-                            "flare_lightning.module.WHOLE_GRAPH_FAST_STEP": False},
+    "ours-fast-blockwise": {"flare_lightning.module.WHOLE_GRAPH_FAST_STEP": False},
+    "ours-fast-unpinned": {"datamodules.mesh_datamodule.MeshDataModule._pin_memory": lambda self: False},
 }
 
 
@@ -174,7 +176,14 @@ def profile_fast_step(module, batch: dict, steps: int = 5, top: int = 20) -> Non
         torch.cuda.synchronize()
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     gpu_us = sum(e.device_time for e in events) / steps
-    print(f"profile: {len(events) / steps:.0f} kernels per step, {gpu_us / 1e3:.2f} ms of kernel time per step")
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(50):  # back to back, no Lightning loop between: the graph's own time
+        module._fast(batch)
+    end.record()
+    end.synchronize()
+    print(f"profile: {len(events) / steps:.0f} kernels per step, {gpu_us / 1e3:.2f} ms of kernel time per step, "
+          f"{start.elapsed_time(end) / 50:.2f} ms per step replayed back to back")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=top))
 
 

@@ -185,7 +185,8 @@ class MeshDataModule(L.LightningDataModule):
             collate = PredictCollate()
         else:
             collate = PaddedCollate(pad_to_buckets=self.pad_to_buckets)
-        kwargs = dict(batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers)
+        kwargs = dict(batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers,
+                      pin_memory=self._pin_memory())
         if not train:
             return DataLoader(ds, sampler=ShardSampler(len(ds), replicas, rank), **kwargs)
         self._train_sampler = EpochShuffleSampler(len(ds), self.seed, self.subsample, replicas, rank)
@@ -203,6 +204,13 @@ class MeshDataModule(L.LightningDataModule):
     def _barrier(self) -> None:
         if self.trainer is not None and self.trainer.world_size > 1:
             self.trainer.strategy.barrier("datasets")
+
+    def _pin_memory(self) -> bool:
+        """Page-locked batches when the trainer runs on a GPU: a copy from pageable memory
+        first waits for the GPU's stream, so every step would wait for the previous one
+        (no host/GPU overlap, which the captured fast step depends on)."""
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def _ranks(self) -> tuple[int, int]:
         """(number of sample shards, this rank's shard) of the attached trainer; (1, 0) outside

@@ -61,9 +61,10 @@ class SurrogateModule(L.LightningModule):
         lr_scheduler: any scheduler instead of ``scheduler``, stepped once per epoch, e.g.
             ``--model.lr_scheduler torch.optim.lr_scheduler.CosineAnnealingLR
             --model.lr_scheduler.T_max 100`` (``ReduceLROnPlateau`` watches ``val/rel_l2``).
-        fast_step: on CUDA, compile the model and replay each training step (forward,
-            loss, backward, the trainer's gradient clipping, AdamW with the scheduled lr
-            and beta1) as one CUDA graph, and evaluation forwards as graphs: no host
+        fast_step: on CUDA, compile the training loss (model and loss as one graph) and
+            replay each training step (forward, loss, backward, the trainer's gradient
+            clipping, AdamW with the scheduled lr and beta1) as one CUDA graph, and
+            evaluation forwards as graphs: no host
             overhead at small meshes. The loss is then logged per epoch only. Elsewhere the
             same step runs eagerly. Needs Adam/AdamW, 32-true or bf16-mixed precision and
             no gradient accumulation.

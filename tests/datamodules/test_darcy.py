@@ -118,6 +118,23 @@ def test_padded_batches_from_the_loader(tmp_path):
     assert full["sample_id"].tolist() == [0, 1]
 
 
+def test_loaders_pin_batches_only_for_a_gpu_trainer(tmp_path):
+    """Pinned batches when the trainer's device is a GPU (an H2D copy from pageable memory
+    would wait for the previous step's GPU work); none without a trainer or on the CPU."""
+    from types import SimpleNamespace
+
+    write_darcy_mat(tmp_path / "train.mat", *make_arrays(n=7, s=11))
+    write_darcy_mat(tmp_path / "test.mat", *make_arrays(n=3, s=11, seed=1))
+    dm = make_dm(tmp_path)
+    dm.setup("fit")
+    assert not dm.train_dataloader().pin_memory
+    for device, pinned in (("cpu", False), ("cuda", True)):
+        strategy = SimpleNamespace(root_device=torch.device(device), distributed_sampler_kwargs=None)
+        dm.trainer = SimpleNamespace(strategy=strategy, world_size=1, global_rank=0)
+        assert dm.train_dataloader().pin_memory is pinned
+        assert dm.val_dataloader().pin_memory is pinned
+
+
 def test_too_few_samples_and_missing_files(tmp_path):
     coeff, sol = make_arrays(n=5)
     write_darcy_mat(tmp_path / "train.mat", coeff, sol)
