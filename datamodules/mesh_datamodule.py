@@ -206,9 +206,9 @@ class MeshDataModule(L.LightningDataModule):
             self.trainer.strategy.barrier("datasets")
 
     def _pin_memory(self) -> bool:
-        """Page-locked batches when the trainer runs on a GPU: a copy from pageable memory
-        first waits for the GPU's stream, so every step would wait for the previous one
-        (no host/GPU overlap, which the captured fast step depends on)."""
+        """Page-locked batches when the trainer runs on a GPU, so that their copies are
+        asynchronous (a pageable copy waits for the GPU's stream). At Darcy's 230 kB batches
+        it made no measured difference (benchmarks/RESULTS.md); it is for large batches."""
         trainer = self.trainer
         return trainer is not None and trainer.strategy.root_device.type == "cuda"
 

@@ -25,3 +25,16 @@ def test_tune_variants_start_from_the_default_and_fit_m(mixer_tune, m, d):
             kc = getattr(cfg, role)
             assert kc.block_m <= max(_pow2(m), 16) and kc.block_m & (kc.block_m - 1) == 0
             assert kc.block_n >= 16 and kc.num_warps in (4, 8)
+
+
+def test_nccl_memory_runs_each_setting_with_exactly_its_variables(monkeypatch):
+    """Dry run (gloo): every setting's processes see its NCCL variables and no others, also
+    when the caller's environment sets some of them."""
+    nccl_memory = import_benchmark("nccl_memory")
+    monkeypatch.setenv("NCCL_PROTO", "LL")
+    settings = ["nccl-default", "small + simple protocol"]
+    rows = nccl_memory.main(["--dry-run", "--settings", *settings])
+    assert list(rows) == settings
+    for name, row in rows.items():
+        assert row["env"] == nccl_memory.SETTINGS[name], name
+        assert row["drop_gb"] == 0.0  # no device memory on the CPU

@@ -162,13 +162,15 @@ def test_fast_train_step_rejects_optimizers_it_cannot_capture():
 @cuda
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_cuda_graph_step_matches_eager_step(tiny_darcy_root, precision):
-    """200 steps: the graph's loss curve stays as close to the eager step's as two eager runs
-    that differ only in rounding (the same mixer through other kernels) stay to each other.
+    """200 steps through Lightning: the graph's loss curve follows the eager step's, closely
+    over the first epochs and, later, within the drift that rounding differences grow into.
 
-    The graph runs the compiled model, whose kernels sum in other orders, and rounding
-    differences grow over training (measured at a9a96c1 on an H200: float32 within 1e-3 for
-    the first epochs and ~1% at the end; bf16 within 2% early, up to ~17% on single epochs
-    later), so a fixed tolerance would test the seed, not the step.
+    The graph runs the compiled training loss, whose kernels sum in other orders than eager
+    ones in every operation, and such differences grow over training (H200: float32 within
+    1e-3 for the first epochs and 1.2% at most over 200 steps, at a9a96c1 and feb5253; an
+    eager run whose mixer alone runs through other kernels drifted 0.1%), so the later bound
+    is 3x that reference drift or 2% (float32) / 20% (bf16), whichever is larger. Step-level
+    exactness is checked without drift by ``test_each_captured_step_equals_an_eager_step``.
     """
     _, _, eager = fit_tiny(tiny_darcy_root, fast=False, steps=200, accelerator="gpu", precision=precision)
     _, _, graph = fit_tiny(tiny_darcy_root, fast=True, steps=200, accelerator="gpu", precision=precision)
@@ -176,12 +178,74 @@ def test_cuda_graph_step_matches_eager_step(tiny_darcy_root, precision):
                            backend="chunked")
     assert graph.manual and len(graph.params) == len(eager.params) == 50
     ref, losses, noise_run = (torch.tensor(t.losses) for t in (eager, graph, other))
-    early = 1e-3 if precision == "32-true" else 2e-2
+    early, drift = (1e-3, 2e-2) if precision == "32-true" else (2e-2, 0.2)
     torch.testing.assert_close(losses[:5], ref[:5], rtol=early, atol=1e-5)
     gap = ((losses - ref).abs() / ref).max()
     noise = ((noise_run - ref).abs() / ref).max()
-    assert gap <= 3 * noise + early, f"graph vs eager {gap:.3g}, rounding noise of this run {noise:.3g}"
+    assert gap <= max(3 * noise, drift), f"graph vs eager {gap:.3g}, drift of the reference pair {noise:.3g}"
     assert losses[-1] < 0.7 * losses[0]
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_each_captured_step_equals_an_eager_step(precision):
+    """Teacher-forced, so rounding cannot drift: before each of 30 steps the eager reference
+    (the plain model, its loss, backward, torch's clip_grad_norm_ and AdamW.step) takes the
+    graph's weights and optimizer state; both then take one step on the same batch, with
+    OneCycle's lr and beta1 changing every step and clipping active on most steps (on the
+    CPU, with both sides eager, the updates agree exactly; with clipping at 0.1 on one side
+    they differ by 0.5). The two updates must
+    agree to rounding: float32 1e-3, bf16 0.1 (relative L2 of the update difference)."""
+    import copy
+
+    from flare_lightning.metrics import relative_l2
+
+    torch.manual_seed(0)
+    model = FLARE(in_dim=3, out_dim=1, channels=32, num_blocks=2, num_heads=4, num_latents=16).cuda()
+    ref_model = copy.deepcopy(model)
+    params, ref_params = list(model.parameters()), list(ref_model.parameters())
+
+    def losses_of(m):
+        return lambda batch: relative_l2(m(batch["x"], batch["mask"]).float(), batch["y"], batch["mask"])
+
+    def optimizer_and_schedule(ps):
+        opt = torch.optim.AdamW([{"params": ps[::2]}, {"params": ps[1::2], "weight_decay": 0.0}], lr=3e-3,
+                                weight_decay=0.05)
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=30, pct_start=0.3)
+
+    opt, sched = optimizer_and_schedule(params)
+    ref_opt, ref_sched = optimizer_and_schedule(ref_params)
+    step = FastTrainStep(torch.compile(losses_of(model)), params, opt, clip_val=0.05)
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=precision == "bf16-mixed")
+    tol = 1e-3 if precision == "32-true" else 0.1
+    worst, clipped = 0.0, 0
+    for _ in range(30):
+        batch = {"x": torch.randn(2, 300, 3, device="cuda"), "y": torch.randn(2, 300, 1, device="cuda"),
+                 "mask": torch.rand(2, 300, device="cuda") > 0.2}
+        before = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, q in zip(ref_params, params):
+                p.copy_(q)
+                if opt.state[q]:
+                    state = ref_opt.state[p]
+                    state["step"] = opt.state[q]["step"].to("cpu", copy=True)  # torch's eager AdamW keeps it on the host
+                    state["exp_avg"] = opt.state[q]["exp_avg"].clone()
+                    state["exp_avg_sq"] = opt.state[q]["exp_avg_sq"].clone()
+        with autocast:
+            step(batch)
+        ref_opt.zero_grad(set_to_none=True)
+        with autocast:
+            losses_of(ref_model)(batch).mean().backward()
+        clipped += int(torch.nn.utils.clip_grad_norm_(ref_params, 0.05) > 0.05)
+        ref_opt.step()
+        sched.step()
+        ref_sched.step()
+        update = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before)])
+        ref_update = torch.cat([(p.detach() - b).flatten() for p, b in zip(ref_params, before)])
+        worst = max(worst, ((update - ref_update).norm() / ref_update.norm()).item())
+    assert clipped >= 20  # clipping acted on most steps
+    assert len(step._captured) == 1 and step._captured[next(iter(step._captured))].graphs  # replayed
+    assert worst <= tol, f"captured vs eager update differ by {worst:.3g} (relative L2), tolerance {tol}"
 
 
 @cuda

@@ -102,7 +102,8 @@ class FLARE(nn.Module):
             and memory is the [B, N, C] residual stream plus per-chunk work (None: off).
         fuse_kv: each block computes its key and value MLPs as one chain of batched GEMMs
             (half the GEMM launches, same parameters and checkpoints; ignored with
-            ``mlp_chunk_size``).
+            ``mlp_chunk_size``). Off by default: on an H200 cuBLAS ran the batched GEMMs
+            slower at Darcy's size (6.5 vs 6.2 ms per fast step, benchmarks/RESULTS.md).
         compile: ``torch.compile`` the blocks, the lifting and the head in place
             (``nn.Module.compile``: parameter names and checkpoints are unchanged).
     """
