@@ -3,7 +3,7 @@
 ``flare_mix_triton(q, k, v, mask, scale)`` computes the same function as
 ``reference.flare_mix_explicit`` without materialising any [N, M] tensor. The forward
 runs three kernels (chunked encode, log-sum-exp merge, decode), the backward two passes
-over the points (decode side, then encode side) plus a few [B·H, M, D] sums. Each logit
+over the points (decode side, then encode side) and two small joins of their partials. Each logit
 goes through exp2 four times in all (twice forward, twice backward). Saved for backward:
 y, z [B, H, M, D] and one fp32 log-sum-exp per latent and per point besides the inputs;
 nothing of size N x M.
@@ -25,7 +25,12 @@ import torch
 from torch import Tensor
 
 from flare_lightning.kernels.reference import check_mixer_inputs
-from flare_lightning.kernels.triton_mixer_bwd import _bwd_decode_kernel, _bwd_encode_kernel
+from flare_lightning.kernels.triton_mixer_bwd import (
+    _bwd_decode_kernel,
+    _bwd_encode_kernel,
+    _bwd_latent_grad_kernel,
+    _dq_sum_kernel,
+)
 from flare_lightning.kernels.triton_mixer_fwd import (
     _decode_fwd_kernel,
     _encode_merge_kernel,
@@ -221,9 +226,8 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
     c1 = cfg.bwd_decode
     tiles_1 = _cdiv(m, c1.block_m)
     tiles, chunks_1 = _chunking(n, c1.block_n, bh, _num_programs_target(dev, cfg, c1), 2 * bh * m * d * 4)
-    alloc = torch.empty if tiles_1 == 1 else torch.zeros
-    dz_part = alloc(bh, chunks_1, m, d, device=dev, dtype=torch.float32)
-    dq_part_1 = alloc(bh, chunks_1, m, d, device=dev, dtype=torch.float32)
+    dz_part = torch.empty(bh, chunks_1, m, d, device=dev, dtype=torch.float32)
+    dq_part_1 = torch.empty_like(dz_part)
     _bwd_decode_kernel[(chunks_1, bh)](
         q, k, y, dy, z_lo, lse_dec, dk, dz_part, dq_part_1,
         n, h, qk_scale, scale, tiles,
@@ -232,16 +236,23 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
         M=m, D=d, ALIGN=_align(k, y, dy, dk), NUM_M_TILES=tiles_1, PREC=prec,
         BLOCK_N=c1.block_n, BLOCK_M=c1.block_m, BLOCK_D=bd, **c1.launch_options(),
     )
-    dz = dz_part.sum(1)  # [B·H, M, D] fp32
-    if reduce_dz is not None:
-        dz = reduce_dz(dz)
-    delta = (dz * z).sum(-1)  # δ_m = dz_m·z_m [B·H, M]
-    dz_lo = dz.to(k.dtype)
+    join_m = 16
+    join_c = max(1, 4096 // (join_m * bd))
+    if reduce_dz is None:  # dz_lo = Σ_chunks dz_part and δ_m = dz_m·z_m [B·H, M], one launch
+        dz_lo = torch.empty(bh, m, d, device=dev, dtype=k.dtype)
+        delta = torch.empty(bh, m, device=dev, dtype=torch.float32)
+        _bwd_latent_grad_kernel[(_cdiv(m, join_m), bh)](
+            dz_part, z, dz_lo, delta, chunks_1, M=m, D=d, BLOCK_C=join_c, BLOCK_M=join_m, BLOCK_D=bd, num_warps=4,
+        )
+    else:  # the ranks' dz are summed first
+        dz = reduce_dz(dz_part.sum(1))  # [B·H, M, D] fp32
+        delta = (dz * z).sum(-1)
+        dz_lo = dz.to(k.dtype)
 
     c2 = cfg.bwd_encode
     tiles_2 = _cdiv(m, c2.block_m)
     tiles, chunks_2 = _chunking(n, c2.block_n, bh, _num_programs_target(dev, cfg, c2), bh * m * d * 4)
-    dq_part_2 = (torch.empty if tiles_2 == 1 else torch.zeros)(bh, chunks_2, m, d, device=dev, dtype=torch.float32)
+    dq_part_2 = torch.empty(bh, chunks_2, m, d, device=dev, dtype=torch.float32)
     _bwd_encode_kernel[(chunks_2, bh)](
         q, k, v, mask_u8, dz_lo, delta, lse_enc, dk, dv, dq_part_2,
         n, h, qk_scale, scale, tiles,
@@ -251,8 +262,12 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
         NUM_M_TILES=tiles_2, PREC=prec,
         BLOCK_N=c2.block_n, BLOCK_M=c2.block_m, BLOCK_D=bd, **c2.launch_options(),
     )
-    dq = dq_part_1.view(b, h, chunks_1, m, d).sum((0, 2)) + dq_part_2.view(b, h, chunks_2, m, d).sum((0, 2))
-    return (dq * scale).to(q.dtype), dk, dv
+    dq = torch.empty(h, m, d, device=dev, dtype=q.dtype)  # s Σ_{b, chunks} of both passes' partials
+    _dq_sum_kernel[(_cdiv(m, join_m), h)](
+        dq_part_1, chunks_1, dq_part_2, chunks_2, dq, b, h, scale,
+        M=m, D=d, BLOCK_C=join_c, BLOCK_M=join_m, BLOCK_D=bd, num_warps=4,
+    )
+    return dq, dk, dv
 
 
 class FlareMixTriton(torch.autograd.Function):

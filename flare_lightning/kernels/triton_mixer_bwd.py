@@ -13,8 +13,10 @@ two make the 4·N·M·H of the floor): ``_bwd_decode_kernel`` (dz and dq partial
 decode part, written to dk) then ``_bwd_encode_kernel`` (dv, dk += encode part, dq
 partials). Each program takes a chunk of point tiles and loops over latent tiles: per
 point sums stay in registers; per latent sums (dz, dq) are one partial per program, in
-registers when one latent tile covers M, else added atomically into the program's own
-slot (no contention). The partials are summed by the caller.
+registers when one latent tile covers M, else zeroed by the program and added
+atomically into its own slot (no contention). Two small
+kernels join the partials: ``_bwd_latent_grad_kernel`` (dz and δ between the passes) and
+``_dq_sum_kernel`` (dq at the end), one launch each instead of a dozen small ops.
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ import triton
 import triton.language as tl
 
 from flare_lightning.kernels.triton_mixer_fwd import _chunk_program, _head_base, _latents, _rows
+
+
+@triton.jit
+def _zero_slot(part_ptr, part_row0, offs_m0, offs_d, M: tl.constexpr, D: tl.constexpr,
+               NUM_M_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Zero a program's own [M, D] slot of a partial (instead of a memset launch per tensor)."""
+    for mt in range(NUM_M_TILES):
+        offs_m = mt * BLOCK_M + offs_m0
+        part = (part_row0 + offs_m)[:, None] * D + offs_d[None, :]
+        tl.store(part_ptr + part, tl.zeros([BLOCK_M, BLOCK_D], tl.float32),
+                 mask=(offs_m < M)[:, None] & (offs_d < D)[None, :])
 
 
 @triton.jit
@@ -35,8 +48,8 @@ def _bwd_decode_kernel(
 ):
     """Decode side: dk = s Σ_m dS_dec q (stored), dz and dq partials [B·H, chunks, M, D].
 
-    z: [B·H, M, D] in the input dtype; lse_dec: [B·H, N] fp32. The partials are fp32
-    and zeroed by the caller when NUM_M_TILES > 1; dq partials are unscaled.
+    z: [B·H, M, D] in the input dtype; lse_dec: [B·H, N] fp32. The partials are fp32,
+    each program's slot zeroed by the program itself; dq partials are unscaled.
     """
     pid_c, pid_bh, b64, h = _chunk_program(H)
     num_chunks = tl.num_programs(0)
@@ -55,6 +68,10 @@ def _bwd_decode_kernel(
     if NUM_M_TILES == 1:  # the whole latent side stays in registers
         q_all = _latents(q_ptr + h * M * D, offs_m0, offs_d, M, D)
         z_all = _latents(z_ptr + pid_bh * M * D, offs_m0, offs_d, M, D)
+    else:
+        _zero_slot(dz_part_ptr, part_row0, offs_m0, offs_d, M, D, NUM_M_TILES, BLOCK_M, BLOCK_D)
+        _zero_slot(dq_part_ptr, part_row0, offs_m0, offs_d, M, D, NUM_M_TILES, BLOCK_M, BLOCK_D)
+        tl.debug_barrier()  # the zeros land before any thread of the program adds to them
 
     n_begin = pid_c * tiles_per_chunk * BLOCK_N
     for t in range(tiles_per_chunk):
@@ -133,6 +150,9 @@ def _bwd_encode_kernel(
         dz_all = _latents(dz_ptr + pid_bh * M * D, offs_m0, offs_d, M, D)
         lse_all = tl.load(lse_enc_ptr + pid_bh * M + offs_m0, mask=m_ok0, other=float("inf"))
         delta_all = tl.load(delta_ptr + pid_bh * M + offs_m0, mask=m_ok0, other=0.0)
+    else:
+        _zero_slot(dq_part_ptr, part_row0, offs_m0, offs_d, M, D, NUM_M_TILES, BLOCK_M, BLOCK_D)
+        tl.debug_barrier()  # the zeros land before any thread of the program adds to them
 
     n_begin = pid_c * tiles_per_chunk * BLOCK_N
     for t in range(tiles_per_chunk):
@@ -184,3 +204,65 @@ def _bwd_encode_kernel(
         m_ok = offs_m0 < M
         part = (part_row0 + offs_m0)[:, None] * D + offs_d[None, :]
         tl.store(dq_part_ptr + part, dq_acc, mask=m_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _bwd_latent_grad_kernel(
+    dz_part_ptr, z_ptr, dz_lo_ptr, delta_ptr, num_chunks,
+    M: tl.constexpr, D: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Between the passes, in one kernel: dz = Σ_chunks dz_part [B·H, M, D], stored in the
+    input dtype for the encode side's products, and δ_m = dz_m·z_m [B·H, M] (fp32, from
+    fp32 dz and z). Grid: (latent blocks, B·H)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_c0 = tl.arange(0, BLOCK_C)
+    m_ok = offs_m < M
+    d_ok = offs_d < D
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for c0 in range(0, num_chunks, BLOCK_C):
+        offs_c = c0 + offs_c0
+        ok = (offs_c < num_chunks)[:, None] & m_ok[None, :]  # [BC, BM]
+        row = (pid_bh * num_chunks + offs_c)[:, None] * M + offs_m[None, :]
+        acc += tl.sum(tl.load(dz_part_ptr + row[:, :, None] * D + offs_d[None, None, :],
+                              mask=ok[:, :, None] & d_ok[None, None, :], other=0.0), 0)
+    out = (pid_bh * M + offs_m)[:, None] * D + offs_d[None, :]
+    md_ok = m_ok[:, None] & d_ok[None, :]
+    z = tl.load(z_ptr + out, mask=md_ok, other=0.0)
+    tl.store(dz_lo_ptr + out, acc.to(dz_lo_ptr.dtype.element_ty), mask=md_ok)
+    tl.store(delta_ptr + pid_bh * M + offs_m, tl.sum(acc * z, 1), mask=m_ok)
+
+
+@triton.jit
+def _dq_sum_kernel(
+    part1_ptr, chunks1, part2_ptr, chunks2, dq_ptr, B, H, scale,
+    M: tl.constexpr, D: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dq [H, M, D] = s Σ_b Σ_chunks (part1 + part2) in q's dtype, from both passes' fp32
+    partials [B·H, chunks, M, D]. Grid: (latent blocks, H)."""
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_c0 = tl.arange(0, BLOCK_C)
+    m_ok = offs_m < M
+    d_ok = offs_d < D
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for b in range(B):
+        bh = b * H + h
+        for c0 in range(0, chunks1, BLOCK_C):
+            offs_c = c0 + offs_c0
+            ok = (offs_c < chunks1)[:, None] & m_ok[None, :]
+            row = (bh * chunks1 + offs_c)[:, None] * M + offs_m[None, :]
+            acc += tl.sum(tl.load(part1_ptr + row[:, :, None] * D + offs_d[None, None, :],
+                                  mask=ok[:, :, None] & d_ok[None, None, :], other=0.0), 0)
+        for c0 in range(0, chunks2, BLOCK_C):
+            offs_c = c0 + offs_c0
+            ok = (offs_c < chunks2)[:, None] & m_ok[None, :]
+            row = (bh * chunks2 + offs_c)[:, None] * M + offs_m[None, :]
+            acc += tl.sum(tl.load(part2_ptr + row[:, :, None] * D + offs_d[None, None, :],
+                                  mask=ok[:, :, None] & d_ok[None, None, :], other=0.0), 0)
+    out = (h * M + offs_m)[:, None] * D + offs_d[None, :]
+    tl.store(dq_ptr + out, (acc * scale).to(dq_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])

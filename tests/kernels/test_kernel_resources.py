@@ -1,0 +1,32 @@
+"""Every mixer kernel compiles for a Hopper GPU (sm_90) on this CPU box, with the registers its
+launch config caps: a kernel change that would fail on the device fails here first."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+pytest.importorskip("triton")
+KERNELS = ["_encode_partial_kernel", "_encode_merge_kernel", "_decode_fwd_kernel", "_bwd_decode_kernel",
+           "_bwd_latent_grad_kernel", "_bwd_encode_kernel", "_dq_sum_kernel"]
+
+
+@pytest.mark.parametrize("m, d, dtype, cap", [(256, 4, "bfloat16", 128), (64, 8, "bfloat16", None),
+                                             (48, 16, "float32", None)])
+def test_kernels_compile_for_sm90(m, d, dtype, cap):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernel_resources.py"), "--m", str(m),
+                          "--d", str(d), "--dtype", dtype], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {line.split()[0]: [int(x) for x in line.split()[1:]] for line in out.stdout.splitlines()
+            if line.startswith("_")}
+    assert list(rows) == KERNELS
+    for name, (registers, _stack, _local, _shared) in rows.items():
+        assert 0 < registers <= 255, name
+    if cap is not None:  # default_config caps the backward kernels' registers for small heads
+        assert rows["_bwd_decode_kernel"][0] <= cap and rows["_bwd_encode_kernel"][0] <= cap
