@@ -207,6 +207,21 @@ def _bwd_encode_kernel(
 
 
 @triton.jit
+def _sum_chunks(part_ptr, bh, num_chunks, offs_m, offs_d, M: tl.constexpr, D: tl.constexpr,
+                BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Σ over chunks of fp32 partials [B·H, chunks, M, D] at row bh: [BLOCK_M, BLOCK_D]."""
+    offs_c0 = tl.arange(0, BLOCK_C)
+    ok_md = (offs_m < M)[:, None] & (offs_d < D)[None, :]
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for c0 in range(0, num_chunks, BLOCK_C):
+        offs_c = c0 + offs_c0
+        row = (bh * num_chunks + offs_c)[:, None] * M + offs_m[None, :]  # [BC, BM]
+        ok = (offs_c < num_chunks)[:, None, None] & ok_md[None, :, :]
+        acc += tl.sum(tl.load(part_ptr + row[:, :, None] * D + offs_d[None, None, :], mask=ok, other=0.0), 0)
+    return acc
+
+
+@triton.jit
 def _bwd_latent_grad_kernel(
     dz_part_ptr, z_ptr, dz_lo_ptr, delta_ptr, num_chunks,
     M: tl.constexpr, D: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -214,20 +229,12 @@ def _bwd_latent_grad_kernel(
     """Between the passes, in one kernel: dz = Σ_chunks dz_part [B·H, M, D], stored in the
     input dtype for the encode side's products, and δ_m = dz_m·z_m [B·H, M] (fp32, from
     fp32 dz and z). Grid: (latent blocks, B·H)."""
-    pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_c0 = tl.arange(0, BLOCK_C)
     m_ok = offs_m < M
     d_ok = offs_d < D
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for c0 in range(0, num_chunks, BLOCK_C):
-        offs_c = c0 + offs_c0
-        ok = (offs_c < num_chunks)[:, None] & m_ok[None, :]  # [BC, BM]
-        row = (pid_bh * num_chunks + offs_c)[:, None] * M + offs_m[None, :]
-        acc += tl.sum(tl.load(dz_part_ptr + row[:, :, None] * D + offs_d[None, None, :],
-                              mask=ok[:, :, None] & d_ok[None, None, :], other=0.0), 0)
+    acc = _sum_chunks(dz_part_ptr, pid_bh, num_chunks, offs_m, offs_d, M, D, BLOCK_C, BLOCK_M, BLOCK_D)
     out = (pid_bh * M + offs_m)[:, None] * D + offs_d[None, :]
     md_ok = m_ok[:, None] & d_ok[None, :]
     z = tl.load(z_ptr + out, mask=md_ok, other=0.0)
@@ -242,27 +249,14 @@ def _dq_sum_kernel(
 ):
     """dq [H, M, D] = s Σ_b Σ_chunks (part1 + part2) in q's dtype, from both passes' fp32
     partials [B·H, chunks, M, D]. Grid: (latent blocks, H)."""
-    pid_m = tl.program_id(0)
     h = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_c0 = tl.arange(0, BLOCK_C)
     m_ok = offs_m < M
     d_ok = offs_d < D
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for b in range(B):
-        bh = b * H + h
-        for c0 in range(0, chunks1, BLOCK_C):
-            offs_c = c0 + offs_c0
-            ok = (offs_c < chunks1)[:, None] & m_ok[None, :]
-            row = (bh * chunks1 + offs_c)[:, None] * M + offs_m[None, :]
-            acc += tl.sum(tl.load(part1_ptr + row[:, :, None] * D + offs_d[None, None, :],
-                                  mask=ok[:, :, None] & d_ok[None, None, :], other=0.0), 0)
-        for c0 in range(0, chunks2, BLOCK_C):
-            offs_c = c0 + offs_c0
-            ok = (offs_c < chunks2)[:, None] & m_ok[None, :]
-            row = (bh * chunks2 + offs_c)[:, None] * M + offs_m[None, :]
-            acc += tl.sum(tl.load(part2_ptr + row[:, :, None] * D + offs_d[None, None, :],
-                                  mask=ok[:, :, None] & d_ok[None, None, :], other=0.0), 0)
+        acc += _sum_chunks(part1_ptr, b * H + h, chunks1, offs_m, offs_d, M, D, BLOCK_C, BLOCK_M, BLOCK_D)
+        acc += _sum_chunks(part2_ptr, b * H + h, chunks2, offs_m, offs_d, M, D, BLOCK_C, BLOCK_M, BLOCK_D)
     out = (h * M + offs_m)[:, None] * D + offs_d[None, :]
     tl.store(dq_ptr + out, (acc * scale).to(dq_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
