@@ -11,7 +11,7 @@ C=64, batch 2, in bf16-mixed and 32-true, one run on one card, rows side by side
 | ``ours-eager`` | ``flare fit`` with the paper config as shipped |
 | ``ours-fast`` | the same with ``--model.fast_step true`` (compiled model, whole step as a CUDA graph) |
 | ``ours-fast-tuned`` | ``ours-fast`` with the mixer tiles timed on first use (``FLARE_MIXER_AUTOTUNE=1``) |
-| ``ours-fast-fused-kv`` | ``ours-fast`` with ``fuse_kv`` (key and value MLPs as one batched GEMM chain) |
+| ``ours-fast-fused-kv`` | ``ours-fast`` with ``fuse_kv`` (key and value MLPs side by side, block-diagonal GEMMs) |
 | ``ours-fast-max-autotune`` | ``ours-fast`` with Inductor's GEMM autotuning (Triton GEMMs, fused epilogues) |
 | ``ours-fast-blockwise`` | ``ours-fast`` with the model's blocks compiled one by one (the path before bedb423) |
 | ``ours-fast-unpinned`` | ``ours-fast`` with pageable batches (as before 2026-11-30's third session) |

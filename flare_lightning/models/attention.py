@@ -33,7 +33,7 @@ class FlareAttention(nn.Module):
         scale: logit scale s (the reference uses 1.0, not 1/sqrt(D)).
         mixer_backend: implementation of the mixer (see ``flare_lightning.kernels.BACKENDS``).
         mlp_chunk_size: chunk size over points for the key/value MLPs (None: no chunking).
-        fuse_kv: compute the key and value MLPs as one chain of batched GEMMs (half the
+        fuse_kv: compute the key and value MLPs side by side, one GEMM per layer (half the
             launches, same parameters; ``residual_mlp_pair``); not with ``mlp_chunk_size``.
     """
 
@@ -76,7 +76,7 @@ class FlareAttention(nn.Module):
         return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
     def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values [B, H, N, D] of x [B, N, C] (one batched GEMM chain with ``fuse_kv``)."""
+        """Keys and values [B, H, N, D] of x [B, N, C] (one GEMM chain with ``fuse_kv``)."""
         if self.fuse_kv and self.k_proj.chunk_size is None:
             k, v = residual_mlp_pair(x, self.k_proj, self.v_proj)
         else:

@@ -100,10 +100,10 @@ class FLARE(nn.Module):
         eval_chunk_size: without autograd (validation, test, predict), run the model this
             many points at a time: the encode is a sum over points, so chunks merge exactly,
             and memory is the [B, N, C] residual stream plus per-chunk work (None: off).
-        fuse_kv: each block computes its key and value MLPs as one chain of batched GEMMs
-            (half the GEMM launches, same parameters and checkpoints; ignored with
-            ``mlp_chunk_size``). Off by default: on an H200 cuBLAS ran the batched GEMMs
-            slower at Darcy's size (6.5 vs 6.2 ms per fast step, benchmarks/RESULTS.md).
+        fuse_kv: each block computes its key and value MLPs side by side, one GEMM per layer
+            with block-diagonal weights (half the GEMM launches, same parameters and
+            checkpoints; ignored with ``mlp_chunk_size``). Off by default until timed: its
+            first, batched-GEMM form ran slower on an H200 (benchmarks/RESULTS.md).
         compile: ``torch.compile`` the blocks, the lifting and the head in place
             (``nn.Module.compile``: parameter names and checkpoints are unchanged).
     """

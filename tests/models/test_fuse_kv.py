@@ -1,4 +1,4 @@
-"""fuse_kv: the key and value MLPs as one batched GEMM chain equal the two MLPs (float64)."""
+"""fuse_kv: the key and value MLPs side by side (block-diagonal GEMMs) equal the two MLPs (float64)."""
 
 from __future__ import annotations
 
