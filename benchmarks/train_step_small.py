@@ -154,6 +154,7 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
         "dataset": dataset, "precision": precision, "row": row, "steps_timed": g1 - g0,
         "step_ms": step_ms, "val_s": v1 - v0, "epoch_s": epoch_s, "batches_per_epoch": batches,
         "500_epochs_min": 500 * epoch_s / 60, "fit_wall_s": total,
+        # the last epoch's peak: the epoch summary line resets the counter at each epoch start
         "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else float("nan"),
         "epoch_measured": steps is None,
     }
