@@ -19,6 +19,7 @@ ranks as DDP does. Phases run in spawned processes (NCCL), one after another.
 
     PYTHONPATH=$PWD python benchmarks/context_parallel.py                  # 1 vs 2 GPUs, the table
     PYTHONPATH=$PWD python benchmarks/context_parallel.py --gpus 4 --out $OUT
+    PYTHONPATH=$PWD python benchmarks/context_parallel.py --backend gloo   # no NCCL memory on the GPUs
     PYTHONPATH=$PWD python benchmarks/context_parallel.py --dry-run        # CPU, gloo, tiny N, simulated memory
 """
 
@@ -245,9 +246,10 @@ def phase(rank: int, world: int, args: argparse.Namespace, init_file: str, resul
         torch.set_num_threads(1)
     context = None
     if world > 1:
-        if args.small_nccl_buffers:  # as ContextParallelStrategy does (flare_lightning/parallel/nccl.py)
+        backend = "gloo" if cpu else args.backend
+        if backend == "nccl" and args.small_nccl_buffers:  # as ContextParallelStrategy does (parallel/nccl.py)
             use_small_nccl_buffers()
-        dist.init_process_group("gloo" if cpu else "nccl", init_method=f"file://{init_file}", rank=rank,
+        dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank,
                                 world_size=world, timeout=timedelta(seconds=args.timeout_s))
         context = ContextGroup()
     shape = TINY_SHAPE if cpu else SHAPE
@@ -317,6 +319,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--budget-s", type=float, default=150.0, help="time for the largest-N search per phase")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="collective timeout (an asymmetric OOM)")
     parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for context_parallel.json")
+    parser.add_argument("--backend", choices=["nccl", "gloo"], default="nccl",
+                        help="collectives of the G-GPU phase: gloo stages CUDA tensors through host memory, so no "
+                             "communicator takes GPU memory (the strategy's process_group_backend)")
     parser.add_argument("--nccl-default-buffers", dest="small_nccl_buffers", action="store_false",
                         help="keep NCCL's default buffers (the strategy's small_nccl_buffers=False)")
     parser.add_argument("--dry-run", action="store_true", help="CPU + gloo, tiny model and N, simulated memory")
