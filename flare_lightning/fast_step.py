@@ -135,14 +135,9 @@ class FastTrainStep:
             self._clip([p for p in self.params if p.grad is not None])
             self.optimizer.step()
             return
-        groups = []
-        for group, (lr, beta1, beta2) in zip(self.optimizer.param_groups, self._hparams):
-            params = [p for p in group["params"] if p.grad is not None]
-            state = [self.optimizer.state[p] for p in params]
-            lists = [[p.grad for p in params], [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state]]
-            decoupled = group.get("decoupled_weight_decay", isinstance(self.optimizer, torch.optim.AdamW))
-            hparams = (lr, beta1, beta2, float(group["weight_decay"]), float(group["eps"]), bool(decoupled))
-            groups.append((params, *lists, [s["step"] for s in state], *hparams))
+        adamw = isinstance(self.optimizer, torch.optim.AdamW)
+        groups = [group_lists(group, self.optimizer.state, *hparams, bool(group.get("decoupled_weight_decay", adamw)))
+                  for group, hparams in zip(self.optimizer.param_groups, self._hparams)]
         clipped_adam_update_(groups, self.clip_val, self.clip_algorithm)
         # LR schedulers warn when they step before optimizer.step() was ever called; the
         # update above is that step (torch marks it on the optimizer the same way).
@@ -260,19 +255,15 @@ def check_adam_group(group: dict, name: str) -> None:
         raise TypeError(f"fast_step captures an Adam or AdamW update (no amsgrad, no maximize), got {name}")
 
 
-@torch.no_grad()
-def adam_update_(group: dict, state: dict, lr: Tensor, beta1: Tensor, beta2: Tensor, decoupled: bool) -> None:
-    """torch's Adam/AdamW update for one param group, with lr and betas read from device
-    tensors (torch 2.11's foreach Adam turns a tensor beta1 into a host number, which a
-    CUDA graph cannot capture). Uses the optimizer's own state: checkpoints stay torch's."""
+def group_lists(group: dict, state: dict, lr: Tensor, beta1: Tensor, beta2: Tensor, decoupled: bool) -> tuple:
+    """One Adam/AdamW param group as ``adam_lists_``'s arguments, from the optimizer's own
+    state (checkpoints stay torch's); lr and betas are device tensors (torch 2.11's foreach
+    Adam turns a tensor beta1 into a host number, which a CUDA graph cannot capture).
+    Parameters without a gradient are left out."""
     params = [p for p in group["params"] if p.grad is not None]
-    if not params:
-        return
     states = [state[p] for p in params]
-    adam_lists_(
-        params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-        [s["step"] for s in states], lr, beta1, beta2, group["weight_decay"], group["eps"], decoupled,
-    )
+    return (params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            [s["step"] for s in states], lr, beta1, beta2, float(group["weight_decay"]), float(group["eps"]), decoupled)
 
 
 def adam_lists_(

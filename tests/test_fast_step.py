@@ -263,7 +263,7 @@ def test_graphed_forward_replays_new_inputs():
 def test_captured_adam_update_matches_torch(cls):
     """The update the graph captures (lr and betas from tensors, changing every step as
     OneCycle changes them) equals torch's optimizer step in float64, on torch's own state."""
-    from flare_lightning.fast_step import adam_update_
+    from flare_lightning.fast_step import clipped_adam_update_, group_lists
 
     torch.manual_seed(0)
     ref = [torch.nn.Parameter(torch.randn(5, 3, dtype=torch.float64)) for _ in range(3)]
@@ -280,7 +280,7 @@ def test_captured_adam_update_matches_torch(cls):
             q.grad = p.grad.clone()
         opt_ref.step()
         hp = [torch.tensor(v, dtype=torch.float64) for v in (lr, beta1, 0.99)]
-        adam_update_(opt.param_groups[0], opt.state, *hp, decoupled=cls is torch.optim.AdamW)
+        clipped_adam_update_([group_lists(opt.param_groups[0], opt.state, *hp, cls is torch.optim.AdamW)], None, "norm")
     for p, q in zip(ref, ours):
         torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(opt.state[q]["exp_avg_sq"], opt_ref.state[p]["exp_avg_sq"], rtol=1e-12, atol=1e-14)
