@@ -115,7 +115,7 @@ class SurrogateModule(L.LightningModule):
         self.test_report: dict = {}  # per-run tables for test_metrics.json
         self._fast: FastTrainStep | None = None
         self._fast_eval: GraphedForward | None = None
-        self._fast_fns: tuple[Callable, Callable] | None = None  # compiled (train losses, eval forward)
+        self._fast_fns: tuple[Callable, Callable] | None = None  # (train losses, eval forward) the graphs run
 
     @property
     def automatic_optimization(self) -> bool:
@@ -184,8 +184,7 @@ class SurrogateModule(L.LightningModule):
             return self(batch["x"], batch["mask"])
         if self._fast_eval is None:
             self._check_fitted()
-            self._compile_for_fast_step()
-            self._fast_eval = GraphedForward(self._fast_fns[1])
+            self._fast_eval = GraphedForward(self._fast_functions()[1])
         return self._fast_eval(batch["x"], batch["mask"])
 
     def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
@@ -225,26 +224,28 @@ class SurrogateModule(L.LightningModule):
         pred = self._forward_normalised(batch["x"], batch["mask"])
         return self.loss_fn(pred, batch["y"], batch["mask"])
 
-    def _compile_for_fast_step(self) -> None:
-        """Compile what the fast step's graphs run (CUDA only): by default the whole training
-        loss (normalisers, model, loss: one Inductor graph forward, one backward, so fusion
-        crosses block boundaries) and the whole evaluation forward; with
-        ``WHOLE_GRAPH_FAST_STEP`` False, the model's blocks one by one, in place."""
-        if self.device.type != "cuda" or self._fast_fns is not None:
-            return
+    def _fast_functions(self) -> tuple[Callable, Callable]:
+        """(training losses, evaluation forward) that the fast step's graphs run, made once.
+
+        On CUDA they are compiled: by default each as one whole Inductor graph (normalisers,
+        model, loss; fusion crosses block boundaries), or with ``WHOLE_GRAPH_FAST_STEP``
+        False the model's blocks one by one, in place. Elsewhere the plain methods."""
+        if self._fast_fns is not None:
+            return self._fast_fns
+        plain = (self._sample_losses, self._forward_normalised)
+        if self.device.type != "cuda":
+            return plain
         # Horizontal fusion of the many small independent kernels (weight casts, bias-grad
         # sums): 6.9 -> 6.1 ms per Darcy step, 4.1 -> 3.1 ms elasticity (H200, bf16, a9a96c1).
         options = {"combo_kernels": True}
         if WHOLE_GRAPH_FAST_STEP:
-            self._fast_fns = (
-                torch.compile(self._sample_losses, options=options),
-                torch.compile(self._forward_normalised, options=options),
-            )
-            return
-        from flare_lightning.compile import compile_model
+            self._fast_fns = tuple(torch.compile(fn, options=options) for fn in plain)
+        else:
+            from flare_lightning.compile import compile_model
 
-        compile_model(self.model, options=options)
-        self._fast_fns = (self._sample_losses, self._forward_normalised)
+            compile_model(self.model, options=options)
+            self._fast_fns = plain
+        return self._fast_fns
 
     def on_train_start(self) -> None:
         # After a resume Lightning has restored the scheduler: a OneCycle planned for another
@@ -273,10 +274,9 @@ class SurrogateModule(L.LightningModule):
                 "(16-mixed needs a gradient scaler that reads the loss on the host every step)"
             )
         self._check_fitted()
-        self._compile_for_fast_step()
         algorithm = trainer.gradient_clip_algorithm
         self._fast = FastTrainStep(
-            self._fast_fns[0] if self._fast_fns is not None else self._sample_losses,
+            self._fast_functions()[0],
             list(self.model.parameters()),
             self.optimizers().optimizer,
             clip_val=trainer.gradient_clip_val,
