@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import math
 import os
 import re
 import subprocess
@@ -73,10 +72,10 @@ def resources(kernel, dtype: torch.dtype, constexprs: dict, launch: dict) -> dic
 def kernel_table(m: int, d: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, dict[str, int]]:
     """Resources of all seven kernels at ``default_config(m, d, dtype)``."""
     cfg = tm.default_config(m, d, dtype)
-    bd = max(16, 1 << math.ceil(math.log2(d)))
+    bd = tm._pow2(d)
     align = min(d & -d, 16 // (torch.finfo(dtype).bits // 8))  # row alignment in elements, as _align finds
     prec = "ieee" if dtype == torch.float32 else "tf32"
-    join = dict(M=m, D=d, BLOCK_C=max(1, 4096 // (16 * bd)), BLOCK_M=16, BLOCK_D=bd)
+    join = dict(M=m, D=d, **tm.join_tiles(bd))
     small = {"num_warps": 4, "num_stages": 2}
 
     def tiles(k: tm.KernelConfig) -> dict:

@@ -134,6 +134,15 @@ def _chunking(n: int, block_n: int, other_programs: int, target: int, partial_by
     return tiles_per_chunk, _cdiv(n_tiles, tiles_per_chunk)
 
 
+JOIN_M = 16  # latents per program of the kernels that join chunk partials (merge, dz, dq)
+
+
+def join_tiles(block_d: int) -> dict[str, int]:
+    """Tile constants of the joins over chunk partials: 16 latents per program, chunks read
+    ``BLOCK_C`` at a time so that a step loads 4096 values."""
+    return {"BLOCK_M": JOIN_M, "BLOCK_C": max(1, 4096 // (JOIN_M * block_d)), "BLOCK_D": block_d}
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -194,10 +203,9 @@ def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
     z = torch.empty(bh, m, d, device=dev, dtype=torch.float32)
     z_lo = torch.empty(bh, m, d, device=dev, dtype=k.dtype)
     lse_enc = torch.empty(bh, m, device=dev, dtype=torch.float32)
-    merge_m = 16
-    _encode_merge_kernel[(_cdiv(m, merge_m), bh)](
+    _encode_merge_kernel[(_cdiv(m, JOIN_M), bh)](
         m_part, l_part, acc_part, z, z_lo, lse_enc, chunks,
-        M=m, D=d, BLOCK_C=max(1, 4096 // (merge_m * bd)), BLOCK_M=merge_m, BLOCK_D=bd, num_warps=4,
+        M=m, D=d, **join_tiles(bd), num_warps=4,
     )
     if merge is not None:
         z, lse_enc = merge(z, lse_enc)
@@ -236,13 +244,11 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
         M=m, D=d, ALIGN=_align(k, y, dy, dk), NUM_M_TILES=tiles_1, PREC=prec,
         BLOCK_N=c1.block_n, BLOCK_M=c1.block_m, BLOCK_D=bd, **c1.launch_options(),
     )
-    join_m = 16
-    join_c = max(1, 4096 // (join_m * bd))
     if reduce_dz is None:  # dz_lo = Σ_chunks dz_part and δ_m = dz_m·z_m [B·H, M], one launch
         dz_lo = torch.empty(bh, m, d, device=dev, dtype=k.dtype)
         delta = torch.empty(bh, m, device=dev, dtype=torch.float32)
-        _bwd_latent_grad_kernel[(_cdiv(m, join_m), bh)](
-            dz_part, z, dz_lo, delta, chunks_1, M=m, D=d, BLOCK_C=join_c, BLOCK_M=join_m, BLOCK_D=bd, num_warps=4,
+        _bwd_latent_grad_kernel[(_cdiv(m, JOIN_M), bh)](
+            dz_part, z, dz_lo, delta, chunks_1, M=m, D=d, **join_tiles(bd), num_warps=4,
         )
     else:  # the ranks' dz are summed first
         dz = reduce_dz(dz_part.sum(1))  # [B·H, M, D] fp32
@@ -263,9 +269,9 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
         BLOCK_N=c2.block_n, BLOCK_M=c2.block_m, BLOCK_D=bd, **c2.launch_options(),
     )
     dq = torch.empty(h, m, d, device=dev, dtype=q.dtype)  # s Σ_{b, chunks} of both passes' partials
-    _dq_sum_kernel[(_cdiv(m, join_m), h)](
+    _dq_sum_kernel[(_cdiv(m, JOIN_M), h)](
         dq_part_1, chunks_1, dq_part_2, chunks_2, dq, b, h, scale,
-        M=m, D=d, BLOCK_C=join_c, BLOCK_M=join_m, BLOCK_D=bd, num_warps=4,
+        M=m, D=d, **join_tiles(bd), num_warps=4,
     )
     return dq, dk, dv
 
