@@ -45,6 +45,7 @@ from flare_lightning.metrics import relative_l2
 from flare_lightning.models import FLARE
 from flare_lightning.parallel import ContextGroup, attach_context, relative_l2_sharded
 from flare_lightning.parallel.nccl import use_small_nccl_buffers
+from flare_lightning.parallel.staging import all_reduce_
 
 IN_DIM, OUT_DIM = 3, 1
 SHAPE = dict(channels=64, num_blocks=8, num_heads=8, num_latents=64)
@@ -99,7 +100,7 @@ def average_gradients(model: nn.Module) -> None:
         return
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     flat = torch.cat([g.flatten() for g in grads])
-    dist.all_reduce(flat)
+    all_reduce_(flat)
     flat /= dist.get_world_size()
     for g, part in zip(grads, flat.split([g.numel() for g in grads])):
         g.copy_(part.view_as(g))
@@ -155,7 +156,7 @@ class Memory:
             torch.cuda.empty_cache()
         flag = torch.tensor([1.0 if ok else 0.0, peak], device=self.device)
         if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            all_reduce_(flag, dist.ReduceOp.MIN)
         return float(flag[1]) if flag[0] > 0 else None
 
 
@@ -232,7 +233,7 @@ def exactness(n: int, device: torch.device, shape: dict, context: ContextGroup) 
 
     grads = [rel(p.grad, q.grad) for p, q in zip(split.parameters(), whole.parameters())]
     worst = torch.tensor([rel(out[:, : hi - lo], out_ref[:, lo:hi]), max(grads)], device=device)
-    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    all_reduce_(worst, dist.ReduceOp.MAX)
     return {"n": n, "output_rel_diff": float(worst[0]), "max_grad_rel_diff": float(worst[1])}
 
 
@@ -240,6 +241,11 @@ def phase(rank: int, world: int, args: argparse.Namespace, init_file: str, resul
     """Everything measured on ``world`` GPUs (one process per GPU)."""
     cpu = args.dry_run
     device = torch.device("cpu") if cpu else torch.device("cuda", rank)
+    if not cpu and args.isolate_devices:  # this process sees its own GPU only, as device 0
+        if torch.cuda.is_initialized():
+            raise RuntimeError("--isolate-devices: CUDA was initialised before the rank chose its GPU")
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_ids[rank]
+        device = torch.device("cuda", 0)
     if not cpu:
         torch.cuda.set_device(device)
     else:
@@ -319,6 +325,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--budget-s", type=float, default=150.0, help="time for the largest-N search per phase")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="collective timeout (an asymmetric OOM)")
     parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for context_parallel.json")
+    parser.add_argument("--isolate-devices", action="store_true",
+                        help="each rank sees only its own GPU (CUDA_VISIBLE_DEVICES): no thread of it can "
+                             "open a CUDA context on another rank's GPU")
     parser.add_argument("--backend", choices=["nccl", "gloo"], default="nccl",
                         help="collectives of the G-GPU phase: gloo stages CUDA tensors through host memory, so no "
                              "communicator takes GPU memory (the strategy's process_group_backend)")
@@ -333,6 +342,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             setattr(args, key, value)
     if not args.dry_run and torch.cuda.device_count() < args.gpus:
         raise SystemExit(f"--gpus {args.gpus}: only {torch.cuda.device_count()} CUDA devices visible")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    args.gpu_ids = visible.split(",") if visible else [str(i) for i in range(args.gpus)]
     info = environment(args.dry_run)
     print(json.dumps(info), flush=True)
     rows = []

@@ -6,6 +6,7 @@ minimises the sum of the ranks' losses. A value built from a sum over ranks
 backward, the sum over ranks of the gradients that flow into it: that is the adjoint of
 the sum, and it is what keeps every rank's parameter gradient an exact share of the
 gradient of the whole sample (see docs/scaling.md for the normalisation under DDP).
+On a gloo group, CUDA tensors go through host copies (``staging``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from flare_lightning.parallel.staging import all_gather_, all_reduce_
 
 # Statistics of one share of the encode: running max [B, H, M], sum of exp(logit - max)
 # [B, H, M] and the weighted value sum [B, H, M, D] (as FlareAttention.encode_partial).
@@ -26,13 +29,13 @@ class _AllReduceSum(torch.autograd.Function):
     def forward(ctx, x: Tensor, group) -> Tensor:
         ctx.group = group
         y = x.contiguous().clone()
-        dist.all_reduce(y, op=dist.ReduceOp.SUM, group=group)
+        all_reduce_(y, dist.ReduceOp.SUM, group)
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        all_reduce_(grad, dist.ReduceOp.SUM, ctx.group)
         return grad, None
 
 
@@ -46,7 +49,7 @@ def all_reduce_max(x: Tensor, group) -> Tensor:
     """Elementwise max of ``x`` over ``group``; no gradient (used for log-sum-exp shifts,
     which cancel out of every result)."""
     y = x.detach().contiguous().clone()
-    dist.all_reduce(y, op=dist.ReduceOp.MAX, group=group)
+    all_reduce_(y, dist.ReduceOp.MAX, group)
     return y
 
 
@@ -81,7 +84,7 @@ class _GatherShares(torch.autograd.Function):
     def forward(ctx, local: Tensor, group, rank: int, size: int, n: int) -> Tensor:
         ctx.group, ctx.rank, ctx.size, ctx.length = group, rank, size, local.shape[1]
         parts = [torch.empty_like(local) for _ in range(size)]
-        dist.all_gather(parts, local.contiguous(), group=group)
+        all_gather_(parts, local, group)
         return torch.cat(parts, dim=1)[:, :n]
 
     @staticmethod
@@ -89,7 +92,7 @@ class _GatherShares(torch.autograd.Function):
         length, lo = ctx.length, ctx.rank * ctx.length
         full = grad.new_zeros(grad.shape[0], ctx.size * length, *grad.shape[2:])
         full[:, : grad.shape[1]] = grad
-        dist.all_reduce(full, op=dist.ReduceOp.SUM, group=ctx.group)
+        all_reduce_(full, dist.ReduceOp.SUM, ctx.group)
         return full[:, lo : lo + length], None, None, None, None
 
 

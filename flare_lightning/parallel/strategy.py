@@ -11,6 +11,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from flare_lightning.parallel.context import ContextGroup
 from flare_lightning.parallel.hooks import attach_context, detach_context
 from flare_lightning.parallel.nccl import use_small_nccl_buffers
+from flare_lightning.parallel.staging import host_staged_allreduce_hook
 
 
 class ContextParallelStrategy(DDPStrategy):
@@ -35,6 +36,9 @@ class ContextParallelStrategy(DDPStrategy):
         small_nccl_buffers: ask NCCL for 1 MiB buffers on at most 4 channels (where
             ``NCCL_BUFFSIZE`` / ``NCCL_MAX_NCHANNELS`` are unset): the group's collectives are
             tiny, and the default buffers take memory a huge sample could use (``parallel.nccl``).
+            With ``process_group_backend="gloo"`` on GPUs no communicator lives on the GPUs at
+            all: the group's collectives and DDP's gradient buckets go through host copies
+            (``parallel.staging``), at some cost per collective.
         **kwargs: passed to ``DDPStrategy`` (e.g. ``find_unused_parameters``).
     """
 
@@ -54,6 +58,8 @@ class ContextParallelStrategy(DDPStrategy):
         if self.small_nccl_buffers:  # each process, before its NCCL communicator exists
             use_small_nccl_buffers()
         super().setup_distributed()
+        if self._process_group_backend == "gloo" and self._ddp_comm_hook is None:
+            self._ddp_comm_hook = host_staged_allreduce_hook  # used on CUDA only (DDPStrategy)
         world = self.world_size
         if world % self.context_parallel != 0:
             raise ValueError(
