@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from benchmarks.step import CONFIGS, TrainStep, build, environment
+from benchmarks.step import CONFIGS, TrainStep, build, environment, write_json
 
 GRAIN = 2**14
 
@@ -95,8 +95,7 @@ def main() -> None:
         fail = f"{r['first_failure']:,d}" if r["first_failure"] else "-"
         print(f"{r['config']:<15}{r['max_n']:>14,d}{r['max_n'] / 2**20:>10.2f}{peak:>9}{fail:>14}  {r['resolved']}")
     if args.out:
-        with open(os.path.join(args.out, "max_points.json"), "w") as f:
-            json.dump({"environment": info, "rows": rows}, f, indent=1)
+        write_json(os.path.join(args.out, "max_points.json"), {"environment": info, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import argparse
 import datetime
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -243,8 +244,27 @@ def diagnose(device: torch.device, n: int) -> None:
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
 
 
+def commit() -> str | None:
+    """The measured commit: ``FLARE_COMMIT`` (set by device runs on a copy without .git) or git's."""
+    if os.environ.get("FLARE_COMMIT"):
+        return os.environ["FLARE_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(__file__))
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def write_json(path: str, data: dict) -> None:
+    """Write ``data`` to ``path`` whole or not at all (a temp file, then a rename)."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def environment(device: torch.device) -> dict:
-    info = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "device": str(device)}
+    info = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "device": str(device),
+            "commit": commit()}
     if device.type == "cuda":
         info["card"] = torch.cuda.get_device_name(device)
         info["mixer_backend_auto"] = mixer_backend_used(device)
@@ -285,8 +305,7 @@ def main() -> None:
     rows = run_table(args.configs, args.n, device)
     print_table(rows)
     if args.out:
-        with open(os.path.join(args.out, "step.json"), "w") as f:
-            json.dump({"environment": info, "rows": rows}, f, indent=1)
+        write_json(os.path.join(args.out, "step.json"), {"environment": info, "rows": rows})
 
 
 if __name__ == "__main__":
