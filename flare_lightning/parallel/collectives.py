@@ -67,12 +67,19 @@ def merge_encode_stats(stats: EncodeStats, group) -> EncodeStats:
 
 def merge_latents_lse2(z: Tensor, lse: Tensor, group) -> tuple[Tensor, Tensor]:
     """Join per-rank latent summaries z [B·H, M, D] with their base-2 log-sum-exp
-    lse [B·H, M] (the Triton encode's outputs) into the whole sample's (z, lse)."""
-    mx = all_reduce_max(lse, group)
-    w = torch.exp2(lse - mx)  # [B·H, M]; 0 for a rank without real points (lse ~ -1e30)
-    packed = all_reduce_sum(torch.cat([w[..., None], w[..., None] * z], dim=-1), group)
-    total = packed[..., 0]
-    z = (packed[..., 1:] / total[..., None]).contiguous()  # the kernels index z as dense [B·H, M, D]
+    lse [B·H, M] (the Triton encode's fp32 outputs) into the whole sample's (z, lse).
+
+    One all-gather of ``[lse, z]`` (G x [B·H, M, D+1]), then every rank merges the same
+    parts in rank order: one collective per block where a max all-reduce followed by a sum
+    all-reduce takes two, on a path where each collective waits on the GPU (forward)."""
+    packed = torch.cat([lse[..., None], z], dim=-1)
+    parts = torch.stack(all_gather_([torch.empty_like(packed) for _ in range(dist.get_world_size(group))],
+                                    packed, group))  # [G, B·H, M, D+1]
+    lses, zs = parts[..., 0], parts[..., 1:]
+    mx = lses.amax(0)
+    w = torch.exp2(lses - mx)  # [G, B·H, M]; 0 for a rank without real points (lse ~ -1e30)
+    total = w.sum(0)
+    z = ((w[..., None] * zs).sum(0) / total[..., None]).contiguous()  # the kernels index z as dense [B·H, M, D]
     return z, mx + torch.log2(total)
 
 

@@ -1,7 +1,8 @@
 """The FLARE mixer over one share of a sample's points, exact for the whole sample.
 
 The encode ``z = softmax_N(s q kᵀ) v`` is a sum over points: each rank computes its
-share's statistics, one log-sum-exp all-reduce joins them, and the decode
+share's statistics, a log-sum-exp join across the group merges them (the Triton path: one
+all-gather of ``[lse, z]``, ``collectives.merge_latents_lse2``), and the decode
 ``y = softmax_M(s k qᵀ) z`` is local. In backward the gradient of z is summed over the
 ranks before the encode's own backward (``collectives.all_reduce_sum``).
 
