@@ -45,7 +45,7 @@ from flare_lightning.metrics import relative_l2
 from flare_lightning.models import FLARE
 from flare_lightning.parallel import ContextGroup, attach_context, relative_l2_sharded
 from flare_lightning.parallel.nccl import use_small_nccl_buffers
-from flare_lightning.parallel.staging import all_reduce_
+from flare_lightning.parallel.staging import all_reduce_, transport
 
 IN_DIM, OUT_DIM = 3, 1
 SHAPE = dict(channels=64, num_blocks=8, num_heads=8, num_latents=64)
@@ -264,6 +264,7 @@ def phase(rank: int, world: int, args: argparse.Namespace, init_file: str, resul
     try:
         if context is not None:
             out["check"] = exactness(args.n_check, device, shape, context)
+            out["transport"] = transport(torch.zeros(1, device=device), context.group)
         out["step"] = step_time("ours-ckpt", args.n_time, device, shape, context)
         out["largest"] = largest_n("ours-memory", device, shape, context, memory, args.probe, args.grain, args.budget_s)
     finally:
@@ -313,6 +314,8 @@ def print_table(rows: list[dict]) -> None:
         check = r.get("check")
         check = f"  {check['output_rel_diff']:.1e} / {check['max_grad_rel_diff']:.1e}" if check else "  -"
         print(f"{r['gpus']:>4}{step['ms']:>16.1f}{speed:>9.2f}x{tail}{check}")
+    for r in rows[1:]:
+        print(f"collectives of the {r['gpus']}-GPU group: {r.get('transport', '?')}")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
