@@ -15,8 +15,9 @@ LossFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 
 def grid_side(num_points: int) -> int:
-    """Side s of a square grid of ``num_points`` = s * s points (clear error otherwise)."""
-    s = math.isqrt(num_points)
+    """Side s of a square grid of ``num_points`` = s * s points (clear error otherwise).
+    Plain int arithmetic (not ``math.isqrt``) so that torch.compile traces it without a break."""
+    s = int(num_points**0.5 + 0.5)  # exact for any grid a GPU holds (s < 2**26)
     if s * s != num_points:
         raise ValueError(
             f"model.loss 'darcy_grad' needs samples on a square s x s grid in row-major order, "

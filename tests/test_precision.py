@@ -93,4 +93,5 @@ def test_cli_fit_mixed_precision_on_gpu(tiny_darcy_root, tmp_path, precision):
     run_cli([*tiny_fit_args(tiny_darcy_root, tmp_path, "gpu"), f"--trainer.precision={precision}",
              "--trainer.accelerator=gpu", "--trainer.devices=1"])
     metrics = json.loads(next((tmp_path / "gpu").glob("version_*/test_metrics.json")).read_text())
-    assert all(v is not None and math.isfinite(v) for v in metrics.values())
+    scores = {k: v for k, v in metrics.items() if k.startswith("test/")}  # beside "checkpoint", "data", ...
+    assert "test/rel_l2" in scores and all(v is not None and math.isfinite(v) for v in scores.values())
