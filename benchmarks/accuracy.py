@@ -354,6 +354,54 @@ def collect(out: Path) -> list[Result]:
     return results
 
 
+@dataclass
+class Failure:
+    """A run whose last attempt exited with an error and left no test metrics."""
+
+    model: str
+    dataset: str
+    seed: int
+    budget: str
+    rc: int
+    reason: str
+    wall_s: float | None
+    card: str
+    commit: str
+    folder: Path
+    precision: str
+
+
+FAILURE_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.*)$")  # [module.]SomeError: message
+
+
+def failures(out: Path) -> list[Failure]:
+    """Runs under ``out`` that ended in an error (their last attempt's exit code is not 0) and have
+    no test metrics; the reason is the last ``...Error: message`` line of the run's log."""
+    found = []
+    for record_path in sorted(out.glob("*_*/seed*/launch.json")):
+        folder = record_path.parent
+        model, _, dataset = folder.parent.name.partition("_")
+        tag = TAG.fullmatch(folder.name)
+        if model not in MODELS or dataset not in DATASETS or tag is None or finished(folder):
+            continue
+        record = json.loads(record_path.read_text())
+        attempts = record.get("attempts", [])
+        if not attempts or attempts[-1].get("rc") in (None, 0):
+            continue
+        reason = "no error line in the log"
+        log = out / "logs" / f"{folder.parent.name}_{folder.name}.log"
+        if log.is_file():
+            for line in log.read_text(errors="replace").splitlines():
+                match = FAILURE_LINE.match(line.strip())
+                if match:
+                    reason = f"{match.group(1)}: {match.group(2)}"
+        timed = [a["wall_s"] for a in attempts if a.get("wall_s") is not None]
+        found.append(Failure(model, dataset, int(tag.group(1)), tag.group(2), int(attempts[-1]["rc"]), reason,
+                             sum(timed) if timed else None, record.get("card", "unknown"),
+                             record.get("commit", "unknown"), folder, run_precision(attempts[-1]["command"])))
+    return found
+
+
 def run_precision(command: list[str]) -> str:
     """The trainer precision a ``flare fit`` command line asked for (the configs' default: 32-true)."""
     value = "32-true"
@@ -375,9 +423,9 @@ def _hours(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
-def _cell(rs: list[Result]) -> str:
+def _cell(rs: list[Result], failed: list[Failure] = ()) -> str:
     if not rs:
-        return "not run"
+        return f"failed ({failed[0].precision}; see below)" if failed else "not run"
     vals = [r.rel_l2 * 1e3 for r in rs]
     walls = [r.wall_s for r in rs if r.wall_s is not None]
     wall = _hours(statistics.mean(walls)) if walls else "time unknown"
@@ -393,7 +441,7 @@ def _budget_title(budget: str) -> str:
             "compressed to the budget, so these are not the paper's protocol)")
 
 
-def render(results: list[Result], out: Path) -> str:
+def render(results: list[Result], out: Path, failed: list[Failure] = ()) -> str:
     """ACCURACY.md: per epoch budget, a models x datasets table with the paper's real-data numbers
     beside the local ones, then every run with its card, commit, seed and wall time."""
     lines = [
@@ -405,14 +453,19 @@ def render(results: list[Result], out: Path) -> str:
         "others; Darcy with the reference's gradient objective, test metric rel. L2 of u).",
         "**Columns marked \"paper\" are the FLARE paper's numbers on the real files: other data,",
         "not comparable cell by cell** (DESIGN.md section 4; blank where it gives none).",
+        "The authors' trainer runs in fp32 (`mixed_precision: bool = False` in FLARE.py's pdebench);",
+        "each run's precision is in the table of runs. At these error levels bf16 costs accuracy: the",
+        "bf16-trained FLARE elasticity weights score 9.6e-3 on the test cells evaluated in fp32 and 12.0e-3",
+        "under bf16 autocast (CPU, docs/datasets/elasticity.md).",
         f"Made by `python benchmarks/accuracy.py collect` from the runs under `{_shown(out)}`.",
         "",
     ]
     if not results:
         lines += ["**No finished runs yet**: launch them with `benchmarks/accuracy.py launch` (its docstring).", ""]
-    budgets = sorted({r.budget for r in results}, key=lambda b: (b != "full", int(b[2:]) if b != "full" else 0)) or ["full"]
+    budgets = sorted({r.budget for r in [*results, *failed]}, key=lambda b: (b != "full", int(b[2:]) if b != "full" else 0)) or ["full"]
     for budget in budgets:
         rs = [r for r in results if r.budget == budget]
+        fs = [f for f in failed if f.budget == budget]
         header, rule = ["model"], ["---"]
         for name, ds in DATASETS.items():
             header.append(ds.label)
@@ -424,7 +477,8 @@ def render(results: list[Result], out: Path) -> str:
         for model, label in MODELS.items():
             row = [label]
             for name, ds in DATASETS.items():
-                row.append(_cell([r for r in rs if r.model == model and r.dataset == name]))
+                row.append(_cell([r for r in rs if r.model == model and r.dataset == name],
+                                 [f for f in fs if f.model == model and f.dataset == name]))
                 if ds.paper_label:
                     row.append(f"*{ds.paper[model]}*" if model in ds.paper else "")
             lines.append("| " + " | ".join(row) + " |")
@@ -441,6 +495,16 @@ def render(results: list[Result], out: Path) -> str:
             lines.append(f"| {MODELS[r.model]} | {r.dataset} | {r.budget} | {r.seed} | {r.precision} | {r.rel_l2:.4e} | "
                          f"{_hours(r.wall_s)}{resumed} | {_hours(r.full_protocol_s())} | {r.card} | {r.commit} | "
                          f"`{r.folder.relative_to(out)}` |")
+        lines.append("")
+    if failed:
+        lines += ["## Failed runs", "", "Runs whose last attempt ended in an error, with no test metrics (the reason is the",
+                  "last error line of the run's log under `logs/`).", "",
+                  "| model | dataset | budget | seed | precision | exit | reason | wall time | card | commit | folder |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for f in failed:
+            reason = f.reason.replace("|", "/")
+            lines.append(f"| {MODELS[f.model]} | {f.dataset} | {f.budget} | {f.seed} | {f.precision} | {f.rc} | {reason} | "
+                         f"{_hours(f.wall_s)} | {f.card} | {f.commit} | `{f.folder.relative_to(out)}` |")
         lines.append("")
     return "\n".join(lines)
 
@@ -476,10 +540,10 @@ def main(argv: list[str] | None = None) -> None:
         for proc in procs:
             proc.wait()
     out = args.out.resolve()
-    results = collect(out)
-    text = render(results, out)
+    results, failed = collect(out), failures(out)
+    text = render(results, out, failed)
     write_text(args.output, text)
-    print(f"{len(results)} finished runs -> {args.output}")
+    print(f"{len(results)} finished runs, {len(failed)} failed -> {args.output}")
 
 
 if __name__ == "__main__":

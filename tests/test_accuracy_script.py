@@ -215,3 +215,32 @@ def test_prepare_data_makes_and_caches_a_dataset(accuracy, tmp_path):
                                            "--data.init_args.n_val=2", "--data.init_args.n_test=3"))
     assert (root / "darcy_gen_r21_train.mat").is_file() and (root / "darcy_gen_r21_test.mat").is_file()
     assert list((root / "processed").rglob("*.pt"))  # processed caches exist before the workers start
+
+
+def test_failed_runs_are_shown_with_their_reason(accuracy, tmp_path):
+    """A run that diverged (exit 1, no test metrics) is neither "not run" nor silently dropped: its
+    cell says failed, and a section gives the exit code and the log's error line."""
+    out = tmp_path / "runs"
+    fake_run(out, "flare_elasticity", "seed0_full", 0.0114, wall_s=1011)
+    fake_run(out, "transolver_elasticity", "seed0_full", False, wall_s=330)
+    record = out / "transolver_elasticity" / "seed0_full" / "launch.json"
+    data = json.loads(record.read_text())
+    data["attempts"][-1]["rc"] = 1
+    record.write_text(json.dumps(data))
+    fake_run(out, "transformer_elasticity", "seed0_full", False, wall_s=10)  # exit 0, no metrics: not a failure
+    (out / "logs").mkdir()
+    (out / "logs" / "transolver_elasticity_seed0_full.log").write_text(
+        "epoch 85/500 ...\nTraceback (most recent call last):\n  File x\n"
+        "flare_lightning.callbacks.finite_loss.NonFiniteLossError: the validation loss (val/loss) is nan at epoch 85\n")
+    failed = accuracy.failures(out)
+    assert [(f.model, f.dataset, f.rc, f.precision) for f in failed] == [("transolver", "elasticity", 1, "bf16-mixed")]
+    assert failed[0].reason == "NonFiniteLossError: the validation loss (val/loss) is nan at epoch 85"
+    text = accuracy.render(accuracy.collect(out), out, failed)
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.split("## Runs")[0].splitlines()
+            if line.startswith("| ")}
+    elasticity = 3  # model, Darcy, paper Darcy, elasticity
+    assert rows["FLARE"][elasticity] == "**11.40** (17 min)"
+    assert rows["Transolver"][elasticity] == "failed (bf16-mixed; see below)"
+    assert rows["Transformer"][elasticity] == "not run"
+    section = text.split("## Failed runs")[1]
+    assert "| Transolver | elasticity | full | 0 | bf16-mixed | 1 | NonFiniteLossError: the validation loss" in section
