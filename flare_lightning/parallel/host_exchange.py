@@ -25,11 +25,12 @@ import socket
 import time
 import uuid
 import weakref
+import zlib
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-LINE = 64  # bytes per rank's sequence number: one cache line each, no false sharing
+LINE = 64  # bytes of a rank's header (its own cache line): [seq, nbytes and tag of parity 0, of parity 1]
 SLOT_BYTES = 1 << 20  # per rank and parity; 4 MiB of /dev/shm for two ranks
 SPINS = 2000  # busy polls (~50 us) before napping
 NAP_S = 2e-5
@@ -51,7 +52,8 @@ class HostExchange:
         self.segment, self.rank, self.world, self.slot_bytes = segment, rank, world, slot_bytes
         self.header = LINE * world
         buf = memoryview(segment)
-        self.seqs = buf[: self.header].cast("q")  # seqs[r * LINE // 8]: exchanges rank r has written
+        self.seqs = buf[: self.header].cast("q")  # seqs[r * LINE // 8]: exchanges rank r has written; then per parity
+        # the byte count and tag of its last exchange of that parity, checked by every reader
         self.data = torch.frombuffer(buf, dtype=torch.uint8, offset=self.header)
         self.seq = 0
 
@@ -64,18 +66,29 @@ class HostExchange:
         start = ((seq % 2) * self.world + rank) * self.slot_bytes
         return self.data[start : start + nbytes]
 
-    def exchange(self, x: Tensor) -> list[Tensor]:
+    def exchange(self, x: Tensor, tag: str = "exchange") -> list[Tensor]:
         """Every rank's ``x`` (contiguous, on any device, at most ``slot_bytes``) as CPU views
-        [rank] of the same shape; valid until this rank's second exchange after this one."""
+        [rank] of the same shape; valid until this rank's second exchange after this one.
+        Ranks that pass different byte counts or tags (e.g. one rank skipped a collective)
+        get a RuntimeError instead of each other's bytes."""
         nbytes = x.numel() * x.element_size()
         if nbytes > self.slot_bytes:
             raise ValueError(f"HostExchange.exchange: {nbytes} bytes exceed the {self.slot_bytes}-byte slot")
         self.seq += 1
-        seq = self.seq
+        seq, line = self.seq, LINE // 8
         mine = self._slot(seq, self.rank, nbytes).view(x.dtype)
         mine.copy_(x.detach().reshape(-1))  # from a GPU: a synchronous copy, after the kernels that made x
-        self.seqs[self.rank * LINE // 8] = seq  # published after the data (x86-64 keeps store order)
+        field = self.rank * line + 1 + 2 * (seq % 2)
+        self.seqs[field], self.seqs[field + 1] = nbytes, zlib.crc32(tag.encode())
+        self.seqs[self.rank * line] = seq  # published after the data (x86-64 keeps store order)
         self._wait(seq)
+        sent = [(self.seqs[r * line + 1 + 2 * (seq % 2)], self.seqs[r * line + 2 + 2 * (seq % 2)]) for r in range(self.world)]
+        if len(set(sent)) > 1:
+            mine_sent = (nbytes, zlib.crc32(tag.encode()))
+            odd = [r for r, got in enumerate(sent) if got != mine_sent]
+            raise RuntimeError(
+                f"HostExchange: exchange {seq} is {tag!r} of {nbytes} bytes on rank {self.rank}, but ranks {odd} sent "
+                f"another collective or size: the ranks took different code paths (e.g. an error on one rank)")
         return [self._slot(seq, r, nbytes).view(x.dtype).view(x.shape) for r in range(self.world)]
 
     def _wait(self, seq: int) -> None:
@@ -109,7 +122,7 @@ class HostExchange:
         reduce = _REDUCE[op]
         on_device = x.device.type != "cpu" if on_device is None else on_device
         for flat, lo, hi in self._pieces(x):
-            parts = self.exchange(flat[lo:hi])
+            parts = self.exchange(flat[lo:hi], f"all_reduce {op} {x.dtype}")
             with torch.no_grad():
                 if on_device:
                     out = flat[lo:hi]
@@ -126,7 +139,7 @@ class HostExchange:
     def all_gather_(self, parts: list[Tensor], x: Tensor) -> list[Tensor]:
         """``parts[r]`` = rank r's ``x`` (``parts`` shaped like ``x``, on any device)."""
         for flat, lo, hi in self._pieces(x.contiguous()):
-            got = self.exchange(flat[lo:hi])
+            got = self.exchange(flat[lo:hi], f"all_gather {x.dtype}")
             with torch.no_grad():
                 for part, piece in zip(parts, got):
                     part.reshape(-1)[lo:hi].copy_(piece)

@@ -67,7 +67,7 @@ def _staged_model_exact(rank: int, world: int, cases) -> None:
     staging.stages_through_host = lambda x, group=None: True
     used = []
     real = host_exchange.HostExchange.exchange
-    host_exchange.HostExchange.exchange = lambda self, x: used.append(1) or real(self, x)
+    host_exchange.HostExchange.exchange = lambda self, x, tag="exchange": used.append(1) or real(self, x, tag)
     workers.model_exact(rank, world, cases)
     assert len(used) > 10
 
@@ -93,12 +93,33 @@ def _late_rank(rank: int, world: int) -> None:
     dist.barrier()
 
 
+def _mismatched_collectives(rank: int, world: int) -> None:
+    from flare_lightning.parallel.host_exchange import exchange_for
+
+    ex = exchange_for(None)
+    for first, second in (("sum", "gather"), ("sum", "longer sum")):
+        with pytest.raises(RuntimeError, match="ranks .* sent another collective or size: the ranks took different"):
+            if rank == 0 or first == second:
+                ex.all_reduce_(torch.ones(3))
+            elif second == "gather":
+                ex.all_gather_([torch.empty(3) for _ in range(world)], torch.ones(3))
+            else:
+                ex.all_reduce_(torch.ones(4))
+    x = torch.full((2,), float(rank))  # the exchange still works after the errors
+    ex.all_reduce_(x)
+    torch.testing.assert_close(x, torch.full((2,), float(world * (world - 1) / 2)))
+
+
 def test_exchange_equals_gloo_collectives():
     run_spawned(_matches_gloo, 3)
 
 
 def test_context_parallel_model_through_the_exchange():
     run_spawned(_staged_model_exact, 2, TORCH_CASES[:2])
+
+
+def test_ranks_on_different_collectives_get_an_error():
+    run_spawned(_mismatched_collectives, 2)
 
 
 def test_ranks_on_several_hosts_fall_back_to_gloo():
