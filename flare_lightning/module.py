@@ -70,6 +70,9 @@ class SurrogateModule(L.LightningModule):
             no gradient accumulation.
         loss: training objective on de-normalised fields: ``rel_l2``, or ``darcy_grad`` (the
             paper's Darcy objective: rel. L2 of u + 0.1 x rel. L2 of its grid derivatives).
+        eval_fp32: run validation, test and predict forwards in float32 even when the trainer
+            trains under bf16/fp16 autocast: at errors of ~1e-2 bf16 rounding costs about a fifth
+            of the error (docs/datasets/elasticity.md), for a slower evaluation.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class SurrogateModule(L.LightningModule):
         fast_step: bool = False,
         loss: str = "rel_l2",
         eps: float = 1e-8,
+        eval_fp32: bool = False,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -179,7 +183,13 @@ class SurrogateModule(L.LightningModule):
 
     def _predict(self, batch: dict[str, Tensor]) -> Tensor:
         """Evaluation forward: replayed as a CUDA graph with ``fast_step`` (a static buffer,
-        valid until the next call), else the plain forward."""
+        valid until the next call), else the plain forward; in float32 with ``eval_fp32``."""
+        if self.hparams.get("eval_fp32"):
+            with torch.autocast(batch["x"].device.type, enabled=False):
+                return self._predict_in_context(batch)
+        return self._predict_in_context(batch)
+
+    def _predict_in_context(self, batch: dict[str, Tensor]) -> Tensor:
         if not (self.hparams.get("fast_step") and batch["x"].is_cuda):
             return self(batch["x"], batch["mask"])
         if self._fast_eval is None:
@@ -248,6 +258,13 @@ class SurrogateModule(L.LightningModule):
         return self._fast_fns
 
     def on_train_start(self) -> None:
+        # After a resume Lightning has restored the optimizer too: a checkpoint of a CUDA-graph
+        # run carries capturable Adam groups, which torch refuses off CUDA (e.g. resumed on CPU).
+        capture = self._fast is not None and self._fast.capture
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                if group.get("capturable") and not capture:
+                    group["capturable"] = False
         # After a resume Lightning has restored the scheduler: a OneCycle planned for another
         # number of steps would fail only when it runs out, possibly hours later.
         scheduler = self.lr_schedulers() if self.trainer.lr_scheduler_configs else None

@@ -100,6 +100,28 @@ def test_fast_step_resumes_like_the_automatic_step(tiny_darcy_root, tmp_path):
     torch.testing.assert_close(finals[True], finals[False], rtol=1e-5, atol=1e-6)
 
 
+def test_checkpoint_of_a_graph_run_resumes_on_cpu(tiny_darcy_root, tmp_path):
+    """A GPU fast-step checkpoint holds capturable Adam groups (torch refuses those off CUDA):
+    written like that here, it resumes on CPU and ends where the same checkpoint without the
+    flag ends."""
+    folder = tmp_path / "stopped"
+    fit_tiny(tiny_darcy_root, fast=True, steps=16, default_root_dir=folder, stop_at=8)
+    plain = next(folder.rglob("*.ckpt"))
+    ckpt = torch.load(plain, map_location="cpu", weights_only=False)
+    for state in ckpt["optimizer_states"]:
+        for group in state["param_groups"]:
+            group["capturable"] = True  # as FastTrainStep._make_capturable leaves them on a GPU
+        for per_param in state["state"].values():
+            per_param["step"] = torch.as_tensor(per_param["step"], dtype=torch.float32)
+    graph_run = tmp_path / "graph_run.ckpt"
+    torch.save(ckpt, graph_run)
+    _, trainer, resumed = fit_tiny(tiny_darcy_root, fast=True, steps=16, ckpt_path=str(graph_run))
+    assert trainer.global_step == 16
+    assert not any(g["capturable"] for g in trainer.optimizers[0].param_groups)
+    _, _, reference = fit_tiny(tiny_darcy_root, fast=True, steps=16, ckpt_path=str(plain))
+    torch.testing.assert_close(resumed.params[-1], reference.params[-1], rtol=1e-6, atol=1e-7)
+
+
 def test_fast_step_refuses_what_it_cannot_capture(tiny_darcy_root):
     L.seed_everything(0, verbose=False)
     dm = DarcyDataModule(root=str(tiny_darcy_root), train_file="train.mat", test_file="test.mat", n_train=8,
