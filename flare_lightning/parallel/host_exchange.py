@@ -172,11 +172,18 @@ def exchange_for(group=None) -> HostExchange | None:
     if path[0] is None:
         _EXCHANGES[key] = False
         return None
-    with open(path[0], "r+b") as fh:
-        segment = mmap.mmap(fh.fileno(), size)
-    dist.barrier(group=group)  # every rank mapped it: the file can go (the mappings stay)
+    try:  # one host name need not mean one /dev/shm (containers): every rank must map the file
+        with open(path[0], "r+b") as fh:
+            segment = mmap.mmap(fh.fileno(), size)
+    except OSError:
+        segment = None
+    mapped: list = [None] * world
+    dist.all_gather_object(mapped, segment is not None, group=group)
     if rank == 0:
-        os.unlink(path[0])
+        os.unlink(path[0])  # every rank has tried: the mappings stay, the name can go
+    if not all(mapped):
+        _EXCHANGES[key] = False
+        return None
     exchange = HostExchange(segment, rank, world, SLOT_BYTES)
     _EXCHANGES[key] = exchange
     return exchange

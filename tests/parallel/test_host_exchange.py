@@ -82,6 +82,25 @@ def _spans_hosts(rank: int, world: int) -> None:
     torch.testing.assert_close(x, torch.full((4,), world * (world + 1) / 2, dtype=torch.float64))
 
 
+def _separate_shm(rank: int, world: int) -> None:
+    """Same host name, but rank 1 cannot see rank 0's /dev/shm (as in two containers)."""
+    import builtins
+
+    from flare_lightning.parallel import host_exchange, staging
+
+    real_open = builtins.open
+    if rank == 1:
+        def no_shm(path, *args, **kwargs):
+            if str(path).startswith("/dev/shm/flare_exchange_"):
+                raise FileNotFoundError(path)
+            return real_open(path, *args, **kwargs)
+        builtins.open = no_shm
+    assert host_exchange.exchange_for(None) is None  # on every rank, so all take gloo
+    x = torch.full((3,), float(rank + 1))
+    staging.all_reduce_(x, stage=True)
+    torch.testing.assert_close(x, torch.full((3,), 3.0))
+
+
 def _late_rank(rank: int, world: int) -> None:
     from flare_lightning.parallel import host_exchange
 
@@ -124,6 +143,10 @@ def test_ranks_on_different_collectives_get_an_error():
 
 def test_ranks_on_several_hosts_fall_back_to_gloo():
     run_spawned(_spans_hosts, 2)
+
+
+def test_ranks_that_cannot_share_dev_shm_fall_back_to_gloo():
+    run_spawned(_separate_shm, 2)
 
 
 def test_a_rank_that_never_arrives_is_named():
