@@ -281,6 +281,26 @@ def test_graphed_forward_replays_new_inputs():
     assert len(fwd._captured) == 1
 
 
+@cuda
+def test_graphed_eval_in_fp32_under_bf16_training(tiny_darcy_root):
+    """``eval_fp32`` with the fast step on a GPU: the captured evaluation forward runs in float32
+    while training runs under bf16 autocast, and equals the eager float32 forward."""
+    module, trainer, _ = fit_tiny(tiny_darcy_root, fast=True, steps=8, accelerator="gpu", precision="bf16-mixed")
+    module.hparams.eval_fp32 = True
+    module.cuda().eval()
+    x = torch.randn(2, 169, 3, device="cuda")
+    mask = torch.ones(2, 169, dtype=torch.bool, device="cuda")
+    mask[1, 120:] = False
+    with torch.no_grad():
+        eager = module(x, mask)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            graphed = [module._predict({"x": x, "mask": mask}).clone() for _ in range(3)]  # eager, capture, replay
+    assert module._fast_eval is not None
+    for out in graphed:
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("cls", [torch.optim.AdamW, torch.optim.Adam], ids=lambda c: c.__name__)
 def test_captured_adam_update_matches_torch(cls):
     """The update the graph captures (lr and betas from tensors, changing every step as
