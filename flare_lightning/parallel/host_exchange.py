@@ -119,6 +119,8 @@ class HostExchange:
 
         ``on_device`` (default: x is not on the CPU) reduces on x's device, one host copy per
         rank, instead of with host threads that would compete with the peers' for cores."""
+        if not x.is_contiguous():
+            raise ValueError("HostExchange.all_reduce_ reduces in place: x must be contiguous")
         reduce = _REDUCE[op]
         on_device = x.device.type != "cpu" if on_device is None else on_device
         for flat, lo, hi in self._pieces(x):
@@ -137,7 +139,9 @@ class HostExchange:
         return x
 
     def all_gather_(self, parts: list[Tensor], x: Tensor) -> list[Tensor]:
-        """``parts[r]`` = rank r's ``x`` (``parts`` shaped like ``x``, on any device)."""
+        """``parts[r]`` = rank r's ``x`` (``parts`` contiguous, shaped like ``x``, on any device)."""
+        if not all(part.is_contiguous() for part in parts):
+            raise ValueError("HostExchange.all_gather_ writes into parts: they must be contiguous")
         for flat, lo, hi in self._pieces(x.contiguous()):
             got = self.exchange(flat[lo:hi], f"all_gather {x.dtype}")
             with torch.no_grad():

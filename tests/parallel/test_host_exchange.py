@@ -153,6 +153,20 @@ def test_a_rank_that_never_arrives_is_named():
     run_spawned(_late_rank, 2)
 
 
+def _refuses_strided(rank: int, world: int) -> None:
+    from flare_lightning.parallel.host_exchange import exchange_for
+
+    ex = exchange_for(None)
+    with pytest.raises(ValueError, match="must be contiguous"):
+        ex.all_reduce_(torch.ones(4, 3).t())  # a result written into a copy would be lost
+    with pytest.raises(ValueError, match="must be contiguous"):
+        ex.all_gather_([torch.empty(3, 4).t() for _ in range(world)], torch.ones(4, 3))
+
+
+def test_strided_tensors_are_refused():
+    run_spawned(_refuses_strided, 2)
+
+
 def test_switched_off_by_environment(monkeypatch):
     from flare_lightning.parallel import host_exchange
 
