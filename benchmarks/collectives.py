@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from flare_lightning.atomic import atomic_write_text
 from flare_lightning.parallel.host_exchange import exchange_for
 
 # (name, collective, elements): sizes of the context-parallel step's collectives
@@ -89,9 +90,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, "collectives.json")
-        with open(path + ".tmp", "w") as fh:
-            json.dump({"env": env, "rows": rows}, fh, indent=1)
-        os.replace(path + ".tmp", path)
+        atomic_write_text(path, json.dumps({"env": env, "rows": rows}, indent=1))
     return rows
 
 

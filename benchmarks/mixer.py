@@ -31,6 +31,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from flare_lightning.atomic import atomic_write_text
 from flare_lightning.kernels.chunked import flare_mix_chunked
 from flare_lightning.kernels.reference import flare_mix_sdpa
 
@@ -262,8 +263,7 @@ def main(argv=None) -> None:
     for r in rows:
         print(_fmt_row(r))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"env": env, "rows": rows}, f, indent=1)
+        atomic_write_text(args.json, json.dumps({"env": env, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: `benchmarks.` imports and class paths resolve
 
 from benchmarks.accuracy import ELASTICITY_PAPER_COUNTS  # noqa: E402
+from flare_lightning.atomic import atomic_write_text  # noqa: E402
 DATASETS = {"darcy": "configs/darcy.yaml", "elasticity": "configs/elasticity.yaml",
             "drivaerml_1m": "configs/drivaerml_1m.yaml"}
 DATA_ARGS = {
@@ -250,7 +251,7 @@ def main() -> None:
     print_table(rows)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "train_step_small.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+        atomic_write_text(Path(args.out) / "train_step_small.json", json.dumps({"env": env, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
