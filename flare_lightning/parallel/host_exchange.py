@@ -78,13 +78,12 @@ class HostExchange:
         seq, line = self.seq, LINE // 8
         mine = self._slot(seq, self.rank, nbytes).view(x.dtype)
         mine.copy_(x.detach().reshape(-1))  # from a GPU: a synchronous copy, after the kernels that made x
-        field = self.rank * line + 1 + 2 * (seq % 2)
-        self.seqs[field], self.seqs[field + 1] = nbytes, zlib.crc32(tag.encode())
+        mine_sent, field = (nbytes, zlib.crc32(tag.encode())), 1 + 2 * (seq % 2)
+        self.seqs[self.rank * line + field], self.seqs[self.rank * line + field + 1] = mine_sent
         self.seqs[self.rank * line] = seq  # published after the data (x86-64 keeps store order)
         self._wait(seq)
-        sent = [(self.seqs[r * line + 1 + 2 * (seq % 2)], self.seqs[r * line + 2 + 2 * (seq % 2)]) for r in range(self.world)]
+        sent = [(self.seqs[r * line + field], self.seqs[r * line + field + 1]) for r in range(self.world)]
         if len(set(sent)) > 1:
-            mine_sent = (nbytes, zlib.crc32(tag.encode()))
             odd = [r for r, got in enumerate(sent) if got != mine_sent]
             raise RuntimeError(
                 f"HostExchange: exchange {seq} is {tag!r} of {nbytes} bytes on rank {self.rank}, but ranks {odd} sent "
@@ -153,10 +152,12 @@ class HostExchange:
 _EXCHANGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # process group -> HostExchange | False
 
 
+_PLATFORM_OK = platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")  # store order, /dev/shm
+
+
 def supported(op=dist.ReduceOp.SUM) -> bool:
     """True where the exchange may be used at all (platform, switch, reduction)."""
-    return (os.environ.get("FLARE_HOST_EXCHANGE", "1") != "0" and platform.system() == "Linux"
-            and platform.machine() in ("x86_64", "AMD64") and op in _REDUCE)
+    return _PLATFORM_OK and os.environ.get("FLARE_HOST_EXCHANGE", "1") != "0" and op in _REDUCE
 
 
 def exchange_for(group=None) -> HostExchange | None:

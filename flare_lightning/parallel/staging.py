@@ -19,6 +19,11 @@ from torch import Tensor
 from flare_lightning.parallel import host_exchange
 
 
+def _exchange(group, op=dist.ReduceOp.SUM) -> host_exchange.HostExchange | None:
+    """The group's shared-memory exchange where it can do ``op``, else None (gloo)."""
+    return host_exchange.exchange_for(group) if host_exchange.supported(op) else None
+
+
 def stages_through_host(x: Tensor, group=None) -> bool:
     """True when ``x`` is on a GPU and ``group`` runs on gloo (a host-side backend)."""
     return x.device.type != "cpu" and dist.get_backend(group) == "gloo"
@@ -30,7 +35,7 @@ def all_reduce_(x: Tensor, op=dist.ReduceOp.SUM, group=None, stage: bool | None 
     if not (stages_through_host(x, group) if stage is None else stage):
         dist.all_reduce(x, op=op, group=group)
         return x
-    exchange = host_exchange.exchange_for(group) if host_exchange.supported(op) else None
+    exchange = _exchange(group, op)
     if exchange is not None:
         return exchange.all_reduce_(x, op)
     host = x.detach().to("cpu", copy=True)  # synchronous: waits for the kernels that made x
@@ -46,7 +51,7 @@ def all_gather_(parts: list[Tensor], x: Tensor, group=None, stage: bool | None =
     if not (stages_through_host(x, group) if stage is None else stage):
         dist.all_gather(parts, x.contiguous(), group=group)
         return parts
-    exchange = host_exchange.exchange_for(group) if host_exchange.supported() else None
+    exchange = _exchange(group)
     if exchange is not None:
         return exchange.all_gather_(parts, x)
     host = [torch.empty(x.shape, dtype=x.dtype) for _ in parts]
@@ -63,8 +68,7 @@ def transport(x: Tensor, group=None) -> str:
     staged use (it may make the exchange)."""
     if not stages_through_host(x, group):
         return str(dist.get_backend(group))
-    usable = host_exchange.supported() and host_exchange.exchange_for(group) is not None
-    return "host-exchange" if usable else "gloo-host-copies"
+    return "host-exchange" if _exchange(group) is not None else "gloo-host-copies"
 
 
 def host_staged_allreduce_hook(group, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:
