@@ -331,25 +331,37 @@ class Result:
         return self.wall_s * estimated_steps(Run(self.model, self.dataset, self.seed, None, self.folder)) / steps
 
 
+def run_folders(out: Path):
+    """``(folder, model, dataset, seed, budget, launch record)`` of every run folder under ``out``
+    (``<model>_<dataset>/seed<S>_<budget>/``) of a known model and dataset."""
+    for folder in sorted(p for p in out.glob("*_*/seed*") if p.is_dir()):
+        model, _, dataset = folder.parent.name.partition("_")
+        tag = TAG.fullmatch(folder.name)
+        if model in MODELS and dataset in DATASETS and tag is not None:
+            record_path = folder / "launch.json"
+            record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+            yield folder, model, dataset, int(tag.group(1)), tag.group(2), record
+
+
+def timed_seconds(attempts: list[dict]) -> float | None:
+    """Wall time summed over the attempts that recorded their end (None: none did)."""
+    timed = [a["wall_s"] for a in attempts if a.get("wall_s") is not None]
+    return sum(timed) if timed else None
+
+
 def collect(out: Path) -> list[Result]:
     """Every finished run under ``out`` (``<model>_<dataset>/seed<S>_<budget>/test_metrics.json``)."""
     results = []
-    for metrics in sorted(out.glob("*_*/seed*/test_metrics.json")):
-        folder = metrics.parent
-        model, _, dataset = folder.parent.name.partition("_")
-        tag = TAG.fullmatch(folder.name)
-        if model not in MODELS or dataset not in DATASETS or tag is None or not finished(folder):
+    for folder, model, dataset, seed, budget, record in run_folders(out):
+        if not finished(folder):
             continue
-        rel = json.loads(metrics.read_text())["test/rel_l2"]
-        record = json.loads((folder / "launch.json").read_text()) if (folder / "launch.json").is_file() else {}
+        rel = json.loads((folder / "test_metrics.json").read_text())["test/rel_l2"]
         attempts = record.get("attempts", [])
-        timed = [a["wall_s"] for a in attempts if a.get("wall_s") is not None]
+        untimed = sum(1 for a in attempts if a.get("wall_s") is None)
         results.append(Result(
-            model, dataset, int(tag.group(1)), tag.group(2), float(rel),
-            sum(timed) if timed else None, len(attempts),
+            model, dataset, seed, budget, float(rel), timed_seconds(attempts), len(attempts),
             record.get("card", "unknown"), record.get("commit", "unknown"), folder,
-            run_precision(attempts[-1]["command"]) if attempts else "unknown",
-            len(attempts) - len(timed),
+            run_precision(attempts[-1]["command"]) if attempts else "unknown", untimed,
         ))
     return results
 
@@ -378,15 +390,9 @@ def failures(out: Path) -> list[Failure]:
     """Runs under ``out`` that ended in an error (their last attempt's exit code is not 0) and have
     no test metrics; the reason is the last ``...Error: message`` line of the run's log."""
     found = []
-    for record_path in sorted(out.glob("*_*/seed*/launch.json")):
-        folder = record_path.parent
-        model, _, dataset = folder.parent.name.partition("_")
-        tag = TAG.fullmatch(folder.name)
-        if model not in MODELS or dataset not in DATASETS or tag is None or finished(folder):
-            continue
-        record = json.loads(record_path.read_text())
+    for folder, model, dataset, seed, budget, record in run_folders(out):
         attempts = record.get("attempts", [])
-        if not attempts or attempts[-1].get("rc") in (None, 0):
+        if finished(folder) or not attempts or attempts[-1].get("rc") in (None, 0):
             continue
         reason = "no error line in the log"
         log = out / "logs" / f"{folder.parent.name}_{folder.name}.log"
@@ -395,10 +401,9 @@ def failures(out: Path) -> list[Failure]:
                 match = FAILURE_LINE.match(line.strip())
                 if match:
                     reason = f"{match.group(1)}: {match.group(2)}"
-        timed = [a["wall_s"] for a in attempts if a.get("wall_s") is not None]
-        found.append(Failure(model, dataset, int(tag.group(1)), tag.group(2), int(attempts[-1]["rc"]), reason,
-                             sum(timed) if timed else None, record.get("card", "unknown"),
-                             record.get("commit", "unknown"), folder, run_precision(attempts[-1]["command"])))
+        found.append(Failure(model, dataset, seed, budget, int(attempts[-1]["rc"]), reason, timed_seconds(attempts),
+                             record.get("card", "unknown"), record.get("commit", "unknown"), folder,
+                             run_precision(attempts[-1]["command"])))
     return found
 
 
