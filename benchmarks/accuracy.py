@@ -23,6 +23,7 @@ OpenMP threads; separate launches each assume the whole machine). In float32 the
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -250,12 +251,47 @@ def worker(queue_file: Path) -> None:
         # (its end and wall time stay None: the table then marks the run's time as a lower bound).
         record["attempts"].append({"start": start, "end": None, "wall_s": None, "rc": None, "command": cmd})
         write_json(record_path, record)
-        with open(log, "a") as fh:
-            rc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode
+        rc = run_attempt(cmd, log, len(record["attempts"]), record, record_path)
         end = time.time()
         record["attempts"][-1].update(end=end, wall_s=end - start, rc=rc)
         write_json(record_path, record)
         print(f"{run.name}/{run.tag}: exit {rc} after {end - start:.0f} s", flush=True)
+
+
+HEARTBEAT_S = 60.0  # how often a running attempt records ``last_seen`` in launch.json
+ATTEMPT_MARK = "==> accuracy.py attempt "  # the line that opens each attempt in a run's log
+
+
+def run_attempt(cmd: list[str], log: Path, number: int, record: dict, record_path: Path) -> int:
+    """Run one attempt, appending to the run's log after a marker line; every ``HEARTBEAT_S``
+    store the time in the attempt's ``last_seen``, so an attempt whose machine goes away
+    (and never records its end) still shows how long it at least ran."""
+    with open(log, "a") as fh:
+        fh.write(f"{ATTEMPT_MARK}{number} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+        fh.flush()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+        while True:
+            try:
+                return proc.wait(timeout=HEARTBEAT_S)
+            except subprocess.TimeoutExpired:
+                record["attempts"][-1]["last_seen"] = time.time()
+                write_json(record_path, record)
+
+
+EPOCH_LINE = re.compile(r"^epoch \d+/\d+ .*\((\d+(?:\.\d+)?) s[,)]")  # EpochSummary's line
+
+
+def epoch_seconds_per_attempt(log_text: str, attempts: int) -> list[float] | None:
+    """The summed epoch times (EpochSummary's ``(t s`` lines) of each attempt in a run's log, or
+    None when the log's attempts cannot be told apart. Attempts are separated by the worker's
+    marker lines; a log whose first attempt predates the markers has its text before the first
+    marker as that attempt."""
+    segments = re.split(rf"^{re.escape(ATTEMPT_MARK)}.*$", log_text, flags=re.M)
+    if not segments[0].strip():
+        segments = segments[1:]
+    if len(segments) != attempts:
+        return None
+    return [sum(float(m.group(1)) for line in seg.splitlines() if (m := EPOCH_LINE.match(line))) for seg in segments]
 
 
 def worker_env(devices: list[str], slot: int, cpus: int | None = None) -> dict[str, str]:
@@ -343,10 +379,30 @@ def run_folders(out: Path):
             yield folder, model, dataset, int(tag.group(1)), tag.group(2), record
 
 
-def timed_seconds(attempts: list[dict]) -> float | None:
-    """Wall time summed over the attempts that recorded their end (None: none did)."""
-    timed = [a["wall_s"] for a in attempts if a.get("wall_s") is not None]
-    return sum(timed) if timed else None
+def timed_seconds(attempts: list[dict], epoch_s: list[float] | None = None) -> float | None:
+    """Wall time summed over the attempts: the recorded ``wall_s`` of those that ended; for one that
+    never recorded its end (its machine went away), the time to its last heartbeat, else the sum of
+    its epoch times from the log (``epoch_s``, per attempt): both lower bounds. None: nothing known."""
+    known = []
+    for i, a in enumerate(attempts):
+        if a.get("wall_s") is not None:
+            known.append(a["wall_s"])
+        elif a.get("last_seen") is not None and a.get("start") is not None:
+            known.append(a["last_seen"] - a["start"])
+        elif epoch_s is not None and epoch_s[i] > 0:
+            known.append(epoch_s[i])
+    return sum(known) if known else None
+
+
+def run_log(out: Path, folder: Path) -> Path:
+    """The log a worker appends every attempt of the run in ``folder`` to."""
+    return out / "logs" / f"{folder.parent.name}_{folder.name}.log"
+
+
+def attempt_epoch_seconds(out: Path, folder: Path, attempts: list[dict]) -> list[float] | None:
+    """``epoch_seconds_per_attempt`` of the run's log (None without a log)."""
+    log = run_log(out, folder)
+    return epoch_seconds_per_attempt(log.read_text(errors="replace"), len(attempts)) if log.is_file() else None
 
 
 def collect(out: Path) -> list[Result]:
@@ -359,7 +415,8 @@ def collect(out: Path) -> list[Result]:
         attempts = record.get("attempts", [])
         untimed = sum(1 for a in attempts if a.get("wall_s") is None)
         results.append(Result(
-            model, dataset, seed, budget, float(rel), timed_seconds(attempts), len(attempts),
+            model, dataset, seed, budget, float(rel), timed_seconds(attempts, attempt_epoch_seconds(out, folder, attempts)),
+            len(attempts),
             record.get("card", "unknown"), record.get("commit", "unknown"), folder,
             run_precision(attempts[-1]["command"]) if attempts else "unknown", untimed,
         ))
@@ -395,15 +452,65 @@ def failures(out: Path) -> list[Failure]:
         if finished(folder) or not attempts or attempts[-1].get("rc") in (None, 0):
             continue
         reason = "no error line in the log"
-        log = out / "logs" / f"{folder.parent.name}_{folder.name}.log"
+        log = run_log(out, folder)
         if log.is_file():
             for line in log.read_text(errors="replace").splitlines():
                 match = FAILURE_LINE.match(line.strip())
                 if match:
                     reason = f"{match.group(1)}: {match.group(2)}"
-        found.append(Failure(model, dataset, seed, budget, int(attempts[-1]["rc"]), reason, timed_seconds(attempts),
+        found.append(Failure(model, dataset, seed, budget, int(attempts[-1]["rc"]), reason,
+                             timed_seconds(attempts, attempt_epoch_seconds(out, folder, attempts)),
                              record.get("card", "unknown"), record.get("commit", "unknown"), folder,
                              run_precision(attempts[-1]["command"])))
+    return found
+
+
+@dataclass
+class InProgress:
+    """A run whose last attempt has not recorded an end (still going, or its machine went away
+    before it finished): how far its checkpointed training got, to resume with ``launch``."""
+
+    model: str
+    dataset: str
+    seed: int
+    budget: str
+    epochs_done: int
+    max_epochs: int | None
+    best_val: float | None
+    wall_s: float | None
+    card: str
+    commit: str
+    folder: Path
+    precision: str
+
+
+def training_progress(folder: Path) -> tuple[int, float | None]:
+    """(epochs with a logged validation, best val/rel_l2 so far) from the run's metrics.csv."""
+    path = folder / "metrics.csv"
+    if not path.is_file():
+        return 0, None
+    epochs, vals = set(), []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("val/rel_l2"):
+                epochs.add(int(row["epoch"]))
+                vals.append(float(row["val/rel_l2"]))
+    return len(epochs), (min(vals) if vals else None)
+
+
+def in_progress(out: Path) -> list[InProgress]:
+    """Runs under ``out`` without test metrics whose last attempt recorded no end."""
+    found = []
+    for folder, model, dataset, seed, budget, record in run_folders(out):
+        attempts = record.get("attempts", [])
+        if finished(folder) or not attempts or attempts[-1].get("rc") is not None:
+            continue
+        done, best = training_progress(folder)
+        max_epochs = record.get("epochs") or yaml.safe_load(config_path(model, dataset).read_text())["trainer"]["max_epochs"]
+        found.append(InProgress(model, dataset, seed, budget, done, max_epochs, best,
+                                timed_seconds(attempts, attempt_epoch_seconds(out, folder, attempts)),
+                                record.get("card", "unknown"), record.get("commit", "unknown"), folder,
+                                run_precision(attempts[-1]["command"])))
     return found
 
 
@@ -428,8 +535,10 @@ def _hours(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
-def _cell(rs: list[Result], failed: list[Failure] = ()) -> str:
+def _cell(rs: list[Result], failed: list[Failure] = (), running: list[InProgress] = ()) -> str:
     if not rs:
+        if running:
+            return f"in progress ({running[0].epochs_done}/{running[0].max_epochs} epochs; see below)"
         return f"failed ({failed[0].precision}; see below)" if failed else "not run"
     vals = [r.rel_l2 * 1e3 for r in rs]
     walls = [r.wall_s for r in rs if r.wall_s is not None]
@@ -446,7 +555,7 @@ def _budget_title(budget: str) -> str:
             "compressed to the budget, so these are not the paper's protocol)")
 
 
-def render(results: list[Result], out: Path, failed: list[Failure] = ()) -> str:
+def render(results: list[Result], out: Path, failed: list[Failure] = (), running: list[InProgress] = ()) -> str:
     """ACCURACY.md: per epoch budget, a models x datasets table with the paper's real-data numbers
     beside the local ones, then every run with its card, commit, seed and wall time."""
     lines = [
@@ -467,10 +576,11 @@ def render(results: list[Result], out: Path, failed: list[Failure] = ()) -> str:
     ]
     if not results:
         lines += ["**No finished runs yet**: launch them with `benchmarks/accuracy.py launch` (its docstring).", ""]
-    budgets = sorted({r.budget for r in [*results, *failed]}, key=lambda b: (b != "full", int(b[2:]) if b != "full" else 0)) or ["full"]
+    budgets = sorted({r.budget for r in [*results, *failed, *running]}, key=lambda b: (b != "full", int(b[2:]) if b != "full" else 0)) or ["full"]
     for budget in budgets:
         rs = [r for r in results if r.budget == budget]
         fs = [f for f in failed if f.budget == budget]
+        ps = [p for p in running if p.budget == budget]
         header, rule = ["model"], ["---"]
         for name, ds in DATASETS.items():
             header.append(ds.label)
@@ -483,7 +593,8 @@ def render(results: list[Result], out: Path, failed: list[Failure] = ()) -> str:
             row = [label]
             for name, ds in DATASETS.items():
                 row.append(_cell([r for r in rs if r.model == model and r.dataset == name],
-                                 [f for f in fs if f.model == model and f.dataset == name]))
+                                 [f for f in fs if f.model == model and f.dataset == name],
+                                 [p for p in ps if p.model == model and p.dataset == name]))
                 if ds.paper_label:
                     row.append(f"*{ds.paper[model]}*" if model in ds.paper else "")
             lines.append("| " + " | ".join(row) + " |")
@@ -496,7 +607,7 @@ def render(results: list[Result], out: Path, failed: list[Failure] = ()) -> str:
         for r in sorted(results, key=lambda r: (r.budget, r.dataset, list(MODELS).index(r.model), r.seed)):
             resumed = f", {r.attempts} attempts" if r.attempts > 1 else ""
             if r.untimed_attempts:
-                resumed += f" (+{r.untimed_attempts} untimed: a lower bound)"
+                resumed += f" ({r.untimed_attempts} without a recorded end: a lower bound)"
             lines.append(f"| {MODELS[r.model]} | {r.dataset} | {r.budget} | {r.seed} | {r.precision} | {r.rel_l2:.4e} | "
                          f"{_hours(r.wall_s)}{resumed} | {_hours(r.full_protocol_s())} | {r.card} | {r.commit} | "
                          f"`{r.folder.relative_to(out)}` |")
@@ -510,6 +621,19 @@ def render(results: list[Result], out: Path, failed: list[Failure] = ()) -> str:
             reason = f.reason.replace("|", "/")
             lines.append(f"| {MODELS[f.model]} | {f.dataset} | {f.budget} | {f.seed} | {f.precision} | {f.rc} | {reason} | "
                          f"{_hours(f.wall_s)} | {f.card} | {f.commit} | `{f.folder.relative_to(out)}` |")
+        lines.append("")
+    if running:
+        lines += ["## Runs in progress", "",
+                  "Runs whose last attempt recorded no end: still training, or stopped with their machine before",
+                  "the test. `launch` with the same arguments resumes them from `last.ckpt`. The validation error",
+                  "is the best so far (validation samples, not the test set).", "",
+                  "| model | dataset | budget | seed | precision | epochs done | best val. rel. L2 so far | time so far | card | commit | folder |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in running:
+            best = f"{r.best_val:.4e}" if r.best_val is not None else "none yet"
+            lines.append(f"| {MODELS[r.model]} | {r.dataset} | {r.budget} | {r.seed} | {r.precision} | "
+                         f"{r.epochs_done}/{r.max_epochs} | {best} | {_hours(r.wall_s)} (at least) | {r.card} | "
+                         f"{r.commit} | `{r.folder.relative_to(out)}` |")
         lines.append("")
     return "\n".join(lines)
 
@@ -545,10 +669,10 @@ def main(argv: list[str] | None = None) -> None:
         for proc in procs:
             proc.wait()
     out = args.out.resolve()
-    results, failed = collect(out), failures(out)
-    text = render(results, out, failed)
+    results, failed, running = collect(out), failures(out), in_progress(out)
+    text = render(results, out, failed, running)
     write_text(args.output, text)
-    print(f"{len(results)} finished runs, {len(failed)} failed -> {args.output}")
+    print(f"{len(results)} finished runs, {len(failed)} failed, {len(running)} in progress -> {args.output}")
 
 
 if __name__ == "__main__":

@@ -164,34 +164,92 @@ def test_worker_records_attempts_and_skips_finished_runs(accuracy, tmp_path):
     assert "trained" in (tmp_path / "flare_quickstart_seed0_ep1.log").read_text()
 
 
-def test_an_attempt_is_recorded_before_its_run_and_untimed_ones_are_marked(accuracy, tmp_path):
-    """A worker killed with its machine leaves an attempt without an end; the table counts it and
-    says the run's wall time is a lower bound."""
+def test_an_attempt_is_recorded_before_its_run_and_untimed_ones_are_marked(accuracy, tmp_path, monkeypatch):
+    """A worker killed with its machine leaves an attempt without an end. The next attempt opens
+    with a marker line in the log and beats a heartbeat into launch.json while it runs; the table
+    counts the lost attempt by its epoch times in the log and says the total is a lower bound."""
+    monkeypatch.setattr(accuracy, "HEARTBEAT_S", 0.05)
     out = tmp_path / "runs"
     run = accuracy.Run("flare", "darcy", 0, 50, out)
     queue = {"runs": [{"model": "flare", "dataset": "darcy", "seed": 0, "epochs": 50, "out": str(out)}],
              "fast_step": False, "extra": [], "commit": "abc1234", "log_dir": str(tmp_path)}
     (tmp_path / "queue.json").write_text(json.dumps(queue))
-    seen = {}
-
-    def fake_run(cmd, **kwargs):  # what launch.json holds while the run is going
-        seen.update(json.loads((run.folder / "launch.json").read_text())["attempts"][-1])
-        run.folder.mkdir(parents=True, exist_ok=True)
-        (run.folder / "test_metrics.json").write_text(json.dumps({"test/rel_l2": 0.006}))
-        return subprocess.CompletedProcess(cmd, 0)
-
     run.folder.mkdir(parents=True)
     (run.folder / "launch.json").write_text(json.dumps({"attempts": [
         {"start": 0.0, "end": None, "wall_s": None, "rc": None, "command": ["flare", "fit"]}]}))
-    with mock.patch.object(accuracy.subprocess, "run", side_effect=fake_run), \
+    log = tmp_path / "flare_darcy_seed0_ep50.log"  # the lost attempt's log has no marker (older worker)
+    log.write_text("Seed set to 0\nepoch 1/50  val/loss 0.9  val/rel_l2 0.6  (65.2 s, peak 0.86 GB)\n"
+                   "epoch 2/50  train/rel_l2 0.9  val/loss 0.8  val/rel_l2 0.5  (3.1 s)\n")
+    # The run copies launch.json as it is while the run goes, sleeps past a few heartbeats, then finishes.
+    script = ("import json, pathlib, shutil, sys, time; p = pathlib.Path(sys.argv[1]); "
+              "shutil.copy(p / 'launch.json', p / 'seen.json'); time.sleep(0.4); "
+              "(p / 'test_metrics.json').write_text(json.dumps({'test/rel_l2': 0.006})); print('epoch 3/50  (4.0 s)')")
+    with mock.patch.object(accuracy.Run, "command", return_value=[sys.executable, "-c", script, str(run.folder)]), \
             mock.patch.object(accuracy, "card_name", return_value="NVIDIA H200"):
         accuracy.worker(tmp_path / "queue.json")
+    seen = json.loads((run.folder / "seen.json").read_text())["attempts"][-1]
     assert seen["start"] > 0 and seen["end"] is None and seen["rc"] is None
     attempts = json.loads((run.folder / "launch.json").read_text())["attempts"]
-    assert len(attempts) == 2 and attempts[1]["rc"] == 0 and attempts[1]["wall_s"] >= 0
+    assert len(attempts) == 2 and attempts[1]["rc"] == 0 and attempts[1]["wall_s"] >= 0.4
+    assert attempts[1]["start"] < attempts[1]["last_seen"] <= attempts[1]["end"]
+    text = log.read_text()
+    assert text.count(accuracy.ATTEMPT_MARK) == 1 and f"{accuracy.ATTEMPT_MARK}2 at " in text
+    assert accuracy.epoch_seconds_per_attempt(text, 2) == pytest.approx([68.3, 4.0])
+    # collect reads the log where a launch keeps it, <out>/logs
+    (out / "logs").mkdir()
+    log.rename(out / "logs" / log.name)
     (result,) = accuracy.collect(out)
     assert result.attempts == 2 and result.untimed_attempts == 1
-    assert "2 attempts (+1 untimed: a lower bound)" in accuracy.render([result], out)
+    assert result.wall_s == pytest.approx(68.3 + attempts[1]["wall_s"])
+    assert "2 attempts (1 without a recorded end: a lower bound)" in accuracy.render([result], out)
+
+
+def test_time_of_attempts_without_an_end(accuracy):
+    """Recorded wall time first, else the last heartbeat, else the epoch times of the log."""
+    ended = {"start": 0.0, "wall_s": 100.0}
+    beat = {"start": 1000.0, "wall_s": None, "last_seen": 1060.0}
+    lost = {"start": 2000.0, "wall_s": None}
+    assert accuracy.timed_seconds([ended, beat]) == 160.0
+    assert accuracy.timed_seconds([ended, lost]) == 100.0
+    assert accuracy.timed_seconds([ended, beat, lost], [99.0, 5.0, 30.0]) == 190.0  # wall_s and heartbeat win
+    assert accuracy.timed_seconds([lost]) is None and accuracy.timed_seconds([lost], [0.0]) is None
+    assert accuracy.timed_seconds([]) is None
+
+
+def test_epoch_seconds_split_by_attempt_markers(accuracy):
+    mark = accuracy.ATTEMPT_MARK
+    log = (f"{mark}1 at t\nepoch 1/9  val/rel_l2 0.5  (10.5 s, peak 1 GB)\nepoch 2/9  (2 s)\n"
+           f"{mark}2 at t\nSeed set to 0\nTraceback...\n"
+           f"{mark}3 at t\nepoch 3/9  train/rel_l2 0.1  (3.25 s)\nepoch 3/9 is not a summary line\n")
+    assert accuracy.epoch_seconds_per_attempt(log, 3) == pytest.approx([12.5, 0.0, 3.25])
+    assert accuracy.epoch_seconds_per_attempt(log, 2) is None  # attempts and log disagree: unknown
+    assert accuracy.epoch_seconds_per_attempt("epoch 1/9  (7 s)\n" + f"{mark}2 at t\n", 2) == pytest.approx([7.0, 0.0])
+
+
+def test_runs_in_progress_are_listed_with_their_progress(accuracy, tmp_path):
+    """A run whose machine went away mid-training is neither "not run" nor a failure: its cell and
+    a section say how far it got (epochs with validation, best validation error so far)."""
+    out = tmp_path / "runs"
+    fake_run(out, "flare_darcy", "seed0_full", False)
+    folder = out / "flare_darcy" / "seed0_full"
+    (folder / "launch.json").write_text(json.dumps({"attempts": [{"start": 0.0, "end": None, "wall_s": None,
+        "rc": None, "last_seen": 600.0, "command": ["flare", "fit", "--trainer.precision", "bf16-mixed"]}],
+        "epochs": None, "card": "NVIDIA H200", "commit": "abc1234"}))
+    (folder / "metrics.csv").write_text("epoch,step,train/loss,train/rel_l2,val/loss,val/rel_l2\n"
+                                        "0,499,,,0.9,0.60\n0,499,0.99,0.99,,\n1,999,,,0.5,0.30\n"
+                                        "1,999,0.5,0.5,,\n2,1499,,,0.6,0.35\n2,1499,0.4,0.4,,\n")
+    fake_run(out, "transolver_darcy", "seed0_full", 0.02, wall_s=60)  # finished: not in progress
+    fake_run(out, "perceiverio_darcy", "seed0_full", False, wall_s=60)  # exit 0 without metrics: not running
+    running = accuracy.in_progress(out)
+    assert [(r.model, r.epochs_done, r.max_epochs, r.best_val, r.wall_s, r.precision) for r in running] == [
+        ("flare", 3, 500, 0.30, 600.0, "bf16-mixed")]
+    text = accuracy.render(accuracy.collect(out), out, [], running)
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.split("## Runs")[0].splitlines()
+            if line.startswith("| ")}
+    assert rows["FLARE"][1] == "in progress (3/500 epochs; see below)"
+    assert rows["Transolver"][1] == "**20.00** (1 min)" and rows["PerceiverIO"][1] == "not run"
+    section = text.split("## Runs in progress")[1]
+    assert "| FLARE | darcy | full | 0 | bf16-mixed | 3/500 | 3.0000e-01 | 10 min (at least) | NVIDIA H200 | abc1234 |" in section
 
 
 def test_workers_keep_the_callers_python_path(accuracy, monkeypatch):
