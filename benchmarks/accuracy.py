@@ -242,6 +242,9 @@ def worker(queue_file: Path) -> None:
         cmd = run.command(queue["fast_step"], tuple(queue["extra"]))
         record_path = run.folder / "launch.json"
         record = json.loads(record_path.read_text()) if record_path.is_file() else {"attempts": []}
+        for earlier in record["attempts"]:  # records from before attempts kept their own commit and card
+            earlier.setdefault("commit", record.get("commit"))
+            earlier.setdefault("card", record.get("card"))
         record.update(model=run.model, dataset=run.dataset, seed=run.seed, epochs=run.epochs, card=card,
                       commit=queue["commit"], cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
         log = Path(queue["log_dir"]) / f"{run.name}_{run.tag}.log"
@@ -249,7 +252,8 @@ def worker(queue_file: Path) -> None:
         start = time.time()
         # Recorded before the run starts, so an attempt whose machine went away still counts
         # (its end and wall time stay None: the table then marks the run's time as a lower bound).
-        record["attempts"].append({"start": start, "end": None, "wall_s": None, "rc": None, "command": cmd})
+        record["attempts"].append({"start": start, "end": None, "wall_s": None, "rc": None, "command": cmd,
+                                   "commit": queue["commit"], "card": card})
         write_json(record_path, record)
         rc = run_attempt(cmd, log, len(record["attempts"]), record, record_path)
         end = time.time()
@@ -394,6 +398,14 @@ def timed_seconds(attempts: list[dict], epoch_s: list[float] | None = None) -> f
     return sum(known) if known else None
 
 
+def per_attempt(record: dict, key: str) -> str:
+    """A run's ``card`` or ``commit``: one value, or the attempts' distinct values in order
+    ("db698da, then f478dfd") when a resumed run changed machine or code."""
+    values = [a.get(key) or record.get(key) for a in record.get("attempts", [])] or [record.get(key)]
+    distinct = list(dict.fromkeys(v or "unknown" for v in values))
+    return ", then ".join(distinct)
+
+
 def run_log(out: Path, folder: Path) -> Path:
     """The log a worker appends every attempt of the run in ``folder`` to."""
     return out / "logs" / f"{folder.parent.name}_{folder.name}.log"
@@ -417,7 +429,7 @@ def collect(out: Path) -> list[Result]:
         results.append(Result(
             model, dataset, seed, budget, float(rel), timed_seconds(attempts, attempt_epoch_seconds(out, folder, attempts)),
             len(attempts),
-            record.get("card", "unknown"), record.get("commit", "unknown"), folder,
+            per_attempt(record, "card"), per_attempt(record, "commit"), folder,
             run_precision(attempts[-1]["command"]) if attempts else "unknown", untimed,
         ))
     return results
@@ -460,7 +472,7 @@ def failures(out: Path) -> list[Failure]:
                     reason = f"{match.group(1)}: {match.group(2)}"
         found.append(Failure(model, dataset, seed, budget, int(attempts[-1]["rc"]), reason,
                              timed_seconds(attempts, attempt_epoch_seconds(out, folder, attempts)),
-                             record.get("card", "unknown"), record.get("commit", "unknown"), folder,
+                             per_attempt(record, "card"), per_attempt(record, "commit"), folder,
                              run_precision(attempts[-1]["command"])))
     return found
 
@@ -509,7 +521,7 @@ def in_progress(out: Path) -> list[InProgress]:
         max_epochs = record.get("epochs") or yaml.safe_load(config_path(model, dataset).read_text())["trainer"]["max_epochs"]
         found.append(InProgress(model, dataset, seed, budget, done, max_epochs, best,
                                 timed_seconds(attempts, attempt_epoch_seconds(out, folder, attempts)),
-                                record.get("card", "unknown"), record.get("commit", "unknown"), folder,
+                                per_attempt(record, "card"), per_attempt(record, "commit"), folder,
                                 run_precision(attempts[-1]["command"])))
     return found
 

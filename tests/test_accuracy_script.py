@@ -175,8 +175,9 @@ def test_an_attempt_is_recorded_before_its_run_and_untimed_ones_are_marked(accur
              "fast_step": False, "extra": [], "commit": "abc1234", "log_dir": str(tmp_path)}
     (tmp_path / "queue.json").write_text(json.dumps(queue))
     run.folder.mkdir(parents=True)
-    (run.folder / "launch.json").write_text(json.dumps({"attempts": [
-        {"start": 0.0, "end": None, "wall_s": None, "rc": None, "command": ["flare", "fit"]}]}))
+    (run.folder / "launch.json").write_text(json.dumps({"attempts": [  # as an older worker left it
+        {"start": 0.0, "end": None, "wall_s": None, "rc": None, "command": ["flare", "fit"]}],
+        "commit": "old0000", "card": "NVIDIA H200"}))
     log = tmp_path / "flare_darcy_seed0_ep50.log"  # the lost attempt's log has no marker (older worker)
     log.write_text("Seed set to 0\nepoch 1/50  val/loss 0.9  val/rel_l2 0.6  (65.2 s, peak 0.86 GB)\n"
                    "epoch 2/50  train/rel_l2 0.9  val/loss 0.8  val/rel_l2 0.5  (3.1 s)\n")
@@ -201,6 +202,8 @@ def test_an_attempt_is_recorded_before_its_run_and_untimed_ones_are_marked(accur
     (result,) = accuracy.collect(out)
     assert result.attempts == 2 and result.untimed_attempts == 1
     assert result.wall_s == pytest.approx(68.3 + attempts[1]["wall_s"])
+    assert [a["commit"] for a in attempts] == ["old0000", "abc1234"]  # each attempt keeps its own code
+    assert (result.commit, result.card) == ("old0000, then abc1234", "NVIDIA H200")
     assert "2 attempts (1 without a recorded end: a lower bound)" in accuracy.render([result], out)
 
 
