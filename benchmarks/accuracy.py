@@ -80,13 +80,18 @@ def config_path(model: str, dataset: str) -> Path:
     return path
 
 
-def finished(folder: Path) -> bool:
-    """A run is done when its test_metrics.json holds a finite test/rel_l2."""
+def rel_l2_of(folder: Path) -> float | None:
+    """The run's test/rel_l2 from its test_metrics.json (None: no file, or no finite value)."""
     try:
         value = json.loads((folder / "test_metrics.json").read_text()).get("test/rel_l2")
     except (OSError, ValueError):
-        return False
-    return isinstance(value, (int, float))
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def finished(folder: Path) -> bool:
+    """A run is done when its test_metrics.json holds a finite test/rel_l2."""
+    return rel_l2_of(folder) is not None
 
 
 @dataclass
@@ -338,7 +343,7 @@ def launch(args: argparse.Namespace) -> list[subprocess.Popen]:
         with open(log_dir / f"worker_{slot}.log", "a") as fh:
             procs.append(subprocess.Popen([sys.executable, __file__, "worker", str(queue_file)], cwd=ROOT, env=env,
                                           stdout=fh, stderr=subprocess.STDOUT, start_new_session=True))
-        print(f"worker {slot} (pid {procs[-1].pid}) on GPU {args.devices[slot]}: log {log_dir}/worker_{slot}.log")
+        print(f"worker {slot} (pid {procs[-1].pid}, CUDA_VISIBLE_DEVICES={args.devices[slot]}): log {log_dir}/worker_{slot}.log")
     return procs
 
 
@@ -421,13 +426,13 @@ def collect(out: Path) -> list[Result]:
     """Every finished run under ``out`` (``<model>_<dataset>/seed<S>_<budget>/test_metrics.json``)."""
     results = []
     for folder, model, dataset, seed, budget, record in run_folders(out):
-        if not finished(folder):
+        rel = rel_l2_of(folder)
+        if rel is None:
             continue
-        rel = json.loads((folder / "test_metrics.json").read_text())["test/rel_l2"]
         attempts = record.get("attempts", [])
         untimed = sum(1 for a in attempts if a.get("wall_s") is None)
         results.append(Result(
-            model, dataset, seed, budget, float(rel), timed_seconds(attempts, attempt_epoch_seconds(out, folder, attempts)),
+            model, dataset, seed, budget, rel, timed_seconds(attempts, attempt_epoch_seconds(out, folder, attempts)),
             len(attempts),
             per_attempt(record, "card"), per_attempt(record, "commit"), folder,
             run_precision(attempts[-1]["command"]) if attempts else "unknown", untimed,
