@@ -590,7 +590,8 @@ def render(results: list[Result], out: Path, failed: list[Failure] = (), running
         "under bf16 autocast (CPU, docs/datasets/elasticity.md).",
         "PerceiverIO follows the authors' code: a point's output is an attention average of the latents,",
         "with no residual from the point's own features, so outputs differ between points only through",
-        "the attention weights; in the quickstart's 27 epochs its validation error barely falls (its log).",
+        "the attention weights; in the quickstart's 27 epochs it stays on a plateau (validation ~0.59), though",
+        "it learns on a longer schedule (README, \"Benchmarks\").",
         f"Made by `python benchmarks/accuracy.py collect` from the runs under `{_shown(out)}`.",
         "",
     ]
