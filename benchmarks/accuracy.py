@@ -416,10 +416,19 @@ def run_log(out: Path, folder: Path) -> Path:
     return out / "logs" / f"{folder.parent.name}_{folder.name}.log"
 
 
-def attempt_epoch_seconds(out: Path, folder: Path, attempts: list[dict]) -> list[float] | None:
-    """``epoch_seconds_per_attempt`` of the run's log (None without a log)."""
-    log = run_log(out, folder)
-    return epoch_seconds_per_attempt(log.read_text(errors="replace"), len(attempts)) if log.is_file() else None
+def run_facts(out: Path, folder: Path, record: dict) -> dict:
+    """What every table says of a run folder: ``wall_s``, ``card``, ``commit`` and ``precision``
+    from its launch record; the run's log is read only for an attempt with neither an end nor a
+    heartbeat."""
+    attempts = record.get("attempts", [])
+    epoch_s = None
+    if any(a.get("wall_s") is None and a.get("last_seen") is None for a in attempts):
+        log = run_log(out, folder)
+        if log.is_file():
+            epoch_s = epoch_seconds_per_attempt(log.read_text(errors="replace"), len(attempts))
+    return {"wall_s": timed_seconds(attempts, epoch_s), "card": per_attempt(record, "card"),
+            "commit": per_attempt(record, "commit"),
+            "precision": run_precision(attempts[-1]["command"]) if attempts else "unknown"}
 
 
 def collect(out: Path) -> list[Result]:
@@ -431,12 +440,8 @@ def collect(out: Path) -> list[Result]:
             continue
         attempts = record.get("attempts", [])
         untimed = sum(1 for a in attempts if a.get("wall_s") is None)
-        results.append(Result(
-            model, dataset, seed, budget, rel, timed_seconds(attempts, attempt_epoch_seconds(out, folder, attempts)),
-            len(attempts),
-            per_attempt(record, "card"), per_attempt(record, "commit"), folder,
-            run_precision(attempts[-1]["command"]) if attempts else "unknown", untimed,
-        ))
+        results.append(Result(model, dataset, seed, budget, rel, attempts=len(attempts), folder=folder,
+                              untimed_attempts=untimed, **run_facts(out, folder, record)))
     return results
 
 
@@ -475,10 +480,8 @@ def failures(out: Path) -> list[Failure]:
                 match = FAILURE_LINE.match(line.strip())
                 if match:
                     reason = f"{match.group(1)}: {match.group(2)}"
-        found.append(Failure(model, dataset, seed, budget, int(attempts[-1]["rc"]), reason,
-                             timed_seconds(attempts, attempt_epoch_seconds(out, folder, attempts)),
-                             per_attempt(record, "card"), per_attempt(record, "commit"), folder,
-                             run_precision(attempts[-1]["command"])))
+        found.append(Failure(model, dataset, seed, budget, int(attempts[-1]["rc"]), reason, folder=folder,
+                             **run_facts(out, folder, record)))
     return found
 
 
@@ -524,10 +527,8 @@ def in_progress(out: Path) -> list[InProgress]:
             continue
         done, best = training_progress(folder)
         max_epochs = record.get("epochs") or yaml.safe_load(config_path(model, dataset).read_text())["trainer"]["max_epochs"]
-        found.append(InProgress(model, dataset, seed, budget, done, max_epochs, best,
-                                timed_seconds(attempts, attempt_epoch_seconds(out, folder, attempts)),
-                                per_attempt(record, "card"), per_attempt(record, "commit"), folder,
-                                run_precision(attempts[-1]["command"])))
+        found.append(InProgress(model, dataset, seed, budget, done, max_epochs, best, folder=folder,
+                                **run_facts(out, folder, record)))
     return found
 
 
