@@ -17,6 +17,10 @@ bf16-mixed and 32-true, one run on one card, rows side by side:
 | ``ours-fast-blockwise`` | ``ours-fast`` with the model's blocks compiled one by one (the path before bedb423) |
 | ``ours-fast-unpinned`` | ``ours-fast`` with pageable batches (as before 2026-11-30's third session) |
 | ``ours-fast-coordesc`` | ``ours-fast`` with Inductor's coordinate-descent tuning of its Triton kernels |
+| ``ours-fast-masked`` | ``ours-fast`` with the batch's all-True mask handed to the network (the path before the collate's ``padded`` flag) |
+| ``transformer-fast`` | the Transformer baseline's config (``configs/baselines/transformer_<dataset>.yaml``), fast step |
+| ``transformer-fast-masked`` | ``transformer-fast`` with the all-True mask (masked SDPA instead of flash) |
+| ``transolver-fast``, ``perceiverio-fast`` | the other baselines' configs, fast step |
 
 Each row is a real ``flare fit`` (CLI, datamodule, Lightning loop, logging, checkpoints):
 epoch 0 warms up (compilation, graph capture) and epoch 1 is timed. Rows slower than
@@ -70,14 +74,34 @@ ROWS = {
     "ours-fast-blockwise": ["--model.fast_step=true"],
     "ours-fast-unpinned": ["--model.fast_step=true"],
     "ours-fast-coordesc": ["--model.fast_step=true"],
+    "ours-fast-masked": ["--model.fast_step=true"],
+    "transformer-fast": ["--model.fast_step=true"],
+    "transformer-fast-masked": ["--model.fast_step=true"],
+    "transolver-fast": ["--model.fast_step=true"],
+    "perceiverio-fast": ["--model.fast_step=true"],
 }
+BASELINE_ROWS = {"transformer-fast": "transformer", "transformer-fast-masked": "transformer",
+                 "transolver-fast": "transolver", "perceiverio-fast": "perceiverio"}  # row -> configs/baselines/<model>_
+ALWAYS_MASKED = staticmethod(lambda batch: batch["mask"])  # the network sees the mask even without padding
 INDUCTOR = {"ours-fast-max-autotune": {"max_autotune_gemm": True},
             "ours-fast-coordesc": {"coordinate_descent_tuning": True}}
 ENV = {"ours-fast-tuned": {"FLARE_MIXER_AUTOTUNE": "1"}}
 PATCHES = {  # module constants a row sets for its run
     "ours-fast-blockwise": {"flare_lightning.module.WHOLE_GRAPH_FAST_STEP": False},
     "ours-fast-unpinned": {"datamodules.mesh_datamodule.MeshDataModule._pin_memory": lambda self: False},
+    "ours-fast-masked": {"flare_lightning.module.SurrogateModule.network_mask": ALWAYS_MASKED},
+    "transformer-fast-masked": {"flare_lightning.module.SurrogateModule.network_mask": ALWAYS_MASKED},
 }
+
+
+def row_config(dataset: str, row: str) -> Path:
+    """The config a row trains: the dataset's FLARE config, or a baseline's for its rows."""
+    model = BASELINE_ROWS.get(row)
+    return REPO / (DATASETS[dataset] if model is None else f"configs/baselines/{model}_{dataset}.yaml")
+
+
+def is_fast(row: str) -> bool:
+    return "-fast" in row
 
 
 class EpochTimer(L.Callback):
@@ -121,7 +145,7 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
     timer = EpochTimer()
     name = f"{dataset}_{row}_{precision}"
     args = [
-        f"--config={REPO / DATASETS[dataset]}", *ROWS[row],
+        f"--config={row_config(dataset, row)}", *ROWS[row],
         f"--trainer.precision={precision}", "--trainer.max_epochs=2", "--trainer.num_sanity_val_steps=0",
         f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
         f"--trainer.logger.init_args.name={name}", "--trainer.enable_progress_bar=false",
@@ -136,7 +160,7 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
         torch.cuda.reset_peak_memory_stats()
     cli = make_cli(args, run=False)
     cli.trainer.callbacks.append(timer)
-    if profile and row.startswith("ours-fast"):
+    if profile and is_fast(row):
         cli.trainer.callbacks.append(FastStepProfile())
     import torch._inductor.config as inductor_config
 
@@ -211,16 +235,24 @@ def environment() -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'dataset':<11}{'precision':<12}{'row':<20}{'ms/step':>9}{'val s':>8}{'epoch s':>9}"
+    def same(r: dict, row: str) -> dict | None:
+        return next((x for x in rows if x["row"] == row and x["dataset"] == r["dataset"]
+                     and x["precision"] == r["precision"]), None)
+
+    print(f"\n{'dataset':<11}{'precision':<12}{'row':<25}{'ms/step':>9}{'val s':>8}{'epoch s':>9}"
           f"{'500 ep min':>11}{'peak GB':>9}{'vs ref':>8}")
     for r in rows:
-        ref = next((x for x in rows if x["row"] == "reference-compiled" and x["dataset"] == r["dataset"]
-                    and x["precision"] == r["precision"]), None)
+        ref = None if r["row"] in BASELINE_ROWS else same(r, "reference-compiled")  # FLARE rows only
         speed = f"{ref['step_ms'] / r['step_ms']:.1f}x" if ref else "-"
         mark = "" if r["epoch_measured"] else "*"
-        print(f"{r['dataset']:<11}{r['precision']:<12}{r['row']:<20}{r['step_ms']:>9.2f}{r['val_s']:>8.2f}"
+        print(f"{r['dataset']:<11}{r['precision']:<12}{r['row']:<25}{r['step_ms']:>9.2f}{r['val_s']:>8.2f}"
               f"{r['epoch_s']:>8.1f}{mark:1}{r['500_epochs_min']:>11.1f}{r['peak_gb']:>9.2f}{speed:>8}")
     print("* epoch = batches x step + validation (the row trained fewer batches per epoch)")
+    for r in rows:  # the network without the all-True mask against with it, same run
+        masked = same(r, r["row"] + "-masked")
+        if masked:
+            print(f"{r['dataset']} {r['precision']} {r['row']}: {r['step_ms']:.2f} ms/step without the mask, "
+                  f"{masked['step_ms']:.2f} with it ({masked['step_ms'] / r['step_ms']:.2f}x)")
 
 
 def main() -> None:
@@ -239,7 +271,7 @@ def main() -> None:
     for dataset in args.datasets:
         for precision in args.precisions:
             for row in args.rows:
-                steps = None if row.startswith("ours-fast") else args.steps
+                steps = None if is_fast(row) else args.steps
                 try:
                     result = run_row(dataset, precision, row, steps, Path(args.root), args.profile)
                 except Exception as err:  # one failed row must not lose the others

@@ -35,7 +35,9 @@ class PaddedCollate:
     """PyG batch -> dict of dense tensors.
 
     Returns ``x`` [B, N_max, d + f] (model inputs), ``y`` [B, N_max, o], ``pos``
-    [B, N_max, d], ``mask`` [B, N_max] bool (True on real points), ``sample_id`` [B], and
+    [B, N_max, d], ``mask`` [B, N_max] bool (True on real points), ``sample_id`` [B],
+    ``padded`` (a Python bool: some sample is padded, i.e. ``mask`` is not all True; known
+    here on the host, so a network can skip masking without a device sync), and
     ``normals`` [B, N_max, 3] / ``areas`` [B, N_max, 1] when the samples carry them.
     Batch size and maximum node count are passed to ``to_dense_batch`` so that no
     device synchronisation is needed.
@@ -65,5 +67,6 @@ class PaddedCollate:
             "y": dense(batch.y)[0],
             "pos": dense(batch.pos)[0],
             "mask": mask,
+            "padded": any(d.num_nodes != n_max for d in data_list),
             "sample_id": batch.sample_id.view(-1),
         }

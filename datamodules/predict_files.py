@@ -73,7 +73,7 @@ class PredictFileDataset(Dataset):
 
 class PredictCollate:
     """Like ``PaddedCollate``, for files that may lack targets: ``x``, ``pos``, ``mask``,
-    ``sample_id``, ``meshes`` (the samples' ``MeshGeometry``), ``normals``/``areas``
+    ``padded``, ``sample_id``, ``meshes`` (the samples' ``MeshGeometry``), ``normals``/``areas``
     [B, N_max, ·] when every sample of the batch has them, and ``y`` [B, N_max, o] with
     ``has_target`` [B] bool when some have targets (zeros for those without)."""
 
@@ -96,7 +96,8 @@ class PredictCollate:
 
         x, mask = dense(model_inputs(batch))
         out: dict[str, Any] = {
-            "x": x, "pos": dense(batch.pos)[0], "mask": mask, "sample_id": batch.sample_id.view(-1), "meshes": meshes
+            "x": x, "pos": dense(batch.pos)[0], "mask": mask, "padded": any(d.num_nodes != n_max for d in plain),
+            "sample_id": batch.sample_id.view(-1), "meshes": meshes,
         }
         if has_target.any():
             out["has_target"] = has_target

@@ -27,12 +27,15 @@ from torch.optim import Optimizer
 
 LossFn = Callable[[dict[str, Tensor]], Tensor]  # batch -> per-sample losses [B]
 TRAIN_KEYS = ("x", "y", "mask")
+FLAG_KEYS = ("padded",)  # host-side Python values of a batch that change the captured computation
 MAX_GRAPHS = 16  # batch shapes captured at most; further shapes run eagerly (each graph holds memory)
 
 
-def batch_key(batch: dict[str, Tensor], keys: tuple[str, ...] = TRAIN_KEYS) -> tuple:
-    """Shapes and dtypes of a batch's tensors: one captured graph per distinct key."""
-    return tuple((k, tuple(batch[k].shape), batch[k].dtype) for k in keys)
+def batch_key(batch: dict[str, Tensor | None], keys: tuple[str, ...] = TRAIN_KEYS) -> tuple:
+    """Shapes and dtypes of a batch's tensors (None for an absent one) and its flags (e.g.
+    ``padded``): one captured graph per distinct key."""
+    shapes = tuple((k, None) if batch[k] is None else (k, tuple(batch[k].shape), batch[k].dtype) for k in keys)
+    return shapes + tuple((k, batch[k]) for k in FLAG_KEYS if k in batch)
 
 
 @contextmanager
@@ -61,6 +64,7 @@ class _Captured:
 
     seen: int = 0
     inputs: dict[str, Tensor] = field(default_factory=dict)
+    flags: dict[str, object] = field(default_factory=dict)
     graphs: list[torch.cuda.CUDAGraph] = field(default_factory=list)
     grads: list[Tensor] = field(default_factory=list)
 
@@ -207,11 +211,12 @@ class FastTrainStep:
 
     def _capture(self, entry: _Captured, batch: dict[str, Tensor]) -> None:
         entry.inputs = {name: batch[name].clone() for name in TRAIN_KEYS}
+        entry.flags = {name: batch[name] for name in FLAG_KEYS if name in batch}
         self.optimizer.zero_grad(set_to_none=True)  # backward allocates grads in the graph's pool
         torch.cuda.synchronize(self.device)
         first = torch.cuda.CUDAGraph()
         with torch.cuda.graph(first):
-            self._forward_backward(entry.inputs)
+            self._forward_backward(entry.inputs | entry.flags)
             if self.world_size == 1:
                 self._update()
         entry.graphs.append(first)
@@ -336,7 +341,7 @@ class GraphedForward:
         self._captured: dict[tuple, tuple[_Captured, Tensor]] = {}
 
     @torch.no_grad()
-    def __call__(self, x: Tensor, mask: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, mask: Tensor | None) -> Tensor:
         if not (self.capture and x.is_cuda):
             return self.fn(x, mask)
         key = batch_key({"x": x, "mask": mask}, ("x", "mask")) + (torch.is_autocast_enabled("cuda"),)
@@ -350,7 +355,7 @@ class GraphedForward:
                 return self.fn(x, mask)
         entry, out = self._captured[key]
         if not entry.graphs:
-            entry.inputs = {"x": x.clone(), "mask": mask.clone()}
+            entry.inputs = {"x": x.clone(), "mask": None if mask is None else mask.clone()}
             graph = torch.cuda.CUDAGraph()
             torch.cuda.synchronize(x.device)
             with uncached_autocast(x.device), torch.cuda.graph(graph):
@@ -358,6 +363,7 @@ class GraphedForward:
             entry.graphs.append(graph)
             self._captured[key] = (entry, out)
         entry.inputs["x"].copy_(x, non_blocking=True)
-        entry.inputs["mask"].copy_(mask, non_blocking=True)
+        if mask is not None:
+            entry.inputs["mask"].copy_(mask, non_blocking=True)
         entry.graphs[0].replay()
         return out

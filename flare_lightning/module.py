@@ -177,6 +177,12 @@ class SurrogateModule(L.LightningModule):
                 "(e.g. --ckpt_path best)"
             )
 
+    @staticmethod
+    def network_mask(batch: dict[str, Any]) -> Tensor | None:
+        """The mask handed to the network: None when the collate found no padding (``padded``
+        False), so attention runs its unmasked kernels (flash for the Transformer)."""
+        return batch["mask"] if batch.get("padded", True) else None
+
     def _forward_normalised(self, x: Tensor, mask: Tensor | None) -> Tensor:
         out = self.model(self.input_norm.encode(x), mask)
         return self.target_norm.decode(out.float())
@@ -191,11 +197,11 @@ class SurrogateModule(L.LightningModule):
 
     def _predict_in_context(self, batch: dict[str, Tensor]) -> Tensor:
         if not (self.hparams.get("fast_step") and batch["x"].is_cuda):
-            return self(batch["x"], batch["mask"])
+            return self(batch["x"], self.network_mask(batch))
         if self._fast_eval is None:
             self._check_fitted()
             self._fast_eval = GraphedForward(self._fast_functions()[1])
-        return self._fast_eval(batch["x"], batch["mask"])
+        return self._fast_eval(batch["x"], self.network_mask(batch))
 
     def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         pred = self._predict(batch)
@@ -231,7 +237,7 @@ class SurrogateModule(L.LightningModule):
     # --- the fast step -------------------------------------------------------------
     def _sample_losses(self, batch: dict[str, Tensor]) -> Tensor:
         """Per-sample training losses [B] of the fast step (the same loss as ``_shared_step``)."""
-        pred = self._forward_normalised(batch["x"], batch["mask"])
+        pred = self._forward_normalised(batch["x"], self.network_mask(batch))
         return self.loss_fn(pred, batch["y"], batch["mask"])
 
     def _fast_functions(self) -> tuple[Callable, Callable]:

@@ -38,3 +38,27 @@ def test_nccl_memory_runs_each_setting_with_exactly_its_variables(monkeypatch):
     for name, row in rows.items():
         assert row["env"] == nccl_memory.SETTINGS[name], name
         assert row["drop_gb"] == 0.0  # no device memory on the CPU
+
+
+def test_train_step_rows_train_the_right_model_and_mask():
+    """Every row of train_step_small.py has a config on both datasets; baseline rows train
+    the baseline's config; the ``-masked`` rows hand the all-True mask to the network."""
+    from unittest import mock
+
+    import torch
+
+    from flare_lightning.module import SurrogateModule
+
+    small = import_benchmark("train_step_small")
+    for dataset in ("darcy", "elasticity"):
+        for row in small.ROWS:
+            path = small.row_config(dataset, row)
+            assert path.is_file(), (dataset, row)
+            model = small.BASELINE_ROWS.get(row)
+            assert path.name == (f"{model}_{dataset}.yaml" if model else f"{dataset}.yaml"), (dataset, row)
+    batch = {"mask": torch.ones(2, 5, dtype=torch.bool), "padded": False}
+    assert SurrogateModule.network_mask(batch) is None
+    for target, value in small.PATCHES["transformer-fast-masked"].items():
+        with mock.patch(target, value):
+            assert SurrogateModule.network_mask(batch) is batch["mask"]
+    assert SurrogateModule.network_mask(batch) is None  # the patch is undone

@@ -31,6 +31,11 @@ def assert_padding_and_batch_invariant(model: nn.Module, in_dim: int, sizes=(30,
         torch.testing.assert_close(out[i, :n], alone[i], rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(out_wide[len(samples) - 1 - i, :n], alone[i], rtol=1e-10, atol=1e-10)
     assert torch.isfinite(out[mask]).all()
+    # An all-True mask and no mask are the same computation (the module drops the mask of
+    # batches without padding, so attention can run its unmasked kernels).
+    full = torch.randn(2, max(sizes), in_dim, dtype=torch.float64)
+    ones = torch.ones(2, max(sizes), dtype=torch.bool)
+    torch.testing.assert_close(model(full, ones), model(full, None), rtol=1e-12, atol=1e-12)
 
 
 def assert_permutation_equivariant(model: nn.Module, in_dim: int, n: int = 40) -> None:
