@@ -133,6 +133,11 @@ def test_collector_on_fake_runs(accuracy, tmp_path):
     assert "| Transolver | darcy | ep50 | 0 | bf16-mixed | 2.0000e-02 | 50 min, 2 attempts | 8.3 h | NVIDIA H200 | def5678+dirty |" in runs
     assert "| FLARE | quickstart | full | 0 | 32-true | 3.7000e-02 | 3 min | 3 min | cpu | abc1234 |" in runs
     assert accuracy.run_precision(["flare", "--trainer.precision", "16-mixed"]) == "16-mixed"
+    bf16 = ["flare", "--trainer.precision", "bf16-mixed"]
+    assert accuracy.run_precision([*bf16, "--model.eval_fp32", "true"]) == "bf16-mixed, fp32 eval"
+    assert accuracy.run_precision([*bf16, "--model.eval_fp32=True"]) == "bf16-mixed, fp32 eval"
+    assert accuracy.run_precision([*bf16, "--model.eval_fp32", "false"]) == "bf16-mixed"
+    assert accuracy.run_precision(["flare", "--model.eval_fp32", "true"]) == "32-true"  # fp32 already
 
 
 def test_collect_writes_the_table(accuracy, tmp_path):
