@@ -133,6 +133,20 @@ class SurrogateModule(L.LightningModule):
     def automatic_optimization(self, value: bool) -> None:
         self._automatic_optimization = value
 
+    @property
+    def trainer(self) -> L.Trainer:
+        return L.LightningModule.trainer.fget(self)
+
+    @trainer.setter
+    def trainer(self, trainer: L.Trainer | None) -> None:
+        # Lightning attaches the trainer at the start of every fit/validate/test/predict call. A
+        # new fit drops the previous fit's fast step: the fit starts in automatic optimization,
+        # which Lightning's check of gradient clipping needs, until on_fit_start builds a new one.
+        if trainer is not None and getattr(self, "_fast", None) is not None and trainer.state.fn == "fit":
+            self._fast.release_graphs()
+            self._fast, self._fast_eval = None, None
+        L.LightningModule.trainer.fset(self, trainer)
+
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
                              strict: bool | None = None, weights_only: bool = True, **kwargs: Any) -> SurrogateModule:

@@ -100,6 +100,34 @@ def test_fast_step_resumes_like_the_automatic_step(tiny_darcy_root, tmp_path):
     torch.testing.assert_close(finals[True], finals[False], rtol=1e-5, atol=1e-6)
 
 
+def test_a_second_fit_of_the_same_module_takes_the_fast_step_again(tiny_darcy_root):
+    """Fitting one module twice (new trainers, as in a notebook): the second fit starts in
+    automatic optimization for Lightning's clipping check, then builds its own fast step, and
+    both fits together match Lightning's automatic optimization doing the same."""
+    finals = {}
+    for fast in (False, True):
+        L.seed_everything(0, verbose=False)
+        dm = DarcyDataModule(root=str(tiny_darcy_root), train_file="train.mat", test_file="test.mat", n_train=8,
+                             n_val=4, n_test=4, stride=1, batch_size=2, generate=False)
+        model = FLARE(in_dim=3, out_dim=1, channels=16, num_blocks=2, num_heads=2, num_latents=8,
+                      mixer_backend="explicit")
+        module = SurrogateModule(model, in_dim=3, out_dim=1, lr=3e-3, fast_step=fast)
+        steps = []
+        for _ in range(2):
+            trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False, gradient_clip_val=1.0, limit_val_batches=0,
+                                accelerator="cpu", devices=1)
+            first = module._fast
+            trainer.fit(module, datamodule=dm)
+            steps.append(trainer.global_step)
+            assert module.automatic_optimization is not fast  # the fast step ran this fit
+            assert module._fast is not first or first is None  # a fresh one each fit
+        assert steps == [4, 4]
+        finals[fast] = torch.cat([p.detach().flatten() for p in module.parameters()])
+    # float32, two optimizer lives: a few 1e-6 of summation-order noise (one step moves ~1e-3)
+    torch.testing.assert_close(finals[True], finals[False], rtol=1e-5, atol=5e-6)
+
+
 def test_checkpoint_of_a_graph_run_resumes_on_cpu(tiny_darcy_root, tmp_path):
     """A GPU fast-step checkpoint holds capturable Adam groups (torch refuses those off CUDA):
     written like that here, it resumes on CPU and ends where the same checkpoint without the
