@@ -140,3 +140,26 @@ def test_graphs_of_unpadded_batches_replay_without_a_mask():
             step(batch | {"padded": flag})
     assert len(step._captured) == 2 and all(entry.graphs for entry in step._captured.values())
     assert {tuple(k[-1]) for k in step._captured} == {("padded", False), ("padded", True)}
+
+
+def test_a_fit_on_grid_data_hands_the_network_no_mask(tiny_darcy_root):
+    """End to end through a DataModule and Lightning's batch transfer: every Darcy batch (no
+    padding) reaches the network without a mask, in training and validation alike."""
+    import lightning as L
+
+    from datamodules.darcy import DarcyDataModule
+
+    class GridSpy(MaskSpy):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 1)
+
+    dm = DarcyDataModule(root=str(tiny_darcy_root), train_file="train.mat", test_file="test.mat", n_train=8,
+                         n_val=4, n_test=4, stride=1, batch_size=3, generate=False)
+    spy = GridSpy()
+    module = SurrogateModule(spy, in_dim=3, out_dim=1, lr=1e-3)
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 3 and len(spy.seen) >= 3 + 2  # three training steps, two validation batches
+    assert all(m is None for m in spy.seen)
