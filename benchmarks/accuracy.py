@@ -8,7 +8,9 @@ once (in the foreground), then starts one background worker per entry of ``--dev
 (``CUDA_VISIBLE_DEVICES`` set; repeat an id to run several models side by side on one GPU);
 each worker runs its queue one run after another, logs to ``<out>/logs/``, and records
 start, end, card and commit in ``launch.json`` beside the run. Launching again skips runs
-with a finished ``test_metrics.json`` and resumes interrupted ones from ``last.ckpt``.
+with a finished ``test_metrics.json`` and resumes interrupted ones from ``last.ckpt``, with the
+same options only: a run folder made with others (another precision, say) stops the launch
+before it starts, naming the folder (use another ``--out`` for the new settings).
 
     python benchmarks/accuracy.py launch --devices 0 1 --epochs 50 --dry-run   # print the plan
     python benchmarks/accuracy.py launch --devices 0 0 1 1 --epochs 50 [--fast-step] [-- --trainer.precision bf16-mixed]
@@ -137,6 +139,40 @@ class Run:
         if last.is_file():
             cmd.append(f"--ckpt_path={last}")
         return cmd
+
+
+# Options of a run's command that name where it runs, not what it trains.
+_PLACE_OPTIONS = ("--config=", "--seed_everything=", "--trainer.default_root_dir=", "--trainer.logger.init_args.",
+                  "--trainer.enable_progress_bar=", "--trainer.max_epochs=", "--ckpt_path=")
+
+
+def run_settings(command: list[str], dataset: str) -> list[str]:
+    """What a run's ``flare fit`` command chose beyond its model, dataset, seed and budget: the
+    fast step and the extra overrides (paths, interpreter and the dataset's overrides left out)."""
+    overrides = set(DATASETS[dataset].overrides)
+    rest = command[command.index("fit") + 1:] if "fit" in command else command  # after: python -m flare_lightning fit
+    return [a for a in rest if a not in overrides and not a.startswith(_PLACE_OPTIONS)]
+
+
+def settings_conflicts(runs: list[Run], fast_step: bool, extra: tuple[str, ...]) -> list[str]:
+    """Runs whose folder already holds an attempt made with other settings (say another precision):
+    resuming would mix the two in one run, and a finished one would be reported for settings it
+    did not use. One line each, naming the record and both settings."""
+    conflicts = []
+    for run in runs:
+        record_path = run.folder / "launch.json"
+        if not record_path.is_file():
+            continue
+        attempts = json.loads(record_path.read_text()).get("attempts") or []
+        if not attempts:
+            continue
+        had = run_settings(attempts[0]["command"], run.dataset)
+        asked = run_settings(run.command(fast_step, extra), run.dataset)
+        if had != asked:
+            state = "finished" if finished(run.folder) else "started"
+            conflicts.append(f"{record_path}: {state} with {' '.join(had) or '(no options)'}; this launch asks "
+                             f"{' '.join(asked) or '(no options)'}")
+    return conflicts
 
 
 def plan(models: list[str], datasets: list[str], seeds: list[int], epochs: int | None, out: Path) -> list[Run]:
@@ -318,6 +354,10 @@ def launch(args: argparse.Namespace) -> list[subprocess.Popen]:
     runs = plan(args.models, args.datasets, args.seeds, args.epochs, args.out.resolve())
     slots = assign(runs, args.devices)
     extra = tuple(args.extra)
+    conflicts = settings_conflicts(runs, args.fast_step, extra)
+    if conflicts:
+        raise SystemExit("accuracy.py launch: runs already made with other settings (launch them with the "
+                         "same options, or give --out a new folder):\n  " + "\n  ".join(conflicts))
     for slot, queue in slots.items():
         steps = sum(estimated_steps(r) for r in queue)
         print(f"# worker {slot}: CUDA_VISIBLE_DEVICES={args.devices[slot]}, {steps} optimizer steps in all")

@@ -95,6 +95,29 @@ def test_dry_run_prints_and_starts_nothing(accuracy, tmp_path, capsys):
     popen.assert_not_called()
 
 
+def test_launch_refuses_runs_made_with_other_settings(accuracy, tmp_path, capsys):
+    """A run folder holds one run: relaunching it with another precision (or without the fast
+    step) is refused before anything starts, naming the record and both settings; the same
+    settings from another machine (other paths, other interpreter) resume as before."""
+    run = accuracy.Run("transolver", "darcy", 0, None, tmp_path)
+    run.folder.mkdir(parents=True)
+    recorded = run.command(True, ("--trainer.precision", "32-true"))
+    elsewhere = ["/opt/other/python3"] + [a.replace(str(tmp_path), "/dev/shm/acc1") for a in recorded[1:]]
+    (run.folder / "launch.json").write_text(json.dumps({"attempts": [{"command": elsewhere, "wall_s": None}]}))
+    launch = ["launch", "--models", "transolver", "--datasets", "darcy", "--devices", "0", "--out", str(tmp_path),
+              "--dry-run"]
+    with mock.patch.object(accuracy.subprocess, "Popen") as popen:
+        accuracy.main([*launch, "--fast-step", "--", "--trainer.precision", "32-true"])  # same settings: fine
+        with pytest.raises(SystemExit, match="started with --model.fast_step=true --trainer.precision 32-true; "
+                                             "this launch asks --model.fast_step=true --trainer.precision bf16-mixed"):
+            accuracy.main([*launch, "--fast-step", "--", "--trainer.precision", "bf16-mixed"])
+        (run.folder / "test_metrics.json").write_text(json.dumps({"test/rel_l2": 0.01}))
+        with pytest.raises(SystemExit, match=r"launch.json: finished with .*; this launch asks --trainer.precision 32-true"):
+            accuracy.main([*launch, "--", "--trainer.precision", "32-true"])  # no fast step
+    popen.assert_not_called()
+    assert accuracy.run_settings(recorded, "darcy") == ["--model.fast_step=true", "--trainer.precision", "32-true"]
+
+
 def fake_run(out: Path, name: str, tag: str, rel_l2, wall_s=None, card="NVIDIA H200", commit="abc1234") -> None:
     folder = out / name / tag
     folder.mkdir(parents=True)
