@@ -51,10 +51,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: `benchmarks.` imports and class paths resolve
 
-from benchmarks.accuracy import ELASTICITY_PAPER_COUNTS  # noqa: E402
+from benchmarks.accuracy import ELASTICITY_PAPER_COUNTS, config_path  # noqa: E402
 from flare_lightning.atomic import atomic_write_text  # noqa: E402
-DATASETS = {"darcy": "configs/darcy.yaml", "elasticity": "configs/elasticity.yaml",
-            "drivaerml_1m": "configs/drivaerml_1m.yaml"}
+DATASETS = ("darcy", "elasticity", "drivaerml_1m")  # FLARE rows train configs/<dataset>.yaml (row_config)
 DATA_ARGS = {
     "elasticity": list(ELASTICITY_PAPER_COUNTS),  # 1000 training cells: 500 steps an epoch
     # 1.1M-point proxy surfaces (no download): 6 training runs of 2^20 sampled points
@@ -96,8 +95,7 @@ PATCHES = {  # module constants a row sets for its run
 
 def row_config(dataset: str, row: str) -> Path:
     """The config a row trains: the dataset's FLARE config, or a baseline's for its rows."""
-    model = BASELINE_ROWS.get(row)
-    return REPO / (DATASETS[dataset] if model is None else f"configs/baselines/{model}_{dataset}.yaml")
+    return config_path(BASELINE_ROWS.get(row, "flare"), dataset)
 
 
 def is_fast(row: str) -> bool:
