@@ -108,13 +108,6 @@ def test_eager_fast_step_passes_the_flag_to_the_loss():
     assert spy.seen[0] is None and spy.seen[1] is not None
 
 
-def test_graphed_forward_takes_no_mask():
-    lin = nn.Linear(2, 3)
-    fwd = GraphedForward(lambda x, m: lin(x) if m is None else lin(x) * m[..., None])
-    x = torch.randn(2, 5, 2)
-    torch.testing.assert_close(fwd(x, None), lin(x))
-
-
 @cuda
 def test_graphs_of_unpadded_batches_replay_without_a_mask():
     """On a GPU: the evaluation graph of a mask-free batch replays new inputs, and the
