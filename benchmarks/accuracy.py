@@ -39,6 +39,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+NOTES = ROOT / "benchmarks" / "accuracy_notes.md"  # findings written by hand, put under the tables
 MODELS = {"flare": "FLARE", "transolver": "Transolver", "transformer": "Transformer", "perceiverio": "PerceiverIO"}
 
 
@@ -620,9 +621,11 @@ def _budget_title(budget: str) -> str:
             "compressed to the budget, so these are not the paper's protocol)")
 
 
-def render(results: list[Result], out: Path, failed: list[Failure] = (), running: list[InProgress] = ()) -> str:
+def render(results: list[Result], out: Path, failed: list[Failure] = (), running: list[InProgress] = (),
+           notes: str = "") -> str:
     """ACCURACY.md: per epoch budget, a models x datasets table with the paper's real-data numbers
-    beside the local ones, then every run with its card, commit, seed and wall time."""
+    beside the local ones, then every run with its card, commit, seed and wall time. ``notes``
+    (markdown: what was learnt from the runs, written by hand) goes under the tables."""
     lines = [
         "# Accuracy: FLARE and the baselines on the same data",
         "",
@@ -634,17 +637,8 @@ def render(results: list[Result], out: Path, failed: list[Failure] = (), running
         "not comparable cell by cell** (DESIGN.md section 4; blank where it gives none).",
         "The authors' trainer runs in fp32 (`mixed_precision: bool = False` in FLARE.py's pdebench);",
         "each run's precision is in the table of runs (\"fp32 eval\": trained under bf16 autocast, validated",
-        "and tested in float32). At these error levels bf16 costs accuracy: the FLARE elasticity run (bf16,",
-        "tested under bf16 too, before `eval_fp32` existed) has weights that score 9.6e-3 on its test cells",
-        "evaluated in fp32 against the 11.4e-3 in the table (CPU, docs/datasets/elasticity.md). Transolver",
-        "trains in fp32 on elasticity: in bf16 it diverged at epoch 85 (NaN validation loss, commit 7798095).",
-        "PerceiverIO follows the authors' code: a point's output is an attention average of the latents,",
-        "with no residual from the point's own features, so outputs differ between points only through",
-        "the attention weights. Trained in bf16 at the paper's protocol it fell back to the error of its",
-        "first epoch (validation ~0.62-0.64) and stayed there: on Darcy after reaching 0.019 at epoch 123",
-        "(the checkpoint the table reports), on elasticity after epoch 7 (0.48). Whether fp32 training, the",
-        "authors' precision, avoids this is not yet checked. In the quickstart's 27 epochs it stays on a",
-        "plateau (validation ~0.59), though it learns on a longer schedule (README, \"Benchmarks\").",
+        "and tested in float32).",
+        *(["What the runs showed (precision, instabilities) is in \"Notes on the runs\", at the end."] if notes.strip() else []),
         f"Made by `python benchmarks/accuracy.py collect` from the runs under `{_shown(out)}`.",
         "",
     ]
@@ -709,7 +703,18 @@ def render(results: list[Result], out: Path, failed: list[Failure] = (), running
                          f"{r.epochs_done}/{r.max_epochs} | {best} | {_hours(r.wall_s)} (at least) | {r.card} | "
                          f"{r.commit} | `{r.folder.relative_to(out)}` |")
         lines.append("")
+    if notes.strip():
+        lines += ["## Notes on the runs", "", notes.strip(), ""]
     return "\n".join(lines)
+
+
+def read_notes(path: Path | None) -> str:
+    """The hand-written notes for ACCURACY.md; a named file that is missing is an error, not a silent omission."""
+    if path is None:
+        return ""
+    if not path.is_file():
+        raise SystemExit(f"--notes {path}: no such file (pass --notes '' to render without notes)")
+    return path.read_text()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -722,20 +727,22 @@ def main(argv: list[str] | None = None) -> None:
     lp.add_argument("--epochs", type=int, default=None, help="reduced epoch budget for every run (default: the configs')")
     lp.add_argument("--devices", nargs="+", default=["0"], help="GPU id per worker; repeat an id for several workers on it")
     lp.add_argument("--fast-step", action="store_true", help="pass --model.fast_step=true (issue 15)")
-    lp.add_argument("--out", type=Path, default=ROOT / "runs" / "accuracy")
     lp.add_argument("--dry-run", action="store_true", help="print the plan and the commands, start nothing")
     lp.add_argument("--wait", action="store_true", help="wait for the workers to finish, then collect")
-    lp.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "ACCURACY.md")
     lp.add_argument("extra", nargs="*", help="more `flare fit` overrides for every run, after --")
     cp = sub.add_parser("collect", help="write the table from the finished runs")
-    cp.add_argument("--out", type=Path, default=ROOT / "runs" / "accuracy")
-    cp.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "ACCURACY.md")
+    for sp in (lp, cp):  # where the runs are, and where their table goes
+        sp.add_argument("--out", type=Path, default=ROOT / "runs" / "accuracy")
+        sp.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "ACCURACY.md")
+        sp.add_argument("--notes", type=lambda v: Path(v) if v else None, default=NOTES,
+                        help="hand-written findings to put under the tables ('' for none; default: %(default)s)")
     wp = sub.add_parser("worker", help=argparse.SUPPRESS)
     wp.add_argument("queue", type=Path)
     args = p.parse_args(argv)
     if args.command == "worker":
         worker(args.queue)
         return
+    notes = read_notes(args.notes)  # before any run starts: a wrong path must not wait for hours
     if args.command == "launch":
         procs = launch(args)
         if not (args.wait and procs):
@@ -744,7 +751,7 @@ def main(argv: list[str] | None = None) -> None:
             proc.wait()
     out = args.out.resolve()
     results, failed, running = collect(out), failures(out), in_progress(out)
-    text = render(results, out, failed, running)
+    text = render(results, out, failed, running, notes)
     write_text(args.output, text)
     print(f"{len(results)} finished runs, {len(failed)} failed, {len(running)} in progress -> {args.output}")
 

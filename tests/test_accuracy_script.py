@@ -172,6 +172,20 @@ def test_collect_writes_the_table(accuracy, tmp_path):
     assert not list(tmp_path.glob(".ACCURACY.md*"))  # no temporary file left behind
 
 
+def test_collect_puts_the_notes_under_the_tables(accuracy, tmp_path):
+    out, output, notes = tmp_path / "runs", tmp_path / "ACCURACY.md", tmp_path / "notes.md"
+    fake_run(out, "flare_darcy", "seed0_full", 0.004, wall_s=1800)
+    notes.write_text("- FLARE's run was **bf16**.\n")
+    accuracy.main(["collect", "--out", str(out), "--output", str(output), "--notes", str(notes)])
+    text = output.read_text()
+    assert text.index("## Runs") < text.index("## Notes on the runs") < text.index("- FLARE's run was **bf16**.")
+    accuracy.main(["collect", "--out", str(out), "--output", str(output), "--notes", ""])  # none
+    assert "Notes on the runs" not in output.read_text()
+    with pytest.raises(SystemExit, match="missing.md: no such file"):
+        accuracy.main(["collect", "--out", str(out), "--output", str(output), "--notes", str(tmp_path / "missing.md")])
+    assert "Notes on the runs" not in output.read_text()  # the table written before is left as it was
+
+
 def test_worker_records_attempts_and_skips_finished_runs(accuracy, tmp_path):
     out = tmp_path / "runs"
     run = accuracy.Run("flare", "quickstart", 0, 1, out)
