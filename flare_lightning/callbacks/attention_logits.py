@@ -54,7 +54,7 @@ class AttentionLogits(SampledAnalysis):
                   "global_step": trainer.global_step, "layers": layers}
         atomic_write_text(out_dir / f"{tag}.json", json.dumps(finite_or_none(record), indent=1, allow_nan=False) + "\n")
         prefix = "test/attn_logits" if tag == "test" else "attn_logits"
-        metrics = {f"{prefix}/max_abs": max(layer["max_abs_logit"] for layer in layers)}
+        metrics = {f"{prefix}/max_abs": max(layer["max_abs_logit"] for layer in layers), "epoch": trainer.current_epoch}
         for layer in layers:
             name = re.sub(r"\W+", "_", layer["layer"])
             metrics[f"{prefix}/max_abs/{name}"] = layer["max_abs_logit"]

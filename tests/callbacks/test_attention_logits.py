@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from flare_lightning.analysis import attention_logit_stats
 from flare_lightning.analysis.curves import read_metrics
 from flare_lightning.callbacks import AttentionLogits
@@ -42,6 +43,7 @@ def test_files_and_scalars_are_the_analysis_of_each_epoch(tiny_darcy_root, tmp_p
     metrics = read_metrics(run)
     logged = {k: v[~np.isnan(v)] for k, v in metrics.items() if k.startswith("attn_logits/")}
     assert len(logged["attn_logits/max_abs"]) == 2  # epochs 0 and 1
+    assert list(metrics["epoch"][~np.isnan(metrics["attn_logits/max_abs"])]) == [0, 1]
     assert logged["attn_logits/max_abs"][-1] == pytest.approx(max(s.max_abs_logit for s in want), rel=1e-6)
     assert logged["attn_logits/entropy/attention_1"][-1] == pytest.approx(want[1].entropy, rel=1e-6)
     assert json.loads((out / "test.json").read_text())["stage"] == "test"
@@ -57,3 +59,12 @@ def test_growth_warning_names_the_layer_once(tiny_darcy_root, tmp_path):
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="max_rows must be >= 1 and warn_above > 0, got 0"):
         AttentionLogits(max_rows=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs of the fast step need a GPU")
+def test_with_the_graphed_fast_step_on_gpu(tiny_darcy_root, tmp_path):
+    """The callback's eager forward runs beside the fast step's CUDA graphs without disturbing them."""
+    cli = fit(tiny_darcy_root, tmp_path, "--model.fast_step=true", "--trainer.precision=bf16-mixed", "--trainer.accelerator=gpu")
+    run = next((tmp_path / "test").glob("version_*"))
+    assert (run / "attention_logits" / "epoch_0001.json").is_file()
+    assert torch.isfinite(cli.trainer.callback_metrics["test/rel_l2"])
