@@ -91,7 +91,7 @@ class _RecordSDPA(TorchFunctionMode):
                 raise NotImplementedError("logit statistics need a boolean attn_mask (or none)")
             if kwargs.get("is_causal") or (len(args) > 5 and args[5]):
                 raise NotImplementedError("logit statistics of causal attention are not supported")
-            scale = kwargs.get("scale") or q.shape[-1] ** -0.5
+            scale = kwargs.get("scale") or q.shape[-1] ** -0.5  # keyword-only in SDPA
             self.stats.append(logit_stats(f"attention {len(self.stats)}", q, k, scale, mask, max_rows=self.max_rows))
         return func(*args, **kwargs)
 

@@ -44,12 +44,10 @@ class AttentionLogits(SampledAnalysis):
             raise ValueError(f"AttentionLogits: max_rows must be >= 1 and warn_above > 0, got {max_rows} and {warn_above}")
         self.max_rows, self.warn_above = max_rows, warn_above
         self._warned: set[str] = set()
-        self.last: list[dict] | None = None
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, batches: list[Batch], tag: str, out_dir: Path) -> None:
         per_batch = [attention_logit_stats(pl_module, b["x"], b["mask"], max_rows=self.max_rows) for b in batches]
         layers = [merge(stats) for stats in zip(*per_batch)]
-        self.last = layers
         record = {"stage": "test" if tag == "test" else "fit", "epoch": trainer.current_epoch,
                   "global_step": trainer.global_step, "layers": layers}
         atomic_write_text(out_dir / f"{tag}.json", json.dumps(finite_or_none(record), indent=1, allow_nan=False) + "\n")

@@ -130,3 +130,25 @@ def test_a_model_without_attention_is_an_error():
 
     with pytest.raises(ValueError, match="Pointwise computed no attention"):
         attention_logit_stats(Pointwise(), torch.randn(1, 5, 2))
+
+
+def test_sdpa_mask_given_by_position_or_keyword_and_its_scale():
+    import torch.nn.functional as F
+
+    class Attend(nn.Module):
+        def __init__(self, positional: bool) -> None:
+            super().__init__()
+            self.positional = positional
+
+        def forward(self, x, mask=None):
+            q = k = v = x[:, None]  # one head: [B, 1, N, D]
+            m = mask[:, None, None, :]
+            if self.positional:
+                return F.scaled_dot_product_attention(q, k, v, m, 0.0, False, scale=0.3)[:, 0]
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=0.3)[:, 0]
+
+    x, mask = torch.randn(2, 9, 4, dtype=torch.float64), padded_mask(2, 9)
+    want = reference(x[:, None], x[:, None], 0.3, key_mask=mask)
+    for positional in (True, False):
+        got = attention_logit_stats(Attend(positional), x, mask)[0]
+        assert (got.max_abs_logit, got.entropy, got.max_entropy) == pytest.approx(want, rel=1e-12)
