@@ -575,8 +575,9 @@ def in_progress(out: Path) -> list[InProgress]:
 
 def run_precision(command: list[str]) -> str:
     """The trainer precision a ``flare fit`` command line asked for (the configs' default: 32-true),
-    with ", fp32 eval" where ``--model.eval_fp32 true`` evaluates a mixed-precision run in float32."""
-    value, eval_fp32 = "32-true", False
+    with ", fp32 eval" where ``--model.eval_fp32 true`` evaluates a mixed-precision run in float32
+    and ", TF32 matmuls" where ``--float32_matmul_precision high`` (or medium) lowers float32 matmuls."""
+    value, eval_fp32, matmul = "32-true", False, "highest"
 
     def option(name: str, i: int, arg: str) -> str | None:
         if arg.startswith(f"--{name}="):
@@ -588,7 +589,10 @@ def run_precision(command: list[str]) -> str:
         flag = option("model.eval_fp32", i, arg)
         if flag is not None:
             eval_fp32 = flag.lower() == "true"
-    return f"{value}, fp32 eval" if eval_fp32 and not value.startswith("32") else value
+        matmul = option("float32_matmul_precision", i, arg) or matmul
+    label = f"{value}, fp32 eval" if eval_fp32 and not value.startswith("32") else value
+    lowered = {"high": "TF32 matmuls", "medium": "bf16 float32 matmuls"}.get(matmul)
+    return f"{label}, {lowered}" if lowered else label
 
 
 def _shown(path: Path) -> Path:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
@@ -55,6 +57,13 @@ class FlareCLI(LightningCLI):
         parser.add_lightning_class_args(FiniteLossCheck, "finite_loss")
         parser.add_lightning_class_args(RunInfoWriter, "run_info")
         parser.add_argument(
+            "--float32_matmul_precision",
+            type=Literal["highest", "high", "medium"],
+            default="highest",
+            help="torch.set_float32_matmul_precision for float32 matmuls: highest (true fp32, PyTorch's "
+            "default), high (TF32 tensor cores, what the FLARE authors' trainer enables) or medium (bf16)",
+        )
+        parser.add_argument(
             "--test_after_fit",
             type=bool,
             default=True,
@@ -71,6 +80,8 @@ class FlareCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        # Global and per process: every run (and every DDP process, which parses again) sets it.
+        torch.set_float32_matmul_precision(config.get("float32_matmul_precision") or "highest")
         name_loggers_like_csv(config.get("trainer", {}).get("logger"))
         if self.subcommand == "fit":
             pin_run_to_slurm_job(config.get("trainer"))

@@ -10,6 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from flare_lightning.checkpoint_io import load_checkpoint
 
 PACKAGES = ("torch", "lightning", "torch_geometric", "torchmetrics")
@@ -44,8 +46,8 @@ def versions() -> dict[str, str | None]:
 
 
 def environment() -> dict[str, Any]:
-    """``{"commit": ..., "versions": {...}}``."""
-    return {"commit": commit(), "versions": versions()}
+    """``{"commit": ..., "versions": {...}, "float32_matmul_precision": ...}`` (TF32 or not)."""
+    return {"commit": commit(), "versions": versions(), "float32_matmul_precision": torch.get_float32_matmul_precision()}
 
 
 def data_info(datamodule: Any) -> dict[str, Any] | None:

@@ -161,6 +161,8 @@ def test_collector_on_fake_runs(accuracy, tmp_path):
     assert accuracy.run_precision([*bf16, "--model.eval_fp32=True"]) == "bf16-mixed, fp32 eval"
     assert accuracy.run_precision([*bf16, "--model.eval_fp32", "false"]) == "bf16-mixed"
     assert accuracy.run_precision(["flare", "--model.eval_fp32", "true"]) == "32-true"  # fp32 already
+    assert accuracy.run_precision(["flare", "--float32_matmul_precision", "high"]) == "32-true, TF32 matmuls"
+    assert accuracy.run_precision([*bf16, "--float32_matmul_precision=highest"]) == "bf16-mixed"
 
 
 def test_collect_writes_the_table(accuracy, tmp_path):

@@ -64,3 +64,23 @@ def test_top_level_help_names_export(capsys):
         cli_main(["--help"])
     out = capsys.readouterr().out
     assert "flare export --ckpt_path" in out and "fit" in out and "predict" in out
+
+
+def test_float32_matmul_precision_is_set_per_run_and_recorded(tiny_darcy_root, tmp_path, capsys):
+    """TF32 on request (the FLARE authors' trainer enables it), true fp32 otherwise; each run
+    sets it, so a TF32 run does not leak into the next one in the same process."""
+    common = [*QUICK, *tiny_darcy_args(tiny_darcy_root), "--trainer.max_epochs=1", "--trainer.limit_train_batches=1"]
+    try:
+        run_cli(["fit", *common, "--float32_matmul_precision=high", *tiny_trainer_args(tmp_path, "tf32")])
+        assert torch.get_float32_matmul_precision() == "high"
+        info = json.loads((tmp_path / "tf32" / "version_0" / "run_info.json").read_text())
+        assert info["environment"]["float32_matmul_precision"] == "high"
+        run_cli(["fit", *common, *tiny_trainer_args(tmp_path, "fp32")])
+        assert torch.get_float32_matmul_precision() == "highest"
+        info = json.loads((tmp_path / "fp32" / "version_0" / "run_info.json").read_text())
+        assert info["environment"]["float32_matmul_precision"] == "highest"
+        with pytest.raises(SystemExit):
+            run_cli(["fit", *common, "--float32_matmul_precision=tf32", *tiny_trainer_args(tmp_path, "bad")])
+        assert "float32_matmul_precision" in capsys.readouterr().err
+    finally:
+        torch.set_float32_matmul_precision("highest")
