@@ -15,7 +15,10 @@ before it starts, naming the folder (use another ``--out`` for the new settings)
     python benchmarks/accuracy.py launch --devices 0 1 --epochs 50 --dry-run   # print the plan
     python benchmarks/accuracy.py launch --devices 0 0 1 1 --epochs 50 [--fast-step] [-- --trainer.precision bf16-mixed]
     python benchmarks/accuracy.py launch --devices 0 1 --fast-step -- --trainer.precision bf16-mixed   # full protocol
+    python benchmarks/accuracy.py launch --devices 0,1 --models transformer --datasets darcy --fast-step   # DDP on 2 GPUs
 
+A DDP run (``--devices 0,1``) splits the config's batch over its GPUs: the same global batch,
+steps per epoch and schedule as one GPU, only the order of the samples differs.
 Launch every run of a machine from one ``launch`` (workers get their share of the CPU cores as
 OpenMP threads; separate launches each assume the whole machine). In float32 the fast step is
 4x slower on Darcy (the fp32 mixer): full-protocol runs use bf16-mixed, as the step benchmarks do.
@@ -119,8 +122,14 @@ class Run:
     def folder(self) -> Path:
         return self.out / self.name / self.tag
 
-    def command(self, fast_step: bool = False, extra: tuple[str, ...] = ()) -> list[str]:
-        """The ``flare fit`` command line; resumes from ``last.ckpt`` when an earlier attempt left one."""
+    def batch_size(self) -> int:
+        """The protocol's (global) batch: the config's, after the dataset's overrides."""
+        return int(data_args(self.model, self.dataset)[1]["batch_size"])
+
+    def command(self, fast_step: bool = False, extra: tuple[str, ...] = (), gpus: int = 1) -> list[str]:
+        """The ``flare fit`` command line; resumes from ``last.ckpt`` when an earlier attempt left one.
+        On ``gpus`` > 1: DDP with the config's batch split over the GPUs, so the global batch, the
+        steps per epoch and the schedule stay the protocol's."""
         cmd = [
             sys.executable, "-m", "flare_lightning", "fit", f"--config={config_path(self.model, self.dataset)}",
             f"--seed_everything={self.seed}",
@@ -135,6 +144,9 @@ class Run:
             cmd.append(f"--trainer.max_epochs={self.epochs}")
         if fast_step:
             cmd.append("--model.fast_step=true")
+        if gpus > 1:
+            cmd += [f"--trainer.devices={gpus}", "--trainer.strategy=ddp",
+                    f"--data.init_args.batch_size={self.batch_size() // gpus}"]
         cmd.extend(extra)
         last = self.folder / "checkpoints" / "last.ckpt"
         if last.is_file():
@@ -155,7 +167,7 @@ def run_settings(command: list[str], dataset: str) -> list[str]:
     return [a for a in rest if a not in overrides and not a.startswith(_PLACE_OPTIONS)]
 
 
-def settings_conflicts(runs: list[Run], fast_step: bool, extra: tuple[str, ...]) -> list[str]:
+def settings_conflicts(runs: list[Run], fast_step: bool, extra: tuple[str, ...], gpus: int = 1) -> list[str]:
     """Runs whose folder already holds an attempt made with other settings (say another precision):
     resuming would mix the two in one run, and a finished one would be reported for settings it
     did not use. One line each, naming the record and both settings."""
@@ -168,7 +180,7 @@ def settings_conflicts(runs: list[Run], fast_step: bool, extra: tuple[str, ...])
         if not attempts:
             continue
         had = run_settings(attempts[0]["command"], run.dataset)
-        asked = run_settings(run.command(fast_step, extra), run.dataset)
+        asked = run_settings(run.command(fast_step, extra, gpus), run.dataset)
         if had != asked:
             state = "finished" if finished(run.folder) else "started"
             conflicts.append(f"{record_path}: {state} with {' '.join(had) or '(no options)'}; this launch asks "
@@ -192,16 +204,41 @@ def plan(models: list[str], datasets: list[str], seeds: list[int], epochs: int |
     return runs
 
 
+def data_args(model: str, dataset: str) -> tuple[dict, dict]:
+    """A run's config (as read) and its data init_args with the dataset's overrides applied."""
+    cfg = yaml.safe_load(config_path(model, dataset).read_text())
+    data = dict(cfg["data"]["init_args"])
+    for override in DATASETS[dataset].overrides:
+        key, _, value = override.removeprefix("--data.init_args.").partition("=")
+        data[key] = yaml.safe_load(value)
+    return cfg, data
+
+
 def estimated_steps(run: Run) -> int:
     """Optimizer steps of a run (training samples / batch x epochs): at these sizes a step costs
     about the same for every model (host-bound, DESIGN.md section 6), so steps stand for time."""
-    cfg = yaml.safe_load(config_path(run.model, run.dataset).read_text())
-    data = dict(cfg["data"]["init_args"])
-    for override in DATASETS[run.dataset].overrides:
-        key, _, value = override.removeprefix("--data.init_args.").partition("=")
-        data[key] = yaml.safe_load(value)
+    cfg, data = data_args(run.model, run.dataset)
     epochs = run.epochs if run.epochs is not None else cfg["trainer"]["max_epochs"]
     return -(-int(data["n_train"]) // int(data["batch_size"])) * int(epochs)
+
+
+def gpus_per_run(devices: list[str]) -> int:
+    """GPUs of each worker: an entry of ``--devices`` is one GPU id or several joined by commas
+    ("0,1": one DDP run on two GPUs at a time); every entry must have as many."""
+    counts = {len(entry.split(",")) for entry in devices}
+    if len(counts) != 1 or any(not part.strip() for entry in devices for part in entry.split(",")):
+        raise SystemExit(f"--devices {' '.join(devices)}: give each worker the same number of GPUs, "
+                         "as ids joined by commas (e.g. --devices 0,1 2,3)")
+    return counts.pop()
+
+
+def check_batch_split(runs: list[Run], gpus: int) -> None:
+    """Every run's batch must split evenly over its GPUs (DDP keeps the protocol's global batch)."""
+    for run in runs:
+        batch = int(data_args(run.model, run.dataset)[1]["batch_size"])
+        if batch % gpus:
+            raise SystemExit(f"{config_path(run.model, run.dataset)}: data.init_args.batch_size {batch} does not split "
+                             f"over {gpus} GPUs per run; run {run.name} on one GPU per worker")
 
 
 def assign(runs: list[Run], devices: list[str]) -> dict[int, list[Run]]:
@@ -275,13 +312,15 @@ def prepare_data(datasets: list[str], extra: tuple[str, ...]) -> None:
 def worker(queue_file: Path) -> None:
     """Run a queue of runs one after another (skipping finished ones), recording each attempt."""
     queue = json.loads(queue_file.read_text())
+    gpus = queue.get("gpus", 1)
     card = card_name(dict(os.environ))
+    card = f"{gpus} x {card}" if gpus > 1 else card
     for item in queue["runs"]:
         run = Run(item["model"], item["dataset"], item["seed"], item["epochs"], Path(item["out"]))
         if finished(run.folder):
             print(f"{run.name}/{run.tag}: finished before, skipped", flush=True)
             continue
-        cmd = run.command(queue["fast_step"], tuple(queue["extra"]))
+        cmd = run.command(queue["fast_step"], tuple(queue["extra"]), gpus)
         record_path = run.folder / "launch.json"
         record = json.loads(record_path.read_text()) if record_path.is_file() else {"attempts": []}
         for earlier in record["attempts"]:  # records from before attempts kept their own commit and card
@@ -341,10 +380,12 @@ def epoch_seconds_per_attempt(log_text: str, attempts: int) -> list[float] | Non
 
 
 def worker_env(devices: list[str], slot: int, cpus: int | None = None) -> dict[str, str]:
-    """Environment of worker ``slot``: its GPU, the repo on PYTHONPATH, and its share of the CPU
-    cores as OpenMP threads (unless set): side by side with a full thread pool each, the runs'
-    spinning threads starved each other's host loop (40-180 ms steps instead of 3-7 ms)."""
-    threads = max(1, (cpus or os.cpu_count() or 1) // max(1, len(devices)))
+    """Environment of worker ``slot``: its GPUs, the repo on PYTHONPATH, and each process's share of
+    the CPU cores as OpenMP threads (unless set; a DDP worker runs one process per GPU): side by
+    side with a full thread pool each, the runs' spinning threads starved each other's host loop
+    (40-180 ms steps instead of 3-7 ms)."""
+    processes = sum(len(entry.split(",")) for entry in devices)
+    threads = max(1, (cpus or os.cpu_count() or 1) // max(1, processes))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": devices[slot], "PYTHONPATH": python_path()}
     env.setdefault("OMP_NUM_THREADS", str(threads))
     return env
@@ -353,9 +394,11 @@ def worker_env(devices: list[str], slot: int, cpus: int | None = None) -> dict[s
 def launch(args: argparse.Namespace) -> list[subprocess.Popen]:
     """Print the plan; unless ``--dry-run``, make the data and start the background workers."""
     runs = plan(args.models, args.datasets, args.seeds, args.epochs, args.out.resolve())
+    gpus = gpus_per_run(args.devices)
+    check_batch_split(runs, gpus)
     slots = assign(runs, args.devices)
     extra = tuple(args.extra)
-    conflicts = settings_conflicts(runs, args.fast_step, extra)
+    conflicts = settings_conflicts(runs, args.fast_step, extra, gpus)
     if conflicts:
         raise SystemExit("accuracy.py launch: runs already made with other settings (launch them with the "
                          "same options, or give --out a new folder):\n  " + "\n  ".join(conflicts))
@@ -365,7 +408,7 @@ def launch(args: argparse.Namespace) -> list[subprocess.Popen]:
         for run in queue:
             state = "done, skipped" if finished(run.folder) else "resume" if (run.folder / "checkpoints/last.ckpt").is_file() else "new"
             print(f"#   {run.name}/{run.tag} [{state}], {estimated_steps(run)} steps")
-            print(" ".join(run.command(args.fast_step, extra)))
+            print(" ".join(run.command(args.fast_step, extra, gpus)))
     if args.dry_run:
         return []
     prepare_data(sorted({r.dataset for r in runs}), extra)
@@ -378,7 +421,7 @@ def launch(args: argparse.Namespace) -> list[subprocess.Popen]:
         queue_file = log_dir / f"queue_{slot}.json"
         write_json(queue_file, {
             "runs": [{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(r).items()} for r in queue],
-            "fast_step": args.fast_step, "extra": list(extra), "commit": commit, "log_dir": str(log_dir),
+            "fast_step": args.fast_step, "extra": list(extra), "gpus": gpus, "commit": commit, "log_dir": str(log_dir),
         })
         env = worker_env(args.devices, slot)
         with open(log_dir / f"worker_{slot}.log", "a") as fh:
@@ -729,7 +772,9 @@ def main(argv: list[str] | None = None) -> None:
     lp.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     lp.add_argument("--seeds", nargs="+", type=int, default=[0])
     lp.add_argument("--epochs", type=int, default=None, help="reduced epoch budget for every run (default: the configs')")
-    lp.add_argument("--devices", nargs="+", default=["0"], help="GPU id per worker; repeat an id for several workers on it")
+    lp.add_argument("--devices", nargs="+", default=["0"],
+                    help="GPU id per worker; repeat an id for several workers on it; ids joined by commas (0,1) "
+                         "make each run a DDP run on those GPUs at the protocol's global batch")
     lp.add_argument("--fast-step", action="store_true", help="pass --model.fast_step=true (issue 15)")
     lp.add_argument("--dry-run", action="store_true", help="print the plan and the commands, start nothing")
     lp.add_argument("--wait", action="store_true", help="wait for the workers to finish, then collect")

@@ -65,6 +65,46 @@ def test_command_lines_parse_as_flare_fit(accuracy, tmp_path, model, dataset):
     assert Path(cli.trainer.logger.log_dir) == tmp_path / f"{model}_{dataset}" / "seed1_ep7"
 
 
+def test_a_ddp_run_keeps_the_protocols_global_batch(accuracy, tmp_path):
+    """--devices 0,1: each run is DDP on both GPUs with the config's batch split between them, and
+    the CLI accepts what the launcher adds (nothing is trained)."""
+    run = accuracy.Run("transformer", "darcy", 0, None, tmp_path)
+    assert run.batch_size() == 2
+    cmd = run.command(True, ("--trainer.precision", "32-true"), gpus=2)
+    assert cmd[-5:] == ["--trainer.devices=2", "--trainer.strategy=ddp", "--data.init_args.batch_size=1",
+                        "--trainer.precision", "32-true"]  # the caller's extra options come last
+    with mock.patch("sys.argv", ["flare"]):
+        cli = make_cli([*cmd[4:], "--trainer.accelerator=cpu"], run=False)
+    assert cli.trainer.num_devices == 2 and type(cli.trainer.strategy).__name__ == "DDPStrategy"
+    assert cli.datamodule.batch_size == 1
+    assert accuracy.estimated_steps(run) == 500 * 500  # steps per epoch as on one GPU
+    assert accuracy.gpus_per_run(["0,1", "2,3"]) == 2 and accuracy.gpus_per_run(["0", "0"]) == 1
+    for bad in (["0,1", "2"], ["0,"]):
+        with pytest.raises(SystemExit, match="give each worker the same number of GPUs"):
+            accuracy.gpus_per_run(bad)
+
+
+def test_ddp_launch_plans_and_refuses(accuracy, tmp_path, capsys, monkeypatch):
+    base = ["launch", "--datasets", "darcy", "--out", str(tmp_path), "--fast-step", "--dry-run"]
+    with mock.patch.object(accuracy.subprocess, "Popen") as popen:
+        accuracy.main([*base, "--models", "transformer", "--devices", "0,1"])
+        printed = capsys.readouterr().out
+        assert "CUDA_VISIBLE_DEVICES=0,1" in printed and "--data.init_args.batch_size=1" in printed
+        with pytest.raises(SystemExit, match=r"transolver_elasticity.yaml: data.init_args.batch_size 1 does not split "
+                                             "over 2 GPUs per run"):
+            accuracy.main([*base, "--models", "transolver", "--datasets", "elasticity", "--devices", "0,1"])
+        # a run begun on one GPU is not resumed as a DDP run (the per-GPU batch differs)
+        run = accuracy.Run("transformer", "darcy", 0, None, tmp_path)
+        run.folder.mkdir(parents=True)
+        (run.folder / "launch.json").write_text(json.dumps({"attempts": [{"command": run.command(True)}]}))
+        with pytest.raises(SystemExit, match="this launch asks --model.fast_step=true --trainer.devices=2"):
+            accuracy.main([*base, "--models", "transformer", "--devices", "0,1"])
+    popen.assert_not_called()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    env = accuracy.worker_env(["0,1", "2,3"], 1, cpus=32)  # four processes in all
+    assert (env["CUDA_VISIBLE_DEVICES"], env["OMP_NUM_THREADS"]) == ("2,3", "8")
+
+
 def test_runs_are_spread_evenly_over_the_gpus(accuracy, tmp_path):
     runs = accuracy.plan(list(accuracy.MODELS), list(accuracy.DATASETS), [0, 1], 10, tmp_path)
     assert len(runs) == 4 * 3 * 2
