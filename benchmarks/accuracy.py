@@ -235,7 +235,7 @@ def gpus_per_run(devices: list[str]) -> int:
 def check_batch_split(runs: list[Run], gpus: int) -> None:
     """Every run's batch must split evenly over its GPUs (DDP keeps the protocol's global batch)."""
     for run in runs:
-        batch = int(data_args(run.model, run.dataset)[1]["batch_size"])
+        batch = run.batch_size()
         if batch % gpus:
             raise SystemExit(f"{config_path(run.model, run.dataset)}: data.init_args.batch_size {batch} does not split "
                              f"over {gpus} GPUs per run; run {run.name} on one GPU per worker")
