@@ -137,6 +137,31 @@ SPECTRAL = [
         "else:\n"
         "    print('no spectral/epoch_*.json in this run: train with the SpectralAnalysis callback to record them')"
     ),
+    new_markdown_cell(
+        "## Attention logits: is any softmax collapsing?\n\n"
+        "Per mixer, the largest |logit| of encode (latents over points) and decode (points over latents) and the "
+        "mean softmax entropy against uniform attention (`log` of the keys). Logits in the thousands with an "
+        "entropy near 0 mean a one-hot softmax: attention-logit growth, the instability that wrecked the bf16 "
+        "Transformer on Darcy (`benchmarks/ACCURACY.md`). The same function works for the SDPA baselines."
+    ),
+    new_code_cell(
+        "from flare_lightning.analysis import attention_logit_stats\n\n"
+        "stats = attention_logit_stats(module, batches[0]['x'], batches[0]['mask'])\n"
+        "for s in stats:\n"
+        "    print(f'{s.layer:16s} max |logit| {s.max_abs_logit:9.3g}   entropy {s.entropy:5.2f} of {s.max_entropy:5.2f} nats')\n"
+        "fig = Figure(figsize=(10, 3.2), layout='constrained')\n"
+        "left, right = fig.subplots(1, 2)\n"
+        "names = [s.layer.replace('flare ', '') for s in stats]\n"
+        "left.bar(names, [s.max_abs_logit for s in stats])\n"
+        "left.set_yscale('log')\n"
+        "left.set_ylabel('max |logit|')\n"
+        "right.bar(names, [s.entropy / s.max_entropy for s in stats])\n"
+        "right.set_ylim(0, 1)\n"
+        "right.set_ylabel('entropy / uniform')\n"
+        "for ax in (left, right):\n"
+        "    ax.tick_params(axis='x', labelrotation=60, labelsize='small')\n"
+        "display(fig)"
+    ),
 ]
 
 PREDICTIONS = [

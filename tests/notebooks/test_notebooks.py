@@ -65,3 +65,5 @@ def test_notebook_runs(name, quickstart_run, kernel_dir, monkeypatch):
     assert len(images) >= 2, f"{name} drew {len(images)} figures"
     printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert str(quickstart_run) in printed  # the injected run was used, not the default
+    if name == "spectral_analysis.ipynb":  # the attention-logit table covers both passes of every block
+        assert "flare 0 encode" in printed and "flare 1 decode" in printed
