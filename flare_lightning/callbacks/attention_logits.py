@@ -68,7 +68,7 @@ class AttentionLogits(SampledAnalysis):
             logger.log_metrics(metrics, step=trainer.global_step)
 
 
-def finite_or_none(value):  # noqa: ANN001, ANN201
+def finite_or_none(value: object) -> object:
     """JSON-safe copy: non-finite floats (a diverged run's logits) become None."""
     if isinstance(value, dict):
         return {k: finite_or_none(v) for k, v in value.items()}
