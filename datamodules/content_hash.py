@@ -1,6 +1,8 @@
 """Fast content digests of raw files and of arrays, to key and verify caches on what the
 data holds rather than on modification times (which a copy or ``touch`` can keep or fake).
 
+A file's digest is recorded with its stamp (inode, size, mtime, ctime) in a memo beside the
+cache, so it is computed once per file version, not once per run and rank.
 Uses xxHash (XXH3-128, several GB/s) when the ``xxhash`` package is installed, else
 BLAKE2b from the standard library; the algorithm is part of the digest string, so a
 cache made with the other one is simply rebuilt.
@@ -9,11 +11,15 @@ cache made with the other one is simply rebuilt.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from flare_lightning.atomic import atomic_write_text
 
 try:
     import xxhash
@@ -30,15 +36,18 @@ def hasher() -> Any:
     return xxhash.xxh3_128() if xxhash is not None else hashlib.blake2b(digest_size=16)
 
 
-def file_digest(path: str | Path) -> str:
-    """Digest of a file's bytes, ``"<algorithm>:<hex>"``.
-
-    Memoised per process on (inode, size, mtime, ctime), so splits sharing a file hash it
-    once; ctime cannot be set by ``touch``/``utime``, so a rewritten file is hashed again.
-    """
+def file_stamp(path: str | Path) -> tuple:
+    """(resolved path, inode, size, mtime, ctime): what must not change for a digest to stand.
+    ctime cannot be set by ``touch``/``utime``, so a rewritten file gets a new stamp."""
     path = Path(path)
     st = os.stat(path)
-    stamp = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def file_digest(path: str | Path) -> str:
+    """Digest of a file's bytes, ``"<algorithm>:<hex>"``, memoised per process on its stamp
+    (``file_stamp``), so splits sharing a file hash it once."""
+    stamp = file_stamp(path)
     if stamp not in _memo:
         h = hasher()
         with open(path, "rb") as f:
@@ -46,6 +55,35 @@ def file_digest(path: str | Path) -> str:
                 h.update(chunk)
         _memo[stamp] = f"{ALGORITHM}:{h.hexdigest()}"
     return _memo[stamp]
+
+
+def file_digests(paths: Iterable[Path], memo_file: Path) -> dict[Path, str]:
+    """Digests of ``paths``, reusing those recorded in ``memo_file`` for files whose stamp is
+    unchanged, so later processes (every run, every DDP rank) need not read the raw files again;
+    new digests are recorded (atomically; skipped where the folder is not writable). A memo that
+    is missing, unreadable or of another algorithm is ignored."""
+    try:
+        memo = json.loads(memo_file.read_text())
+        entries = memo["files"] if memo.get("algorithm") == ALGORITHM else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        entries = {}
+    out, changed = {}, False
+    for path in paths:
+        stamp = list(file_stamp(path))
+        entry = entries.get(stamp[0])
+        if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("digest"), str):
+            _memo[tuple(stamp)] = entry["digest"]
+        else:
+            entries[stamp[0]] = {"stamp": stamp, "digest": file_digest(path)}
+            changed = True
+        out[path] = _memo[tuple(stamp)]
+    if changed:
+        try:
+            memo_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(memo_file, json.dumps({"algorithm": ALGORITHM, "files": entries}, indent=1) + "\n")
+        except OSError:
+            pass  # a read-only data folder: hash again next time
+    return out
 
 
 def array_digest(arr: np.ndarray) -> str:

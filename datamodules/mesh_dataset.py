@@ -16,11 +16,12 @@ from torch import Tensor
 from torch_geometric.data import Data, Dataset
 
 from datamodules.checks import DataFormatError, finite_float32, require_files
-from datamodules.content_hash import file_digest
+from datamodules.content_hash import file_digests
 from datamodules.mesh_cache import load_cache, write_cache
 from datamodules.progress import is_rank_zero, progress
 
 HASH_PROGRESS_BYTES = 1 << 30  # show a bar when hashing more raw data than this
+DIGEST_MEMO = "raw_digests.json"  # in processed/: the raw files' digests with their stamps
 # Optional per-point geometry of surface cells, kept for integrated quantities (forces).
 EXTRA_FIELDS = ("normals", "areas")
 
@@ -103,11 +104,12 @@ class MeshDataset(Dataset):
         )
 
     def _hash_raw_files(self) -> dict[str, str]:
-        files = list(self.raw_file_names)
-        size = sum((Path(self.raw_dir) / f).stat().st_size for f in files)
-        if size > HASH_PROGRESS_BYTES:
-            files = progress(files, f"{type(self).__name__}: hashing raw files", total=len(files), unit="file")
-        return {f: file_digest(Path(self.raw_dir) / f) for f in files}
+        paths = [Path(self.raw_dir) / f for f in self.raw_file_names]
+        shown = paths
+        if sum(p.stat().st_size for p in paths) > HASH_PROGRESS_BYTES:
+            shown = progress(paths, f"{type(self).__name__}: hashing raw files", total=len(paths), unit="file")
+        digests = file_digests(shown, Path(self.processed_dir) / DIGEST_MEMO)
+        return {f: digests[p] for f, p in zip(self.raw_file_names, paths)}
 
     def _load_or_build(self) -> dict[str, Tensor]:
         path = Path(self.processed_paths[0])
