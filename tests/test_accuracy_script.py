@@ -10,6 +10,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import yaml
 
 from flare_lightning.cli import make_cli
 from tests.helpers import CONFIGS, REPO, import_benchmark
@@ -389,3 +390,24 @@ def test_failed_runs_are_shown_with_their_reason(accuracy, tmp_path):
     assert rows["Transformer"][elasticity] == "not run"
     section = text.split("## Failed runs")[1]
     assert "| Transolver | elasticity | full | 0 | bf16-mixed | 1 | NonFiniteLossError: the validation loss" in section
+
+
+@pytest.mark.slow
+def test_a_ddp_launch_trains_two_processes_end_to_end(accuracy, tmp_path):
+    """``--devices 0,1`` through the real worker on the CPU (gloo): Lightning re-launches
+    ``python -m flare_lightning fit`` as rank 1, the run is tested and recorded as a 2-GPU run."""
+    out = tmp_path / "runs"
+    accuracy.main(["launch", "--wait", "--devices", "0,1", "--models", "transformer", "--datasets", "quickstart",
+                   "--epochs", "1", "--out", str(out), "--output", str(tmp_path / "ACCURACY.md"), "--notes", "",
+                   "--", f"--data.init_args.root={tmp_path / 'data'}", "--data.init_args.n_train=8",
+                   "--data.init_args.n_val=4", "--data.init_args.n_test=4", "--model.model.init_args.channels=16",
+                   "--model.model.init_args.num_blocks=2", "--model.model.init_args.num_heads=2",
+                   "--trainer.accelerator=cpu"])
+    folder = out / "transformer_quickstart" / "seed0_ep1"
+    log = (out / "logs" / "transformer_quickstart_seed0_ep1.log").read_text()
+    assert "Starting with 2 processes" in log
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    assert int(saved["trainer"]["devices"]) == 2 and saved["data"]["init_args"]["batch_size"] == 2  # the config's 4, split
+    record = json.loads((folder / "launch.json").read_text())
+    assert record["attempts"][-1]["rc"] == 0 and record["card"].startswith("2 x ")
+    assert accuracy.finished(folder)
