@@ -67,6 +67,8 @@ def file_digests(paths: Iterable[Path], memo_file: Path) -> dict[Path, str]:
         entries = memo["files"] if memo.get("algorithm") == ALGORITHM else {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         entries = {}
+    if not isinstance(entries, dict):
+        entries = {}
     out, changed = {}, False
     for path in paths:
         stamp = list(file_stamp(path))

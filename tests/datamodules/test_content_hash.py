@@ -54,10 +54,11 @@ def test_a_rewritten_file_is_hashed_again(files, tmp_path, monkeypatch):
     assert json.loads(memo.read_text())["files"][str(files[1].resolve())]["digest"] == after[files[1]]
 
 
-@pytest.mark.parametrize("content", ["not json", '{"algorithm": "md5", "files": {}}', '["a list"]', '{"files": 3}'])
+@pytest.mark.parametrize("content", ["not json", '{"algorithm": "md5", "files": {}}', '["a list"]', '{"files": 3}',
+                                     '{"algorithm": "ALG", "files": 3}', '{"algorithm": "ALG", "files": {"x": 1}}'])
 def test_a_bad_or_foreign_memo_is_ignored_and_replaced(files, tmp_path, content):
     memo = tmp_path / "raw_digests.json"
-    memo.write_text(content)
+    memo.write_text(content.replace("ALG", ALGORITHM))
     assert file_digests(files, memo) == {p: file_digest(p) for p in files}
     assert json.loads(memo.read_text())["algorithm"] == ALGORITHM
 
