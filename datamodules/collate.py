@@ -31,6 +31,12 @@ def bucket_size(n: int) -> int:
     raise AssertionError("unreachable: base * 2 >= n")
 
 
+def has_padding(data_list: list[Data], n_max: int) -> bool:
+    """Whether a batch padded to ``n_max`` points holds padding (a sample with fewer points):
+    a host-side answer, so a network can skip masking without a device sync."""
+    return any(d.num_nodes != n_max for d in data_list)
+
+
 class PaddedCollate:
     """PyG batch -> dict of dense tensors.
 
@@ -67,6 +73,6 @@ class PaddedCollate:
             "y": dense(batch.y)[0],
             "pos": dense(batch.pos)[0],
             "mask": mask,
-            "padded": any(d.num_nodes != n_max for d in data_list),
+            "padded": has_padding(data_list, n_max),
             "sample_id": batch.sample_id.view(-1),
         }

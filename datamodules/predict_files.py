@@ -15,7 +15,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.utils import to_dense_batch
 
 from datamodules.checks import DataFormatError
-from datamodules.collate import model_inputs
+from datamodules.collate import has_padding, model_inputs
 from flare_lightning.io.mesh_geometry import MeshGeometry
 
 SUFFIXES = (".npz", ".vtp", ".vtu")
@@ -96,7 +96,7 @@ class PredictCollate:
 
         x, mask = dense(model_inputs(batch))
         out: dict[str, Any] = {
-            "x": x, "pos": dense(batch.pos)[0], "mask": mask, "padded": any(d.num_nodes != n_max for d in plain),
+            "x": x, "pos": dense(batch.pos)[0], "mask": mask, "padded": has_padding(plain, n_max),
             "sample_id": batch.sample_id.view(-1), "meshes": meshes,
         }
         if has_target.any():
