@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from flare_lightning.analysis import attention_logit_stats  # noqa: E402
 from flare_lightning.cli import make_cli  # noqa: E402
+from flare_lightning.metrics import relative_l2  # noqa: E402
 from flare_lightning.module import SurrogateModule  # noqa: E402
 
 
@@ -36,13 +37,6 @@ def first_batch(config: Path, split: str, overrides: list[str]) -> dict[str, tor
     return next(iter(loader))
 
 
-def rel_l2(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> float:
-    """Mean over samples of ||pred - y|| / ||y|| on the real points."""
-    m = torch.ones(y.shape[:2], dtype=torch.bool) if mask is None else mask
-    err = ((pred.float() - y.float()) ** 2 * m[..., None]).sum((1, 2)).sqrt()
-    return (err / ((y.float() ** 2 * m[..., None]).sum((1, 2)).sqrt())).mean().item()
-
-
 @torch.no_grad()
 def report(ckpt: Path, batch: dict[str, torch.Tensor], max_rows: int) -> list[str]:
     """Table lines for one checkpoint."""
@@ -52,8 +46,8 @@ def report(ckpt: Path, batch: dict[str, torch.Tensor], max_rows: int) -> list[st
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = module(batch["x"], mask)
     lines = [f"### {ckpt}", "",
-             f"rel. L2 on this batch: fp32 {rel_l2(fp32, batch['y'], batch.get('mask')):.4e}, "
-             f"bf16 autocast {rel_l2(bf16, batch['y'], batch.get('mask')):.4e}", "",
+             f"rel. L2 on this batch: fp32 {relative_l2(fp32, batch['y'], batch['mask']).mean():.4e}, "
+             f"bf16 autocast {relative_l2(bf16.float(), batch['y'], batch['mask']).mean():.4e}", "",
              "| attention | max abs logit | mean entropy (nats) | uniform (nats) |", "|---|---|---|---|"]
     for s in attention_logit_stats(module, batch["x"], mask, max_rows=max_rows):
         lines.append(f"| {s.layer} | {s.max_abs_logit:.4g} | {s.entropy:.2f} | {s.max_entropy:.2f} |")
