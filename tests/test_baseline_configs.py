@@ -1,5 +1,6 @@
-"""configs/baselines/*.yaml: every baseline trains through `flare fit` (tiny, on the tiny Darcy
-fixture), the others build, the protocols are the authors', and no two runs share a logger name."""
+"""configs/baselines/*.yaml: every Darcy, quickstart and elasticity config trains through `flare fit`
+(tiny model, tiny data in the real layout), the proxy configs build, the protocols are the authors',
+and no two runs share a logger name."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import yaml
 
 from flare_lightning.cli import make_cli
 
+from tests.datamodules.tiny_data import elasticity as tiny_elasticity
 from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 
 BASELINES = sorted((CONFIGS / "baselines").glob("*.yaml"))
@@ -47,9 +49,26 @@ def test_fast_dev_run_on_tiny_darcy(config, tiny_darcy_root, tmp_path):
     assert torch.isfinite(cli.trainer.callback_metrics["test/rel_l2"])
 
 
-@pytest.mark.parametrize("config", [p for p in BASELINES if not p.stem.endswith(("_darcy", "_quickstart"))], ids=lambda p: p.stem)
+@pytest.mark.slow
+@pytest.mark.parametrize("config", [p for p in BASELINES if p.stem.endswith("_elasticity")], ids=lambda p: p.stem)
+def test_fast_dev_run_on_tiny_elasticity(config, tmp_path):
+    model = config.stem.split("_")[0]
+    root = tiny_elasticity(tmp_path / "elasticity").root  # 9 cells of 12 points in the Geo-FNO .npy layout
+    cli = run_cli(
+        ["fit", f"--config={config}", "--trainer.fast_dev_run=1", *tiny_model(model), f"--data.init_args.root={root}",
+         "--data.init_args.generate=false", "--data.init_args.n_train=4", "--data.init_args.n_val=1",
+         "--data.init_args.n_test=2", "--data.init_args.batch_size=2", *tiny_trainer_args(tmp_path)]
+    )
+    assert cli.trainer.global_step == 1
+    assert type(cli.model.model).__name__.lower() == model
+    assert cli.model.model.in_dim == 2 and cli.model.model.out_dim == 1  # (x, y) -> von Mises stress, from the data
+    assert torch.isfinite(cli.trainer.callback_metrics["test/rel_l2"])
+
+
+@pytest.mark.parametrize("config", [p for p in BASELINES if not p.stem.endswith(("_darcy", "_quickstart", "_elasticity"))],
+                         ids=lambda p: p.stem)
 def test_other_configs_build(config, tmp_path):
-    """Elasticity and proxy configs parse and instantiate (data is made only when fit starts)."""
+    """The DrivAerML and LPBF proxy configs parse and instantiate (data is made only when fit starts)."""
     model = config.stem.split("_")[0]
     with mock.patch("sys.argv", ["flare"]):
         cli = make_cli([f"--config={config}", *tiny_model(model), *tiny_trainer_args(tmp_path)], run=False)
