@@ -62,12 +62,15 @@ def subsample_points(batch: Batch, max_points: int) -> Batch:
 
 def unsharded(loader) -> Iterable:
     """The batches of ``loader`` in dataset order, without its (distributed or shuffling)
-    sampler, so every rank and world size sees the same first samples; ``[]`` for None."""
+    sampler, so every rank and world size sees the same first samples; ``[]`` for None.
+    The loader has its own generator: iterating it leaves the global RNG alone, so adding an
+    analysis callback does not change the run's shuffle order or dropout draws."""
     if loader is None:
         return []
     if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
         return loader
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn)
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn,
+                      generator=torch.Generator())
 
 
 def log_image_file(loggers, key: str, path: Path, step: int) -> None:

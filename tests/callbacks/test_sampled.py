@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.data import DataLoader, RandomSampler
 
-from flare_lightning.callbacks.sampled import subsample_points, take_samples
+from flare_lightning.callbacks.sampled import subsample_points, take_samples, unsharded
 
 
 def batch(counts: list[int], n: int, first_id: int = 0) -> dict[str, torch.Tensor]:
@@ -35,3 +36,14 @@ def test_subsample_points_keeps_a_fixed_ordered_subset():
     torch.testing.assert_close(subsample_points(b, 5)["x"], out["x"])  # deterministic
     assert subsample_points(b, 10) is b
     assert take_samples([b], 3, max_points=5)[0]["x"].shape[1] == 5
+
+
+def test_unsharded_reads_in_dataset_order_without_touching_the_global_rng():
+    data = list(range(10))
+    loader = DataLoader(data, batch_size=3, sampler=RandomSampler(data))
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = next(iter(unsharded(loader)))
+    assert first.tolist() == [0, 1, 2]  # dataset order, not the loader's shuffled order
+    assert torch.equal(torch.get_rng_state(), state)  # a plain DataLoader iterator would draw its base seed here
+    assert unsharded(None) == []
