@@ -53,16 +53,22 @@ def all_reduce_max(x: Tensor, group) -> Tensor:
     return y
 
 
+@torch.no_grad()
 def merge_encode_stats(stats: EncodeStats, group) -> EncodeStats:
-    """Join every rank's encode statistics (natural log base) into the whole sample's:
-    one max all-reduce of [B, H, M], then one sum all-reduce of ``[l, acc]`` packed as
-    [B, H, M, D + 1]. Ranks without real points (max = -inf) contribute nothing."""
+    """Join every rank's encode statistics (natural log base) into the whole sample's, for the
+    chunked evaluation (no gradient): one all-gather of ``[m, l, acc]`` packed as
+    [B, H, M, D + 2], then every rank merges the same parts in rank order (one collective where
+    a max all-reduce and a sum all-reduce take two). Ranks without real points (max = -inf)
+    contribute nothing."""
     m, l, acc = stats
-    mx = all_reduce_max(m, group)
+    packed = torch.cat([m[..., None], l[..., None], acc], dim=-1)
+    parts = torch.stack(all_gather_([torch.empty_like(packed) for _ in range(dist.get_world_size(group))],
+                                    packed, group))  # [G, B, H, M, D+2]
+    ms, ls, accs = parts[..., 0], parts[..., 1], parts[..., 2:]
+    mx = ms.amax(0)
     safe = torch.where(torch.isinf(mx), 0.0, mx)
-    w = torch.where(torch.isinf(m), 0.0, torch.exp(m - safe))
-    packed = all_reduce_sum(torch.cat([(l * w)[..., None], acc * w[..., None]], dim=-1), group)
-    return mx, packed[..., 0], packed[..., 1:]
+    w = torch.where(torch.isinf(ms), 0.0, torch.exp(ms - safe))  # [G, B, H, M]
+    return mx, (w * ls).sum(0), (w[..., None] * accs).sum(0)
 
 
 def merge_latents_lse2(z: Tensor, lse: Tensor, group) -> tuple[Tensor, Tensor]:

@@ -48,5 +48,10 @@ def test_bf16_autocast_with_memory_options():
 
 
 @pytest.mark.parametrize("world", [2, 3])
+def test_encode_statistics_merge_in_one_gather(world):
+    run_spawned(workers.encode_stats_merge, world)
+
+
+@pytest.mark.parametrize("world", [2, 3])
 def test_sharded_inputs_and_loss(world):
     run_spawned(workers.sharded_training, world)

@@ -181,3 +181,33 @@ def sharded_training(rank: int, world: int) -> None:
         grad = p.grad.clone()
         dist.all_reduce(grad)
         assert float((grad / world - q.grad).norm() / total) < 1e-5, f"rank {rank}: gradient of {name}"
+
+
+def encode_stats_merge(rank: int, world: int) -> None:
+    """``merge_encode_stats`` of every rank's share equals the whole sample's encode in float64:
+    the same max, and z = acc / l to 1e-12, with the last rank holding no real point of sample 1
+    and shares of different lengths; identical on every rank."""
+    from flare_lightning.parallel.collectives import merge_encode_stats
+
+    g = torch.Generator().manual_seed(7)
+    b, h, m, n, d = 2, 3, 4, 11, 5
+    logits = torch.randn(b, h, m, n, generator=g, dtype=torch.float64) * 4
+    v = torch.randn(b, h, n, d, generator=g, dtype=torch.float64)
+    mask = torch.arange(n)[None, :] < torch.tensor([n, 6])[:, None]  # sample 1: points 0-5 only
+    cuts = torch.linspace(0, n, world + 1).round().long().tolist()
+    cuts[-2] = max(cuts[-2], 7) if world > 1 else cuts[-2]  # the last share starts past sample 1's real points
+    lo, hi = cuts[rank], cuts[rank + 1]
+
+    def stats(lg, vv, mk):
+        lg = lg.masked_fill(~mk[:, None, None, :], float("-inf"))
+        mx = lg.amax(-1)
+        p = torch.exp(lg - torch.where(torch.isinf(mx), 0.0, mx)[..., None])
+        return mx, p.sum(-1), p @ vv
+
+    mx, l, acc = merge_encode_stats(stats(logits[..., lo:hi], v[:, :, lo:hi], mask[:, lo:hi]), dist.group.WORLD)
+    ref_mx, ref_l, ref_acc = stats(logits, v, mask)
+    assert torch.equal(mx, ref_mx), f"rank {rank}: merged max differs"
+    assert rel_err(acc / l[..., None], ref_acc / ref_l[..., None]) < 1e-12, f"rank {rank}: merged z differs"
+    gathered = [torch.empty_like(acc) for _ in range(world)]
+    dist.all_gather(gathered, acc.contiguous())
+    assert all(torch.equal(x, gathered[0]) for x in gathered), f"rank {rank}: ranks disagree"
