@@ -28,13 +28,13 @@ class _AllReduceSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, group) -> Tensor:
         ctx.group = group
-        y = x.contiguous().clone()
+        y = x.clone(memory_format=torch.contiguous_format)  # one copy: the all-reduce is in place
         all_reduce_(y, dist.ReduceOp.SUM, group)
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        grad = grad.contiguous().clone()
+        grad = grad.clone(memory_format=torch.contiguous_format)
         all_reduce_(grad, dist.ReduceOp.SUM, ctx.group)
         return grad, None
 
@@ -48,7 +48,7 @@ def all_reduce_sum(x: Tensor, group) -> Tensor:
 def all_reduce_max(x: Tensor, group) -> Tensor:
     """Elementwise max of ``x`` over ``group``; no gradient (used for log-sum-exp shifts,
     which cancel out of every result)."""
-    y = x.detach().contiguous().clone()
+    y = x.detach().clone(memory_format=torch.contiguous_format)
     all_reduce_(y, dist.ReduceOp.MAX, group)
     return y
 
