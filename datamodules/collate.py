@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
@@ -37,6 +40,23 @@ def has_padding(data_list: list[Data], n_max: int) -> bool:
     return any(d.num_nodes != n_max for d in data_list)
 
 
+def dense_batch(data_list: list[Data], fields: Iterable[str], n_max: int | None = None) -> dict[str, Any]:
+    """The samples as one padded batch: ``x`` (model inputs) [B, n_max, d + f], ``mask``,
+    ``padded``, ``sample_id`` and each of ``fields`` the batch holds, as [B, n_max, ·].
+    ``n_max`` (default: the largest sample) is passed to ``to_dense_batch``: no device sync."""
+    batch = Batch.from_data_list(data_list)
+    size, n_max = len(data_list), n_max or max(d.num_nodes for d in data_list)
+
+    def dense(t: Tensor) -> tuple[Tensor, Tensor]:
+        return to_dense_batch(t, batch.batch, batch_size=size, max_num_nodes=n_max)
+
+    x, mask = dense(model_inputs(batch))
+    out: dict[str, Any] = {"x": x, "mask": mask, "padded": has_padding(data_list, n_max),
+                           "sample_id": batch.sample_id.view(-1)}
+    out.update({k: dense(batch[k])[0] for k in fields if k in batch})
+    return out
+
+
 class PaddedCollate:
     """PyG batch -> dict of dense tensors.
 
@@ -56,23 +76,8 @@ class PaddedCollate:
     def __init__(self, pad_to_buckets: bool = False) -> None:
         self.pad_to_buckets = pad_to_buckets
 
-    def __call__(self, data_list: list[Data]) -> dict[str, Tensor]:
-        batch = Batch.from_data_list(data_list)
-        size, n_max = len(data_list), max(d.num_nodes for d in data_list)
+    def __call__(self, data_list: list[Data]) -> dict[str, Any]:
+        n_max = max(d.num_nodes for d in data_list)
         if self.pad_to_buckets:
             n_max = bucket_size(n_max)
-
-        def dense(t: Tensor) -> tuple[Tensor, Tensor]:
-            return to_dense_batch(t, batch.batch, batch_size=size, max_num_nodes=n_max)
-
-        x, mask = dense(model_inputs(batch))
-        extras = {k: dense(batch[k])[0] for k in ("normals", "areas") if k in batch}  # surface geometry, if kept
-        return {
-            **extras,
-            "x": x,
-            "y": dense(batch.y)[0],
-            "pos": dense(batch.pos)[0],
-            "mask": mask,
-            "padded": has_padding(data_list, n_max),
-            "sample_id": batch.sample_id.view(-1),
-        }
+        return dense_batch(data_list, ("y", "pos", "normals", "areas"), n_max)  # normals, areas: surfaces that keep them

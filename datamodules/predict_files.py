@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 from torch.utils.data import Dataset
-from torch_geometric.data import Batch, Data
-from torch_geometric.utils import to_dense_batch
+from torch_geometric.data import Data
 
 from datamodules.checks import DataFormatError
-from datamodules.collate import has_padding, model_inputs
+from datamodules.collate import dense_batch
 from flare_lightning.io.mesh_geometry import MeshGeometry
 
 SUFFIXES = (".npz", ".vtp", ".vtu")
@@ -88,21 +86,10 @@ class PredictCollate:
             for p, (d, _) in zip(plain, items):
                 p.y = d.y if "y" in d else torch.zeros(d.num_nodes, width)
             keys.append("y")
-        batch = Batch.from_data_list(plain)
-        size, n_max = len(plain), max(d.num_nodes for d in plain)
-
-        def dense(t: Tensor) -> tuple[Tensor, Tensor]:
-            return to_dense_batch(t, batch.batch, batch_size=size, max_num_nodes=n_max)
-
-        x, mask = dense(model_inputs(batch))
-        out: dict[str, Any] = {
-            "x": x, "pos": dense(batch.pos)[0], "mask": mask, "padded": has_padding(plain, n_max),
-            "sample_id": batch.sample_id.view(-1), "meshes": meshes,
-        }
+        out = dense_batch(plain, ["pos", *keys])
+        out["meshes"] = meshes
         if has_target.any():
             out["has_target"] = has_target
-        for k in keys:
-            out[k] = dense(batch[k])[0]
         return out
 
 
