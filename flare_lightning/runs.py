@@ -73,3 +73,16 @@ def continues_run(ckpt_path: str | Path, save_dir: str | Path, name: str) -> Pat
         return None
     same_logger = run.parent.resolve() == (Path(save_dir) / name).resolve()
     return run if same_logger else None
+
+
+def run_labels(runs: list[str | Path], parts: int = 2) -> list[str]:
+    """Short labels for run folders: their last ``parts`` path components (``quickstart/version_0``),
+    lengthened where two runs would share one (``bf16/transformer_darcy/seed0_full``)."""
+    paths = [Path(r).resolve() for r in runs]
+    if len(set(paths)) < len(paths):
+        raise ValueError(f"the same run folder is listed twice: {[str(r) for r in runs]}")
+    labels = ["/".join(p.parts[-parts:]) for p in paths]
+    while len(set(labels)) < len(labels):
+        parts += 1
+        labels = ["/".join(p.parts[-parts:]) for p in paths]
+    return labels

@@ -218,7 +218,7 @@ CURVES = [
     new_markdown_cell(
         "# Training curves\n\n"
         "Reads `metrics.csv` of one or several runs (CSVLogger) and compares their losses, validation "
-        "errors and, when recorded, effective ranks (SpectralAnalysis)."
+        "errors and, when recorded, effective ranks (SpectralAnalysis) and attention logits per layer (AttentionLogits)."
     ),
     new_code_cell(
         SETUP
@@ -234,8 +234,9 @@ CURVES = [
         "%matplotlib inline\n"
         "import json\n\nimport numpy as np\nfrom IPython.display import display\n"
         "from matplotlib.figure import Figure\n\n"
-        "from flare_lightning.analysis.curves import curve, read_metrics\n\n"
-        "metrics = {f'{run.parent.name}/{run.name}': read_metrics(run) for run in RUN_DIRS}\n"
+        "from flare_lightning.analysis.curves import curve, read_metrics\n"
+        "from flare_lightning.runs import run_labels\n\n"
+        "metrics = {label: read_metrics(run) for label, run in zip(run_labels(RUN_DIRS), RUN_DIRS)}\n"
         "for label, m in metrics.items():\n"
         "    print(label, sorted(k for k in m if k not in ('epoch', 'step')))"
     ),
@@ -276,6 +277,37 @@ CURVES = [
         "    display(fig)\n"
         "else:\n"
         "    print('no spectral/eff_rank/* columns: train with the SpectralAnalysis callback to record them')"
+    ),
+    new_markdown_cell(
+        "## Attention logits per layer over training (if AttentionLogits ran)\n"
+        "\n"
+        "Largest |logit| and mean softmax entropy of every attention on fixed validation samples. A layer whose\n"
+        "largest logit jumps by orders of magnitude while its entropy falls towards 0 has collapsed to one-hot\n"
+        "rows (benchmarks/ACCURACY.md, the Transformer on Darcy)."
+    ),
+    new_code_cell(
+        "from flare_lightning.analysis.curves import layer_curves\n"
+        "\n"
+        "logged = {label: m for label, m in metrics.items() if layer_curves(m, 'attn_logits/max_abs')}\n"
+        "for label, m in logged.items():\n"
+        "    fig = Figure(figsize=(10, 3.4), layout='constrained')\n"
+        "    ax_max, ax_ent = fig.subplots(1, 2)\n"
+        "    for layer, (epochs, values) in layer_curves(m, 'attn_logits/max_abs').items():\n"
+        "        ax_max.plot(epochs, values, marker='.', label=layer)\n"
+        "    for layer, (epochs, values) in layer_curves(m, 'attn_logits/entropy').items():\n"
+        "        ax_ent.plot(epochs, values, marker='.', label=layer)\n"
+        "    ax_max.set_yscale('log')\n"
+        "    ax_max.set_title(f'{label}: largest |logit|')\n"
+        "    ax_ent.set_title('mean entropy [nats]')\n"
+        "    for ax in (ax_max, ax_ent):\n"
+        "        ax.set_xlabel('epoch')\n"
+        "        ax.grid(alpha=0.3)\n"
+        "    ax_ent.legend(fontsize='x-small', ncol=2)\n"
+        "    display(fig)\n"
+        "    print(label, 'largest |logit| at the last record:',\n"
+        "          {layer: f'{v[-1]:.3g}' for layer, (_, v) in layer_curves(m, 'attn_logits/max_abs').items()})\n"
+        "if not logged:\n"
+        "    print('no attn_logits/* columns: train with --trainer.callbacks+=flare_lightning.callbacks.AttentionLogits')"
     ),
 ]
 

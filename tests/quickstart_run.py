@@ -1,5 +1,5 @@
-"""One tiny fit of ``configs/quickstart.yaml`` (its callbacks included) on the tiny Darcy
-data, shared by the callback and notebook tests.
+"""One tiny fit of ``configs/quickstart.yaml`` (its callbacks included, plus AttentionLogits) on
+the tiny Darcy data, shared by the callback and notebook tests.
 
 Import the fixture into a test module (``from tests.quickstart_run import quickstart_run``);
 the fit runs once per session whichever modules ask for it.
@@ -29,6 +29,7 @@ def quickstart_run(tmp_path_factory, tiny_darcy_root) -> Path:
                 *tiny_darcy_args(tiny_darcy_root),
                 f"--trainer.max_epochs={EPOCHS}",
                 *tiny_trainer_args(out, "quickstart"),
+                "--trainer.callbacks+=flare_lightning.callbacks.AttentionLogits",  # for the training-curves notebook
             ]
         )
         _RUNS["run"] = out / "quickstart" / "version_0"

@@ -4,6 +4,7 @@ where a row does not log it)."""
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,3 +31,16 @@ def curve(metrics: dict[str, np.ndarray], key: str, x: str = "epoch") -> tuple[n
         raise KeyError(f"metric {key!r} not logged; available: {sorted(metrics)}")
     keep = ~np.isnan(metrics[key])
     return metrics[x][keep], metrics[key][keep]
+
+
+def _natural(key: str) -> list:
+    """Sort key that orders ``block_2`` before ``block_10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
+def layer_curves(metrics: dict[str, np.ndarray], prefix: str, x: str = "epoch") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-layer curves of a metric family logged as ``<prefix>/<layer>`` (e.g. ``attn_logits/max_abs``
+    of the AttentionLogits callback): ``{layer: (x, values)}`` in layer order; ``{}`` if none is logged."""
+    head = prefix.rstrip("/") + "/"
+    layers = [k[len(head):] for k in metrics if k.startswith(head) and "/" not in k[len(head):]]
+    return {layer: curve(metrics, head + layer, x) for layer in sorted(layers, key=_natural)}

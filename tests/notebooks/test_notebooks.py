@@ -67,3 +67,5 @@ def test_notebook_runs(name, quickstart_run, kernel_dir, monkeypatch):
     assert str(quickstart_run) in printed  # the injected run was used, not the default
     if name == "spectral_analysis.ipynb":  # the attention-logit table covers both passes of every block
         assert "flare 0 encode" in printed and "flare 1 decode" in printed
+    if name == "training_curves.ipynb":  # the per-layer logit curves of the fixture's AttentionLogits
+        assert "largest |logit| at the last record" in printed and "flare_2_decode" in printed
