@@ -77,6 +77,10 @@ class PaddedCollate:
         self.pad_to_buckets = pad_to_buckets
 
     def __call__(self, data_list: list[Data]) -> dict[str, Any]:
+        missing = [int(d.sample_id) for d in data_list if getattr(d, "y", None) is None]
+        if missing:
+            raise ValueError(f"PaddedCollate: samples {missing} carry no targets `y`; fit, validate and test batches "
+                             "need them (files without targets go through `flare predict`)")
         n_max = max(d.num_nodes for d in data_list)
         if self.pad_to_buckets:
             n_max = bucket_size(n_max)

@@ -34,6 +34,12 @@ def test_collate_flags_padding(sizes, buckets, padded):
         assert batch["x"].shape[1] == bucket_size(max(sizes))
 
 
+def test_collate_refuses_samples_without_targets():
+    no_target = Data(pos=torch.rand(5, 2), sample_id=torch.tensor([7]))
+    with pytest.raises(ValueError, match=r"samples \[7\] carry no targets"):
+        PaddedCollate()([sample(5, 0), no_target])
+
+
 class MaskSpy(nn.Module):
     """A per-point linear map that records the mask it was given."""
 
