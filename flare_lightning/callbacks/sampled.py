@@ -64,7 +64,8 @@ def unsharded(loader) -> Iterable:
     """The batches of ``loader`` in dataset order, without its (distributed or shuffling)
     sampler, so every rank and world size sees the same first samples; ``[]`` for None.
     The loader has its own generator: iterating it leaves the global RNG alone, so adding an
-    analysis callback does not change the run's shuffle order or dropout draws."""
+    analysis callback does not change what else draws from it (dropout, a plain RandomSampler,
+    worker seeds; this project's training order is seeded by (seed, epoch) and never did)."""
     if loader is None:
         return []
     if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):

@@ -45,5 +45,5 @@ def test_unsharded_reads_in_dataset_order_without_touching_the_global_rng():
     state = torch.get_rng_state()
     first = next(iter(unsharded(loader)))
     assert first.tolist() == [0, 1, 2]  # dataset order, not the loader's shuffled order
-    assert torch.equal(torch.get_rng_state(), state)  # a plain DataLoader iterator would draw its base seed here
+    assert torch.equal(torch.get_rng_state(), state)  # a DataLoader without a generator draws its base seed here
     assert unsharded(None) == []
