@@ -53,6 +53,11 @@ def all_reduce_max(x: Tensor, group) -> Tensor:
     return y
 
 
+def gather_stacked(x: Tensor, group) -> Tensor:
+    """Every rank's ``x`` stacked in rank order, [G, *x.shape], on every rank; no gradient."""
+    return torch.stack(all_gather_([torch.empty_like(x) for _ in range(dist.get_world_size(group))], x, group))
+
+
 @torch.no_grad()
 def merge_encode_stats(stats: EncodeStats, group) -> EncodeStats:
     """Join every rank's encode statistics (natural log base) into the whole sample's, for the
@@ -61,9 +66,7 @@ def merge_encode_stats(stats: EncodeStats, group) -> EncodeStats:
     a max all-reduce and a sum all-reduce take two). Ranks without real points (max = -inf)
     contribute nothing."""
     m, l, acc = stats
-    packed = torch.cat([m[..., None], l[..., None], acc], dim=-1)
-    parts = torch.stack(all_gather_([torch.empty_like(packed) for _ in range(dist.get_world_size(group))],
-                                    packed, group))  # [G, B, H, M, D+2]
+    parts = gather_stacked(torch.cat([m[..., None], l[..., None], acc], dim=-1), group)  # [G, B, H, M, D+2]
     ms, ls, accs = parts[..., 0], parts[..., 1], parts[..., 2:]
     mx = ms.amax(0)
     safe = torch.where(torch.isinf(mx), 0.0, mx)
@@ -78,9 +81,7 @@ def merge_latents_lse2(z: Tensor, lse: Tensor, group) -> tuple[Tensor, Tensor]:
     One all-gather of ``[lse, z]`` (G x [B·H, M, D+1]), then every rank merges the same
     parts in rank order: one collective per block where a max all-reduce followed by a sum
     all-reduce takes two, on a path where each collective waits on the GPU (forward)."""
-    packed = torch.cat([lse[..., None], z], dim=-1)
-    parts = torch.stack(all_gather_([torch.empty_like(packed) for _ in range(dist.get_world_size(group))],
-                                    packed, group))  # [G, B·H, M, D+1]
+    parts = gather_stacked(torch.cat([lse[..., None], z], dim=-1), group)  # [G, B·H, M, D+1]
     lses, zs = parts[..., 0], parts[..., 1:]
     mx = lses.amax(0)
     w = torch.exp2(lses - mx)  # [G, B·H, M]; 0 for a rank without real points (lse ~ -1e30)
