@@ -44,10 +44,10 @@ def file_stamp(path: str | Path) -> tuple:
     return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def file_digest(path: str | Path) -> str:
+def file_digest(path: str | Path, stamp: tuple | None = None) -> str:
     """Digest of a file's bytes, ``"<algorithm>:<hex>"``, memoised per process on its stamp
-    (``file_stamp``), so splits sharing a file hash it once."""
-    stamp = file_stamp(path)
+    (``file_stamp``, or the one given), so splits sharing a file hash it once."""
+    stamp = file_stamp(path) if stamp is None else stamp
     if stamp not in _memo:
         h = hasher()
         with open(path, "rb") as f:
@@ -57,28 +57,32 @@ def file_digest(path: str | Path) -> str:
     return _memo[stamp]
 
 
+def _memo_entries(memo_file: Path) -> dict:
+    """The ``files`` entries of a digest memo of this algorithm; {} for a missing, unreadable or foreign one."""
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    entries = memo.get("files") if isinstance(memo, dict) and memo.get("algorithm") == ALGORITHM else None
+    return entries if isinstance(entries, dict) else {}
+
+
 def file_digests(paths: Iterable[Path], memo_file: Path) -> dict[Path, str]:
     """Digests of ``paths``, reusing those recorded in ``memo_file`` for files whose stamp is
     unchanged, so later processes (every run, every DDP rank) need not read the raw files again;
     new digests are recorded (atomically; skipped where the folder is not writable). A memo that
     is missing, unreadable or of another algorithm is ignored."""
-    try:
-        memo = json.loads(memo_file.read_text())
-        entries = memo["files"] if memo.get("algorithm") == ALGORITHM else {}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        entries = {}
-    if not isinstance(entries, dict):
-        entries = {}
+    entries = _memo_entries(memo_file)
     out, changed = {}, False
     for path in paths:
-        stamp = list(file_stamp(path))
+        stamp = file_stamp(path)
         entry = entries.get(stamp[0])
-        if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("digest"), str):
-            _memo[tuple(stamp)] = entry["digest"]
+        if isinstance(entry, dict) and entry.get("stamp") == list(stamp) and isinstance(entry.get("digest"), str):
+            _memo[stamp] = entry["digest"]
         else:
-            entries[stamp[0]] = {"stamp": stamp, "digest": file_digest(path)}
+            entries[stamp[0]] = {"stamp": list(stamp), "digest": file_digest(path, stamp)}
             changed = True
-        out[path] = _memo[tuple(stamp)]
+        out[path] = _memo[stamp]
     if changed:
         try:
             memo_file.parent.mkdir(parents=True, exist_ok=True)
