@@ -10,6 +10,10 @@ over one step) of:
   ours-ckpt     ours-fast with checkpoint_blocks=True
   ours-memory   ours-fast with checkpoint_blocks=True and mlp_chunk_size=2^18
   ours-compiled ours-fast with compile=True (torch.compile of blocks, lifting, head)
+  ours-fused    ours-fast with mlp_backend="triton" (fused MLP and LayerNorm kernels)
+  ours-fused-compiled  ours-fused with compile=True
+
+``--latents`` sets M (the shipped DrivAerML-1M config: 256).
 
 All start from the same weights; the output of each is compared with the reference's.
 
@@ -47,6 +51,8 @@ CONFIGS: dict[str, dict] = {
     "ours-memory": dict(mixer_backend="auto", checkpoint_blocks=True, mlp_chunk_size=2**18),
     "ours-compiled": dict(mixer_backend="auto", compile=True),  # last: compiling takes a while
     "ours-compiled-ckpt": dict(mixer_backend="auto", compile=True, checkpoint_blocks=True),
+    "ours-fused": dict(mixer_backend="auto", mlp_backend="triton"),  # fused Triton MLPs and norms
+    "ours-fused-compiled": dict(mixer_backend="auto", mlp_backend="triton", compile=True),
 }
 
 
@@ -281,11 +287,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2**20, help="points per sample")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--latents", type=int, default=SHAPE["num_latents"], help="M latents per head")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--ddp", action="store_true", help="DDP throughput mode (launch with torchrun)")
     parser.add_argument("--diagnose", action="store_true", help="backend agreement and a kernel profile")
     parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for step.json")
     args = parser.parse_args()
+    SHAPE["num_latents"] = args.latents
     if args.ddp:
         ddp_throughput(args.n)
         return
@@ -298,7 +306,7 @@ def main() -> None:
             loss = TrainStep(build(name, device), args.n, device)()
             print(name, "loss", float(loss))
         return
-    info = environment(device)
+    info = environment(device) | {"shape": dict(SHAPE)}
     print(json.dumps(info))
     if info["mixer_backend_auto"] != "triton":
         print("NOTE: the Triton mixer is not available here; 'auto' ran", info["mixer_backend_auto"])

@@ -73,8 +73,7 @@ def capture_keys(model: nn.Module, x: Tensor, mask: Tensor | None = None) -> lis
     def hook(attn: FlareAttention, args: tuple, kwargs: dict) -> None:
         h = args[0] if args else kwargs["x"]  # [B, N, C]
         m = args[1] if len(args) > 1 else kwargs.get("mask")
-        b, n, _ = h.shape
-        k = attn.k_proj(h).view(b, n, attn.num_heads, attn.head_dim).transpose(1, 2)
+        k = attn.keys(h, kwargs.get("norm"), kwargs.get("fused", False))  # [B, H, N, D]
         captured.append(MixerKeys(attn.latents.detach(), k, m, float(attn.scale)))
 
     layers = [m for m in model.modules() if isinstance(m, FlareAttention)]

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from flare_lightning.kernels import flare_mix, flare_weights
-from flare_lightning.kernels.dispatch import BACKENDS
+from flare_lightning.kernels.dispatch import BACKENDS, mixer_dtype
 from flare_lightning.models.mlp import ResidualMLP, residual_mlp_pair
 from flare_lightning.models.options import check_finite, check_heads, check_ints
 
@@ -35,6 +35,10 @@ class FlareAttention(nn.Module):
         mlp_chunk_size: chunk size over points for the key/value MLPs (None: no chunking).
         fuse_kv: compute the key and value MLPs side by side, one GEMM per layer (half the
             launches, same parameters; ``residual_mlp_pair``); not with ``mlp_chunk_size``.
+
+    Every method that takes the block's ``norm`` applies it to x first; with ``fused`` the
+    Triton kernels run the LayerNorm and the key/value MLPs in one pass (``FlareBlock``
+    decides), which keeps the normed [B, N, C] tensor and the MLPs' activations out of memory.
     """
 
     # Set by flare_lightning.parallel.attach_context: the layer then holds one share of each
@@ -75,17 +79,30 @@ class FlareAttention(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    @staticmethod
+    def _project(mlp: ResidualMLP, x: Tensor, norm: nn.Module | None, fused: bool) -> Tensor:
+        """``mlp(norm(x))`` [B, N, C]: fused kernels (output in the mixer's dtype) or PyTorch."""
+        if fused:
+            return mlp.forward_fused(x, norm, out_dtype=mixer_dtype(x))
+        return mlp(x if norm is None else norm(x))
+
+    def keys(self, x: Tensor, norm: nn.Module | None = None, fused: bool = False) -> Tensor:
+        """Keys [B, H, N, D] of x [B, N, C] (normed by ``norm`` first, if given)."""
+        return self._heads(self._project(self.k_proj, x, norm, fused))
+
+    def keys_values(self, x: Tensor, norm: nn.Module | None = None, fused: bool = False) -> tuple[Tensor, Tensor]:
         """Keys and values [B, H, N, D] of x [B, N, C] (one GEMM chain with ``fuse_kv``)."""
-        if self.fuse_kv and self.k_proj.chunk_size is None:
-            k, v = residual_mlp_pair(x, self.k_proj, self.v_proj)
+        if self.fuse_kv and self.k_proj.chunk_size is None and not fused:
+            k, v = residual_mlp_pair(x if norm is None else norm(x), self.k_proj, self.v_proj)
         else:
-            k, v = self.k_proj(x), self.v_proj(x)
+            k, v = self._project(self.k_proj, x, norm, fused), self._project(self.v_proj, x, norm, fused)
         return self._heads(k), self._heads(v)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, norm: nn.Module | None = None, fused: bool = False
+    ) -> Tensor:
         """x: [B, N, C]; mask: [B, N] bool (True on real points) -> [B, N, C]."""
-        k, v = self.keys_values(x)
+        k, v = self.keys_values(x, norm, fused)
         if self.context is not None and self.context.enabled:
             y = self.context.mix(self.latents, k, v, mask, self.scale, self.mixer_backend)  # [B, H, N, D]
         else:
@@ -95,14 +112,16 @@ class FlareAttention(nn.Module):
 
     # --- evaluation over point chunks: the encode is a sum over points, so per-chunk
     # partial sums merge exactly by log-sum-exp; the decode is pointwise given z.
-    def encode_partial(self, x: Tensor, mask: Tensor | None = None) -> EncodeStats:
+    def encode_partial(
+        self, x: Tensor, mask: Tensor | None = None, norm: nn.Module | None = None, fused: bool = False
+    ) -> EncodeStats:
         """Encode statistics of one chunk of points, in float32 (or float64 for a float64 model).
 
-        x: [B, n, C] (normed block input); mask: [B, n] bool. Returns the running max
+        x: [B, n, C] (block input, normed by ``norm``); mask: [B, n] bool. Returns the running max
         ``m`` [B, H, M], the sum ``l`` [B, H, M] of ``exp(logit - m)`` and the weighted
         value sum ``acc`` [B, H, M, D]; ``merge_encode`` joins chunks and ``z = acc / l``.
         """
-        k, v = self.keys_values(x)
+        k, v = self.keys_values(x, norm, fused)
         dtype = torch.promote_types(k.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):  # statistics stay in full precision
             k, v = k.to(dtype), v.to(dtype)
@@ -129,12 +148,12 @@ class FlareAttention(nn.Module):
             stats = self.context.merge_stats(stats)
         return stats[2] / stats[1][..., None]
 
-    def decode(self, x: Tensor, z: Tensor) -> Tensor:
+    def decode(self, x: Tensor, z: Tensor, norm: nn.Module | None = None, fused: bool = False) -> Tensor:
         """Mixer output for one chunk given the latent summary ``z`` [B, H, M, D] (``acc / l``).
 
-        x: [B, n, C] (normed block input) -> [B, n, C] (after ``out_proj``).
+        x: [B, n, C] (block input, normed by ``norm``) -> [B, n, C] (after ``out_proj``).
         """
-        k = self._heads(self.k_proj(x))
+        k = self.keys(x, norm, fused)
         with torch.autocast(x.device.type, enabled=False):
             logits = torch.einsum("bhnd,hmd->bhnm", k.to(z.dtype), self.latents.to(z.dtype)) * self.scale
             y = torch.softmax(logits, dim=-1) @ z  # [B, H, n, D]
@@ -143,6 +162,6 @@ class FlareAttention(nn.Module):
 
     @torch.no_grad()
     def attention_weights(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Encode ``[B, H, M, N]`` and decode ``[B, H, N, M]`` weights for input x [B, N, C]."""
+        """Encode ``[B, H, M, N]`` and decode ``[B, H, N, M]`` weights for input x [B, N, C] (normed)."""
         k = self._heads(self.k_proj(x))
         return flare_weights(self.latents.to(k.dtype), k, mask, self.scale)

@@ -7,6 +7,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from flare_lightning.kernels.dispatch import triton_available
+from flare_lightning.kernels.fused_mlp import MLP_BACKENDS
 from flare_lightning.models.attention import FlareAttention
 from flare_lightning.models.checkpointing import checkpointed
 from flare_lightning.models.mlp import ResidualMLP
@@ -39,6 +41,7 @@ class FlareBlock(nn.Module):
         mixer_backend: str,
         mlp_chunk_size: int | None,
         fuse_kv: bool = False,
+        mlp_backend: str = "torch",
     ) -> None:
         super().__init__()
         self.norm1 = make_norm(norm, channels)
@@ -48,9 +51,35 @@ class FlareBlock(nn.Module):
         self.norm2 = make_norm(norm, channels)
         hidden = int(round(channels * mlp_ratio))
         self.mlp = ResidualMLP(channels, hidden, channels, ffn_layers, act, chunk_size=mlp_chunk_size)
+        self.mlp_backend = mlp_backend
+        if mlp_backend not in MLP_BACKENDS:
+            raise ValueError(f"FLARE: mlp_backend must be one of {MLP_BACKENDS}, got {mlp_backend!r}")
+        self.unfusable = self._unfusable()
+        self.triton = triton_available()  # looked up once, not under torch.compile's tracing
+        if mlp_backend == "triton" and self.unfusable:
+            raise ValueError(f"FLARE: mlp_backend='triton' cannot run this block: {self.unfusable}")
+
+    def _unfusable(self) -> str | None:
+        """Why the fused kernels cannot run this block's norms and MLPs, or None."""
+        if not isinstance(self.norm1, nn.LayerNorm) or self.norm1.weight is None or self.norm1.bias is None:
+            return "the fused kernels apply a LayerNorm with weight and bias (norm='layernorm')"
+        for name, mlp in (("key", self.attn.k_proj), ("value", self.attn.v_proj), ("feed-forward", self.mlp)):
+            why = mlp.fusable()
+            if why:
+                return f"its {name} MLP: {why}"
+        return None
+
+    def fused(self, x: Tensor) -> bool:
+        """Whether this call runs the fused Triton MLPs (``mlp_backend``; ``auto``: on CUDA)."""
+        if self.mlp_backend == "torch" or self.unfusable:
+            return False
+        return self.mlp_backend == "triton" or (x.is_cuda and self.triton)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: [B, N, C] -> [B, N, C]."""
+        if self.fused(x):  # the norms run inside the key/value and feed-forward kernels
+            x = x + self.attn(x, mask, norm=self.norm1, fused=True)
+            return self.mlp.forward_fused(x, self.norm2, residual=x)
         x = x + self.attn(self.norm1(x), mask)
         return x + self.mlp(self.norm2(x))
 
@@ -61,16 +90,17 @@ class FlareBlock(nn.Module):
         Pass 1 gathers the encode over chunks (log-sum-exp merge, exact); pass 2 decodes
         each chunk and applies the feed-forward. Memory: h plus per-chunk temporaries.
         """
+        fused = self.fused(h)
         stats = None
         for lo in range(0, h.shape[1], chunk_size):
             hi = lo + chunk_size
-            part = self.attn.encode_partial(self.norm1(h[:, lo:hi]), None if mask is None else mask[:, lo:hi])
+            part = self.attn.encode_partial(h[:, lo:hi], None if mask is None else mask[:, lo:hi], self.norm1, fused)
             stats = part if stats is None else self.attn.merge_encode(stats, part)
         z = self.attn.latent_summary(stats)  # [B, H, M, D]
         for lo in range(0, h.shape[1], chunk_size):
             x = h[:, lo : lo + chunk_size]
-            x = x + self.attn.decode(self.norm1(x), z)
-            h[:, lo : lo + chunk_size] = x + self.mlp(self.norm2(x))
+            x = x + self.attn.decode(x, z, self.norm1, fused)
+            h[:, lo : lo + chunk_size] = self.mlp.forward_fused(x, self.norm2, x) if fused else x + self.mlp(self.norm2(x))
         return h
 
 
@@ -104,6 +134,11 @@ class FLARE(nn.Module):
             with block-diagonal weights (half the GEMM launches, same parameters and
             checkpoints; ignored with ``mlp_chunk_size``). Off by default until timed: its
             first, batched-GEMM form ran slower on an H200 (benchmarks/RESULTS.md).
+        mlp_backend: how each block's key, value and feed-forward MLPs run: ``torch`` (plain
+            layers), ``triton`` (fused kernels: each MLP and the LayerNorm before it is one pass
+            over the points, recomputed in backward, so no MLP activation is stored and
+            ``mlp_chunk_size`` is not needed; CUDA only; needs ``norm='layernorm'`` and
+            ``mlp_ratio=1``), or ``auto`` (``triton`` where it can run, else ``torch``).
         compile: ``torch.compile`` the blocks, the lifting and the head in place
             (``nn.Module.compile``: parameter names and checkpoints are unchanged).
     """
@@ -128,6 +163,7 @@ class FLARE(nn.Module):
         checkpoint_blocks: bool = False,
         eval_chunk_size: int | None = None,
         fuse_kv: bool = False,
+        mlp_backend: Literal["torch", "triton", "auto"] = "torch",
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -147,7 +183,7 @@ class FLARE(nn.Module):
         self.blocks = nn.ModuleList(
             FlareBlock(
                 channels, num_heads, num_latents, kv_layers, ffn_layers, mlp_ratio, act, norm,
-                scale, mixer_backend, mlp_chunk_size, fuse_kv,
+                scale, mixer_backend, mlp_chunk_size, fuse_kv, mlp_backend,
             )
             for _ in range(num_blocks)
         )

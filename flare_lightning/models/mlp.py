@@ -62,6 +62,7 @@ class ResidualMLP(nn.Module):
         self.hidden = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(num_layers))
         self.fc_out = nn.Linear(hidden_dim, out_dim)
         self.act = make_activation(act)
+        self.act_name = act
         self.input_residual = input_residual and in_dim == hidden_dim
         self.output_residual = output_residual and hidden_dim == out_dim
         self.chunk_size = chunk_size
@@ -80,6 +81,40 @@ class ResidualMLP(nn.Module):
         if self.chunk_size is None or x.dim() < 2:
             return self._forward(x)
         return apply_in_chunks(self._forward, x, self.chunk_size, dim=-2)
+
+    def fusable(self) -> str | None:
+        """Why the fused Triton kernels cannot run this MLP, or None when they can."""
+        from flare_lightning.kernels.fused_mlp import FUSED_WIDTHS
+
+        width = self.fc_in.out_features
+        if not (self.fc_in.in_features == width == self.fc_out.out_features):
+            return f"in, hidden and out widths must be equal (got {self.fc_in.in_features}, {width}, " \
+                   f"{self.fc_out.out_features})"
+        if width not in FUSED_WIDTHS:
+            return f"the width must be one of {FUSED_WIDTHS} (got {width})"
+        if not (self.input_residual and self.output_residual):
+            return "both residuals must be on"
+        return None
+
+    def stacked(self) -> tuple[Tensor, Tensor]:
+        """All layers' weights [L, C, C] (out, in) and biases [L, C], first layer first."""
+        layers = [self.fc_in, *self.hidden, self.fc_out]
+        return torch.stack([m.weight for m in layers]), torch.stack([m.bias for m in layers])
+
+    def forward_fused(
+        self, x: Tensor, norm: nn.LayerNorm | None = None, residual: Tensor | None = None,
+        out_dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        """``[residual +] self(norm(x))`` in the fused Triton kernels (``fusable()`` must hold).
+
+        x: [..., N, C] -> [..., N, C]. Nothing inside the MLP (nor the norm's output) is kept
+        for backward: the kernels recompute it from x. Needs CUDA tensors (or the interpreter).
+        """
+        from flare_lightning.kernels.fused_mlp import fused_mlp
+
+        weight, bias = self.stacked()
+        ln = None if norm is None else (norm.weight, norm.bias, norm.eps)
+        return fused_mlp(x, weight, bias, ln, residual, self.act_name, out_dtype)
 
 
 def residual_mlp_pair(x: Tensor, a: ResidualMLP, b: ResidualMLP) -> tuple[Tensor, Tensor]:

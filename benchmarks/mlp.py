@@ -1,0 +1,140 @@
+"""The fused residual MLP against PyTorch at N = 2^20 points, forward and backward.
+
+One FLARE feed-forward step ``x + mlp(layer_norm(x))`` (C = 64, 3 hidden layers, GELU-tanh,
+bf16 autocast, fp32 residual stream), as each block runs it three times (keys, values,
+feed-forward). Rows: the plain layers eager and ``torch.compile``d, and the fused Triton
+kernels at their default launch configuration; ``--sweep`` adds other tiles, warps and
+backward segments (``triton_mlp.MLPConfig``). Times: median of CUDA-event timings after
+warm-up; peak: ``max_memory_allocated`` over one forward+backward above what was allocated
+before it (inputs included); ``diff``: relative L2 difference of the output and of dx from
+the eager row's.
+
+    PYTHONPATH=$PWD python benchmarks/mlp.py            # the three rows
+    PYTHONPATH=$PWD python benchmarks/mlp.py --sweep --out /tmp/mlp.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from torch import nn
+
+from flare_lightning.kernels import triton_mlp
+from flare_lightning.models.mlp import ResidualMLP
+
+SWEEP = [  # fwd rows, fwd warps, bwd rows, bwd warps, layers per backward segment
+    (128, 8, 128, 8, 5), (128, 8, 128, 8, 3), (128, 8, 128, 8, 2), (128, 8, 128, 8, 1),
+    (64, 4, 64, 4, 3), (64, 4, 64, 4, 2), (256, 8, 128, 8, 3), (128, 4, 128, 8, 3),
+]
+
+
+class FeedForward(nn.Module):
+    """``x + mlp(norm(x))``: plain layers, or the fused kernels with ``fused``."""
+
+    def __init__(self, width: int, layers: int, fused: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.mlp = ResidualMLP(width, width, width, layers)
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return self.mlp.forward_fused(x, self.norm, residual=x)
+        return x + self.mlp(self.norm(x))
+
+
+def timed(fn, warmup: int = 3, reps: int = 20) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def measure(module: nn.Module, x: torch.Tensor, dout: torch.Tensor) -> dict:
+    """Forward and forward+backward ms, peak GB of one forward+backward, output and dx."""
+    def fwd():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return module(x)
+
+    def step():
+        out = fwd()
+        (dx,) = torch.autograd.grad(out, x, dout)
+        return out, dx
+
+    fwd_ms = timed(lambda: fwd())
+    step_ms = timed(step)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out, dx = step()
+    torch.cuda.synchronize()
+    return {"fwd_ms": fwd_ms, "fwd_bwd_ms": step_ms, "peak_gb": (torch.cuda.max_memory_allocated() - base) / 1e9,
+            "out": out.float(), "dx": dx.float()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=2**20)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=3, help="hidden residual layers (FLARE: 3)")
+    parser.add_argument("--sweep", action="store_true", help="time other launch configurations too")
+    parser.add_argument("--out", help="write the rows as JSON here")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    plain = FeedForward(args.width, args.layers, fused=False).to(device)
+    fused = FeedForward(args.width, args.layers, fused=True).to(device)
+    fused.load_state_dict(plain.state_dict())
+    x = torch.randn(args.n, args.width, device=device, requires_grad=True)
+    dout = torch.randn(args.n, args.width, device=device)
+
+    rows = []
+    ref = measure(plain, x, dout)
+    rows.append(("torch eager", ref))
+    compiled = FeedForward(args.width, args.layers, fused=False).to(device)
+    compiled.load_state_dict(plain.state_dict())
+    t0 = time.perf_counter()
+    rows.append(("torch compiled", measure(torch.compile(compiled), x, dout)))
+    print(f"compiled in {time.perf_counter() - t0:.0f} s", flush=True)
+    configs = [None] + ([triton_mlp.MLPConfig(*c) for c in SWEEP] if args.sweep else [])
+    for cfg in configs:
+        triton_mlp.CONFIG_OVERRIDE = cfg
+        name = "fused default" if cfg is None else "fused " + ",".join(map(str, vars(cfg).values()))
+        try:
+            rows.append((name, measure(fused, x, dout)))
+        except Exception as err:  # a configuration that does not compile or launch: say so, go on
+            print(f"{name}: {type(err).__name__}: {str(err)[:200]}", flush=True)
+    triton_mlp.CONFIG_OVERRIDE = None
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    print(f"\nx + mlp(layer_norm(x)) at N = {args.n}, C = {args.width}, {args.layers} hidden layers, bf16 autocast, "
+          f"{torch.cuda.get_device_name()}")
+    print("| row | fwd ms | fwd+bwd ms | x eager | peak GB | diff out | diff dx |")
+    print("|---|---|---|---|---|---|---|")
+    table = []
+    for name, r in rows:
+        d_out, d_dx = rel(r["out"], ref["out"]), rel(r["dx"], ref["dx"])
+        print(f"| {name} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | {ref['fwd_bwd_ms'] / r['fwd_bwd_ms']:.1f} | "
+              f"{r['peak_gb']:.2f} | {d_out:.1e} | {d_dx:.1e} |")
+        table.append({"row": name, **{k: v for k, v in r.items() if k not in ("out", "dx")},
+                      "diff_out": d_out, "diff_dx": d_dx})
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "n": args.n, "rows": table}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""The fused residual MLP on Triton: launches, ``torch.library`` custom ops and autograd.
+
+``fused_mlp_triton(x, weight, bias, ...)`` computes ``[residual +] mlp(layer_norm(x))`` for FLARE's
+C -> C residual MLPs (``ResidualMLP`` with both residuals) in two kernels: one forward pass
+over the rows, one backward pass that recomputes the chain on chip. What autograd keeps is
+the input x (plus the weights); no hidden activation of the MLP is stored. The ops are
+opaque to ``torch.compile`` (Inductor traces around them, as for the mixer).
+
+Importing this module needs Triton; ``fused_mlp`` imports it on demand.
+Under ``TRITON_INTERPRET=1`` (set before this import) the kernels run on CPU tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from flare_lightning.kernels import triton_mlp_kernels as kernels
+from flare_lightning.kernels.fused_mlp import FUSED_WIDTHS
+
+ACT_CODES = {"gelu_tanh": kernels.GELU_TANH, "gelu": kernels.GELU, "silu": kernels.SILU, "relu": kernels.RELU}
+
+
+def interpreted() -> bool:
+    """Whether the kernels run in Triton's interpreter (looked up at call time: tests reload
+    ``triton_mlp_kernels`` under ``TRITON_INTERPRET=1``; the custom ops stay registered once)."""
+    return type(kernels.mlp_fwd_kernel).__name__ == "InterpretedFunction"
+_DOT = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def _dot_type(dtype: torch.dtype):
+    import triton.language as tl
+
+    return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}[dtype]
+
+
+def _precision(compute_dtype: torch.dtype) -> str:
+    """fp32 dots follow ``torch.get_float32_matmul_precision()`` (``highest``: exact fp32)."""
+    if compute_dtype != torch.float32:
+        return "ieee"  # ignored for 16-bit operands
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+@lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """Launch configuration: rows per tile and warps of each kernel, and the backward's
+    layer segments (each a kernel that recomputes the chain and keeps only its own layers'
+    inputs and weight-gradient sums on chip; more segments: fewer registers, more passes)."""
+
+    fwd_rows: int = 128
+    fwd_warps: int = 8
+    bwd_rows: int = 128
+    bwd_warps: int = 8
+    max_layers_per_segment: int = 3
+
+    def segments(self, num_layers: int) -> list[tuple[int, int]]:
+        """(lo, hi) layer ranges from the last layers back to the first."""
+        n = -(-num_layers // self.max_layers_per_segment)
+        bounds = [round(num_layers * i / n) for i in range(n + 1)]
+        return [(bounds[i], bounds[i + 1]) for i in reversed(range(n))]
+
+
+def default_config(c: int) -> MLPConfig:
+    """Tiles that keep each kernel's working set in registers (checked for sm_90 with
+    ``benchmarks/kernel_resources.py``); small tiles in the interpreter (numpy runs whole tiles)."""
+    if interpreted():
+        return MLPConfig(32, 4, 32, 4, 2)
+    if c > 64:
+        return MLPConfig(64, 4, 64, 4, 1)
+    return MLPConfig()
+
+
+CONFIG_OVERRIDE: MLPConfig | None = None  # benchmarks/mlp.py sweeps launch configurations through it
+
+
+def _config(c: int) -> MLPConfig:
+    return CONFIG_OVERRIDE if CONFIG_OVERRIDE is not None else default_config(c)
+
+
+def _bwd_programs(rows: int, block: int, device: torch.device) -> int:
+    tiles = -(-rows // block)
+    if device.type != "cuda":
+        return max(1, min(tiles, 4))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return max(1, min(tiles, _sm_count(index)))
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t.reshape(-1, t.shape[-1]).contiguous()
+
+
+@torch.library.custom_op("flare_lightning::mlp_fwd", mutates_args=())
+def mlp_fwd(
+    x: Tensor, weight: Tensor, bias: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
+    residual: Tensor | None, eps: float, act: int, compute_dtype: torch.dtype, out_dtype: torch.dtype,
+) -> Tensor:
+    """``[residual +] mlp(layer_norm(x))`` for x [..., C]; weight [L, C, C], bias [L, C]."""
+    c, nl = x.shape[-1], weight.shape[0]
+    x2 = _flat(x)
+    out = torch.empty(x.shape, device=x.device, dtype=out_dtype)
+    cfg = _config(c)
+    rows = x2.shape[0]
+    has_ln = ln_weight is not None
+    res = _flat(residual) if residual is not None else x2
+    if rows:
+        kernels.mlp_fwd_kernel[(-(-rows // cfg.fwd_rows),)](
+            x2, res, out, ln_weight if has_ln else bias, ln_bias if has_ln else bias,
+            weight.transpose(1, 2).to(compute_dtype).contiguous(), bias.contiguous(), rows, eps,
+            C=c, NL=nl, LN=has_ln, RES=residual is not None, ACT=act,
+            DOT=_dot_type(compute_dtype), PREC=_precision(compute_dtype), BT=cfg.fwd_rows,
+            num_warps=cfg.fwd_warps, num_stages=1,
+        )
+    return out
+
+
+@mlp_fwd.register_fake
+def _(x, weight, bias, ln_weight, ln_bias, residual, eps, act, compute_dtype, out_dtype):
+    return x.new_empty(x.shape, dtype=out_dtype)
+
+
+@torch.library.custom_op("flare_lightning::mlp_bwd", mutates_args=())
+def mlp_bwd(
+    x: Tensor, dout: Tensor, weight: Tensor, bias: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
+    eps: float, act: int, compute_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dweight, dbias, d(ln_weight, ln_bias) [2, C]) of ``mlp_fwd`` (fp32 parameter grads)."""
+    c, nl = x.shape[-1], weight.shape[0]
+    x2, grad = _flat(x), _flat(dout)
+    rows = x2.shape[0]
+    cfg = _config(c)
+    programs = _bwd_programs(rows, cfg.bwd_rows, x.device)
+    f32 = torch.float32
+    dw = torch.zeros(programs, nl, c, c, device=x.device, dtype=f32)
+    db = torch.zeros(programs, nl, c, device=x.device, dtype=f32)
+    dln = torch.zeros(programs, 2, c, device=x.device, dtype=f32)
+    has_ln = ln_weight is not None
+    w = weight.to(compute_dtype).contiguous()
+    wt = weight.transpose(1, 2).to(compute_dtype).contiguous()
+    for lo, hi in cfg.segments(nl):  # the last layers first; each passes d h_lo to the next
+        target = torch.empty(x.shape, device=x.device, dtype=x.dtype if lo == 0 else f32)
+        if rows:
+            kernels.mlp_bwd_kernel[(programs,)](
+                x2, grad, target, ln_weight if has_ln else bias, ln_bias if has_ln else bias,
+                w, wt, bias.contiguous(), dw, db, dln, rows, eps,
+                C=c, NL=nl, LO=lo, HI=hi, LN=has_ln, ACT=act,
+                DOT=_dot_type(compute_dtype), PREC=_precision(compute_dtype), BT=cfg.bwd_rows,
+                num_warps=cfg.bwd_warps, num_stages=1,
+            )
+        grad = target.view(-1, c)
+    dx = target
+    return dx, dw.sum(0), db.sum(0), dln.sum(0)
+
+
+@mlp_bwd.register_fake
+def _(x, dout, weight, bias, ln_weight, ln_bias, eps, act, compute_dtype):
+    c, nl = x.shape[-1], weight.shape[0]
+    f32 = torch.float32
+    return (torch.empty_like(x), x.new_empty(nl, c, c, dtype=f32), x.new_empty(nl, c, dtype=f32),
+            x.new_empty(2, c, dtype=f32))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, ln_weight, ln_bias, residual, eps, act, compute_dtype, out_dtype = inputs
+    ctx.save_for_backward(x, weight, bias, ln_weight, ln_bias)
+    ctx.eps, ctx.act, ctx.compute_dtype = eps, act, compute_dtype
+    ctx.residual_dtype = residual.dtype if residual is not None else None
+
+
+def _backward(ctx, dout):
+    x, weight, bias, ln_weight, ln_bias = ctx.saved_tensors
+    dx, dw, db, dln = mlp_bwd(x, dout, weight, bias, ln_weight, ln_bias, ctx.eps, ctx.act, ctx.compute_dtype)
+    has_ln = ln_weight is not None
+    return (
+        dx, dw.to(weight.dtype), db.to(bias.dtype),
+        dln[0].to(ln_weight.dtype) if has_ln else None, dln[1].to(ln_bias.dtype) if has_ln else None,
+        dout.to(ctx.residual_dtype) if ctx.residual_dtype is not None else None, None, None, None, None,
+    )
+
+
+mlp_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def check_fused_inputs(x: Tensor, weight: Tensor, bias: Tensor, ln: tuple | None, act: str) -> None:
+    """Refuse what the kernels do not compute, naming the argument."""
+    c = x.shape[-1]
+    if c not in FUSED_WIDTHS:
+        raise ValueError(f"fused_mlp: the width must be one of {FUSED_WIDTHS}, got {c}")
+    if weight.dim() != 3 or weight.shape[1:] != (c, c) or bias.shape != (weight.shape[0], c):
+        raise ValueError(f"fused_mlp: weight must be [L, {c}, {c}] and bias [L, {c}], got "
+                         f"{tuple(weight.shape)} and {tuple(bias.shape)}")
+    if weight.shape[0] < 1:
+        raise ValueError("fused_mlp: needs at least one layer")
+    if act not in ACT_CODES:
+        raise ValueError(f"fused_mlp: act must be one of {sorted(ACT_CODES)}, got {act!r}")
+    if ln is not None and (ln[0].shape != (c,) or ln[1].shape != (c,)):
+        raise ValueError(f"fused_mlp: the LayerNorm must have weight and bias of shape ({c},)")
+    if not (x.is_cuda or interpreted()):
+        raise RuntimeError("fused_mlp needs CUDA tensors (or TRITON_INTERPRET=1 set before import)")
+
+
+def fused_mlp_triton(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    ln: tuple[Tensor, Tensor, float] | None = None,
+    residual: Tensor | None = None,
+    act: str = "gelu_tanh",
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """``[residual +] mlp(layer_norm(x))`` with ``mlp`` the residual chain of ``weight``/``bias``.
+
+    Args:
+        x: [..., C] input (fp32, bf16 or fp16).
+        weight: [L, C, C] stacked Linear weights (out, in), first layer first.
+        bias: [L, C] stacked biases.
+        ln: (weight [C], bias [C], eps) of a LayerNorm applied to x first, or None.
+        residual: [..., C] added to the output (the block's residual stream), or None.
+        act: activation between layers (none after the last).
+        out_dtype: output dtype; default: the dtype eager autocast gives (x's, or fp32 when
+            a residual is given).
+
+    The dots run in autocast's dtype when autocast is on for x's device, else in x's dtype
+    (fp32 dots at ``torch.get_float32_matmul_precision()``).
+    """
+    check_fused_inputs(x, weight, bias, ln, act)
+    device = x.device.type
+    compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    if compute not in _DOT:
+        raise TypeError(f"fused_mlp: compute dtype must be float32, bfloat16 or float16, got {compute}")
+    if out_dtype is None:
+        out_dtype = torch.promote_types(x.dtype, residual.dtype) if residual is not None else x.dtype
+    ln_w, ln_b, eps = ln if ln is not None else (None, None, 0.0)
+    with torch.autocast(device, enabled=False):
+        return mlp_fwd(x, weight, bias, ln_w, ln_b, residual, float(eps), ACT_CODES[act], compute, out_dtype)
+
+
+__all__ = ["ACT_CODES", "MLPConfig", "check_fused_inputs", "default_config", "fused_mlp_triton", "mlp_bwd", "mlp_fwd"]

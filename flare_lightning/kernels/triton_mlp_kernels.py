@@ -1,0 +1,180 @@
+"""Triton kernels of the fused residual MLP: ``out = [res +] mlp(layer_norm(x))``.
+
+FLARE's MLPs are chains of ``h = h + act(h Wᵢᵀ + bᵢ)`` at width C (64) ending in
+``out = h + h Wᵀ + b``. Unfused, every Linear, activation and addition is a pass over an
+[N, C] tensor; here one program takes a tile of rows, keeps the whole chain on chip and
+touches memory once for its input and once for its output. The backward kernel recomputes
+the chain from the tile's input (nothing inside the MLP is stored for backward) and
+accumulates the weight gradients of its rows in registers across a persistent loop, so
+each program writes one partial per weight. Dots run in the compute dtype (bf16/fp16, or
+fp32 at ``PREC``) with fp32 accumulation; the residual stream, LayerNorm and activations
+stay in fp32.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+GELU_TANH, GELU, SILU, RELU = 0, 1, 2, 3
+_SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
+_INV_SQRT_2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+
+
+@triton.jit
+def _act(a, ACT: tl.constexpr):
+    """The activation of fp32 pre-activations ``a``."""
+    if ACT == 0:  # 0.5 a (1 + tanh(u)) = a sigmoid(2u)
+        u = _SQRT_2_OVER_PI * (a + 0.044715 * a * a * a)
+        return a * tl.sigmoid(2.0 * u)
+    elif ACT == 1:
+        return 0.5 * a * (1.0 + tl.erf(a * _INV_SQRT_2))
+    elif ACT == 2:
+        return a * tl.sigmoid(a)
+    else:
+        return tl.maximum(a, 0.0)
+
+
+@triton.jit
+def _act_grad(a, ACT: tl.constexpr):
+    """d act / d a at fp32 pre-activations ``a``."""
+    if ACT == 0:
+        u = _SQRT_2_OVER_PI * (a + 0.044715 * a * a * a)
+        s = tl.sigmoid(2.0 * u)
+        return s + 2.0 * a * s * (1.0 - s) * _SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * a * a)
+    elif ACT == 1:
+        return 0.5 * (1.0 + tl.erf(a * _INV_SQRT_2)) + a * tl.exp(-0.5 * a * a) * _INV_SQRT_2PI
+    elif ACT == 2:
+        s = tl.sigmoid(a)
+        return s * (1.0 + a * (1.0 - s))
+    else:
+        return (a > 0.0).to(tl.float32)
+
+
+@triton.jit
+def _weight(w_ptr, layer, cols, C: tl.constexpr):
+    """Layer ``layer``'s [C, C] weight tile, re-read from L2 at every use (volatile: a hoisted
+    copy of every layer's weights would hold hundreds of registers for the whole loop)."""
+    return tl.load(w_ptr + layer * C * C + cols[:, None] * C + cols[None, :], volatile=True)
+
+
+@triton.jit
+def _linear(h_dot, wt_ptr, b_ptr, layer, cols, C: tl.constexpr, PREC: tl.constexpr):
+    """fp32 ``h Wᵀ + b`` of layer ``layer`` for a tile ``h_dot`` [BT, C] in the dot dtype;
+    ``wt_ptr`` holds the transposed weights [L, in, out] in that dtype."""
+    bias = tl.load(b_ptr + layer * C + cols)
+    return tl.dot(h_dot, _weight(wt_ptr, layer, cols, C), input_precision=PREC) + bias[None, :]
+
+
+@triton.jit
+def _load_rows(ptr, rows, cols, T, C: tl.constexpr):
+    """fp32 tile [BT, C] of a row-major [T, C] tensor; rows past T read as 0."""
+    offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+    return tl.load(ptr + offs, mask=rows[:, None] < T, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_rows(ptr, value, rows, cols, T, C: tl.constexpr):
+    offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+    tl.store(ptr + offs, value.to(ptr.dtype.element_ty), mask=rows[:, None] < T)
+
+
+@triton.jit
+def _normalise(x, eps, C: tl.constexpr):
+    """(x̂, 1/σ) of LayerNorm over the last axis of an fp32 tile (before its affine)."""
+    mean = tl.sum(x, axis=1) / C
+    xc = x - mean[:, None]
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / C + eps)
+    return xc * rstd[:, None], rstd
+
+
+@triton.jit
+def mlp_fwd_kernel(
+    x_ptr, res_ptr, out_ptr, lnw_ptr, lnb_ptr, wt_ptr, b_ptr, T, eps,
+    C: tl.constexpr, NL: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, ACT: tl.constexpr,
+    DOT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr,
+):
+    """One tile of BT rows: out = [res +] h_L, h_0 = [LN](x), h_{i+1} = h_i + act(h_i W_iᵀ + b_i)
+    (no activation on the last of the NL layers)."""
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    cols = tl.arange(0, C)
+    h = _load_rows(x_ptr, rows, cols, T, C)
+    if LN:
+        xhat, rstd = _normalise(h, eps, C)
+        h = xhat * tl.load(lnw_ptr + cols)[None, :] + tl.load(lnb_ptr + cols)[None, :]
+    for i in tl.static_range(NL):
+        a = _linear(h.to(DOT), wt_ptr, b_ptr, i, cols, C, PREC)
+        if i < NL - 1:
+            h = h + _act(a, ACT)
+        else:
+            h = h + a
+    if RES:
+        h = h + _load_rows(res_ptr, rows, cols, T, C)
+    _store_rows(out_ptr, h, rows, cols, T, C)
+
+
+@triton.jit
+def mlp_bwd_kernel(
+    x_ptr, dout_ptr, dx_ptr, lnw_ptr, lnb_ptr, w_ptr, wt_ptr, b_ptr, dw_ptr, db_ptr, dln_ptr, T, eps,
+    C: tl.constexpr, NL: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr, LN: tl.constexpr,
+    ACT: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr,
+):
+    """Backward through layers LO..HI-1 for the rows of tiles pid, pid + P, ...
+
+    ``dout_ptr`` holds the gradient of layer HI-1's output (of the MLP's output when HI = NL);
+    ``dx_ptr`` receives the gradient of layer LO's input (of x, through the LayerNorm, when
+    LO = 0), fp32. The chain is recomputed from x up to layer HI-1; only the inputs of layers
+    LO..HI-1 are kept per tile, so splitting a deep MLP into segments bounds the registers.
+    This program's partial sums of dW, db (layers LO..HI-1) and of the LayerNorm's (dγ, dβ)
+    go to slot pid of the partial buffers [P, NL, C, C], [P, NL, C], [P, 2, C].
+    """
+    pid = tl.program_id(0)
+    cols = tl.arange(0, C)
+    dws = ()  # one accumulator per layer; those outside LO..HI stay zero and are never stored
+    dbs = ()
+    for i in tl.static_range(NL):
+        dws = dws + (tl.zeros((C, C), tl.float32),)
+        dbs = dbs + (tl.zeros((C,), tl.float32),)
+    dlnw = tl.zeros((C,), tl.float32)
+    dlnb = tl.zeros((C,), tl.float32)
+    for start in range(pid * BT, T, tl.num_programs(0) * BT):
+        rows = start + tl.arange(0, BT)
+        h = _load_rows(x_ptr, rows, cols, T, C)
+        if LN:
+            xhat, rstd = _normalise(h, eps, C)
+            h = xhat * tl.load(lnw_ptr + cols)[None, :] + tl.load(lnb_ptr + cols)[None, :]
+        hs = ()  # the inputs of layers LO..HI-1, in the dot dtype
+        for i in tl.static_range(HI - 1):
+            h_dot = h.to(DOT)
+            if i >= LO:
+                hs = hs + (h_dot,)
+            h = h + _act(_linear(h_dot, wt_ptr, b_ptr, i, cols, C, PREC), ACT)
+        hs = hs + (h.to(DOT),)
+        g = _load_rows(dout_ptr, rows, cols, T, C)  # d h_HI (a residual step's output, or the MLP's)
+        for i in tl.static_range(HI - 1, LO - 1, -1):
+            if i == NL - 1:  # no activation after the last layer
+                da = g
+            else:
+                da = g * _act_grad(_linear(hs[i - LO], wt_ptr, b_ptr, i, cols, C, PREC), ACT)
+            da_dot = da.to(DOT)
+            dw = tl.dot(tl.trans(da_dot), hs[i - LO], input_precision=PREC)
+            dws = dws[:i] + (dws[i] + dw,) + dws[i + 1:]
+            dbs = dbs[:i] + (dbs[i] + tl.sum(da, axis=0),) + dbs[i + 1:]
+            g = g + tl.dot(da_dot, _weight(w_ptr, i, cols, C), input_precision=PREC)
+        if LN and LO == 0:  # g = d LN(x): back through the affine and the normalisation (x̂ from x, reloaded)
+            xhat, rstd = _normalise(_load_rows(x_ptr, rows, cols, T, C), eps, C)
+            lnw = tl.load(lnw_ptr + cols)
+            dlnw += tl.sum(g * xhat, axis=0)
+            dlnb += tl.sum(g, axis=0)
+            dxhat = g * lnw[None, :]
+            mean_d = tl.sum(dxhat, axis=1) / C
+            mean_dx = tl.sum(dxhat * xhat, axis=1) / C
+            g = rstd[:, None] * (dxhat - mean_d[:, None] - xhat * mean_dx[:, None])
+        _store_rows(dx_ptr, g, rows, cols, T, C)
+    for i in tl.static_range(LO, HI):
+        tl.store(dw_ptr + ((pid * NL + i) * C + cols[:, None]) * C + cols[None, :], dws[i])
+        tl.store(db_ptr + (pid * NL + i) * C + cols, dbs[i])
+    if LO == 0:
+        tl.store(dln_ptr + pid * 2 * C + cols, dlnw)
+        tl.store(dln_ptr + (pid * 2 + 1) * C + cols, dlnb)

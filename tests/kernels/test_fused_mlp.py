@@ -1,0 +1,221 @@
+"""The fused residual MLP (Triton) against the plain PyTorch ``ResidualMLP`` in float64.
+
+Forward and every gradient (input, weights, biases, LayerNorm, residual) on fresh random
+inputs with a row count that is not a multiple of the tile; the backward's layer segments;
+``FLARE(mlp_backend='triton')`` against ``'torch'`` (masked, chunked evaluation, bf16
+autocast); the custom op under ``opcheck`` and ``torch.compile``; and the refusals.
+Interpreted kernels without CUDA.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from torch import nn
+
+from tests.kernels.conftest import HAS_CUDA, _fix_interpreter
+
+pytest.importorskip("triton")
+# The interpreter's numpy sigmoid overflows exp(-a) for large |a| (the result, 0 or 1, is right).
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+
+from flare_lightning.models import FLARE  # noqa: E402
+from flare_lightning.models.mlp import ResidualMLP  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tmlp():
+    """``flare_lightning.kernels.triton_mlp``, its kernels interpreted when there is no CUDA."""
+    from flare_lightning.kernels import triton_mlp, triton_mlp_kernels
+
+    if not HAS_CUDA:
+        _fix_interpreter()
+        if not triton_mlp.interpreted():
+            importlib.reload(triton_mlp_kernels)
+    return triton_mlp
+
+
+@pytest.fixture(scope="module")
+def device() -> torch.device:
+    return torch.device("cuda" if HAS_CUDA else "cpu")
+
+
+def random_mlp(width: int, layers: int, act: str, seed: int) -> tuple[ResidualMLP, nn.LayerNorm]:
+    """A float64 ResidualMLP and LayerNorm with O(1) random parameters (not the small init,
+    so every layer's contribution shows in the output)."""
+    g = torch.Generator().manual_seed(seed)
+    mlp, norm = ResidualMLP(width, width, width, layers, act).double(), nn.LayerNorm(width).double()
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3)
+        norm.weight.copy_(1 + 0.3 * torch.randn(width, generator=g, dtype=torch.float64))
+        norm.bias.copy_(0.3 * torch.randn(width, generator=g, dtype=torch.float64))
+    return mlp, norm
+
+
+def fused_errors(tmlp, device, width, layers, act, with_ln, with_res, dtype, seed, rows=(3, 37)):
+    """Relative L2 errors of the fused output and gradients against the float64 MLP."""
+    mlp, norm = random_mlp(width, layers, act, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    x, res, dout = (torch.randn(*rows, width, generator=g, dtype=torch.float64) for _ in range(3))
+    x_ref = x.clone().requires_grad_()
+    res_ref = res.clone().requires_grad_()
+    params = [*mlp.parameters(), norm.weight, norm.bias]
+    y_ref = mlp(norm(x_ref) if with_ln else x_ref) + (res_ref if with_res else 0.0)
+    ref = torch.autograd.grad(y_ref, [x_ref, res_ref, *params], dout, allow_unused=True)
+    w_ref, b_ref = (torch.stack(ref[2:-2][i::2]) for i in (0, 1))  # ResidualMLP order: (weight, bias) per layer
+
+    weight, bias = (t.detach().float().to(device).requires_grad_() for t in mlp.stacked())
+    ln_w, ln_b = (t.detach().float().to(device).requires_grad_() for t in (norm.weight, norm.bias))
+    xd = x.to(device=device, dtype=dtype).requires_grad_()
+    rd = res.to(device=device, dtype=dtype).requires_grad_()
+    out = tmlp.fused_mlp_triton(xd, weight, bias, (ln_w, ln_b, norm.eps) if with_ln else None,
+                                rd if with_res else None, act)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    wanted = [xd, weight, bias] + ([ln_w, ln_b] if with_ln else []) + ([rd] if with_res else [])
+    grads = torch.autograd.grad(out, wanted, dout.to(device=device, dtype=out.dtype))
+
+    def rel(a, b):
+        return ((a.detach().double().cpu() - b).norm() / b.norm()).item()
+
+    errors = {"y": rel(out, y_ref), "dx": rel(grads[0], ref[0]), "dw": rel(grads[1], w_ref), "db": rel(grads[2], b_ref)}
+    if with_ln:
+        errors.update(dln_w=rel(grads[3], ref[-2]), dln_b=rel(grads[4], ref[-1]))
+    if with_res:
+        errors["dres"] = rel(grads[-1], ref[1])
+    return errors
+
+
+CASES = [  # width, hidden layers, act, LayerNorm, residual
+    (16, 3, "gelu_tanh", True, True),
+    (32, 3, "gelu_tanh", True, False),
+    (16, 0, "gelu", False, True),
+    (16, 1, "silu", True, True),
+    (32, 4, "relu", False, False),
+]
+
+
+@pytest.mark.parametrize("width, layers, act, with_ln, with_res", CASES)
+def test_fused_mlp_matches_float64_reference(tmlp, device, width, layers, act, with_ln, with_res):
+    errors = fused_errors(tmlp, device, width, layers, act, with_ln, with_res, torch.float32, seed=width + layers)
+    tol = 1e-5 if torch.get_float32_matmul_precision() == "highest" else 2e-3
+    assert max(errors.values()) < tol, errors
+
+
+def test_fused_mlp_bf16_autocast_is_bf16_accurate(tmlp, device):
+    """Under bf16 autocast the dots run in bf16 (fp32 sums): bf16-level errors, far from wrong."""
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        errors = fused_errors(tmlp, device, 32, 3, "gelu_tanh", True, True, torch.float32, seed=11)
+    assert 1e-5 < max(errors.values()) < 3e-2, errors
+
+
+@pytest.mark.parametrize("max_layers", [1, 2, 5])
+def test_backward_segments_cover_each_layer_once_and_agree(tmlp, device, max_layers):
+    cfg = tmlp.MLPConfig(32, 4, 32, 4, max_layers)
+    for layers in range(1, 8):
+        segments = cfg.segments(layers)
+        covered = [i for lo, hi in reversed(segments) for i in range(lo, hi)]
+        assert covered == list(range(layers)) and all(hi - lo <= max_layers for lo, hi in segments)
+        assert segments[0][1] == layers and segments[-1][0] == 0
+    saved = tmlp.CONFIG_OVERRIDE
+    tmlp.CONFIG_OVERRIDE = cfg
+    try:
+        errors = fused_errors(tmlp, device, 16, 3, "gelu_tanh", True, False, torch.float32, seed=5)
+    finally:
+        tmlp.CONFIG_OVERRIDE = saved
+    assert max(errors.values()) < 1e-5, errors
+
+
+def test_opcheck(tmlp, device):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 21, 16, generator=g).to(device).requires_grad_()
+    w = (0.2 * torch.randn(4, 16, 16, generator=g)).to(device).requires_grad_()
+    b = (0.2 * torch.randn(4, 16, generator=g)).to(device).requires_grad_()
+    ln_w, ln_b = torch.ones(16, device=device, requires_grad=True), torch.zeros(16, device=device, requires_grad=True)
+    res = torch.randn(2, 21, 16, generator=g).to(device).requires_grad_()
+    args = (x, w, b, ln_w, ln_b, res, 1e-5, 0, torch.float32, torch.float32)
+    torch.library.opcheck(tmlp.mlp_fwd, args)
+
+
+def flare_pair(seed: int, **kw) -> tuple[FLARE, FLARE]:
+    """The same random FLARE with ``mlp_backend='torch'`` (float64) and ``'triton'`` (float32)."""
+    torch.manual_seed(seed)
+    kw = dict(in_dim=3, out_dim=2, channels=16, num_blocks=2, num_heads=2, num_latents=8, **kw)
+    plain = FLARE(**kw, mixer_backend="explicit").double()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.normal_(0.0, 0.3) if p.dim() > 1 else p.add_(0.1 * torch.randn_like(p))
+    fused = FLARE(**kw, mixer_backend="explicit", mlp_backend="triton")
+    fused.load_state_dict({k: v.float() for k, v in plain.state_dict().items()})
+    return plain, fused
+
+
+def test_flare_triton_mlps_match_torch_mlps(tmlp, device):
+    """Whole model, masked: outputs on real points and every parameter's gradient."""
+    plain, fused = flare_pair(0)
+    fused = fused.to(device)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 45, 3, generator=g, dtype=torch.float64)
+    mask = torch.arange(45)[None, :] < torch.tensor([[45], [29]])
+    dy = torch.randn(2, 45, 2, generator=g, dtype=torch.float64) * mask[..., None]
+    y = plain(x, mask)
+    y_fused = fused(x.float().to(device), mask.to(device))
+    rows = mask[..., None]
+    assert ((y_fused.double().cpu() - y) * rows).norm() / (y * rows).norm() < 1e-5
+    grads = torch.autograd.grad(y, list(plain.parameters()), dy)
+    grads_fused = torch.autograd.grad(y_fused, list(fused.parameters()), dy.float().to(device))
+    names = [n for n, _ in plain.named_parameters()]
+    worst = max(((a.double().cpu() - b).norm() / b.norm()).item() for a, b in zip(grads_fused, grads))
+    assert worst < 1e-3, dict(zip(names, [((a.double().cpu() - b).norm() / b.norm()).item()
+                                          for a, b in zip(grads_fused, grads)]))
+
+
+def test_flare_triton_mlps_chunked_evaluation(tmlp, device):
+    """The point-chunked evaluation runs the fused kernels too and equals the whole forward."""
+    plain, fused = flare_pair(1, eval_chunk_size=16)
+    fused = fused.to(device).eval()
+    x = torch.randn(2, 45, 3, dtype=torch.float64)
+    mask = torch.arange(45)[None, :] < torch.tensor([[45], [29]])
+    with torch.no_grad():
+        whole = plain.eval()(x, mask)
+        chunked = fused(x.float().to(device), mask.to(device))
+    rows = mask[..., None]
+    assert ((chunked.double().cpu() - whole) * rows).norm() / (whole * rows).norm() < 1e-5
+
+
+def test_compiled_block_has_no_graph_break(tmlp, device):
+    _, fused = flare_pair(2)
+    block = fused.blocks[0].to(device)
+    x = torch.randn(2, 37, 16, device=device, requires_grad=True)
+    expected = block(x)
+    (g_expected,) = torch.autograd.grad(expected.square().sum(), x)
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend="inductor" if HAS_CUDA else "aot_eager")
+    out = compiled(x)
+    (g_out,) = torch.autograd.grad(out.square().sum(), x)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g_out, g_expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"norm": "rmsnorm"}, "LayerNorm"),
+        ({"mlp_ratio": 2.0}, "feed-forward MLP: in, hidden and out widths"),
+        ({"channels": 24, "num_heads": 2}, "width must be one of"),
+        ({"mlp_backend": "cuda"}, "mlp_backend must be one of"),
+    ],
+)
+def test_refusals_name_the_option(kw, match):
+    kw = {"in_dim": 3, "out_dim": 1, "channels": 16, "num_blocks": 1, "num_heads": 2, "num_latents": 4,
+          "mlp_backend": "triton", **kw}
+    with pytest.raises(ValueError, match=match):
+        FLARE(**kw)
+
+
+def test_auto_runs_torch_mlps_on_cpu():
+    """``auto`` keeps the plain layers on the CPU (the fused path is for CUDA)."""
+    model = FLARE(in_dim=3, out_dim=1, channels=16, num_blocks=1, num_heads=2, num_latents=4, mlp_backend="auto")
+    assert not model.blocks[0].fused(torch.zeros(1, 4, 16))
