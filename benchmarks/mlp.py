@@ -25,9 +25,17 @@ from torch import nn
 from flare_lightning.kernels import triton_mlp
 from flare_lightning.models.mlp import ResidualMLP
 
-SWEEP = [  # fwd rows, fwd warps, bwd rows, bwd warps, layers per backward segment
-    (128, 8, 128, 8, 5), (128, 8, 128, 8, 3), (128, 8, 128, 8, 2), (128, 8, 128, 8, 1),
-    (64, 4, 64, 4, 3), (64, 4, 64, 4, 2), (256, 8, 128, 8, 3), (128, 4, 128, 8, 3),
+SWEEP = [  # MLPConfig fields: fwd rows, warps; bwd rows, warps; layers per backward segment;
+    # fwd, bwd register caps; backward programs per SM
+    (128, 8, 128, 8, 3, 128, 128, 2),
+    (128, 8, 128, 8, 2, 128, 128, 2),
+    (128, 8, 128, 8, 5, 128, 128, 2),
+    (64, 4, 64, 4, 2, 128, 168, 3),
+    (64, 4, 64, 4, 1, 128, 168, 3),
+    (64, 4, 64, 4, 3, 128, 168, 3),
+    (64, 4, 64, 4, 2, 128, 128, 4),
+    (32, 4, 128, 8, 3, 96, 128, 2),
+    (128, 8, 128, 8, 3, None, None, 1),
 ]
 
 
@@ -112,7 +120,7 @@ def main() -> None:
         triton_mlp.CONFIG_OVERRIDE = cfg
         name = "fused default" if cfg is None else "fused " + ",".join(map(str, vars(cfg).values()))
         try:
-            rows.append((name, measure(fused, x, dout)))
+            rows.append((name, measure(fused, x, dout) | {"config": None if cfg is None else vars(cfg)}))
         except Exception as err:  # a configuration that does not compile or launch: say so, go on
             print(f"{name}: {type(err).__name__}: {str(err)[:200]}", flush=True)
     triton_mlp.CONFIG_OVERRIDE = None

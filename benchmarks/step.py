@@ -13,7 +13,9 @@ over one step) of:
   ours-fused    ours-fast with mlp_backend="triton" (fused MLP and LayerNorm kernels)
   ours-fused-compiled  ours-fused with compile=True
 
-``--latents`` sets M (the shipped DrivAerML-1M config: 256).
+``--latents`` sets M (the shipped DrivAerML-1M config: 256). ``--grid`` times the paper's
+Figure 4 instead (1M points, blocks 1/2/4/8 x latents 128-2048; time per 400-run epoch and peak
+memory): ``--configs`` picks the rows (e.g. ``reference ours-fused``).
 
 All start from the same weights; the output of each is compared with the reference's.
 
@@ -168,6 +170,41 @@ def print_table(rows: list[dict]) -> None:
               f"{r.get('rel_diff_vs_reference', float('nan')):>10.1e}")
 
 
+GRID_BLOCKS = (1, 2, 4, 8)
+GRID_LATENTS = (128, 256, 512, 1024, 2048)
+EPOCH_RUNS = 400  # DrivAerML training runs per epoch, one sample per step
+
+
+def grid(names: list[str], n: int, device: torch.device) -> list[dict]:
+    """The paper's Figure 4 at ``n`` points: step time (-> epoch time) and peak memory per
+    (blocks, latents) for each config, the model rebuilt per cell from the same seed."""
+    rows = []
+    for blocks in GRID_BLOCKS:
+        for latents in GRID_LATENTS:
+            SHAPE.update(num_blocks=blocks, num_latents=latents)
+            for name in names:
+                row = {"config": name, "n": n, "blocks": blocks, "latents": latents}
+                try:
+                    row.update(time_step(TrainStep(build(name, device), n, device), warmup=2, budget_s=2.0, reps=(3, 10)))
+                    row["epoch_s"] = EPOCH_RUNS * row["ms"] / 1e3
+                except torch.OutOfMemoryError:
+                    row["error"] = "out of memory"
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                torch.cuda.empty_cache()
+    print(f"\nFigure 4 at N = {n}: seconds per {EPOCH_RUNS}-run epoch (steps only) / peak GB")
+    print("| blocks | latents | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for blocks in GRID_BLOCKS:
+        for latents in GRID_LATENTS:
+            cells = []
+            for name in names:
+                r = next(r for r in rows if (r["config"], r["blocks"], r["latents"]) == (name, blocks, latents))
+                cells.append(f"{r['epoch_s']:.0f} s / {r['peak_gb']:.1f} GB" if "ms" in r else r["error"])
+            print(f"| {blocks} | {latents} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def ddp_throughput(n: int, steps: int = 15) -> None:
     """Run under torchrun: each rank trains ours-fast on its own sample of n points with
     DDP (NCCL); rank 0 prints points/s and samples/s over ``steps`` timed steps."""
@@ -288,6 +325,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2**20, help="points per sample")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--latents", type=int, default=SHAPE["num_latents"], help="M latents per head")
+    parser.add_argument("--grid", action="store_true", help="the paper's Figure 4 grid instead of the table")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--ddp", action="store_true", help="DDP throughput mode (launch with torchrun)")
     parser.add_argument("--diagnose", action="store_true", help="backend agreement and a kernel profile")
@@ -310,6 +348,11 @@ def main() -> None:
     print(json.dumps(info))
     if info["mixer_backend_auto"] != "triton":
         print("NOTE: the Triton mixer is not available here; 'auto' ran", info["mixer_backend_auto"])
+    if args.grid:
+        rows = grid(args.configs, args.n, device)
+        if args.out:
+            write_json(os.path.join(args.out, "step_grid.json"), {"environment": info, "rows": rows})
+        return
     rows = run_table(args.configs, args.n, device)
     print_table(rows)
     if args.out:

@@ -51,21 +51,34 @@ def _sm_count(device_index: int) -> int:
 
 @dataclass(frozen=True)
 class MLPConfig:
-    """Launch configuration: rows per tile and warps of each kernel, and the backward's
-    layer segments (each a kernel that recomputes the chain and keeps only its own layers'
-    inputs and weight-gradient sums on chip; more segments: fewer registers, more passes)."""
+    """Launch configuration: rows per tile, warps and register cap of each kernel, backward
+    programs per SM, and the backward's layer segments (each a kernel that recomputes the chain
+    and keeps only its own layers' inputs and weight-gradient sums on chip; more segments:
+    fewer registers, more passes). A register cap lets more programs share an SM: the
+    layer chain is a serial dependency, so an SM hides its latency only across programs."""
 
     fwd_rows: int = 128
     fwd_warps: int = 8
     bwd_rows: int = 128
     bwd_warps: int = 8
     max_layers_per_segment: int = 3
+    fwd_maxnreg: int | None = None
+    bwd_maxnreg: int | None = None
+    bwd_programs_per_sm: int = 1
 
     def segments(self, num_layers: int) -> list[tuple[int, int]]:
         """(lo, hi) layer ranges from the last layers back to the first."""
         n = -(-num_layers // self.max_layers_per_segment)
         bounds = [round(num_layers * i / n) for i in range(n + 1)]
         return [(bounds[i], bounds[i + 1]) for i in reversed(range(n))]
+
+    def launch(self, which: str) -> dict:
+        """Keyword arguments of a Triton launch of the ``fwd`` or ``bwd`` kernel."""
+        warps, cap = (self.fwd_warps, self.fwd_maxnreg) if which == "fwd" else (self.bwd_warps, self.bwd_maxnreg)
+        opts = {"num_warps": warps, "num_stages": 1}  # no loop pipelining: its buffers overflow shared memory
+        if cap is not None and not interpreted():
+            opts["maxnreg"] = cap
+        return opts
 
 
 def default_config(c: int) -> MLPConfig:
@@ -85,12 +98,12 @@ def _config(c: int) -> MLPConfig:
     return CONFIG_OVERRIDE if CONFIG_OVERRIDE is not None else default_config(c)
 
 
-def _bwd_programs(rows: int, block: int, device: torch.device) -> int:
-    tiles = -(-rows // block)
+def _bwd_programs(rows: int, cfg: MLPConfig, device: torch.device) -> int:
+    tiles = -(-rows // cfg.bwd_rows)
     if device.type != "cuda":
         return max(1, min(tiles, 4))
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return max(1, min(tiles, _sm_count(index)))
+    return max(1, min(tiles, cfg.bwd_programs_per_sm * _sm_count(index)))
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -115,8 +128,7 @@ def mlp_fwd(
             x2, res, out, ln_weight if has_ln else bias, ln_bias if has_ln else bias,
             weight.transpose(1, 2).to(compute_dtype).contiguous(), bias.contiguous(), rows, eps,
             C=c, NL=nl, LN=has_ln, RES=residual is not None, ACT=act,
-            DOT=_dot_type(compute_dtype), PREC=_precision(compute_dtype), BT=cfg.fwd_rows,
-            num_warps=cfg.fwd_warps, num_stages=1,
+            DOT=_dot_type(compute_dtype), PREC=_precision(compute_dtype), BT=cfg.fwd_rows, **cfg.launch("fwd"),
         )
     return out
 
@@ -136,7 +148,7 @@ def mlp_bwd(
     x2, grad = _flat(x), _flat(dout)
     rows = x2.shape[0]
     cfg = _config(c)
-    programs = _bwd_programs(rows, cfg.bwd_rows, x.device)
+    programs = _bwd_programs(rows, cfg, x.device)
     f32 = torch.float32
     dw = torch.zeros(programs, nl, c, c, device=x.device, dtype=f32)
     db = torch.zeros(programs, nl, c, device=x.device, dtype=f32)
@@ -151,8 +163,7 @@ def mlp_bwd(
                 x2, grad, target, ln_weight if has_ln else bias, ln_bias if has_ln else bias,
                 w, wt, bias.contiguous(), dw, db, dln, rows, eps,
                 C=c, NL=nl, LO=lo, HI=hi, LN=has_ln, ACT=act,
-                DOT=_dot_type(compute_dtype), PREC=_precision(compute_dtype), BT=cfg.bwd_rows,
-                num_warps=cfg.bwd_warps, num_stages=1,
+                DOT=_dot_type(compute_dtype), PREC=_precision(compute_dtype), BT=cfg.bwd_rows, **cfg.launch("bwd"),
             )
         grad = target.view(-1, c)
     dx = target
