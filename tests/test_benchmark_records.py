@@ -153,3 +153,12 @@ def test_columns_write_values_as_the_tables_do():
     assert tries([[2**20, 4.31], [2**21, None]]) == "1M: 4.3, 2M: OOM"
     assert Column("step.ms", "ms", ".1f").cell({"step": {"ms": 3.14159}}) == "3.1"
     assert Column("x", "x", ".1f").cell({}) == "-" and Column("s", "s").cell({"s": "a|b"}) == "a\\|b"
+
+
+def test_committed_pages_are_what_the_committed_records_render_to():
+    """A record added or changed without re-rendering, or a measured file changed without
+    re-rendering (which may mark figures stale), fails here: run python benchmarks/render.py."""
+    if not (REPO / ".git").exists() or git(REPO, "rev-parse", "--is-shallow-repository") == "true":
+        pytest.skip("needs the repository's full git history (staleness compares with each record's commit)")
+    stale = render.differing(render.render_pages())
+    assert not stale, f"{[str(p.relative_to(REPO)) for p in stale]} differ from their records: run python benchmarks/render.py"
