@@ -15,7 +15,8 @@ Adopting it in a benchmark script takes a few lines::
     write_record("step_1m", rows, paths=["flare_lightning/models/", "flare_lightning/kernels/"],
                  out=args.out)  # a folder ($OUT on a device machine); None: benchmarks/records/step_1m/
 
-then give the benchmark a ``Section`` in ``benchmarks/sections.py`` (title, what it measures,
+(``add_out_argument(parser)`` gives a script the usual ``--out``; run it with ``PYTHONPATH=$PWD`` so
+``benchmarks.`` imports), then give the benchmark a ``Section`` in ``benchmarks/sections.py`` (title, what it measures,
 the row fields that name a figure, its columns), copy the record into
 ``benchmarks/records/<benchmark>/`` if it was written elsewhere, and re-render. The script's
 own file is added to ``paths``. On a machine without the repository's ``.git`` set
