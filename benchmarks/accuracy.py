@@ -1,5 +1,5 @@
-"""Accuracy table (issue 11): train FLARE and the baselines on the same data, collect the
-test relative L2 of every run into benchmarks/ACCURACY.md.
+"""Accuracy runs (issue 11): train FLARE and the baselines on the same data, and record the test
+relative L2 of every run (benchmarks/records/accuracy/), from which benchmarks/ACCURACY.md is rendered.
 
 Each run is ``flare fit --config <config>`` (FLARE: configs/<dataset>.yaml; baselines:
 configs/baselines/<model>_<dataset>.yaml) with a seed and optionally a reduced epoch budget,
@@ -22,17 +22,22 @@ steps per epoch and schedule as one GPU, only the order of the samples differs.
 Launch every run of a machine from one ``launch`` (workers get their share of the CPU cores as
 OpenMP threads; separate launches each assume the whole machine). In float32 the fast step is
 4x slower on Darcy (the fp32 mixer): full-protocol runs use bf16-mixed, as the step benchmarks do.
-    python benchmarks/accuracy.py collect                                        # -> benchmarks/ACCURACY.md
+    python benchmarks/accuracy.py collect       # a record per finished run -> benchmarks/records/accuracy/, pages re-rendered
+
+``collect`` writes one record (``benchmarks/records.py``) per finished run, replacing an earlier
+record of the same run, prints the failed and unfinished runs, and re-renders the pages
+(``benchmarks/render.py``: ACCURACY.md with the notes in ``benchmarks/notes/accuracy.md``).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import json
 import os
 import re
-import statistics
+import shlex
 import subprocess
 import sys
 import time
@@ -42,7 +47,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTES = ROOT / "benchmarks" / "accuracy_notes.md"  # findings written by hand, put under the tables
+# What the numbers of a `flare fit` run depend on besides its config: the measured paths of its record.
+FIT_PATHS = ["flare_lightning/", "datamodules/"]
 MODELS = {"flare": "FLARE", "transolver": "Transolver", "transformer": "Transformer", "perceiverio": "PerceiverIO"}
 
 
@@ -53,7 +59,7 @@ class Dataset:
     label: str
     overrides: tuple[str, ...] = ()
     paper_label: str | None = None  # the paper's real-data column beside this one
-    paper: dict[str, float] = field(default_factory=dict)  # rel. L2 x1e-3 (DESIGN.md section 4)
+    paper: dict[str, float] = field(default_factory=dict)  # rel. L2 x1e-3 read off the FLARE paper's figure (arXiv 2508.12594)
 
 
 # Elasticity at the paper's counts (1000 / 100 / 200 of 2000 cells; configs/elasticity.yaml ships
@@ -216,7 +222,7 @@ def data_args(model: str, dataset: str) -> tuple[dict, dict]:
 
 def estimated_steps(run: Run) -> int:
     """Optimizer steps of a run (training samples / batch x epochs): at these sizes a step costs
-    about the same for every model (host-bound, DESIGN.md section 6), so steps stand for time."""
+    about the same for every model (bound by the host), so steps stand for time."""
     cfg, data = data_args(run.model, run.dataset)
     epochs = run.epochs if run.epochs is not None else cfg["trainer"]["max_epochs"]
     return -(-int(data["n_train"]) // int(data["batch_size"])) * int(epochs)
@@ -451,6 +457,10 @@ class Result:
     folder: Path
     precision: str = "32-true"
     untimed_attempts: int = 0  # attempts that never recorded their end (the machine went away)
+    commits: list[str] = field(default_factory=list)  # each attempt's, in order
+    date: str | None = None  # when the last attempt ended (UTC, ISO 8601)
+    command: list[str] = field(default_factory=list)  # the last attempt's
+    versions: dict = field(default_factory=dict)  # of the packages the test ran with
 
     def full_protocol_s(self) -> float | None:
         """Wall time of the config's full budget at this run's pace (steps scale the time)."""
@@ -487,12 +497,32 @@ def timed_seconds(attempts: list[dict], epoch_s: list[float] | None = None) -> f
     return sum(known) if known else None
 
 
-def per_attempt(record: dict, key: str) -> str:
-    """A run's ``card`` or ``commit``: one value, or the attempts' distinct values in order
-    ("db698da, then f478dfd") when a resumed run changed machine or code."""
+def attempt_values(record: dict, key: str) -> list[str]:
+    """The attempts' distinct ``card`` or ``commit`` values in order (more than one when a resumed
+    run changed machine or code)."""
     values = [a.get(key) or record.get(key) for a in record.get("attempts", [])] or [record.get(key)]
-    distinct = list(dict.fromkeys(v or "unknown" for v in values))
-    return ", then ".join(distinct)
+    return list(dict.fromkeys(v or "unknown" for v in values))
+
+
+def per_attempt(record: dict, key: str) -> str:
+    """A run's ``card`` or ``commit`` as a table shows it: "db698da, then f478dfd"."""
+    return ", then ".join(attempt_values(record, key))
+
+
+def finish_date(attempts: list[dict]) -> str | None:
+    """When the last attempt ended (else was last seen, else started), UTC ISO 8601; None: never."""
+    times = [t for a in attempts for t in (a.get("end") or a.get("last_seen") or a.get("start"),) if t is not None]
+    if not times:
+        return None
+    return datetime.datetime.fromtimestamp(times[-1], datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tested_versions(folder: Path) -> dict:
+    """The package versions test_metrics.json records (``environment.versions``), else none."""
+    try:
+        return json.loads((folder / "test_metrics.json").read_text()).get("environment", {}).get("versions") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def run_log(out: Path, folder: Path) -> Path:
@@ -524,9 +554,45 @@ def collect(out: Path) -> list[Result]:
             continue
         attempts = record.get("attempts", [])
         untimed = sum(1 for a in attempts if a.get("wall_s") is None)
+        commits = [c for c in attempt_values(record, "commit") if c != "unknown"]
         results.append(Result(model, dataset, seed, budget, rel, attempts=len(attempts), folder=folder,
-                              untimed_attempts=untimed, **run_facts(out, folder, record)))
+                              untimed_attempts=untimed, commits=commits, date=finish_date(attempts),
+                              command=attempts[-1]["command"] if attempts else [], versions=tested_versions(folder),
+                              **run_facts(out, folder, record)))
     return results
+
+
+DIRTY = ("+dirty", "-dirty")  # how git_commit and flare_lightning.provenance mark a changed tree
+
+
+def run_record(result: Result, out: Path) -> dict:
+    """The record of a finished run (``benchmarks/records.py``). Its commit is the first attempt's,
+    so a change since any attempt marks it stale; the row keeps every attempt's."""
+    from benchmarks.records import make_record
+
+    commits = [c.removesuffix("+dirty").removesuffix("-dirty") for c in result.commits]
+    row = {"model": result.model, "dataset": result.dataset, "seed": result.seed, "budget": result.budget,
+           "precision": result.precision, "rel_l2": result.rel_l2, "wall_s": result.wall_s, "attempts": result.attempts,
+           "untimed_attempts": result.untimed_attempts, "full_budget_s": result.full_protocol_s(), "commits": commits,
+           "folder": result.folder.relative_to(out).as_posix()}
+    config = config_path(result.model, result.dataset).relative_to(ROOT).as_posix()
+    return make_record("accuracy", [row], paths=[*FIT_PATHS, config], card=result.card, host=None,
+                       command=shlex.join(result.command) if result.command else "unknown (no launch record)",
+                       date=result.date, versions=result.versions,
+                       commit=(commits[0] if commits else None, any(c.endswith(DIRTY) for c in result.commits)))
+
+
+def write_run_records(results: list[Result], out: Path, records: Path) -> list[Path]:
+    """One record per finished run in ``records/accuracy/<model>_<dataset>_<tag>.json``, replacing
+    the record an earlier collect wrote for the same run."""
+    from flare_lightning.atomic import atomic_write_text
+
+    paths = []
+    for result in results:
+        path = records / "accuracy" / f"{result.model}_{result.dataset}_{result.folder.name}.json"
+        atomic_write_text(path, json.dumps(run_record(result, out), indent=1, allow_nan=False) + "\n")
+        paths.append(path)
+    return paths
 
 
 @dataclass
@@ -638,130 +704,36 @@ def run_precision(command: list[str]) -> str:
     return f"{label}, {lowered}" if lowered else label
 
 
-def _shown(path: Path) -> Path:
-    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-
-
-def _hours(seconds: float | None) -> str:
+def hours(seconds: float | None) -> str:
+    """A wall time as the accuracy tables write it: minutes under an hour, hours above."""
     if seconds is None:
         return "time unknown"
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
-def _cell(rs: list[Result], failed: list[Failure] = (), running: list[InProgress] = ()) -> str:
-    if not rs:
-        if running:
-            return f"in progress ({running[0].epochs_done}/{running[0].max_epochs} epochs; see below)"
-        return f"failed ({failed[0].precision}; see below)" if failed else "not run"
-    vals = [r.rel_l2 * 1e3 for r in rs]
-    walls = [r.wall_s for r in rs if r.wall_s is not None]
-    wall = _hours(statistics.mean(walls)) if walls else "time unknown"
-    if len(vals) == 1:
-        return f"**{vals[0]:.2f}** ({wall})"
-    return f"**{statistics.mean(vals):.2f}** ({min(vals):.2f}-{max(vals):.2f}, {len(vals)} seeds; {wall} each)"
-
-
-def _budget_title(budget: str) -> str:
-    if budget == "full":
-        return "Full budget: each config's own epochs (the paper's 500 for Darcy and elasticity; 27 for the quickstart)"
-    return (f"Reduced budget: {budget[2:]} epochs for every model (the paper: 500; the OneCycle schedule is "
-            "compressed to the budget, so these are not the paper's protocol)")
-
-
-def render(results: list[Result], out: Path, failed: list[Failure] = (), running: list[InProgress] = (),
-           notes: str = "") -> str:
-    """ACCURACY.md: per epoch budget, a models x datasets table with the paper's real-data numbers
-    beside the local ones, then every run with its card, commit, seed and wall time. ``notes``
-    (markdown: what was learnt from the runs, written by hand) goes under the tables."""
-    lines = [
-        "# Accuracy: FLARE and the baselines on the same data",
-        "",
-        "Test relative L2 error x1e-3 (lower is better) of the best-validation checkpoint, mean over seeds,",
-        "with the wall time of a run (fit + test). Every model sees the same samples of a column; each",
-        "trains with its own paper protocol (configs/<dataset>.yaml for FLARE, configs/baselines/ for the",
-        "others; Darcy with the reference's gradient objective, test metric rel. L2 of u).",
-        "**Columns marked \"paper\" are the FLARE paper's numbers on the real files: other data,",
-        "not comparable cell by cell** (DESIGN.md section 4; blank where it gives none).",
-        "The authors' trainer runs in fp32 (`mixed_precision: bool = False` in FLARE.py's pdebench);",
-        "each run's precision is in the table of runs (\"fp32 eval\": trained under bf16 autocast, validated",
-        "and tested in float32).",
-        *(["What the runs showed (precision, instabilities) is in \"Notes on the runs\", at the end."] if notes.strip() else []),
-        f"Made by `python benchmarks/accuracy.py collect` from the runs under `{_shown(out)}`.",
-        "",
-    ]
-    if not results:
-        lines += ["**No finished runs yet**: launch them with `benchmarks/accuracy.py launch` (its docstring).", ""]
-    budgets = sorted({r.budget for r in [*results, *failed, *running]}, key=lambda b: (b != "full", int(b[2:]) if b != "full" else 0)) or ["full"]
-    for budget in budgets:
-        rs = [r for r in results if r.budget == budget]
-        fs = [f for f in failed if f.budget == budget]
-        ps = [p for p in running if p.budget == budget]
-        header, rule = ["model"], ["---"]
-        for name, ds in DATASETS.items():
-            header.append(ds.label)
-            rule.append("---")
-            if ds.paper_label:
-                header.append(f"*{ds.paper_label}*")
-                rule.append("---")
-        lines += [f"## {_budget_title(budget)}", "", "| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
-        for model, label in MODELS.items():
-            row = [label]
-            for name, ds in DATASETS.items():
-                row.append(_cell([r for r in rs if r.model == model and r.dataset == name],
-                                 [f for f in fs if f.model == model and f.dataset == name],
-                                 [p for p in ps if p.model == model and p.dataset == name]))
-                if ds.paper_label:
-                    row.append(f"*{ds.paper[model]}*" if model in ds.paper else "")
-            lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
-    if results:
-        lines += ["## Runs", "", "The column \"full budget at this pace\" scales a run's wall time to its config's full epoch budget",
-                  "(what a full-protocol run would take at the same pace on the same card).", "",
-                  "| model | dataset | budget | seed | precision | test rel. L2 | wall time | full budget at this pace | card | commit | folder |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in sorted(results, key=lambda r: (r.budget, r.dataset, list(MODELS).index(r.model), r.seed)):
-            resumed = f", {r.attempts} attempts" if r.attempts > 1 else ""
-            if r.untimed_attempts:
-                resumed += f" ({r.untimed_attempts} without a recorded end: a lower bound)"
-            lines.append(f"| {MODELS[r.model]} | {r.dataset} | {r.budget} | {r.seed} | {r.precision} | {r.rel_l2:.4e} | "
-                         f"{_hours(r.wall_s)}{resumed} | {_hours(r.full_protocol_s())} | {r.card} | {r.commit} | "
-                         f"`{r.folder.relative_to(out)}` |")
-        lines.append("")
+def status(out: Path, failed: list[Failure], running: list[InProgress]) -> str:
+    """The runs that have no record yet: failed ones with their reason, unfinished ones with their
+    progress (what a campaign needs to know; the pages show finished runs only)."""
+    lines = []
     if failed:
-        lines += ["## Failed runs", "", "Runs whose last attempt ended in an error, with no test metrics (the reason is the",
-                  "last error line of the run's log under `logs/`).", "",
+        lines += ["Failed runs (the reason is the last error line of the run's log under `logs/`):",
                   "| model | dataset | budget | seed | precision | exit | reason | wall time | card | commit | folder |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for f in failed:
             reason = f.reason.replace("|", "/")
             lines.append(f"| {MODELS[f.model]} | {f.dataset} | {f.budget} | {f.seed} | {f.precision} | {f.rc} | {reason} | "
-                         f"{_hours(f.wall_s)} | {f.card} | {f.commit} | `{f.folder.relative_to(out)}` |")
-        lines.append("")
+                         f"{hours(f.wall_s)} | {f.card} | {f.commit} | `{f.folder.relative_to(out)}` |")
     if running:
-        lines += ["## Runs in progress", "",
-                  "Runs whose last attempt recorded no end: still training, or stopped with their machine before",
-                  "the test. `launch` with the same arguments resumes them from `last.ckpt`. The validation error",
-                  "is the best so far (validation samples, not the test set).", "",
+        lines += ["Runs in progress (their last attempt recorded no end; `launch` with the same arguments resumes "
+                  "them from `last.ckpt`; validation error: the best so far):",
                   "| model | dataset | budget | seed | precision | epochs done | best val. rel. L2 so far | time so far | card | commit | folder |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in running:
             best = f"{r.best_val:.4e}" if r.best_val is not None else "none yet"
             lines.append(f"| {MODELS[r.model]} | {r.dataset} | {r.budget} | {r.seed} | {r.precision} | "
-                         f"{r.epochs_done}/{r.max_epochs} | {best} | {_hours(r.wall_s)} (at least) | {r.card} | "
+                         f"{r.epochs_done}/{r.max_epochs} | {best} | {hours(r.wall_s)} (at least) | {r.card} | "
                          f"{r.commit} | `{r.folder.relative_to(out)}` |")
-        lines.append("")
-    if notes.strip():
-        lines += ["## Notes on the runs", "", notes.strip(), ""]
     return "\n".join(lines)
-
-
-def read_notes(path: Path | None) -> str:
-    """The hand-written notes for ACCURACY.md; a named file that is missing is an error, not a silent omission."""
-    if path is None:
-        return ""
-    if not path.is_file():
-        raise SystemExit(f"--notes {path}: no such file (pass --notes '' to render without notes)")
-    return path.read_text()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -779,30 +751,38 @@ def main(argv: list[str] | None = None) -> None:
     lp.add_argument("--dry-run", action="store_true", help="print the plan and the commands, start nothing")
     lp.add_argument("--wait", action="store_true", help="wait for the workers to finish, then collect")
     lp.add_argument("extra", nargs="*", help="more `flare fit` overrides for every run, after --")
-    cp = sub.add_parser("collect", help="write the table from the finished runs")
-    for sp in (lp, cp):  # where the runs are, and where their table goes
-        sp.add_argument("--out", type=Path, default=ROOT / "runs" / "accuracy")
-        sp.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "ACCURACY.md")
-        sp.add_argument("--notes", type=lambda v: Path(v) if v else None, default=NOTES,
-                        help="hand-written findings to put under the tables ('' for none; default: %(default)s)")
+    cp = sub.add_parser("collect", help="record the finished runs and re-render the pages")
+    for sp in (lp, cp):  # where the runs are, where their records go, and the pages rendered from them
+        sp.add_argument("--out", type=Path, default=ROOT / "runs" / "accuracy", help="folder of the runs")
+        sp.add_argument("--records", type=Path, default=ROOT / "benchmarks" / "records",
+                        help="records folder (the runs' go to its accuracy/)")
+        sp.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "ACCURACY.md", help="the accuracy page")
+        sp.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md", help="the results page")
+        sp.add_argument("--readme", type=lambda v: Path(v) if v else None, default=ROOT / "README.md",
+                        help="the README whose headline table is re-rendered ('' for none)")
     wp = sub.add_parser("worker", help=argparse.SUPPRESS)
     wp.add_argument("queue", type=Path)
     args = p.parse_args(argv)
     if args.command == "worker":
         worker(args.queue)
         return
-    notes = read_notes(args.notes)  # before any run starts: a wrong path must not wait for hours
     if args.command == "launch":
         procs = launch(args)
         if not (args.wait and procs):
             return
         for proc in procs:
             proc.wait()
+    from benchmarks.render import Pages, render_pages, write_pages
+
     out = args.out.resolve()
     results, failed, running = collect(out), failures(out), in_progress(out)
-    text = render(results, out, failed, running, notes)
-    write_text(args.output, text)
-    print(f"{len(results)} finished runs, {len(failed)} failed, {len(running)} in progress -> {args.output}")
+    for path in write_run_records(results, out, args.records):
+        print(f"record: {path}")
+    print(status(out, failed, running))
+    pages = Pages(results=args.results, accuracy=args.output, readme=args.readme)
+    for path in write_pages(render_pages(pages, records=args.records)):
+        print(f"wrote {path}")
+    print(f"{len(results)} finished runs, {len(failed)} failed, {len(running)} in progress")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ exchange that context parallelism uses for host-staged collectives (issue 13).
 A context-parallel step waits on ~26 small collectives (the encode joins, the latent
 gradients, the loss sums) and one gradient all-reduce, so their latency is what separates
 gloo's step from NCCL's. One command prints, for ``--procs`` processes on CPU tensors,
-the mean time per call of each collective and size, and the ratio:
+the mean time per call of each collective and size, and the ratio, and writes them as a record
+(``benchmarks/records.py``):
 
     PYTHONPATH=$PWD python benchmarks/collectives.py                 # 2 processes
     PYTHONPATH=$PWD python benchmarks/collectives.py --procs 4 --reps 500 --out $OUT
@@ -13,10 +14,8 @@ the mean time per call of each collective and size, and the ratio:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import tempfile
 import time
 
@@ -24,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from flare_lightning.atomic import atomic_write_text
+from benchmarks.records import add_out_argument, cpu_name, write_record
 from flare_lightning.parallel.host_exchange import exchange_for
 
 # (name, collective, elements): sizes of the context-parallel step's collectives
@@ -72,25 +71,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--procs", type=int, default=2, help="processes of the group (one host)")
     parser.add_argument("--reps", type=int, default=200, help="timed calls per collective")
-    parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for collectives.json")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         init, result = os.path.join(tmp, "init"), os.path.join(tmp, "result.json")
         mp.start_processes(_run, args=(args.procs, init, args.reps, result), nprocs=args.procs, start_method="spawn")
         with open(result) as fh:
             rows = json.load(fh)
-    env = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "cpus": os.cpu_count(),
-           "machine": platform.machine(), "procs": args.procs, "reps": args.reps}
-    print(json.dumps(env))
     print(f"\n{'collective':<28}{'gloo ms':>10}{'exchange ms':>13}{'gloo / exchange':>17}")
     for r in rows:
         shm = r["exchange_ms"]
-        ratio = f"{r['gloo_ms'] / shm:>16.1f}x" if shm else f"{'-':>17}"
+        r["gloo_over_exchange"] = r["gloo_ms"] / shm if shm else None
+        ratio = f"{r['gloo_over_exchange']:>16.1f}x" if shm else f"{'-':>17}"
         print(f"{r['collective']:<28}{r['gloo_ms']:>10.3f}{(shm if shm else float('nan')):>13.3f}{ratio}")
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, "collectives.json")
-        atomic_write_text(path, json.dumps({"env": env, "rows": rows}, indent=1))
+    write_record("collectives", rows, paths=["flare_lightning/parallel/host_exchange.py"], out=args.out, card=cpu_name(),
+                 environment={"procs": args.procs, "reps": args.reps})
     return rows
 
 

@@ -15,7 +15,8 @@ bf16 autocast, relative-L2 loss in fp32, grad-clip 1.0, AdamW; the Triton mixer)
 
 Each rank holds only its share of the sample's points (inputs, targets, activations); the
 loss sums squares over all ranks (``relative_l2_sharded``), the gradients are averaged over
-ranks as DDP does. Phases run in spawned processes (NCCL), one after another.
+ranks as DDP does. Phases run in spawned processes (NCCL), one after another. The table is
+written as a record (``benchmarks/records.py``; a ``--dry-run`` only with ``--out``).
 
     PYTHONPATH=$PWD python benchmarks/context_parallel.py                  # 1 vs 2 GPUs, the table
     PYTHONPATH=$PWD python benchmarks/context_parallel.py --gpus 4 --out $OUT
@@ -27,11 +28,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 from datetime import timedelta
@@ -41,6 +40,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from benchmarks.records import add_out_argument, cpu_name, write_record
 from flare_lightning.metrics import relative_l2
 from flare_lightning.models import FLARE
 from flare_lightning.parallel import ContextGroup, attach_context, relative_l2_sharded
@@ -50,6 +50,7 @@ from flare_lightning.parallel.staging import all_reduce_, transport
 IN_DIM, OUT_DIM = 3, 1
 SHAPE = dict(channels=64, num_blocks=8, num_heads=8, num_latents=64)
 TINY_SHAPE = dict(channels=16, num_blocks=2, num_heads=2, num_latents=8)  # --dry-run
+MEASURES = ["flare_lightning/models/", "flare_lightning/kernels/", "flare_lightning/parallel/", "flare_lightning/metrics.py"]
 CONFIGS = {
     "ours-ckpt": dict(checkpoint_blocks=True),
     "ours-memory": dict(checkpoint_blocks=True, mlp_chunk_size=2**18),
@@ -285,17 +286,16 @@ def run_phase(world: int, args: argparse.Namespace) -> dict:
             return json.load(f)
 
 
-def environment(dry_run: bool) -> dict:
-    info = {"date": datetime.date.today().isoformat(), "torch": torch.__version__}
-    try:
-        info["commit"] = os.environ.get("FLARE_COMMIT") or subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        info["commit"] = None
-    if not dry_run:
-        info["card"] = torch.cuda.get_device_name(0)
-        info["alloc_conf"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
-    return info
+def add_ratios(rows: list[dict], backend: str) -> list[dict]:
+    """Each phase's collectives backend (none on one GPU), and its step's speed-up and largest N
+    against the one-GPU phase of the same run."""
+    one = rows[0]
+    for r in rows:
+        r["backend"] = backend if r["gpus"] > 1 else None
+        r["speedup"] = one["step"]["ms"] / r["step"]["ms"]
+        if "max_n" in r["largest"] and "max_n" in one["largest"]:
+            r["points_vs_one_gpu"] = r["largest"]["max_n"] / one["largest"]["max_n"]
+    return rows
 
 
 def print_table(rows: list[dict]) -> None:
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--grain", type=int, help="largest N is a multiple of this (2^16; --dry-run 2^5)")
     parser.add_argument("--budget-s", type=float, default=150.0, help="time for the largest-N search per phase")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="collective timeout (an asymmetric OOM)")
-    parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for context_parallel.json")
+    add_out_argument(parser)
     parser.add_argument("--isolate-devices", action="store_true",
                         help="each rank sees only its own GPU (CUDA_VISIBLE_DEVICES): no thread of it can "
                              "open a CUDA context on another rank's GPU")
@@ -347,18 +347,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit(f"--gpus {args.gpus}: only {torch.cuda.device_count()} CUDA devices visible")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     args.gpu_ids = visible.split(",") if visible else [str(i) for i in range(args.gpus)]
-    info = environment(args.dry_run)
-    print(json.dumps(info), flush=True)
     rows = []
     for world in (1, args.gpus):
         rows.append(run_phase(world, args))
         print(json.dumps(rows[-1]), flush=True)
     print_table(rows)
-    if args.out:
-        path = os.path.join(args.out, "context_parallel.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump({"environment": info, "args": vars(args), "rows": rows}, f, indent=1)
-        os.replace(path + ".tmp", path)
+    add_ratios(rows, "gloo" if args.dry_run else args.backend)
+    if args.out or not args.dry_run:
+        environment = {"args": vars(args), "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
+        write_record("context_parallel", rows, paths=MEASURES, out=args.out, environment=environment,
+                     card=cpu_name() if args.dry_run else None)
     return rows
 
 

@@ -4,18 +4,22 @@ Every logit of the N x M x H grid goes through exp2 twice in the forward (encode
 decode softmax) and twice more in the backward, on the special-function units (MUFU).
 This script measures the card's exp2 rate with a Triton kernel that does little else,
 times the two-SDPA reference at N = 2^20 in the same run, and prints, per (H, D, M), the
-exp2 floors against the times that a 5x forward and a 10x forward+backward would need.
+exp2 floors against the times that a 5x forward and a 10x forward+backward would need,
+and writes them as a record (``benchmarks/records.py``).
 
-    PYTHONPATH=$PWD python benchmarks/exp2_floor.py
+    PYTHONPATH=$PWD python benchmarks/exp2_floor.py [--out DIR]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
 import triton
 import triton.language as tl
+
+from benchmarks.records import add_out_argument, write_record
 
 
 @triton.jit
@@ -54,7 +58,10 @@ def exp2_rate(iters: int = 4096, block: int = 1024) -> float:
     return 4 * n * iters / sorted(times)[2]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_out_argument(parser)
+    args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks/exp2_floor.py needs a CUDA GPU")
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -70,6 +77,7 @@ def main() -> None:
     timer = Timer()
     print("| (H, D, M) | N·M·H | sdpa fwd / fwd+bwd ms | 5x fwd needs | exp2 floor fwd | 10x fwd+bwd needs | exp2 floor fwd+bwd |")
     print("|---|---|---|---|---|---|---|")
+    rows = []
     for h, d, m in SHAPES:
         q, k, v, dy = _inputs(h, d, m, n)
         ref = measure(flare_mix_sdpa, (q, k, v), dy, timer)
@@ -77,8 +85,13 @@ def main() -> None:
         fwd_floor, fb_floor = 2 * grid / rate * 1e3, 4 * grid / rate * 1e3
         print(f"| ({h}, {d}, {m}) | {grid:.2e} | {ref['fwd']:.2f} / {ref['fwd_bwd']:.2f} | {ref['fwd'] / 5:.2f} | "
               f"{fwd_floor:.2f} | {ref['fwd_bwd'] / 10:.2f} | {fb_floor:.2f} |", flush=True)
+        rows.append({"H": h, "D": d, "M": m, "n": n, "grid": grid, "sdpa_fwd_ms": ref["fwd"], "sdpa_fwd_bwd_ms": ref["fwd_bwd"],
+                     "fwd_5x_needs_ms": ref["fwd"] / 5, "floor_fwd_ms": fwd_floor,
+                     "fwd_bwd_10x_needs_ms": ref["fwd_bwd"] / 10, "floor_fwd_bwd_ms": fb_floor, "exp2_per_s": rate})
         del q, k, v, dy
         torch.cuda.empty_cache()
+    write_record("exp2_floor", rows, paths=["flare_lightning/kernels/reference.py", "benchmarks/mixer.py"], out=args.out,
+                 environment={"sms": props.multi_processor_count})
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ a full training step (forward, backward, grad-clip, AdamW) is tried at N = start
 4N, ... until it runs out of memory, then N is bisected between the last success and the
 first failure (to 1/32 of N, in multiples of 2^14) while the time budget lasts. Between
 tries everything is freed (``empty_cache``). Reports the largest N that trained and the
-peak memory it took.
+peak memory it took, and writes them as a record (``benchmarks/records.py``).
 
     PYTHONPATH=$PWD python benchmarks/max_points.py                  # all configs
     PYTHONPATH=$PWD python benchmarks/max_points.py --configs reference ours-memory --budget-s 60
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import time
 
 import torch
 
-from benchmarks.step import CONFIGS, TrainStep, build, environment, write_json
+from benchmarks.records import add_out_argument, write_record
+from benchmarks.step import CONFIGS, MEASURES, TrainStep, build, environment
 
 GRAIN = 2**14
 
@@ -81,21 +81,20 @@ def main() -> None:
                         choices=list(CONFIGS))
     parser.add_argument("--start", type=int, default=2**20, help="first N tried")
     parser.add_argument("--budget-s", type=float, default=75.0, help="search time per config")
-    parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for max_points.json")
+    add_out_argument(parser)
     args = parser.parse_args()
     device = torch.device("cuda")
     info = environment(device)
     info["total_gb"] = torch.cuda.get_device_properties(device).total_memory / 1e9
     info["alloc_conf"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
-    print(json.dumps(info), flush=True)
+    print(info, flush=True)
     rows = [search(name, device, args.start, args.budget_s) for name in args.configs]
     print(f"\n{'config':<15}{'max N':>14}{'M points':>10}{'peak GB':>9}{'first OOM':>14}  resolved")
     for r in rows:
         peak = f"{r['peak_gb_at_max']:.1f}" if r["peak_gb_at_max"] else "-"
         fail = f"{r['first_failure']:,d}" if r["first_failure"] else "-"
         print(f"{r['config']:<15}{r['max_n']:>14,d}{r['max_n'] / 2**20:>10.2f}{peak:>9}{fail:>14}  {r['resolved']}")
-    if args.out:
-        write_json(os.path.join(args.out, "max_points.json"), {"environment": info, "rows": rows})
+    write_record("max_points", rows, paths=[*MEASURES, "benchmarks/step.py"], out=args.out, environment=info)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ peak memory of a forward+backward (inputs and gradients included) for:
   full     full softmax self-attention over the N points (flash), up to --full-max-n
 
 with speed-ups over ``sdpa`` from the same run, and the relative difference of the
-triton and chunked outputs and gradients from the reference's (a race check at scale).
+triton and chunked outputs and gradients from the reference's (a race check at scale). The
+table is written as a record (``benchmarks/records.py``) into ``--out``, default ``$OUT``, else
+``benchmarks/records/mixer/``.
 
     PYTHONPATH=$PWD python benchmarks/mixer.py                 # the issue-4 table
     PYTHONPATH=$PWD python benchmarks/mixer.py --profile       # per-kernel times at N = 2^20
@@ -21,22 +23,19 @@ Tile sizes are swept by ``benchmarks/mixer_tune.py``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import os
-import subprocess
 import sys
 
 import torch
 import torch.nn.functional as F
 
-from flare_lightning.atomic import atomic_write_text
+from benchmarks.records import add_out_argument, write_record
 from flare_lightning.kernels.chunked import flare_mix_chunked
 from flare_lightning.kernels.reference import flare_mix_sdpa
 
 SHAPES = [(8, 8, 64), (8, 16, 128), (16, 16, 256), (8, 16, 512)]  # (H, D, M)
 NS = [2**14, 2**16, 2**18, 2**20, 2**22]
+MEASURES = ["flare_lightning/kernels/"]  # the record's measured paths (the script adds itself)
 
 
 def _full_attention(x, k, v):
@@ -223,36 +222,21 @@ def profile(shapes, n: int, calls: int = 5) -> None:
         del q, k, v, dy
 
 
-def _commit() -> str:
-    if os.environ.get("FLARE_COMMIT"):
-        return os.environ["FLARE_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ns", default=",".join(str(int(math.log2(n))) for n in NS), help="log2 of N, comma separated")
     p.add_argument("--shapes", default=None, help="H:D:M triples, comma separated (default: the issue's four)")
     p.add_argument("--full-max-n", type=int, default=2**18, help="largest N timed for full attention")
     p.add_argument("--profile", action="store_true", help="per-kernel times at N = 2^20 instead")
-    p.add_argument("--json", default=None, help="also write all numbers to this file")
+    add_out_argument(p)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks/mixer.py needs a CUDA GPU")
     shapes = SHAPES if args.shapes is None else [tuple(int(x) for x in s.split(":")) for s in args.shapes.split(",")]
     ns = [2 ** int(x) for x in args.ns.split(",")]
-    import triton
-
     props = torch.cuda.get_device_properties(0)
-    env = {
-        "card": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
-        "triton": triton.__version__, "date": datetime.date.today().isoformat(), "commit": _commit(),
-    }
-    print(" ".join(f"{k}={v}" for k, v in env.items()), "| bf16, B=1, scale 1.0, no mask", flush=True)
+    env = {"sms": props.multi_processor_count, "dtype": "bf16", "batch": 1, "scale": 1.0, "mask": False}
+    print(f"{props.name}, {props.multi_processor_count} SMs | bf16, B=1, scale 1.0, no mask", flush=True)
     timer = Timer()
     if args.profile:
         profile(shapes, 2**20)
@@ -262,8 +246,7 @@ def main(argv=None) -> None:
     print("\n" + HEADER)
     for r in rows:
         print(_fmt_row(r))
-    if args.json:
-        atomic_write_text(args.json, json.dumps({"env": env, "rows": rows}, indent=1))
+    write_record("mixer", rows, paths=MEASURES, out=args.out, environment=env)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 Times the Triton mixer forward and forward+backward at one N (median of CUDA events after
 warm-up) for the same (H, D, M) with the inputs laid out and typed as the model passes
 them, one difference at a time, then profiles the mixer's kernels inside a FlareAttention
-layer under bf16 autocast.
+layer under bf16 autocast. The times are written as a record (``benchmarks/records.py``).
 
-    PYTHONPATH=$PWD python benchmarks/mixer_in_model.py [--n 1048576]
+    PYTHONPATH=$PWD python benchmarks/mixer_in_model.py [--n 1048576] [--out DIR]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 
 import torch
 
+from benchmarks.records import add_out_argument, write_record
 from flare_lightning.kernels import flare_mix
 from flare_lightning.models import FlareAttention
 
@@ -52,9 +53,11 @@ def variants(h: int, d: int, m: int, n: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2**20)
+    add_out_argument(parser)
     args = parser.parse_args()
     print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  N={args.n}")
     print(f"{'(H,D,M)':<12}{'case':<30}{'fwd ms':>9}{'fwd+bwd ms':>12}")
+    rows = []
     for h, d, m in ((8, 8, 64), (8, 16, 128)):
         for name, q, k, v, mask in variants(h, d, m, args.n):
             def fwd():
@@ -65,7 +68,9 @@ def main() -> None:
                 y = flare_mix(q, k, v, mask, 1.0, "triton")
                 y.backward(torch.ones_like(y))
 
-            print(f"{str((h, d, m)):<12}{name:<30}{median_ms(fwd):>9.2f}{median_ms(fwd_bwd):>12.2f}")
+            rows.append({"H": h, "D": d, "M": m, "n": args.n, "case": name, "fwd_ms": median_ms(fwd),
+                         "fwd_bwd_ms": median_ms(fwd_bwd)})
+            print(f"{str((h, d, m)):<12}{name:<30}{rows[-1]['fwd_ms']:>9.2f}{rows[-1]['fwd_bwd_ms']:>12.2f}")
         attn = FlareAttention(h * d, h, m, mixer_backend="triton").cuda()
         x = torch.randn(1, args.n, h * d, device="cuda", requires_grad=True)
 
@@ -74,13 +79,16 @@ def main() -> None:
                 out = attn(x)
             out.float().sum().backward()
 
-        print(f"{str((h, d, m)):<12}{'FlareAttention fwd+bwd (autocast)':<30}{'':>9}{median_ms(layer):>12.2f}")
+        name = "FlareAttention fwd+bwd (autocast)"
+        rows.append({"H": h, "D": d, "M": m, "n": args.n, "case": name, "fwd_ms": None, "fwd_bwd_ms": median_ms(layer)})
+        print(f"{str((h, d, m)):<12}{name:<30}{'':>9}{rows[-1]['fwd_bwd_ms']:>12.2f}")
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             layer()
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
+    write_record("mixer_in_model", rows, paths=["flare_lightning/kernels/", "flare_lightning/models/"], out=args.out)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ kernels are independent launches, so the best candidate of each combines into on
 ``MixerConfig``; that one, the current default and the two-SDPA reference are then timed
 end to end (median of CUDA-event timings, L2 flushed) and checked against the reference.
 Candidates compile in parallel worker processes first (Triton's on-disk cache), so the
-timed sweep itself does not wait on the compiler.
+timed sweep itself does not wait on the compiler. The end-to-end times are written as a record
+(``benchmarks/records.py``).
 
-    PYTHONPATH=$PWD python benchmarks/mixer_tune.py --jobs 12
+    PYTHONPATH=$PWD python benchmarks/mixer_tune.py --jobs 12 [--out DIR]
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import sys
 
 import torch
 
+from benchmarks.records import add_out_argument, write_record
+
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from mixer import Timer, _inputs, cuda_kernel_times, measure, reference_outputs, rel_diff  # noqa: E402  (benchmarks/ is not a package)
+from mixer import MEASURES, Timer, _inputs, cuda_kernel_times, measure, reference_outputs, rel_diff  # noqa: E402  (benchmarks/ is not a package)
 
 ROLES = ("encode", "decode", "bwd_decode", "bwd_encode")
 KERNEL_NAMES = {
@@ -106,6 +109,7 @@ def main(argv=None) -> None:
     p.add_argument("--shapes", default="8:8:64,8:16:128,16:16:256,8:16:512", help="H:D:M triples")
     p.add_argument("--log2n", type=int, default=20)
     p.add_argument("--jobs", type=int, default=8, help="worker processes compiling candidates first")
+    add_out_argument(p)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks/mixer_tune.py needs a CUDA GPU")
@@ -122,6 +126,7 @@ def main(argv=None) -> None:
     print(f"{len(jobs)} configs compiled", flush=True)
 
     timer = Timer()
+    records = []
     for h, d, m in shapes:
         q, k, v, dy = _inputs(h, d, m, n)
         best = {}
@@ -152,11 +157,14 @@ def main(argv=None) -> None:
             rows[name]["err"] = rel_diff(fn, ref_out, (q, k, v), dy)
         ref = rows["sdpa"]
         for name, r in rows.items():
+            records.append({"H": h, "D": d, "M": m, "n": n, "config": name, **r,
+                            "tiles": str(tuned) if name == "tuned" else None})
             print(f"end-to-end H={h} D={d} M={m} {name:8s}: fwd {r['fwd']:.3f} ms ({ref['fwd'] / r['fwd']:.1f}x), "
                   f"fwd+bwd {r['fwd_bwd']:.3f} ms ({ref['fwd_bwd'] / r['fwd_bwd']:.1f}x), peak {r['peak_mib']:.0f} MiB"
                   + (f", rel. diff {r['err']:.1e}" if "err" in r else ""), flush=True)
         del q, k, v, dy, ref_out
         torch.cuda.empty_cache()
+    write_record("mixer_tune", records, paths=[*MEASURES, "benchmarks/mixer.py"], out=args.out)
 
 
 if __name__ == "__main__":

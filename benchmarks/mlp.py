@@ -9,21 +9,27 @@ warm-up; peak: ``max_memory_allocated`` over one forward+backward above what was
 before it (inputs included); ``diff``: relative L2 difference of the output and of dx from
 the eager row's.
 
+Writes a record (``benchmarks/records.py``) into ``--out`` (default ``$OUT``, else
+``benchmarks/records/mlp/``).
+
     PYTHONPATH=$PWD python benchmarks/mlp.py            # the three rows
-    PYTHONPATH=$PWD python benchmarks/mlp.py --sweep --out /tmp/mlp.json
+    PYTHONPATH=$PWD python benchmarks/mlp.py --sweep
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 from torch import nn
 
+from benchmarks.records import add_out_argument, write_record
 from flare_lightning.kernels import triton_mlp
 from flare_lightning.models.mlp import ResidualMLP
+
+MEASURES = ["flare_lightning/kernels/triton_mlp.py", "flare_lightning/kernels/triton_mlp_kernels.py",
+            "flare_lightning/kernels/fused_mlp.py", "flare_lightning/models/mlp.py"]
 
 SWEEP = [  # MLPConfig fields: fwd rows, warps; bwd rows, warps; layers per backward segment;
     # fwd, bwd register caps; backward programs per SM
@@ -97,7 +103,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--layers", type=int, default=3, help="hidden residual layers (FLARE: 3)")
     parser.add_argument("--sweep", action="store_true", help="time other launch configurations too")
-    parser.add_argument("--out", help="write the rows as JSON here")
+    add_out_argument(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.device("cuda")
@@ -139,9 +145,8 @@ def main() -> None:
               f"{r['peak_gb']:.2f} | {d_out:.1e} | {d_dx:.1e} |")
         table.append({"row": name, **{k: v for k, v in r.items() if k not in ("out", "dx")},
                       "diff_out": d_out, "diff_dx": d_dx})
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "n": args.n, "rows": table}, f, indent=1)
+    write_record("mlp", table, paths=MEASURES, out=args.out,
+                 environment={"n": args.n, "width": args.width, "hidden_layers": args.layers})
 
 
 if __name__ == "__main__":

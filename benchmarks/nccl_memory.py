@@ -4,9 +4,10 @@ A context-parallel run fits twice the points of one GPU only if the communicator
 to) nothing: at 2 x 40M points every 0.1 GB is 55k points. Each setting starts a fresh pair of
 processes, reads each GPU's free memory after CUDA is up, then after ``init_process_group``
 and the collectives of one context-parallel step (a [B, H, M, D+2] all-reduce per block and
-the gradients' all-reduce), and prints the drop (the larger of the two ranks).
+the gradients' all-reduce), and prints the drop (the larger of the two ranks); the drops are
+written as a record (``benchmarks/records.py``; a ``--dry-run`` only with ``--out``).
 
-    python benchmarks/nccl_memory.py                 # 2 GPUs, every setting
+    PYTHONPATH=$PWD python benchmarks/nccl_memory.py                 # 2 GPUs, every setting
     python benchmarks/nccl_memory.py --dry-run       # CPU + gloo: the harness only (drops are 0)
 """
 
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from benchmarks.records import add_out_argument, cpu_name, write_record
 from flare_lightning.parallel.nccl import SMALL_COLLECTIVES
 
 SETTINGS: dict[str, dict[str, str]] = {
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--gpus", type=int, default=2)
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--dry-run", action="store_true", help="CPU + gloo: check the harness")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     clash = [key for key in KEYS if key in os.environ]
     if clash:
@@ -92,6 +95,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     for name in args.settings:
         rows[name] = measure(SETTINGS[name], args.gpus, args.dry_run)
         print(f"{name:<52}{rows[name]['drop_gb']:>11.3f}", flush=True)
+    if args.out or not args.dry_run:
+        write_record("nccl_memory", [{"setting": name, **row} for name, row in rows.items()],
+                     paths=["flare_lightning/parallel/nccl.py"], out=args.out, card=cpu_name() if args.dry_run else None,
+                     environment={"gpus": args.gpus})
     return rows
 
 

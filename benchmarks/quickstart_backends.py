@@ -3,7 +3,9 @@
 Runs ``fit`` on ``configs/quickstart.yaml`` (which tests the best checkpoint afterwards) for
 every backend x precision x seed, concurrently on one GPU, and prints each run's test
 relative L2 with the mean and spread over seeds: the spread between seeds of one backend
-is the noise that a difference between backends is judged against.
+is the noise that a difference between backends is judged against. The errors are written as a
+record (``benchmarks/records.py``) into ``--records``, default ``$OUT``, else
+``benchmarks/records/quickstart_backends/``.
 
     PYTHONPATH=$PWD python benchmarks/quickstart_backends.py --backends triton sdpa --seeds 0 1 2
 """
@@ -13,13 +15,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.records import write_record
+
 ROOT = Path(__file__).resolve().parents[1]
+MEASURES = ["flare_lightning/", "datamodules/", "configs/quickstart.yaml"]  # what a quickstart fit runs
 
 
 def launch(backend: str, precision: str, seed: int, out: Path, extra: list[str]) -> tuple[subprocess.Popen, Path]:
@@ -43,7 +49,9 @@ def main(argv=None) -> None:
     p.add_argument("--backends", nargs="+", default=["triton", "sdpa"])
     p.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "backends")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "backends", help="folder of the runs")
+    p.add_argument("--records", default=os.environ.get("OUT"),
+                   help="folder for the record (default: $OUT, else benchmarks/records/quickstart_backends/)")
     p.add_argument("extra", nargs="*", help="more CLI overrides, after --")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -66,6 +74,8 @@ def main(argv=None) -> None:
         vals = [v for (bb, pp, _), v in results.items() if (bb, pp) == (b, pr)]
         if vals:
             print(f"| {b} | {pr} | {statistics.mean(vals):.4f} | {min(vals):.4f} | {max(vals):.4f} |")
+    rows = [{"backend": b, "precision": pr, "seed": s, "rel_l2": v} for (b, pr, s), v in results.items()]
+    write_record("quickstart_backends", rows, paths=MEASURES, out=args.records)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ over one step) of:
 Figure 4 instead (1M points, blocks 1/2/4/8 x latents 128-2048; time per 400-run epoch and peak
 memory): ``--configs`` picks the rows (e.g. ``reference ours-fused``).
 
-All start from the same weights; the output of each is compared with the reference's.
+All start from the same weights; the output of each is compared with the reference's. Each
+run writes a record (``benchmarks/records.py``) into ``--out`` (default ``$OUT``, else
+``benchmarks/records/step/``; ``--ddp``: ``step_ddp``) for ``benchmarks/render.py``.
 
     PYTHONPATH=$PWD python benchmarks/step.py                        # the table
     PYTHONPATH=$PWD torchrun --nproc_per_node 2 benchmarks/step.py --ddp   # DDP throughput
@@ -27,16 +29,15 @@ All start from the same weights; the output of each is compared with the referen
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import subprocess
 import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from benchmarks.records import add_out_argument, write_record
 from benchmarks.reference_flare import ReferenceSurrogate
 from flare_lightning.metrics import relative_l2
 from flare_lightning.models import FLARE
@@ -56,6 +57,17 @@ CONFIGS: dict[str, dict] = {
     "ours-fused": dict(mixer_backend="auto", mlp_backend="triton"),  # fused Triton MLPs and norms
     "ours-fused-compiled": dict(mixer_backend="auto", mlp_backend="triton", compile=True),
 }
+# The files whose change can move the step's numbers (the record's measured paths).
+MEASURES = ["flare_lightning/models/", "flare_lightning/kernels/", "flare_lightning/module.py",
+            "flare_lightning/metrics.py", "flare_lightning/normalizer.py", "benchmarks/reference_flare.py"]
+
+
+def options(name: str) -> str:
+    """A config's model options as the table names them."""
+    if name.startswith("reference"):
+        return "paper formulation, " + ("torch.compile" if name == "reference-compiled" else "eager")
+    chosen = [k if v is True else f"{k}={v}" for k, v in CONFIGS[name].items() if k != "mixer_backend"]
+    return ", ".join(chosen) or "(none)"
 
 
 def build(name: str, device: torch.device) -> nn.Module:
@@ -143,7 +155,7 @@ def output_rel_diff(model: nn.Module, ref: nn.Module, device: torch.device, n: i
 def run_table(names: list[str], n: int, device: torch.device) -> list[dict]:
     rows = []
     for name in names:
-        row = {"config": name, "n": n}
+        row = {"config": name, "options": options(name), "n": n}
         try:
             model = build(name, device)  # compared before any training step changes its weights
             row["rel_diff_vs_reference"] = output_rel_diff(model, build("reference", device), device)
@@ -154,6 +166,17 @@ def run_table(names: list[str], n: int, device: torch.device) -> list[dict]:
         print(json.dumps(row), flush=True)
         model = None
         torch.cuda.empty_cache()
+    return rows
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """Each timed row's speed-up over, and memory relative to, the reference rows of the same run."""
+    for base in ("reference", "reference-compiled"):
+        ref = next((r for r in rows if r["config"] == base and "ms" in r), None)
+        for r in rows:
+            if ref is not None and "ms" in r:
+                r[f"speedup_vs_{base.replace('-', '_')}"] = ref["ms"] / r["ms"]
+                r[f"memory_vs_{base.replace('-', '_')}"] = r["peak_gb"] / ref["peak_gb"]
     return rows
 
 
@@ -205,9 +228,9 @@ def grid(names: list[str], n: int, device: torch.device) -> list[dict]:
     return rows
 
 
-def ddp_throughput(n: int, steps: int = 15) -> None:
+def ddp_throughput(n: int, out: str | None, steps: int = 15) -> None:
     """Run under torchrun: each rank trains ours-fast on its own sample of n points with
-    DDP (NCCL); rank 0 prints points/s and samples/s over ``steps`` timed steps."""
+    DDP (NCCL); rank 0 prints points/s and samples/s over ``steps`` timed steps and records them."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -229,13 +252,10 @@ def ddp_throughput(n: int, steps: int = 15) -> None:
     seconds = time.perf_counter() - t0
     if rank == 0:
         row = {"world_size": world, "n_per_gpu": n, "steps": steps, "step_ms": 1e3 * seconds / steps,
-               "samples_per_s": world * steps / seconds, "points_per_s": world * steps * n / seconds,
-               "card": torch.cuda.get_device_name(device)}
+               "samples_per_s": world * steps / seconds, "points_per_s": world * steps * n / seconds}
         print("DDP " + json.dumps(row), flush=True)
-        out = os.environ.get("OUT")
-        if out:
-            with open(os.path.join(out, f"ddp_{world}.json"), "w") as f:
-                json.dump(row, f, indent=1)
+        write_record("step_ddp", [row], paths=MEASURES, out=out,
+                     command=f"torchrun --nproc_per_node {world} benchmarks/step.py --ddp --n {n}")
     dist.destroy_process_group()
 
 
@@ -287,37 +307,9 @@ def diagnose(device: torch.device, n: int) -> None:
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
 
 
-def commit() -> str | None:
-    """The measured commit: ``FLARE_COMMIT`` (set by device runs on a copy without .git) or git's."""
-    if os.environ.get("FLARE_COMMIT"):
-        return os.environ["FLARE_COMMIT"]
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(__file__))
-    except OSError:
-        return None
-    return out.stdout.strip() or None
-
-
-def write_json(path: str, data: dict) -> None:
-    """Write ``data`` to ``path`` whole or not at all (a temp file, then a rename)."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
 def environment(device: torch.device) -> dict:
-    info = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "device": str(device),
-            "commit": commit()}
-    if device.type == "cuda":
-        info["card"] = torch.cuda.get_device_name(device)
-        info["mixer_backend_auto"] = mixer_backend_used(device)
-        try:
-            import triton
-
-            info["triton"] = triton.__version__
-        except ImportError:
-            info["triton"] = None
-    return info
+    """What the record keeps beside card, commit and versions: which mixer ``auto`` ran."""
+    return {"mixer_backend_auto": mixer_backend_used(device)}
 
 
 def main() -> None:
@@ -329,11 +321,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--ddp", action="store_true", help="DDP throughput mode (launch with torchrun)")
     parser.add_argument("--diagnose", action="store_true", help="backend agreement and a kernel profile")
-    parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for step.json")
+    add_out_argument(parser)
     args = parser.parse_args()
     SHAPE["num_latents"] = args.latents
     if args.ddp:
-        ddp_throughput(args.n)
+        ddp_throughput(args.n, args.out)
         return
     device = torch.device(args.device)
     if args.diagnose:
@@ -345,18 +337,14 @@ def main() -> None:
             print(name, "loss", float(loss))
         return
     info = environment(device) | {"shape": dict(SHAPE)}
-    print(json.dumps(info))
     if info["mixer_backend_auto"] != "triton":
         print("NOTE: the Triton mixer is not available here; 'auto' ran", info["mixer_backend_auto"])
     if args.grid:
-        rows = grid(args.configs, args.n, device)
-        if args.out:
-            write_json(os.path.join(args.out, "step_grid.json"), {"environment": info, "rows": rows})
+        write_record("step_grid", grid(args.configs, args.n, device), paths=MEASURES, out=args.out, environment=info)
         return
-    rows = run_table(args.configs, args.n, device)
+    rows = add_ratios(run_table(args.configs, args.n, device))
     print_table(rows)
-    if args.out:
-        write_json(os.path.join(args.out, "step.json"), {"environment": info, "rows": rows})
+    write_record("step", rows, paths=MEASURES, out=args.out, environment=info)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,10 @@ epoch 0 warms up (compilation, graph capture) and epoch 1 is timed. Rows slower 
 ``--full-below-ms`` per step train ``--steps`` batches an epoch and their epoch time is
 ``(training samples / batch) x step + validation``; fast rows train full epochs.
 
+The rows are written as a record (``benchmarks/records.py``) into ``--out`` (default ``$OUT``,
+else ``benchmarks/records/train_step_small/``); with ``--profile``, the captured step's kernels
+too (``train_step_kernels``).
+
     python benchmarks/train_step_small.py                       # the whole table
     python benchmarks/train_step_small.py --datasets darcy --precisions bf16-mixed --rows ours-fast
 """
@@ -36,13 +40,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
-import subprocess
 import sys
 import time
 import traceback
+from collections import defaultdict
 from pathlib import Path
 from unittest import mock
 
@@ -52,8 +55,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: `benchmarks.` imports and class paths resolve
 
-from benchmarks.accuracy import ELASTICITY_PAPER_COUNTS, config_path  # noqa: E402
-from flare_lightning.atomic import atomic_write_text  # noqa: E402
+from benchmarks.accuracy import ELASTICITY_PAPER_COUNTS, FIT_PATHS, config_path  # noqa: E402
+from benchmarks.records import add_out_argument, write_record  # noqa: E402
 DATASETS = ("darcy", "elasticity", "drivaerml_1m")  # FLARE rows train configs/<dataset>.yaml (row_config)
 DATA_ARGS = {
     "elasticity": list(ELASTICITY_PAPER_COUNTS),  # 1000 training cells: 500 steps an epoch
@@ -132,17 +135,22 @@ class EpochTimer(L.Callback):
 
 class FastStepProfile(L.Callback):
     """Kernel table of a few replays of the captured step, at the end of training (the
-    graphs are dropped when Lightning tears the run down)."""
+    graphs are dropped when Lightning tears the run down); keeps what ``profile_fast_step`` found."""
+
+    def __init__(self) -> None:
+        self.found: tuple[dict, list[dict]] = ({}, [])
 
     def on_train_end(self, trainer, pl_module) -> None:
-        profile_fast_step(pl_module, next(iter(trainer.train_dataloader)))
+        self.found = profile_fast_step(pl_module, next(iter(trainer.train_dataloader)))
 
 
-def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Path, profile: bool = False) -> dict:
-    """One ``flare fit`` of two epochs; returns the timed second epoch's figures."""
+def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Path,
+            profile: bool = False) -> tuple[dict, list[dict]]:
+    """One ``flare fit`` of two epochs; returns the timed second epoch's figures (with the
+    profile's summary when asked) and the captured step's kernels (``--profile`` on a fast row)."""
     from flare_lightning.cli import make_cli
 
-    timer = EpochTimer()
+    timer, profiler = EpochTimer(), FastStepProfile()
     name = f"{dataset}_{row}_{precision}"
     args = [
         f"--config={row_config(dataset, row)}", *ROWS[row],
@@ -161,7 +169,7 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
     cli = make_cli(args, run=False)
     cli.trainer.callbacks.append(timer)
     if profile and is_fast(row):
-        cli.trainer.callbacks.append(FastStepProfile())
+        cli.trainer.callbacks.append(profiler)
     import torch._inductor.config as inductor_config
 
     from flare_lightning.kernels import tuning
@@ -182,21 +190,25 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
     step_ms = 1e3 * (v0 - s0) / (g1 - g0)
     batches = len(cli.datamodule.train_dataloader())
     epoch_s = batches * step_ms / 1e3 + (v1 - v0)
+    summary, kernels = profiler.found
+    names = {"dataset": dataset, "precision": precision, "row": row}
     return {
-        "dataset": dataset, "precision": precision, "row": row, "steps_timed": g1 - g0,
+        **names, "steps_timed": g1 - g0,
         "step_ms": step_ms, "val_s": v1 - v0, "epoch_s": epoch_s, "batches_per_epoch": batches,
         "500_epochs_min": 500 * epoch_s / 60, "fit_wall_s": total,
         # the last epoch's peak: the epoch summary line resets the counter at each epoch start
-        "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else float("nan"),
-        "epoch_measured": steps is None,
-    }
+        "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None,
+        "epoch_measured": steps is None, **summary,
+    }, [{**names, **kernel} for kernel in kernels]
 
 
-def profile_fast_step(module, batch: dict, steps: int = 5, top: int = 20) -> None:
-    """Kernel table of a few replays of the captured step (they update the weights)."""
+def profile_fast_step(module, batch: dict, steps: int = 5, top: int = 20) -> tuple[dict, list[dict]]:
+    """Kernel table of a few replays of the captured step (they update the weights): returns the
+    summary (kernels and kernel ms per step, ms per step replayed back to back) and the ``top``
+    kernels by time (calls per step, us per call)."""
     if module._fast is None or not module._fast._captured:
         print("profile: no captured step")
-        return
+        return {}, []
     batch = {k: v.cuda() for k, v in batch.items()}
     for _ in range(5):
         module._fast(batch)
@@ -215,23 +227,34 @@ def profile_fast_step(module, batch: dict, steps: int = 5, top: int = 20) -> Non
         module._fast(batch)
     end.record()
     end.synchronize()
-    print(f"profile: {len(events) / steps:.0f} kernels per step, {gpu_us / 1e3:.2f} ms of kernel time per step, "
-          f"{start.elapsed_time(end) / 50:.2f} ms per step replayed back to back")
+    summary = {"kernels_per_step": len(events) / steps, "kernel_ms_per_step": gpu_us / 1e3,
+               "back_to_back_ms": start.elapsed_time(end) / 50}
+    print(f"profile: {summary['kernels_per_step']:.0f} kernels per step, {summary['kernel_ms_per_step']:.2f} ms of "
+          f"kernel time per step, {summary['back_to_back_ms']:.2f} ms per step replayed back to back")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=top))
+    by_name: dict[str, list[float]] = defaultdict(list)
+    for e in events:
+        by_name[e.name].append(e.device_time)
+    ranked = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]
+    return summary, [{"kernel": name, "calls_per_step": len(us) / steps, "us_per_call": sum(us) / len(us)}
+                     for name, us in ranked]
 
 
-def environment() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {
-        "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "date": datetime.date.today().isoformat(),
-        "commit": os.environ.get("FLARE_COMMIT", commit),
-        "torch": torch.__version__, "lightning": L.__version__,
-    }
+def add_speedups(rows: list[dict]) -> list[dict]:
+    """Each FLARE row's speed-up over the ``reference-compiled`` row of its dataset and precision."""
+    for r in rows:
+        ref = next((x for x in rows if x["row"] == "reference-compiled" and x["dataset"] == r["dataset"]
+                    and x["precision"] == r["precision"]), None)
+        if ref is not None and r["row"] not in BASELINE_ROWS:
+            r["speedup_vs_reference_compiled"] = ref["step_ms"] / r["step_ms"]
+    return rows
+
+
+def measured_paths(datasets: list[str], rows: list[str]) -> list[str]:
+    """What a row's numbers depend on: the package, the data code and the configs it trains."""
+    configs = {row_config(d, r).relative_to(REPO).as_posix() for d in datasets for r in rows}
+    reference = ["benchmarks/reference_flare.py"] if "reference-compiled" in rows else []
+    return [*FIT_PATHS, *sorted(configs), *reference]
 
 
 def print_table(rows: list[dict]) -> None:
@@ -242,11 +265,11 @@ def print_table(rows: list[dict]) -> None:
     print(f"\n{'dataset':<11}{'precision':<12}{'row':<25}{'ms/step':>9}{'val s':>8}{'epoch s':>9}"
           f"{'500 ep min':>11}{'peak GB':>9}{'vs ref':>8}")
     for r in rows:
-        ref = None if r["row"] in BASELINE_ROWS else same(r, "reference-compiled")  # FLARE rows only
-        speed = f"{ref['step_ms'] / r['step_ms']:.1f}x" if ref else "-"
+        speed = f"{r['speedup_vs_reference_compiled']:.1f}x" if "speedup_vs_reference_compiled" in r else "-"
         mark = "" if r["epoch_measured"] else "*"
+        peak = f"{r['peak_gb']:.2f}" if r["peak_gb"] is not None else "-"
         print(f"{r['dataset']:<11}{r['precision']:<12}{r['row']:<25}{r['step_ms']:>9.2f}{r['val_s']:>8.2f}"
-              f"{r['epoch_s']:>8.1f}{mark:1}{r['500_epochs_min']:>11.1f}{r['peak_gb']:>9.2f}{speed:>8}")
+              f"{r['epoch_s']:>8.1f}{mark:1}{r['500_epochs_min']:>11.1f}{peak:>9}{speed:>8}")
     print("* epoch = batches x step + validation (the row trained fewer batches per epoch)")
     for r in rows:  # the network without the all-True mask against with it, same run
         masked = same(r, r["row"] + "-masked")
@@ -263,27 +286,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="training batches per epoch of the slow rows")
     parser.add_argument("--root", default="runs/bench_small", help="run folder of the fits")
     parser.add_argument("--profile", action="store_true", help="kernel table of the captured step")
-    parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for train_step_small.json")
+    add_out_argument(parser)
     args = parser.parse_args()
-    env = environment()
-    print(json.dumps(env))
-    rows = []
+    rows, kernels = [], []
     for dataset in args.datasets:
         for precision in args.precisions:
             for row in args.rows:
                 steps = None if is_fast(row) else args.steps
                 try:
-                    result = run_row(dataset, precision, row, steps, Path(args.root), args.profile)
+                    result, found = run_row(dataset, precision, row, steps, Path(args.root), args.profile)
                 except Exception as err:  # one failed row must not lose the others
                     traceback.print_exc()
                     print(json.dumps({"dataset": dataset, "precision": precision, "row": row, "error": repr(err)}))
                     continue
                 print(json.dumps(result), flush=True)
                 rows.append(result)
-    print_table(rows)
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(args.out) / "train_step_small.json", json.dumps({"env": env, "rows": rows}, indent=1))
+                kernels += found
+    print_table(add_speedups(rows))
+    paths = measured_paths(args.datasets, args.rows)
+    write_record("train_step_small", rows, paths=paths, out=args.out)
+    if kernels:
+        write_record("train_step_kernels", kernels, paths=paths, out=args.out)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """benchmarks/accuracy.py on CPU: the launcher's command lines (dry run), the spread of runs over
-GPUs, skipping and resuming, and the table collected from fake run folders."""
+GPUs, skipping and resuming, and the records and page collected from fake run folders."""
 
 from __future__ import annotations
 
@@ -159,6 +159,15 @@ def test_launch_refuses_runs_made_with_other_settings(accuracy, tmp_path, capsys
     assert accuracy.run_settings(recorded, "darcy") == ["--model.fast_step=true", "--trainer.precision", "32-true"]
 
 
+def page(accuracy, results: list, out: Path, tmp_path: Path, notes: str = "") -> str:
+    """ACCURACY.md as ``collect`` renders it: from the records it writes for ``results``."""
+    from benchmarks import accuracy_page, render
+
+    records = tmp_path / "records"
+    accuracy.write_run_records(results, out, records)
+    return accuracy_page.render(render.load(records, REPO), render.link_from(tmp_path / "ACCURACY.md"), notes)
+
+
 def fake_run(out: Path, name: str, tag: str, rel_l2, wall_s=None, card="NVIDIA H200", commit="abc1234") -> None:
     folder = out / name / tag
     folder.mkdir(parents=True)
@@ -182,20 +191,27 @@ def test_collector_on_fake_runs(accuracy, tmp_path):
     assert sorted((r.model, r.dataset, r.seed, r.budget) for r in results) == [
         ("flare", "darcy", 0, "ep50"), ("flare", "quickstart", 0, "full"),
         ("transolver", "darcy", 0, "ep50"), ("transolver", "darcy", 1, "ep50")]
-    text = accuracy.render(results, out)
+    text = page(accuracy, results, out, tmp_path)
     full, reduced = text.split("## Full budget")[1].split("## Reduced budget: 50 epochs")
     reduced = reduced.split("## Runs")[0]
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in reduced.splitlines() if line.startswith("| ")}
-    assert rows["FLARE"][1] == "**6.10** (1.5 h)" and rows["FLARE"][2] == "*5.1*"  # paper, real files, beside it
-    assert rows["Transolver"][1] == "**19.00** (18.00-20.00, 2 seeds; 50 min each)" and rows["Transolver"][2] == "*18.6*"
+    # the fake runs' commits are not in this repository's history: every cell says so
+    assert rows["FLARE"][1] == "**6.10** (1.5 h; unknown commit)" and rows["FLARE"][2] == "*5.1*"  # paper, real files
+    assert rows["Transolver"][1] == "**19.00** (18.00-20.00, 2 seeds; 50 min each; unknown commit)"
+    assert rows["Transolver"][2] == "*18.6*"
     assert rows["Transformer"][1] == "not run" and rows["Transformer"][2] == "*4.4*"
-    assert rows["PerceiverIO"][2] == ""  # DESIGN.md gives no paper number
-    assert "**37.00** (3 min)" in full
+    assert rows["PerceiverIO"][2] == ""  # the paper gives no number
+    assert "**37.00** (3 min; unknown commit)" in full
     assert "real FNO files" in text and "not comparable cell by cell" in text
     runs = text.split("## Runs")[1]
     # 50 of Darcy's 500 epochs took 50 min: the full budget at this pace is 10x longer
-    assert "| Transolver | darcy | ep50 | 0 | bf16-mixed | 2.0000e-02 | 50 min, 2 attempts | 8.3 h | NVIDIA H200 | def5678+dirty |" in runs
-    assert "| FLARE | quickstart | full | 0 | 32-true | 3.7000e-02 | 3 min | 3 min | cpu | abc1234 |" in runs
+    assert "| Transolver | darcy | ep50 | 0 | bf16-mixed | 2.0000e-02 | 50 min, 2 attempts | 8.3 h | NVIDIA H200 |" in runs
+    assert "| def5678 | unknown commit | [transolver_darcy_seed0_ep50.json](records/accuracy/transolver_darcy_seed0_ep50.json) |" in runs
+    assert "| FLARE | quickstart | full | 0 | 32-true | 3.7000e-02 | 3 min | 3 min | cpu |" in runs
+    record = json.loads((tmp_path / "records" / "accuracy" / "transolver_darcy_seed0_ep50.json").read_text())
+    assert (record["commit"], record["dirty"], record["card"]) == ("def5678", True, "NVIDIA H200")
+    assert record["paths"] == ["flare_lightning/", "datamodules/", "configs/baselines/transolver_darcy.yaml"]
+    assert record["rows"][0]["full_budget_s"] == pytest.approx(3000 * 10)
     assert accuracy.run_precision(["flare", "--trainer.precision", "16-mixed"]) == "16-mixed"
     bf16 = ["flare", "--trainer.precision", "bf16-mixed"]
     assert accuracy.run_precision([*bf16, "--model.eval_fp32", "true"]) == "bf16-mixed, fp32 eval"
@@ -206,27 +222,34 @@ def test_collector_on_fake_runs(accuracy, tmp_path):
     assert accuracy.run_precision([*bf16, "--float32_matmul_precision=highest"]) == "bf16-mixed"
 
 
-def test_collect_writes_the_table(accuracy, tmp_path):
-    out, output = tmp_path / "runs", tmp_path / "ACCURACY.md"
+def collect_args(tmp_path: Path, out: Path) -> list[str]:
+    """``collect`` into ``tmp_path``: records, the two pages, no README."""
+    return ["collect", "--out", str(out), "--records", str(tmp_path / "records"), "--output",
+            str(tmp_path / "ACCURACY.md"), "--results", str(tmp_path / "RESULTS.md"), "--readme", ""]
+
+
+def test_collect_writes_a_record_per_run_and_the_page(accuracy, tmp_path):
+    out = tmp_path / "runs"
     fake_run(out, "perceiverio_elasticity", "seed2_full", 0.009, wall_s=7200)
-    accuracy.main(["collect", "--out", str(out), "--output", str(output)])
-    text = output.read_text()
+    accuracy.main(collect_args(tmp_path, out))
+    text = (tmp_path / "ACCURACY.md").read_text()
     assert "| PerceiverIO | elasticity | full | 2 | 32-true | 9.0000e-03 | 2.0 h | 2.0 h |" in text
-    assert not list(tmp_path.glob(".ACCURACY.md*"))  # no temporary file left behind
+    path = tmp_path / "records" / "accuracy" / "perceiverio_elasticity_seed2_full.json"
+    assert json.loads(path.read_text())["rows"][0]["rel_l2"] == 0.009
+    (out / "perceiverio_elasticity" / "seed2_full" / "test_metrics.json").write_text(json.dumps({"test/rel_l2": 0.008}))
+    accuracy.main(collect_args(tmp_path, out))  # collected again: the run's record is replaced
+    assert [p.name for p in (tmp_path / "records" / "accuracy").iterdir()] == [path.name]
+    assert json.loads(path.read_text())["rows"][0]["rel_l2"] == 0.008
+    assert "8.0000e-03" in (tmp_path / "ACCURACY.md").read_text()
+    assert not list(tmp_path.rglob(".*.tmp"))  # no temporary file left behind
 
 
-def test_collect_puts_the_notes_under_the_tables(accuracy, tmp_path):
-    out, output, notes = tmp_path / "runs", tmp_path / "ACCURACY.md", tmp_path / "notes.md"
+def test_the_page_puts_the_notes_under_the_tables(accuracy, tmp_path):
+    out = tmp_path / "runs"
     fake_run(out, "flare_darcy", "seed0_full", 0.004, wall_s=1800)
-    notes.write_text("- FLARE's run was **bf16**.\n")
-    accuracy.main(["collect", "--out", str(out), "--output", str(output), "--notes", str(notes)])
-    text = output.read_text()
+    text = page(accuracy, accuracy.collect(out), out, tmp_path, notes="- FLARE's run was **bf16**.\n")
     assert text.index("## Runs") < text.index("## Notes on the runs") < text.index("- FLARE's run was **bf16**.")
-    accuracy.main(["collect", "--out", str(out), "--output", str(output), "--notes", ""])  # none
-    assert "Notes on the runs" not in output.read_text()
-    with pytest.raises(SystemExit, match="missing.md: no such file"):
-        accuracy.main(["collect", "--out", str(out), "--output", str(output), "--notes", str(tmp_path / "missing.md")])
-    assert "Notes on the runs" not in output.read_text()  # the table written before is left as it was
+    assert "Notes on the runs" not in page(accuracy, accuracy.collect(out), out, tmp_path)
 
 
 def test_worker_records_attempts_and_skips_finished_runs(accuracy, tmp_path):
@@ -289,7 +312,9 @@ def test_an_attempt_is_recorded_before_its_run_and_untimed_ones_are_marked(accur
     assert result.wall_s == pytest.approx(68.3 + attempts[1]["wall_s"])
     assert [a["commit"] for a in attempts] == ["old0000", "abc1234"]  # each attempt keeps its own code
     assert (result.commit, result.card) == ("old0000, then abc1234", "NVIDIA H200")
-    assert "2 attempts (1 without a recorded end: a lower bound)" in accuracy.render([result], out)
+    assert "2 attempts (1 without a recorded end: a lower bound)" in page(accuracy, [result], out, tmp_path)
+    record = json.loads((tmp_path / "records" / "accuracy" / "flare_darcy_seed0_ep50.json").read_text())
+    assert record["commit"] == "old0000" and record["rows"][0]["commits"] == ["old0000", "abc1234"]
 
 
 def test_time_of_attempts_without_an_end(accuracy):
@@ -315,8 +340,8 @@ def test_epoch_seconds_split_by_attempt_markers(accuracy):
 
 
 def test_runs_in_progress_are_listed_with_their_progress(accuracy, tmp_path):
-    """A run whose machine went away mid-training is neither "not run" nor a failure: its cell and
-    a section say how far it got (epochs with validation, best validation error so far)."""
+    """A run whose machine went away mid-training is not a failure: collect's status says how far it
+    got (epochs with validation, best validation error so far); it has no record yet."""
     out = tmp_path / "runs"
     fake_run(out, "flare_darcy", "seed0_full", False)
     folder = out / "flare_darcy" / "seed0_full"
@@ -331,12 +356,13 @@ def test_runs_in_progress_are_listed_with_their_progress(accuracy, tmp_path):
     running = accuracy.in_progress(out)
     assert [(r.model, r.epochs_done, r.max_epochs, r.best_val, r.wall_s, r.precision) for r in running] == [
         ("flare", 3, 500, 0.30, 600.0, "bf16-mixed")]
-    text = accuracy.render(accuracy.collect(out), out, [], running)
+    text = page(accuracy, accuracy.collect(out), out, tmp_path)
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.split("## Runs")[0].splitlines()
             if line.startswith("| ")}
-    assert rows["FLARE"][1] == "in progress (3/500 epochs; see below)"
-    assert rows["Transolver"][1] == "**20.00** (1 min)" and rows["PerceiverIO"][1] == "not run"
-    section = text.split("## Runs in progress")[1]
+    assert rows["FLARE"][1] == "not run"  # no record until it is tested
+    assert rows["Transolver"][1] == "**20.00** (1 min; unknown commit)" and rows["PerceiverIO"][1] == "not run"
+    section = accuracy.status(out, [], running)
+    assert section.startswith("Runs in progress")
     assert "| FLARE | darcy | full | 0 | bf16-mixed | 3/500 | 3.0000e-01 | 10 min (at least) | NVIDIA H200 | abc1234 |" in section
 
 
@@ -364,8 +390,8 @@ def test_prepare_data_makes_and_caches_a_dataset(accuracy, tmp_path):
 
 
 def test_failed_runs_are_shown_with_their_reason(accuracy, tmp_path):
-    """A run that diverged (exit 1, no test metrics) is neither "not run" nor silently dropped: its
-    cell says failed, and a section gives the exit code and the log's error line."""
+    """A run that diverged (exit 1, no test metrics) is not silently dropped: collect's status gives
+    its exit code and the log's error line; the page, made of records, shows finished runs only."""
     out = tmp_path / "runs"
     fake_run(out, "flare_elasticity", "seed0_full", 0.0114, wall_s=1011)
     fake_run(out, "transolver_elasticity", "seed0_full", False, wall_s=330)
@@ -381,14 +407,14 @@ def test_failed_runs_are_shown_with_their_reason(accuracy, tmp_path):
     failed = accuracy.failures(out)
     assert [(f.model, f.dataset, f.rc, f.precision) for f in failed] == [("transolver", "elasticity", 1, "bf16-mixed")]
     assert failed[0].reason == "NonFiniteLossError: the validation loss (val/loss) is nan at epoch 85"
-    text = accuracy.render(accuracy.collect(out), out, failed)
+    text = page(accuracy, accuracy.collect(out), out, tmp_path)
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.split("## Runs")[0].splitlines()
             if line.startswith("| ")}
     elasticity = 3  # model, Darcy, paper Darcy, elasticity
-    assert rows["FLARE"][elasticity] == "**11.40** (17 min)"
-    assert rows["Transolver"][elasticity] == "failed (bf16-mixed; see below)"
-    assert rows["Transformer"][elasticity] == "not run"
-    section = text.split("## Failed runs")[1]
+    assert rows["FLARE"][elasticity] == "**11.40** (17 min; unknown commit)"
+    assert rows["Transolver"][elasticity] == rows["Transformer"][elasticity] == "not run"
+    section = accuracy.status(out, failed, [])
+    assert section.startswith("Failed runs")
     assert "| Transolver | elasticity | full | 0 | bf16-mixed | 1 | NonFiniteLossError: the validation loss" in section
 
 
@@ -398,7 +424,7 @@ def test_a_ddp_launch_trains_two_processes_end_to_end(accuracy, tmp_path):
     ``python -m flare_lightning fit`` as rank 1, the run is tested and recorded as a 2-GPU run."""
     out = tmp_path / "runs"
     accuracy.main(["launch", "--wait", "--devices", "0,1", "--models", "transformer", "--datasets", "quickstart",
-                   "--epochs", "1", "--out", str(out), "--output", str(tmp_path / "ACCURACY.md"), "--notes", "",
+                   "--epochs", "1", *collect_args(tmp_path, out)[1:],
                    "--", f"--data.init_args.root={tmp_path / 'data'}", "--data.init_args.n_train=8",
                    "--data.init_args.n_val=4", "--data.init_args.n_test=4", "--model.model.init_args.channels=16",
                    "--model.model.init_args.num_blocks=2", "--model.model.init_args.num_heads=2",
@@ -411,3 +437,4 @@ def test_a_ddp_launch_trains_two_processes_end_to_end(accuracy, tmp_path):
     record = json.loads((folder / "launch.json").read_text())
     assert record["attempts"][-1]["rc"] == 0 and record["card"].startswith("2 x ")
     assert accuracy.finished(folder)
+    assert json.loads((tmp_path / "records" / "accuracy" / "transformer_quickstart_seed0_ep1.json").read_text())["card"] == record["card"]

@@ -62,3 +62,30 @@ def test_train_step_rows_train_the_right_model_and_mask():
         with mock.patch(target, value):
             assert SurrogateModule.network_mask(batch) is batch["mask"]
     assert SurrogateModule.network_mask(batch) is None  # the patch is undone
+
+
+def test_train_step_rows_record_their_speed_up_and_measured_paths():
+    """Each FLARE row's speed-up is over the reference row of its own dataset and precision; the
+    record measures the package, the data code and exactly the configs the rows train."""
+    small = import_benchmark("train_step_small")
+    rows = [{"dataset": d, "precision": "bf16-mixed", "row": r, "step_ms": ms}
+            for d, r, ms in (("darcy", "reference-compiled", 80.0), ("darcy", "ours-fast", 5.0),
+                             ("elasticity", "reference-compiled", 60.0), ("elasticity", "ours-fast", 3.0),
+                             ("darcy", "transformer-fast", 4.0))]
+    small.add_speedups(rows)
+    assert [r.get("speedup_vs_reference_compiled") for r in rows] == [1.0, 16.0, 1.0, 20.0, None]
+    paths = small.measured_paths(["darcy"], ["ours-fast", "transformer-fast", "reference-compiled"])
+    assert paths == ["flare_lightning/", "datamodules/", "configs/baselines/transformer_darcy.yaml",
+                     "configs/darcy.yaml", "benchmarks/reference_flare.py"]
+
+
+def test_step_rows_name_their_options_and_ratios():
+    from benchmarks.step import add_ratios, options
+
+    assert options("ours-memory") == "checkpoint_blocks, mlp_chunk_size=262144"
+    assert (options("ours-fast"), options("reference-compiled")) == ("(none)", "paper formulation, torch.compile")
+    rows = add_ratios([{"config": "reference", "ms": 500.0, "peak_gb": 40.0},
+                       {"config": "reference-compiled", "ms": 400.0, "peak_gb": 38.0},
+                       {"config": "ours-memory", "ms": 250.0, "peak_gb": 4.0}, {"config": "broken", "error": "OOM"}])
+    assert rows[2]["speedup_vs_reference"] == 2.0 and rows[2]["speedup_vs_reference_compiled"] == 1.6
+    assert rows[2]["memory_vs_reference"] == 0.1 and "speedup_vs_reference" not in rows[3]

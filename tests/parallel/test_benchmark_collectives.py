@@ -17,6 +17,9 @@ def test_prints_and_writes_both_columns(tmp_path, capsys):
     assert all(r["gloo_ms"] > 0 for r in rows)
     if platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64"):
         assert all(r["exchange_ms"] > 0 for r in rows)
-    saved = json.loads((tmp_path / "collectives.json").read_text())
-    assert saved["rows"] == rows and saved["env"]["procs"] == 2
+    (path,) = tmp_path.glob("*.json")  # the run's record
+    saved = json.loads(path.read_text())
+    assert saved["benchmark"] == "collectives" and saved["card"].startswith("CPU: ")
+    assert saved["rows"] == rows and saved["environment"]["procs"] == 2
+    assert "flare_lightning/parallel/host_exchange.py" in saved["paths"]
     assert "gloo / exchange" in capsys.readouterr().out

@@ -22,6 +22,9 @@ def test_dry_run_prints_and_writes_the_table(tmp_path, capsys):
         big = row["largest"]
         assert big["proved"] and big["max_n"] % 32 == 0
         assert 0.9 * 600 * world <= big["max_n"] <= 600 * world  # the simulated card holds 600 points per rank
-    saved = json.loads((tmp_path / "context_parallel.json").read_text())
-    assert saved["rows"] == rows
+    assert (one["backend"], two["backend"]) == (None, "gloo") and one["speedup"] == 1.0
+    assert two["points_vs_one_gpu"] == two["largest"]["max_n"] / one["largest"]["max_n"]
+    (path,) = tmp_path.glob("*.json")  # the run's record
+    saved = json.loads(path.read_text())
+    assert saved["benchmark"] == "context_parallel" and saved["rows"] == rows and saved["card"].startswith("CPU: ")
     assert "largest N" in capsys.readouterr().out

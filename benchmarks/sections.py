@@ -1,0 +1,241 @@
+"""What benchmarks/RESULTS.md shows of each benchmark's records: one ``Section`` per benchmark
+(its title, what it measures, the row fields that name a figure, its table's columns), in page
+order. A new benchmark adds its ``Section`` here; interpretation goes in
+``benchmarks/notes/<benchmark>.md``, which the renderer puts under the section's tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Value = Callable[[dict[str, Any]], Any]
+
+
+def field(row: dict[str, Any], name: str) -> Any:
+    """``row[name]``, following dots into nested objects (``"step.ms"``); None when absent."""
+    value: Any = row
+    for part in name.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def size(n: int) -> str:
+    """Point counts as the mixer tables write them: 16k, 1M (powers of two), else with commas."""
+    for unit, name in ((2**20, "M"), (2**10, "k")):
+        if n >= unit and n % unit == 0:
+            return f"{n // unit}{name}"
+    return f"{n:,}"
+
+
+def duration(seconds: float) -> str:
+    """``3m37`` under an hour, ``1.1 h`` above."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{int(seconds // 60)}m{int(round(seconds % 60)):02d}"
+
+
+def tries(points: list) -> str:
+    """A largest-N search's tries, ``N: peak GB`` in order (``OOM``: out of memory)."""
+    return ", ".join(f"{size(n)}: {'OOM' if gb is None else f'{gb:.1f}'}" for n, gb in points)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: the row field it shows (a dotted name, or a function of the row), its
+    header, and how a value is written (a format spec, or a function; None is written ``-``)."""
+
+    value: str | Value
+    header: str
+    fmt: str | Callable[[Any], str] = ""
+
+    def cell(self, row: dict[str, Any]) -> str:
+        value = self.value(row) if callable(self.value) else field(row, self.value)
+        if value is None:
+            return "-"
+        text = self.fmt(value) if callable(self.fmt) else format(value, self.fmt)
+        return text.replace("|", "\\|")
+
+
+@dataclass(frozen=True)
+class Section:
+    """A benchmark's part of RESULTS.md. ``key``: the fields that name one figure (row fields, or
+    record fields such as ``card``): a row leaves the page when a newer record has a row with the
+    same key."""
+
+    benchmark: str
+    title: str
+    what: str
+    key: tuple[str, ...]
+    columns: tuple[Column, ...]
+
+
+def _times(x: float) -> str:
+    return f"{x:.2f}x"
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _run(row: dict[str, Any]) -> str:
+    return row["run"] + (f" ({row['note']})" if row.get("note") else "")
+
+
+def _epoch(row: dict[str, Any]) -> str:
+    return f"{row['epoch_s']:.2f}" + ("" if row.get("epoch_measured", True) else "*")
+
+
+SHAPE = (Column("H", "H"), Column("D", "D"), Column("M", "M"))
+SHAPE_N = (*SHAPE, Column("n", "N", size))  # a shape at one N
+TIMES = (Column("fwd", "fwd ms", ".3f"), Column("fwd_bwd", "fwd+bwd ms", ".3f"), Column("peak_mib", "peak MiB", ".0f"))
+SECTIONS = (
+    Section(
+        "mixer", "The mixer alone",
+        "forward and forward+backward time (median of CUDA events, L2 flushed) and peak memory of one mixer call "
+        "per (H, D, M) and N, bf16, B = 1; `x`: speed-up over `sdpa` (the paper's two-SDPA formulation) in the "
+        "same run; `rel. diff`: largest relative L2 difference of y, dq, dk, dv from `sdpa`'s",
+        ("card", "H", "D", "M", "N", "method"),
+        (*SHAPE, Column("N", "N", size), Column("method", "method"), *TIMES, Column("x_fwd", "x fwd", ".1f"),
+         Column("x_fwd_bwd", "x fwd+bwd", ".1f"), Column("err", "rel. diff", ".1e")),
+    ),
+    Section(
+        "exp2_floor", "The exp2 floor of the mixer",
+        "the card's exp2 rate (a Triton kernel doing little else) and, per (H, D, M) at N = 2^20, the time two "
+        "exp2 per logit take forward and four forward+backward, against the times a 5x forward and a 10x "
+        "forward+backward over the two-SDPA reference (timed in the same run) would need",
+        ("card", "H", "D", "M", "n"),
+        (*SHAPE_N, Column("grid", "N·M·H", ".2e"), Column("sdpa_fwd_ms", "sdpa fwd ms", ".2f"),
+         Column("sdpa_fwd_bwd_ms", "sdpa fwd+bwd ms", ".2f"), Column("fwd_5x_needs_ms", "5x fwd needs ms", ".2f"),
+         Column("floor_fwd_ms", "exp2 floor fwd ms", ".2f"), Column("fwd_bwd_10x_needs_ms", "10x fwd+bwd needs ms", ".2f"),
+         Column("floor_fwd_bwd_ms", "exp2 floor fwd+bwd ms", ".2f"), Column("exp2_per_s", "card exp2/s", ".2e")),
+    ),
+    Section(
+        "mixer_in_model", "The Triton mixer with the model's inputs",
+        "the Triton mixer's forward and forward+backward at one N with its inputs laid out and typed as the model "
+        "passes them, one difference at a time, and a whole FlareAttention layer under bf16 autocast",
+        ("card", "H", "D", "M", "n", "case"),
+        (*SHAPE_N, Column("case", "case"), Column("fwd_ms", "fwd ms", ".2f"), Column("fwd_bwd_ms", "fwd+bwd ms", ".2f")),
+    ),
+    Section(
+        "mixer_tune", "Mixer tile sweep",
+        "per (H, D, M) at N = 2^20, the two-SDPA reference, the default tiles and the sweep's best tiles, each "
+        "timed end to end (fwd and fwd+bwd, median of CUDA events, L2 flushed)",
+        ("card", "H", "D", "M", "n", "config"),
+        (*SHAPE_N, Column("config", "tiles"), *TIMES, Column("err", "rel. diff", ".1e"), Column("tiles", "tile configs")),
+    ),
+    Section(
+        "quickstart_backends", "Training the quickstart with each mixer backend",
+        "test relative L2 of `configs/quickstart.yaml` fitted with each mixer backend and precision (the best "
+        "checkpoint, tested after the fit)",
+        ("card", "backend", "precision", "seed"),
+        (Column("backend", "backend"), Column("precision", "precision"), Column("seed", "seed"),
+         Column("rel_l2", "test rel. L2", ".4f")),
+    ),
+    Section(
+        "train_step_small", "Paper-size training steps through `flare fit`",
+        "a real `flare fit` of the shipped config per row (CLI, datamodule, Lightning loop, checkpoints): epoch 0 "
+        "warms up, epoch 1 is timed after a device sync at its ends; rows marked * trained fewer batches and their "
+        "epoch is batches x step + validation; `back to back`: the captured step replayed with nothing between",
+        ("card", "dataset", "precision", "row"),
+        (Column("dataset", "dataset"), Column("precision", "precision"), Column("row", "row"),
+         Column("step_ms", "ms / step", ".2f"), Column("back_to_back_ms", "back to back ms", ".2f"),
+         Column("kernels_per_step", "kernels / step", ",.0f"), Column("kernel_ms_per_step", "kernel ms / step", ".2f"),
+         Column("val_s", "validation s", ".2f"), Column(_epoch, "epoch s"), Column("batches_per_epoch", "batches"),
+         Column("500_epochs_min", "500 epochs, min", ".1f"), Column("peak_gb", "peak GB", ".2f"),
+         Column("speedup_vs_reference_compiled", "vs reference-compiled", _times)),
+    ),
+    Section(
+        "train_step_kernels", "Where a captured step's kernel time goes",
+        "CUDA kernels of a few replays of the captured training step (torch.profiler): calls per step and time per "
+        "call",
+        ("card", "dataset", "precision", "row", "kernel"),
+        (Column("dataset", "dataset"), Column("row", "row"), Column("kernel", "kernel"),
+         Column("calls_per_step", "calls / step", ",.0f"), Column("us_per_call", "us / call", ".1f")),
+    ),
+    Section(
+        "step", "Training step at N = 2^20",
+        "one `SurrogateModule` training step as `flare fit` runs it (normalisation, masked relative-L2 loss, bf16 "
+        "autocast, grad-clip 1.0, AdamW), 8 blocks C = 64 H = 8 M = 64, batch 1: median of CUDA-event timings "
+        "after warm-up, peak `max_memory_allocated` of one step; `reference` is the paper's formulation "
+        "(benchmarks/reference_flare.py)",
+        ("card", "config", "n"),
+        (Column("config", "config"), Column("options", "options"), Column("n", "N", size), Column("ms", "step ms", ".1f"),
+         Column("speedup_vs_reference", "vs reference", _times),
+         Column("speedup_vs_reference_compiled", "vs reference-compiled", _times), Column("peak_gb", "peak GB", ".2f"),
+         Column("memory_vs_reference", "memory / reference", ".3f"),
+         Column("memory_vs_reference_compiled", "memory / reference-compiled", ".3f"),
+         Column("rel_diff_vs_reference", "output rel. diff", ".1e")),
+    ),
+    Section(
+        "max_points", "Largest N per sample that trains",
+        "for each config of the step benchmark, a full training step tried at doubling N until out of memory, "
+        "then bisected while the time budget lasts",
+        ("card", "config"),
+        (Column("config", "config"), Column("max_n", "largest N that trained", ",d"),
+         Column("peak_gb_at_max", "peak GB there", ".1f"), Column("first_failure", "first N out of memory", ",d"),
+         Column("resolved", "bisection closed", _yes_no), Column("tries", "peak GB by N", tries)),
+    ),
+    Section(
+        "context_parallel", "One sample across GPUs: context parallelism",
+        "8 blocks C = 64 H = 8 M = 64, batch 1, bf16, Triton mixer, each rank holding its share of one sample's "
+        "points: the step at N = 2^22 with `checkpoint_blocks`, the largest N with `checkpoint_blocks` and "
+        "`mlp_chunk_size` 2^18 (predicted from two peaks, then proved by a step), and an fp32 check against one GPU",
+        ("card", "gpus", "backend"),
+        (Column("gpus", "GPUs"), Column("backend", "backend"), Column("transport", "collectives"),
+         Column("step.ms", "step ms (median)", ".1f"), Column("step.ms_min", "min", ".1f"),
+         Column("speedup", "speed-up", _times), Column("largest.max_n", "largest N that trained", ",d"),
+         Column("points_vs_one_gpu", "x one GPU", ".3f"), Column("largest.peak_gb", "peak GB there", ".1f"),
+         Column("check.output_rel_diff", "fp32 check: output", ".1e"),
+         Column("check.max_grad_rel_diff", "worst gradient", ".1e")),
+    ),
+    Section(
+        "collectives", "Collectives: gloo against the shared-memory exchange",
+        "mean time per call of the context-parallel step's collectives among the processes of one host, CPU tensors",
+        ("card", "collective"),
+        (Column("collective", "collective (sizes of the CP step)"), Column("gloo_ms", "gloo ms", ".3f"),
+         Column("exchange_ms", "exchange ms", ".3f"), Column("gloo_over_exchange", "gloo / exchange", ".1f")),
+    ),
+    Section(
+        "nccl_memory", "Device memory of an NCCL communicator",
+        "free-memory drop per GPU once a two-rank NCCL communicator has run a context-parallel step's collectives, "
+        "per NCCL setting (the worse rank)",
+        ("card", "setting"),
+        (Column("setting", "setting"), Column("drop_gb", "GB per GPU", ".3f")),
+    ),
+    Section(
+        "step_ddp", "DDP throughput",
+        "`ours-fast` (no memory options) under `DistributedDataParallel` over NCCL as Lightning uses it, 2^20 points "
+        "per GPU and step, 3 warm-up and 15 timed steps",
+        ("card", "world_size", "n_per_gpu"),
+        (Column("world_size", "GPUs"), Column("step_ms", "step ms", ".1f"), Column("samples_per_s", "samples / s", ".2f"),
+         Column("points_per_s", "points / s", ".3g")),
+    ),
+    Section(
+        "accuracy_pace", "The pace of the accuracy runs",
+        "per-epoch wall time of the paper-protocol runs of benchmarks/ACCURACY.md (validation, checkpoints and "
+        "logging included), from each run's `EpochSummary` lines, and the full epoch budget at that pace",
+        ("card", "model", "dataset", "precision", "run"),
+        (Column("model", "model"), Column("dataset", "dataset"), Column(_run, "run"), Column("precision", "precision"),
+         Column("epochs_timed", "epochs timed"), Column("first_epoch_s", "first epoch s", ".1f"),
+         Column("median_epoch_s", "median epoch s", ".1f"), Column("epoch_range_s", "range s"),
+         Column("budget_min", "full budget at this pace, min", ".1f")),
+    ),
+    Section(
+        "quickstart", "The quickstart on 2 CPU cores",
+        "`flare fit` of quickstart recipes end to end (data generated on first use, the best checkpoint tested), "
+        "one run each",
+        ("card", "recipe"),
+        (Column("recipe", "recipe"), Column("steps", "training steps", ",d"), Column("wall_s", "wall", duration),
+         Column("rel_l2", "test rel. L2", ".4g")),
+    ),
+    Section(
+        "quickstart_cpu_costs", "What the quickstart's time goes to on 2 CPU cores",
+        "single costs of the quickstart's parts on the 2-core CPU machine (torch.profiler and wall clock)",
+        ("card", "item"),
+        (Column("item", "what"), Column("value", "cost")),
+    ),
+)
+BY_BENCHMARK = {s.benchmark: s for s in SECTIONS}

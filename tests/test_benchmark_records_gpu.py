@@ -1,0 +1,39 @@
+"""The GPU benchmark scripts write records that the pages render (tiny sizes; skipped without CUDA)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from benchmarks import render
+from benchmarks.records import read_record
+from benchmarks.sections import BY_BENCHMARK
+from tests.helpers import REPO
+
+SCRIPTS = {  # benchmark -> the script's tiny command line
+    "step": ["benchmarks/step.py", "--n", "4096", "--configs", "reference", "ours-fast"],
+    "mixer": ["benchmarks/mixer.py", "--ns", "12", "--shapes", "2:8:16", "--full-max-n", "4096"],
+    "mixer_in_model": ["benchmarks/mixer_in_model.py", "--n", "4096"],
+    "exp2_floor": ["benchmarks/exp2_floor.py"],
+    "max_points": ["benchmarks/max_points.py", "--configs", "ours-memory", "--start", "4096", "--budget-s", "3"],
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("benchmark", list(SCRIPTS))
+def test_gpu_benchmark_writes_a_record_the_page_renders(benchmark, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
+    env.pop("TRITON_INTERPRET", None)  # the real kernels
+    subprocess.run([sys.executable, *SCRIPTS[benchmark], "--out", str(tmp_path)], cwd=REPO, env=env, check=True,
+                   timeout=600)
+    (path,) = tmp_path.glob("*.json")
+    record = read_record(path)
+    assert record["benchmark"] == benchmark and record["card"] == torch.cuda.get_device_name()
+    assert record["rows"] and SCRIPTS[benchmark][0] in record["paths"] and record["versions"]["cuda"]
+    table = render.table(BY_BENCHMARK[benchmark].columns, record["rows"])
+    assert len(table) == 2 + len(record["rows"]) and all(line.count("|") == table[0].count("|") for line in table)
