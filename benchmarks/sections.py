@@ -158,16 +158,36 @@ SECTIONS = (
     Section(
         "step", "Training step at N = 2^20",
         "one `SurrogateModule` training step as `flare fit` runs it (normalisation, masked relative-L2 loss, bf16 "
-        "autocast, grad-clip 1.0, AdamW), 8 blocks C = 64 H = 8 M = 64, batch 1: median of CUDA-event timings "
-        "after warm-up, peak `max_memory_allocated` of one step; `reference` is the paper's formulation "
-        "(benchmarks/reference_flare.py)",
-        ("card", "config", "n"),
-        (Column("config", "config"), Column("options", "options"), Column("n", "N", size), Column("ms", "step ms", ".1f"),
+        "autocast, grad-clip 1.0, AdamW), 8 blocks C = 64 H = 8, M latents (64 where the record does not say), "
+        "batch 1: median of CUDA-event timings after warm-up, peak `max_memory_allocated` of one step; "
+        "`reference` is the paper's formulation (benchmarks/reference_flare.py)",
+        ("card", "config", "n", "latents"),
+        (Column("config", "config"), Column("options", "options"), Column("n", "N", size),
+         Column(lambda r: r.get("latents", 64), "M"), Column("ms", "step ms", ".1f"),
          Column("speedup_vs_reference", "vs reference", _times),
          Column("speedup_vs_reference_compiled", "vs reference-compiled", _times), Column("peak_gb", "peak GB", ".2f"),
          Column("memory_vs_reference", "memory / reference", ".3f"),
          Column("memory_vs_reference_compiled", "memory / reference-compiled", ".3f"),
          Column("rel_diff_vs_reference", "output rel. diff", ".1e")),
+    ),
+    Section(
+        "step_grid", "The paper's Figure 4: blocks and latents at 2^20 points",
+        "the step benchmark's training step per (blocks, latents) at 2^20 points, each config rebuilt per cell "
+        "from the same seed; `epoch s`: 400 steps (one DrivAerML training run each), data and validation not included",
+        ("card", "config", "n", "blocks", "latents"),
+        (Column("config", "config"), Column("blocks", "blocks"), Column("latents", "M"),
+         Column("ms", "step ms", ".1f"), Column("epoch_s", "epoch s", ".0f"), Column("peak_gb", "peak GB", ".1f"),
+         Column("error", "error")),
+    ),
+    Section(
+        "mlp", "The fused residual MLP",
+        "one `x + mlp(layer_norm(x))` (C = 64, 3 hidden layers, GELU-tanh) at 2^20 points, bf16 autocast, fp32 "
+        "residual stream: forward and forward+backward (median of CUDA events), peak memory of one forward+backward "
+        "above its inputs; the plain layers eager and compiled, and the fused Triton kernels per launch "
+        "configuration (`triton_mlp.MLPConfig`); `diff`: relative L2 difference from the eager row's output and dx",
+        ("card", "row"),
+        (Column("row", "row"), Column("fwd_ms", "fwd ms", ".3f"), Column("fwd_bwd_ms", "fwd+bwd ms", ".3f"),
+         Column("peak_gb", "peak GB", ".2f"), Column("diff_out", "diff out", ".1e"), Column("diff_dx", "diff dx", ".1e")),
     ),
     Section(
         "max_points", "Largest N per sample that trains",

@@ -155,7 +155,7 @@ def output_rel_diff(model: nn.Module, ref: nn.Module, device: torch.device, n: i
 def run_table(names: list[str], n: int, device: torch.device) -> list[dict]:
     rows = []
     for name in names:
-        row = {"config": name, "options": options(name), "n": n}
+        row = {"config": name, "options": options(name), "n": n, "latents": SHAPE["num_latents"]}
         try:
             model = build(name, device)  # compared before any training step changes its weights
             row["rel_diff_vs_reference"] = output_rel_diff(model, build("reference", device), device)
