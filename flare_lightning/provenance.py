@@ -19,8 +19,11 @@ SPLITS = ("train", "val", "test", "predict")
 
 
 def commit() -> str:
-    """The git commit of the code (``-dirty`` with uncommitted changes), else ``$FLARE_COMMIT``,
-    else ``"unknown"`` (an installed copy outside a repository)."""
+    """``$FLARE_COMMIT`` when set (a copy whose ``.git`` is not its own, as on the device
+    machines), else the git commit of the code (``-dirty`` with uncommitted changes), else
+    ``"unknown"`` (an installed copy outside a repository)."""
+    if os.environ.get("FLARE_COMMIT"):
+        return os.environ["FLARE_COMMIT"]
     repo = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
@@ -31,7 +34,7 @@ def commit() -> str:
             return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return os.environ.get("FLARE_COMMIT") or "unknown"
+    return "unknown"
 
 
 def versions() -> dict[str, str | None]:

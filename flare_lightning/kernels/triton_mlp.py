@@ -82,13 +82,15 @@ class MLPConfig:
 
 
 def default_config(c: int) -> MLPConfig:
-    """Tiles that keep each kernel's working set in registers (checked for sm_90 with
-    ``benchmarks/kernel_resources.py``); small tiles in the interpreter (numpy runs whole tiles)."""
+    """The fastest configuration of ``benchmarks/mlp.py --sweep`` at C = 64 (H200; RESULTS.md,
+    "The fused residual MLP"): 64-row tiles of one warpgroup, backward segments of two layers,
+    register caps that let three or more programs share an SM. Small tiles in the interpreter
+    (numpy runs whole tiles); one-layer segments above C = 64 (registers grow with C)."""
     if interpreted():
         return MLPConfig(32, 4, 32, 4, 2)
     if c > 64:
-        return MLPConfig(64, 4, 64, 4, 1)
-    return MLPConfig()
+        return MLPConfig(64, 4, 64, 4, 1, 128, 168, 3)
+    return MLPConfig(64, 4, 64, 4, 2, 128, 168, 3)
 
 
 CONFIG_OVERRIDE: MLPConfig | None = None  # benchmarks/mlp.py sweeps launch configurations through it
