@@ -132,7 +132,7 @@ def test_pages_render_tables_notes_and_the_readme_headline(repo, tmp_path, monke
     pages = render.Pages(results=tmp_path / "RESULTS.md", accuracy=tmp_path / "ACCURACY.md", readme=readme)
     texts = render.render_pages(pages, records, notes, repo)
     results = texts[pages.results]
-    assert "| ours | compile | 1M | 112.5 |" in results and "Compiling pays." in results
+    assert "| ours | compile | 1M | 64 | 112.5 |" in results and "Compiling pays." in results
     assert f"commit {sha[:7]}" in results and "`python benchmarks/step.py`" in results
     assert "(stale)" not in results and "[r.json](records/step/r.json)" in results
     assert "| step | 112.5 ms | NVIDIA H100 | 2026-12-02 | " in texts[readme] and "old" not in texts[readme]
