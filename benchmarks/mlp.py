@@ -32,16 +32,14 @@ MEASURES = ["flare_lightning/kernels/triton_mlp.py", "flare_lightning/kernels/tr
             "flare_lightning/kernels/fused_mlp.py", "flare_lightning/models/mlp.py"]
 
 SWEEP = [  # MLPConfig fields: fwd rows, warps; bwd rows, warps; layers per backward segment;
-    # fwd, bwd register caps; backward programs per SM
-    (128, 8, 128, 8, 3, 128, 128, 2),
-    (128, 8, 128, 8, 2, 128, 128, 2),
-    (128, 8, 128, 8, 5, 128, 128, 2),
+    # fwd, bwd register caps; backward programs per SM; store_hidden, then the per-layer backward
+    # kernels' rows, warps, programs per SM and register cap
     (64, 4, 64, 4, 2, 128, 168, 3),
-    (64, 4, 64, 4, 1, 128, 168, 3),
-    (64, 4, 64, 4, 3, 128, 168, 3),
-    (64, 4, 64, 4, 2, 128, 128, 4),
-    (32, 4, 128, 8, 3, 96, 128, 2),
-    (128, 8, 128, 8, 3, None, None, 1),
+    (64, 4, 64, 4, 2, 128, 168, 3, True, 64, 4, 2, None),
+    (64, 4, 64, 4, 2, 128, 168, 3, True, 64, 4, 3, 168),
+    (64, 4, 64, 4, 2, 128, 168, 3, True, 128, 8, 1, None),
+    (64, 4, 64, 4, 2, 128, 168, 3, True, 128, 8, 2, 128),
+    (128, 8, 64, 4, 2, 128, 168, 3, True, 64, 4, 4, 128),
 ]
 
 

@@ -65,6 +65,11 @@ class MLPConfig:
     fwd_maxnreg: int | None = None
     bwd_maxnreg: int | None = None
     bwd_programs_per_sm: int = 1
+    store_hidden: bool = False  # keep the layers' inputs from the forward: a backward kernel per layer
+    layer_rows: int = 64
+    layer_warps: int = 4
+    layer_programs_per_sm: int = 4
+    layer_maxnreg: int | None = None
 
     def segments(self, num_layers: int) -> list[tuple[int, int]]:
         """(lo, hi) layer ranges from the last layers back to the first."""
@@ -73,8 +78,9 @@ class MLPConfig:
         return [(bounds[i], bounds[i + 1]) for i in reversed(range(n))]
 
     def launch(self, which: str) -> dict:
-        """Keyword arguments of a Triton launch of the ``fwd`` or ``bwd`` kernel."""
-        warps, cap = (self.fwd_warps, self.fwd_maxnreg) if which == "fwd" else (self.bwd_warps, self.bwd_maxnreg)
+        """Keyword arguments of a Triton launch of the ``fwd``, ``bwd`` or ``layer`` kernel."""
+        warps, cap = {"fwd": (self.fwd_warps, self.fwd_maxnreg), "bwd": (self.bwd_warps, self.bwd_maxnreg),
+                      "layer": (self.layer_warps, self.layer_maxnreg)}[which]
         opts = {"num_warps": warps, "num_stages": 1}  # no loop pipelining: its buffers overflow shared memory
         if cap is not None and not interpreted():
             opts["maxnreg"] = cap
@@ -100,101 +106,118 @@ def _config(c: int) -> MLPConfig:
     return CONFIG_OVERRIDE if CONFIG_OVERRIDE is not None else default_config(c)
 
 
-def _bwd_programs(rows: int, cfg: MLPConfig, device: torch.device) -> int:
-    tiles = -(-rows // cfg.bwd_rows)
+def _programs(rows: int, block: int, per_sm: int, device: torch.device) -> int:
+    """Programs of a persistent launch: ``per_sm`` on each SM, no more than there are tiles."""
+    tiles = -(-rows // block)
     if device.type != "cuda":
         return max(1, min(tiles, 4))
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return max(1, min(tiles, cfg.bwd_programs_per_sm * _sm_count(index)))
+    return max(1, min(tiles, per_sm * _sm_count(index)))
 
 
 def _flat(t: Tensor) -> Tensor:
     return t.reshape(-1, t.shape[-1]).contiguous()
 
 
+def _hidden_shape(x: Tensor, nl: int, save: bool) -> tuple[int, ...]:
+    return (nl - 1, x.numel() // x.shape[-1], x.shape[-1]) if save else (0,)
+
+
 @torch.library.custom_op("flare_lightning::mlp_fwd", mutates_args=())
 def mlp_fwd(
     x: Tensor, weight: Tensor, bias: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
     residual: Tensor | None, eps: float, act: int, compute_dtype: torch.dtype, out_dtype: torch.dtype,
-) -> Tensor:
-    """``[residual +] mlp(layer_norm(x))`` for x [..., C]; weight [L, C, C], bias [L, C]."""
+    save: bool,
+) -> tuple[Tensor, Tensor]:
+    """(``[residual +] mlp(layer_norm(x))``, the layers' inputs for backward [L-1, N, C] when
+    ``save``, else an empty tensor) for x [..., C]; weight [L, C, C], bias [L, C]."""
     c, nl = x.shape[-1], weight.shape[0]
     x2 = _flat(x)
     out = torch.empty(x.shape, device=x.device, dtype=out_dtype)
+    hidden = torch.empty(_hidden_shape(x, nl, save), device=x.device, dtype=compute_dtype)
     cfg = _config(c)
     rows = x2.shape[0]
     has_ln = ln_weight is not None
     res = _flat(residual) if residual is not None else x2
     if rows:
         kernels.mlp_fwd_kernel[(-(-rows // cfg.fwd_rows),)](
-            x2, res, out, ln_weight if has_ln else bias, ln_bias if has_ln else bias,
+            x2, res, out, hidden, ln_weight if has_ln else bias, ln_bias if has_ln else bias,
             weight.transpose(1, 2).to(compute_dtype).contiguous(), bias.contiguous(), rows, eps,
-            C=c, NL=nl, LN=has_ln, RES=residual is not None, ACT=act,
+            C=c, NL=nl, LN=has_ln, RES=residual is not None, ACT=act, SAVE=save and nl > 1,
             DOT=_dot_type(compute_dtype), PREC=_precision(compute_dtype), BT=cfg.fwd_rows, **cfg.launch("fwd"),
         )
-    return out
+    return out, hidden
 
 
 @mlp_fwd.register_fake
-def _(x, weight, bias, ln_weight, ln_bias, residual, eps, act, compute_dtype, out_dtype):
-    return x.new_empty(x.shape, dtype=out_dtype)
+def _(x, weight, bias, ln_weight, ln_bias, residual, eps, act, compute_dtype, out_dtype, save):
+    return x.new_empty(x.shape, dtype=out_dtype), x.new_empty(_hidden_shape(x, weight.shape[0], save), dtype=compute_dtype)
 
 
 @torch.library.custom_op("flare_lightning::mlp_bwd", mutates_args=())
 def mlp_bwd(
-    x: Tensor, dout: Tensor, weight: Tensor, bias: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
-    eps: float, act: int, compute_dtype: torch.dtype,
+    x: Tensor, dout: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor, ln_weight: Tensor | None,
+    ln_bias: Tensor | None, eps: float, act: int, compute_dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(dx, dweight, dbias, d(ln_weight, ln_bias) [2, C]) of ``mlp_fwd`` (fp32 parameter grads)."""
+    """(dx, dweight, dbias, d(ln_weight, ln_bias) [2, C]) of ``mlp_fwd`` (fp32 parameter grads);
+    from the saved layer inputs ``hidden`` when the forward kept them, else recomputing."""
     c, nl = x.shape[-1], weight.shape[0]
     x2, grad = _flat(x), _flat(dout)
     rows = x2.shape[0]
     cfg = _config(c)
-    programs = _bwd_programs(rows, cfg, x.device)
+    stored = hidden.numel() > 0 or (cfg.store_hidden and nl == 1)
+    programs = (_programs(rows, cfg.layer_rows, cfg.layer_programs_per_sm, x.device) if stored
+                else _programs(rows, cfg.bwd_rows, cfg.bwd_programs_per_sm, x.device))
     f32 = torch.float32
     dw = torch.zeros(programs, nl, c, c, device=x.device, dtype=f32)
     db = torch.zeros(programs, nl, c, device=x.device, dtype=f32)
     dln = torch.zeros(programs, 2, c, device=x.device, dtype=f32)
     has_ln = ln_weight is not None
+    lnw, lnb = (ln_weight, ln_bias) if has_ln else (bias, bias)  # any pointer when there is no norm
     w = weight.to(compute_dtype).contiguous()
     wt = weight.transpose(1, 2).to(compute_dtype).contiguous()
-    for lo, hi in cfg.segments(nl):  # the last layers first; each passes d h_lo to the next
+    common = dict(C=c, NL=nl, LN=has_ln, ACT=act, DOT=_dot_type(compute_dtype), PREC=_precision(compute_dtype))
+    steps = [(i, i + 1) for i in reversed(range(nl))] if stored else cfg.segments(nl)
+    for lo, hi in steps:  # the last layers first; each passes d h_lo to the next
         target = torch.empty(x.shape, device=x.device, dtype=x.dtype if lo == 0 else f32)
-        if rows:
+        if rows and stored:
+            kernels.mlp_bwd_layer_kernel[(programs,)](
+                grad, hidden, x2, target, lnw, lnb, w, wt, bias.contiguous(), dw, db, dln, rows, eps,
+                LAYER=lo, BT=cfg.layer_rows, **common, **cfg.launch("layer"),
+            )
+        elif rows:
             kernels.mlp_bwd_kernel[(programs,)](
-                x2, grad, target, ln_weight if has_ln else bias, ln_bias if has_ln else bias,
-                w, wt, bias.contiguous(), dw, db, dln, rows, eps,
-                C=c, NL=nl, LO=lo, HI=hi, LN=has_ln, ACT=act,
-                DOT=_dot_type(compute_dtype), PREC=_precision(compute_dtype), BT=cfg.bwd_rows, **cfg.launch("bwd"),
+                x2, grad, target, lnw, lnb, w, wt, bias.contiguous(), dw, db, dln, rows, eps,
+                LO=lo, HI=hi, BT=cfg.bwd_rows, **common, **cfg.launch("bwd"),
             )
         grad = target.view(-1, c)
-    dx = target
-    return dx, dw.sum(0), db.sum(0), dln.sum(0)
+    return target, dw.sum(0), db.sum(0), dln.sum(0)
 
 
 @mlp_bwd.register_fake
-def _(x, dout, weight, bias, ln_weight, ln_bias, eps, act, compute_dtype):
+def _(x, dout, hidden, weight, bias, ln_weight, ln_bias, eps, act, compute_dtype):
     c, nl = x.shape[-1], weight.shape[0]
     f32 = torch.float32
-    return (torch.empty_like(x), x.new_empty(nl, c, c, dtype=f32), x.new_empty(nl, c, dtype=f32),
+    return (x.new_empty(x.shape), x.new_empty(nl, c, c, dtype=f32), x.new_empty(nl, c, dtype=f32),
             x.new_empty(2, c, dtype=f32))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, weight, bias, ln_weight, ln_bias, residual, eps, act, compute_dtype, out_dtype = inputs
-    ctx.save_for_backward(x, weight, bias, ln_weight, ln_bias)
+    x, weight, bias, ln_weight, ln_bias, residual, eps, act, compute_dtype, out_dtype, save = inputs
+    ctx.save_for_backward(x, output[1], weight, bias, ln_weight, ln_bias)
+    ctx.mark_non_differentiable(output[1])
     ctx.eps, ctx.act, ctx.compute_dtype = eps, act, compute_dtype
     ctx.residual_dtype = residual.dtype if residual is not None else None
 
 
-def _backward(ctx, dout):
-    x, weight, bias, ln_weight, ln_bias = ctx.saved_tensors
-    dx, dw, db, dln = mlp_bwd(x, dout, weight, bias, ln_weight, ln_bias, ctx.eps, ctx.act, ctx.compute_dtype)
+def _backward(ctx, dout, _):
+    x, hidden, weight, bias, ln_weight, ln_bias = ctx.saved_tensors
+    dx, dw, db, dln = mlp_bwd(x, dout, hidden, weight, bias, ln_weight, ln_bias, ctx.eps, ctx.act, ctx.compute_dtype)
     has_ln = ln_weight is not None
     return (
         dx, dw.to(weight.dtype), db.to(bias.dtype),
         dln[0].to(ln_weight.dtype) if has_ln else None, dln[1].to(ln_bias.dtype) if has_ln else None,
-        dout.to(ctx.residual_dtype) if ctx.residual_dtype is not None else None, None, None, None, None,
+        dout.to(ctx.residual_dtype) if ctx.residual_dtype is not None else None, None, None, None, None, None,
     )
 
 
@@ -251,8 +274,11 @@ def fused_mlp_triton(
     if out_dtype is None:
         out_dtype = torch.promote_types(x.dtype, residual.dtype) if residual is not None else x.dtype
     ln_w, ln_b, eps = ln if ln is not None else (None, None, 0.0)
+    inputs = (x, weight, bias, ln_w, ln_b, residual)
+    save = _config(x.shape[-1]).store_hidden and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in inputs)
     with torch.autocast(device, enabled=False):
-        return mlp_fwd(x, weight, bias, ln_w, ln_b, residual, float(eps), ACT_CODES[act], compute, out_dtype)
+        return mlp_fwd(*inputs, float(eps), ACT_CODES[act], compute, out_dtype, save)[0]
 
 
 __all__ = ["ACT_CODES", "MLPConfig", "check_fused_inputs", "default_config", "fused_mlp_triton", "mlp_bwd", "mlp_fwd"]

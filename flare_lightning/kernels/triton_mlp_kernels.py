@@ -91,12 +91,14 @@ def _normalise(x, eps, C: tl.constexpr):
 
 @triton.jit
 def mlp_fwd_kernel(
-    x_ptr, res_ptr, out_ptr, lnw_ptr, lnb_ptr, wt_ptr, b_ptr, T, eps,
+    x_ptr, res_ptr, out_ptr, hid_ptr, lnw_ptr, lnb_ptr, wt_ptr, b_ptr, T, eps,
     C: tl.constexpr, NL: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, ACT: tl.constexpr,
-    DOT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr,
+    SAVE: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr,
 ):
     """One tile of BT rows: out = [res +] h_L, h_0 = [LN](x), h_{i+1} = h_i + act(h_i W_iᵀ + b_i)
-    (no activation on the last of the NL layers)."""
+    (no activation on the last of the NL layers). With SAVE, the inputs h_1..h_{NL-1} of the
+    layers after the first go to ``hid_ptr`` [NL-1, T, C] in the dot dtype, for
+    ``mlp_bwd_layer_kernel``."""
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
     cols = tl.arange(0, C)
     h = _load_rows(x_ptr, rows, cols, T, C)
@@ -104,7 +106,10 @@ def mlp_fwd_kernel(
         xhat, rstd = _normalise(h, eps, C)
         h = xhat * tl.load(lnw_ptr + cols)[None, :] + tl.load(lnb_ptr + cols)[None, :]
     for i in tl.static_range(NL):
-        a = _linear(h.to(DOT), wt_ptr, b_ptr, i, cols, C, PREC)
+        h_dot = h.to(DOT)
+        if SAVE and i > 0:
+            _store_rows(hid_ptr + (i - 1) * T.to(tl.int64) * C, h_dot, rows, cols, T, C)
+        a = _linear(h_dot, wt_ptr, b_ptr, i, cols, C, PREC)
         if i < NL - 1:
             h = h + _act(a, ACT)
         else:
@@ -176,5 +181,56 @@ def mlp_bwd_kernel(
         tl.store(dw_ptr + ((pid * NL + i) * C + cols[:, None]) * C + cols[None, :], dws[i])
         tl.store(db_ptr + (pid * NL + i) * C + cols, dbs[i])
     if LO == 0:
+        tl.store(dln_ptr + pid * 2 * C + cols, dlnw)
+        tl.store(dln_ptr + (pid * 2 + 1) * C + cols, dlnb)
+
+
+@triton.jit
+def mlp_bwd_layer_kernel(
+    g_ptr, hid_ptr, x_ptr, gout_ptr, lnw_ptr, lnb_ptr, w_ptr, wt_ptr, b_ptr, dw_ptr, db_ptr, dln_ptr, T, eps,
+    C: tl.constexpr, NL: tl.constexpr, LAYER: tl.constexpr, LN: tl.constexpr, ACT: tl.constexpr,
+    DOT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr,
+):
+    """Backward through layer LAYER alone, its input read from what the forward saved (layer 0:
+    recomputed from x): ``g_ptr`` holds the gradient of the layer's residual step's output,
+    ``gout_ptr`` receives the gradient of its input (fp32; layer 0: of x, through the LayerNorm).
+    Three dots a tile and one weight-gradient sum on chip: many programs per SM."""
+    pid = tl.program_id(0)
+    cols = tl.arange(0, C)
+    dw = tl.zeros((C, C), tl.float32)
+    db = tl.zeros((C,), tl.float32)
+    dlnw = tl.zeros((C,), tl.float32)
+    dlnb = tl.zeros((C,), tl.float32)
+    for start in range(pid * BT, T, tl.num_programs(0) * BT):
+        rows = start + tl.arange(0, BT)
+        if LAYER == 0:
+            h = _load_rows(x_ptr, rows, cols, T, C)
+            if LN:
+                xhat, rstd = _normalise(h, eps, C)
+                lnw = tl.load(lnw_ptr + cols)
+                h = xhat * lnw[None, :] + tl.load(lnb_ptr + cols)[None, :]
+            h_dot = h.to(DOT)
+        else:
+            h_dot = _load_rows(hid_ptr + (LAYER - 1) * T.to(tl.int64) * C, rows, cols, T, C).to(DOT)
+        g = _load_rows(g_ptr, rows, cols, T, C)
+        if LAYER == NL - 1:  # no activation after the last layer
+            da = g
+        else:
+            da = g * _act_grad(_linear(h_dot, wt_ptr, b_ptr, LAYER, cols, C, PREC), ACT)
+        da_dot = da.to(DOT)
+        dw += tl.dot(tl.trans(da_dot), h_dot, input_precision=PREC)
+        db += tl.sum(da, axis=0)
+        g = g + tl.dot(da_dot, _weight(w_ptr, LAYER, cols, C), input_precision=PREC)
+        if LN and LAYER == 0:  # back through the affine and the normalisation
+            dlnw += tl.sum(g * xhat, axis=0)
+            dlnb += tl.sum(g, axis=0)
+            dxhat = g * lnw[None, :]
+            mean_d = tl.sum(dxhat, axis=1) / C
+            mean_dx = tl.sum(dxhat * xhat, axis=1) / C
+            g = rstd[:, None] * (dxhat - mean_d[:, None] - xhat * mean_dx[:, None])
+        _store_rows(gout_ptr, g, rows, cols, T, C)
+    tl.store(dw_ptr + ((pid * NL + LAYER) * C + cols[:, None]) * C + cols[None, :], dw)
+    tl.store(db_ptr + (pid * NL + LAYER) * C + cols, db)
+    if LAYER == 0:
         tl.store(dln_ptr + pid * 2 * C + cols, dlnw)
         tl.store(dln_ptr + (pid * 2 + 1) * C + cols, dlnb)

@@ -111,6 +111,42 @@ def test_fused_mlp_bf16_autocast_is_bf16_accurate(tmlp, device):
     assert 1e-5 < max(errors.values()) < 3e-2, errors
 
 
+def test_fused_mlp_bf16_stored_hidden(tmlp, device, stored_hidden):
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        errors = fused_errors(tmlp, device, 32, 3, "gelu_tanh", True, True, torch.float32, seed=12)
+    assert 1e-5 < max(errors.values()) < 3e-2, errors
+
+
+@pytest.fixture
+def stored_hidden(tmlp):
+    """The launch configuration that keeps the layers' inputs (one backward kernel per layer)."""
+    saved = tmlp.CONFIG_OVERRIDE
+    tmlp.CONFIG_OVERRIDE = tmlp.MLPConfig(32, 4, 32, 4, 2, store_hidden=True, layer_rows=32)
+    yield
+    tmlp.CONFIG_OVERRIDE = saved
+
+
+@pytest.mark.parametrize("width, layers, act, with_ln, with_res", [CASES[0], CASES[2], CASES[4]])
+def test_stored_hidden_backward_matches_float64_reference(tmlp, device, stored_hidden, width, layers, act, with_ln,
+                                                          with_res):
+    errors = fused_errors(tmlp, device, width, layers, act, with_ln, with_res, torch.float32, seed=7 + layers)
+    tol = 1e-5 if torch.get_float32_matmul_precision() == "highest" else 2e-3
+    assert max(errors.values()) < tol, errors
+
+
+def test_stored_hidden_keeps_the_layer_inputs_only_when_training(tmlp, device, stored_hidden):
+    x = torch.randn(37, 16, device=device)
+    w, b = torch.randn(4, 16, 16, device=device) * 0.2, torch.zeros(4, 16, device=device)
+    args = (None, None, None, 1e-5, 0, torch.float32, torch.float32)
+    out, hidden = tmlp.mlp_fwd(x, w, b, *args, True)
+    assert hidden.shape == (3, 37, 16)
+    with torch.no_grad():  # the wrapper asks for them only when a gradient will be taken
+        ref = tmlp.fused_mlp_triton(x, w, b)
+    torch.testing.assert_close(out, ref)
+    h = torch.nn.functional.gelu(x @ w[0].T, approximate="tanh") + x  # the second layer's input
+    torch.testing.assert_close(hidden[0], h, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("max_layers", [1, 2, 5])
 def test_backward_segments_cover_each_layer_once_and_agree(tmlp, device, max_layers):
     cfg = tmlp.MLPConfig(32, 4, 32, 4, max_layers)
@@ -128,14 +164,15 @@ def test_backward_segments_cover_each_layer_once_and_agree(tmlp, device, max_lay
     assert max(errors.values()) < 1e-5, errors
 
 
-def test_opcheck(tmlp, device):
+@pytest.mark.parametrize("save", [False, True], ids=["recompute", "stored"])
+def test_opcheck(tmlp, device, save):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 21, 16, generator=g).to(device).requires_grad_()
     w = (0.2 * torch.randn(4, 16, 16, generator=g)).to(device).requires_grad_()
     b = (0.2 * torch.randn(4, 16, generator=g)).to(device).requires_grad_()
     ln_w, ln_b = torch.ones(16, device=device, requires_grad=True), torch.zeros(16, device=device, requires_grad=True)
     res = torch.randn(2, 21, 16, generator=g).to(device).requires_grad_()
-    args = (x, w, b, ln_w, ln_b, res, 1e-5, 0, torch.float32, torch.float32)
+    args = (x, w, b, ln_w, ln_b, res, 1e-5, 0, torch.float32, torch.float32, save)
     torch.library.opcheck(tmlp.mlp_fwd, args)
 
 
