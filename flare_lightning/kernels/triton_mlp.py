@@ -55,7 +55,11 @@ class MLPConfig:
     programs per SM, and the backward's layer segments (each a kernel that recomputes the chain
     and keeps only its own layers' inputs and weight-gradient sums on chip; more segments:
     fewer registers, more passes). A register cap lets more programs share an SM: the
-    layer chain is a serial dependency, so an SM hides its latency only across programs."""
+    layer chain is a serial dependency, so an SM hides its latency only across programs.
+    With ``store_hidden`` the forward writes the inputs of the layers after the first (L - 1
+    [N, C] tensors in the dot dtype, kept for backward) and the backward runs one three-dot
+    kernel per layer instead of recomputing the chain: more memory, fewer dots (not yet timed
+    on a GPU, so off by default)."""
 
     fwd_rows: int = 128
     fwd_warps: int = 8
