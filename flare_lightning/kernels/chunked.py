@@ -9,26 +9,16 @@ repeated per chunk (small: [M, D] each) and autograd sums its gradient back.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from flare_lightning.kernels.reference import check_mixer_inputs
+from flare_lightning.kernels.reference import check_mixer_inputs, flash_only
 
 # Points per decode chunk on CUDA: 1024, 4096 and 16384 timed within 2% of each other at
 # N = 2^20 on an H200 (benchmarks/NOTES_mixer.md). On CPU the fold did not pay (the CPU
 # SDPA kernels already split over queries), so there the decode is one call.
 DEFAULT_CHUNK = 4096
-
-
-def _flash_only(enabled: bool):
-    """Force the flash SDPA kernel (half precision, no mask); else leave PyTorch's choice."""
-    if not enabled:
-        return nullcontext()
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
 
 
 def _fold(t: Tensor, chunks: int) -> tuple[Tensor, bool]:
@@ -69,7 +59,7 @@ def flare_mix_chunked(
     latents = q.unsqueeze(0).expand(b, -1, -1, -1)  # [B, H, M, D]
     enc_mask = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, N]
     half = k.is_cuda and k.dtype in (torch.float16, torch.bfloat16)
-    with _flash_only(half and mask is None):
+    with flash_only(half and mask is None):
         z = F.scaled_dot_product_attention(latents, k, v, attn_mask=enc_mask, scale=scale)  # [B, H, M, D]
 
     if chunk_size is None:
@@ -84,7 +74,7 @@ def flare_mix_chunked(
     else:
         lat_f = latents.unsqueeze(1).expand(b, chunks, h, m, d).reshape(b * chunks, h, m, d)
         z_f = z.unsqueeze(1).expand(b, chunks, h, m, d).reshape(b * chunks, h, m, d)
-    with _flash_only(half):
+    with flash_only(half):
         y_f = F.scaled_dot_product_attention(k_f, lat_f, z_f, scale=scale)
     if in_heads:
         y = y_f.reshape(b, h, chunks * chunk, d)

@@ -25,7 +25,21 @@ def fused_mlp(
     act: str = "gelu_tanh",
     out_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """``[residual +] mlp(layer_norm(x))``: see ``triton_mlp.fused_mlp_triton``."""
+    """``[residual +] mlp(layer_norm(x))`` with ``mlp`` the residual chain of ``weight``/``bias``.
+
+    Args:
+        x: [..., C] input (fp32, bf16 or fp16).
+        weight: [L, C, C] stacked Linear weights (out, in), first layer first.
+        bias: [L, C] stacked biases.
+        ln: (weight [C], bias [C], eps) of a LayerNorm applied to x first, or None.
+        residual: [..., C] added to the output (the block's residual stream), or None.
+        act: activation between layers (none after the last).
+        out_dtype: output dtype; default: the dtype eager autocast gives (x's, or the promoted
+            dtype of x and the residual).
+
+    The dots run in autocast's dtype when autocast is on for x's device, else in x's dtype
+    (fp32 dots at ``torch.get_float32_matmul_precision()``).
+    """
     try:
         from flare_lightning.kernels.triton_mlp import fused_mlp_triton
     except ImportError as err:

@@ -8,9 +8,14 @@ The mixer routes N tokens through M latent queries per head:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from flare_lightning.kernels.mixer_math import latent_logits, mask_keys
 
 
 def check_mixer_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
@@ -48,12 +53,8 @@ def flare_weights(
         ``W_enc`` [B, H, M, N] (softmax over points) and ``W_dec`` [B, H, N, M]
         (softmax over latents); ``W_dec @ W_enc`` is the [N, N] token mixing.
     """
-    logits = torch.einsum("hmd,bhnd->bhmn", q, k) * scale  # [B, H, M, N]
-    if mask is not None:
-        logits_enc = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
-    else:
-        logits_enc = logits
-    w_enc = torch.softmax(logits_enc, dim=-1)
+    logits = latent_logits(q, k, scale)  # [B, H, M, N]
+    w_enc = torch.softmax(mask_keys(logits, mask), dim=-1)
     w_dec = torch.softmax(logits.transpose(-1, -2), dim=-1)  # [B, H, N, M]
     return w_enc, w_dec
 
@@ -82,17 +83,12 @@ def flare_mix_sdpa(
     latents = q.unsqueeze(0).expand(batch, -1, -1, -1)  # [B, H, M, D]
     enc_mask = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, N]
     use_flash = mask is None and k.is_cuda and k.dtype in (torch.float16, torch.bfloat16)
-    with _sdpa_backend(use_flash):
+    with flash_only(use_flash):
         z = F.scaled_dot_product_attention(latents, k, v, attn_mask=enc_mask, scale=scale)
         return F.scaled_dot_product_attention(k, latents, z, scale=scale)
 
 
-def _sdpa_backend(flash: bool):
-    """Context forcing the flash SDPA kernel when ``flash``, else leaving PyTorch's choice."""
-    from contextlib import nullcontext
-
-    if not flash:
-        return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+def flash_only(enabled: bool):
+    """Context forcing the flash SDPA kernel when ``enabled`` (half precision, no mask), else
+    leaving PyTorch's choice."""
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION]) if enabled else nullcontext()

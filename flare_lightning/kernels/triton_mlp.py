@@ -246,30 +246,9 @@ def check_fused_inputs(x: Tensor, weight: Tensor, bias: Tensor, ln: tuple | None
         raise RuntimeError("fused_mlp needs CUDA tensors (or TRITON_INTERPRET=1 set before import)")
 
 
-def fused_mlp_triton(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    ln: tuple[Tensor, Tensor, float] | None = None,
-    residual: Tensor | None = None,
-    act: str = "gelu_tanh",
-    out_dtype: torch.dtype | None = None,
-) -> Tensor:
-    """``[residual +] mlp(layer_norm(x))`` with ``mlp`` the residual chain of ``weight``/``bias``.
-
-    Args:
-        x: [..., C] input (fp32, bf16 or fp16).
-        weight: [L, C, C] stacked Linear weights (out, in), first layer first.
-        bias: [L, C] stacked biases.
-        ln: (weight [C], bias [C], eps) of a LayerNorm applied to x first, or None.
-        residual: [..., C] added to the output (the block's residual stream), or None.
-        act: activation between layers (none after the last).
-        out_dtype: output dtype; default: the dtype eager autocast gives (x's, or fp32 when
-            a residual is given).
-
-    The dots run in autocast's dtype when autocast is on for x's device, else in x's dtype
-    (fp32 dots at ``torch.get_float32_matmul_precision()``).
-    """
+def fused_mlp_triton(x: Tensor, weight: Tensor, bias: Tensor, ln: tuple | None, residual: Tensor | None, act: str,
+                     out_dtype: torch.dtype | None) -> Tensor:
+    """``fused_mlp.fused_mlp`` on the Triton kernels (its docstring says what each argument is)."""
     check_fused_inputs(x, weight, bias, ln, act)
     device = x.device.type
     compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype

@@ -90,6 +90,15 @@ def _normalise(x, eps, C: tl.constexpr):
 
 
 @triton.jit
+def _layer_norm_grad(g, xhat, rstd, lnw, C: tl.constexpr):
+    """d x of LayerNorm for d out = g (fp32 tiles), given x̂, 1/σ and the affine weight."""
+    dxhat = g * lnw[None, :]
+    mean_d = tl.sum(dxhat, axis=1) / C
+    mean_dx = tl.sum(dxhat * xhat, axis=1) / C
+    return rstd[:, None] * (dxhat - mean_d[:, None] - xhat * mean_dx[:, None])
+
+
+@triton.jit
 def mlp_fwd_kernel(
     x_ptr, res_ptr, out_ptr, hid_ptr, lnw_ptr, lnb_ptr, wt_ptr, b_ptr, T, eps,
     C: tl.constexpr, NL: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, ACT: tl.constexpr,
@@ -169,13 +178,9 @@ def mlp_bwd_kernel(
             g = g + tl.dot(da_dot, _weight(w_ptr, i, cols, C), input_precision=PREC)
         if LN and LO == 0:  # g = d LN(x): back through the affine and the normalisation (x̂ from x, reloaded)
             xhat, rstd = _normalise(_load_rows(x_ptr, rows, cols, T, C), eps, C)
-            lnw = tl.load(lnw_ptr + cols)
             dlnw += tl.sum(g * xhat, axis=0)
             dlnb += tl.sum(g, axis=0)
-            dxhat = g * lnw[None, :]
-            mean_d = tl.sum(dxhat, axis=1) / C
-            mean_dx = tl.sum(dxhat * xhat, axis=1) / C
-            g = rstd[:, None] * (dxhat - mean_d[:, None] - xhat * mean_dx[:, None])
+            g = _layer_norm_grad(g, xhat, rstd, tl.load(lnw_ptr + cols), C)
         _store_rows(dx_ptr, g, rows, cols, T, C)
     for i in tl.static_range(LO, HI):
         tl.store(dw_ptr + ((pid * NL + i) * C + cols[:, None]) * C + cols[None, :], dws[i])
@@ -224,10 +229,7 @@ def mlp_bwd_layer_kernel(
         if LN and LAYER == 0:  # back through the affine and the normalisation
             dlnw += tl.sum(g * xhat, axis=0)
             dlnb += tl.sum(g, axis=0)
-            dxhat = g * lnw[None, :]
-            mean_d = tl.sum(dxhat, axis=1) / C
-            mean_dx = tl.sum(dxhat * xhat, axis=1) / C
-            g = rstd[:, None] * (dxhat - mean_d[:, None] - xhat * mean_dx[:, None])
+            g = _layer_norm_grad(g, xhat, rstd, lnw, C)
         _store_rows(gout_ptr, g, rows, cols, T, C)
     tl.store(dw_ptr + ((pid * NL + LAYER) * C + cols[:, None]) * C + cols[None, :], dw)
     tl.store(db_ptr + (pid * NL + LAYER) * C + cols, db)

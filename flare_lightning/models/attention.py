@@ -7,10 +7,10 @@ from torch import Tensor, nn
 
 from flare_lightning.kernels import flare_mix, flare_weights
 from flare_lightning.kernels.dispatch import BACKENDS, mixer_dtype
+from flare_lightning.kernels.mixer_math import EncodeStats, decode, encode_stats, latent_logits, mask_keys, merge_stats
 from flare_lightning.models.mlp import ResidualMLP, residual_mlp_pair
 from flare_lightning.models.options import check_finite, check_heads, check_ints
 
-EncodeStats = tuple[Tensor, Tensor, Tensor]  # running max [B, H, M], sum [B, H, M], acc [B, H, M, D]
 
 # torch.compile traces the mixer: the Triton kernels are custom ops (opaque to Inductor,
 # with fake implementations for shapes), the other backends are plain PyTorch.
@@ -124,22 +124,13 @@ class FlareAttention(nn.Module):
         k, v = self.keys_values(x, norm, fused)
         dtype = torch.promote_types(k.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):  # statistics stay in full precision
-            k, v = k.to(dtype), v.to(dtype)
-            logits = torch.einsum("hmd,bhnd->bhmn", self.latents.to(dtype), k) * self.scale  # [B, H, M, n]
-            if mask is not None:
-                logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
-            m = logits.amax(dim=-1)  # [B, H, M]; -inf where the chunk has no real point
-            p = torch.exp(logits - torch.where(torch.isinf(m), 0.0, m)[..., None])
-            return m, p.sum(dim=-1), p @ v
+            logits = latent_logits(self.latents.to(dtype), k.to(dtype), self.scale)  # [B, H, M, n]
+            return encode_stats(mask_keys(logits, mask), v.to(dtype))
 
     @staticmethod
     def merge_encode(a: EncodeStats, b: EncodeStats) -> EncodeStats:
         """Join two ``encode_partial`` results (log-sum-exp rescaling)."""
-        m = torch.maximum(a[0], b[0])
-        safe = torch.where(torch.isinf(m), 0.0, m)
-        wa = torch.where(torch.isinf(a[0]), 0.0, torch.exp(a[0] - safe))
-        wb = torch.where(torch.isinf(b[0]), 0.0, torch.exp(b[0] - safe))
-        return m, a[1] * wa + b[1] * wb, a[2] * wa[..., None] + b[2] * wb[..., None]
+        return merge_stats(tuple(torch.stack(pair) for pair in zip(a, b)))
 
     def latent_summary(self, stats: EncodeStats) -> Tensor:
         """z = acc / l [B, H, M, D] of merged ``encode_partial`` statistics (joined with the
@@ -155,8 +146,7 @@ class FlareAttention(nn.Module):
         """
         k = self.keys(x, norm, fused)
         with torch.autocast(x.device.type, enabled=False):
-            logits = torch.einsum("bhnd,hmd->bhnm", k.to(z.dtype), self.latents.to(z.dtype)) * self.scale
-            y = torch.softmax(logits, dim=-1) @ z  # [B, H, n, D]
+            y = decode(latent_logits(self.latents.to(z.dtype), k.to(z.dtype), self.scale), z)  # [B, H, n, D]
         y = y.to(k.dtype).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         return self.out_proj(y)
 

@@ -15,11 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from flare_lightning.kernels.mixer_math import EncodeStats, merge_normalised, merge_stats
 from flare_lightning.parallel.staging import all_gather_, all_reduce_
-
-# Statistics of one share of the encode: running max [B, H, M], sum of exp(logit - max)
-# [B, H, M] and the weighted value sum [B, H, M, D] (as FlareAttention.encode_partial).
-EncodeStats = tuple[Tensor, Tensor, Tensor]
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -67,11 +64,7 @@ def merge_encode_stats(stats: EncodeStats, group) -> EncodeStats:
     contribute nothing."""
     m, l, acc = stats
     parts = gather_stacked(torch.cat([m[..., None], l[..., None], acc], dim=-1), group)  # [G, B, H, M, D+2]
-    ms, ls, accs = parts[..., 0], parts[..., 1], parts[..., 2:]
-    mx = ms.amax(0)
-    safe = torch.where(torch.isinf(mx), 0.0, mx)
-    w = torch.where(torch.isinf(ms), 0.0, torch.exp(ms - safe))  # [G, B, H, M]
-    return mx, (w * ls).sum(0), (w[..., None] * accs).sum(0)
+    return merge_stats((parts[..., 0], parts[..., 1], parts[..., 2:]))
 
 
 def merge_latents_lse2(z: Tensor, lse: Tensor, group) -> tuple[Tensor, Tensor]:
@@ -82,12 +75,8 @@ def merge_latents_lse2(z: Tensor, lse: Tensor, group) -> tuple[Tensor, Tensor]:
     parts in rank order: one collective per block where a max all-reduce followed by a sum
     all-reduce takes two, on a path where each collective waits on the GPU (forward)."""
     parts = gather_stacked(torch.cat([lse[..., None], z], dim=-1), group)  # [G, B·H, M, D+1]
-    lses, zs = parts[..., 0], parts[..., 1:]
-    mx = lses.amax(0)
-    w = torch.exp2(lses - mx)  # [G, B·H, M]; 0 for a rank without real points (lse ~ -1e30)
-    total = w.sum(0)
-    z = ((w[..., None] * zs).sum(0) / total[..., None]).contiguous()  # the kernels index z as dense [B·H, M, D]
-    return z, mx + torch.log2(total)
+    z, lse = merge_normalised(parts[..., 0], parts[..., 1:])  # a rank without real points has weight 0
+    return z.contiguous(), lse  # the kernels index z as dense [B·H, M, D]
 
 
 class _GatherShares(torch.autograd.Function):

@@ -7,7 +7,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from flare_lightning.parallel.collectives import EncodeStats, gather_shares, merge_encode_stats
+from flare_lightning.kernels.mixer_math import EncodeStats
+from flare_lightning.parallel.collectives import gather_shares, merge_encode_stats
 from flare_lightning.parallel.mixer import context_mix
 
 

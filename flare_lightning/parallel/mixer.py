@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from flare_lightning.kernels.dispatch import mixer_dtype, resolve_backend
+from flare_lightning.kernels.mixer_math import decode, encode_sums, latent_logits, mask_keys
 from flare_lightning.kernels.reference import check_mixer_inputs
 from flare_lightning.parallel.collectives import all_reduce_max, all_reduce_sum, merge_latents_lse2
 
@@ -27,19 +28,18 @@ def context_mix_torch(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scal
     float64 inputs) whatever autocast says; q [H, M, D], k, v [B, H, n, D], mask [B, n]."""
     dtype = torch.promote_types(k.dtype, torch.float32)
     with torch.autocast(k.device.type, enabled=False):
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        logits = torch.einsum("hmd,bhnd->bhmn", q, k) * scale  # [B, H, M, n]
-        enc = logits if mask is None else logits.masked_fill(~mask[:, None, None, :], float("-inf"))
+        logits = latent_logits(q.to(dtype), k.to(dtype), scale)  # [B, H, M, n]
+        enc = mask_keys(logits, mask)
         if enc.shape[-1] > 0:
             local_max = enc.detach().amax(dim=-1)  # [B, H, M]; -inf without real points
         else:
             local_max = enc.new_full(enc.shape[:-1], float("-inf"))
         mx = all_reduce_max(local_max, group)  # a constant shift: it cancels out of z
-        p = torch.exp(enc - torch.where(torch.isinf(mx), 0.0, mx)[..., None])
-        packed = all_reduce_sum(torch.cat([p.sum(-1, keepdim=True), p @ v], dim=-1), group)  # [B, H, M, D+1]
+        l, acc = encode_sums(enc, v.to(dtype), mx)
+        packed = all_reduce_sum(torch.cat([l[..., None], acc], dim=-1), group)  # [B, H, M, D+1]
         total = packed[..., :1]
         z = packed[..., 1:] / torch.where(total > 0, total, 1.0)  # [B, H, M, D]
-        return torch.softmax(logits.transpose(-1, -2), dim=-1) @ z  # [B, H, n, D]
+        return decode(logits, z)  # [B, H, n, D]
 
 
 class _FlareMixTritonContext(torch.autograd.Function):

@@ -21,6 +21,7 @@ pytest.importorskip("triton")
 # The interpreter's numpy sigmoid overflows exp(-a) for large |a| (the result, 0 or 1, is right).
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
 
+from flare_lightning.kernels.fused_mlp import fused_mlp  # noqa: E402
 from flare_lightning.models import FLARE  # noqa: E402
 from flare_lightning.models.mlp import ResidualMLP  # noqa: E402
 
@@ -71,7 +72,7 @@ def fused_errors(tmlp, device, width, layers, act, with_ln, with_res, dtype, see
     ln_w, ln_b = (t.detach().float().to(device).requires_grad_() for t in (norm.weight, norm.bias))
     xd = x.to(device=device, dtype=dtype).requires_grad_()
     rd = res.to(device=device, dtype=dtype).requires_grad_()
-    out = tmlp.fused_mlp_triton(xd, weight, bias, (ln_w, ln_b, norm.eps) if with_ln else None,
+    out = fused_mlp(xd, weight, bias, (ln_w, ln_b, norm.eps) if with_ln else None,
                                 rd if with_res else None, act)
     assert out.shape == x.shape and torch.isfinite(out).all()
     wanted = [xd, weight, bias] + ([ln_w, ln_b] if with_ln else []) + ([rd] if with_res else [])
@@ -141,7 +142,7 @@ def test_stored_hidden_keeps_the_layer_inputs_only_when_training(tmlp, device, s
     out, hidden = tmlp.mlp_fwd(x, w, b, *args, True)
     assert hidden.shape == (3, 37, 16)
     with torch.no_grad():  # the wrapper asks for them only when a gradient will be taken
-        ref = tmlp.fused_mlp_triton(x, w, b)
+        ref = fused_mlp(x, w, b)
     torch.testing.assert_close(out, ref)
     h = torch.nn.functional.gelu(x @ w[0].T, approximate="tanh") + x  # the second layer's input
     torch.testing.assert_close(hidden[0], h, rtol=1e-5, atol=1e-5)
