@@ -114,6 +114,7 @@ def test_eager_fast_step_passes_the_flag_to_the_loss():
     assert spy.seen[0] is None and spy.seen[1] is not None
 
 
+@pytest.mark.gpu
 @cuda
 def test_graphs_of_unpadded_batches_replay_without_a_mask():
     """On a GPU: the evaluation graph of a mask-free batch replays new inputs, and the
