@@ -123,6 +123,11 @@ class SurrogateModule(L.LightningModule):
         self._fast_eval: GraphedForward | None = None
         self._fast_fns: tuple[Callable, Callable] | None = None  # (train losses, eval forward) the graphs run
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies (EMA's averaged model, pickling) go without this object's captured graphs and
+        # compiled functions: they belong to its own fit and device.
+        return super().__getstate__() | {"_fast": None, "_fast_eval": None, "_fast_fns": None}
+
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
                              strict: bool | None = None, weights_only: bool = True, **kwargs: Any) -> SurrogateModule:

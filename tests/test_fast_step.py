@@ -269,6 +269,18 @@ def test_fast_train_step_matches_torch_when_parameters_miss_gradients(split):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
 
+def test_copies_of_a_module_leave_its_fast_step_behind():
+    """EMA's averaged model is a deep copy of the module, made when a fit sets up: a fast step
+    left from an earlier fit (its graphs, its optimizer) must not be copied with it."""
+    import copy
+
+    module = SurrogateModule(FLARE(3, 1, channels=8, num_blocks=1, num_heads=2, num_latents=4), 3, 1, fast_step=True)
+    module._fast = FastTrainStep(module._sample_losses, torch.optim.AdamW(module.parameters()), capture=False)
+    clone = copy.deepcopy(module)
+    assert clone._fast is None and module._fast is not None
+    torch.testing.assert_close(flat(clone.parameters()), flat(module.parameters()))
+
+
 def test_fast_train_step_refuses_optimizers_it_does_not_reproduce():
     p = torch.nn.Parameter(torch.zeros(3))
     with pytest.raises(ValueError, match="SGD"):

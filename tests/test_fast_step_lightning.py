@@ -131,9 +131,9 @@ def hooks_against_eager(root, accelerator: str = "cpu", steps: int = 8, **fit_ar
                                          **fit_args)
         runs[fast] = hooks, traj
     (eager_hooks, eager), (fast_hooks, fast) = runs[False], runs[True]
-    assert fast.fast and fast.fast_steps[-1].split  # two graphs, the hooks between them
     assert fast_hooks.calls == eager_hooks.calls == ["zero_grad", "before_backward", "after_backward",
                                                      "before_optimizer_step"] * steps
+    assert fast.fast and fast.fast_steps[-1].split  # two graphs, the hooks between them
     return runs
 
 
