@@ -18,32 +18,11 @@ def hparams(lr: float, beta1: float, beta2: float = 0.99) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("cls", ADAMS, ids=lambda c: c.__name__)
-def test_update_with_one_step_count_matches_torch(cls):
-    """Every parameter steps every time: the group's one count serves all (``shared_step``)."""
-    torch.manual_seed(0)
-    ref = [torch.nn.Parameter(torch.randn(5, 3, dtype=torch.float64)) for _ in range(3)]
-    ours = [torch.nn.Parameter(p.detach().clone()) for p in ref]
-    opt_ref = cls(ref, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.99))
-    opt = cls(ours, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.99))
-    prepare_state(opt, torch.device("cpu"), capturable=False)
-    for it in range(6):
-        lr, beta1 = 1e-2 * (it + 1), 0.85 + 0.02 * it
-        opt_ref.param_groups[0].update(lr=lr, betas=(beta1, 0.99))
-        for p, q in zip(ref, ours):
-            p.grad = torch.randn_like(p)
-            q.grad = p.grad.clone()
-        opt_ref.step()
-        lists = group_lists(opt.param_groups[0], opt.state, *hparams(lr, beta1), cls is torch.optim.AdamW, shared_step=True)
-        clipped_adam_update_([lists], None, "norm")
-    for p, q in zip(ref, ours):
-        torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-14)
-        torch.testing.assert_close(opt.state[q]["exp_avg_sq"], opt_ref.state[p]["exp_avg_sq"], rtol=1e-12, atol=1e-14)
-
-
-@pytest.mark.parametrize("cls", ADAMS, ids=lambda c: c.__name__)
-def test_bias_correction_is_per_parameter_when_some_miss_gradients(cls):
-    """A parameter without a gradient is skipped (no step, no decay), so counts differ from then
-    on; each parameter's bias correction must use its own count, as torch's does."""
+@pytest.mark.parametrize("lagging", [False, True], ids=["shared_count", "lagging_parameter"])
+def test_update_matches_torch(cls, lagging):
+    """Every parameter steps every time: one step count serves the group (``shared_step``). Or
+    the first parameter misses gradients on two steps: torch skips it (no step, no decay), so
+    counts differ from then on, and its bias correction must use its own count."""
     torch.manual_seed(1)
     ref = [torch.nn.Parameter(torch.randn(4, 2, dtype=torch.float64)) for _ in range(3)]
     ours = [torch.nn.Parameter(p.detach().clone()) for p in ref]
@@ -54,15 +33,17 @@ def test_bias_correction_is_per_parameter_when_some_miss_gradients(cls):
         lr, beta1 = 2e-2 + 1e-3 * it, 0.8 + 0.03 * it
         opt_ref.param_groups[0].update(lr=lr, betas=(beta1, 0.99))
         for i, (p, q) in enumerate(zip(ref, ours)):
-            skip = i == 0 and it in (0, 3)  # the first parameter misses two steps: it lags from the start
+            skip = lagging and i == 0 and it in (0, 3)
             p.grad = None if skip else torch.randn_like(p)
             q.grad = None if skip else p.grad.clone()
         opt_ref.step()
-        lists = group_lists(opt.param_groups[0], opt.state, *hparams(lr, beta1), cls is torch.optim.AdamW)
+        lists = group_lists(opt.param_groups[0], opt.state, *hparams(lr, beta1), cls is torch.optim.AdamW,
+                            shared_step=not lagging)
         clipped_adam_update_([lists], None, "norm")
-    assert [int(opt.state[q]["step"]) for q in ours] == [4, 6, 6]
+    assert [int(opt.state[q]["step"]) for q in ours] == ([4, 6, 6] if lagging else [6, 6, 6])
     for p, q in zip(ref, ours):
         torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(opt.state[q]["exp_avg_sq"], opt_ref.state[p]["exp_avg_sq"], rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("clip", ["norm", "value"])

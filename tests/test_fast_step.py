@@ -239,6 +239,14 @@ class SkippingLoss(torch.nn.Module):
         return losses, losses.detach()
 
 
+def torch_clipped_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict, clip: float) -> None:
+    """The reference: torch's backward, clip_grad_norm_ and optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    model(batch)[0].mean().backward()
+    torch.nn.utils.clip_grad_norm_(list(model.parameters()), clip)
+    optimizer.step()
+
+
 def skipping_batches(steps: int, dtype: torch.dtype = torch.float64, device: str = "cpu") -> list[dict]:
     g = torch.Generator().manual_seed(1)
     return [{"x": torch.randn(2, n, 3, generator=g, dtype=dtype).to(device),
@@ -260,10 +268,7 @@ def test_fast_train_step_matches_torch_when_parameters_miss_gradients(split):
         for o in (opt, opt_ref):
             o.param_groups[0].update(lr=0.05 / (1 + i), betas=(0.9 - 0.01 * i, 0.99))
         step(batch)
-        opt_ref.zero_grad(set_to_none=True)
-        ref(batch)[0].mean().backward()
-        torch.nn.utils.clip_grad_norm_(list(ref.parameters()), 0.5)
-        opt_ref.step()
+        torch_clipped_step(ref, opt_ref, batch, 0.5)
     assert float(opt.state[ours.extra]["step"]) == 6 and float(opt.state[ours.weight]["step"]) == 12
     for p, q in zip(ours.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
@@ -542,10 +547,7 @@ def test_captured_bias_correction_follows_each_parameters_step_count():
     step = FastTrainStep(ours, opt, clip_val=0.5, warmup_steps=1)
     for batch in skipping_batches(12, torch.float32, "cuda") * 2:
         step(batch)
-        opt_ref.zero_grad(set_to_none=True)
-        ref(batch)[0].mean().backward()
-        torch.nn.utils.clip_grad_norm_(list(ref.parameters()), 0.5)
-        opt_ref.step()
+        torch_clipped_step(ref, opt_ref, batch, 0.5)
     assert float(opt.state[ours.extra]["step"]) == 12 and float(opt.state[ours.weight]["step"]) == 24
     assert any(not all(e.shared) for e in step._captured.values())  # a graph with per-parameter correction
     for p, q in zip(ours.parameters(), ref.parameters()):
