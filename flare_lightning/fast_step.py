@@ -175,9 +175,12 @@ class FastTrainStep:
         self._entry: _Captured | None = None  # split: the graphs of the step in flight (None: eager)
         self._pending: list[Tensor | None] = []  # split: the step's gradients until ``backward``
         # LR schedulers warn when they step before the optimizer ever did. torch's own step on
-        # no gradients changes nothing, and records that the optimizer has stepped.
+        # no gradients changes nothing, and records that the optimizer has stepped (torch would
+        # warn that a capturable optimizer steps outside a graph: this once it does, on purpose).
         optimizer.zero_grad(set_to_none=True)
-        optimizer.step()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
+            optimizer.step()
 
     # --- the three parts of a step ------------------------------------------------------
     def forward_backward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

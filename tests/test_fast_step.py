@@ -239,11 +239,11 @@ class SkippingLoss(torch.nn.Module):
         return losses, losses.detach()
 
 
-def torch_clipped_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict, clip: float) -> None:
-    """The reference: torch's backward, clip_grad_norm_ and optimizer step."""
+def torch_clipped_step(losses, params: list, optimizer: torch.optim.Optimizer, batch: dict, clip: float) -> None:
+    """The reference: torch's backward of the mean of ``losses(batch)[0]``, clip_grad_norm_ and step."""
     optimizer.zero_grad(set_to_none=True)
-    model(batch)[0].mean().backward()
-    torch.nn.utils.clip_grad_norm_(list(model.parameters()), clip)
+    losses(batch)[0].mean().backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
 
 
@@ -268,7 +268,7 @@ def test_fast_train_step_matches_torch_when_parameters_miss_gradients(split):
         for o in (opt, opt_ref):
             o.param_groups[0].update(lr=0.05 / (1 + i), betas=(0.9 - 0.01 * i, 0.99))
         step(batch)
-        torch_clipped_step(ref, opt_ref, batch, 0.5)
+        torch_clipped_step(ref, list(ref.parameters()), opt_ref, batch, 0.5)
     assert float(opt.state[ours.extra]["step"]) == 6 and float(opt.state[ours.weight]["step"]) == 12
     for p, q in zip(ours.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
@@ -318,6 +318,13 @@ def two_groups(model: torch.nn.Module, **kwargs) -> torch.optim.AdamW:
                              weight_decay=0.05, **kwargs)
 
 
+def one_cycle(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.OneCycleLR:
+    """30 steps of OneCycle (lr and beta1 change every step) with lr >= 3e-4: updates stay far
+    above the float32 rounding of the weights, so their relative differences mean something."""
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=30, pct_start=0.3,
+                                               div_factor=2.0, final_div_factor=5.0)
+
+
 def random_batch(n: int = 300) -> dict:
     return {"x": torch.randn(2, n, 3, device="cuda"), "y": torch.randn(2, n, 1, device="cuda"),
             "mask": torch.rand(2, n, device="cuda") > 0.2}
@@ -336,9 +343,8 @@ def teacher_force(ref: torch.optim.Optimizer, opt: torch.optim.Optimizer) -> Non
                                 "exp_avg_sq": state["exp_avg_sq"].clone()}
 
 
-def ref_step(ref: torch.optim.Optimizer, grads: list, clip: float | None) -> None:
-    """torch's clipping and step of ``ref`` on the given gradients."""
-    params = [p for g in ref.param_groups for p in g["params"]]
+def ref_step(ref: torch.optim.Optimizer, params: list, grads: list, clip: float | None) -> None:
+    """torch's clipping and step of ``ref`` with ``grads`` as the gradients of ``params``."""
     for p, g in zip(params, grads):
         p.grad = None if g is None else g.clone()
     if clip is not None:
@@ -387,7 +393,7 @@ def test_each_captured_step_equals_an_eager_step(precision):
     model, ref_model = small_flare("auto"), small_flare("auto")
     params = list(model.parameters())
     opt, ref_opt = two_groups(model), two_groups(ref_model)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=30, pct_start=0.3)
+    sched = one_cycle(opt)
     step = FastTrainStep(torch.compile(losses_of(model)), opt, clip_val=0.05)
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=precision == "bf16-mixed")
     tol = 1e-3 if precision == "32-true" else 0.1
@@ -414,16 +420,18 @@ def test_each_captured_step_equals_an_eager_step(precision):
 def test_bf16_captured_update_is_adams_on_its_gradients():
     """Under bf16 the graph's gradients differ from an eager step's by rounding; its update must
     not. Split, the step hands its gradients over: torch's clipping and AdamW, given them, the
-    weights and the state, reproduce the update to 1e-5 (a learning rate or beta off by 1% moves
-    it by ~1e-2). In one graph the gradients stay inside, so the check reads them back from Adam's
-    first moment (m' = b1 m + (1 - b1) g): the step must then be AdamW's on that gradient (1e-4),
-    and that gradient clipped to the threshold (a wrong b1 breaks the second moment)."""
+    weights and the state, reproduce the update to 5e-5 (a learning rate or beta off by 1% moves
+    it by ~1e-2; what remains is float32 lr and betas on the device: 1 - 0.999 is 1.3e-5 off in
+    float32, as in torch's own capturable Adam). In one graph the gradients stay inside, so the
+    check reads them back from Adam's first moment (m' = b1 m + (1 - b1) g): the step must then be
+    AdamW's on that gradient (1e-4), and that gradient clipped to the threshold (a wrong b1 breaks
+    the second moment)."""
     clip = 0.05
     for split in (True, False):
         model, ref_model = small_flare(), small_flare()
         params = list(model.parameters())
         opt, ref_opt = two_groups(model), two_groups(ref_model)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=30, pct_start=0.3)
+        sched = one_cycle(opt)
         step = FastTrainStep(torch.compile(losses_of(model)), opt, clip_val=clip, split=split)
         worst, at_threshold = 0.0, 0
         for _ in range(30):
@@ -443,12 +451,12 @@ def test_bf16_captured_update_is_adams_on_its_gradients():
                 norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
                 assert norm <= clip * (1 + 1e-3), f"the graph's gradient norm {norm} exceeds the clipping threshold"
                 at_threshold += int(norm > clip * (1 - 1e-3))
-            ref_step(ref_opt, grads, clip if split else None)
+            ref_step(ref_opt, list(ref_model.parameters()), grads, clip if split else None)
             sched.step()
             worst = max(worst, rel(flat(params) - before, flat(ref_model.parameters()) - before))
             sq, ref_sq = (flat(o.state[p]["exp_avg_sq"] for p in o.param_groups[0]["params"]) for o in (opt, ref_opt))
             worst = max(worst, rel(sq, ref_sq))
-        tol = 1e-5 if split else 1e-4
+        tol = 5e-5 if split else 1e-4
         assert worst <= tol, f"split={split}: the update differs from AdamW's on its gradients by {worst:.3g}"
         assert split or at_threshold >= 20  # clipping acted on most steps
         assert all(len(e.graphs) == (2 if split else 1) for e in step._captured.values()) and step._captured
@@ -473,19 +481,20 @@ def test_two_graph_step_averages_gradients_between_its_graphs():
     step = FastTrainStep(torch.compile(losses_of(model)), opt, clip_val=0.05, world_size=2,
                          all_reduce=fake_all_reduce)
     assert step.split
+    ref_params = [p for g in ref_opt.param_groups for p in g["params"]]  # the step's order: by group
     for _ in range(8):
         batch = random_batch()
         before = flat(params)
         teacher_force(ref_opt, opt)
         step.forward_backward(batch)
         step.backward()
-        grads = [p.grad.clone() for p in params]
+        grads = [p.grad.clone() for p in step.params]
         torch.testing.assert_close(torch.cat([g.flatten() for g in grads]), (local[-1] + other) / 2, rtol=1e-6, atol=1e-9)
         ref_opt.zero_grad(set_to_none=True)
         losses_of(ref_model)(batch)[0].mean().backward()
-        assert rel(local[-1], torch.cat([p.grad.flatten() for p in ref_model.parameters()])) <= 1e-3
+        assert rel(local[-1], torch.cat([p.grad.flatten() for p in ref_params])) <= 1e-3
         step.update()
-        ref_step(ref_opt, grads, 0.05)
+        ref_step(ref_opt, ref_params, grads, 0.05)
         assert rel(flat(params) - before, flat(ref_model.parameters()) - before) <= 1e-5
     assert len(local) == 8 and all(len(e.graphs) == 2 for e in step._captured.values()) and step._captured
 
@@ -530,9 +539,7 @@ def test_shapes_beyond_the_graph_cap_run_eagerly_and_exactly(monkeypatch):
             before = flat(params)
             teacher_force(ref_opt, opt)
             step(batch)
-            ref_opt.zero_grad(set_to_none=True)
-            losses_of(ref_model)(batch)[0].mean().backward()
-            ref_step(ref_opt, [p.grad for p in ref_model.parameters()], 0.05)
+            torch_clipped_step(losses_of(ref_model), list(ref_model.parameters()), ref_opt, batch, 0.05)
             assert rel(flat(params) - before, flat(ref_model.parameters()) - before) <= 1e-4, f"{n} points"
     assert len(step._captured) == 2 and all(e.graphs for e in step._captured.values())
 
@@ -547,7 +554,7 @@ def test_captured_bias_correction_follows_each_parameters_step_count():
     step = FastTrainStep(ours, opt, clip_val=0.5, warmup_steps=1)
     for batch in skipping_batches(12, torch.float32, "cuda") * 2:
         step(batch)
-        torch_clipped_step(ref, opt_ref, batch, 0.5)
+        torch_clipped_step(ref, list(ref.parameters()), opt_ref, batch, 0.5)
     assert float(opt.state[ours.extra]["step"]) == 12 and float(opt.state[ours.weight]["step"]) == 24
     assert any(not all(e.shared) for e in step._captured.values())  # a graph with per-parameter correction
     for p, q in zip(ours.parameters(), ref.parameters()):
