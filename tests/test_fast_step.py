@@ -107,6 +107,9 @@ def test_fast_step_follows_automatic_optimization(tiny_darcy_root):
         assert rel(b, a) < 1e-5, f"parameters differ after epoch {epoch}"
     torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(auto.losses), rtol=1e-5, atol=1e-7)
     assert fast.losses[-1] < 0.9 * fast.losses[0]  # a learning curve
+    for t in (t_auto, t_fast):  # the loss is the metric here: the metric saw every step of the epoch
+        assert float(t.callback_metrics["train/rel_l2"]) == pytest.approx(float(t.callback_metrics["train/loss_epoch"]),
+                                                                         rel=1e-6)
     assert t_fast.lr_scheduler_configs[0].scheduler.last_epoch == 40  # stepped once per batch
 
 
