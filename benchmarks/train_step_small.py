@@ -15,7 +15,6 @@ bf16-mixed and 32-true, one run on one card, rows side by side:
 | ``ours-fast-tuned`` | ``ours-fast`` with the mixer tiles timed on first use (``FLARE_MIXER_AUTOTUNE=1``) |
 | ``ours-fast-fused-kv`` | ``ours-fast`` with ``fuse_kv`` (key and value MLPs side by side, block-diagonal GEMMs) |
 | ``ours-fast-max-autotune`` | ``ours-fast`` with Inductor's GEMM autotuning (Triton GEMMs, fused epilogues) |
-| ``ours-fast-blockwise`` | ``ours-fast`` with the model's blocks compiled one by one (the path before bedb423) |
 | ``ours-fast-unpinned`` | ``ours-fast`` with pageable batches (as before 2026-11-30's third session) |
 | ``ours-fast-coordesc`` | ``ours-fast`` with Inductor's coordinate-descent tuning of its Triton kernels |
 | ``ours-fast-masked`` | ``ours-fast`` with the batch's all-True mask handed to the network (the path before the collate's ``padded`` flag) |
@@ -75,7 +74,6 @@ ROWS = {
     "ours-fast-tuned": ["--model.fast_step=true"],
     "ours-fast-fused-kv": ["--model.fast_step=true", "--model.model.init_args.fuse_kv=true"],
     "ours-fast-max-autotune": ["--model.fast_step=true"],
-    "ours-fast-blockwise": ["--model.fast_step=true"],
     "ours-fast-unpinned": ["--model.fast_step=true"],
     "ours-fast-coordesc": ["--model.fast_step=true"],
     "ours-fast-masked": ["--model.fast_step=true"],
@@ -91,7 +89,6 @@ INDUCTOR = {"ours-fast-max-autotune": {"max_autotune_gemm": True},
             "ours-fast-coordesc": {"coordinate_descent_tuning": True}}
 ENV = {"ours-fast-tuned": {"FLARE_MIXER_AUTOTUNE": "1"}}
 PATCHES = {  # module constants a row sets for its run
-    "ours-fast-blockwise": {"flare_lightning.module.WHOLE_GRAPH_FAST_STEP": False},
     "ours-fast-unpinned": {"datamodules.mesh_datamodule.MeshDataModule._pin_memory": lambda self: False},
     "ours-fast-masked": {"flare_lightning.module.SurrogateModule.network_mask": ALWAYS_MASKED},
     "transformer-fast-masked": {"flare_lightning.module.SurrogateModule.network_mask": ALWAYS_MASKED},

@@ -1,31 +1,36 @@
-"""A training step with no host overhead: the whole optimizer step replayed as a CUDA graph.
+"""A training step with no host overhead: the optimizer step replayed as CUDA graphs.
 
 At the paper's sizes (a few thousand points, batch 2) a FLARE step is some 1,700 small
 kernels whose launch cost, not their work, sets the step time. ``FastTrainStep`` runs the
-forward, the loss, the backward, gradient clipping and the optimizer update as one
-captured CUDA graph (two under multi-process training, with the gradient all-reduce
-between them), reads the schedule's learning rate and beta1 from device tensors that are
-written in place before each replay, and sums the epoch's per-sample losses on the device,
-so a step costs one graph launch and no host synchronisation.
+forward, the loss, the backward, gradient clipping and the Adam update as one captured CUDA
+graph, reading the schedule's learning rate and betas from device tensors written in place
+before each replay, so a step costs one graph launch and no host synchronisation.
 
-Off CUDA (or with ``capture=False``) the same sequence runs eagerly, step for step: that is
-what the CPU tests compare against Lightning's automatic optimization, DDP included.
+Split in two graphs (``split``), the step stops between the backward and the update: for the
+gradient all-reduce of multi-process training, and for Lightning's gradient hooks (callbacks
+reading or changing ``p.grad``), which then see the step's gradients as an eager step shows them.
+
+Off CUDA (or with ``capture=False``) the same sequence runs eagerly, step for step, with the
+same update function (``flare_lightning.adam_update``): that is what the CPU tests compare
+with Lightning's automatic optimization, DDP included.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-
-import warnings
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 
-LossFn = Callable[[dict[str, Tensor]], Tensor]  # batch -> per-sample losses [B]
+from flare_lightning.adam_update import check_adam, clipped_adam_update_, group_lists, prepare_state
+
+LossFn = Callable[[dict[str, Tensor]], tuple[Tensor, Tensor]]  # batch -> (losses [B], relative L2 errors [B])
 TRAIN_KEYS = ("x", "y", "mask")
 FLAG_KEYS = ("padded",)  # host-side Python values of a batch that change the captured computation
 MAX_GRAPHS = 16  # batch shapes captured at most; further shapes run eagerly (each graph holds memory)
@@ -60,267 +65,322 @@ def _warn_shapes(count: int) -> None:
 
 @dataclass
 class _Captured:
-    """Static inputs and graphs of one batch shape."""
+    """Static inputs, outputs and graphs of one batch shape."""
 
     seen: int = 0
     inputs: dict[str, Tensor] = field(default_factory=dict)
     flags: dict[str, object] = field(default_factory=dict)
-    graphs: list[torch.cuda.CUDAGraph] = field(default_factory=list)
-    grads: list[Tensor] = field(default_factory=list)
+    graphs: list[torch.cuda.CUDAGraph] = field(default_factory=list)  # [whole step] or [forward+backward, update]
+    outputs: tuple[Tensor, Tensor] | None = None  # (losses, errors) [B]
+    grads: list[Tensor | None] = field(default_factory=list)  # the graph's gradient of each parameter
+    with_grad: tuple[tuple[int, ...], ...] = ()  # per param group: indices of the parameters with a gradient
+    shared: tuple[bool, ...] = ()  # per param group: the update graph's bias correction uses one step count
+
+
+class StepCounts:
+    """Host copies of the Adam step count of each parameter, per param group, so the update
+    knows without reading the device whether the parameters it updates share one count.
+
+    A step that updates a whole group adds one to all of it (a common offset, O(1)); only a
+    step that skips parameters (no gradient) changes the counts' pattern."""
+
+    def __init__(self, counts: list[list[int]]) -> None:
+        self._counts = counts
+        self._uniform = [len(set(c)) <= 1 for c in counts]
+
+    @classmethod
+    def of(cls, optimizer: Optimizer) -> StepCounts:
+        """The counts of ``optimizer``'s state (one device read per group, when the step is built)."""
+        state = optimizer.state
+        return cls([torch.stack([state[p]["step"] for p in g["params"]]).long().tolist() if g["params"] else []
+                    for g in optimizer.param_groups])
+
+    def shared(self, with_grad: tuple[tuple[int, ...], ...]) -> tuple[bool, ...]:
+        """Per group: do the parameters at these indices share one step count?"""
+        return tuple(self._uniform[g] if len(idx) == len(c) else len({c[i] for i in idx}) <= 1
+                     for g, (c, idx) in enumerate(zip(self._counts, with_grad)))
+
+    def advance(self, with_grad: tuple[tuple[int, ...], ...]) -> None:
+        """One update of the parameters at these indices."""
+        for g, (c, idx) in enumerate(zip(self._counts, with_grad)):
+            if len(idx) == len(c):
+                continue  # everyone advances: differences stay as they are
+            for i in idx:
+                c[i] += 1
+            self._uniform[g] = len(set(c)) <= 1
 
 
 class FastTrainStep:
-    """Forward, backward, gradient all-reduce, clipping and optimizer step of one batch.
+    """Forward, backward, gradient all-reduce, clipping and Adam/AdamW update of one batch.
+
+    A step is ``forward_backward(batch)``, then ``backward()`` and ``update()`` (Lightning's
+    ``training_step``, ``backward`` and ``optimizer_step``); ``step(batch)`` runs all three.
+    Unsplit, ``forward_backward`` runs the whole step and the other two do nothing.
 
     Args:
-        loss_fn: maps a batch (``x``, ``y``, ``mask``) to per-sample losses [B]; the step
-            minimises their mean and adds their sum and count to ``epoch_sums``.
-        params: the parameters the optimizer updates.
-        optimizer: a torch optimizer whose groups accept tensor ``lr`` and ``betas`` when
-            captured (Adam, AdamW).
+        loss_fn: maps a batch (``x``, ``y``, ``mask``) to per-sample losses and relative L2
+            errors [B]; the step minimises the losses' mean.
+        optimizer: ``torch.optim.Adam`` or ``AdamW`` (``check_adam``); its state is completed
+            on the parameters' device, and its groups' lr, betas, weight decay and eps apply.
         clip_val: gradient clipping threshold (None or 0: off).
         clip_algorithm: ``norm`` (total 2-norm, as Lightning's default) or ``value``.
-        capture: replay the step as a CUDA graph (needs CUDA parameters).
-        warmup_steps: eager steps per batch shape before it is captured (compilation,
-            lazy optimizer state and library handles are made in these).
+        capture: replay the step as CUDA graphs (needs CUDA parameters).
+        warmup_steps: eager steps per batch shape before it is captured (compilation, library
+            handles and the allocator's pools are made in these).
+        split: stop between backward and update (always under multi-process training).
+        world_size: processes whose gradients are averaged (None: torch.distributed's).
+        all_reduce: sums a flat gradient buffer over processes in place (torch.distributed's
+            ``all_reduce`` unless given, e.g. by a test that fakes ranks on one GPU).
     """
 
     def __init__(
         self,
         loss_fn: LossFn,
-        params: list[nn.Parameter],
         optimizer: Optimizer,
         clip_val: float | None = None,
         clip_algorithm: str = "norm",
         capture: bool = True,
         warmup_steps: int = 3,
+        split: bool = False,
+        world_size: int | None = None,
+        all_reduce: Callable[[Tensor], Any] | None = None,
     ) -> None:
         if clip_algorithm not in ("norm", "value"):
             raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {clip_algorithm!r}")
+        check_adam(optimizer)
         self.loss_fn = loss_fn
-        self.params = [p for p in params if p.requires_grad]
+        self.optimizer = optimizer
+        self.params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
         if not self.params:
             raise ValueError("FastTrainStep: no parameter requires a gradient")
-        self.optimizer = optimizer
         self.clip_val = clip_val or None
         self.clip_algorithm = clip_algorithm
         self.device = self.params[0].device
         self.capture = capture and self.device.type == "cuda"
         self.warmup_steps = max(1, warmup_steps)
-        self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        self.epoch_sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss sum, samples]
+        if world_size is None:
+            world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.world_size = world_size
+        self.all_reduce = all_reduce or dist.all_reduce
+        self.split = split or world_size > 1
+        prepare_state(optimizer, self.device, capturable=self.capture)
+        self.counts = StepCounts.of(optimizer)
+        # (lr, beta1, beta2) per group as device tensors the update reads (in the parameters'
+        # precision, float32 at least); weight decay and eps are constants of the captured update.
+        dtype = torch.promote_types(self.params[0].dtype, torch.float32)
+        self._hparams = [tuple(torch.zeros((), dtype=dtype, device=self.device) for _ in range(3))
+                         for _ in optimizer.param_groups]
+        self._constants = [self._group_constants(group) for group in optimizer.param_groups]
         self._captured: dict[tuple, _Captured] = {}
-        self._hparams: list[tuple[Tensor, Tensor, Tensor]] = []
-        if self.capture:
-            self._make_capturable()
+        self._entry: _Captured | None = None  # split: the graphs of the step in flight (None: eager)
+        self._pending: list[Tensor | None] = []  # split: the step's gradients until ``backward``
+        # LR schedulers warn when they step before the optimizer ever did. torch's own step on
+        # no gradients changes nothing, and records that the optimizer has stepped (torch would
+        # warn that a capturable optimizer steps outside a graph: this once it does, on purpose).
+        optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
+            optimizer.step()
 
-    # --- the step, in its three parts --------------------------------------------
-    def _forward_backward(self, batch: dict[str, Tensor]) -> None:
-        with uncached_autocast(self.device):
-            losses = self.loss_fn(batch)  # [B]
-        losses.mean().backward()
-        sums = self.epoch_sums
-        sums[0].add_(losses.detach().sum().to(sums.dtype))
-        sums[1].add_(losses.shape[0])
-
-    def _allreduce_grads(self, grads: list[Tensor] | None = None) -> None:
-        """Average gradients over processes in one collective (DDP's reducer is bypassed:
-        Lightning disables it in manual optimization)."""
-        if self.world_size == 1:
-            return
-        grads = self._grads() if grads is None else grads
-        flat = torch._utils._flatten_dense_tensors(grads)
-        dist.all_reduce(flat)
-        flat.div_(self.world_size)
-        torch._foreach_copy_(grads, torch._utils._unflatten_dense_tensors(flat, grads))
-
-    def _update(self) -> None:
-        if not self.capture:
-            self._clip([p for p in self.params if p.grad is not None])
-            self.optimizer.step()
-            return
-        adamw = isinstance(self.optimizer, torch.optim.AdamW)
-        groups = [group_lists(group, self.optimizer.state, *hparams, bool(group.get("decoupled_weight_decay", adamw)))
-                  for group, hparams in zip(self.optimizer.param_groups, self._hparams)]
-        clipped_adam_update_(groups, self.clip_val, self.clip_algorithm)
-        # LR schedulers warn when they step before optimizer.step() was ever called; the
-        # update above is that step (torch marks it on the optimizer the same way).
-        self.optimizer._opt_called = True
-
-    def _clip(self, params: list[Tensor]) -> None:
-        if self.clip_val is None:
-            return
-        if self.clip_algorithm == "norm":
-            torch.nn.utils.clip_grad_norm_(params, self.clip_val, foreach=True)
-        else:
-            torch.nn.utils.clip_grad_value_(params, self.clip_val, foreach=True)
-
-    def _grads(self) -> list[Tensor]:
-        for p in self.params:  # every rank must reduce the same list
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        return [p.grad for p in self.params]
-
-    # --- running -------------------------------------------------------------------
-    def __call__(self, batch: dict[str, Tensor]) -> None:
-        """One optimizer step on ``batch`` (``x`` [B, N, in], ``y`` [B, N, out], ``mask`` [B, N])."""
-        if not self.capture:
-            self.optimizer.zero_grad(set_to_none=True)
-            self._forward_backward(batch)
-            self._allreduce_grads()
-            self._update()
-            return
-        key = batch_key(batch)
-        if key not in self._captured and len(self._captured) >= MAX_GRAPHS:
-            _warn_shapes(len(self._captured))
+    # --- the three parts of a step ------------------------------------------------------
+    def forward_backward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Forward and backward of ``batch`` (unsplit: the whole step). Returns the per-sample
+        losses and relative L2 errors [B]; replayed, these are the graph's static outputs,
+        valid until the next step."""
+        if not self.split:
             self._write_hparams()
-            self._eager_on_side_stream(batch)
-            return
-        entry = self._captured.setdefault(key, _Captured())
-        self._write_hparams()
-        if entry.seen < self.warmup_steps:
-            entry.seen += 1
-            self._eager_on_side_stream(batch)
-            return
+        entry = self._graph_entry(batch)
+        if entry is None:
+            return self._eagerly(self._eager_forward_backward, batch)
+        if entry.graphs and not self.split and entry.shared != self.counts.shared(entry.with_grad):
+            entry.graphs.clear()  # a parameter's count fell behind: recapture with its own bias correction
         if not entry.graphs:
             self._capture(entry, batch)
         for name, t in entry.inputs.items():
             t.copy_(batch[name], non_blocking=True)
         entry.graphs[0].replay()
-        if len(entry.graphs) > 1:
-            self._allreduce_grads(entry.grads)
-            entry.graphs[1].replay()
+        if self.split:
+            self._entry, self._pending = entry, entry.grads
+            self._hide_grads()
+        else:
+            self.counts.advance(entry.with_grad)
+        return entry.outputs
 
-    def reset_epoch(self) -> None:
-        self.epoch_sums.zero_()
+    def backward(self) -> None:
+        """Split steps: average the step's gradients over processes and hand them to Python
+        code as ``p.grad`` (in place edits reach the update; replacing a tensor is refused)."""
+        if not self.split:
+            return
+        grads = self._pending
+        if self.world_size > 1:
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
+            self._average(grads)
+        for p, g in zip(self.params, grads):
+            p.grad = g
+
+    def update(self) -> None:
+        """Split steps: gradient clipping and the Adam update, after ``backward``."""
+        if not self.split:
+            return
+        self._write_hparams()
+        entry, self._entry = self._entry, None
+        if entry is None:
+            self._eagerly(self._eager_update)
+            return
+        if any(p.grad is not g for p, g in zip(self.params, entry.grads)):
+            raise RuntimeError(
+                "fast_step: a gradient hook replaced a parameter's .grad tensor; the captured update reads "
+                "the graph's own gradient tensors, so hooks must change gradients in place (p.grad.mul_(...))"
+            )
+        shared = self.counts.shared(entry.with_grad)
+        if len(entry.graphs) < 2 or entry.shared != shared:
+            self._capture_update(entry, shared)
+        entry.graphs[1].replay()
+        self.counts.advance(entry.with_grad)
+
+    def step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """One whole optimizer step on ``batch`` (``x`` [B, N, in], ``y`` [B, N, out], ``mask`` [B, N])."""
+        out = self.forward_backward(batch)
+        self.backward()
+        self.update()
+        return out
+
+    __call__ = step
 
     def release_graphs(self) -> None:
         """Forget captured graphs (parameters moved or were replaced); later steps recapture."""
         self._captured.clear()
+        self._entry = None
 
-    # --- CUDA graphs -------------------------------------------------------------------
-    def _eager_on_side_stream(self, batch: dict[str, Tensor]) -> None:
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            self.optimizer.zero_grad(set_to_none=True)
-            self._forward_backward(batch)
-            self._allreduce_grads()
-            self._update()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
+    # --- eager steps ----------------------------------------------------------------------
+    def _ops_forward_backward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        with uncached_autocast(self.device):
+            losses, errors = self.loss_fn(batch)
+        losses.mean().backward()
+        return losses.detach(), errors.detach()
+
+    def _eager_forward_backward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self._ops_forward_backward(batch)
+        if self.split:
+            self._entry, self._pending = None, [p.grad for p in self.params]
+            self._hide_grads()
+        else:
+            self._eager_update()
+        return out
+
+    def _eager_update(self) -> None:
+        with_grad = self._with_grad()
+        self._ops_update(self.counts.shared(with_grad))
+        self.counts.advance(with_grad)
+
+    def _eagerly(self, fn: Callable, *args: Any) -> Any:
+        """``fn`` now, on a side stream when capturing (warm-up steps must not run on the
+        stream a capture later uses); results come back as tensors of the current stream."""
+        if not self.capture:
+            return fn(*args)
+        current = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            out = fn(*args)
+        current.wait_stream(side)
+        return None if out is None else tuple(t.clone() for t in out)
+
+    # --- the update -----------------------------------------------------------------------
+    def _ops_update(self, shared: tuple[bool, ...]) -> None:
+        """Clipping and Adam/AdamW on the parameters' ``.grad`` (eager, or recorded into a graph)."""
+        adamw = isinstance(self.optimizer, torch.optim.AdamW)
+        groups = [group_lists(group, self.optimizer.state, *hparams, bool(group.get("decoupled_weight_decay", adamw)),
+                              shared_step=flag)
+                  for group, hparams, flag in zip(self.optimizer.param_groups, self._hparams, shared)]
+        clipped_adam_update_(groups, self.clip_val, self.clip_algorithm)
+
+    def _with_grad(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(i for i, p in enumerate(group["params"]) if p.grad is not None)
+                     for group in self.optimizer.param_groups)
+
+    def _average(self, grads: list[Tensor]) -> None:
+        """Mean of the gradients over processes, in one collective (Lightning's DDP reducer
+        is kept out of the fast step: it cannot follow a replayed backward)."""
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.all_reduce(flat)
+        flat.div_(self.world_size)
+        torch._foreach_copy_(grads, [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)])
+
+    @staticmethod
+    def _group_constants(group: dict) -> tuple[float, float]:
+        return float(group["weight_decay"]), float(group["eps"])
+
+    def _write_hparams(self) -> None:
+        """Copy the schedule's current values into the tensors the update reads."""
+        for i, (group, (lr, beta1, beta2)) in enumerate(zip(self.optimizer.param_groups, self._hparams)):
+            if self._group_constants(group) != self._constants[i]:
+                raise ValueError(
+                    f"fast_step: param group {i}'s weight_decay/eps changed during training "
+                    f"({self._constants[i]} -> {self._group_constants(group)}); the captured update reads "
+                    "them once: schedule only lr and betas with model.fast_step"
+                )
+            lr.fill_(group["lr"])
+            beta1.fill_(group["betas"][0])
+            beta2.fill_(group["betas"][1])
+
+    def _hide_grads(self) -> None:
+        # Between Lightning's training_step and backward, zero_grad may run: it must not touch
+        # the step's gradients (a graph's are static buffers).
+        for p in self.params:
+            p.grad = None
+
+    # --- CUDA graphs ----------------------------------------------------------------------
+    def _graph_entry(self, batch: dict[str, Tensor]) -> _Captured | None:
+        """The graphs for ``batch``'s shape, or None to run this step eagerly (no capture,
+        the shape's warm-up steps, or more shapes than ``MAX_GRAPHS``)."""
+        if not self.capture:
+            return None
+        key = batch_key(batch)
+        if key not in self._captured and len(self._captured) >= MAX_GRAPHS:
+            _warn_shapes(len(self._captured))
+            return None
+        entry = self._captured.setdefault(key, _Captured())
+        if entry.seen < self.warmup_steps:
+            entry.seen += 1
+            return None
+        return entry
 
     def _capture(self, entry: _Captured, batch: dict[str, Tensor]) -> None:
         entry.inputs = {name: batch[name].clone() for name in TRAIN_KEYS}
         entry.flags = {name: batch[name] for name in FLAG_KEYS if name in batch}
         self.optimizer.zero_grad(set_to_none=True)  # backward allocates grads in the graph's pool
         torch.cuda.synchronize(self.device)
-        first = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(first):
-            self._forward_backward(entry.inputs | entry.flags)
-            if self.world_size == 1:
-                self._update()
-        entry.graphs.append(first)
-        if self.world_size > 1:
-            entry.grads = self._grads()
-            second = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(second):
-                self._update()
-            entry.graphs.append(second)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            entry.outputs = self._ops_forward_backward(entry.inputs | entry.flags)
+            entry.with_grad = self._with_grad()
+            if not self.split:
+                entry.shared = self.counts.shared(entry.with_grad)
+                self._ops_update(entry.shared)
+        entry.graphs = [graph]
+        entry.grads = [p.grad for p in self.params]
+        if self.split:
+            if self.world_size > 1:  # every rank reduces (and updates) the same list
+                entry.grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, entry.grads)]
+                for p, g in zip(self.params, entry.grads):
+                    p.grad = g
+                entry.with_grad = self._with_grad()
+            self._capture_update(entry, self.counts.shared(entry.with_grad))
         # Graph-owned gradients are overwritten by every replay: hide them from Python code.
-        for p in self.params:
-            p.grad = None
+        self._hide_grads()
 
-    def _make_capturable(self) -> None:
-        """One (lr, beta1, beta2) device tensor triple per group, and the optimizer state on
-        the device (also when resumed from an eager run's checkpoint)."""
-        for group in self.optimizer.param_groups:
-            check_adam_group(group, type(self.optimizer).__name__)
-            self._hparams.append(tuple(torch.zeros((), device=self.device) for _ in range(3)))
-            for p in group["params"]:
-                state = self.optimizer.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=self.device)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                elif state["step"].device != self.device:
-                    state["step"] = state["step"].to(self.device, torch.float32)
-            group["capturable"] = True  # the state format of torch's capturable Adam
-
-    def _write_hparams(self) -> None:
-        """Copy the schedule's current values into the tensors the graph reads."""
-        for group, (lr, beta1, beta2) in zip(self.optimizer.param_groups, self._hparams):
-            lr.fill_(group["lr"])
-            beta1.fill_(group["betas"][0])
-            beta2.fill_(group["betas"][1])
-
-
-def check_adam_group(group: dict, name: str) -> None:
-    """The captured update implements Adam/AdamW without amsgrad or maximize."""
-    if "betas" not in group or "eps" not in group or group.get("amsgrad") or group.get("maximize"):
-        raise TypeError(f"fast_step captures an Adam or AdamW update (no amsgrad, no maximize), got {name}")
-
-
-def group_lists(group: dict, state: dict, lr: Tensor, beta1: Tensor, beta2: Tensor, decoupled: bool) -> tuple:
-    """One Adam/AdamW param group as ``adam_lists_``'s arguments, from the optimizer's own
-    state (checkpoints stay torch's); lr and betas are device tensors (torch 2.11's foreach
-    Adam turns a tensor beta1 into a host number, which a CUDA graph cannot capture).
-    Parameters without a gradient are left out."""
-    params = [p for p in group["params"] if p.grad is not None]
-    states = [state[p] for p in params]
-    return (params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            [s["step"] for s in states], lr, beta1, beta2, float(group["weight_decay"]), float(group["eps"]), decoupled)
-
-
-def adam_lists_(
-    params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-    steps: list[Tensor], lr: Tensor, beta1: Tensor, beta2: Tensor, weight_decay: float, eps: float,
-    decoupled: bool,
-) -> None:
-    """The Adam/AdamW update of one group's tensor lists, in place (torch's formula)."""
-    if not params:
-        return
-    torch._foreach_add_(steps, 1.0)
-    if weight_decay != 0:
-        if decoupled:  # AdamW
-            torch._foreach_mul_(params, 1.0 - lr * weight_decay)
-        else:
-            grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    torch._foreach_mul_(exp_avgs, beta1)
-    torch._foreach_add_(exp_avgs, torch._foreach_mul(grads, 1.0 - beta1))
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    sq = torch._foreach_mul(grads, grads)
-    torch._foreach_mul_(sq, 1.0 - beta2)
-    torch._foreach_add_(exp_avg_sqs, sq)
-    step = steps[0]  # one group's parameters share their step count
-    step_size = lr / (1.0 - beta1**step)
-    denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denom, (1.0 - beta2**step).sqrt())
-    torch._foreach_add_(denom, eps)
-    update = torch._foreach_div(exp_avgs, denom)
-    torch._foreach_mul_(update, -step_size)
-    torch._foreach_add_(params, update)
-
-
-@torch.no_grad()
-def clipped_adam_update_(groups: list[tuple], clip_val: float | None, clip_algorithm: str) -> None:
-    """Gradient clipping over all groups, then each group's Adam update, in place.
-
-    ``groups``: per param group ``(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1,
-    beta2, weight_decay, eps, decoupled)``. Clipping is torch's ``clip_grad_norm_`` (total
-    2-norm, coefficient ``clip / (norm + 1e-6)`` capped at 1) or ``clip_grad_value_``.
-    Multi-tensor (foreach) ops: some 40 launches for all parameters. (Compiled by Inductor
-    it took more kernels, one per tensor for the norms: 1,493 vs 1,248 per Darcy step.)
-    """
-    grads = [g for group in groups for g in group[1]]
-    if clip_val is not None and grads:
-        if clip_algorithm == "norm":
-            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            torch._foreach_mul_(grads, torch.clamp(clip_val / (total + 1e-6), max=1.0))
-        else:
-            torch._foreach_clamp_min_(grads, -clip_val)
-            torch._foreach_clamp_max_(grads, clip_val)
-    for group in groups:
-        adam_lists_(*group)
+    def _capture_update(self, entry: _Captured, shared: tuple[bool, ...]) -> None:
+        """(Re)capture the update graph of a split step, reading the graph's gradients."""
+        for p, g in zip(self.params, entry.grads):
+            p.grad = g
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._ops_update(shared)
+        entry.graphs[1:] = [graph]
+        entry.shared = shared
 
 
 class GraphedForward:

@@ -30,9 +30,9 @@ def relative_l2(pred: Tensor, target: Tensor, mask: Tensor | None = None, eps: f
     return (num / den.clamp_min(eps)).sqrt()
 
 
-class RelativeL2Error(Metric):
-    """Mean over samples of the per-sample relative L2 error; exact under DDP
-    (sums and counts are reduced, not per-rank means)."""
+class SampleMean(Metric):
+    """Mean over samples of per-sample values [B]; exact under DDP (sums and counts are
+    reduced, not per-rank means)."""
 
     is_differentiable = False
     higher_is_better = False
@@ -43,11 +43,18 @@ class RelativeL2Error(Metric):
         self.add_state("error_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
-        """pred, target: [B, N, C]; mask: [B, N] bool."""
-        errors = relative_l2(pred.detach(), target, mask)
-        self.error_sum += errors.double().sum()
-        self.count += errors.numel()
+    def update(self, values: Tensor) -> None:
+        """values: [B], one per sample."""
+        self.error_sum += values.detach().double().sum()
+        self.count += values.numel()
 
     def compute(self) -> Tensor:
         return (self.error_sum / self.count.clamp_min(1)).float()
+
+
+class RelativeL2Error(SampleMean):
+    """Mean over samples of the per-sample relative L2 error (``relative_l2``)."""
+
+    def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
+        """pred, target: [B, N, C]; mask: [B, N] bool."""
+        super().update(relative_l2(pred.detach(), target, mask))

@@ -12,16 +12,15 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from flare_lightning.adam_update import plain_state
 from flare_lightning.fast_step import FastTrainStep, GraphedForward
+from flare_lightning.fast_step_lightning import build_fast_step, check_fast_step, optimizer_step
 from flare_lightning.force_metrics import ForceCoefficientErrors, force_report
 from flare_lightning.losses import check_loss_data, get_loss
-from flare_lightning.metrics import RelativeL2Error
+from flare_lightning.metrics import RelativeL2Error, SampleMean, relative_l2
 from flare_lightning.normalizer import Normalizer
 
 STAGES = ("train", "val", "test")
-# fast_step compiles the whole training loss and evaluation forward as one graph each (False:
-# the model's blocks one by one; benchmarks/train_step_small.py row ``ours-fast-blockwise``).
-WHOLE_GRAPH_FAST_STEP = True
 
 
 def _built_by_cli() -> bool:
@@ -63,11 +62,11 @@ class SurrogateModule(L.LightningModule):
             --model.lr_scheduler.T_max 100`` (``ReduceLROnPlateau`` watches ``val/rel_l2``).
         fast_step: on CUDA, compile the training loss (model and loss as one graph) and
             replay each training step (forward, loss, backward, the trainer's gradient
-            clipping, AdamW with the scheduled lr and beta1) as one CUDA graph, and
-            evaluation forwards as graphs: no host
-            overhead at small meshes. The loss is then logged per epoch only. Elsewhere the
-            same step runs eagerly. Needs Adam/AdamW, 32-true or bf16-mixed precision and
-            no gradient accumulation.
+            clipping, Adam/AdamW with the scheduled lr and betas) as a CUDA graph inside
+            Lightning's automatic optimization, and evaluation forwards as graphs: no host
+            overhead at small meshes. Elsewhere the same step runs eagerly. Needs Adam or
+            AdamW, 32-true or bf16-mixed precision and no gradient accumulation
+            (docs/fast_step.md).
         loss: training objective on de-normalised fields: ``rel_l2``, or ``darcy_grad`` (the
             paper's Darcy objective: rel. L2 of u + 0.1 x rel. L2 of its grid derivatives).
         eval_fp32: run validation, test and predict forwards in float32 even when the trainer
@@ -107,7 +106,8 @@ class SurrogateModule(L.LightningModule):
         self.lr_scheduler = lr_scheduler
         self.input_norm = Normalizer(in_dim)
         self.target_norm = Normalizer(out_dim)
-        self.metrics = nn.ModuleDict({f"{stage}_rel_l2": RelativeL2Error() for stage in STAGES})
+        # Training sees per-sample errors (the fast step's graph computes them); evaluation the fields.
+        self.metrics = nn.ModuleDict({"train_rel_l2": SampleMean()} | {f"{s}_rel_l2": RelativeL2Error() for s in STAGES[1:]})
         # Evaluation losses as sums and float weights: exact over DDP ranks with unequal
         # shares (Lightning's own mean of logged values divides an integer sample count).
         self.eval_losses = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in STAGES[1:]})
@@ -117,35 +117,17 @@ class SurrogateModule(L.LightningModule):
         self.channel_names = [f"ch{c}" for c in channels]
         self.forces: ForceCoefficientErrors | None = None  # set in setup() when the data defines forces
         self.test_report: dict = {}  # per-run tables for test_metrics.json
+        # How a training step runs: None, Lightning's automatic optimization as it is; during a
+        # fit with fast_step, the captured step (built in on_train_start, dropped in teardown).
         self._fast: FastTrainStep | None = None
         self._fast_eval: GraphedForward | None = None
         self._fast_fns: tuple[Callable, Callable] | None = None  # (train losses, eval forward) the graphs run
+        self._train_metric_logged = False  # train/rel_l2 registered with Lightning this epoch
 
-    @property
-    def automatic_optimization(self) -> bool:
-        # The fast step drives the optimizer itself (manual optimization), but only from
-        # on_fit_start: Lightning refuses trainer.gradient_clip_val under manual optimization
-        # before that, and the fast step applies that clipping itself. It stays manual after
-        # fit, so trainer.global_step keeps counting the fast step's updates.
-        return self._automatic_optimization and getattr(self, "_fast", None) is None
-
-    @automatic_optimization.setter
-    def automatic_optimization(self, value: bool) -> None:
-        self._automatic_optimization = value
-
-    @property
-    def trainer(self) -> L.Trainer:
-        return L.LightningModule.trainer.fget(self)
-
-    @trainer.setter
-    def trainer(self, trainer: L.Trainer | None) -> None:
-        # Lightning attaches the trainer at the start of every fit/validate/test/predict call. A
-        # new fit drops the previous fit's fast step: the fit starts in automatic optimization,
-        # which Lightning's check of gradient clipping needs, until on_fit_start builds a new one.
-        if trainer is not None and getattr(self, "_fast", None) is not None and trainer.state.fn == "fit":
-            self._fast.release_graphs()
-            self._fast, self._fast_eval = None, None
-        L.LightningModule.trainer.fset(self, trainer)
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies (EMA's averaged model, pickling) go without this object's captured graphs and
+        # compiled functions: they belong to its own fit and device.
+        return super().__getstate__() | {"_fast": None, "_fast_eval": None, "_fast_fns": None}
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
@@ -218,48 +200,64 @@ class SurrogateModule(L.LightningModule):
         return self._fast_eval(batch["x"], self.network_mask(batch))
 
     def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        """Validation and test: loss, relative L2 and per-field metrics of the evaluation forward."""
         pred = self._predict(batch)
-        errors = self.loss_fn(pred, batch["y"], batch["mask"])  # [B]
-        loss = errors.mean()
+        loss = self.loss_fn(pred, batch["y"], batch["mask"]).mean()
         metric = self.metrics[f"{stage}_rel_l2"]
         metric.update(pred, batch["y"], batch["mask"])
         size = batch["x"].shape[0]
-        on_step = stage == "train"
-        if on_step:
-            # Ranks hold equal shares in training, so the synced mean is exact (one scalar per step).
-            self.log(f"{stage}/loss", loss, on_step=True, on_epoch=True, batch_size=size, sync_dist=True)
-        else:
-            self.eval_losses[f"{stage}_loss"].update(loss.detach().float(), weight=size)
-            self.log(f"{stage}/loss", self.eval_losses[f"{stage}_loss"], on_step=False, on_epoch=True)
+        self.eval_losses[f"{stage}_loss"].update(loss.detach().float(), weight=size)
+        self.log(f"{stage}/loss", self.eval_losses[f"{stage}_loss"], on_step=False, on_epoch=True)
         self.log(f"{stage}/rel_l2", metric, on_step=False, on_epoch=True, batch_size=size)
-        if stage != "train":
-            self._update_field_metrics(pred, batch, stage)
+        self._update_field_metrics(pred, batch, stage)
         return loss
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
-        if self._fast is None:
-            return self._shared_step(batch, "train")
-        optimizer = self.optimizers()
-        optimizer._on_before_step()  # Lightning's step accounting (global_step) in manual mode
-        self._fast(batch)
-        optimizer._on_after_step()
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
-        return None
+    # --- the training step: Lightning's automatic optimization, or the captured fast step ------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Per-sample losses and errors of the batch, logged the same way in both modes: with the
+        fast step they come from its graph, which has run the backward too (and, unsplit, the update)."""
+        losses, errors = self._sample_losses(batch) if self._fast is None else self._fast.forward_backward(batch)
+        loss = losses.mean()
+        size = batch["x"].shape[0]
+        # Ranks hold equal shares in training, so the synced mean is exact (one scalar per step).
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=size, sync_dist=True)
+        self.metrics["train_rel_l2"].update(errors)
+        if not self._train_metric_logged:
+            # Logged once per epoch, updated every step: Lightning computes a logged metric object
+            # at the epoch's end, and each self.log costs host time the fast step does not have.
+            self.log("train/rel_l2", self.metrics["train_rel_l2"], on_step=False, on_epoch=True)
+            self._train_metric_logged = True
+        return loss
 
-    # --- the fast step -------------------------------------------------------------
-    def _sample_losses(self, batch: dict[str, Tensor]) -> Tensor:
-        """Per-sample training losses [B] of the fast step (the same loss as ``_shared_step``)."""
+    def on_train_epoch_start(self) -> None:
+        self._train_metric_logged = False
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Lightning's backward; the fast step ran it in its graph and hands over the gradients."""
+        if self._fast is None:
+            super().backward(loss, *args, **kwargs)
+        else:
+            self._fast.backward()
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Lightning's optimizer step; the fast step's update replaces ``optimizer.step()``."""
+        if self._fast is None:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        else:
+            optimizer_step(self._fast, self, optimizer, optimizer_closure)
+
+    def _sample_losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Per-sample training losses [B] (``model.loss``) and relative L2 errors [B] (no grad)."""
         pred = self._forward_normalised(batch["x"], self.network_mask(batch))
-        return self.loss_fn(pred, batch["y"], batch["mask"])
+        losses = self.loss_fn(pred, batch["y"], batch["mask"])
+        if self.loss_fn is relative_l2:
+            return losses, losses.detach()
+        return losses, relative_l2(pred.detach(), batch["y"], batch["mask"])
 
     def _fast_functions(self) -> tuple[Callable, Callable]:
-        """(training losses, evaluation forward) that the fast step's graphs run, made once.
-
-        On CUDA they are compiled: by default each as one whole Inductor graph (normalisers,
-        model, loss; fusion crosses block boundaries), or with ``WHOLE_GRAPH_FAST_STEP``
-        False the model's blocks one by one, in place. Elsewhere the plain methods."""
+        """(training losses, evaluation forward) that the fast step's graphs run, made once: on
+        CUDA each compiled as one whole Inductor graph (normalisers, model, loss; fusion crosses
+        block boundaries), elsewhere the plain methods."""
         if self._fast_fns is not None:
             return self._fast_fns
         plain = (self._sample_losses, self._forward_normalised)
@@ -267,24 +265,23 @@ class SurrogateModule(L.LightningModule):
             return plain
         # Horizontal fusion of the many small independent kernels (weight casts, bias-grad
         # sums): 6.9 -> 6.1 ms per Darcy step, 4.1 -> 3.1 ms elasticity (H200, bf16, a9a96c1).
-        options = {"combo_kernels": True}
-        if WHOLE_GRAPH_FAST_STEP:
-            self._fast_fns = tuple(torch.compile(fn, options=options) for fn in plain)
-        else:
-            from flare_lightning.compile import compile_model
-
-            compile_model(self.model, options=options)
-            self._fast_fns = plain
+        self._fast_fns = tuple(torch.compile(fn, options={"combo_kernels": True}) for fn in plain)
         return self._fast_fns
 
+    def on_fit_start(self) -> None:
+        if self.hparams.get("fast_step"):
+            check_fast_step(self.trainer, self)
+
     def on_train_start(self) -> None:
-        # After a resume Lightning has restored the optimizer too: a checkpoint of a CUDA-graph
-        # run carries capturable Adam groups, which torch refuses off CUDA (e.g. resumed on CPU).
-        capture = self._fast is not None and self._fast.capture
-        for optimizer in self.trainer.optimizers:
-            for group in optimizer.param_groups:
-                if group.get("capturable") and not capture:
-                    group["capturable"] = False
+        # Lightning has restored a resumed run's optimizer by now: the fast step converts that
+        # state; without it, torch's own step needs its plain format back (a captured run's
+        # checkpoint carries capturable groups, which torch refuses off CUDA).
+        if self.hparams.get("fast_step"):
+            self._check_fitted()
+            self._fast = build_fast_step(self, self._fast_functions()[0])
+        else:
+            for optimizer in self.trainer.optimizers:
+                plain_state(optimizer)
         # After a resume Lightning has restored the scheduler: a OneCycle planned for another
         # number of steps would fail only when it runs out, possibly hours later.
         scheduler = self.lr_schedulers() if self.trainer.lr_scheduler_configs else None
@@ -298,45 +295,14 @@ class SurrogateModule(L.LightningModule):
                     "a new run that starts from the checkpoint's weights"
                 )
 
-    def on_fit_start(self) -> None:
-        if not self.hparams.get("fast_step"):
-            return
-        trainer = self.trainer
-        if trainer.accumulate_grad_batches != 1:
-            raise ValueError("model.fast_step needs trainer.accumulate_grad_batches 1 (one graph is one optimizer step)")
-        precision = str(trainer.precision)
-        if precision not in ("32-true", "32", "bf16-mixed"):
-            raise ValueError(
-                f"model.fast_step supports trainer.precision 32-true and bf16-mixed, got {precision!r} "
-                "(16-mixed needs a gradient scaler that reads the loss on the host every step)"
-            )
-        self._check_fitted()
-        algorithm = trainer.gradient_clip_algorithm
-        self._fast = FastTrainStep(
-            self._fast_functions()[0],
-            list(self.model.parameters()),
-            self.optimizers().optimizer,
-            clip_val=trainer.gradient_clip_val,
-            clip_algorithm=str(getattr(algorithm, "value", algorithm) or "norm"),
-            capture=self.device.type == "cuda",
-        )
-
     def teardown(self, stage: str) -> None:
-        # Lightning moves the model off the GPU after each stage: captured graphs would
-        # replay into freed memory. The fast step object stays (manual optimization, so
-        # trainer.global_step keeps counting its updates); its graphs are dropped.
+        # Lightning moves the model off the GPU after each stage: captured graphs would replay
+        # into freed memory. A later fit builds its own fast step.
         self._fast_eval = None
         if self._fast is not None:
             self._fast.release_graphs()
+            self._fast = None
 
-    def on_train_epoch_end(self) -> None:
-        if self._fast is None:
-            return
-        total, count = self._fast.epoch_sums  # one device -> host read per epoch, at logging
-        mean = (total / count.clamp_min(1)).float()
-        self.log("train/loss", mean, on_epoch=True, sync_dist=True)
-        self.log("train/rel_l2", mean, on_epoch=True, sync_dist=True)
-        self._fast.reset_epoch()
     def _update_field_metrics(self, pred: Tensor, batch: dict[str, Tensor], stage: str) -> None:
         """Per-channel relative L2 of multi-output targets; in test, force coefficients of
         samples that carry surface normals and areas."""

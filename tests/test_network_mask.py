@@ -69,7 +69,7 @@ def test_module_drops_the_mask_only_of_unpadded_batches(padded):
         del batch["padded"]  # batches from elsewhere (no flag) keep their mask
     else:
         batch["padded"] = padded
-    losses = module._sample_losses(batch)
+    losses, _ = module._sample_losses(batch)
     pred = module._predict(batch)
     expect_none = padded is False
     assert len(spy.seen) == 2 and all((m is None) == expect_none for m in spy.seen)
@@ -87,7 +87,7 @@ def test_unpadded_batches_give_the_same_losses_and_gradients():
     grads = []
     for padded in (True, False):
         model.zero_grad()
-        losses = module._sample_losses(batch | {"padded": padded})
+        losses, _ = module._sample_losses(batch | {"padded": padded})
         losses.sum().backward()
         grads.append((losses.detach(), [p.grad.clone() for p in model.parameters()]))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-12, atol=1e-12)
@@ -106,7 +106,7 @@ def test_eager_fast_step_passes_the_flag_to_the_loss():
     spy = MaskSpy()
     module = fitted_module(spy)
     optimizer = torch.optim.AdamW(spy.parameters(), lr=1e-3)
-    step = FastTrainStep(module._sample_losses, list(spy.parameters()), optimizer, clip_val=1.0)
+    step = FastTrainStep(module._sample_losses, optimizer, clip_val=1.0)
     assert not step.capture
     batch = PaddedCollate()([sample(12, 0), sample(12, 1)])
     step(batch)
@@ -114,6 +114,7 @@ def test_eager_fast_step_passes_the_flag_to_the_loss():
     assert spy.seen[0] is None and spy.seen[1] is not None
 
 
+@pytest.mark.gpu
 @cuda
 def test_graphs_of_unpadded_batches_replay_without_a_mask():
     """On a GPU: the evaluation graph of a mask-free batch replays new inputs, and the
@@ -132,7 +133,7 @@ def test_graphs_of_unpadded_batches_replay_without_a_mask():
     spy = MaskSpy().cuda()
     module = fitted_module(spy).cuda()
     optimizer = torch.optim.AdamW(spy.parameters(), lr=1e-3, capturable=True)
-    step = FastTrainStep(module._sample_losses, list(spy.parameters()), optimizer, clip_val=1.0, warmup_steps=1)
+    step = FastTrainStep(module._sample_losses, optimizer, clip_val=1.0, warmup_steps=1)
     batch = {k: v.cuda() if isinstance(v, Tensor) else v for k, v in PaddedCollate()([sample(12, 0), sample(12, 1)]).items()}
     for flag in (False, True):
         for _ in range(3):  # warm-up, capture, replay

@@ -32,7 +32,7 @@ def module_and_batch(**options):
 def loss_and_grads(module, batch, dtype):
     module.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-        loss = module._shared_step(batch, "train")
+        loss = module.training_step(batch, 0)
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in module.model.parameters() if p.grad is not None])
     return loss, grads

@@ -8,8 +8,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping
 
-# Epoch values of the training loss: "train/loss_epoch" when it is also logged per step,
-# "train/loss" when it is logged once per epoch (the fast step accumulates it on device).
+# Epoch values of the training loss: "train/loss_epoch" when it is also logged per step (as
+# SurrogateModule logs it), "train/loss" when a module logs it once per epoch.
 TRAIN_KEYS = ("train/loss_epoch", "train/loss")
 VAL_KEYS = ("val/loss",)
 
@@ -24,8 +24,8 @@ class FiniteLossCheck(EarlyStopping):
     that are logged anyway, once per epoch: no host sync per step.
 
     It is an ``EarlyStopping`` only for where Lightning calls it: with the monitoring
-    callbacks, after the module's own ``on_train_epoch_end`` (where the fast step logs
-    its device-accumulated epoch loss) and before the checkpoint callback, so a
+    callbacks, after the module's own ``on_train_epoch_end`` (where a module may log its
+    epoch loss) and before the checkpoint callback, so a
     non-finite epoch does not overwrite ``last.ckpt`` (checkpoints saved every few steps
     still can). None of ``EarlyStopping``'s own logic runs.
 

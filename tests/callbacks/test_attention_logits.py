@@ -61,6 +61,7 @@ def test_bad_arguments_are_named():
         AttentionLogits(max_rows=0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs of the fast step need a GPU")
 def test_with_the_graphed_fast_step_on_gpu(tiny_darcy_root, tmp_path):
     """The callback's eager forward runs beside the fast step's CUDA graphs without disturbing them."""

@@ -14,7 +14,7 @@ from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 from tests.test_cli import TINY_MODEL
 
 EPOCHS = 3
-GPU = pytest.param("gpu", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
+GPU = pytest.param("gpu", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])
 
 
 @pytest.mark.parametrize("accelerator", ["cpu", GPU])

@@ -51,8 +51,8 @@ def test_diverging_fit_exits_non_zero(tiny_darcy_root, tmp_path):
 
 
 def test_epoch_loss_logged_by_the_module_at_epoch_end_is_checked(tmp_path):
-    """The fast step logs ``train/loss`` in the module's ``on_train_epoch_end``, after the
-    plain callbacks' hook: the check must still see that epoch's value."""
+    """A module that logs ``train/loss`` in its ``on_train_epoch_end``, after the plain
+    callbacks' hook: the check must still see that epoch's value."""
     import lightning as L
     from lightning.pytorch.demos.boring_classes import BoringModel
 

@@ -106,6 +106,7 @@ def test_candidate_tiles_match_explicit(tm, device, i):
     assert_close_errors(errors, torch.bfloat16, f"candidate {cfg.encode}")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="tuning runs on CUDA only")
 def test_custom_op_tunes_once_and_matches_default(tm, monkeypatch):
     """At Darcy's mixer shape the op tunes forward and backward once, and its outputs and
