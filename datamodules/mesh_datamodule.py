@@ -18,6 +18,7 @@ from datamodules.mesh_dataset import MeshDataset
 from datamodules.point_sets import PointSetReader
 from datamodules.predict_files import PredictCollate, PredictFileDataset, check_unique_names, resolve_predict_files
 from datamodules.subsample import EpochShuffleSampler, PointSubsample, ShardSampler
+from flare_lightning import compat
 from flare_lightning.atomic import atomic_write_text
 from flare_lightning.normalizer import channel_stats
 
@@ -230,7 +231,7 @@ class MeshDataModule(L.LightningDataModule):
         trainer, sampler = self.trainer, self._train_sampler
         if trainer is None or sampler is None:
             return {}
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        done = compat.batches_processed(trainer)
         finished = done >= trainer.num_training_batches
         return {"train_position": sampler.state_at(len(sampler) if finished else done * self.batch_size)}
 

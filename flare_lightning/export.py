@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from flare_lightning import compat
 from flare_lightning.atomic import atomic_path
 from flare_lightning.models.attention import FlareAttention
 from flare_lightning.module import SurrogateModule
@@ -39,7 +40,7 @@ class ExportedSurrogate(nn.Module):
             if hasattr(self.model, name):
                 setattr(self.model, name, None if name == "eval_chunk_size" else False)
         for sub in self.model.modules():
-            sub._compiled_call_impl = None  # FLARE(compile=True) compiles in place; export traces eagerly
+            compat.drop_compiled_call(sub)  # FLARE(compile=True) compiles in place; export traces eagerly
             if isinstance(sub, FlareAttention):
                 sub.mixer_backend = mixer_backend
             if hasattr(sub, "chunk_size"):

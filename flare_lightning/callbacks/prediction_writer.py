@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
-from flare_lightning.callbacks.test_metrics import run_dir
+from flare_lightning.run_records import run_dir
 from flare_lightning.io.mesh_geometry import MeshGeometry
 from flare_lightning.io.vtk_writer import write_fields
 
