@@ -57,6 +57,7 @@ class MeshDataModule(L.LightningDataModule):
 
     in_dim: int
     out_dim: int
+    pos_dim: int | None = None  # coordinates per point; the other in_dim columns are input fields
     n_val: int = 0
     generated_as = "generated"  # data_source of locally made data ("proxy" for labelled proxies)
 
@@ -124,7 +125,7 @@ class MeshDataModule(L.LightningDataModule):
     def predict_reader(self):
         """Reads one ``predict_files`` mesh (a picklable ``reader(path) -> sample dict`` with
         ``output_name(path)``); datasets with their own formats override this."""
-        return PointSetReader(self.in_dim, self.out_dim)
+        return PointSetReader(self.in_dim, self.out_dim, self.pos_dim)
 
     def predicting_files(self) -> bool:
         """True while ``flare predict`` runs on ``predict_files`` (no training data is needed)."""

@@ -160,20 +160,25 @@ def model_differences(config_model: Mapping[str, Any], ckpt_model: Mapping[str, 
     return differences(config_model, {k: v for k, v in ckpt_model.items() if k not in NOT_OPTIONS})
 
 
-def trusted_hparams_classes(ckpt: Mapping[str, Any], path: Path, config: Any = None) -> None:
+def trusted_hparams_classes(ckpt: Mapping[str, Any], path: Path, allowed: Iterable[str] = ()) -> None:
     """Refuse a checkpoint whose hyperparameters name classes to build (``class_path``) other
-    than this project's models, torch's optimizers and schedulers, or the class the config
-    names at the same option: rebuilding the module would import and run them."""
-    ours = flatten(config.get("model").as_dict()) if config is not None and hasattr(config.get("model"), "as_dict") else {}
+    than this project's models, torch's optimizers and schedulers, or the ``allowed`` class
+    paths (those the command's config names): rebuilding the module would import and run them."""
+    allowed = set(allowed)
     for key, value in flatten(ckpt.get("hyper_parameters") or {}).items():
         if not key.endswith("class_path"):
             continue
         prefixes = TRUSTED_HPARAM_CLASSES.get(key.split(".")[0], ())
-        if not (isinstance(value, str) and (value.startswith(prefixes) or ours.get(key) == value)):
+        if not (isinstance(value, str) and (value.startswith(prefixes) or value in allowed)):
             raise CheckpointError(
                 f"checkpoint {path}: hyperparameter {key}={value!r} is not rebuilt: expected a class under "
-                f"{', '.join(prefixes) or 'nothing'} or the one this config names ({ours.get(key)!r})"
+                f"{', '.join(prefixes) or 'nothing'}" + (f" or one of {sorted(allowed)}" if allowed else "")
             )
+
+
+def class_paths(tree: Any) -> set[str]:
+    """Every ``class_path`` value in a config tree."""
+    return {v for k, v in flatten(tree).items() if k.endswith("class_path") and isinstance(v, str)}
 
 
 def data_class_of(ckpt: Mapping[str, Any]) -> str | None:

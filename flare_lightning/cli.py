@@ -22,6 +22,7 @@ from flare_lightning.callbacks.finite_loss import FiniteLossCheck
 from flare_lightning.callbacks.prediction_writer import PredictionWriter
 from flare_lightning.callbacks.test_metrics import TestMetricsWriter
 from flare_lightning.checkpoint_config import (
+    class_paths,
     data_class_of,
     explicit_model_options,
     model_differences,
@@ -137,7 +138,7 @@ class FlareCLI(LightningCLI):
         if path is None:
             return
         self.checkpoint = load_checkpoint(path, mmap=True)
-        trusted_hparams_classes(self.checkpoint, path, config)
+        trusted_hparams_classes(self.checkpoint, path, class_paths(config.model.as_dict()))
         if sub == "fit":
             self._check_resume(config, path)
         else:

@@ -23,12 +23,12 @@ def trusted_class(class_path: object, base: type, where: str, allowed: Sequence[
     Args:
         class_path: ``module.Class``, as a config's ``class_path`` holds it.
         base: the kind of class expected (e.g. ``LightningDataModule``).
-        where: the file and key the path comes from, for the error.
+        where: the file and key holding the ``class_path``, for the error (``config.yaml: data``).
         allowed: classes the caller trusts besides the project's own.
     """
     module, _, name = str(class_path).rpartition(".")
     trusted_modules = {c.__module__ for c in allowed} | set(PROJECT_PACKAGES)
-    refusal = (f"{where}: class_path {class_path!r} is not built: only {base.__name__} subclasses of this "
+    refusal = (f"{where}.class_path {class_path!r} is not built: only {base.__name__} subclasses of this "
                f"project ({', '.join(p + '.*' for p in PROJECT_PACKAGES)})"
                + (f" or {', '.join(class_name(c) for c in allowed)}" if allowed else "")
                + " are rebuilt from a run folder or checkpoint (pass your own class explicitly to allow it)")

@@ -8,6 +8,7 @@ import json
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,3 +110,36 @@ def test_checkpoints_given_by_path_get_the_projects_checks(fitted, tiny_darcy_ro
         evaluate(sub, out, tiny_darcy_root, f"--ckpt_path={path}")
     assert str(path) in str(err.value) and "weights_only=False will likely succeed" not in str(err.value)
     assert not isinstance(err.value, (EOFError, KeyError, pickle.UnpicklingError)) or error is UnsafeCheckpointError
+
+
+def test_predict_writes_one_file_per_mesh_and_cleans_an_interrupted_ones_temporaries(fitted, tiny_darcy_root, tmp_path, caplog):
+    out, run, _ = fitted
+    meshes, written = tmp_path / "meshes", tmp_path / "written"
+    meshes.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("mesh.v1", "mesh.v2"):
+        np.savez(meshes / f"{name}.npz", pos=rng.uniform(size=(7, 2)), x=rng.uniform(3, 12, (7, 1)))
+    written.mkdir()
+    (written / ".mesh.v1.vtu.k1ll3d.vtu").write_bytes(b"half a file")  # what a killed predict leaves
+    evaluate("predict", out, tiny_darcy_root, "--ckpt_path=last", f"--data.init_args.predict_files={meshes}",
+             f"--prediction_writer.output_dir={written}")
+    assert sorted(p.name for p in written.iterdir()) == ["mesh.v1.vtu", "mesh.v2.vtu"]
+    assert f"written to {written} (2 files" in caplog.text
+
+
+def test_predictions_that_are_not_finite_are_not_written(fitted, tiny_darcy_root, tmp_path):
+    out, run, _ = fitted
+    meshes, written = tmp_path / "meshes", tmp_path / "written"
+    meshes.mkdir()
+    np.savez(meshes / "far.npz", pos=np.full((5, 2), 3e38), x=np.ones((5, 1)))
+    with pytest.raises(FloatingPointError, match="the prediction for far holds 5 NaN/Inf values: not written"):
+        evaluate("predict", out, tiny_darcy_root, "--ckpt_path=last", f"--data.init_args.predict_files={meshes}",
+                 f"--prediction_writer.output_dir={written}")
+    assert not written.exists() or list(written.iterdir()) == []
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    name = next(k for k in ckpt["state_dict"] if k.endswith("weight"))
+    ckpt["state_dict"][name] = torch.full_like(ckpt["state_dict"][name], float("nan"))
+    torch.save(ckpt, tmp_path / "nan.ckpt")
+    with pytest.raises(CheckpointError, match=f"weight '{name}' holds NaN or Inf values"):
+        evaluate("predict", out, tiny_darcy_root, f"--ckpt_path={tmp_path / 'nan.ckpt'}",
+                 f"--data.init_args.predict_files={meshes}", f"--prediction_writer.output_dir={written}")
