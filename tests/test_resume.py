@@ -153,19 +153,42 @@ def test_fit_from_another_runs_checkpoint_is_a_new_run(tiny_darcy_root, tmp_path
     assert json.loads((new / "run_info.json").read_text())["checkpoint"] == str(best.resolve())
 
 
-def test_slurm_signal_saves_and_requeued_job_resumes(tiny_darcy_root, tmp_path, uninterrupted, monkeypatch):
-    # What SLURM sets for a one-task job; Lightning then uses SLURMEnvironment with auto-requeue.
+def enter_slurm_job(monkeypatch, job: str = "4242") -> None:
+    """What SLURM sets for a one-task job; Lightning then uses SLURMEnvironment with auto-requeue."""
     for key, value in {
         "SLURM_NTASKS": "1",
         "SLURM_NTASKS_PER_NODE": "1",
         "SLURM_JOB_NAME": "flare",
-        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_ID": job,
         "SLURM_PROCID": "0",
         "SLURM_LOCALID": "0",
         "SLURM_NODEID": "0",
         "SLURM_NODELIST": "localhost",
     }.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    monkeypatch.delenv("SLURM_STEP_ID", raising=False)
+
+
+def test_requeued_job_after_a_hard_failure_resumes_its_last_checkpoint(tiny_darcy_root, tmp_path, uninterrupted, monkeypatch):
+    """kill -9 or a lost node: no pre-emption checkpoint, the requeued job continues from its own
+    last.ckpt in its own folder instead of starting over and overwriting it."""
+    enter_slurm_job(monkeypatch)
+    every_step = ["--checkpoint.every_n_train_steps=1", "--checkpoint.monitor=null"]
+    probe = ["--trainer.callbacks+=tests.test_resume.Kill"]
+    Kill.start_steps.clear()
+    with pytest.raises(KilledForTest):
+        run_cli(fit_args(tiny_darcy_root, tmp_path, "hard", *every_step, *probe, "--trainer.callbacks.init_args.at_step=6"))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the requeued job runs the same command
+    run_cli(fit_args(tiny_darcy_root, tmp_path, "hard", *every_step, *probe))
+    assert Kill.start_steps == [0, 6]
+    assert sorted(p.name for p in (tmp_path / "hard").iterdir()) == ["version_4242"]
+    assert_same_training_state(uninterrupted, last_ckpt(tmp_path, "hard"))
+    assert_same_history(uninterrupted["history"], history(tmp_path, "hard"), cut_epoch=1)
+
+
+def test_slurm_signal_saves_and_requeued_job_resumes(tiny_darcy_root, tmp_path, uninterrupted, monkeypatch):
+    enter_slurm_job(monkeypatch)
     monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
     scontrol = tmp_path / "bin" / "scontrol"  # stands in for SLURM's requeue command
     scontrol.parent.mkdir()
