@@ -229,7 +229,7 @@ class FlareCLI(LightningCLI):
 
     def _evaluate(self) -> None:
         self._restore_from()
-        hparams = self.checkpoint.get("hyper_parameters") or {}
+        hparams = (self.checkpoint or {}).get("hyper_parameters") or {}
         dm = self.datamodule
         want = (hparams.get("in_dim"), hparams.get("out_dim"))
         have = (getattr(dm, "in_dim", None), getattr(dm, "out_dim", None))

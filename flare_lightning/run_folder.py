@@ -17,10 +17,11 @@ command's lifetime and tells the other ranks.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -125,17 +126,21 @@ class RunFolder:
                 self.path.parent.rmdir()
 
 
-def plan_run_folder(command: str, config: Any, env: dict[str, str] | None = None) -> RunFolder:
+def plan_run_folder(command: str, config: Any, env: Mapping[str, str] | None = None) -> RunFolder:
     """Decide where ``command`` writes, from its parsed config (``trainer.logger``,
     ``trainer.default_root_dir``, ``trainer.fast_dev_run``, ``ckpt_path``), reading the disk only."""
     trainer = config.get("trainer") or {}
     save_dir, name, version = csv_location(trainer)
     base = Path(save_dir) / name
     asked = config.get("ckpt_path")
+    # Only the first process checks whether a run is in use: the others start (DDP, srun) while
+    # the previous command's first process may still be ending, and rank 0 refuses for all.
+    first = launched_first(os.environ if env is None else env)
     if trainer.get("fast_dev_run"):
-        return RunFolder(command, "debug", base / "fast_dev_run", None)
+        ckpt = resolve_checkpoint(asked, save_dir, name, first)
+        return RunFolder(command, "debug", base / "fast_dev_run", Path(ckpt) if ckpt else None)
     if command != "fit":
-        ckpt = Path(resolve_checkpoint(asked, save_dir, name))
+        ckpt = Path(resolve_checkpoint(asked, save_dir, name, first))
         home = run_of_checkpoint(ckpt) or base
         return RunFolder(command, "evaluate", next_version(home / command), ckpt)
     job = SlurmJob.from_env(env)
@@ -145,10 +150,10 @@ def plan_run_folder(command: str, config: Any, env: dict[str, str] | None = None
             return RunFolder(command, "continue", folder, newest_checkpoint(folder), True, job, slot)
     else:
         slot = 0
-    ckpt = resolve_checkpoint(asked, save_dir, name)
+    ckpt = resolve_checkpoint(asked, save_dir, name, first)
     run = continues_run(ckpt, save_dir, name) if ckpt else None
     if run is not None:
-        if in_use(run):
+        if first and in_use(run):
             raise RunInUseError(f"ckpt_path {ckpt}: its run {run} is in use by another flare command (still training?)")
         return RunFolder(command, "continue", run, Path(ckpt), True, job, slot)
     ckpt = Path(ckpt) if ckpt else None
@@ -159,6 +164,17 @@ def plan_run_folder(command: str, config: Any, env: dict[str, str] | None = None
     if job is not None:
         return RunFolder(command, "new", free_job_folder(base, job), ckpt, True, job, slot)
     return RunFolder(command, "new", next_version(base), ckpt)
+
+
+def launched_first(env: Mapping[str, str]) -> bool:
+    """Whether this process is the first (global rank 0) of its launch, from the variables the
+    launchers set (torchrun ``RANK``, SLURM ``SLURM_PROCID``, Lightning's ``NODE_RANK`` and
+    ``LOCAL_RANK``); True for a plain single process."""
+    if "RANK" in env:
+        return env["RANK"] == "0"
+    if "SLURM_PROCID" in env:
+        return env["SLURM_PROCID"] == "0"
+    return env.get("NODE_RANK", "0") == "0" and env.get("LOCAL_RANK", "0") == "0"
 
 
 def csv_location(trainer: Any) -> tuple[str, str, int | str | None]:

@@ -31,7 +31,7 @@ CHECKPOINT_CONFIG = "flare_config"  # the checkpoint key holding the config of t
 
 class RunRecords(SaveConfigCallback):
     """Claims the command's ``RunFolder`` when the trainer sets up (every rank then agrees on
-    it; checkpoints go to its ``checkpoints/``) and writes its records on rank 0 once:
+    it; a fit's checkpoints go to its ``checkpoints/``) and writes its records on rank 0 once:
 
     - ``config.yaml``: the resolved config (``flare fit --config <run>/config.yaml`` reruns it);
     - ``hparams.yaml``: the module's hyperparameters;
@@ -53,7 +53,7 @@ class RunRecords(SaveConfigCallback):
             return
         path = self.folder.claim(trainer.is_global_zero, lambda p: trainer.strategy.broadcast(p))
         for callback in trainer.callbacks:
-            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None and self.folder.command == "fit":
                 callback.dirpath = str(path / "checkpoints")
 
     def config_dict(self) -> dict[str, Any]:

@@ -53,10 +53,10 @@ def _why_missing(run: Path, file: str) -> str:
     return f"it holds {sorted(p.name for p in (run / 'checkpoints').glob('*.ckpt'))}"
 
 
-def resolve_checkpoint(ckpt_path: str | None, save_dir: str | Path, name: str) -> str | None:
+def resolve_checkpoint(ckpt_path: str | None, save_dir: str | Path, name: str, check_busy: bool = True) -> str | None:
     """Map ``best``/``last`` to ``best.ckpt``/``last.ckpt`` of the newest run (the largest
     ``version_N``); paths pass through. When the newest run lacks that file, or is still
-    training, this is an error: an older run is never picked silently."""
+    training (``check_busy``), this is an error: an older run is never picked silently."""
     if ckpt_path in ("best", "last"):
         file = BEST if ckpt_path == "best" else LAST
         run = latest_run(save_dir, name)
@@ -66,7 +66,7 @@ def resolve_checkpoint(ckpt_path: str | None, save_dir: str | Path, name: str) -
                 f"--ckpt_path {ckpt_path}: the newest run {run} has no checkpoints/{file}: {_why_missing(run, file)}. "
                 "Older runs are not used in its place: pass the checkpoint's path instead"
             )
-        if in_use(run):
+        if check_busy and in_use(run):
             raise RunInUseError(
                 f"--ckpt_path {ckpt_path}: the newest run {run} is still training (another flare command holds it), "
                 f"so its {file} is not final; wait for it to end, or pass the checkpoint's path to use it as it is now"

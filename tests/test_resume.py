@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 
@@ -272,3 +273,16 @@ def test_resume_refused_after_restoring_leaves_the_records_as_they_were(ema_run,
     with pytest.raises(ValueError, match="planned for 4 optimizer steps"):
         run_cli(fit_args(tiny_darcy_root, out, "ema", *WITH_EMA, "--ckpt_path=last", "--trainer.max_epochs=3"))
     assert {name: (run / name).read_bytes() for name in RECORDS} == before
+
+
+def test_two_fits_in_one_slurm_job_keep_their_own_folders(tiny_darcy_root, tmp_path, monkeypatch):
+    """A seed loop in one sbatch: the second fit must not overwrite the first's metrics and
+    checkpoints in a shared version_<job id>."""
+    enter_slurm_job(monkeypatch, "777")
+    for seed in (0, 1):
+        run_cli(fit_args(tiny_darcy_root, tmp_path, "seeds", *WITH_EMA[1:4], "--trainer.max_epochs=1",
+                         f"--seed_everything={seed}", "--data.init_args.n_train=4"))
+    runs = sorted((tmp_path / "seeds").iterdir())
+    assert [r.name for r in runs] == ["version_777", "version_777.1"]
+    seeds = [yaml.safe_load((r / "config.yaml").read_text())["seed_everything"] for r in runs]
+    assert seeds == [0, 1] and all((r / "checkpoints" / "last.ckpt").is_file() for r in runs)
