@@ -35,6 +35,7 @@ CSV_CLASS = "lightning.pytorch.loggers.CSVLogger"
 # What makes a folder a run's: a new run never starts in a folder holding one of these.
 RECORDS = ("config.yaml", "hparams.yaml", "metrics.csv", "run_info.json", "test_metrics.json", "checkpoints")
 BOOKKEEPING = (LOCK, CLAIMS)
+TEST_RECORD = "test_metrics.json"
 # Loggers whose run name and folder follow the CSV logger when the config leaves them unset.
 FOLLOWERS = {
     "lightning.pytorch.loggers.WandbLogger": ("name", "save_dir"),
@@ -225,10 +226,13 @@ def holds_records(folder: Path) -> bool:
 
 
 def refuse_records(folder: Path) -> None:
-    if holds_records(folder):
+    """Refuse a new run in a folder holding a run's results (checkpoints, a test record); a run
+    killed before its first checkpoint left nothing to continue, and is started over."""
+    results = [*folder.glob("checkpoints/*.ckpt"), *folder.glob("hpc_ckpt_*.ckpt"), *folder.glob(TEST_RECORD)]
+    if results:
         raise RunFolderError(
-            f"{folder} already holds a run ({', '.join(n for n in RECORDS if (folder / n).exists())}); a new run "
-            f"never writes over one. Continue it with --ckpt_path {folder / 'checkpoints' / LAST}, or choose "
+            f"{folder} already holds a run ({', '.join(str(p.relative_to(folder)) for p in sorted(results))}); a new "
+            f"run never writes over one. Continue it with --ckpt_path {folder / 'checkpoints' / LAST}, or choose "
             "another trainer.logger.init_args.version (or leave it unset)"
         )
 

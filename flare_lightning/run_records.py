@@ -47,6 +47,7 @@ class RunRecords(SaveConfigCallback):
 
     folder: RunFolder | None = None
     changes: dict[str, list[Any]] | None = None  # option -> [before, now] of a resumed fit
+    _config_dict: dict[str, Any] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.folder is None or not self.folder.writes:
@@ -57,10 +58,12 @@ class RunRecords(SaveConfigCallback):
                 callback.dirpath = str(path / "checkpoints")
 
     def config_dict(self) -> dict[str, Any]:
-        """The resolved config as plain data (without the ``--config`` file list)."""
-        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
-        config.pop("config", None)
-        return config
+        """The resolved config as plain data (without the ``--config`` file list), dumped once
+        (every checkpoint carries it)."""
+        if self._config_dict is None:
+            self._config_dict = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            self._config_dict.pop("config", None)
+        return self._config_dict
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_CONFIG] = self.config_dict()

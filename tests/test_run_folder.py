@@ -68,6 +68,8 @@ def test_a_given_version_never_writes_over_another_run(tmp_path):
     run_fit(tmp_path, version=3)
     with pytest.raises(RunFolderError, match="version_3 already holds a run .*--ckpt_path .*version_3/checkpoints/last.ckpt"):
         plan_run_folder("fit", config(tmp_path, version=3))
+    killed = run_fit(tmp_path, steps=None, version="killed")  # nothing to continue: started over
+    assert plan_run_folder("fit", config(tmp_path, version="killed")).planned == killed
 
 
 @pytest.mark.parametrize("key, value", [("version", "../../elsewhere"), ("version", "/abs"), ("name", "../up"),
