@@ -22,7 +22,7 @@ import re
 import shutil
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,9 +74,9 @@ class RunFolder:
     fixed_name: bool = False
     slurm: SlurmJob | None = None
     slot: int = 0
-    path: Path | None = None
-    _lock: int | None = None
-    _created: bool = False
+    path: Path | None = None  # set by ``claim``: the folder every rank writes into
+    _lock: int | None = field(default=None, init=False, repr=False)
+    _created: bool = field(default=False, init=False, repr=False)
 
     @property
     def writes(self) -> bool:
