@@ -72,7 +72,7 @@ def check_config(command: str, config: Any) -> None:
     for split in ("train", "val", "test", "predict"):
         key = f"limit_{split}_batches"
         value = trainer.get(key)
-        fraction_or_count = _number(value) and value >= 0 and (_int(value) or value <= 1)
+        fraction_or_count = _number(value) and value >= 0 and (float(value).is_integer() or value <= 1)
         require(value is None or fraction_or_count, f"trainer.{key}", value, "a fraction in [0, 1] or a number of batches")
         if split == used and value is not None and fraction_or_count and value == 0:
             errors.append(f"trainer.{key}=0: flare {command} would run no {split} batch at all")

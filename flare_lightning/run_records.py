@@ -136,7 +136,7 @@ def _read(path: Path) -> dict | None:
 def run_dir(trainer: L.Trainer) -> Path:
     """The folder the running command writes into: its ``RunFolder`` (the CLI's), else, for a
     trainer built without the CLI, the first logger's ``log_dir`` or ``default_root_dir``."""
-    records = next((cb for cb in trainer.callbacks if isinstance(cb, RunRecords)), None)
+    records = next((cb for cb in getattr(trainer, "callbacks", []) if isinstance(cb, RunRecords)), None)
     if records is not None and records.folder is not None:
         return records.folder.current
     if trainer.loggers and getattr(trainer.loggers[0], "log_dir", None):
