@@ -138,6 +138,7 @@ class DarcyDataModule(MeshDataModule):
         predict_files: meshes for ``flare predict`` (folder, glob or file; see ``MeshDataModule``).
     """
 
+    pos_dim = 2
     in_dim = 3
     out_dim = 1
 

@@ -57,7 +57,7 @@ class DrivAerMLReader:
         elif path.suffix == ".npz" and (self.strict or _has_key(path, CENTERS_KEY)):
             sample = self._archive(path, name)
         else:  # plain point sets: pos and optional y
-            sample = PointSetReader(3, self.out_dim)(path)
+            sample = PointSetReader(3, self.out_dim, pos_dim=3)(path)
             sample["geometry"].name = name
         if "y" in sample and self.pressure_as_cp:
             sample["y"] = sample["y"] / Q_INF

@@ -118,6 +118,7 @@ class ElasticityDataModule(MeshDataModule):
         predict_files: meshes for ``flare predict`` (folder, glob or file; see ``MeshDataModule``).
     """
 
+    pos_dim = 2
     in_dim = 2
     out_dim = 1
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.checks import check_shape
+from datamodules.checks import DataFormatError, check_shape
+from datamodules.numpy_files import npz_array, open_npz
 from datamodules.point_sets import PointSetReader
 from flare_lightning.io.mesh_geometry import VTK_HEXAHEDRON, MeshGeometry
 
@@ -34,23 +35,31 @@ class LPBFReader:
         from datamodules.lpbf import TARGETS, read_lpbf_case
 
         if path.suffix == ".npz" and not _is_point_set(path):
-            with np.load(path, allow_pickle=False) as npz:
+            with open_npz(path) as npz:
                 fields = sorted({TARGETS[t][0] for t in self.targets})
                 has_fields = all(f in npz.files for f in fields)
-                elems = np.asarray(npz[ELEMS_KEY]) if ELEMS_KEY in npz.files else None
+                elems = npz_array(npz, ELEMS_KEY, path) if ELEMS_KEY in npz.files else None
             case = read_lpbf_case(path, fields if has_fields else [])
             pos = case["pos"].astype(np.float32)
-            cells = None
-            if elems is not None:
-                cells = check_shape(elems, (None, 8), path, ELEMS_KEY).astype(np.int64)
+            cells = None if elems is None else check_cells(elems, len(pos), path)
             sample = {"pos": pos, "geometry": MeshGeometry(path.stem, "points", points=pos, cells=cells,
                                                            cell_type=VTK_HEXAHEDRON)}
             if has_fields:
                 sample["y"] = np.stack([case[TARGETS[t][0]][:, TARGETS[t][1]] for t in self.targets], axis=-1)
         else:
-            sample = PointSetReader(3, len(self.targets))(path)
+            sample = PointSetReader(3, len(self.targets), pos_dim=3)(path)
         sample["pos"] = sample["pos"] / self.scale
         return sample
+
+
+def check_cells(elems: np.ndarray, nodes: int, path: Path) -> np.ndarray:
+    """Hexahedra [E, 8] as int64 indices into the ``nodes`` nodes: integers, never truncated floats."""
+    check_shape(elems, (None, 8), path, ELEMS_KEY)
+    if elems.dtype.kind not in "iu":
+        raise DataFormatError(f"{path}: key {ELEMS_KEY!r} has dtype {elems.dtype}, expected integer node indices")
+    if elems.size and (elems.min() < 0 or elems.max() >= nodes):
+        raise DataFormatError(f"{path}: key {ELEMS_KEY!r} holds node indices outside [0, {nodes}) ({elems.min()}..{elems.max()})")
+    return elems.astype(np.int64)
 
 
 def _is_point_set(path: Path) -> bool:

@@ -18,6 +18,7 @@ from datamodules.mesh_dataset import MeshDataset
 from datamodules.point_sets import PointSetReader
 from datamodules.predict_files import PredictCollate, PredictFileDataset, check_unique_names, resolve_predict_files
 from datamodules.subsample import EpochShuffleSampler, PointSubsample, ShardSampler
+from flare_lightning import compat
 from flare_lightning.atomic import atomic_write_text
 from flare_lightning.normalizer import channel_stats
 
@@ -56,6 +57,7 @@ class MeshDataModule(L.LightningDataModule):
 
     in_dim: int
     out_dim: int
+    pos_dim: int | None = None  # coordinates per point; the other in_dim columns are input fields
     n_val: int = 0
     generated_as = "generated"  # data_source of locally made data ("proxy" for labelled proxies)
 
@@ -123,7 +125,7 @@ class MeshDataModule(L.LightningDataModule):
     def predict_reader(self):
         """Reads one ``predict_files`` mesh (a picklable ``reader(path) -> sample dict`` with
         ``output_name(path)``); datasets with their own formats override this."""
-        return PointSetReader(self.in_dim, self.out_dim)
+        return PointSetReader(self.in_dim, self.out_dim, self.pos_dim)
 
     def predicting_files(self) -> bool:
         """True while ``flare predict`` runs on ``predict_files`` (no training data is needed)."""
@@ -230,7 +232,7 @@ class MeshDataModule(L.LightningDataModule):
         trainer, sampler = self.trainer, self._train_sampler
         if trainer is None or sampler is None:
             return {}
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        done = compat.batches_processed(trainer)
         finished = done >= trainer.num_training_batches
         return {"train_position": sampler.state_at(len(sampler) if finished else done * self.batch_size)}
 

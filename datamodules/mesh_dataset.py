@@ -143,6 +143,11 @@ class MeshDataset(Dataset):
                     f"{name}: has pos {tuple(p.shape)} and y {tuple(y.shape)}, "
                     "expected [N, d] and [N, o] with the same N > 0"
                 )
+            if not bool(y.any()):
+                raise DataFormatError(
+                    f"{name}: the target y is zero everywhere, so its relative L2 error (the loss and the metric) "
+                    "is undefined; check the data (a failed solve?)"
+                )
             pos.append(p)
             ys.append(y)
             if x is not None:

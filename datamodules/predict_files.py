@@ -14,7 +14,7 @@ from torch_geometric.data import Data
 
 from datamodules.checks import DataFormatError
 from datamodules.collate import dense_batch
-from flare_lightning.io.mesh_geometry import MeshGeometry
+from flare_lightning.io.mesh_geometry import MeshGeometry, check_output_name
 
 SUFFIXES = (".npz", ".vtp", ".vtu")
 EXTRA_FIELDS = ("normals", "areas")  # per-point geometry kept for integrated quantities
@@ -94,11 +94,15 @@ class PredictCollate:
 
 
 def check_unique_names(dataset: PredictFileDataset) -> None:
-    """Refuse two inputs that would write the same output file (names come from the reader's
-    ``output_name(path)``, without reading the files)."""
+    """Refuse an input whose output name is not a plain file name, and two inputs that would
+    write the same output file, also on case-insensitive filesystems (names come from the
+    reader's ``output_name(path)``, without reading the files)."""
     seen: dict[str, Path] = {}
     for path in dataset.files:
-        name = dataset.reader.output_name(path)
+        try:
+            name = check_output_name(dataset.reader.output_name(path), path).casefold()
+        except ValueError as err:
+            raise DataFormatError(f"data.predict_files: {err}") from err
         if name in seen:
             raise DataFormatError(
                 f"data.predict_files: {seen[name]} and {path} would both be written as {name!r}; "

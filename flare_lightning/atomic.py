@@ -3,6 +3,7 @@ with the permissions the umask gives ordinary files (``mkstemp`` alone makes the
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -35,7 +36,7 @@ def atomic_write_files(writes: Mapping[str | Path, Callable[[BinaryIO], Any]]) -
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, temps[path] = tempfile.mkstemp(dir=path.parent, prefix=temp_name(path), suffix=TEMP_SUFFIX)
             os.close(fd)  # reopened by name: the file object then names the file it writes
-            with open(temps[path], "wb") as f:
+            with failed_write_names(path), open(temps[path], "wb") as f:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())  # on disk before the rename makes it visible
@@ -46,6 +47,36 @@ def atomic_write_files(writes: Mapping[str | Path, Callable[[BinaryIO], Any]]) -
         for tmp in temps.values():
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+
+@contextmanager
+def failed_write_names(path: Path) -> Iterator[None]:
+    """Re-raise a write that failed on an operating-system error (disk full, quota, I/O
+    error), however the writer wrapped it (torch.save reports a full disk as "enforce fail
+    ... unexpected pos"), as an ``OSError`` naming the file, the cause and the free space."""
+    try:
+        yield
+    except Exception as err:
+        cause = _os_error(err)
+        if cause is None:
+            raise
+        free = shutil.disk_usage(path.parent).free
+        full = " (the disk is full)" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise OSError(
+            cause.errno, f"could not write {path}: {cause.strerror or cause}{full}; {free} bytes free in {path.parent}. "
+            "The previous version of the file, if any, is kept"
+        ) from err
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The first ``OSError`` in an exception's chain of causes and contexts."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def temp_name(path: Path) -> str:
@@ -68,7 +99,8 @@ def atomic_path(path: str | Path, suffix: str = TEMP_SUFFIX) -> Iterator[str]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_name(path), suffix=suffix)
     os.close(fd)
     try:
-        yield tmp
+        with failed_write_names(path):
+            yield tmp
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes owner-only files
         os.replace(tmp, path)
     finally:

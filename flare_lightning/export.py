@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from flare_lightning import compat
 from flare_lightning.atomic import atomic_path
 from flare_lightning.models.attention import FlareAttention
+from flare_lightning.loading import module_from_checkpoint
 from flare_lightning.module import SurrogateModule
 
 FORMATS = {"torch_export": ".pt2", "onnx": ".onnx"}
 EXPORT_BACKENDS = ("sdpa", "explicit")  # plain PyTorch mixers; the Triton kernels do not export
+# Largest accepted difference of the exported model from the module, relative to (1 + its largest
+# output): float32 rounding of another mixer backend is ~1e-6.
+EXPORT_TOLERANCE = 1e-4
 
 
 class ExportedSurrogate(nn.Module):
@@ -39,7 +45,7 @@ class ExportedSurrogate(nn.Module):
             if hasattr(self.model, name):
                 setattr(self.model, name, None if name == "eval_chunk_size" else False)
         for sub in self.model.modules():
-            sub._compiled_call_impl = None  # FLARE(compile=True) compiles in place; export traces eagerly
+            compat.drop_compiled_call(sub)  # FLARE(compile=True) compiles in place; export traces eagerly
             if isinstance(sub, FlareAttention):
                 sub.mixer_backend = mixer_backend
             if hasattr(sub, "chunk_size"):
@@ -63,9 +69,11 @@ def example_inputs(module: SurrogateModule, points: int = 64, seed: int = 0, bat
 
 def export_model(
     module: SurrogateModule, path: str | Path, fmt: str = "torch_export", mixer_backend: str = "sdpa"
-) -> Path:
+) -> tuple[Path, float]:
     """Write ``module`` as a ``.pt2`` (``torch.export.save``) or ``.onnx`` file with a dynamic
-    number of points (and batch size); temporary file, then rename."""
+    number of points (and batch size), and its largest difference from the module on 97 random
+    points. The file is checked before it is renamed into place: a model whose outputs are not
+    finite or differ from the module's (beyond float32 rounding) is refused and not written."""
     if fmt not in FORMATS:
         raise ValueError(f"export: format must be one of {sorted(FORMATS)}, got {fmt!r}")
     wrapper = ExportedSurrogate(module.cpu(), mixer_backend).eval()
@@ -78,7 +86,16 @@ def export_model(
         else:
             torch.onnx.export(wrapper, (x,), tmp, dynamo=True, dynamic_shapes=dims, input_names=["x"],
                               output_names=["y"], external_data=False)
-    return path
+        probe = example_inputs(module, points=97, seed=1)
+        want, got = module(probe), run_exported(tmp, probe)
+        diff = (got - want).abs().max().item()
+        scale = want.abs().max().item()
+        if not (math.isfinite(diff) and math.isfinite(scale) and diff <= EXPORT_TOLERANCE * (1.0 + scale)):
+            raise ValueError(
+                f"export: the exported model differs from the checkpoint by {diff:.3g} (outputs up to {scale:.3g}) on "
+                f"random inputs; {path} was not written"
+            )
+    return path, diff
 
 
 def run_exported(path: str | Path, x: Tensor) -> Tensor:
@@ -106,11 +123,8 @@ def export_main(argv: list[str] | None = None) -> Path:
     ckpt = Path(args.ckpt_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"flare export: --ckpt_path {ckpt} is not a file")
-    module = SurrogateModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    module = module_from_checkpoint(ckpt)  # checked: finite weights, usable statistics, trusted classes
     output = Path(args.output) if args.output else ckpt.with_suffix(FORMATS[args.format])
-    path = export_model(module, output, args.format, args.mixer_backend)
-    x = example_inputs(module, points=97, seed=1)
-    with torch.no_grad():
-        diff = (run_exported(path, x) - module(x)).abs().max().item()
+    path, diff = export_model(module, output, args.format, args.mixer_backend)
     print(f"wrote {path} ({args.format}); max difference from the checkpoint on 97 random points: {diff:.2e}")
     return path

@@ -1,4 +1,5 @@
-"""Finding runs and their checkpoints on disk: ``<save_dir>/<name>/version_N/checkpoints/``."""
+"""Finding runs and their checkpoints on disk: ``<save_dir>/<name>/version_N/checkpoints/``
+(SLURM jobs: ``version_<job id>``, then ``version_<job id>.1``... for later fits of the job)."""
 
 from __future__ import annotations
 
@@ -6,20 +7,33 @@ import json
 import re
 from pathlib import Path
 
+from flare_lightning.run_lock import RunInUseError, in_use
+
 BEST = "best.ckpt"
 LAST = "last.ckpt"
 RUN_INFO = "run_info.json"
+VERSION = re.compile(r"version_(\d+)(?:_(\d+))?(?:\.(\d+))?")
+
+
+def version_order(name: str) -> tuple[int, int, int, str] | None:
+    """Sort key of a run folder name (``version_N``, ``version_<job>[_<task>][.<k>]``), None
+    for other names: larger is newer."""
+    m = VERSION.fullmatch(name)
+    if m is None:
+        return None
+    number, task, later = m.groups()
+    return int(number), -1 if task is None else int(task), 0 if later is None else int(later), name
 
 
 def latest_run(save_dir: str | Path, name: str, required: str | None = None) -> Path:
-    """The ``version_N`` folder with the largest N (holding ``checkpoints/<required>`` if
-    given: notebooks use that to find the newest finished run)."""
+    """The newest run folder: the ``version_N`` with the largest N (holding
+    ``checkpoints/<required>`` if given: notebooks use that to find the newest finished run)."""
     base = Path(save_dir) / name
     runs = []
     for p in base.glob("version_*"):
-        m = re.fullmatch(r"version_(\d+)", p.name)
-        if m and p.is_dir() and (required is None or (p / "checkpoints" / required).is_file()):
-            runs.append((int(m.group(1)), p))
+        key = version_order(p.name)
+        if key and p.is_dir() and (required is None or (p / "checkpoints" / required).is_file()):
+            runs.append((key, p))
     if not runs:
         what = f" with checkpoints/{required}" if required else ""
         raise FileNotFoundError(f"no run folder version_N{what} under {base}: train first (flare fit ...)")
@@ -39,10 +53,10 @@ def _why_missing(run: Path, file: str) -> str:
     return f"it holds {sorted(p.name for p in (run / 'checkpoints').glob('*.ckpt'))}"
 
 
-def resolve_checkpoint(ckpt_path: str | None, save_dir: str | Path, name: str) -> str | None:
+def resolve_checkpoint(ckpt_path: str | None, save_dir: str | Path, name: str, check_busy: bool = True) -> str | None:
     """Map ``best``/``last`` to ``best.ckpt``/``last.ckpt`` of the newest run (the largest
-    ``version_N``); paths pass through. When the newest run lacks that file this is an
-    error: an older run is never picked silently."""
+    ``version_N``); paths pass through. When the newest run lacks that file, or is still
+    training (``check_busy``), this is an error: an older run is never picked silently."""
     if ckpt_path in ("best", "last"):
         file = BEST if ckpt_path == "best" else LAST
         run = latest_run(save_dir, name)
@@ -51,6 +65,11 @@ def resolve_checkpoint(ckpt_path: str | None, save_dir: str | Path, name: str) -
             raise FileNotFoundError(
                 f"--ckpt_path {ckpt_path}: the newest run {run} has no checkpoints/{file}: {_why_missing(run, file)}. "
                 "Older runs are not used in its place: pass the checkpoint's path instead"
+            )
+        if check_busy and in_use(run):
+            raise RunInUseError(
+                f"--ckpt_path {ckpt_path}: the newest run {run} is still training (another flare command holds it), "
+                f"so its {file} is not final; wait for it to end, or pass the checkpoint's path to use it as it is now"
             )
         return str(path)
     if ckpt_path is not None and not Path(ckpt_path).is_file():

@@ -91,18 +91,21 @@ def test_training_beats_the_untrained_model(trained_run):
 
 def test_checkpoint_reload_reproduces_test_metrics(trained_run, tiny_darcy_root, tmp_path):
     _, run = trained_run
-    before = json.loads((run / "test_metrics.json").read_text())
-    (run / "test_metrics.json").unlink()
+    fit_record = (run / "test_metrics.json").read_bytes()
+    before = json.loads(fit_record)
     run_cli(
         ["test", f"--config={CONFIGS / 'quickstart.yaml'}", "--ckpt_path=best", *TINY_MODEL,
          *tiny_data(tiny_darcy_root), *tiny_trainer_args(run.parent.parent, name="tiny")]
     )
-    after = json.loads((run / "test_metrics.json").read_text())
+    assert (run / "test_metrics.json").read_bytes() == fit_record, "a later test replaced the fit's record"
+    later = run / "test" / "version_0"  # the later evaluation's own folder, inside the run
+    after = json.loads((later / "test_metrics.json").read_text())
     assert {k: v for k, v in after.items() if k.startswith("test/")} == {k: v for k, v in before.items() if k.startswith("test/")}
     assert after["checkpoint"]["path"] == before["checkpoint"]["path"] == str((run / "checkpoints" / "best.ckpt").resolve())
     assert after["checkpoint"]["selection"] == "--ckpt_path best: best.ckpt of the newest run"
     assert before["checkpoint"]["selection"] == "best.ckpt: lowest val/rel_l2 on the validation data"
-    assert (run / "test" / "metrics.csv").is_file()  # evaluation logs stay inside the run
+    assert after["model"] == before["model"] and after["model"]["init_args"]["channels"] == 16  # what was tested
+    assert (later / "metrics.csv").is_file() and (later / "config.yaml").is_file()
 
 
 def test_load_from_checkpoint_rebuilds_model_and_statistics(trained_run):
@@ -143,7 +146,8 @@ def test_predict_writes_denormalised_fields_per_sample(trained_run, tiny_darcy_r
         ["predict", f"--config={CONFIGS / 'quickstart.yaml'}", "--ckpt_path=best", *TINY_MODEL,
          *tiny_data(tiny_darcy_root), *tiny_trainer_args(run.parent.parent, name="tiny")]
     )
-    files = sorted(p.name for p in (run / "predict").glob("*.vtu"))
+    out = run / "predict" / "version_0"
+    files = sorted(p.name for p in out.glob("*.vtu"))
     assert files == [f"sample_{i:05d}.vtu" for i in range(4)]  # every test sample once
     dm = cli.datamodule
     dm.setup("test")
@@ -151,6 +155,6 @@ def test_predict_writes_denormalised_fields_per_sample(trained_run, tiny_darcy_r
     sample = dm.datasets["test"][2]
     with torch.no_grad():
         want = module(torch.cat([sample.pos, sample.x], -1)[None])[0]
-    data, arrays = read_arrays(run / "predict" / "sample_00002.vtu")
+    data, arrays = read_arrays(out / "sample_00002.vtu")
     torch.testing.assert_close(torch.as_tensor(arrays["prediction"])[:, None], want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.as_tensor(arrays["target"])[:, None], sample.y)

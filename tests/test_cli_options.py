@@ -51,7 +51,7 @@ def test_predict_says_where_its_output_went(tiny_darcy_root, tmp_path, caplog):
     run_cli(["fit", *args, "--trainer.max_epochs=1", "--trainer.callbacks=[]", "--test_after_fit=false"])
     with caplog.at_level(logging.INFO):
         run_cli(["predict", *args, "--ckpt_path=last"])
-    path = tmp_path / "test" / "version_0" / "predict"
+    path = tmp_path / "test" / "version_0" / "predict" / "version_0"
     assert len(list(path.glob("*.vtu"))) == 4  # one file per test sample
     assert any(f"written to {path}" in r.getMessage() for r in caplog.records)
 

@@ -89,3 +89,34 @@ def test_export_reproduces_predict_on_a_mesh(fmt, checkpoint, tmp_path):
 def test_export_names_a_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="--ckpt_path .*nope.ckpt is not a file"):
         cli_main(["export", f"--ckpt_path={tmp_path / 'nope.ckpt'}"])
+
+
+def _edited(checkpoint: Path, path: Path, edit) -> Path:
+    ckpt = torch.load(checkpoint, weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("what, edit, match", [
+    ("nan", lambda c: c["state_dict"]["model.head.fc_out.weight"].fill_(float("nan")), "holds NaN or Inf values"),
+    ("zero_std", lambda c: c["state_dict"]["target_norm.std"].zero_(), "zero or negative standard deviation"),
+    ("state_dict", lambda c: [c.pop(k) for k in list(c) if k != "state_dict"], "not a Lightning checkpoint"),
+])
+def test_export_refuses_unusable_checkpoints_and_writes_nothing(checkpoint, tmp_path, what, edit, match):
+    from flare_lightning.checkpoint_io import CheckpointError
+
+    bad = _edited(checkpoint, tmp_path / f"{what}.ckpt", edit)
+    with pytest.raises(CheckpointError, match=match) as err:
+        cli_main(["export", f"--ckpt_path={bad}", f"--output={tmp_path / 'model.pt2'}"])
+    assert str(bad) in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [bad.name]
+
+
+def test_export_that_does_not_reproduce_the_checkpoint_is_not_written(checkpoint, tmp_path, monkeypatch):
+    from flare_lightning import export
+
+    monkeypatch.setattr(export, "run_exported", lambda path, x: torch.full((x.shape[0], x.shape[1], 1), float("nan")))
+    with pytest.raises(ValueError, match="the exported model differs from the checkpoint by nan .* was not written"):
+        cli_main(["export", f"--ckpt_path={checkpoint}", f"--output={tmp_path / 'model.pt2'}"])
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 
@@ -153,36 +154,59 @@ def test_fit_from_another_runs_checkpoint_is_a_new_run(tiny_darcy_root, tmp_path
     assert json.loads((new / "run_info.json").read_text())["checkpoint"] == str(best.resolve())
 
 
-def test_slurm_signal_saves_and_requeued_job_resumes(tiny_darcy_root, tmp_path, uninterrupted, monkeypatch):
-    # What SLURM sets for a one-task job; Lightning then uses SLURMEnvironment with auto-requeue.
+def enter_slurm_job(monkeypatch, job: str = "4242") -> None:
+    """What SLURM sets for a one-task job; Lightning then uses SLURMEnvironment with auto-requeue."""
     for key, value in {
         "SLURM_NTASKS": "1",
         "SLURM_NTASKS_PER_NODE": "1",
         "SLURM_JOB_NAME": "flare",
-        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_ID": job,
         "SLURM_PROCID": "0",
         "SLURM_LOCALID": "0",
         "SLURM_NODEID": "0",
         "SLURM_NODELIST": "localhost",
     }.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    monkeypatch.delenv("SLURM_STEP_ID", raising=False)
+
+
+def test_requeued_job_after_a_hard_failure_resumes_its_last_checkpoint(tiny_darcy_root, tmp_path, uninterrupted, monkeypatch):
+    """kill -9 or a lost node: no pre-emption checkpoint, the requeued job continues from its own
+    last.ckpt in its own folder instead of starting over and overwriting it."""
+    enter_slurm_job(monkeypatch)
+    every_step = ["--checkpoint.every_n_train_steps=1", "--checkpoint.monitor=null"]
+    probe = ["--trainer.callbacks+=tests.test_resume.Kill"]
+    Kill.start_steps.clear()
+    with pytest.raises(KilledForTest):
+        run_cli(fit_args(tiny_darcy_root, tmp_path, "hard", *every_step, *probe, "--trainer.callbacks.init_args.at_step=6"))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the requeued job runs the same command
+    run_cli(fit_args(tiny_darcy_root, tmp_path, "hard", *every_step, *probe))
+    assert Kill.start_steps == [0, 6]
+    assert sorted(p.name for p in (tmp_path / "hard").iterdir()) == ["version_4242"]
+    assert_same_training_state(uninterrupted, last_ckpt(tmp_path, "hard"))
+    assert_same_history(uninterrupted["history"], history(tmp_path, "hard"), cut_epoch=1)
+
+
+def test_slurm_signal_saves_and_requeued_job_resumes(tiny_darcy_root, tmp_path, uninterrupted, monkeypatch):
+    enter_slurm_job(monkeypatch)
     monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
     scontrol = tmp_path / "bin" / "scontrol"  # stands in for SLURM's requeue command
     scontrol.parent.mkdir()
     scontrol.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'requeued'}\n")
     scontrol.chmod(0o755)
     previous = signal.getsignal(signal.SIGUSR1)
-    pinned = ["--trainer.logger.init_args.version=4242"]  # one run folder across requeues
     probe = ["--trainer.callbacks+=tests.test_resume.Kill"]
     kill = ["--trainer.callbacks.init_args.at_step=5", "--trainer.callbacks.init_args.slurm_signal=true"]
     Kill.start_steps.clear()
     try:
         with pytest.raises(KilledForTest):
-            run_cli(fit_args(tiny_darcy_root, tmp_path, "slurm", *pinned, *probe, *kill))
-        # under SLURM the job's run folder is its default root (flare_lightning/slurm.py)
+            run_cli(fit_args(tiny_darcy_root, tmp_path, "slurm", *probe, *kill))
+        # under SLURM the job's run folder is its default root (flare_lightning/run_folder.py)
         assert (tmp_path / "slurm" / "version_4242" / "hpc_ckpt_1.ckpt").is_file(), "the SIGUSR1 handler did not save a checkpoint"
         assert (tmp_path / "requeued").read_text().split() == ["requeue", "4242"]
-        run_cli(fit_args(tiny_darcy_root, tmp_path, "slurm", *pinned, *probe))  # the requeued job
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # what SLURM sets in a requeued job
+        run_cli(fit_args(tiny_darcy_root, tmp_path, "slurm", *probe))  # the requeued job
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert Kill.start_steps == [0, 5], "the requeued run did not resume from the pre-emption checkpoint"
@@ -201,3 +225,64 @@ def test_resume_with_more_epochs_than_the_schedule_fails_at_once(tiny_darcy_root
         run_cli(fit_args(tiny_darcy_root, tmp_path, "short", f"--ckpt_path={ckpt}", f"--trainer.max_epochs={EPOCHS + 2}"))
     cli = run_cli(fit_args(tiny_darcy_root, tmp_path, "short", f"--ckpt_path={ckpt}"))
     assert cli.trainer.global_step == EPOCHS * STEPS_PER_EPOCH
+
+
+# --- a resume that changes what the checkpoint fixes is refused, records untouched ------
+RECORDS = ("config.yaml", "hparams.yaml", "run_info.json", "metrics.csv", "test_metrics.json",
+           "checkpoints/last.ckpt", "checkpoints/best.ckpt")
+WITH_EMA = ["--trainer.callbacks+=flare_lightning.callbacks.EMA", "--model.model.init_args.channels=8",
+            "--model.model.init_args.num_blocks=1", "--model.model.init_args.num_latents=4", "--test_after_fit=true",
+            "--trainer.max_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def ema_run(tiny_darcy_root, tmp_path_factory):
+    """A finished one-epoch run with an EMA of its weights, and its records' bytes."""
+    out = tmp_path_factory.mktemp("ema_run")
+    run_cli(fit_args(tiny_darcy_root, out, "ema", *WITH_EMA))
+    run = out / "ema" / "version_0"
+    return out, run, {name: (run / name).read_bytes() for name in RECORDS}
+
+
+@pytest.mark.parametrize("change, option", [
+    (["--model.model.init_args.channels=16"], "model.model.init_args.channels: 8 -> 16"),
+    (["--model.model.init_args.num_blocks=2"], "model.model.init_args.num_blocks: 1 -> 2"),
+    (["--model.model.init_args.num_latents=8"], "model.model.init_args.num_latents: 4 -> 8"),
+    (["--model.model=flare_lightning.models.Transolver"], "model.model.class_path"),
+    (["--model.optimizer=torch.optim.SGD", "--model.optimizer.lr=0.1"], "model.optimizer"),
+    (["--model.lr=0.1"], "model.lr: 0.003 -> 0.1"),  # the restored optimizer would ignore it
+    (["--data.init_args.batch_size=4"], "data.init_args.batch_size: 2 -> 4"),
+    (["--data.init_args.n_train=6"], "data.init_args.n_train: 8 -> 6"),
+    (["--data.init_args.test_file=train.mat", "--data.init_args.train_file=test.mat"], "data.init_args.train_file"),
+    (["--data=datamodules.ElasticityDataModule"], "data.class_path"),
+    (["--trainer.callbacks=[]"], "trainer.callbacks"),  # dropping the EMA
+])
+def test_resume_that_changes_the_checkpoint_is_refused_naming_the_option(ema_run, tiny_darcy_root, change, option):
+    out, run, before = ema_run
+    with pytest.raises(ValueError, match="fit --ckpt_path .* resumes a run, and its checkpoint fixes") as err:
+        run_cli(fit_args(tiny_darcy_root, out, "ema", *WITH_EMA, "--ckpt_path=last", *change))
+    assert option in str(err.value)
+    assert {name: (run / name).read_bytes() for name in RECORDS} == before, "a refused resume rewrote the run's records"
+    assert sorted(p.name for p in (out / "ema").iterdir()) == ["version_0"]
+
+
+def test_resume_refused_after_restoring_leaves_the_records_as_they_were(ema_run, tiny_darcy_root):
+    """More epochs than the OneCycle schedule was planned for: refused by the module once the
+    checkpoint is restored, before anything is written."""
+    out, run, before = ema_run
+    with pytest.raises(ValueError, match="planned for 4 optimizer steps"):
+        run_cli(fit_args(tiny_darcy_root, out, "ema", *WITH_EMA, "--ckpt_path=last", "--trainer.max_epochs=3"))
+    assert {name: (run / name).read_bytes() for name in RECORDS} == before
+
+
+def test_two_fits_in_one_slurm_job_keep_their_own_folders(tiny_darcy_root, tmp_path, monkeypatch):
+    """A seed loop in one sbatch: the second fit must not overwrite the first's metrics and
+    checkpoints in a shared version_<job id>."""
+    enter_slurm_job(monkeypatch, "777")
+    for seed in (0, 1):
+        run_cli(fit_args(tiny_darcy_root, tmp_path, "seeds", *WITH_EMA[1:4], "--trainer.max_epochs=1",
+                         f"--seed_everything={seed}", "--data.init_args.n_train=4"))
+    runs = sorted((tmp_path / "seeds").iterdir())
+    assert [r.name for r in runs] == ["version_777", "version_777.1"]
+    seeds = [yaml.safe_load((r / "config.yaml").read_text())["seed_everything"] for r in runs]
+    assert seeds == [0, 1] and all((r / "checkpoints" / "last.ckpt").is_file() for r in runs)

@@ -112,8 +112,8 @@ def test_predictions_respect_the_umask(no_val_run):
         run_cli(["predict", *no_val_args(out / "data", out, "noval"), "--ckpt_path=last"])
     finally:
         os.umask(old)
-    paths = sorted((run / "predict").glob("*.vtu"))
-    assert len(paths) == 2  # one file per test sample
+    paths = sorted((run / "predict" / "version_0").glob("*.vtu"))
+    assert len(paths) == 2  # one file per test sample, in the predict command's own folder
     assert all(stat.S_IMODE(path.stat().st_mode) == 0o644 for path in paths)
 
 

@@ -22,7 +22,7 @@ def test_wandb_logger_config_composes_with_darcy(tiny_darcy_root, tmp_path, monk
          *tiny_data(tiny_darcy_root), "--trainer.enable_progress_bar=false"]
     )
     csv, wandb_logger = cli.trainer.loggers
-    assert (type(csv).__name__, type(wandb_logger).__name__) == ("CSVLogger", "WandbLogger")
+    assert (type(csv).__name__, type(wandb_logger).__name__) == ("RunCSVLogger", "WandbLogger")
     assert (tmp_path / "runs" / "darcy" / "version_0" / "metrics.csv").is_file()
     run = wandb_logger.experiment
     assert run.name == "darcy"
@@ -39,5 +39,5 @@ def test_wandb_logger_config_composes_with_darcy(tiny_darcy_root, tmp_path, monk
     # --ckpt_path best finds the Darcy run (not another dataset's)
     run_cli(["test", *composed, "--ckpt_path=best", *TINY_MODEL, *tiny_data(tiny_darcy_root),
              "--trainer.enable_progress_bar=false"])
-    metrics = json.loads((tmp_path / "runs" / "darcy" / "version_0" / "test_metrics.json").read_text())
+    metrics = json.loads((tmp_path / "runs" / "darcy" / "version_0" / "test" / "version_0" / "test_metrics.json").read_text())
     assert metrics["test/rel_l2"] > 0

@@ -6,6 +6,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from flare_lightning import compat
 from flare_lightning.atomic import remove_stale_temps
 from flare_lightning.validation import has_validation
 
@@ -27,6 +28,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     _last_written_step: int = -1
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        # A private hook (declared in compat.OVERRIDDEN): note the step whose last.ckpt was written.
         super()._save_last_checkpoint(trainer, monitor_candidates)
         if self.save_last:
             self._last_written_step = trainer.global_step
@@ -44,14 +46,14 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             self.save_top_k = 0
 
     def _refresh_last(self, trainer: L.Trainer) -> None:
-        if not self.save_last or self._should_skip_saving_checkpoint(trainer):
+        if not self.save_last or compat.skips_saving(self, trainer):
             return
         if self._last_written_step != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._save_last_checkpoint(trainer, compat.monitor_candidates(self, trainer))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
+        if not compat.saves_on_train_epoch_end(self, trainer):
             self._refresh_last(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -61,5 +63,5 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
+        if compat.saves_on_train_epoch_end(self, trainer):
             self._refresh_last(trainer)

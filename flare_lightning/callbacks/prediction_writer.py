@@ -12,8 +12,9 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
-from flare_lightning.callbacks.test_metrics import run_dir
+from flare_lightning.atomic import remove_stale_temps
 from flare_lightning.io.mesh_geometry import MeshGeometry
+from flare_lightning.run_records import run_dir
 from flare_lightning.io.vtk_writer import write_fields
 
 
@@ -24,9 +25,12 @@ class PredictionWriter(BasePredictionWriter):
     cells the values belong to): ``prediction``, and ``target``, ``error`` (prediction -
     target) plus the field-data scalar ``rel_l2`` when targets are known. Names come from
     the source (DrivAerML run id, LPBF case, file stem; ``sample_<id>`` for test-split
-    samples without one). Nothing is kept in memory between batches; under DDP every rank
-    writes the files of its own meshes (each mesh is predicted by exactly one rank; under
-    context parallelism the first rank of each context group writes its group's meshes).
+    samples without one; each name gives its own file, ``<name>.vtu``). Nothing is kept in
+    memory between batches; under DDP every rank writes the files of its own meshes (each
+    mesh is predicted by exactly one rank; under context parallelism the first rank of each
+    context group writes its group's meshes). A prediction that is not finite stops the
+    command, naming the mesh, instead of writing it; temporary files that a killed predict
+    left in the output folder are removed when the next one starts.
 
     Args:
         output_dir: folder for the files (default: the run's log folder, ``<run>/predict/``
@@ -42,10 +46,16 @@ class PredictionWriter(BasePredictionWriter):
         # Lightning would otherwise keep every batch's outputs until predict ends.
         trainer.predict_loop.return_predictions = False
         self.written = []
+        if trainer.is_global_zero and not trainer.fast_dev_run:
+            for pattern in (".*.vtu", ".*.vtp"):  # output names never start with a dot: these are temporaries
+                for tmp in remove_stale_temps(self.folder(trainer), pattern):
+                    rank_zero_info(f"removed {tmp}, left by an interrupted predict")
+        trainer.strategy.barrier("prediction_writer")  # no rank writes before the folder is clean
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.written:
-            rank_zero_info(f"predictions written to {self.folder(trainer)} ({len(self.written)} files from rank 0)")
+            count = len(set(self.written))
+            rank_zero_info(f"predictions written to {self.folder(trainer)} ({count} files from rank 0)")
 
     def folder(self, trainer: L.Trainer) -> Path:
         return Path(self.output_dir) if self.output_dir else run_dir(trainer)
@@ -71,6 +81,11 @@ class PredictionWriter(BasePredictionWriter):
             keep = batch["mask"][i]
             pred = _numpy(prediction["pred"][i][keep])
             geometry = batch["meshes"][i] if "meshes" in batch else _test_geometry(dm, batch, i, int(sample_id))
+            if not np.isfinite(pred).all():
+                raise FloatingPointError(
+                    f"the prediction for {geometry.name} holds {int((~np.isfinite(pred)).sum())} NaN/Inf values: "
+                    f"not written (check the checkpoint and this input); files written so far are in {folder}"
+                )
             arrays, scalars = {"prediction": pred}, {}
             if "y" in batch and bool(batch.get("has_target", batch["mask"].new_ones(len(batch["mask"])))[i]):
                 target = _numpy(batch["y"][i][keep])

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from flare_lightning.callbacks.test_metrics import TestMetricsWriter, run_dir
+from flare_lightning.run_records import run_dir
 from flare_lightning.parallel.hooks import local_forward
 
 Batch = dict[str, Tensor]
@@ -157,7 +157,7 @@ class SampledAnalysis(L.Callback):
             return
         batches = take_samples(unsharded(self._first_loader(trainer.test_dataloaders)), self.num_samples, self.max_points)
         if batches:
-            self._run(trainer, pl_module, batches, "test", TestMetricsWriter.output_dir(trainer) / self.subdir)
+            self._run(trainer, pl_module, batches, "test", run_dir(trainer) / self.subdir)
 
     # --- shared --------------------------------------------------------------------
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, batches: list[Batch], tag: str, out_dir: Path) -> None:

@@ -81,6 +81,14 @@ def build_dataset(geometry: MeshGeometry):
     return data
 
 
+def output_file(path: str | Path, poly: bool) -> Path:
+    """``path`` with the suffix the data asks for appended (``.vtp`` for PolyData, ``.vtu``
+    otherwise): ``mesh.v1`` -> ``mesh.v1.vtu``, never ``mesh.vtu``, so distinct names give
+    distinct files."""
+    path = Path(path)
+    return path.with_name(path.name + (".vtp" if poly else ".vtu"))
+
+
 def write_fields(
     path: str | Path,
     geometry: MeshGeometry,
@@ -89,11 +97,11 @@ def write_fields(
     field_data: Mapping[str, float] | None = None,
 ) -> Path:
     """Write ``arrays`` ([n, C] each, n = points or cells of the mesh as ``geometry.association``
-    says) onto the geometry. The suffix follows the data (``.vtp`` for PolyData, ``.vtu``
-    otherwise) and replaces that of ``path``; written to a temporary file, then renamed.
+    says) onto the geometry, at ``output_file(path, ...)``; written to a temporary file, then
+    renamed.
 
     Args:
-        path: output file (its suffix is set here).
+        path: output file, without its suffix (``.vtp``/``.vtu`` is added, see ``output_file``).
         geometry: the mesh.
         arrays: name -> values [n] or [n, C].
         components: names of the C components (ParaView shows them), when C > 1.
@@ -121,7 +129,7 @@ def write_fields(
         arr.SetName(name)
         data.GetFieldData().AddArray(arr)
     poly = data.IsA("vtkPolyData")
-    path = Path(path).with_suffix(".vtp" if poly else ".vtu")
+    path = output_file(path, poly)
     writer = xml.vtkXMLPolyDataWriter() if poly else xml.vtkXMLUnstructuredGridWriter()
     with atomic_path(path, suffix=path.suffix) as tmp:
         writer.SetFileName(tmp)

@@ -47,6 +47,8 @@ class ContextParallelStrategy(DDPStrategy):
     def __init__(self, context_parallel: int = 2, small_nccl_buffers: bool = True, **kwargs: Any) -> None:
         if int(context_parallel) != context_parallel or context_parallel < 1:
             raise ValueError(f"trainer.strategy.context_parallel must be a positive integer, got {context_parallel!r}")
+        if kwargs.get("process_group_backend") == "gloo" and kwargs.get("ddp_comm_hook") is None:
+            kwargs["ddp_comm_hook"] = host_staged_allreduce_hook  # used on CUDA only (DDPStrategy)
         super().__init__(**kwargs)
         self.context_parallel = int(context_parallel)
         self.small_nccl_buffers = small_nccl_buffers
@@ -58,8 +60,6 @@ class ContextParallelStrategy(DDPStrategy):
         if self.small_nccl_buffers:  # each process, before its NCCL communicator exists
             use_small_nccl_buffers()
         super().setup_distributed()
-        if self._process_group_backend == "gloo" and self._ddp_comm_hook is None:
-            self._ddp_comm_hook = host_staged_allreduce_hook  # used on CUDA only (DDPStrategy)
         world = self.world_size
         if world % self.context_parallel != 0:
             raise ValueError(

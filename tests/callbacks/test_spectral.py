@@ -118,13 +118,14 @@ def test_invalid_arguments_are_named():
         SpectralAnalysis(every_n_epochs=0)
 
 
-def test_test_output_goes_to_the_checkpoints_run(quickstart_run, tmp_path):
-    """``flare test`` logs under ``<run>/test/``; the spectra still land in ``<run>/spectral/``."""
+def test_a_later_tests_spectra_go_to_its_own_folder(quickstart_run, tmp_path):
+    """``flare test`` on a run's checkpoint writes into its own ``<run>/test/version_N/``: its
+    spectra land there, never over the fit's ``<run>/spectral/test.json``."""
     run = tmp_path / "other" / "version_3"
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(quickstart_run / "checkpoints" / "best.ckpt", run / "checkpoints" / "best.ckpt")
     module = SurrogateModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt", map_location="cpu")
-    logger = SimpleNamespace(log_dir=str(run / "test"), logged=[])
+    logger = SimpleNamespace(log_dir=str(run / "test" / "version_0"), logged=[])
     logger.log_metrics = lambda metrics, step: logger.logged.append(metrics)
     mask = torch.ones(3, 20, dtype=torch.bool)
     mask[2, 12:] = False
@@ -137,9 +138,9 @@ def test_test_output_goes_to_the_checkpoints_run(quickstart_run, tmp_path):
     )
     callback = SpectralAnalysis(num_samples=2, save_figures=False)
     callback.on_test_end(trainer, module)
-    summary = json.loads((run / "spectral" / "test.json").read_text())
+    summary = json.loads((run / "test" / "version_0" / "spectral" / "test.json").read_text())
     assert summary["sample_ids"] == [4, 5] and summary["num_samples"] == 2
-    assert not (run / "test" / "spectral").exists()
+    assert not (run / "spectral").exists()
     assert "test/spectral/eff_rank/block0" in logger.logged[0]
 
 

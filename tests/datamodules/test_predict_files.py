@@ -84,3 +84,82 @@ def test_two_inputs_with_one_output_name_are_refused(tmp_path):
         np.savez(p, pos=np.zeros((3, 2)))
     with pytest.raises(DataFormatError, match=r"would both be written as 'm'"):
         check_unique_names(PredictFileDataset(resolve_predict_files(str(tmp_path)), PointSetReader(2, 1)))
+
+
+# --- predict inputs get the checks of training inputs; outputs are named uniquely -------
+def test_a_mesh_without_the_models_input_fields_is_refused(tmp_path):
+    """Darcy takes (x, y, permeability): a mesh without ``x`` is refused, its z coordinate is
+    never read as the permeability."""
+    from datamodules.darcy import DarcyDataModule
+
+    mesh = tmp_path / "plate.npz"
+    np.savez(mesh, pos=np.random.default_rng(0).uniform(size=(6, 3)) * [1, 1, 0])
+    reader = DarcyDataModule(root=str(tmp_path), predict_files=str(mesh)).predict_reader()
+    with pytest.raises(DataFormatError, match=r"plate.npz: the model takes 2 coordinates and 1 input field\(s\) .* the file has 0"):
+        reader(mesh)
+    np.savez(mesh, pos=np.zeros((6, 2)), x=np.ones((6, 1)))
+    assert reader(mesh)["x"].shape == (6, 1)
+
+
+@pytest.mark.parametrize("positions", [np.ones((4, 2), dtype=np.complex64), np.full((4, 2), "1.5")], ids=["complex", "string"])
+def test_positions_that_are_not_real_numbers_are_refused(tmp_path, positions):
+    mesh = tmp_path / "m.npz"
+    np.savez(mesh, pos=positions)
+    with pytest.raises(DataFormatError, match=r"m.npz: key 'pos' has dtype .*expected a numeric"):
+        PointSetReader(2, 1)(mesh)
+
+
+def test_unused_keys_of_an_npz_are_never_read(tmp_path, monkeypatch):
+    """A small mesh with a huge unused key: only pos, x and y are decompressed."""
+    mesh = tmp_path / "m.npz"
+    np.savez_compressed(mesh, pos=np.zeros((4, 2)), x=np.ones((4, 1)), junk=np.zeros((64, 64)))
+    read = []
+    real = np.lib.npyio.NpzFile.__getitem__
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda self, key: read.append(key) or real(self, key))
+    PointSetReader(3, 1)(mesh)
+    assert "junk" not in read and "pos" in read
+
+
+def test_float_cell_indices_are_refused(tmp_path):
+    from datamodules.lpbf_predict import LPBFReader
+
+    part = tmp_path / "part.npz"
+    np.savez_compressed(part, pos=np.random.default_rng(0).uniform(0, 30, (9, 3)).astype(np.float32),
+                        elems=np.full((2, 8), 1.7))
+    with pytest.raises(DataFormatError, match=r"part.npz: key 'elems' has dtype float64, expected integer node indices"):
+        LPBFReader(["disp_z"], (30, 30, 60))(part)
+    np.savez_compressed(part, pos=np.zeros((9, 3), np.float32), elems=np.full((2, 8), 9))
+    with pytest.raises(DataFormatError, match=r"node indices outside \[0, 9\)"):
+        LPBFReader(["disp_z"], (30, 30, 60))(part)
+
+
+@pytest.mark.parametrize("names, match", [
+    (["..npz"], r"output name '\.' is not a plain file name"),
+    ([".hidden.npz"], r"output name '.hidden' is not a plain file name"),
+    (["Mesh.npz", "mesh.npz"], r"would both be written as 'mesh'"),  # one file on a case-insensitive disk
+])
+def test_outputs_that_would_escape_hide_or_collide_are_refused(tmp_path, names, match):
+    for name in names:
+        np.savez(tmp_path / name, pos=np.zeros((3, 2)))
+    files = [tmp_path / name for name in names]
+    with pytest.raises(DataFormatError, match=match):
+        check_unique_names(PredictFileDataset(files, PointSetReader(2, 1)))
+
+
+def test_names_with_dots_give_one_file_each(tmp_path):
+    pytest.importorskip("vtk")
+    from flare_lightning.io.mesh_geometry import MeshGeometry
+    from flare_lightning.io.vtk_writer import write_fields
+
+    files = [tmp_path / "mesh.v1.npz", tmp_path / "mesh.v2.npz"]
+    for f in files:
+        np.savez(f, pos=np.zeros((3, 2)))
+    dataset = PredictFileDataset(files, PointSetReader(2, 1))
+    check_unique_names(dataset)
+    out = tmp_path / "out"
+    for i in range(2):
+        geometry = dataset[i][1]
+        write_fields(out / geometry.name, geometry, {"prediction": np.full(3, float(i))})
+    assert sorted(p.name for p in out.iterdir()) == ["mesh.v1.vtu", "mesh.v2.vtu"]
+    with pytest.raises(ValueError, match="not a plain file name"):
+        MeshGeometry("..", points=np.zeros((1, 2)))

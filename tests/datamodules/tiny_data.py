@@ -184,5 +184,5 @@ def write_big(root: Path, samples: int, points: int) -> None:
     root.mkdir(parents=True, exist_ok=True)
     rows = np.lib.format.open_memmap(root / "big.npy", mode="w+", dtype=np.float32, shape=(samples * points, 4))
     for i in range(samples):
-        rows[i * points : (i + 1) * points] = i
+        rows[i * points : (i + 1) * points] = i + 1  # never all zero: a zero target has no relative error
     rows.flush()

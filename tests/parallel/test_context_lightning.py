@@ -60,7 +60,7 @@ def predictions(run: Path) -> dict[str, dict[str, torch.Tensor]]:
     from vtkmodules.util.numpy_support import vtk_to_numpy
 
     merged: dict = {}
-    for path in sorted((run / "predict").glob("*.vtu")):
+    for path in sorted((run / "predict" / "version_0").glob("*.vtu")):
         reader = vtk.vtkXMLUnstructuredGridReader()
         reader.SetFileName(str(path))
         reader.Update()
@@ -123,7 +123,7 @@ def test_two_context_ranks_match_one_process_with_resume(tiny_darcy_root, tmp_pa
     run_spawned(run_commands, 2, commands)
     run = run_folder(tmp_path, "cp")
     # one VTK file per test sample (3), written by the group's first rank
-    assert len(list((run / "predict").glob("*.vtu"))) == 3
+    assert len(list((run / "predict" / "version_0").glob("*.vtu"))) == 3
     assert (run / "predictions").is_dir()
     assert_same_run(run, single_run)  # the resumed run appends to the killed run's metrics.csv
     # every step of both runs (killed, resumed), on both ranks of the group
@@ -145,7 +145,7 @@ def test_two_by_two_matches_one_process(tiny_darcy_root, tmp_path, single_run):
     run_spawned(run_commands, 4, commands)
     run = run_folder(tmp_path, "dp_cp")
     # the two data-parallel groups predict disjoint samples: one VTK file per test sample (3)
-    assert len(list((run / "predict").glob("*.vtu"))) == 3
+    assert len(list((run / "predict" / "version_0").glob("*.vtu"))) == 3
     assert_same_run(run, single_run)
 
 
