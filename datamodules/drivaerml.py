@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
@@ -23,7 +22,6 @@ from datamodules.drivaerml_io import (
 from datamodules.drivaerml_predict import DrivAerMLReader
 from datamodules.drivaerml_proxy import generate_proxy_runs
 from datamodules.mesh_datamodule import MeshDataModule
-from flare_lightning.force_metrics import ForceCoefficientErrors
 from datamodules.mesh_dataset import EXTRA_FIELDS, MeshDataset
 
 Targets = Literal["pressure", "pressure_wss"]
@@ -154,14 +152,10 @@ class DrivAerMLDataModule(MeshDataModule):
         proxy_points: surface points written per proxy body.
         proxy_seed: seed of the proxy bodies.
         batch_size: training batch size (paper: 1).
-        eval_batch_size: validation/test batch size (default: ``batch_size``).
-        num_workers: loader workers.
-        train_points: random points per training sample, fresh each epoch (None: all).
-        seed: seed of shuffling and point subsets.
-        pad_to_buckets: pad batches to a few point-count buckets (for ``model.fast_step``).
         reference_area: A_ref [m²] of the drag and lift coefficients (Cd = F_x / (q∞ A_ref),
             Cl = F_z / (q∞ A_ref)); see docs/datasets/drivaerml.md for the value's source.
-        predict_files: meshes for ``flare predict`` (folder, glob or file; see ``MeshDataModule``).
+        **kwargs: the other loader options of ``MeshDataModule`` (num_workers, train_points, ...;
+            ``seed`` also seeds the ``num_points`` subsets).
     """
 
     in_dim = 3
@@ -182,17 +176,10 @@ class DrivAerMLDataModule(MeshDataModule):
         proxy_points: int = 8000,
         proxy_seed: int = 0,
         batch_size: int = 1,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        train_points: int | None = None,
-        seed: int = 0,
-        pad_to_buckets: bool = False,
         reference_area: float = REFERENCE_AREA,
-        predict_files: str | list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets, predict_files
-        )
+        super().__init__(root=root, batch_size=batch_size, **kwargs)
         if reference_area <= 0:
             raise ValueError(f"DrivAerMLDataModule: reference_area must be > 0 m², got {reference_area}")
         self.reference_area = reference_area
@@ -234,26 +221,13 @@ class DrivAerMLDataModule(MeshDataModule):
 
     @property
     def force_reference(self) -> dict[str, float]:
-        """q∞ in the targets' units and A_ref, for the drag and lift coefficients."""
+        """q∞ in the targets' units and A_ref, for the drag and lift coefficients (computed by
+        ``flare_lightning.force_metrics`` from the cell ``normals`` and ``areas`` batches carry)."""
         return {"dynamic_pressure": 1.0 if self.pressure_as_cp else Q_INF, "reference_area": self.reference_area}
 
     def predict_reader(self) -> DrivAerMLReader:
         """Raw ``.vtp`` surfaces, presampled ``run_<i>.npz`` archives or plain point sets."""
         return DrivAerMLReader(self.out_dim, self.pressure_as_cp)
-
-    def sample_quantities(self, fields: dict[str, np.ndarray]) -> dict[str, float]:
-        """Cd and Cl of one predicted (and true) surface, for the prediction files' field data."""
-        if "normals" not in fields:
-            return {}
-        metric = ForceCoefficientErrors(**self.force_reference)
-        t = {k: torch.as_tensor(v)[None] for k, v in fields.items()}
-        mask = torch.ones(t["normals"].shape[:2], dtype=torch.bool)
-        out = {}
-        for key, tag in (("prediction", "pred"), ("target", "true")):
-            if key in t:
-                cd, cl = metric.coefficients(t[key], t["normals"], t["areas"], mask)[0].tolist()
-                out.update({f"cd_{tag}": cd, f"cl_{tag}": cl})
-        return out
 
     @property
     def label(self) -> str:
@@ -370,23 +344,17 @@ class DrivAerMLDataModule(MeshDataModule):
             seed=self.seed,
         )
 
-    def build_datasets(self, stage: str) -> dict[str, Dataset]:
+    def make_datasets(self, splits: list[str]) -> dict[str, Dataset]:
         runs = self.split_runs()
         train, test = runs["train"], runs["test"]
         if self.n_val >= len(train):
             raise ValueError(f"DrivAerMLDataModule: n_val={self.n_val} leaves none of the {len(train)} training runs")
         train, val = (train[: -self.n_val], train[-self.n_val :]) if self.n_val else (train, [])
         _refuse_shared_runs({"train": train, "val": val, "test": test}, self.root)
-        if stage == "fit":
+        if "train" in splits:
             rank_zero_info(f"{self.label}: {len(train)} train / {len(val)} val / {len(test)} test runs from {self.root}")
-        datasets: dict[str, Dataset] = {}
-        if stage in ("fit", "validate") and val:
-            datasets["val"] = self._dataset(val)
-        if stage == "fit":
-            datasets["train"] = self.with_subsample(self._dataset(train))
-        if stage in ("fit", "test", "predict"):
-            datasets["test"] = self._dataset(test)
-        return datasets
+        chosen = {"train": train, "val": val, "test": test}
+        return {split: self._dataset(chosen[split]) for split in splits}
 
 
 def _refuse_shared_runs(splits: dict[str, list[tuple[int, str]]], root: Path) -> None:

@@ -22,16 +22,22 @@ from flare_lightning.atomic import atomic_write_text
 from flare_lightning.normalizer import channel_stats
 
 GENERATED_NOTE = "GENERATED.txt"
+# The splits each stage reads. Fit also reads and checks the test split, so that bad test
+# data fails before the first training step; predict without predict_files runs on it.
+STAGE_SPLITS = {"fit": ("val", "train", "test"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
 
 class MeshDataModule(L.LightningDataModule):
     """Base for the dataset modules.
 
     Subclasses set ``in_dim``/``out_dim`` (known at construction, so the CLI can link
-    them into the model), create missing data in ``prepare_data`` and build datasets
-    in ``build_datasets(stage)``, returning a dict with any of ``train``, ``val``,
-    ``test``, ``predict``. This class fits normalisation statistics on ``train`` only
-    and serves padded batches (see ``PaddedCollate``).
+    them into the model), create missing data in ``prepare_data`` and build the datasets
+    of the splits a stage needs in ``make_datasets(splits)`` (``STAGE_SPLITS`` says which:
+    the stage-to-split rule lives here only). They take this class's arguments as keyword
+    arguments (``**kwargs``, forwarded by name: LightningCLI still lists them under
+    ``--data.init_args.*``), re-declaring one only to give it another default. This class
+    fits normalisation statistics on ``train`` only and serves padded batches (see
+    ``PaddedCollate``).
 
     Protocol: ``n_val: 0`` means no validation at all (``has_val`` is False and
     ``val_dataloader`` returns no loader), never validation on test data. ``setup("fit")``
@@ -42,7 +48,13 @@ class MeshDataModule(L.LightningDataModule):
         root: data folder.
         batch_size: samples per training batch.
         eval_batch_size: samples per validation/test/predict batch (default: batch_size).
-        num_workers: loader worker processes.
+        num_workers: loader worker processes (they read, subsample and collate samples).
+        prefetch_factor: batches each worker prepares ahead (None: PyTorch's default, 2);
+            needs ``num_workers >= 1``.
+        persistent_workers: keep the workers alive between epochs (no re-start per epoch);
+            needs ``num_workers >= 1``.
+        pin_memory: page-locked batches, so that host-to-GPU copies are asynchronous (None:
+            on when the trainer runs on a GPU).
         train_points: if set, train on this many random points per sample, drawn anew
             each epoch without replacement; evaluation always uses every point.
         seed: seed of the shuffling and the point subsets.
@@ -73,10 +85,14 @@ class MeshDataModule(L.LightningDataModule):
 
     def __init__(
         self,
+        *,
         root: str | Path,
         batch_size: int = 2,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
+        prefetch_factor: int | None = None,
+        persistent_workers: bool = False,
+        pin_memory: bool | None = None,
         train_points: int | None = None,
         seed: int = 0,
         pad_to_buckets: bool = False,
@@ -84,14 +100,21 @@ class MeshDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.check_options(1, batch_size=batch_size)
-        self.check_options(1, allow_none=True, eval_batch_size=eval_batch_size, train_points=train_points)
+        self.check_options(1, allow_none=True, eval_batch_size=eval_batch_size, train_points=train_points,
+                           prefetch_factor=prefetch_factor)
         self.check_options(0, num_workers=num_workers)
+        if num_workers == 0 and (prefetch_factor is not None or persistent_workers):
+            raise ValueError(
+                f"{type(self).__name__}: prefetch_factor and persistent_workers need loader workers "
+                f"(num_workers >= 1), got num_workers=0"
+            )
         self.predict_files = predict_files
         self.root = Path(root)
         self.pad_to_buckets = pad_to_buckets
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        self.prefetch_factor, self.persistent_workers, self.pin_memory = prefetch_factor, persistent_workers, pin_memory
         self.train_points = train_points
         self.seed = seed
         self.subsample = PointSubsample(train_points, seed) if train_points is not None else None
@@ -118,6 +141,18 @@ class MeshDataModule(L.LightningDataModule):
         return self.n_val > 0
 
     def build_datasets(self, stage: str) -> dict[str, Dataset]:
+        """The datasets of ``stage`` (``STAGE_SPLITS``; validation only with ``n_val > 0``),
+        the training one with the point subsampling attached."""
+        splits = [s for s in STAGE_SPLITS[stage] if s != "val" or self.has_val]
+        datasets = self.make_datasets(splits)
+        if sorted(datasets) != sorted(splits):
+            raise RuntimeError(f"{type(self).__name__}.make_datasets({splits}) returned the splits {sorted(datasets)}")
+        if "train" in datasets:
+            self.with_subsample(datasets["train"])
+        return datasets
+
+    def make_datasets(self, splits: list[str]) -> dict[str, Dataset]:
+        """One dataset for each of ``splits`` (from ``train``, ``val``, ``test``)."""
         raise NotImplementedError
 
     def predict_reader(self):
@@ -145,9 +180,6 @@ class MeshDataModule(L.LightningDataModule):
         if not first:
             self._barrier()
         self.datasets = self.build_datasets(stage)
-        if stage == "fit" and "test" not in self.datasets:
-            # Read and check the test split now: bad test data must fail before training.
-            self.datasets.update(self.build_datasets("test"))
         if first:
             self._barrier()
         for name, ds in self.datasets.items():
@@ -186,7 +218,8 @@ class MeshDataModule(L.LightningDataModule):
         else:
             collate = PaddedCollate(pad_to_buckets=self.pad_to_buckets)
         kwargs = dict(batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers,
-                      pin_memory=self._pin_memory())
+                      pin_memory=self._pin_memory(), prefetch_factor=self.prefetch_factor,
+                      persistent_workers=self.persistent_workers)
         if not train:
             return DataLoader(ds, sampler=ShardSampler(len(ds), replicas, rank), **kwargs)
         self._train_sampler = EpochShuffleSampler(len(ds), self.seed, self.subsample, replicas, rank)
@@ -206,9 +239,12 @@ class MeshDataModule(L.LightningDataModule):
             self.trainer.strategy.barrier("datasets")
 
     def _pin_memory(self) -> bool:
-        """Page-locked batches when the trainer runs on a GPU, so that their copies are
-        asynchronous (a pageable copy waits for the GPU's stream). At Darcy's 230 kB batches
-        it made no measured difference (benchmarks/RESULTS.md); it is for large batches."""
+        """Page-locked batches (``pin_memory``, by default when the trainer runs on a GPU), so
+        that their copies are asynchronous (a pageable copy waits for the GPU's stream). At
+        Darcy's 230 kB batches it made no measured difference (benchmarks/RESULTS.md); it is
+        for large batches."""
+        if self.pin_memory is not None:
+            return self.pin_memory
         trainer = self.trainer
         return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
