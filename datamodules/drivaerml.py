@@ -3,7 +3,6 @@ DrivAer notchback cars, as point clouds of surface cell centres."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +21,8 @@ from datamodules.drivaerml_io import (
 from datamodules.drivaerml_predict import DrivAerMLReader
 from datamodules.drivaerml_proxy import generate_proxy_runs
 from datamodules.mesh_datamodule import MeshDataModule
-from datamodules.mesh_dataset import EXTRA_FIELDS, MeshDataset
+from datamodules.mesh_dataset import EXTRA_FIELDS
+from datamodules.run_files import RunFilesDataset
 
 Targets = Literal["pressure", "pressure_wss"]
 Source = Literal["npz", "vtp"]
@@ -33,7 +33,7 @@ NPZ_FOLDERS = ("train", "test", "")
 REFERENCE_AREA = 2.16  # where a run named by a split file may live
 
 
-class DrivAerMLDataset(MeshDataset):
+class DrivAerMLDataset(RunFilesDataset):
     """Surface fields of DrivAerML runs (or of DrivAerML proxy runs, same layout).
 
     A sample holds ``pos`` [N, 3], the surface cell centres [m], ``normals`` [N, 3] (into
@@ -43,7 +43,9 @@ class DrivAerMLDataset(MeshDataset):
     or [N, 4] = (p, τx, τy, τz): time-averaged kinematic pressure and wall shear stress
     [m²/s²] (divided by the density), or Cp = p / q∞ and Cf = τ / q∞ (q∞ = 756.18 m²/s²,
     U∞ = 38.889 m/s) with ``pressure_as_cp``. Real runs have ~8.8M cells; the paper
-    trains on 40k points per run.
+    trains on 40k points per run. Each run is processed once into its own cache, which
+    readers memory-map (``RunFilesDataset``): host memory holds the runs being read, not
+    the dataset.
 
     Source: Ashton et al., "DrivAerML" (arXiv 2408.11969), CC-BY-SA 4.0,
     huggingface.co/datasets/neashton/drivaerml. Paper split: 387 train / 97 test runs.
@@ -57,6 +59,7 @@ class DrivAerMLDataset(MeshDataset):
         num_points: keep this many random points of each run, the same subset every time
             (seeded by ``seed`` and the run id); None keeps all.
         seed: seed of the point subsets.
+        processes: processes that build missing run caches (one run in memory each).
     """
 
     def __init__(
@@ -68,32 +71,22 @@ class DrivAerMLDataset(MeshDataset):
         pressure_as_cp: bool = False,
         num_points: int | None = None,
         seed: int = 0,
+        processes: int = 1,
     ) -> None:
         if len(files) != len(run_ids):
             raise ValueError(f"DrivAerMLDataset: {len(files)} files but {len(run_ids)} run ids")
         _check_option("targets", targets, TARGET_DIMS)
         if num_points is not None and num_points < 1:
             raise ValueError(f"DrivAerMLDataset: num_points must be >= 1 or None, got {num_points}")
-        self.files, self.run_ids = list(files), list(run_ids)
+        self.run_ids = list(run_ids)
         self.targets, self.pressure_as_cp, self.num_points, self.seed = targets, pressure_as_cp, num_points, seed
-        super().__init__(root)
-
-    def sample_keys(self) -> list[str]:
-        return [self.raw_digests[f] for f in self.files]  # one run per file: its content
+        super().__init__(root, files, processes)
 
     def sample_name(self, index: int) -> str:
-        return f"{Path(self.raw_dir) / self.files[index]} (run {self.run_ids[index]})"
-
-    def expected_samples(self) -> int:
-        return len(self.files)
-
-    @property
-    def raw_file_names(self) -> list[str]:
-        return self.files
+        return f"{self.root / self.files[index]} (run {self.run_ids[index]})"
 
     def cache_config(self) -> dict:
         return {
-            "files": self.files,
             "targets": self.targets,
             "cp": self.pressure_as_cp,
             "num_points": self.num_points,
@@ -101,15 +94,18 @@ class DrivAerMLDataset(MeshDataset):
             "geometry": 1,  # caches also hold cell normals and areas where the files give them
         }
 
-    def read_samples(self) -> Iterator[dict[str, np.ndarray]]:
+    def file_config(self, index: int) -> dict:
+        return {"file": self.files[index], "run_id": self.run_ids[index]}
+
+    def read_file(self, index: int) -> dict[str, np.ndarray]:
         reader = DrivAerMLReader(TARGET_DIMS[self.targets], self.pressure_as_cp, strict=True)
-        for file, run_id in zip(self.files, self.run_ids, strict=True):
-            sample = {k: v for k, v in reader(Path(self.raw_dir) / file).items() if k in ("pos", "y", *EXTRA_FIELDS)}
-            if self.num_points is not None and len(sample["pos"]) > self.num_points:
-                rng = np.random.default_rng([self.seed, run_id])
-                keep = np.sort(rng.choice(len(sample["pos"]), size=self.num_points, replace=False))
-                sample = {k: v[keep] for k, v in sample.items()}
-            yield sample
+        raw = reader(self.root / self.files[index])
+        sample = {k: v for k, v in raw.items() if k in ("pos", "y", *EXTRA_FIELDS)}
+        if self.num_points is not None and len(sample["pos"]) > self.num_points:
+            rng = np.random.default_rng([self.seed, self.run_ids[index]])
+            keep = np.sort(rng.choice(len(sample["pos"]), size=self.num_points, replace=False))
+            sample = {k: v[keep] for k, v in sample.items()}
+        return sample
 
     def output_name(self, idx: int) -> str:
         """``run_<i>``: the DrivAerML run id of sample ``idx``."""
@@ -342,6 +338,7 @@ class DrivAerMLDataModule(MeshDataModule):
             pressure_as_cp=self.pressure_as_cp,
             num_points=self.num_points,
             seed=self.seed,
+            processes=max(1, self.num_workers),  # the loader's workers bound memory: one run each
         )
 
     def make_datasets(self, splits: list[str]) -> dict[str, Dataset]:

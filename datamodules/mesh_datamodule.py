@@ -4,12 +4,10 @@ padded loaders over ``MeshDataset``s."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -17,9 +15,10 @@ from datamodules.collate import PaddedCollate
 from datamodules.mesh_dataset import MeshDataset
 from datamodules.point_sets import PointSetReader
 from datamodules.predict_files import PredictCollate, PredictFileDataset, check_unique_names, resolve_predict_files
+from datamodules.run_files import RunFilesDataset
 from datamodules.subsample import EpochShuffleSampler, PointSubsample, ShardSampler
 from flare_lightning.atomic import atomic_write_text
-from flare_lightning.normalizer import channel_stats
+from flare_lightning.normalizer import stats_from_moments
 
 GENERATED_NOTE = "GENERATED.txt"
 # The splits each stage reads. Fit also reads and checks the test split, so that bad test
@@ -194,19 +193,11 @@ class MeshDataModule(L.LightningDataModule):
             module.use_data_stats(self, stage)
 
     def fit_stats(self, train: Dataset) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-        """Per-channel (mean, std) of model inputs and of targets over the training split."""
+        """Per-channel (mean, std) of model inputs and of targets over the training split, merged
+        from per-sample moments (one sample at a time: memory does not grow with the split)."""
         base, indices = _unwrap(train)
-
-        def spans() -> Iterator[tuple[int, int]]:
-            return ((int(base._ptr[i]), int(base._ptr[i + 1])) for i in indices)
-
-        def inputs() -> Iterator[Tensor]:  # one sample at a time: memory does not grow with the split
-            for lo, hi in spans():
-                parts = [base.field("pos")[lo:hi]] + ([base.field("x")[lo:hi]] if base.has_inputs() else [])
-                yield torch.cat(parts, dim=-1)
-
-        targets = (base.field("y")[lo:hi] for lo, hi in spans())
-        return channel_stats(inputs()), channel_stats(targets)
+        moments = [base.sample_moments(i) for i in indices]
+        return stats_from_moments(m[0] for m in moments), stats_from_moments(m[1] for m in moments)
 
     def _loader(self, split: str, batch_size: int, train: bool = False) -> DataLoader:
         if split not in self.datasets:
@@ -301,7 +292,7 @@ class MeshDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict" if "predict" in self.datasets else "test", self.eval_batch_size)
 
-    def with_subsample(self, dataset: MeshDataset) -> MeshDataset:
+    def with_subsample(self, dataset: MeshDataset | RunFilesDataset) -> MeshDataset | RunFilesDataset:
         """Attach the training point subsampling (if configured) to a dataset."""
         if self.subsample is not None:
             dataset.transform = self.subsample
@@ -323,13 +314,14 @@ def check_disjoint(owner: str, datasets: dict[str, Dataset]) -> None:
                 )
 
 
-def _unwrap(ds: Dataset) -> tuple[MeshDataset, list[int]]:
-    """The underlying ``MeshDataset`` and the sample indices a (possibly nested) Subset selects."""
+def _unwrap(ds: Dataset) -> tuple[MeshDataset | RunFilesDataset, list[int]]:
+    """The underlying ``MeshDataset`` or ``RunFilesDataset`` and the sample indices a (possibly
+    nested) Subset selects."""
     indices = None
     while isinstance(ds, Subset):
         idx = list(ds.indices)
         indices = idx if indices is None else [idx[i] for i in indices]
         ds = ds.dataset
-    if not isinstance(ds, MeshDataset):
-        raise TypeError(f"expected a MeshDataset (or Subset of one), got {type(ds).__name__}")
+    if not isinstance(ds, (MeshDataset, RunFilesDataset)):
+        raise TypeError(f"expected a MeshDataset or RunFilesDataset (or Subset of one), got {type(ds).__name__}")
     return ds, list(range(len(ds))) if indices is None else indices
