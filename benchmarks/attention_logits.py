@@ -2,7 +2,7 @@
 |logit| and the mean softmax entropy against uniform attention, and the error of the same
 weights evaluated in fp32 and under bf16 autocast, on one batch of the config's data.
 
-    python benchmarks/attention_logits.py --config configs/baselines/transformer_darcy.yaml \\
+    python benchmarks/attention_logits.py --config configs/darcy.yaml \\
         --ckpt runs/accuracy/transformer_darcy/seed0_full/checkpoints/{best,last}.ckpt [--split val]
 
 Runs on the CPU (no training); the data is the config's, made or read as `flare fit` would.

@@ -21,8 +21,11 @@ def accuracy():
     return import_benchmark("accuracy")
 
 
-def opts(cmd: list[str]) -> dict[str, str]:
-    return dict(a.removeprefix("--").split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+def opts(cmd: list[str]) -> dict:
+    """The command's options; ``config`` lists every ``--config`` in order."""
+    out = dict(a.removeprefix("--").split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+    out["config"] = [a.split("=", 1)[1] for a in cmd if a.startswith("--config=")]
+    return out
 
 
 def test_command_lines(accuracy, tmp_path):
@@ -30,7 +33,7 @@ def test_command_lines(accuracy, tmp_path):
     cmd = flare.command()
     assert cmd[1:4] == ["-m", "flare_lightning", "fit"]
     o = opts(cmd)
-    assert o["config"] == str(CONFIGS / "darcy.yaml") and o["seed_everything"] == "3"
+    assert o["config"] == [str(CONFIGS / "darcy.yaml")] and o["seed_everything"] == "3"
     assert o["trainer.max_epochs"] == "50" and o["trainer.logger.init_args.save_dir"] == str(tmp_path)
     assert (o["trainer.logger.init_args.name"], o["trainer.logger.init_args.version"]) == ("flare_darcy", "seed3_ep50")
     assert "model.fast_step" not in o and "ckpt_path" not in o
@@ -38,7 +41,7 @@ def test_command_lines(accuracy, tmp_path):
 
     base = accuracy.Run("transolver", "elasticity", 0, None, tmp_path)
     o = opts(base.command(extra=("--trainer.precision=bf16-mixed",)))
-    assert o["config"] == str(CONFIGS / "baselines" / "transolver_elasticity.yaml")
+    assert o["config"] == [str(CONFIGS / "elasticity.yaml"), str(CONFIGS / "baselines" / "transolver_elasticity.yaml")]
     assert "trainer.max_epochs" not in o and o["trainer.precision"] == "bf16-mixed"
     assert (o["data.init_args.n_train"], o["data.init_args.n_test"]) == ("1000", "200")  # the paper's counts
     assert base.folder == tmp_path / "transolver_elasticity" / "seed0_full"

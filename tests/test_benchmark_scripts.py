@@ -52,10 +52,10 @@ def test_train_step_rows_train_the_right_model_and_mask():
     small = import_benchmark("train_step_small")
     for dataset in ("darcy", "elasticity"):
         for row in small.ROWS:
-            path = small.row_config(dataset, row)
-            assert path.is_file(), (dataset, row)
+            paths = small.row_configs(dataset, row)
+            assert all(p.is_file() for p in paths), (dataset, row)
             model = small.BASELINE_ROWS.get(row)
-            assert path.name == (f"{model}_{dataset}.yaml" if model else f"{dataset}.yaml"), (dataset, row)
+            assert [p.name for p in paths] == [f"{dataset}.yaml", *([f"{model}_{dataset}.yaml"] if model else [])], row
     batch = {"mask": torch.ones(2, 5, dtype=torch.bool), "padded": False}
     assert SurrogateModule.network_mask(batch) is None
     for target, value in small.PATCHES["transformer-fast-masked"].items():
