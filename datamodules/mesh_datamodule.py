@@ -48,10 +48,10 @@ class MeshDataModule(L.LightningDataModule):
         batch_size: samples per training batch.
         eval_batch_size: samples per validation/test/predict batch (default: batch_size).
         num_workers: loader worker processes (they read, subsample and collate samples).
-        prefetch_factor: batches each worker prepares ahead (None: PyTorch's default, 2);
-            needs ``num_workers >= 1``.
-        persistent_workers: keep the workers alive between epochs (no re-start per epoch);
-            needs ``num_workers >= 1``.
+        prefetch_factor: batches each worker prepares ahead (None: PyTorch's default, 2); without
+            workers (``num_workers: 0``) it does not apply.
+        persistent_workers: keep the workers alive between epochs (no re-start per epoch); without
+            workers it does not apply.
         pin_memory: page-locked batches, so that host-to-GPU copies are asynchronous (None:
             on when the trainer runs on a GPU).
         train_points: if set, train on this many random points per sample, drawn anew
@@ -102,11 +102,6 @@ class MeshDataModule(L.LightningDataModule):
         self.check_options(1, allow_none=True, eval_batch_size=eval_batch_size, train_points=train_points,
                            prefetch_factor=prefetch_factor)
         self.check_options(0, num_workers=num_workers)
-        if num_workers == 0 and (prefetch_factor is not None or persistent_workers):
-            raise ValueError(
-                f"{type(self).__name__}: prefetch_factor and persistent_workers need loader workers "
-                f"(num_workers >= 1), got num_workers=0"
-            )
         self.predict_files = predict_files
         self.root = Path(root)
         self.pad_to_buckets = pad_to_buckets
@@ -209,8 +204,9 @@ class MeshDataModule(L.LightningDataModule):
         else:
             collate = PaddedCollate(pad_to_buckets=self.pad_to_buckets)
         kwargs = dict(batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers,
-                      pin_memory=self._pin_memory(), prefetch_factor=self.prefetch_factor,
-                      persistent_workers=self.persistent_workers)
+                      pin_memory=self._pin_memory())
+        if self.num_workers > 0:  # options of worker processes: DataLoader refuses them without any
+            kwargs.update(prefetch_factor=self.prefetch_factor, persistent_workers=self.persistent_workers)
         if not train:
             return DataLoader(ds, sampler=ShardSampler(len(ds), replicas, rank), **kwargs)
         self._train_sampler = EpochShuffleSampler(len(ds), self.seed, self.subsample, replicas, rank)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.helpers import import_benchmark
@@ -62,3 +64,20 @@ def test_train_step_rows_train_the_right_model_and_mask():
         with mock.patch(target, value):
             assert SurrogateModule.network_mask(batch) is batch["mask"]
     assert SurrogateModule.network_mask(batch) is None  # the patch is undone
+
+
+@pytest.mark.slow
+def test_drivaerml_memory_measures_every_phase_and_writes_a_record(tmp_path):
+    """benchmarks/drivaerml_memory.py on a tiny set: the first start builds every run's cache,
+    each phase has a peak, the record names card, commit, command and data."""
+    memory = import_benchmark("drivaerml_memory")
+    out = tmp_path / "record.json"
+    record = memory.main(["--root", str(tmp_path / "set"), "--runs", "3", "--points", "3000", "--train-points", "1000",
+                          "--n-val", "1", "--workers", "1", "--out", str(out)])
+    assert [r["phase"] for r in record["rows"]] == list(memory.PHASES)
+    assert all(r["rss_gb"] >= r["pss_gb"] >= r["pss_anon_gb"] > 0 and r["processes"] >= 1 for r in record["rows"])
+    assert max(r["processes"] for r in record["rows"][2:]) == 2  # the main process and its one worker
+    assert len(list((tmp_path / "set" / "processed").glob("drivaermldataset_*/run_*.pt"))) == 0
+    assert len(list((tmp_path / "set" / "processed").glob("drivaermldataset_*/*run_*.npz.pt"))) == 5
+    assert record["train_runs_per_s"] > 0 and record["one_worker_s_per_run"] > 0 and "synthetic" in record["env"]["data"]
+    assert json.loads(out.read_text()) == record

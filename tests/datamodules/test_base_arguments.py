@@ -57,12 +57,18 @@ def test_cli_lists_the_base_arguments_under_data_init_args(tmp_path, cls):
     assert {k: getattr(dm, k) for k in VALUES} == VALUES
 
 
-def test_workers_options_need_workers(tmp_path):
-    for option in ({"prefetch_factor": 4}, {"persistent_workers": True}):
-        with pytest.raises(ValueError, match=r"DarcyDataModule: prefetch_factor and persistent_workers need loader"):
-            DarcyDataModule(root=str(tmp_path), num_workers=0, **option)
+def test_loader_options_reach_the_loaders_and_need_workers(tmp_path):
+    data = tiny("darcy", tmp_path)
+    options = {"prefetch_factor": 3, "persistent_workers": True, "pin_memory": False}
+    dm = data.datamodule(num_workers=1, **options)
+    dm.setup("fit")
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        assert (loader.prefetch_factor, loader.persistent_workers, loader.pin_memory) == (3, True, False)
+    dm = data.datamodule(num_workers=0, **options)  # no workers: the worker options do not apply
+    dm.setup("fit")
+    assert dm.train_dataloader().num_workers == 0 and not dm.train_dataloader().persistent_workers
     with pytest.raises(ValueError, match=r"DarcyDataModule: prefetch_factor must be >= 1 or None, got 0"):
-        DarcyDataModule(root=str(tmp_path), num_workers=1, prefetch_factor=0)
+        data.datamodule(num_workers=1, prefetch_factor=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -214,3 +214,20 @@ def test_host_memory_does_not_grow_with_the_number_of_runs(tmp_path):
     few, many = _peak_growth_mb(tmp_path / "few", 4), _peak_growth_mb(tmp_path / "many", 20)
     print(f"peak resident memory grew by {few:.1f} MB (4 runs) and {many:.1f} MB (20 runs)")
     assert many - few < 16, f"16 more runs of {RUN_MB} MB raised the peak by {many - few:.0f} MB"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_trainer_gets_pinned_batches_from_the_workers(root):
+    """pin_memory's default follows the trainer's device: page-locked batches, so that the
+    host-to-GPU copy of a training batch is asynchronous."""
+    import lightning as L
+
+    dm = DrivAerMLDataModule(root=str(root), n_val=1, train_points=25, num_workers=2, prefetch_factor=2,
+                             persistent_workers=True)
+    dm.trainer = L.Trainer(accelerator="gpu", devices=1, logger=False)
+    dm.setup("fit")
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        batch = next(iter(loader))
+        assert batch["x"].is_pinned() and batch["y"].is_pinned()
+        torch.testing.assert_close(batch["x"].to("cuda", non_blocking=True).cpu(), batch["x"])
