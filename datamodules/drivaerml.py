@@ -129,6 +129,11 @@ class DrivAerMLDataModule(MeshDataModule):
     with no validation at all: the last checkpoint is the one tested, and test data is
     never used for validation or checkpoint selection.
 
+    Each run is processed once into its own cache (``DrivAerMLDataset``) that the loader
+    workers memory-map and subsample (``train_points``) one run at a time, so host memory is
+    bounded by ``num_workers``, not by the number of runs; on the first start ``num_workers``
+    processes build the caches, one run each. Validation and test read each run in full.
+
     With ``proxy: true`` it trains on the DrivAerML proxy (potential flow) instead: random
     car-like bodies with panel-method pressure, written to ``root`` in the npz layout on
     first use (see ``datamodules.drivaerml_proxy``). Its results are not DrivAerML results.
