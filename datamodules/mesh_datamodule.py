@@ -1,5 +1,5 @@
 """Shared LightningDataModule: splits, training-split normalisation statistics and
-padded loaders over ``MeshDataset``s."""
+padded loaders over ``MeshDataset``s (one cache per split) and ``RunFilesDataset``s (one per run)."""
 
 from __future__ import annotations
 

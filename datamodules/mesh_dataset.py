@@ -182,6 +182,3 @@ class MeshDataset(Dataset):
         """All points of all samples for ``pos``, ``x`` or ``y``, concatenated: [sum N, C]
         (a memory map of the cache: slice it, do not copy it whole)."""
         return self._data[name]
-
-    def has_inputs(self) -> bool:
-        return "x" in self._data
