@@ -245,3 +245,25 @@ def test_a_gpu_trainer_gets_pinned_batches_from_the_workers(root):
         batch = next(iter(loader))
         assert batch["x"].is_pinned() and batch["y"].is_pinned()
         torch.testing.assert_close(batch["x"].to("cuda", non_blocking=True).cpu(), batch["x"])
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_share_the_run_caches_one_builds(root, tmp_path):
+    """DDP (2 gloo processes) from an empty cache: the first rank builds each run's cache while
+    the other waits at the barrier, then both read them; nothing is rebuilt or left half-written."""
+    from tests.helpers import CONFIGS, tiny_trainer_args
+
+    cmd = [sys.executable, "-m", "flare_lightning", "fit", f"--config={CONFIGS / 'drivaerml.yaml'}",
+           f"--data.root={root}", "--data.proxy=false", "--data.n_val=2", "--data.train_points=20",
+           "--model.model.init_args.channels=8", "--model.model.init_args.num_blocks=1",
+           "--model.model.init_args.num_heads=2", "--model.model.init_args.num_latents=4",
+           "--trainer.max_epochs=1", "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2",
+           *tiny_trainer_args(tmp_path / "runs", "ddp")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"DDP run failed:\n{proc.stderr[-6000:]}"
+    assert "rebuilding" not in proc.stderr and "is corrupt" not in proc.stderr
+    folder = next((root / "processed").glob("drivaermldataset_*"))
+    runs = [f"{split}__run_{i}.npz.pt" for split, ids in (("train", TRAIN), ("test", TEST)) for i in ids]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*runs, "verified.json"])
+    assert len(list((tmp_path / "runs" / "ddp").glob("version_*/test_metrics.json"))) == 1  # rank 0 wrote it
