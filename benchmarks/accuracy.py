@@ -1,8 +1,8 @@
 """Accuracy runs (issue 11): train FLARE and the baselines on the same data, and record the test
 relative L2 of every run (benchmarks/records/accuracy/), from which benchmarks/ACCURACY.md is rendered.
 
-Each run is ``flare fit --config <config>`` (FLARE: configs/<dataset>.yaml; baselines:
-configs/baselines/<model>_<dataset>.yaml) with a seed and optionally a reduced epoch budget,
+Each run is ``flare fit --config <configs>`` (FLARE: configs/<dataset>.yaml; baselines: that,
+then configs/baselines/<model>_<dataset>.yaml) with a seed and optionally a reduced epoch budget,
 in its own folder ``<out>/<model>_<dataset>/seed<S>_<full|epN>/``. ``launch`` makes the data
 once (in the foreground), then starts one background worker per entry of ``--devices``
 (``CUDA_VISIBLE_DEVICES`` set; repeat an id to run several models side by side on one GPU);
@@ -84,12 +84,31 @@ DATASETS = {
 }
 
 
-def config_path(model: str, dataset: str) -> Path:
-    """FLARE trains with the dataset's own config, a baseline with configs/baselines/<model>_<dataset>.yaml."""
-    path = ROOT / "configs" / (f"{dataset}.yaml" if model == "flare" else f"baselines/{model}_{dataset}.yaml")
-    if not path.is_file():
-        raise FileNotFoundError(f"no config for model {model!r} on dataset {dataset!r}: {path}")
-    return path
+def config_paths(model: str, dataset: str) -> list[Path]:
+    """FLARE trains with the dataset's own config; a baseline composes configs/baselines/<model>_<dataset>.yaml
+    after it (``--config`` twice)."""
+    paths = [ROOT / "configs" / f"{dataset}.yaml"]
+    if model != "flare":
+        paths.append(ROOT / "configs" / "baselines" / f"{model}_{dataset}.yaml")
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"no config for model {model!r} on dataset {dataset!r}: {path}")
+    return paths
+
+
+def read_config(model: str, dataset: str) -> dict:
+    """The run's config files merged key by key, later files winning (as LightningCLI merges plain
+    values such as the data and trainer options read here)."""
+
+    def merge(into: dict, update: dict) -> dict:
+        for key, value in update.items():
+            into[key] = merge(dict(into[key]), value) if isinstance(value, dict) and isinstance(into.get(key), dict) else value
+        return into
+
+    cfg: dict = {}
+    for path in config_paths(model, dataset):
+        merge(cfg, yaml.safe_load(path.read_text()))
+    return cfg
 
 
 def rel_l2_of(folder: Path) -> float | None:
@@ -137,7 +156,8 @@ class Run:
         On ``gpus`` > 1: DDP with the config's batch split over the GPUs, so the global batch, the
         steps per epoch and the schedule stay the protocol's."""
         cmd = [
-            sys.executable, "-m", "flare_lightning", "fit", f"--config={config_path(self.model, self.dataset)}",
+            sys.executable, "-m", "flare_lightning", "fit",
+            *(f"--config={path}" for path in config_paths(self.model, self.dataset)),
             f"--seed_everything={self.seed}",
             f"--trainer.default_root_dir={self.folder}",
             f"--trainer.logger.init_args.save_dir={self.out}",
@@ -206,13 +226,13 @@ def plan(models: list[str], datasets: list[str], seeds: list[int], epochs: int |
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
     runs = [Run(m, d, s, epochs, out) for d in datasets for s in seeds for m in models]
     for run in runs:
-        config_path(run.model, run.dataset)  # fail now, not in a background worker
+        config_paths(run.model, run.dataset)  # fail now, not in a background worker
     return runs
 
 
 def data_args(model: str, dataset: str) -> tuple[dict, dict]:
     """A run's config (as read) and its data init_args with the dataset's overrides applied."""
-    cfg = yaml.safe_load(config_path(model, dataset).read_text())
+    cfg = read_config(model, dataset)
     data = dict(cfg["data"]["init_args"])
     for override in DATASETS[dataset].overrides:
         key, _, value = override.removeprefix("--data.init_args.").partition("=")
@@ -243,7 +263,7 @@ def check_batch_split(runs: list[Run], gpus: int) -> None:
     for run in runs:
         batch = run.batch_size()
         if batch % gpus:
-            raise SystemExit(f"{config_path(run.model, run.dataset)}: data.init_args.batch_size {batch} does not split "
+            raise SystemExit(f"{config_paths(run.model, run.dataset)[-1]}: data.init_args.batch_size {batch} does not split "
                              f"over {gpus} GPUs per run; run {run.name} on one GPU per worker")
 
 
@@ -308,7 +328,7 @@ def prepare_data(datasets: list[str], extra: tuple[str, ...]) -> None:
     for dataset in datasets:
         print(f"preparing {dataset} ...", flush=True)
         with mock.patch("sys.argv", ["flare"]):
-            cli = make_cli([f"--config={config_path('flare', dataset)}", *DATASETS[dataset].overrides, *extra], run=False)
+            cli = make_cli([f"--config={config_paths('flare', dataset)[0]}", *DATASETS[dataset].overrides, *extra], run=False)
         dm = cli.datamodule
         dm.prepare_data()
         dm.setup("fit")
@@ -575,8 +595,8 @@ def run_record(result: Result, out: Path) -> dict:
            "precision": result.precision, "rel_l2": result.rel_l2, "wall_s": result.wall_s, "attempts": result.attempts,
            "untimed_attempts": result.untimed_attempts, "full_budget_s": result.full_protocol_s(), "commits": commits,
            "folder": result.folder.relative_to(out).as_posix()}
-    config = config_path(result.model, result.dataset).relative_to(ROOT).as_posix()
-    return make_record("accuracy", [row], paths=[*FIT_PATHS, config], card=result.card, host=None,
+    configs = [path.relative_to(ROOT).as_posix() for path in config_paths(result.model, result.dataset)]
+    return make_record("accuracy", [row], paths=[*FIT_PATHS, *configs], card=result.card, host=None,
                        command=shlex.join(result.command) if result.command else "unknown (no launch record)",
                        date=result.date, versions=result.versions,
                        commit=(commits[0] if commits else None, any(c.endswith(DIRTY) for c in result.commits)))
@@ -676,7 +696,7 @@ def in_progress(out: Path) -> list[InProgress]:
         if finished(folder) or not attempts or attempts[-1].get("rc") is not None:
             continue
         done, best = training_progress(folder)
-        max_epochs = record.get("epochs") or yaml.safe_load(config_path(model, dataset).read_text())["trainer"]["max_epochs"]
+        max_epochs = record.get("epochs") or read_config(model, dataset)["trainer"]["max_epochs"]
         found.append(InProgress(model, dataset, seed, budget, done, max_epochs, best, folder=folder,
                                 **run_facts(out, folder, record)))
     return found

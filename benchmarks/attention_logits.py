@@ -2,7 +2,7 @@
 |logit| and the mean softmax entropy against uniform attention, and the error of the same
 weights evaluated in fp32 and under bf16 autocast, on one batch of the config's data.
 
-    python benchmarks/attention_logits.py --config configs/baselines/transformer_darcy.yaml \\
+    python benchmarks/attention_logits.py --config configs/darcy.yaml --config configs/baselines/transformer_darcy.yaml \\
         --ckpt runs/accuracy/transformer_darcy/seed0_full/checkpoints/{best,last}.ckpt [--split val]
 
 Runs on the CPU (no training); the data is the config's, made or read as `flare fit` would.
@@ -26,10 +26,10 @@ from flare_lightning.metrics import relative_l2  # noqa: E402
 from flare_lightning.module import SurrogateModule  # noqa: E402
 
 
-def first_batch(config: Path, split: str, overrides: list[str]) -> dict[str, torch.Tensor]:
-    """The first batch of the config's ``split`` loader (fit-stage setup; the test split is not read)."""
+def first_batch(configs: list[Path], split: str, overrides: list[str]) -> dict[str, torch.Tensor]:
+    """The first batch of the configs' ``split`` loader (fit-stage setup; the test split is not read)."""
     with mock.patch("sys.argv", ["flare"]):
-        cli = make_cli([f"--config={config}", *overrides], run=False)
+        cli = make_cli([*(f"--config={config}" for config in configs), *overrides], run=False)
     dm = cli.datamodule
     dm.prepare_data()
     dm.setup("fit")
@@ -56,7 +56,8 @@ def report(ckpt: Path, batch: dict[str, torch.Tensor], max_rows: int) -> list[st
 
 def main(argv: list[str] | None = None) -> list[str]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, required=True, help="the run's config (its data section is used)")
+    p.add_argument("--config", type=Path, action="append", required=True,
+                   help="the run's config files in order, as given to flare fit (their data section is used)")
     p.add_argument("--ckpt", type=Path, nargs="+", required=True)
     p.add_argument("--split", choices=["train", "val"], default="train")
     p.add_argument("--max-rows", type=int, default=256, help="query rows sampled per sample, head and attention")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> list[str]:
             raise SystemExit(f"--ckpt {ckpt}: no such file")
     torch.manual_seed(0)
     batch = first_batch(args.config, args.split, args.overrides)
-    lines = [f"{args.split} batch of {args.config}: {tuple(batch['x'].shape)}", ""]
+    lines = [f"{args.split} batch of {' + '.join(map(str, args.config))}: {tuple(batch['x'].shape)}", ""]
     for ckpt in args.ckpt:
         lines += report(ckpt, batch, args.max_rows)
     print("\n".join(lines))

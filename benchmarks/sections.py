@@ -190,6 +190,16 @@ SECTIONS = (
          Column("peak_gb", "peak GB", ".2f"), Column("diff_out", "diff out", ".1e"), Column("diff_dx", "diff dx", ".1e")),
     ),
     Section(
+        "drivaerml_memory", "Host memory of DrivAerML training at scale",
+        "peak resident memory of the main process and its loader workers, summed (PSS: a page shared by several "
+        "processes divided among them; RSS counts it in each), per phase of a DrivAerML fit on a synthetic set in "
+        "the presampled layout (the data and options are in the record's environment)",
+        ("card", "commit", "phase"),
+        (Column("phase", "phase"), Column("pss_gb", "PSS GB", ".2f"), Column("pss_anon_gb", "of it private GB", ".2f"),
+         Column("pss_file_gb", "of it mapped files GB", ".2f"), Column("rss_gb", "RSS GB", ".2f"),
+         Column("processes", "processes"), Column("seconds", "seconds", ".1f")),
+    ),
+    Section(
         "max_points", "Largest N per sample that trains",
         "for each config of the step benchmark, a full training step tried at doubling N until out of memory, "
         "then bisected while the time budget lasts",

@@ -54,9 +54,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: `benchmarks.` imports and class paths resolve
 
-from benchmarks.accuracy import ELASTICITY_PAPER_COUNTS, FIT_PATHS, config_path  # noqa: E402
+from benchmarks.accuracy import ELASTICITY_PAPER_COUNTS, FIT_PATHS, config_paths  # noqa: E402
 from benchmarks.records import add_out_argument, write_record  # noqa: E402
-DATASETS = ("darcy", "elasticity", "drivaerml_1m")  # FLARE rows train configs/<dataset>.yaml (row_config)
+DATASETS = ("darcy", "elasticity", "drivaerml_1m")  # FLARE rows train configs/<dataset>.yaml (row_configs)
 DATA_ARGS = {
     "elasticity": list(ELASTICITY_PAPER_COUNTS),  # 1000 training cells: 500 steps an epoch
     # 1.1M-point proxy surfaces (no download): 6 training runs of 2^20 sampled points
@@ -95,9 +95,9 @@ PATCHES = {  # module constants a row sets for its run
 }
 
 
-def row_config(dataset: str, row: str) -> Path:
-    """The config a row trains: the dataset's FLARE config, or a baseline's for its rows."""
-    return config_path(BASELINE_ROWS.get(row, "flare"), dataset)
+def row_configs(dataset: str, row: str) -> list[Path]:
+    """The configs a row trains: the dataset's FLARE config, then a baseline's fragment for its rows."""
+    return config_paths(BASELINE_ROWS.get(row, "flare"), dataset)
 
 
 def is_fast(row: str) -> bool:
@@ -150,7 +150,7 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
     timer, profiler = EpochTimer(), FastStepProfile()
     name = f"{dataset}_{row}_{precision}"
     args = [
-        f"--config={row_config(dataset, row)}", *ROWS[row],
+        *(f"--config={path}" for path in row_configs(dataset, row)), *ROWS[row],
         f"--trainer.precision={precision}", "--trainer.max_epochs=2", "--trainer.num_sanity_val_steps=0",
         f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
         f"--trainer.logger.init_args.name={name}", "--trainer.enable_progress_bar=false",
@@ -249,7 +249,7 @@ def add_speedups(rows: list[dict]) -> list[dict]:
 
 def measured_paths(datasets: list[str], rows: list[str]) -> list[str]:
     """What a row's numbers depend on: the package, the data code and the configs it trains."""
-    configs = {row_config(d, r).relative_to(REPO).as_posix() for d in datasets for r in rows}
+    configs = {path.relative_to(REPO).as_posix() for d in datasets for r in rows for path in row_configs(d, r)}
     reference = ["benchmarks/reference_flare.py"] if "reference-compiled" in rows else []
     return [*FIT_PATHS, *sorted(configs), *reference]
 

@@ -44,8 +44,10 @@ def dense_batch(data_list: list[Data], fields: Iterable[str], n_max: int | None 
     """The samples as one padded batch: ``x`` (model inputs) [B, n_max, d + f], ``mask``,
     ``padded``, ``sample_id`` and each of ``fields`` the batch holds, as [B, n_max, ·].
     ``n_max`` (default: the largest sample) is passed to ``to_dense_batch``: no device sync."""
-    batch = Batch.from_data_list(data_list)
     size, n_max = len(data_list), n_max or max(d.num_nodes for d in data_list)
+    if not has_padding(data_list, n_max):
+        return _stacked(data_list, fields)
+    batch = Batch.from_data_list(data_list)
 
     def dense(t: Tensor) -> tuple[Tensor, Tensor]:
         return to_dense_batch(t, batch.batch, batch_size=size, max_num_nodes=n_max)
@@ -54,6 +56,17 @@ def dense_batch(data_list: list[Data], fields: Iterable[str], n_max: int | None 
     out: dict[str, Any] = {"x": x, "mask": mask, "padded": has_padding(data_list, n_max),
                            "sample_id": batch.sample_id.view(-1)}
     out.update({k: dense(batch[k])[0] for k in fields if k in batch})
+    return out
+
+
+def _stacked(data_list: list[Data], fields: Iterable[str]) -> dict[str, Any]:
+    """``dense_batch`` of samples that all have the batch's point count: stacked, the same
+    values without the scatter of ``to_dense_batch`` (a 2^20-point DrivAerML batch in a
+    fraction of the time)."""
+    x = torch.stack([model_inputs(d) for d in data_list])
+    out: dict[str, Any] = {"x": x, "mask": torch.ones(x.shape[:2], dtype=torch.bool), "padded": False,
+                           "sample_id": torch.cat([d.sample_id.view(-1) for d in data_list])}
+    out.update({k: torch.stack([d[k] for d in data_list]) for k in fields if k in data_list[0]})
     return out
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from datamodules.progress import progress
 from flare_lightning.atomic import atomic_write_text
 
 try:
@@ -27,6 +28,8 @@ except ImportError:  # optional: hashlib's BLAKE2b is always there, ~3x slower
     xxhash = None
 
 CHUNK = 16 << 20
+HASH_PROGRESS_BYTES = 1 << 30  # show a bar when hashing more raw data than this
+DIGEST_MEMO = "raw_digests.json"  # in processed/: the raw files' digests with their stamps
 ALGORITHM = "xxh3_128" if xxhash is not None else "blake2b"
 _memo: dict[tuple, str] = {}
 
@@ -57,39 +60,74 @@ def file_digest(path: str | Path, stamp: tuple | None = None) -> str:
     return _memo[stamp]
 
 
-def _memo_entries(memo_file: Path) -> dict:
-    """The ``files`` entries of a digest memo of this algorithm; {} for a missing, unreadable or foreign one."""
-    try:
-        memo = json.loads(memo_file.read_text())
-    except (OSError, ValueError):
-        return {}
-    entries = memo.get("files") if isinstance(memo, dict) and memo.get("algorithm") == ALGORITHM else None
-    return entries if isinstance(entries, dict) else {}
+class StampMemo:
+    """Values recorded per file stamp (``file_stamp``) in a JSON file beside a cache, so that
+    later processes (every run, every DDP rank) trust what was computed for an unchanged file
+    instead of reading it again. A missing, unreadable or foreign memo (another algorithm)
+    counts as empty; saving is atomic and skipped where the folder is not writable.
+
+    Args:
+        memo_file: the JSON file.
+    """
+
+    def __init__(self, memo_file: Path) -> None:
+        self.memo_file = memo_file
+        try:
+            memo = json.loads(memo_file.read_text())
+        except (OSError, ValueError):
+            memo = {}
+        entries = memo.get("files") if isinstance(memo, dict) and memo.get("algorithm") == ALGORITHM else None
+        self.entries: dict = entries if isinstance(entries, dict) else {}
+        self.changed = False
+
+    def get(self, stamp: tuple) -> str | None:
+        """The value recorded for this exact stamp, else None."""
+        entry = self.entries.get(stamp[0])
+        if isinstance(entry, dict) and entry.get("stamp") == list(stamp) and isinstance(entry.get("digest"), str):
+            return entry["digest"]
+        return None
+
+    def put(self, stamp: tuple, value: str) -> None:
+        self.entries[stamp[0]] = {"stamp": list(stamp), "digest": value}
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        try:
+            self.memo_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.memo_file, json.dumps({"algorithm": ALGORITHM, "files": self.entries}, indent=1) + "\n")
+        except OSError:
+            pass  # a read-only data folder: compute again next time
+        self.changed = False
 
 
 def file_digests(paths: Iterable[Path], memo_file: Path) -> dict[Path, str]:
-    """Digests of ``paths``, reusing those recorded in ``memo_file`` for files whose stamp is
-    unchanged, so later processes (every run, every DDP rank) need not read the raw files again;
-    new digests are recorded (atomically; skipped where the folder is not writable). A memo that
-    is missing, unreadable or of another algorithm is ignored."""
-    entries = _memo_entries(memo_file)
-    out, changed = {}, False
+    """Digests of ``paths``, reusing those recorded in ``memo_file`` (a ``StampMemo``) for files
+    whose stamp is unchanged, so later processes need not read the raw files again."""
+    memo = StampMemo(memo_file)
+    out = {}
     for path in paths:
         stamp = file_stamp(path)
-        entry = entries.get(stamp[0])
-        if isinstance(entry, dict) and entry.get("stamp") == list(stamp) and isinstance(entry.get("digest"), str):
-            _memo[stamp] = entry["digest"]
+        recorded = memo.get(stamp)
+        if recorded is None:
+            memo.put(stamp, file_digest(path, stamp))
         else:
-            entries[stamp[0]] = {"stamp": list(stamp), "digest": file_digest(path, stamp)}
-            changed = True
+            _memo[stamp] = recorded
         out[path] = _memo[stamp]
-    if changed:
-        try:
-            memo_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(memo_file, json.dumps({"algorithm": ALGORITHM, "files": entries}, indent=1) + "\n")
-        except OSError:
-            pass  # a read-only data folder: hash again next time
+    memo.save()
     return out
+
+
+def raw_file_digests(owner: str, root: Path, names: list[str]) -> dict[str, str]:
+    """Digests of the raw files ``names`` (relative to ``root``), memoised in
+    ``root/processed/raw_digests.json``; a progress bar when there is much to read."""
+    paths = [root / f for f in names]
+    shown = paths
+    if sum(p.stat().st_size for p in paths) > HASH_PROGRESS_BYTES:
+        shown = progress(paths, f"{owner}: hashing raw files", total=len(paths), unit="file")
+    digests = file_digests(shown, root / "processed" / DIGEST_MEMO)
+    return {f: digests[p] for f, p in zip(names, paths)}
 
 
 def array_digest(arr: np.ndarray) -> str:

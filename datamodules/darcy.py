@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.io
@@ -126,16 +127,10 @@ class DarcyDataModule(MeshDataModule):
         n_test: test samples.
         stride: grid subsampling of the training file (paper: 5, 421 -> 85).
         test_stride: grid subsampling of the test file (default: ``stride``).
-        batch_size: training batch size.
-        eval_batch_size: validation/test batch size (default: ``batch_size``).
-        num_workers: loader workers.
-        train_points: random points per training sample and epoch (None: all).
         generate: make missing files with the FNO recipe.
         gen_resolution: grid size s of generated files.
         gen_seed: seed of generated data (the test file uses ``gen_seed + 1``).
-        seed: seed of shuffling and point subsets.
-        pad_to_buckets: pad batches to a few point-count buckets (for ``model.fast_step``).
-        predict_files: meshes for ``flare predict`` (folder, glob or file; see ``MeshDataModule``).
+        **kwargs: the loader options of ``MeshDataModule`` (batch_size, num_workers, ...).
     """
 
     pos_dim = 2
@@ -152,20 +147,12 @@ class DarcyDataModule(MeshDataModule):
         n_test: int = 200,
         stride: int = 5,
         test_stride: int | None = None,
-        batch_size: int = 2,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        train_points: int | None = None,
         generate: bool = True,
         gen_resolution: int = 85,
         gen_seed: int = 0,
-        seed: int = 0,
-        pad_to_buckets: bool = False,
-        predict_files: str | list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets, predict_files
-        )
+        super().__init__(root=root, **kwargs)
         self.check_options(1, n_train=n_train, n_test=n_test, stride=stride)
         self.check_options(1, allow_none=True, test_stride=test_stride)
         self.check_options(0, n_val=n_val)
@@ -199,13 +186,11 @@ class DarcyDataModule(MeshDataModule):
             write_darcy_mat(path, coeff, sol)
             self.note_generated(file)
 
-    def build_datasets(self, stage: str) -> dict[str, Dataset]:
-        datasets: dict[str, Dataset] = {}
-        if stage in ("fit", "validate") and self.n_val > 0:
-            datasets["val"] = DarcyDataset(self.root, self.train_file, self.n_train, self.n_val, self.stride)
-        if stage == "fit":
-            train = DarcyDataset(self.root, self.train_file, 0, self.n_train, self.stride)
-            datasets["train"] = self.with_subsample(train)
-        if stage in ("fit", "test", "predict"):
-            datasets["test"] = DarcyDataset(self.root, self.test_file, 0, self.n_test, self.test_stride)
-        return datasets
+    def make_datasets(self, splits: list[str]) -> dict[str, Dataset]:
+        # (file, first sample, count, stride) of each split: validation follows training in its file
+        windows = {
+            "train": (self.train_file, 0, self.n_train, self.stride),
+            "val": (self.train_file, self.n_train, self.n_val, self.stride),
+            "test": (self.test_file, 0, self.n_test, self.test_stride),
+        }
+        return {split: DarcyDataset(self.root, *windows[split]) for split in splits}

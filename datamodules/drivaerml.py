@@ -3,12 +3,10 @@ DrivAer notchback cars, as point clouds of surface cell centres."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
@@ -23,8 +21,8 @@ from datamodules.drivaerml_io import (
 from datamodules.drivaerml_predict import DrivAerMLReader
 from datamodules.drivaerml_proxy import generate_proxy_runs
 from datamodules.mesh_datamodule import MeshDataModule
-from flare_lightning.force_metrics import ForceCoefficientErrors
-from datamodules.mesh_dataset import EXTRA_FIELDS, MeshDataset
+from datamodules.mesh_dataset import EXTRA_FIELDS
+from datamodules.run_files import RunFilesDataset
 
 Targets = Literal["pressure", "pressure_wss"]
 Source = Literal["npz", "vtp"]
@@ -35,7 +33,7 @@ NPZ_FOLDERS = ("train", "test", "")
 REFERENCE_AREA = 2.16  # where a run named by a split file may live
 
 
-class DrivAerMLDataset(MeshDataset):
+class DrivAerMLDataset(RunFilesDataset):
     """Surface fields of DrivAerML runs (or of DrivAerML proxy runs, same layout).
 
     A sample holds ``pos`` [N, 3], the surface cell centres [m], ``normals`` [N, 3] (into
@@ -45,7 +43,9 @@ class DrivAerMLDataset(MeshDataset):
     or [N, 4] = (p, τx, τy, τz): time-averaged kinematic pressure and wall shear stress
     [m²/s²] (divided by the density), or Cp = p / q∞ and Cf = τ / q∞ (q∞ = 756.18 m²/s²,
     U∞ = 38.889 m/s) with ``pressure_as_cp``. Real runs have ~8.8M cells; the paper
-    trains on 40k points per run.
+    trains on 40k points per run. Each run is processed once into its own cache, which
+    readers memory-map (``RunFilesDataset``): host memory holds the runs being read, not
+    the dataset.
 
     Source: Ashton et al., "DrivAerML" (arXiv 2408.11969), CC-BY-SA 4.0,
     huggingface.co/datasets/neashton/drivaerml. Paper split: 387 train / 97 test runs.
@@ -59,6 +59,7 @@ class DrivAerMLDataset(MeshDataset):
         num_points: keep this many random points of each run, the same subset every time
             (seeded by ``seed`` and the run id); None keeps all.
         seed: seed of the point subsets.
+        processes: processes that build missing run caches (one run in memory each).
     """
 
     def __init__(
@@ -70,32 +71,22 @@ class DrivAerMLDataset(MeshDataset):
         pressure_as_cp: bool = False,
         num_points: int | None = None,
         seed: int = 0,
+        processes: int = 1,
     ) -> None:
         if len(files) != len(run_ids):
             raise ValueError(f"DrivAerMLDataset: {len(files)} files but {len(run_ids)} run ids")
         _check_option("targets", targets, TARGET_DIMS)
         if num_points is not None and num_points < 1:
             raise ValueError(f"DrivAerMLDataset: num_points must be >= 1 or None, got {num_points}")
-        self.files, self.run_ids = list(files), list(run_ids)
+        self.run_ids = list(run_ids)
         self.targets, self.pressure_as_cp, self.num_points, self.seed = targets, pressure_as_cp, num_points, seed
-        super().__init__(root)
-
-    def sample_keys(self) -> list[str]:
-        return [self.raw_digests[f] for f in self.files]  # one run per file: its content
+        super().__init__(root, files, processes)
 
     def sample_name(self, index: int) -> str:
-        return f"{Path(self.raw_dir) / self.files[index]} (run {self.run_ids[index]})"
-
-    def expected_samples(self) -> int:
-        return len(self.files)
-
-    @property
-    def raw_file_names(self) -> list[str]:
-        return self.files
+        return f"{self.root / self.files[index]} (run {self.run_ids[index]})"
 
     def cache_config(self) -> dict:
         return {
-            "files": self.files,
             "targets": self.targets,
             "cp": self.pressure_as_cp,
             "num_points": self.num_points,
@@ -103,15 +94,18 @@ class DrivAerMLDataset(MeshDataset):
             "geometry": 1,  # caches also hold cell normals and areas where the files give them
         }
 
-    def read_samples(self) -> Iterator[dict[str, np.ndarray]]:
+    def file_config(self, index: int) -> dict:
+        return {"file": self.files[index], "run_id": self.run_ids[index]}
+
+    def read_file(self, index: int) -> dict[str, np.ndarray]:
         reader = DrivAerMLReader(TARGET_DIMS[self.targets], self.pressure_as_cp, strict=True)
-        for file, run_id in zip(self.files, self.run_ids, strict=True):
-            sample = {k: v for k, v in reader(Path(self.raw_dir) / file).items() if k in ("pos", "y", *EXTRA_FIELDS)}
-            if self.num_points is not None and len(sample["pos"]) > self.num_points:
-                rng = np.random.default_rng([self.seed, run_id])
-                keep = np.sort(rng.choice(len(sample["pos"]), size=self.num_points, replace=False))
-                sample = {k: v[keep] for k, v in sample.items()}
-            yield sample
+        raw = reader(self.root / self.files[index])
+        sample = {k: v for k, v in raw.items() if k in ("pos", "y", *EXTRA_FIELDS)}
+        if self.num_points is not None and len(sample["pos"]) > self.num_points:
+            rng = np.random.default_rng([self.seed, self.run_ids[index]])
+            keep = np.sort(rng.choice(len(sample["pos"]), size=self.num_points, replace=False))
+            sample = {k: v[keep] for k, v in sample.items()}
+        return sample
 
     def output_name(self, idx: int) -> str:
         """``run_<i>``: the DrivAerML run id of sample ``idx``."""
@@ -135,6 +129,11 @@ class DrivAerMLDataModule(MeshDataModule):
     with no validation at all: the last checkpoint is the one tested, and test data is
     never used for validation or checkpoint selection.
 
+    Each run is processed once into its own cache (``DrivAerMLDataset``) that the loader
+    workers memory-map and subsample (``train_points``) one run at a time, so host memory is
+    bounded by ``num_workers``, not by the number of runs; on the first start ``num_workers``
+    processes build the caches, one run each. Validation and test read each run in full.
+
     With ``proxy: true`` it trains on the DrivAerML proxy (potential flow) instead: random
     car-like bodies with panel-method pressure, written to ``root`` in the npz layout on
     first use (see ``datamodules.drivaerml_proxy``). Its results are not DrivAerML results.
@@ -154,14 +153,10 @@ class DrivAerMLDataModule(MeshDataModule):
         proxy_points: surface points written per proxy body.
         proxy_seed: seed of the proxy bodies.
         batch_size: training batch size (paper: 1).
-        eval_batch_size: validation/test batch size (default: ``batch_size``).
-        num_workers: loader workers.
-        train_points: random points per training sample, fresh each epoch (None: all).
-        seed: seed of shuffling and point subsets.
-        pad_to_buckets: pad batches to a few point-count buckets (for ``model.fast_step``).
         reference_area: A_ref [m²] of the drag and lift coefficients (Cd = F_x / (q∞ A_ref),
             Cl = F_z / (q∞ A_ref)); see docs/datasets/drivaerml.md for the value's source.
-        predict_files: meshes for ``flare predict`` (folder, glob or file; see ``MeshDataModule``).
+        **kwargs: the other loader options of ``MeshDataModule`` (num_workers, train_points, ...;
+            ``seed`` also seeds the ``num_points`` subsets).
     """
 
     in_dim = 3
@@ -182,17 +177,10 @@ class DrivAerMLDataModule(MeshDataModule):
         proxy_points: int = 8000,
         proxy_seed: int = 0,
         batch_size: int = 1,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        train_points: int | None = None,
-        seed: int = 0,
-        pad_to_buckets: bool = False,
         reference_area: float = REFERENCE_AREA,
-        predict_files: str | list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets, predict_files
-        )
+        super().__init__(root=root, batch_size=batch_size, **kwargs)
         if reference_area <= 0:
             raise ValueError(f"DrivAerMLDataModule: reference_area must be > 0 m², got {reference_area}")
         self.reference_area = reference_area
@@ -234,26 +222,13 @@ class DrivAerMLDataModule(MeshDataModule):
 
     @property
     def force_reference(self) -> dict[str, float]:
-        """q∞ in the targets' units and A_ref, for the drag and lift coefficients."""
+        """q∞ in the targets' units and A_ref, for the drag and lift coefficients (computed by
+        ``flare_lightning.force_metrics`` from the cell ``normals`` and ``areas`` batches carry)."""
         return {"dynamic_pressure": 1.0 if self.pressure_as_cp else Q_INF, "reference_area": self.reference_area}
 
     def predict_reader(self) -> DrivAerMLReader:
         """Raw ``.vtp`` surfaces, presampled ``run_<i>.npz`` archives or plain point sets."""
         return DrivAerMLReader(self.out_dim, self.pressure_as_cp)
-
-    def sample_quantities(self, fields: dict[str, np.ndarray]) -> dict[str, float]:
-        """Cd and Cl of one predicted (and true) surface, for the prediction files' field data."""
-        if "normals" not in fields:
-            return {}
-        metric = ForceCoefficientErrors(**self.force_reference)
-        t = {k: torch.as_tensor(v)[None] for k, v in fields.items()}
-        mask = torch.ones(t["normals"].shape[:2], dtype=torch.bool)
-        out = {}
-        for key, tag in (("prediction", "pred"), ("target", "true")):
-            if key in t:
-                cd, cl = metric.coefficients(t[key], t["normals"], t["areas"], mask)[0].tolist()
-                out.update({f"cd_{tag}": cd, f"cl_{tag}": cl})
-        return out
 
     @property
     def label(self) -> str:
@@ -368,25 +343,20 @@ class DrivAerMLDataModule(MeshDataModule):
             pressure_as_cp=self.pressure_as_cp,
             num_points=self.num_points,
             seed=self.seed,
+            processes=max(1, self.num_workers),  # the loader's workers bound memory: one run each
         )
 
-    def build_datasets(self, stage: str) -> dict[str, Dataset]:
+    def make_datasets(self, splits: list[str]) -> dict[str, Dataset]:
         runs = self.split_runs()
         train, test = runs["train"], runs["test"]
         if self.n_val >= len(train):
             raise ValueError(f"DrivAerMLDataModule: n_val={self.n_val} leaves none of the {len(train)} training runs")
         train, val = (train[: -self.n_val], train[-self.n_val :]) if self.n_val else (train, [])
         _refuse_shared_runs({"train": train, "val": val, "test": test}, self.root)
-        if stage == "fit":
+        if "train" in splits:
             rank_zero_info(f"{self.label}: {len(train)} train / {len(val)} val / {len(test)} test runs from {self.root}")
-        datasets: dict[str, Dataset] = {}
-        if stage in ("fit", "validate") and val:
-            datasets["val"] = self._dataset(val)
-        if stage == "fit":
-            datasets["train"] = self.with_subsample(self._dataset(train))
-        if stage in ("fit", "test", "predict"):
-            datasets["test"] = self._dataset(test)
-        return datasets
+        chosen = {"train": train, "val": val, "test": test}
+        return {split: self._dataset(chosen[split]) for split in splits}
 
 
 def _refuse_shared_runs(splits: dict[str, list[tuple[int, str]]], root: Path) -> None:

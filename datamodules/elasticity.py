@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -105,17 +106,12 @@ class ElasticityDataModule(MeshDataModule):
         n_train: training samples (paper: 1000).
         n_val: validation samples, taken after the training ones.
         n_test: test samples, the last ones of the file (paper: 200).
-        batch_size: training batch size (paper: 2).
-        eval_batch_size: validation/test batch size (default: ``batch_size``).
-        num_workers: loader workers.
-        train_points: random points per training sample and epoch (None: all 972).
         generate: make missing files with the finite-element solver.
         gen_samples: samples to generate (default: n_train + n_val + n_test).
         gen_seed: seed of generated data.
         gen_workers: processes used to generate.
-        seed: seed of shuffling and point subsets.
-        pad_to_buckets: pad batches to a few point-count buckets (for ``model.fast_step``).
-        predict_files: meshes for ``flare predict`` (folder, glob or file; see ``MeshDataModule``).
+        **kwargs: the loader options of ``MeshDataModule`` (batch_size: paper 2, train_points:
+            None uses all 972 points, ...).
     """
 
     pos_dim = 2
@@ -128,21 +124,13 @@ class ElasticityDataModule(MeshDataModule):
         n_train: int = 1000,
         n_val: int = 100,
         n_test: int = 200,
-        batch_size: int = 2,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        train_points: int | None = None,
         generate: bool = True,
         gen_samples: int | None = None,
         gen_seed: int = 0,
         gen_workers: int = 1,
-        seed: int = 0,
-        pad_to_buckets: bool = False,
-        predict_files: str | list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets, predict_files
-        )
+        super().__init__(root=root, **kwargs)
         self.check_options(1, n_train=n_train, n_test=n_test)
         self.check_options(0, n_val=n_val)
         if generate:
@@ -178,13 +166,6 @@ class ElasticityDataModule(MeshDataModule):
             )
         return {"train": (0, self.n_train), "val": (self.n_train, self.n_val), "test": (test_start, self.n_test)}
 
-    def build_datasets(self, stage: str) -> dict[str, Dataset]:
+    def make_datasets(self, splits: list[str]) -> dict[str, Dataset]:
         ranges = self.split_ranges()
-        datasets: dict[str, Dataset] = {}
-        if stage in ("fit", "validate") and self.n_val > 0:
-            datasets["val"] = ElasticityDataset(self.root, *ranges["val"])
-        if stage == "fit":
-            datasets["train"] = self.with_subsample(ElasticityDataset(self.root, *ranges["train"]))
-        if stage in ("fit", "test", "predict"):
-            datasets["test"] = ElasticityDataset(self.root, *ranges["test"])
-        return datasets
+        return {split: ElasticityDataset(self.root, *ranges[split]) for split in splits}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -141,9 +142,6 @@ class LPBFDataModule(MeshDataModule):
         build_volume: x, y, z divisors of the coordinates [mm] (the reference code's
             30, 30, 60: x, y in [-30, 30], parts up to 60 mm high).
         batch_size: training batch size (paper: 1).
-        eval_batch_size: validation/test batch size (default: ``batch_size``).
-        num_workers: loader workers.
-        train_points: random nodes per training case and epoch (None: all).
         generate: make an LPBF proxy in ``root`` when ``train/`` or ``test/`` is absent.
         proxy_train: proxy cases written to ``train/``.
         proxy_test: proxy cases written to ``test/``.
@@ -151,9 +149,7 @@ class LPBFDataModule(MeshDataModule):
         proxy_voxel_size: proxy voxel edge [mm].
         proxy_seed: seed of proxy parts (the test folder uses ``proxy_seed + 1``).
         proxy_workers: processes used to generate the proxy.
-        seed: seed of shuffling and node subsets.
-        pad_to_buckets: pad batches to a few point-count buckets (for ``model.fast_step``).
-        predict_files: meshes for ``flare predict`` (folder, glob or file; see ``MeshDataModule``).
+        **kwargs: the other loader options of ``MeshDataModule`` (num_workers, train_points, ...).
     """
 
     in_dim = 3
@@ -169,9 +165,6 @@ class LPBFDataModule(MeshDataModule):
         n_test: int | None = None,
         build_volume: tuple[float, float, float] = (30.0, 30.0, 60.0),
         batch_size: int = 1,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        train_points: int | None = None,
         generate: bool = False,
         proxy_train: int = 100,
         proxy_test: int = 25,
@@ -179,13 +172,9 @@ class LPBFDataModule(MeshDataModule):
         proxy_voxel_size: float = 2.5,
         proxy_seed: int = 0,
         proxy_workers: int = 1,
-        seed: int = 0,
-        pad_to_buckets: bool = False,
-        predict_files: str | list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root, batch_size, eval_batch_size, num_workers, train_points, seed, pad_to_buckets, predict_files
-        )
+        super().__init__(root=root, batch_size=batch_size, **kwargs)
         unknown = [t for t in targets if t not in TARGETS]
         if unknown or not targets:
             raise ValueError(
@@ -261,17 +250,6 @@ class LPBFDataModule(MeshDataModule):
             "test": test_files[:n_test],
         }
 
-    def build_datasets(self, stage: str) -> dict[str, Dataset]:
+    def make_datasets(self, splits: list[str]) -> dict[str, Dataset]:
         files = self.split_files()
-
-        def dataset(split: str) -> LPBFDataset:
-            return LPBFDataset(self.root, files[split], self.targets, self.build_volume)
-
-        datasets: dict[str, Dataset] = {}
-        if stage in ("fit", "validate") and self.n_val > 0:
-            datasets["val"] = dataset("val")
-        if stage == "fit":
-            datasets["train"] = self.with_subsample(dataset("train"))
-        if stage in ("fit", "test", "predict"):
-            datasets["test"] = dataset("test")
-        return datasets
+        return {split: LPBFDataset(self.root, files[split], self.targets, self.build_volume) for split in splits}

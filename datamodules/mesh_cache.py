@@ -7,7 +7,10 @@ Layout (``torch.save`` of plain tensors, strings and dicts only, so it loads wit
 
     {"meta": {"format": 2, "config": <options JSON>, "raw": {file: digest},
               "checksums": {field: digest}},
-     "fields": {"pos": [sum N, d], "y": [sum N, o], "x"?: [sum N, f], "ptr": [S + 1]}}
+     "fields": {"pos": [sum N, d], "y": [sum N, o], "x"?: [sum N, f], "ptr": [S + 1], ...}}
+
+(``run_files`` writes one such cache per run, adding the run's ``input_moments`` and
+``target_moments``.)
 
 ``torch.load(mmap=True)`` maps the tensors instead of reading them: host memory does not
 grow with the dataset, and DDP ranks on one node share the pages through the page cache.
@@ -35,9 +38,11 @@ def write_cache(path: str | Path, fields: dict[str, Tensor], meta: dict[str, Any
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load_cache(path: str | Path, meta: dict[str, Any]) -> tuple[dict[str, Tensor] | None, str]:
+def load_cache(path: str | Path, meta: dict[str, Any], verify: bool = True) -> tuple[dict[str, Tensor] | None, str]:
     """``(fields, "")`` if ``path`` is a complete cache made from the same raw content and
-    options, else ``(None, why not)``. Nothing is unpickled beyond tensors and plain types."""
+    options, else ``(None, why not)``. Nothing is unpickled beyond tensors and plain types.
+    ``verify=False`` skips reading every byte against the checksums (for a cache already
+    verified at this stamp): format, options, raw content and completeness are still checked."""
     path = Path(path)
     if not path.exists():
         return None, "absent"
@@ -61,6 +66,8 @@ def load_cache(path: str | Path, meta: dict[str, Any]) -> tuple[dict[str, Tensor
     if set(checksums) != set(fields) or not {"pos", "y", "ptr"} <= set(fields):
         return None, "corrupt: fields and checksums do not match"
     for name, tensor in fields.items():
-        if not isinstance(tensor, Tensor) or array_digest(tensor.numpy()) != checksums[name]:
+        if not isinstance(tensor, Tensor):
+            return None, f"corrupt: field {name!r} is not a tensor"
+        if verify and array_digest(tensor.numpy()) != checksums[name]:
             return None, f"corrupt: the checksum of field {name!r} does not match (truncated or bit-flipped)"
     return fields, ""

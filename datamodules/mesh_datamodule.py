@@ -1,15 +1,13 @@
 """Shared LightningDataModule: splits, training-split normalisation statistics and
-padded loaders over ``MeshDataset``s."""
+padded loaders over ``MeshDataset``s (one cache per split) and ``RunFilesDataset``s (one per run)."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -17,22 +15,29 @@ from datamodules.collate import PaddedCollate
 from datamodules.mesh_dataset import MeshDataset
 from datamodules.point_sets import PointSetReader
 from datamodules.predict_files import PredictCollate, PredictFileDataset, check_unique_names, resolve_predict_files
+from datamodules.run_files import RunFilesDataset
 from datamodules.subsample import EpochShuffleSampler, PointSubsample, ShardSampler
 from flare_lightning import compat
 from flare_lightning.atomic import atomic_write_text
-from flare_lightning.normalizer import channel_stats
+from flare_lightning.normalizer import stats_from_moments
 
 GENERATED_NOTE = "GENERATED.txt"
+# The splits each stage reads. Fit also reads and checks the test split, so that bad test
+# data fails before the first training step; predict without predict_files runs on it.
+STAGE_SPLITS = {"fit": ("val", "train", "test"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
 
 class MeshDataModule(L.LightningDataModule):
     """Base for the dataset modules.
 
     Subclasses set ``in_dim``/``out_dim`` (known at construction, so the CLI can link
-    them into the model), create missing data in ``prepare_data`` and build datasets
-    in ``build_datasets(stage)``, returning a dict with any of ``train``, ``val``,
-    ``test``, ``predict``. This class fits normalisation statistics on ``train`` only
-    and serves padded batches (see ``PaddedCollate``).
+    them into the model), create missing data in ``prepare_data`` and build the datasets
+    of the splits a stage needs in ``make_datasets(splits)`` (``STAGE_SPLITS`` says which:
+    the stage-to-split rule lives here only). They take this class's arguments as keyword
+    arguments (``**kwargs``, forwarded by name: LightningCLI still lists them under
+    ``--data.init_args.*``), re-declaring one only to give it another default. This class
+    fits normalisation statistics on ``train`` only and serves padded batches (see
+    ``PaddedCollate``).
 
     Protocol: ``n_val: 0`` means no validation at all (``has_val`` is False and
     ``val_dataloader`` returns no loader), never validation on test data. ``setup("fit")``
@@ -43,7 +48,13 @@ class MeshDataModule(L.LightningDataModule):
         root: data folder.
         batch_size: samples per training batch.
         eval_batch_size: samples per validation/test/predict batch (default: batch_size).
-        num_workers: loader worker processes.
+        num_workers: loader worker processes (they read, subsample and collate samples).
+        prefetch_factor: batches each worker prepares ahead (None: PyTorch's default, 2); without
+            workers (``num_workers: 0``) it does not apply.
+        persistent_workers: keep the workers alive between epochs (no re-start per epoch); without
+            workers it does not apply.
+        pin_memory: page-locked batches, so that host-to-GPU copies are asynchronous (None:
+            on when the trainer runs on a GPU).
         train_points: if set, train on this many random points per sample, drawn anew
             each epoch without replacement; evaluation always uses every point.
         seed: seed of the shuffling and the point subsets.
@@ -75,10 +86,14 @@ class MeshDataModule(L.LightningDataModule):
 
     def __init__(
         self,
+        *,
         root: str | Path,
         batch_size: int = 2,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
+        prefetch_factor: int | None = None,
+        persistent_workers: bool = False,
+        pin_memory: bool | None = None,
         train_points: int | None = None,
         seed: int = 0,
         pad_to_buckets: bool = False,
@@ -86,7 +101,8 @@ class MeshDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.check_options(1, batch_size=batch_size)
-        self.check_options(1, allow_none=True, eval_batch_size=eval_batch_size, train_points=train_points)
+        self.check_options(1, allow_none=True, eval_batch_size=eval_batch_size, train_points=train_points,
+                           prefetch_factor=prefetch_factor)
         self.check_options(0, num_workers=num_workers)
         self.predict_files = predict_files
         self.root = Path(root)
@@ -94,6 +110,7 @@ class MeshDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        self.prefetch_factor, self.persistent_workers, self.pin_memory = prefetch_factor, persistent_workers, pin_memory
         self.train_points = train_points
         self.seed = seed
         self.subsample = PointSubsample(train_points, seed) if train_points is not None else None
@@ -120,6 +137,18 @@ class MeshDataModule(L.LightningDataModule):
         return self.n_val > 0
 
     def build_datasets(self, stage: str) -> dict[str, Dataset]:
+        """The datasets of ``stage`` (``STAGE_SPLITS``; validation only with ``n_val > 0``),
+        the training one with the point subsampling attached."""
+        splits = [s for s in STAGE_SPLITS[stage] if s != "val" or self.has_val]
+        datasets = self.make_datasets(splits)
+        if sorted(datasets) != sorted(splits):
+            raise RuntimeError(f"{type(self).__name__}.make_datasets({splits}) returned the splits {sorted(datasets)}")
+        if "train" in datasets:
+            self.with_subsample(datasets["train"])
+        return datasets
+
+    def make_datasets(self, splits: list[str]) -> dict[str, Dataset]:
+        """One dataset for each of ``splits`` (from ``train``, ``val``, ``test``)."""
         raise NotImplementedError
 
     def predict_reader(self):
@@ -147,9 +176,6 @@ class MeshDataModule(L.LightningDataModule):
         if not first:
             self._barrier()
         self.datasets = self.build_datasets(stage)
-        if stage == "fit" and "test" not in self.datasets:
-            # Read and check the test split now: bad test data must fail before training.
-            self.datasets.update(self.build_datasets("test"))
         if first:
             self._barrier()
         for name, ds in self.datasets.items():
@@ -164,19 +190,11 @@ class MeshDataModule(L.LightningDataModule):
             module.use_data_stats(self, stage)
 
     def fit_stats(self, train: Dataset) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-        """Per-channel (mean, std) of model inputs and of targets over the training split."""
+        """Per-channel (mean, std) of model inputs and of targets over the training split, merged
+        from per-sample moments (one sample at a time: memory does not grow with the split)."""
         base, indices = _unwrap(train)
-
-        def spans() -> Iterator[tuple[int, int]]:
-            return ((int(base._ptr[i]), int(base._ptr[i + 1])) for i in indices)
-
-        def inputs() -> Iterator[Tensor]:  # one sample at a time: memory does not grow with the split
-            for lo, hi in spans():
-                parts = [base.field("pos")[lo:hi]] + ([base.field("x")[lo:hi]] if base.has_inputs() else [])
-                yield torch.cat(parts, dim=-1)
-
-        targets = (base.field("y")[lo:hi] for lo, hi in spans())
-        return channel_stats(inputs()), channel_stats(targets)
+        moments = [base.sample_moments(i) for i in indices]
+        return stats_from_moments(m[0] for m in moments), stats_from_moments(m[1] for m in moments)
 
     def _loader(self, split: str, batch_size: int, train: bool = False) -> DataLoader:
         if split not in self.datasets:
@@ -189,6 +207,8 @@ class MeshDataModule(L.LightningDataModule):
             collate = PaddedCollate(pad_to_buckets=self.pad_to_buckets)
         kwargs = dict(batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers,
                       pin_memory=self._pin_memory())
+        if self.num_workers > 0:  # options of worker processes: DataLoader refuses them without any
+            kwargs.update(prefetch_factor=self.prefetch_factor, persistent_workers=self.persistent_workers)
         if not train:
             return DataLoader(ds, sampler=ShardSampler(len(ds), replicas, rank), **kwargs)
         self._train_sampler = EpochShuffleSampler(len(ds), self.seed, self.subsample, replicas, rank)
@@ -208,9 +228,12 @@ class MeshDataModule(L.LightningDataModule):
             self.trainer.strategy.barrier("datasets")
 
     def _pin_memory(self) -> bool:
-        """Page-locked batches when the trainer runs on a GPU, so that their copies are
-        asynchronous (a pageable copy waits for the GPU's stream). At Darcy's 230 kB batches
-        it made no measured difference (benchmarks/RESULTS.md); it is for large batches."""
+        """Page-locked batches (``pin_memory``, by default when the trainer runs on a GPU), so
+        that their copies are asynchronous (a pageable copy waits for the GPU's stream). At
+        Darcy's 230 kB batches it made no measured difference (benchmarks/RESULTS.md); it is
+        for large batches."""
+        if self.pin_memory is not None:
+            return self.pin_memory
         trainer = self.trainer
         return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
@@ -267,7 +290,7 @@ class MeshDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict" if "predict" in self.datasets else "test", self.eval_batch_size)
 
-    def with_subsample(self, dataset: MeshDataset) -> MeshDataset:
+    def with_subsample(self, dataset: MeshDataset | RunFilesDataset) -> MeshDataset | RunFilesDataset:
         """Attach the training point subsampling (if configured) to a dataset."""
         if self.subsample is not None:
             dataset.transform = self.subsample
@@ -289,13 +312,14 @@ def check_disjoint(owner: str, datasets: dict[str, Dataset]) -> None:
                 )
 
 
-def _unwrap(ds: Dataset) -> tuple[MeshDataset, list[int]]:
-    """The underlying ``MeshDataset`` and the sample indices a (possibly nested) Subset selects."""
+def _unwrap(ds: Dataset) -> tuple[MeshDataset | RunFilesDataset, list[int]]:
+    """The underlying ``MeshDataset`` or ``RunFilesDataset`` and the sample indices a (possibly
+    nested) Subset selects."""
     indices = None
     while isinstance(ds, Subset):
         idx = list(ds.indices)
         indices = idx if indices is None else [idx[i] for i in indices]
         ds = ds.dataset
-    if not isinstance(ds, MeshDataset):
-        raise TypeError(f"expected a MeshDataset (or Subset of one), got {type(ds).__name__}")
+    if not isinstance(ds, (MeshDataset, RunFilesDataset)):
+        raise TypeError(f"expected a MeshDataset or RunFilesDataset (or Subset of one), got {type(ds).__name__}")
     return ds, list(range(len(ds))) if indices is None else indices

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +16,41 @@ from torch import Tensor
 from torch_geometric.data import Data, Dataset
 
 from datamodules.checks import DataFormatError, finite_float32, require_files
-from datamodules.content_hash import file_digests
+from datamodules.content_hash import raw_file_digests
 from datamodules.mesh_cache import load_cache, write_cache
 from datamodules.progress import is_rank_zero, progress
+from flare_lightning.normalizer import channel_moments
 
-HASH_PROGRESS_BYTES = 1 << 30  # show a bar when hashing more raw data than this
-DIGEST_MEMO = "raw_digests.json"  # in processed/: the raw files' digests with their stamps
 # Optional per-point geometry of surface cells, kept for integrated quantities (forces).
 EXTRA_FIELDS = ("normals", "areas")
+
+
+def checked_sample(sample: Mapping[str, Any], name: str) -> dict[str, Tensor]:
+    """``pos`` [N, d], ``y`` [N, o] and, where given, ``x`` and ``EXTRA_FIELDS`` [N, ·] of one
+    read sample as float32 tensors, checked finite, of one N > 0 and with a target that is not
+    zero everywhere (errors name the sample)."""
+    p = torch.from_numpy(finite_float32(sample["pos"], name, "pos"))
+    y = torch.from_numpy(finite_float32(sample["y"], name, "y"))
+    if p.dim() != 2 or y.dim() != 2 or p.shape[0] != y.shape[0] or p.shape[0] == 0:
+        raise DataFormatError(
+            f"{name}: has pos {tuple(p.shape)} and y {tuple(y.shape)}, expected [N, d] and [N, o] with the same N > 0"
+        )
+    if not bool(y.any()):
+        raise DataFormatError(
+            f"{name}: the target y is zero everywhere, so its relative L2 error (the loss and the metric) "
+            "is undefined; check the data (a failed solve?)"
+        )
+    out = {"pos": p, "y": y}
+    for key in ("x", *EXTRA_FIELDS):
+        if sample.get(key) is not None:
+            out[key] = torch.from_numpy(finite_float32(sample[key], name, key)).reshape(p.shape[0], -1)
+    return out
+
+
+def sample_moments(fields: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """``channel_moments`` of one sample's model inputs (``pos``, then ``x``) and of its targets."""
+    inputs = torch.cat([fields["pos"], fields["x"]], dim=-1) if "x" in fields else fields["pos"]
+    return channel_moments(inputs), channel_moments(fields["y"])
 
 
 class MeshDataset(Dataset):
@@ -51,7 +78,7 @@ class MeshDataset(Dataset):
         self._root_path = Path(root)
         super().__init__(str(root), transform=transform, log=is_rank_zero())
         self.check_raw_files()
-        self.raw_digests = self._hash_raw_files()
+        self.raw_digests = raw_file_digests(type(self).__name__, self._root_path, self.raw_file_names)
         self._data = self._load_or_build()
         self._ptr: Tensor = self._data["ptr"]
 
@@ -103,14 +130,6 @@ class MeshDataset(Dataset):
             hint=f"{type(self).__name__} reads these from root={self.raw_dir}",
         )
 
-    def _hash_raw_files(self) -> dict[str, str]:
-        paths = [Path(self.raw_dir) / f for f in self.raw_file_names]
-        shown = paths
-        if sum(p.stat().st_size for p in paths) > HASH_PROGRESS_BYTES:
-            shown = progress(paths, f"{type(self).__name__}: hashing raw files", total=len(paths), unit="file")
-        digests = file_digests(shown, Path(self.processed_dir) / DIGEST_MEMO)
-        return {f: digests[p] for f, p in zip(self.raw_file_names, paths)}
-
     def _load_or_build(self) -> dict[str, Tensor]:
         path = Path(self.processed_paths[0])
         meta = {"config": self._config_json(), "raw": self.raw_digests}
@@ -127,48 +146,24 @@ class MeshDataset(Dataset):
 
     def build_cache(self, path: Path, meta: dict[str, Any]) -> None:
         """Read every sample, cast to float32, check, and write the cache to ``path``."""
-        pos, xs, ys, ptr = [], [], [], [0]
-        extras: dict[str, list[Tensor]] = {}
+        parts: dict[str, list[Tensor]] = {}
+        ptr = [0]
         samples = progress(
             self.read_samples(), f"{type(self).__name__}: processing into {path.name}",
             total=self.expected_samples(), unit="sample",
         )
         for i, sample in enumerate(samples):
-            name = self.sample_name(i)
-            p = torch.from_numpy(finite_float32(sample["pos"], name, "pos"))
-            y = torch.from_numpy(finite_float32(sample["y"], name, "y"))
-            x = sample.get("x")
-            if p.dim() != 2 or y.dim() != 2 or p.shape[0] != y.shape[0] or p.shape[0] == 0:
-                raise DataFormatError(
-                    f"{name}: has pos {tuple(p.shape)} and y {tuple(y.shape)}, "
-                    "expected [N, d] and [N, o] with the same N > 0"
-                )
-            if not bool(y.any()):
-                raise DataFormatError(
-                    f"{name}: the target y is zero everywhere, so its relative L2 error (the loss and the metric) "
-                    "is undefined; check the data (a failed solve?)"
-                )
-            pos.append(p)
-            ys.append(y)
-            if x is not None:
-                xs.append(torch.from_numpy(finite_float32(x, name, "x")).reshape(p.shape[0], -1))
-            for key in EXTRA_FIELDS:
-                if sample.get(key) is not None:
-                    value = torch.from_numpy(finite_float32(sample[key], name, key)).reshape(p.shape[0], -1)
-                    extras.setdefault(key, []).append(value)
-            ptr.append(ptr[-1] + p.shape[0])
+            for key, value in checked_sample(sample, self.sample_name(i)).items():
+                parts.setdefault(key, []).append(value)
+            ptr.append(ptr[-1] + parts["pos"][-1].shape[0])
         if len(ptr) == 1:
             raise DataFormatError(f"{type(self).__name__} at {self.raw_dir}: no samples were read")
-        if xs and len(xs) != len(pos):
-            raise DataFormatError(f"{type(self).__name__}: some samples have input fields x and some not")
-        data = {"pos": torch.cat(pos), "y": torch.cat(ys), "ptr": torch.tensor(ptr, dtype=torch.long)}
-        if xs:
-            data["x"] = torch.cat(xs)
-        for key, parts in extras.items():
-            if len(parts) != len(pos):
-                raise DataFormatError(f"{type(self).__name__}: some samples have {key} and some not")
-            data[key] = torch.cat(parts)
-        write_cache(path, data, meta)
+        for key, values in parts.items():
+            if len(values) != len(ptr) - 1:
+                what = "input fields x" if key == "x" else key
+                raise DataFormatError(f"{type(self).__name__}: some samples have {what} and some not")
+        data = {key: torch.cat(values) for key, values in parts.items()}
+        write_cache(path, {**data, "ptr": torch.tensor(ptr, dtype=torch.long)}, meta)
 
     def len(self) -> int:
         return self._ptr.numel() - 1
@@ -184,10 +179,12 @@ class MeshDataset(Dataset):
         data.sample_id = torch.tensor([idx])
         return data
 
+    def sample_moments(self, index: int) -> tuple[Tensor, Tensor]:
+        """``channel_moments`` of sample ``index``'s inputs and targets (read from the memory map)."""
+        lo, hi = int(self._ptr[index]), int(self._ptr[index + 1])
+        return sample_moments({k: self._data[k][lo:hi] for k in ("pos", "x", "y") if k in self._data})
+
     def field(self, name: str) -> Tensor:
         """All points of all samples for ``pos``, ``x`` or ``y``, concatenated: [sum N, C]
         (a memory map of the cache: slice it, do not copy it whole)."""
         return self._data[name]
-
-    def has_inputs(self) -> bool:
-        return "x" in self._data

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import warnings
 
+import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 from torch_geometric.data import Data
@@ -35,13 +36,16 @@ class PointSubsample:
         self._epoch.fill_(epoch)
 
     def indices(self, num_nodes: int, sample_id: int) -> torch.Tensor:
-        """The kept point indices of one sample, sorted."""
+        """The kept point indices of one sample, sorted: a uniform subset drawn by numpy's
+        ``Generator.choice`` without replacement, a partial shuffle whose cost grows with
+        ``num_points`` rather than with the mesh (a full ``randperm`` of an 8.8M-cell DrivAerML
+        surface took several times longer), put in order by marking (linear, not a sort)."""
         if num_nodes <= self.num_points:
             return torch.arange(num_nodes)
-        gen = torch.Generator().manual_seed(
-            (self.seed * 1_000_003 + int(self._epoch) * 7919 + sample_id) % (2**63 - 1)
-        )
-        return torch.randperm(num_nodes, generator=gen)[: self.num_points].sort().values
+        rng = np.random.default_rng([self.seed % 2**64, int(self._epoch), sample_id])
+        kept = np.zeros(num_nodes, dtype=bool)
+        kept[rng.choice(num_nodes, self.num_points, replace=False, shuffle=False)] = True
+        return torch.from_numpy(np.flatnonzero(kept))
 
     def __call__(self, data: Data) -> Data:
         idx = self.indices(data.num_nodes, int(data.sample_id))

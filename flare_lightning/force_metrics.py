@@ -1,13 +1,17 @@
-"""Drag and lift coefficients of predicted and true surface fields over a test set: per-run
-values, absolute errors and R² (exact under DDP: per-run values are gathered, not averaged)."""
+"""Drag and lift coefficients of predicted and true surface fields: over a test set, per-run
+values, absolute errors and R² (exact under DDP: per-run values are gathered, not averaged);
+and of one predicted surface, for its prediction file."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from flare_lightning.forces import force_coefficients, surface_force
+from flare_lightning.forces import drag_and_lift
 
 
 def r2_score(pred: Tensor, true: Tensor) -> float:
@@ -43,9 +47,7 @@ class ForceCoefficientErrors(Metric):
 
     def coefficients(self, fields: Tensor, normals: Tensor, areas: Tensor, mask: Tensor) -> Tensor:
         """[B, N, C] fields -> [B, 2] (Cd, Cl)."""
-        wall_shear = fields[..., 1:4] if fields.shape[-1] >= 4 else None
-        force = surface_force(fields[..., 0], normals, areas, wall_shear, mask)
-        return torch.stack(force_coefficients(force, self.dynamic_pressure, self.reference_area), dim=-1)
+        return drag_and_lift(fields, normals, areas, mask, self.dynamic_pressure, self.reference_area)
 
     def update(
         self, pred: Tensor, target: Tensor, normals: Tensor, areas: Tensor, mask: Tensor, sample_id: Tensor
@@ -61,6 +63,24 @@ class ForceCoefficientErrors(Metric):
             return torch.cat(x) if isinstance(x, list) else x
 
         return {"sample_id": cat(self.sample_ids), "pred": cat(self.pred), "true": cat(self.true)}
+
+
+def sample_force_coefficients(
+    fields: Mapping[str, np.ndarray], dynamic_pressure: float, reference_area: float
+) -> dict[str, float]:
+    """``cd_pred``/``cl_pred`` (and ``cd_true``/``cl_true`` with a ``target``) of one surface
+    from its per-cell ``prediction`` [N, C], ``normals`` [N, 3] and ``areas`` [N, 1]; {} for a
+    point set without cell geometry."""
+    if "normals" not in fields or "areas" not in fields:
+        return {}
+    normals, areas = (torch.as_tensor(fields[k])[None] for k in ("normals", "areas"))
+    out = {}
+    for key, tag in (("prediction", "pred"), ("target", "true")):
+        if key in fields:
+            values = torch.as_tensor(fields[key])[None]
+            cd, cl = drag_and_lift(values, normals, areas, None, dynamic_pressure, reference_area)[0].tolist()
+            out.update({f"cd_{tag}": cd, f"cl_{tag}": cl})
+    return out
 
 
 def force_report(values: dict[str, Tensor], names: dict[int, str]) -> tuple[dict[str, float], dict]:

@@ -36,6 +36,16 @@ def surface_force(
     return (traction * a[..., None]).sum(dim=-2)
 
 
+def drag_and_lift(
+    fields: Tensor, normals: Tensor, areas: Tensor, mask: Tensor | None, dynamic_pressure: float, reference_area: float
+) -> Tensor:
+    """(Cd, Cl) [B, 2] of surface fields [B, N, C]: channel 0 pressure, channels 1-3 wall shear
+    stress when there are four (normals [B, N, 3], areas [B, N, 1], mask [B, N] as in ``surface_force``)."""
+    wall_shear = fields[..., 1:4] if fields.shape[-1] >= 4 else None
+    force = surface_force(fields[..., 0], normals, areas, wall_shear, mask)
+    return torch.stack(force_coefficients(force, dynamic_pressure, reference_area), dim=-1)
+
+
 def force_coefficients(
     force: Tensor, dynamic_pressure: float, reference_area: float, drag_axis: int = 0, lift_axis: int = 2
 ) -> tuple[Tensor, Tensor]:

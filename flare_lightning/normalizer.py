@@ -8,24 +8,34 @@ import torch
 from torch import Tensor, nn
 
 
-def channel_stats(chunks: Iterable[Tensor], eps: float = 1e-8) -> tuple[Tensor, Tensor]:
-    """Mean and std per channel over all rows of ``chunks`` ([n_i, C] each), in float64.
+def channel_moments(chunk: Tensor) -> Tensor:
+    """Rows (count, sum, sum of squares) per channel of ``chunk`` [..., C], in float64: [3, C].
+    Moments of parts merge by addition, so statistics of a split can be kept per sample."""
+    c = chunk.reshape(-1, chunk.shape[-1]).double()
+    return torch.stack([torch.full_like(c[0], c.shape[0]), c.sum(0), (c * c).sum(0)])
+
+
+def stats_from_moments(moments: Iterable[Tensor], eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """Mean and std per channel of the rows whose ``channel_moments`` are ``moments``.
 
     Constant channels get std 1 so that encoding never divides by zero.
     """
-    total, sq, count = None, None, 0
-    for c in chunks:
-        c = c.reshape(-1, c.shape[-1]).double()
-        total = c.sum(0) if total is None else total + c.sum(0)
-        sq = (c * c).sum(0) if sq is None else sq + (c * c).sum(0)
-        count += c.shape[0]
-    if count == 0:
+    total = None
+    for m in moments:
+        total = m.clone() if total is None else total + m
+    if total is None or total[0, 0] == 0:
         raise ValueError("cannot fit normalisation statistics on an empty training split")
-    mean = total / count
-    var = (sq / count - mean * mean).clamp_min(0.0)
+    count, sums, squares = total
+    mean = sums / count
+    var = (squares / count - mean * mean).clamp_min(0.0)
     std = var.sqrt()
     std = torch.where(std > eps * mean.abs().clamp_min(1.0), std, torch.ones_like(std))
     return mean.float(), std.float()
+
+
+def channel_stats(chunks: Iterable[Tensor], eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """Mean and std per channel over all rows of ``chunks`` ([n_i, C] each), in float64."""
+    return stats_from_moments((channel_moments(c) for c in chunks), eps)
 
 
 class Normalizer(nn.Module):

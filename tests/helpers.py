@@ -18,6 +18,27 @@ def run_cli(args: list[str]):
         return make_cli(args)
 
 
+def resolved_config(args: list[str]) -> dict:
+    """The whole configuration ``flare fit`` would run with ``args`` (``--print_config``: parsed
+    and merged, nothing instantiated), as a dict."""
+    import contextlib
+    import io
+    from unittest import mock
+
+    import yaml
+
+    from flare_lightning.cli import make_cli
+
+    out = io.StringIO()
+    with mock.patch("sys.argv", ["flare"]), contextlib.redirect_stdout(out):
+        try:
+            make_cli([*args, "--print_config"], run=False)
+        except SystemExit as done:  # --print_config prints and exits 0; a bad config exits otherwise
+            if done.code:
+                raise
+    return yaml.safe_load(out.getvalue())
+
+
 def tiny_trainer_args(tmp_path: Path, name: str = "test") -> list[str]:
     """CLI options that keep a run small, quiet and inside ``tmp_path``."""
     return [

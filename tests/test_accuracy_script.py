@@ -21,8 +21,11 @@ def accuracy():
     return import_benchmark("accuracy")
 
 
-def opts(cmd: list[str]) -> dict[str, str]:
-    return dict(a.removeprefix("--").split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+def opts(cmd: list[str]) -> dict:
+    """The command's options; ``config`` lists every ``--config`` in order."""
+    out = dict(a.removeprefix("--").split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+    out["config"] = [a.split("=", 1)[1] for a in cmd if a.startswith("--config=")]
+    return out
 
 
 def test_command_lines(accuracy, tmp_path):
@@ -30,7 +33,7 @@ def test_command_lines(accuracy, tmp_path):
     cmd = flare.command()
     assert cmd[1:4] == ["-m", "flare_lightning", "fit"]
     o = opts(cmd)
-    assert o["config"] == str(CONFIGS / "darcy.yaml") and o["seed_everything"] == "3"
+    assert o["config"] == [str(CONFIGS / "darcy.yaml")] and o["seed_everything"] == "3"
     assert o["trainer.max_epochs"] == "50" and o["trainer.logger.init_args.save_dir"] == str(tmp_path)
     assert (o["trainer.logger.init_args.name"], o["trainer.logger.init_args.version"]) == ("flare_darcy", "seed3_ep50")
     assert "model.fast_step" not in o and "ckpt_path" not in o
@@ -38,7 +41,7 @@ def test_command_lines(accuracy, tmp_path):
 
     base = accuracy.Run("transolver", "elasticity", 0, None, tmp_path)
     o = opts(base.command(extra=("--trainer.precision=bf16-mixed",)))
-    assert o["config"] == str(CONFIGS / "baselines" / "transolver_elasticity.yaml")
+    assert o["config"] == [str(CONFIGS / "elasticity.yaml"), str(CONFIGS / "baselines" / "transolver_elasticity.yaml")]
     assert "trainer.max_epochs" not in o and o["trainer.precision"] == "bf16-mixed"
     assert (o["data.init_args.n_train"], o["data.init_args.n_test"]) == ("1000", "200")  # the paper's counts
     assert base.folder == tmp_path / "transolver_elasticity" / "seed0_full"
@@ -210,7 +213,7 @@ def test_collector_on_fake_runs(accuracy, tmp_path):
     assert "| FLARE | quickstart | full | 0 | 32-true | 3.7000e-02 | 3 min | 3 min | cpu |" in runs
     record = json.loads((tmp_path / "records" / "accuracy" / "transolver_darcy_seed0_ep50.json").read_text())
     assert (record["commit"], record["dirty"], record["card"]) == ("def5678", True, "NVIDIA H200")
-    assert record["paths"] == ["flare_lightning/", "datamodules/", "configs/baselines/transolver_darcy.yaml"]
+    assert record["paths"] == ["flare_lightning/", "datamodules/", "configs/darcy.yaml", "configs/baselines/transolver_darcy.yaml"]
     assert record["rows"][0]["full_budget_s"] == pytest.approx(3000 * 10)
     assert accuracy.run_precision(["flare", "--trainer.precision", "16-mixed"]) == "16-mixed"
     bf16 = ["flare", "--trainer.precision", "bf16-mixed"]

@@ -19,18 +19,19 @@ TINY = ["--model.model.init_args.channels=16", "--model.model.init_args.num_bloc
 
 
 def test_table_of_a_trained_checkpoint(tiny_darcy_root, tmp_path, capsys):
-    config = CONFIGS / "baselines" / "transformer_darcy.yaml"
+    configs = [CONFIGS / "darcy.yaml", CONFIGS / "baselines" / "transformer_darcy.yaml"]
     data = [*tiny_darcy_args(tiny_darcy_root), *TINY]
-    cli = run_cli(["fit", f"--config={config}", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-                   *data, *tiny_trainer_args(tmp_path)])
+    cli = run_cli(["fit", *(f"--config={c}" for c in configs), "--trainer.max_epochs=1",
+                   "--trainer.limit_train_batches=2", *data, *tiny_trainer_args(tmp_path)])
     ckpt = next(p for p in (tmp_path / "test").rglob("last.ckpt"))
     script = import_benchmark("attention_logits")
-    lines = script.main(["--config", str(config), "--ckpt", str(ckpt), "--split", "val", "--", *data])
+    lines = script.main([*(a for c in configs for a in ("--config", str(c))), "--ckpt", str(ckpt), "--split", "val",
+                         "--", *data])
     assert "| attention | max abs logit |" in capsys.readouterr().out
     rows = [line.split(" | ") for line in lines if re.match(r"\| attention \d", line)]
     assert [r[0] for r in rows] == ["| attention 0", "| attention 1"]  # one per block
 
-    batch = script.first_batch(config, "val", data)
+    batch = script.first_batch(configs, "val", data)
     module = SurrogateModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
     assert torch.equal(module.model.blocks[0].attn.qkv.weight, cli.model.model.blocks[0].attn.qkv.weight)
     stats = attention_logit_stats(module, batch["x"], module.network_mask(batch))
@@ -44,4 +45,4 @@ def test_table_of_a_trained_checkpoint(tiny_darcy_root, tmp_path, capsys):
 def test_missing_checkpoint_is_named(tmp_path):
     script = import_benchmark("attention_logits")
     with pytest.raises(SystemExit, match="--ckpt .*nope.ckpt: no such file"):
-        script.main(["--config", str(CONFIGS / "baselines" / "transformer_darcy.yaml"), "--ckpt", str(tmp_path / "nope.ckpt")])
+        script.main(["--config", str(CONFIGS / "darcy.yaml"), "--ckpt", str(tmp_path / "nope.ckpt")])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.helpers import import_benchmark
@@ -52,10 +54,10 @@ def test_train_step_rows_train_the_right_model_and_mask():
     small = import_benchmark("train_step_small")
     for dataset in ("darcy", "elasticity"):
         for row in small.ROWS:
-            path = small.row_config(dataset, row)
-            assert path.is_file(), (dataset, row)
+            paths = small.row_configs(dataset, row)
+            assert all(p.is_file() for p in paths), (dataset, row)
             model = small.BASELINE_ROWS.get(row)
-            assert path.name == (f"{model}_{dataset}.yaml" if model else f"{dataset}.yaml"), (dataset, row)
+            assert [p.name for p in paths] == [f"{dataset}.yaml", *([f"{model}_{dataset}.yaml"] if model else [])], row
     batch = {"mask": torch.ones(2, 5, dtype=torch.bool), "padded": False}
     assert SurrogateModule.network_mask(batch) is None
     for target, value in small.PATCHES["transformer-fast-masked"].items():
@@ -89,3 +91,22 @@ def test_step_rows_name_their_options_and_ratios():
                        {"config": "ours-memory", "ms": 250.0, "peak_gb": 4.0}, {"config": "broken", "error": "OOM"}])
     assert rows[2]["speedup_vs_reference"] == 2.0 and rows[2]["speedup_vs_reference_compiled"] == 1.6
     assert rows[2]["memory_vs_reference"] == 0.1 and "speedup_vs_reference" not in rows[3]
+
+
+@pytest.mark.slow
+def test_drivaerml_memory_measures_every_phase_and_writes_a_record(tmp_path):
+    """benchmarks/drivaerml_memory.py on a tiny set: the first start builds every run's cache,
+    each phase has a peak, the record names card, commit, command and data."""
+    memory = import_benchmark("drivaerml_memory")
+    out = tmp_path / "records"
+    record = memory.main(["--root", str(tmp_path / "set"), "--runs", "3", "--points", "3000", "--train-points", "1000",
+                          "--n-val", "1", "--workers", "1", "--out", str(out)])
+    assert [r["phase"] for r in record["rows"]] == list(memory.PHASES)
+    assert all(r["rss_gb"] >= r["pss_gb"] >= r["pss_anon_gb"] > 0 and r["processes"] >= 1 for r in record["rows"])
+    assert max(r["processes"] for r in record["rows"][2:]) == 2  # the main process and its one worker
+    assert len(list((tmp_path / "set" / "processed").glob("drivaermldataset_*/run_*.pt"))) == 0
+    assert len(list((tmp_path / "set" / "processed").glob("drivaermldataset_*/*run_*.npz.pt"))) == 5
+    env = record["environment"]
+    assert env["train_runs_per_s"] > 0 and env["one_worker_s_per_run"] > 0 and "synthetic" in env["data"]
+    (written,) = out.glob("*.json")
+    assert json.loads(written.read_text())["rows"] == record["rows"]

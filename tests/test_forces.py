@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from datamodules.surface_geometry import normals_and_areas, polygon_vector_areas
-from flare_lightning.force_metrics import ForceCoefficientErrors, force_report, r2_score
+from flare_lightning.force_metrics import ForceCoefficientErrors, force_report, r2_score, sample_force_coefficients
 from flare_lightning.forces import force_coefficients, surface_force
 from tests.mesh_files import subdivided_box
 
@@ -114,3 +114,23 @@ def test_coefficients_errors_and_r2_over_runs():
     ss = ((ref_pred[:, 1] - ref_true[:, 1]) ** 2).sum() / ((ref_true[:, 1] - ref_true[:, 1].mean()) ** 2).sum()
     assert scalars["cl_r2"] == pytest.approx(1 - ss.item(), rel=1e-4)
     assert r2_score(ref_true[:, 0], ref_true[:, 0]) == 1.0
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_one_surface_gives_its_coefficients_for_its_prediction_file(channels):
+    """``sample_force_coefficients`` (the prediction writer's Cd/Cl of one car): a linear pressure
+    on a box gives Cd = -∂p/∂x V / (q A) and Cl = -∂p/∂z V / (q A) exactly, plus -Σ τ A for shear."""
+    q, area = 756.18, 2.16
+    centres, normals, areas = box_cells((0, 0, 0), (2.0, 1.0, 0.5), n=2)  # volume 1 m³
+    g = torch.tensor([3.0, -1.0, 7.0], dtype=torch.float64)
+    tau = torch.tensor([0.2, 0.0, -0.4], dtype=torch.float64).expand(len(areas), 3)
+    fields = torch.cat([(centres @ g)[:, None], tau], -1)[:, :channels]
+    force = -g * 1.0 - (tau[0] * areas.sum() if channels == 4 else 0.0)
+    as_np = {"normals": normals.float().numpy(), "areas": areas.float().numpy()}
+    out = sample_force_coefficients({"prediction": fields.float().numpy(), **as_np}, q, area)
+    assert out == pytest.approx({"cd_pred": force[0].item() / (q * area), "cl_pred": force[2].item() / (q * area)},
+                                rel=1e-5)
+    both = sample_force_coefficients({"prediction": fields.numpy(), "target": 2 * fields.numpy(), **as_np}, q, area)
+    assert both["cd_true"] == pytest.approx(2 * out["cd_pred"], rel=1e-5) and set(both) == {
+        "cd_pred", "cl_pred", "cd_true", "cl_true"}
+    assert sample_force_coefficients({"prediction": fields.numpy()}, q, area) == {}  # a point set: no geometry

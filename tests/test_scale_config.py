@@ -68,3 +68,14 @@ def test_benchmark_reference_formulation_is_the_same_model():
     ref = ReferenceFLARE(3, 1, c=16, blocks=2, heads=4, latents=8).double().load_from(ours)
     x = torch.randn(2, 40, 3, dtype=torch.float64)
     torch.testing.assert_close(ref(x), ours(x), rtol=1e-10, atol=1e-12)
+
+
+def test_drivaerml_1m_data_path_runs_in_pinned_prefetching_workers():
+    """The 1M config keeps the data off the GPU's critical path: several persistent workers
+    subsample and collate ahead, into page-locked batches."""
+    from tests.helpers import resolved_config
+
+    data = resolved_config([f"--config={CONFIGS / 'drivaerml_1m.yaml'}"])["data"]["init_args"]
+    assert data["num_workers"] >= 4 and data["prefetch_factor"] >= 2
+    assert data["persistent_workers"] is True and data["pin_memory"] is True
+    assert data["train_points"] == 2**20 and data["num_points"] is None  # subsampled per step, evaluated in full

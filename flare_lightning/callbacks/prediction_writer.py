@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from flare_lightning.atomic import remove_stale_temps
+from flare_lightning.force_metrics import sample_force_coefficients
 from flare_lightning.io.mesh_geometry import MeshGeometry
 from flare_lightning.run_records import run_dir
 from flare_lightning.io.vtk_writer import write_fields
@@ -91,10 +92,10 @@ class PredictionWriter(BasePredictionWriter):
                 target = _numpy(batch["y"][i][keep])
                 arrays.update(target=target, error=pred - target)
                 scalars["rel_l2"] = float(np.linalg.norm(pred - target) / max(np.linalg.norm(target), 1e-12))
-            quantities = getattr(dm, "sample_quantities", None)  # e.g. DrivAerML drag and lift
-            if quantities is not None:
+            reference = getattr(dm, "force_reference", None)  # surfaces with forces: DrivAerML drag and lift
+            if reference is not None:
                 per_point = {k: _numpy(v[i][keep]) for k, v in batch.items() if _per_point(v, batch)}
-                scalars.update(quantities(per_point | arrays))
+                scalars.update(sample_force_coefficients(per_point | arrays, **reference))
             arrays = {k: v[:, 0] if v.shape[1] == 1 else v for k, v in arrays.items()}
             self.written.append(write_fields(folder / geometry.name, geometry, arrays, components, scalars))
 

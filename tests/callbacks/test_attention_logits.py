@@ -19,7 +19,8 @@ TINY = ["--model.model.init_args.channels=16", "--model.model.init_args.num_bloc
 
 
 def fit(root, tmp_path, *callback_args):
-    return run_cli(["fit", f"--config={CONFIGS / 'baselines' / 'transformer_darcy.yaml'}", "--trainer.max_epochs=2",
+    return run_cli(["fit", f"--config={CONFIGS / 'darcy.yaml'}", f"--config={CONFIGS / 'baselines' / 'transformer_darcy.yaml'}",
+                    "--trainer.max_epochs=2",
                     "--trainer.limit_train_batches=2", "--trainer.log_every_n_steps=1", *TINY, *tiny_darcy_args(root),
                     "--trainer.callbacks+=flare_lightning.callbacks.AttentionLogits",
                     "--trainer.callbacks.every_n_epochs=1", *callback_args, *tiny_trainer_args(tmp_path)])

@@ -221,8 +221,9 @@ def test_bad_archives_name_file_and_key_and_leave_no_cache(root, arrays, match):
     write_run(root / "train" / "run_2.npz", run_id=2, **arrays)
     with pytest.raises(DataFormatError, match=match):
         setup_dm(root)
-    caches = [p.name for p in (root / "processed").glob("*drivaerml*")]
-    assert len(caches) == 1 and not caches[0].startswith(".")  # the validation split's; no temp file
+    caches = sorted(p.name for p in (root / "processed").glob("drivaermldataset_*/*"))
+    assert "train__run_2.npz.pt" not in caches and not any(c.startswith(".") for c in caches)  # no temp file
+    assert "train__run_8.npz.pt" in caches  # the validation run's, made before the bad training run
 
 
 def test_unreadable_archive_is_named(root):
@@ -308,6 +309,9 @@ def test_reads_raw_vtp_boundaries(tmp_path):
     sample = dm.datasets["train"][0]
     fields = vtp_fields(1)
     np.testing.assert_allclose(sample.pos.numpy(), centres[1], atol=1e-6)
+    np.testing.assert_allclose(sample.areas[:2, 0].numpy(), [0.5, 0.5], rtol=1e-6)  # every cell, at full resolution
+    np.testing.assert_allclose(sample.normals[:2].numpy(), [[0, 0, 1], [0, 0, 1]], atol=1e-6)  # into the body
+    assert dm.datasets["train"].cache_path(0).name == "run_1__boundary_1.vtp.pt"
     expected = np.concatenate([fields["pMeanTrim"][:, None], fields["wallShearStressMeanTrim"]], 1) / Q_INF
     np.testing.assert_allclose(sample.y.numpy(), expected, rtol=1e-6)
     dm = setup_dm(tmp_path, source="vtp", split_file="split.json")

@@ -119,7 +119,9 @@ def test_iterating_a_dataset_larger_than_the_budget_keeps_private_memory_flat(tm
         MeshDataModule.fit_stats(None, ds)
         print(total, (anon_kb() - before) / 1024)
     """)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # A fixed mmap threshold: glibc's adaptive one keeps buffers the code has freed in the heap
+    # (tens of MB on a 2-core machine, flaky), which is the allocator's caching, not a copy of the data.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO, check=True)
     total, grown_mb = map(float, out.stdout.split())
     assert total == pytest.approx(sum(4.0 * (i + 1) * points for i in range(samples)))

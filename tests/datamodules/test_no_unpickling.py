@@ -44,7 +44,8 @@ def test_malicious_pickles_under_the_data_root_never_run(tmp_path, kind):
     dm.setup("fit")
     assert not marker.exists()
 
-    cache = processed / dm.datasets["train"].processed_file_names[0]  # the cache itself, replaced
+    train = dm.datasets["train"]  # the cache itself (DrivAerML: a run's), replaced
+    cache = train.cache_path(0) if hasattr(train, "cache_path") else processed / train.processed_file_names[0]
     torch.save({"meta": Evil(marker), "fields": {"pos": torch.zeros(1)}}, cache)
     with pytest.warns(UserWarning, match="unreadable or not a cache.*rebuilding"):
         data.datamodule().setup("fit")
