@@ -148,8 +148,13 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def _prec(dtype: torch.dtype) -> str:
-    # fp32 inputs must not drop to tf32 in tl.dot: the fp32 contract is 1e-4 relative.
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """tl.dot's input precision: fp32 inputs follow ``torch.get_float32_matmul_precision()``
+    as PyTorch's own matmuls do (``highest``: exact fp32 products, the 1e-4 relative contract;
+    ``high``/``medium``: TF32 tensor cores, as the FLARE authors' trainer runs); 16-bit inputs
+    ignore it."""
+    if dtype != torch.float32:
+        return "tf32"
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
 def _align(*ts: Tensor) -> int:

@@ -257,3 +257,18 @@ def test_auto_runs_torch_mlps_on_cpu():
     """``auto`` keeps the plain layers on the CPU (the fused path is for CUDA)."""
     model = FLARE(in_dim=3, out_dim=1, channels=16, num_blocks=1, num_heads=2, num_latents=4, mlp_backend="auto")
     assert not model.blocks[0].fused(torch.zeros(1, 4, 16))
+
+
+@pytest.mark.parametrize("setting, expected", [("highest", "ieee"), ("high", "tf32"), ("medium", "tf32")])
+def test_fp32_dots_follow_the_matmul_precision(tmlp, setting, expected):
+    """Both Triton paths (the fused MLP and the mixer) take fp32 dots at PyTorch's fp32 matmul
+    precision: exact under ``highest``, TF32 under ``high`` (``--float32_matmul_precision``)."""
+    from flare_lightning.kernels.triton_mixer import _prec
+
+    saved = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(setting)
+        assert tmlp._precision(torch.float32) == expected and _prec(torch.float32) == expected
+        assert _prec(torch.bfloat16) == "tf32"  # 16-bit operands: the setting does not apply
+    finally:
+        torch.set_float32_matmul_precision(saved)
