@@ -1,4 +1,4 @@
-from flare_lightning.cli import cli_main
+from flare_lightning.cli import main
 
 if __name__ == "__main__":
-    cli_main()
+    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -312,3 +313,26 @@ def cli_main(args: list[str] | None = None) -> None:
         export_main(argv[1:])
         return
     make_cli(args)
+
+
+def main() -> None:
+    """``flare`` and ``python -m flare_lightning``: ``cli_main``, with the project's own refusals
+    (bad config values, checkpoints, data, resumes, run folders, a diverged fit) printed as one
+    line naming what is wrong and exit status 2, not a traceback (``FLARE_TRACEBACK=1`` shows it)."""
+    from datamodules.checks import DataFormatError
+    from flare_lightning.callbacks.finite_loss import NonFiniteLossError
+    from flare_lightning.checkpoint_config import ResumeChangeError
+    from flare_lightning.checkpoint_io import CheckpointError, UnsafeCheckpointError
+    from flare_lightning.config_checks import ConfigError
+    from flare_lightning.run_folder import RunFolderError
+    from flare_lightning.run_lock import RunInUseError
+
+    refusals = (ConfigError, CheckpointError, UnsafeCheckpointError, DataFormatError, ResumeChangeError,
+                RunFolderError, RunInUseError, NonFiniteLossError)
+    try:
+        cli_main()
+    except refusals as err:
+        if os.environ.get("FLARE_TRACEBACK") == "1":
+            raise
+        print(f"flare: error ({type(err).__name__}): {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,17 @@ def test_predict_writes_denormalised_fields_per_sample(trained_run, tiny_darcy_r
     data, arrays = read_arrays(out / "sample_00002.vtu")
     torch.testing.assert_close(torch.as_tensor(arrays["prediction"])[:, None], want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.as_tensor(arrays["target"])[:, None], sample.y)
+
+
+def test_refusals_print_one_line_and_exit_2(tmp_path):
+    """A refused config value reaches the user as one line naming the option, exit status 2,
+    no traceback (FLARE_TRACEBACK=1 brings it back)."""
+    cmd = [sys.executable, "-m", "flare_lightning", "fit", f"--config={CONFIGS / 'quickstart.yaml'}", "--model.lr=0"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "flare: error (ConfigError): " in proc.stderr and "model.lr=0.0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**env, "FLARE_TRACEBACK": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
