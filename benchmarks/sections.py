@@ -180,6 +180,15 @@ SECTIONS = (
          Column("error", "error")),
     ),
     Section(
+        "step_eval", "Full-resolution evaluation of one surface",
+        "one sample of N points through the model without autograd, in chunks of `chunk` points (the exact chunked "
+        "evaluation of validation, test and predict), bf16 autocast, 8 blocks C = 64 H = 8: median seconds of 3 and "
+        "the peak memory above the model and the input (the model only: no data loading, no metrics)",
+        ("card", "config", "n", "latents"),
+        (Column("config", "config"), Column("n", "N", ",d"), Column("latents", "M"), Column("chunk", "chunk", ",d"),
+         Column("seconds", "seconds", ".2f"), Column("peak_gb", "peak GB", ".2f"), Column("error", "error")),
+    ),
+    Section(
         "mlp", "The fused residual MLP",
         "one `x + mlp(layer_norm(x))` (C = 64, 3 hidden layers, GELU-tanh) at 2^20 points, bf16 autocast, fp32 "
         "residual stream: forward and forward+backward (median of CUDA events), peak memory of one forward+backward "

@@ -15,7 +15,8 @@ over one step) of:
 
 ``--latents`` sets M (the shipped DrivAerML-1M config: 256). ``--grid`` times the paper's
 Figure 4 instead (1M points, blocks 1/2/4/8 x latents 128-2048; time per 400-run epoch and peak
-memory): ``--configs`` picks the rows (e.g. ``reference ours-fused``).
+memory): ``--configs`` picks the rows (e.g. ``reference ours-fused``). ``--eval --n 8800000`` times
+the chunked evaluation of one full-resolution DrivAerML-size surface without autograd.
 
 All start from the same weights; the output of each is compared with the reference's. Each
 run writes a record (``benchmarks/records.py``) into ``--out`` (default ``$OUT``, else
@@ -198,6 +199,42 @@ GRID_LATENTS = (128, 256, 512, 1024, 2048)
 EPOCH_RUNS = 400  # DrivAerML training runs per epoch, one sample per step
 
 
+EVAL_CHUNK = 2**20  # configs/drivaerml_1m.yaml's eval_chunk_size
+
+
+@torch.no_grad()
+def full_resolution(names: list[str], n: int, device: torch.device, reps: int = 3) -> list[dict]:
+    """One sample of ``n`` points through each config's model without autograd, in chunks of
+    ``EVAL_CHUNK`` points (the exact chunked evaluation of validation, test and predict), bf16
+    autocast: median seconds of ``reps`` and the peak memory above the model and the input."""
+    rows = []
+    for name in names:
+        row = {"config": name, "n": n, "latents": SHAPE["num_latents"], "chunk": EVAL_CHUNK}
+        model = build(name, device).eval()
+        if name.startswith("reference"):
+            row["error"] = "the paper's formulation has no chunked evaluation"
+        else:
+            model.eval_chunk_size = EVAL_CHUNK
+            x = torch.rand(1, n, IN_DIM, device=device, generator=torch.Generator(device=device).manual_seed(5))
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                model(x)  # warm-up: kernels compiled, memory pools filled
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                times = []
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    model(x)
+                    torch.cuda.synchronize()
+                    times.append(time.perf_counter() - t0)
+            row.update(seconds=sorted(times)[len(times) // 2], peak_gb=(torch.cuda.max_memory_allocated() - base) / 1e9)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        model = None
+        torch.cuda.empty_cache()
+    return rows
+
+
 def grid(names: list[str], n: int, device: torch.device) -> list[dict]:
     """The paper's Figure 4 at ``n`` points: step time (-> epoch time) and peak memory per
     (blocks, latents) for each config, the model rebuilt per cell from the same seed."""
@@ -318,6 +355,8 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--latents", type=int, default=SHAPE["num_latents"], help="M latents per head")
     parser.add_argument("--grid", action="store_true", help="the paper's Figure 4 grid instead of the table")
+    parser.add_argument("--eval", action="store_true",
+                        help="time the chunked full-resolution evaluation of one --n-point sample instead")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--ddp", action="store_true", help="DDP throughput mode (launch with torchrun)")
     parser.add_argument("--diagnose", action="store_true", help="backend agreement and a kernel profile")
@@ -341,6 +380,10 @@ def main() -> None:
         print("NOTE: the Triton mixer is not available here; 'auto' ran", info["mixer_backend_auto"])
     if args.grid:
         write_record("step_grid", grid(args.configs, args.n, device), paths=MEASURES, out=args.out, environment=info)
+        return
+    if args.eval:
+        write_record("step_eval", full_resolution(args.configs, args.n, device), paths=MEASURES, out=args.out,
+                     environment=info)
         return
     rows = add_ratios(run_table(args.configs, args.n, device))
     print_table(rows)
