@@ -85,8 +85,8 @@ INDUCTOR = {"ours-fast-max-autotune": {"max_autotune_gemm": True},
             "ours-fast-coordesc": {"coordinate_descent_tuning": True}}
 PATCHES = {  # module constants a row sets for its run
     "ours-fast-unpinned": {"datamodules.mesh_datamodule.MeshDataModule._pin_memory": lambda self: False},
-    "ours-fast-masked": {"flare_lightning.module.SurrogateModule.network_mask": ALWAYS_MASKED},
-    "transformer-fast-masked": {"flare_lightning.module.SurrogateModule.network_mask": ALWAYS_MASKED},
+    "ours-fast-masked": {"flare_lightning.training.module.SurrogateModule.network_mask": ALWAYS_MASKED},
+    "transformer-fast-masked": {"flare_lightning.training.module.SurrogateModule.network_mask": ALWAYS_MASKED},
 }
 
 

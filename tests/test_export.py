@@ -14,7 +14,7 @@ import torch
 
 from flare_lightning.cli import cli_main
 from flare_lightning.export import ExportedSurrogate, example_inputs, run_exported
-from flare_lightning.module import SurrogateModule
+from flare_lightning.training.module import SurrogateModule
 from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 
 TINY = ["--model.model.init_args.channels=16", "--model.model.init_args.num_blocks=2",
@@ -104,7 +104,7 @@ def _edited(checkpoint: Path, path: Path, edit) -> Path:
     ("state_dict", lambda c: [c.pop(k) for k in list(c) if k != "state_dict"], "not a Lightning checkpoint"),
 ])
 def test_export_refuses_unusable_checkpoints_and_writes_nothing(checkpoint, tmp_path, what, edit, match):
-    from flare_lightning.checkpoint_io import CheckpointError
+    from flare_lightning.runs.checkpoint_io import CheckpointError
 
     bad = _edited(checkpoint, tmp_path / f"{what}.ckpt", edit)
     with pytest.raises(CheckpointError, match=match) as err:

@@ -191,7 +191,7 @@ class FLARE(nn.Module):
         self.head = ResidualMLP(channels, channels, out_dim, io_layers, act, chunk_size=mlp_chunk_size)
         self.apply(self._init_weights)
         if compile:
-            from flare_lightning.compile import compile_model
+            from flare_lightning.models.compile import compile_model
 
             compile_model(self)
 
