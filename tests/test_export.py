@@ -69,7 +69,7 @@ def test_export_reproduces_predict_on_a_mesh(fmt, checkpoint, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(run_exported(out, three), module(three), rtol=1e-5, atol=1e-5)
 
-    # The README's loading example, in a fresh interpreter that never imports this package.
+    # The loading example of docs/predict_export.md, in a fresh interpreter that never imports this package.
     np.save(tmp_path / "x.npy", x.numpy())
     load = {
         "torch_export": "import torch; m = torch.export.load(PATH).module(); y = m(torch.from_numpy(X)).detach().numpy()",
