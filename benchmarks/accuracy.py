@@ -582,7 +582,7 @@ def collect(out: Path) -> list[Result]:
     return results
 
 
-DIRTY = ("+dirty", "-dirty")  # how git_commit and flare_lightning.provenance mark a changed tree
+DIRTY = ("+dirty", "-dirty")  # how git_commit and flare_lightning.runs.provenance mark a changed tree
 
 
 def run_record(result: Result, out: Path) -> dict:

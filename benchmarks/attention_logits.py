@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 from flare_lightning.analysis import attention_logit_stats  # noqa: E402
 from flare_lightning.cli import make_cli  # noqa: E402
-from flare_lightning.metrics import relative_l2  # noqa: E402
-from flare_lightning.module import SurrogateModule  # noqa: E402
+from flare_lightning.training.metrics import relative_l2  # noqa: E402
+from flare_lightning.training.module import SurrogateModule  # noqa: E402
 
 
 def first_batch(configs: list[Path], split: str, overrides: list[str]) -> dict[str, torch.Tensor]:

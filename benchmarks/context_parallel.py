@@ -41,7 +41,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from benchmarks.records import add_out_argument, cpu_name, write_record
-from flare_lightning.metrics import relative_l2
+from flare_lightning.training.metrics import relative_l2
 from flare_lightning.models import FLARE
 from flare_lightning.parallel import ContextGroup, attach_context, relative_l2_sharded
 from flare_lightning.parallel.nccl import use_small_nccl_buffers
@@ -50,7 +50,7 @@ from flare_lightning.parallel.staging import all_reduce_, transport
 IN_DIM, OUT_DIM = 3, 1
 SHAPE = dict(channels=64, num_blocks=8, num_heads=8, num_latents=64)
 TINY_SHAPE = dict(channels=16, num_blocks=2, num_heads=2, num_latents=8)  # --dry-run
-MEASURES = ["flare_lightning/models/", "flare_lightning/kernels/", "flare_lightning/parallel/", "flare_lightning/metrics.py"]
+MEASURES = ["flare_lightning/models/", "flare_lightning/kernels/", "flare_lightning/parallel/", "flare_lightning/training/metrics.py"]
 CONFIGS = {
     "ours-ckpt": dict(checkpoint_blocks=True),
     "ours-memory": dict(checkpoint_blocks=True, mlp_chunk_size=2**18),

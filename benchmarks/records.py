@@ -79,7 +79,7 @@ def card_name() -> str:
 
 def package_versions() -> dict[str, str | None]:
     """Python, torch, lightning, torch_geometric, torchmetrics (as run records give them), triton and CUDA."""
-    from flare_lightning.provenance import versions
+    from flare_lightning.runs.provenance import versions
 
     out = versions()
     try:
@@ -95,7 +95,7 @@ def package_versions() -> dict[str, str | None]:
 def current_commit() -> tuple[str | None, bool]:
     """(commit, dirty) of the code that runs: git's HEAD and whether tracked files changed, else
     ``$FLARE_COMMIT`` (a ``-dirty`` or ``+dirty`` suffix marks a changed copy), else (None, False)."""
-    from flare_lightning.provenance import commit
+    from flare_lightning.runs.provenance import commit
 
     value = commit()
     if value == "unknown":

@@ -231,13 +231,6 @@ SECTIONS = (
          Column("check.max_grad_rel_diff", "worst gradient", ".1e")),
     ),
     Section(
-        "collectives", "Collectives: gloo against the shared-memory exchange",
-        "mean time per call of the context-parallel step's collectives among the processes of one host, CPU tensors",
-        ("card", "collective"),
-        (Column("collective", "collective (sizes of the CP step)"), Column("gloo_ms", "gloo ms", ".3f"),
-         Column("exchange_ms", "exchange ms", ".3f"), Column("gloo_over_exchange", "gloo / exchange", ".1f")),
-    ),
-    Section(
         "nccl_memory", "Device memory of an NCCL communicator",
         "free-memory drop per GPU once a two-rank NCCL communicator has run a context-parallel step's collectives, "
         "per NCCL setting (the worse rank)",

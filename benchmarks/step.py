@@ -40,9 +40,9 @@ from torch import nn
 
 from benchmarks.records import add_out_argument, write_record
 from benchmarks.reference_flare import ReferenceSurrogate
-from flare_lightning.metrics import relative_l2
+from flare_lightning.training.metrics import relative_l2
 from flare_lightning.models import FLARE
-from flare_lightning.module import SurrogateModule
+from flare_lightning.training.module import SurrogateModule
 
 IN_DIM, OUT_DIM = 3, 1  # DrivAerML surface: xyz -> pressure
 SHAPE = dict(channels=64, num_blocks=8, num_heads=8, num_latents=64)
@@ -59,8 +59,8 @@ CONFIGS: dict[str, dict] = {
     "ours-fused-compiled": dict(mixer_backend="auto", mlp_backend="triton", compile=True),
 }
 # The files whose change can move the step's numbers (the record's measured paths).
-MEASURES = ["flare_lightning/models/", "flare_lightning/kernels/", "flare_lightning/module.py",
-            "flare_lightning/metrics.py", "flare_lightning/normalizer.py", "benchmarks/reference_flare.py"]
+MEASURES = ["flare_lightning/models/", "flare_lightning/kernels/", "flare_lightning/training/module.py",
+            "flare_lightning/training/metrics.py", "flare_lightning/training/normalizer.py", "benchmarks/reference_flare.py"]
 
 
 def options(name: str) -> str:

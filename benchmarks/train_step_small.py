@@ -12,8 +12,6 @@ bf16-mixed and 32-true, one run on one card, rows side by side:
 | ``ours-eager`` | ``flare fit`` with the paper config as shipped |
 | ``ours-m128`` | ``ours-eager`` with M = 128 latents (the DrivAerML-1M table's second size) |
 | ``ours-fast`` | the same with ``--model.fast_step true`` (compiled model, whole step as a CUDA graph) |
-| ``ours-fast-tuned`` | ``ours-fast`` with the mixer tiles timed on first use (``FLARE_MIXER_AUTOTUNE=1``) |
-| ``ours-fast-fused-kv`` | ``ours-fast`` with ``fuse_kv`` (key and value MLPs side by side, block-diagonal GEMMs) |
 | ``ours-fast-max-autotune`` | ``ours-fast`` with Inductor's GEMM autotuning (Triton GEMMs, fused epilogues) |
 | ``ours-fast-unpinned`` | ``ours-fast`` with pageable batches (as before 2026-11-30's third session) |
 | ``ours-fast-coordesc`` | ``ours-fast`` with Inductor's coordinate-descent tuning of its Triton kernels |
@@ -71,8 +69,6 @@ ROWS = {
     "ours-eager": [],
     "ours-m128": ["--model.model.init_args.num_latents=128"],  # the shipped config at M = 128 (drivaerml_1m)
     "ours-fast": ["--model.fast_step=true"],
-    "ours-fast-tuned": ["--model.fast_step=true"],
-    "ours-fast-fused-kv": ["--model.fast_step=true", "--model.model.init_args.fuse_kv=true"],
     "ours-fast-max-autotune": ["--model.fast_step=true"],
     "ours-fast-unpinned": ["--model.fast_step=true"],
     "ours-fast-coordesc": ["--model.fast_step=true"],
@@ -87,11 +83,10 @@ BASELINE_ROWS = {"transformer-fast": "transformer", "transformer-fast-masked": "
 ALWAYS_MASKED = staticmethod(lambda batch: batch["mask"])  # the network sees the mask even without padding
 INDUCTOR = {"ours-fast-max-autotune": {"max_autotune_gemm": True},
             "ours-fast-coordesc": {"coordinate_descent_tuning": True}}
-ENV = {"ours-fast-tuned": {"FLARE_MIXER_AUTOTUNE": "1"}}
 PATCHES = {  # module constants a row sets for its run
     "ours-fast-unpinned": {"datamodules.mesh_datamodule.MeshDataModule._pin_memory": lambda self: False},
-    "ours-fast-masked": {"flare_lightning.module.SurrogateModule.network_mask": ALWAYS_MASKED},
-    "transformer-fast-masked": {"flare_lightning.module.SurrogateModule.network_mask": ALWAYS_MASKED},
+    "ours-fast-masked": {"flare_lightning.training.module.SurrogateModule.network_mask": ALWAYS_MASKED},
+    "transformer-fast-masked": {"flare_lightning.training.module.SurrogateModule.network_mask": ALWAYS_MASKED},
 }
 
 
@@ -169,20 +164,14 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
         cli.trainer.callbacks.append(profiler)
     import torch._inductor.config as inductor_config
 
-    from flare_lightning.kernels import tuning
-
     torch._dynamo.reset()
-    tuning.clear_cache()
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.dict(os.environ, ENV.get(row, {})))
         stack.enter_context(inductor_config.patch(INDUCTOR.get(row, {})))
         for target, value in PATCHES.get(row, {}).items():
             stack.enter_context(mock.patch(target, value))
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     total = time.perf_counter() - t0
-    for key, cfg in tuning.tuned_configs().items():
-        print(f"mixer tiles {key[0]} k{list(key[3])}: {cfg}", flush=True)
     (s0, g0), (v0, g1), (v1, _) = (timer.marks[(1, k)] for k in ("start", "val_start", "val_end"))
     step_ms = 1e3 * (v0 - s0) / (g1 - g0)
     batches = len(cli.datamodule.train_dataloader())

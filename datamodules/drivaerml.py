@@ -223,7 +223,7 @@ class DrivAerMLDataModule(MeshDataModule):
     @property
     def force_reference(self) -> dict[str, float]:
         """q∞ in the targets' units and A_ref, for the drag and lift coefficients (computed by
-        ``flare_lightning.force_metrics`` from the cell ``normals`` and ``areas`` batches carry)."""
+        ``flare_lightning.forces.metrics`` from the cell ``normals`` and ``areas`` batches carry)."""
         return {"dynamic_pressure": 1.0 if self.pressure_as_cp else Q_INF, "reference_area": self.reference_area}
 
     def predict_reader(self) -> DrivAerMLReader:

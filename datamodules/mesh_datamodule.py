@@ -19,7 +19,7 @@ from datamodules.run_files import RunFilesDataset
 from datamodules.subsample import EpochShuffleSampler, PointSubsample, ShardSampler
 from flare_lightning import compat
 from flare_lightning.atomic import atomic_write_text
-from flare_lightning.normalizer import stats_from_moments
+from flare_lightning.training.normalizer import stats_from_moments
 
 GENERATED_NOTE = "GENERATED.txt"
 # The splits each stage reads. Fit also reads and checks the test split, so that bad test

@@ -19,7 +19,7 @@ from datamodules.checks import DataFormatError, finite_float32, require_files
 from datamodules.content_hash import raw_file_digests
 from datamodules.mesh_cache import load_cache, write_cache
 from datamodules.progress import is_rank_zero, progress
-from flare_lightning.normalizer import channel_moments
+from flare_lightning.training.normalizer import channel_moments
 
 # Optional per-point geometry of surface cells, kept for integrated quantities (forces).
 EXTRA_FIELDS = ("normals", "areas")

@@ -22,7 +22,7 @@ from flare_lightning.callbacks.epoch_summary import EpochSummary
 from flare_lightning.callbacks.finite_loss import FiniteLossCheck
 from flare_lightning.callbacks.prediction_writer import PredictionWriter
 from flare_lightning.callbacks.test_metrics import TestMetricsWriter
-from flare_lightning.checkpoint_config import (
+from flare_lightning.runs.checkpoint_config import (
     class_paths,
     data_class_of,
     explicit_model_options,
@@ -34,21 +34,21 @@ from flare_lightning.checkpoint_config import (
     strip_init_args,
     trusted_hparams_classes,
 )
-from flare_lightning.checkpoint_io import CheckpointError, SafeCheckpointIO, load_checkpoint
-from flare_lightning.config_checks import check_config, check_config_files
-from flare_lightning.module import SurrogateModule
-from flare_lightning.run_csv import RunCSVLogger
-from flare_lightning.run_folder import RunFolder, csv_logger_config, name_loggers_like_csv, plan_run_folder
-from flare_lightning.run_records import RunRecords
-from flare_lightning.runs import BEST, run_of_checkpoint
-from flare_lightning.trusted_classes import related_classes
-from flare_lightning.validation import has_validation
+from flare_lightning.runs.checkpoint_io import CheckpointError, SafeCheckpointIO, load_checkpoint
+from flare_lightning.runs.config_checks import check_config, check_config_files
+from flare_lightning.training.module import SurrogateModule
+from flare_lightning.runs.csv_logger import RunCSVLogger
+from flare_lightning.runs.folder import RunFolder, csv_logger_config, name_loggers_like_csv, plan_run_folder
+from flare_lightning.runs.records import RunRecords
+from flare_lightning.runs.discovery import BEST, run_of_checkpoint
+from flare_lightning.runs.trusted_classes import related_classes
+from flare_lightning.runs.validation import has_validation
 
 
 class FlareCLI(LightningCLI):
     """Links data dimensions into the model, checks the config's values once, decides the
-    command's run folder once (``flare_lightning.run_folder``), checks the checkpoint a
-    command reads against the command (``flare_lightning.checkpoint_config``), keeps
+    command's run folder once (``flare_lightning.runs.folder``), checks the checkpoint a
+    command reads against the command (``flare_lightning.runs.checkpoint_config``), keeps
     best/last checkpoints and records test metrics."""
 
     run_folder: RunFolder | None = None
@@ -321,11 +321,11 @@ def main() -> None:
     line naming what is wrong and exit status 2, not a traceback (``FLARE_TRACEBACK=1`` shows it)."""
     from datamodules.checks import DataFormatError
     from flare_lightning.callbacks.finite_loss import NonFiniteLossError
-    from flare_lightning.checkpoint_config import ResumeChangeError
-    from flare_lightning.checkpoint_io import CheckpointError, UnsafeCheckpointError
-    from flare_lightning.config_checks import ConfigError
-    from flare_lightning.run_folder import RunFolderError
-    from flare_lightning.run_lock import RunInUseError
+    from flare_lightning.runs.checkpoint_config import ResumeChangeError
+    from flare_lightning.runs.checkpoint_io import CheckpointError, UnsafeCheckpointError
+    from flare_lightning.runs.config_checks import ConfigError
+    from flare_lightning.runs.folder import RunFolderError
+    from flare_lightning.runs.lock import RunInUseError
 
     refusals = (ConfigError, CheckpointError, UnsafeCheckpointError, DataFormatError, ResumeChangeError,
                 RunFolderError, RunInUseError, NonFiniteLossError)

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from flare_lightning import compat
 from flare_lightning.atomic import atomic_path
 from flare_lightning.models.attention import FlareAttention
-from flare_lightning.loading import module_from_checkpoint
-from flare_lightning.module import SurrogateModule
+from flare_lightning.runs.loading import module_from_checkpoint
+from flare_lightning.training.module import SurrogateModule
 
 FORMATS = {"torch_export": ".pt2", "onnx": ".onnx"}
 EXPORT_BACKENDS = ("sdpa", "explicit")  # plain PyTorch mixers; the Triton kernels do not export

@@ -34,7 +34,7 @@ CHECKPOINT = "best.ckpt"
 
 LOAD = '''\
 from flare_lightning.callbacks.sampled import take_samples
-from flare_lightning.loading import load_datamodule, load_module
+from flare_lightning.runs import load_datamodule, load_module
 
 module = load_module(RUN_DIR, CHECKPOINT)
 datamodule = load_datamodule(RUN_DIR)
@@ -176,7 +176,7 @@ PREDICTIONS = [
         "import json\n\nimport numpy as np\nimport torch\nfrom IPython.display import display\n"
         "from matplotlib.figure import Figure\n\n"
         "from flare_lightning.analysis.fields import plot_predictions, samples_from_batch\n"
-        "from flare_lightning.metrics import relative_l2\n"
+        "from flare_lightning.training.metrics import relative_l2\n"
         + LOAD
     ),
     new_code_cell(

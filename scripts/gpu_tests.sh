@@ -4,7 +4,7 @@
 # CI has no GPU: run this on a lent GPU before resolving any change to a GPU path.
 #
 #   scripts/gpu_tests.sh                      # all of them
-#   scripts/gpu_tests.sh tests/test_fast_step.py -k resume    # a subset (arguments go to pytest)
+#   scripts/gpu_tests.sh tests/training/test_fast_step.py -k resume    # a subset (arguments go to pytest)
 #
 # On the GPU machine set PYTHONPATH as ../shared/tools/gpu-wheels.sh prints (the CLI tests need
 # jsonargparse); PYTHON picks the interpreter. The two-GPU DDP test runs where two GPUs are

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from flare_lightning.analysis import attention_logit_stats
-from flare_lightning.metrics import relative_l2
-from flare_lightning.module import SurrogateModule
+from flare_lightning.training.metrics import relative_l2
+from flare_lightning.training.module import SurrogateModule
 
 from tests.helpers import CONFIGS, import_benchmark, run_cli, tiny_darcy_args, tiny_trainer_args
 

@@ -49,7 +49,7 @@ def test_train_step_rows_train_the_right_model_and_mask():
 
     import torch
 
-    from flare_lightning.module import SurrogateModule
+    from flare_lightning.training.module import SurrogateModule
 
     small = import_benchmark("train_step_small")
     for dataset in ("darcy", "elasticity"):

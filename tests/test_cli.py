@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from flare_lightning.metrics import RelativeL2Error
-from flare_lightning.module import SurrogateModule
+from flare_lightning.training.metrics import RelativeL2Error
+from flare_lightning.training.module import SurrogateModule
 from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 
 TINY_MODEL = [

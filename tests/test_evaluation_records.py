@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from flare_lightning.checkpoint_io import CheckpointError, UnsafeCheckpointError
+from flare_lightning.runs.checkpoint_io import CheckpointError, UnsafeCheckpointError
 from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 
 QUICK = f"--config={CONFIGS / 'quickstart.yaml'}"

@@ -14,7 +14,7 @@ import torch
 
 from flare_lightning.cli import cli_main
 from flare_lightning.export import ExportedSurrogate, example_inputs, run_exported
-from flare_lightning.module import SurrogateModule
+from flare_lightning.training.module import SurrogateModule
 from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 
 TINY = ["--model.model.init_args.channels=16", "--model.model.init_args.num_blocks=2",
@@ -69,7 +69,7 @@ def test_export_reproduces_predict_on_a_mesh(fmt, checkpoint, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(run_exported(out, three), module(three), rtol=1e-5, atol=1e-5)
 
-    # The README's loading example, in a fresh interpreter that never imports this package.
+    # The loading example of docs/predict_export.md, in a fresh interpreter that never imports this package.
     np.save(tmp_path / "x.npy", x.numpy())
     load = {
         "torch_export": "import torch; m = torch.export.load(PATH).module(); y = m(torch.from_numpy(X)).detach().numpy()",
@@ -104,7 +104,7 @@ def _edited(checkpoint: Path, path: Path, edit) -> Path:
     ("state_dict", lambda c: [c.pop(k) for k in list(c) if k != "state_dict"], "not a Lightning checkpoint"),
 ])
 def test_export_refuses_unusable_checkpoints_and_writes_nothing(checkpoint, tmp_path, what, edit, match):
-    from flare_lightning.checkpoint_io import CheckpointError
+    from flare_lightning.runs.checkpoint_io import CheckpointError
 
     bad = _edited(checkpoint, tmp_path / f"{what}.ckpt", edit)
     with pytest.raises(CheckpointError, match=match) as err:

@@ -14,7 +14,7 @@ import torch
 
 from datamodules.darcy import DarcyDataModule
 from flare_lightning.models import FLARE
-from flare_lightning.module import SurrogateModule
+from flare_lightning.training.module import SurrogateModule
 from tests.helpers import REPO
 
 GOLDEN = REPO / "tests" / "assets" / "golden_darcy_loss.json"

@@ -13,7 +13,7 @@ from lightning.pytorch.plugins import MixedPrecision
 
 from datamodules import DarcyDataModule
 from flare_lightning.models import FLARE
-from flare_lightning.module import SurrogateModule
+from flare_lightning.training.module import SurrogateModule
 from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 
 
@@ -116,7 +116,7 @@ def test_eval_fp32_evaluates_in_float32_under_autocast():
 def test_bf16_fit_with_eval_fp32_tests_in_float32(tiny_darcy_root, tmp_path):
     """Trained under bf16 autocast, tested with ``eval_fp32``: the logged test rel. L2 is the fp32
     evaluation of the trained weights, computed here by hand."""
-    from flare_lightning.metrics import RelativeL2Error
+    from flare_lightning.training.metrics import RelativeL2Error
 
     dm = DarcyDataModule(str(tiny_darcy_root), "train.mat", "test.mat", n_train=8, n_val=4, n_test=4, batch_size=4)
     results = {}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from flare_lightning.module import SurrogateModule
+from flare_lightning.training.module import SurrogateModule
 from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 from tests.mesh_files import read_arrays, subdivided_box, write_vtp
 

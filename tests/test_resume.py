@@ -202,7 +202,7 @@ def test_slurm_signal_saves_and_requeued_job_resumes(tiny_darcy_root, tmp_path, 
     try:
         with pytest.raises(KilledForTest):
             run_cli(fit_args(tiny_darcy_root, tmp_path, "slurm", *probe, *kill))
-        # under SLURM the job's run folder is its default root (flare_lightning/run_folder.py)
+        # under SLURM the job's run folder is its default root (flare_lightning/runs/folder.py)
         assert (tmp_path / "slurm" / "version_4242" / "hpc_ckpt_1.ckpt").is_file(), "the SIGUSR1 handler did not save a checkpoint"
         assert (tmp_path / "requeued").read_text().split() == ["requeue", "4242"]
         monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # what SLURM sets in a requeued job

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from datamodules.drivaerml_io import Q_INF
-from flare_lightning.force_metrics import r2_score
-from flare_lightning.forces import force_coefficients, surface_force
-from flare_lightning.module import SurrogateModule
+from flare_lightning.forces.metrics import r2_score
+from flare_lightning.forces.coefficients import force_coefficients, surface_force
+from flare_lightning.training.module import SurrogateModule
 from tests.helpers import CONFIGS, run_cli, tiny_trainer_args
 from tests.mesh_files import subdivided_box, write_vtp
 

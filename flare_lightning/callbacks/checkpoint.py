@@ -8,7 +8,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from flare_lightning import compat
 from flare_lightning.atomic import remove_stale_temps
-from flare_lightning.validation import has_validation
+from flare_lightning.runs.validation import has_validation
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):

@@ -13,9 +13,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from flare_lightning.atomic import remove_stale_temps
-from flare_lightning.force_metrics import sample_force_coefficients
+from flare_lightning.forces.metrics import sample_force_coefficients
 from flare_lightning.io.mesh_geometry import MeshGeometry
-from flare_lightning.run_records import run_dir
+from flare_lightning.runs.records import run_dir
 from flare_lightning.io.vtk_writer import write_fields
 
 

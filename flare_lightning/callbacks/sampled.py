@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from flare_lightning.run_records import run_dir
+from flare_lightning.runs.records import run_dir
 from flare_lightning.parallel.hooks import local_forward
 
 Batch = dict[str, Tensor]

@@ -10,8 +10,8 @@ from pathlib import Path
 import lightning as L
 
 from flare_lightning.atomic import atomic_write_text
-from flare_lightning.provenance import checkpoint_info, data_info, environment
-from flare_lightning.run_records import run_dir
+from flare_lightning.runs.provenance import checkpoint_info, data_info, environment
+from flare_lightning.runs.records import run_dir
 
 __all__ = ["TestMetricsWriter"]
 
@@ -21,7 +21,7 @@ class TestMetricsWriter(L.Callback):
     (``null`` for non-finite values) plus ``checkpoint`` (path, epoch, global step and why
     it was tested), ``model`` (the tested model's class and options), ``data`` (class, root,
     source: files / generated / proxy, split sizes) and ``environment`` (commit, package
-    versions). The run dir is the command's own (``flare_lightning.run_folder``): the fit's
+    versions). The run dir is the command's own (``flare_lightning.runs.folder``): the fit's
     folder for its test after training, a new ``<run>/test/version_N`` for a later
     ``flare test``, so a later command never replaces a fit's record.
 

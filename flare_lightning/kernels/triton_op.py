@@ -3,9 +3,8 @@
 ``torch.compile`` traces a whole FLARE block through ``flare_lightning::mixer_fwd`` (no
 graph break): Inductor leaves the hand-written kernels alone and takes output shapes from
 the fake implementations; ``mixer_bwd`` is the registered backward. Both run the default
-tiles, or for small problems the tiles ``tuning`` picked on first use. The kernels are looked
-up at call time, so reloading ``triton_mixer`` (tests switch to Triton's interpreter) does
-not need the ops registered twice.
+tiles (``triton_mixer.default_config``). The kernels are looked up at call time, so reloading
+``triton_mixer`` (tests switch to Triton's interpreter) does not need the ops registered twice.
 """
 
 from __future__ import annotations
@@ -14,8 +13,6 @@ import sys
 
 import torch
 from torch import Tensor
-
-from flare_lightning.kernels import tuning
 
 
 def _kernels():
@@ -28,15 +25,9 @@ def _kernels():
 def mixer_fwd(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(y, z, z_lo, lse_enc, lse_dec) of ``_flare_forward``: default tiles, tuned for small problems."""
+    """(y, z, z_lo, lse_enc, lse_dec) of ``_flare_forward`` with the default tiles."""
     tm = _kernels()
-
-    def run(cfg):
-        return tm._flare_forward(q, k, v, mask, scale, cfg)
-
-    base = tm.default_config(q.shape[1], q.shape[2], k.dtype)
-    key = tuning.problem_key("fwd", q, k, v, mask)
-    return run(tuning.tuned_config(key, base, ("encode", "decode"), lambda c: run(c)[:1], k, q.shape[1]))
+    return tm._flare_forward(q, k, v, mask, scale, tm.default_config(q.shape[1], q.shape[2], k.dtype))
 
 
 @mixer_fwd.register_fake
@@ -58,16 +49,10 @@ def mixer_bwd(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, y: Tensor, z: Tensor, z_lo: Tensor,
     lse_enc: Tensor, lse_dec: Tensor, dy: Tensor, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(dq, dk, dv) of ``_flare_backward``: default tiles, tuned for small problems."""
+    """(dq, dk, dv) of ``_flare_backward`` with the default tiles."""
     tm = _kernels()
-    dy = tm._unit_last(dy)
-
-    def run(cfg):
-        return tm._flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale, cfg)
-
-    base = tm.default_config(q.shape[1], q.shape[2], k.dtype)
-    key = tuning.problem_key("bwd", q, k, v, mask)
-    return run(tuning.tuned_config(key, base, ("bwd_decode", "bwd_encode"), run, k, q.shape[1]))
+    cfg = tm.default_config(q.shape[1], q.shape[2], k.dtype)
+    return tm._flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, tm._unit_last(dy), scale, cfg)
 
 
 @mixer_bwd.register_fake

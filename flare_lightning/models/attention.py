@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from flare_lightning.kernels import flare_mix, flare_weights
 from flare_lightning.kernels.dispatch import BACKENDS, mixer_dtype
 from flare_lightning.kernels.mixer_math import EncodeStats, decode, encode_stats, latent_logits, mask_keys, merge_stats
-from flare_lightning.models.mlp import ResidualMLP, residual_mlp_pair
+from flare_lightning.models.mlp import ResidualMLP
 from flare_lightning.models.options import check_finite, check_heads, check_ints
 
 
@@ -33,8 +33,6 @@ class FlareAttention(nn.Module):
         scale: logit scale s (the reference uses 1.0, not 1/sqrt(D)).
         mixer_backend: implementation of the mixer (see ``flare_lightning.kernels.BACKENDS``).
         mlp_chunk_size: chunk size over points for the key/value MLPs (None: no chunking).
-        fuse_kv: compute the key and value MLPs side by side, one GEMM per layer (half the
-            launches, same parameters; ``residual_mlp_pair``); not with ``mlp_chunk_size``.
 
     Every method that takes the block's ``norm`` applies it to x first; with ``fused`` the
     Triton kernels run the LayerNorm and the key/value MLPs in one pass (``FlareBlock``
@@ -55,7 +53,6 @@ class FlareAttention(nn.Module):
         scale: float = 1.0,
         mixer_backend: str = "auto",
         mlp_chunk_size: int | None = None,
-        fuse_kv: bool = False,
     ) -> None:
         super().__init__()
         check_ints("FlareAttention", 1, channels=channels, num_heads=num_heads, num_latents=num_latents)
@@ -68,7 +65,6 @@ class FlareAttention(nn.Module):
         self.head_dim = channels // num_heads
         self.scale = scale
         self.mixer_backend = mixer_backend
-        self.fuse_kv = fuse_kv
         self.latents = nn.Parameter(0.1 * torch.randn(num_heads, num_latents, self.head_dim))  # N(0, 0.1)
         self.k_proj = ResidualMLP(channels, channels, channels, kv_layers, act, chunk_size=mlp_chunk_size)
         self.v_proj = ResidualMLP(channels, channels, channels, kv_layers, act, chunk_size=mlp_chunk_size)
@@ -91,11 +87,8 @@ class FlareAttention(nn.Module):
         return self._heads(self._project(self.k_proj, x, norm, fused))
 
     def keys_values(self, x: Tensor, norm: nn.Module | None = None, fused: bool = False) -> tuple[Tensor, Tensor]:
-        """Keys and values [B, H, N, D] of x [B, N, C] (one GEMM chain with ``fuse_kv``)."""
-        if self.fuse_kv and self.k_proj.chunk_size is None and not fused:
-            k, v = residual_mlp_pair(x if norm is None else norm(x), self.k_proj, self.v_proj)
-        else:
-            k, v = self._project(self.k_proj, x, norm, fused), self._project(self.v_proj, x, norm, fused)
+        """Keys and values [B, H, N, D] of x [B, N, C]."""
+        k, v = self._project(self.k_proj, x, norm, fused), self._project(self.v_proj, x, norm, fused)
         return self._heads(k), self._heads(v)
 
     def forward(

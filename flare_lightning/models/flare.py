@@ -40,13 +40,12 @@ class FlareBlock(nn.Module):
         scale: float,
         mixer_backend: str,
         mlp_chunk_size: int | None,
-        fuse_kv: bool = False,
         mlp_backend: str = "torch",
     ) -> None:
         super().__init__()
         self.norm1 = make_norm(norm, channels)
         self.attn = FlareAttention(
-            channels, num_heads, num_latents, kv_layers, act, scale, mixer_backend, mlp_chunk_size, fuse_kv
+            channels, num_heads, num_latents, kv_layers, act, scale, mixer_backend, mlp_chunk_size
         )
         self.norm2 = make_norm(norm, channels)
         hidden = int(round(channels * mlp_ratio))
@@ -130,10 +129,8 @@ class FLARE(nn.Module):
         eval_chunk_size: without autograd (validation, test, predict), run the model this
             many points at a time: the encode is a sum over points, so chunks merge exactly,
             and memory is the [B, N, C] residual stream plus per-chunk work (None: off).
-        fuse_kv: each block computes its key and value MLPs side by side, one GEMM per layer
-            with block-diagonal weights (half the GEMM launches, same parameters and
-            checkpoints; ignored with ``mlp_chunk_size``). Off by default until timed: its
-            first, batched-GEMM form ran slower on an H200 (benchmarks/RESULTS.md).
+        fuse_kv: a removed option, still accepted so that configs and checkpoints saved with
+            it (every one before its removal holds ``fuse_kv: false``) load; only ``False``.
         mlp_backend: how each block's key, value and feed-forward MLPs run: ``torch`` (plain
             layers), ``triton`` (fused kernels: each MLP and the LayerNorm before it is one pass
             over the points, recomputed in backward, so no MLP activation is stored and
@@ -172,6 +169,9 @@ class FLARE(nn.Module):
         check_ints("FLARE", 0, kv_layers=kv_layers, ffn_layers=ffn_layers, io_layers=io_layers)
         check_optional_positive("FLARE", mlp_chunk_size=mlp_chunk_size, eval_chunk_size=eval_chunk_size)
         check_heads("FLARE", channels, num_heads)
+        if fuse_kv:
+            raise ValueError("FLARE: fuse_kv was removed (side-by-side key/value GEMMs ran slower than the two "
+                             "MLPs, benchmarks/RESULTS.md); drop the option or set it to false")
         check_finite("FLARE", positive=True, mlp_ratio=mlp_ratio)
         if int(round(channels * mlp_ratio)) < 1:
             raise ValueError(f"FLARE: mlp_ratio {mlp_ratio} gives a feed-forward width of 0 at channels={channels}")
@@ -183,7 +183,7 @@ class FLARE(nn.Module):
         self.blocks = nn.ModuleList(
             FlareBlock(
                 channels, num_heads, num_latents, kv_layers, ffn_layers, mlp_ratio, act, norm,
-                scale, mixer_backend, mlp_chunk_size, fuse_kv, mlp_backend,
+                scale, mixer_backend, mlp_chunk_size, mlp_backend,
             )
             for _ in range(num_blocks)
         )
@@ -191,7 +191,7 @@ class FLARE(nn.Module):
         self.head = ResidualMLP(channels, channels, out_dim, io_layers, act, chunk_size=mlp_chunk_size)
         self.apply(self._init_weights)
         if compile:
-            from flare_lightning.compile import compile_model
+            from flare_lightning.models.compile import compile_model
 
             compile_model(self)
 

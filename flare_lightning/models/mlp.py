@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flare_lightning.models.checkpointing import apply_in_chunks
@@ -115,40 +114,3 @@ class ResidualMLP(nn.Module):
         weight, bias = self.stacked()
         ln = None if norm is None else (norm.weight, norm.bias, norm.eps)
         return fused_mlp(x, weight, bias, ln, residual, self.act_name, out_dtype)
-
-
-def residual_mlp_pair(x: Tensor, a: ResidualMLP, b: ResidualMLP) -> tuple[Tensor, Tensor]:
-    """``(a(x), b(x))`` for two ResidualMLPs of one shape, as one chain of plain GEMMs.
-
-    The two hidden states travel side by side as one [T, 2·width] tensor. The first layers
-    share their input, so their weights stack into one GEMM; every later layer is one GEMM with
-    the block-diagonal weight ``[[W_a, 0], [0, W_b]]`` (twice the flops, which at FLARE's
-    widths cost nothing next to a launch; the zero blocks add exact zeros). Half the GEMM and
-    pointwise launches of two MLPs, the same arithmetic; the parameters stay in ``a`` and
-    ``b`` (checkpoints unchanged). FLARE's keys and values use it (``fuse_kv``).
-    """
-    if (
-        len(a.hidden) != len(b.hidden)
-        or a.fc_in.weight.shape != b.fc_in.weight.shape
-        or a.fc_out.weight.shape != b.fc_out.weight.shape
-        or (a.input_residual, a.output_residual) != (b.input_residual, b.output_residual)
-        or type(a.act) is not type(b.act)
-    ):
-        raise ValueError("residual_mlp_pair: the two MLPs must have the same layers, widths, residuals and activation")
-
-    def pair(la: nn.Linear, lb: nn.Linear, h: Tensor) -> Tensor:
-        return F.linear(h, torch.block_diag(la.weight, lb.weight), torch.cat([la.bias, lb.bias]))
-
-    lead = x.shape[:-1]
-    flat = x.reshape(-1, x.shape[-1])  # [T, in]
-    w_in = torch.cat([a.fc_in.weight, b.fc_in.weight])  # [2·width, in]
-    h = a.act(F.linear(flat, w_in, torch.cat([a.fc_in.bias, b.fc_in.bias])))  # [T, 2·width]: a's | b's
-    if a.input_residual:
-        h = flat.repeat(1, 2) + h
-    for la, lb in zip(a.hidden, b.hidden):
-        h = h + a.act(pair(la, lb, h))
-    out = pair(a.fc_out, b.fc_out, h)  # [T, 2·out]
-    if a.output_residual:
-        out = h + out
-    width = a.fc_out.out_features
-    return out[:, :width].reshape(*lead, width), out[:, width:].reshape(*lead, width)

@@ -5,8 +5,6 @@ cost ~2.5 ms per small all-reduce and a second CUDA context (~0.5 GB) on GPU 0
 (benchmarks/RESULTS.md, ef5b372). Copying to host in the calling thread (whose current
 device is the rank's) and reducing CPU tensors keeps gloo off the GPUs entirely: a gloo
 context group then costs no device memory, which is what the largest sample needs.
-Where the group's ranks share a host, the staged bytes go through shared memory
-(``host_exchange``: microseconds) instead of gloo's sockets (about a millisecond each).
 NCCL groups and CPU tensors take the plain collective.
 """
 
@@ -15,13 +13,6 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor
-
-from flare_lightning.parallel import host_exchange
-
-
-def _exchange(group, op=dist.ReduceOp.SUM) -> host_exchange.HostExchange | None:
-    """The group's shared-memory exchange where it can do ``op``, else None (gloo)."""
-    return host_exchange.exchange_for(group) if host_exchange.supported(op) else None
 
 
 def stages_through_host(x: Tensor, group=None) -> bool:
@@ -35,9 +26,6 @@ def all_reduce_(x: Tensor, op=dist.ReduceOp.SUM, group=None, stage: bool | None 
     if not (stages_through_host(x, group) if stage is None else stage):
         dist.all_reduce(x, op=op, group=group)
         return x
-    exchange = _exchange(group, op)
-    if exchange is not None:
-        return exchange.all_reduce_(x, op)
     host = x.detach().to("cpu", copy=True)  # synchronous: waits for the kernels that made x
     dist.all_reduce(host, op=op, group=group)
     with torch.no_grad():
@@ -51,9 +39,6 @@ def all_gather_(parts: list[Tensor], x: Tensor, group=None, stage: bool | None =
     if not (stages_through_host(x, group) if stage is None else stage):
         dist.all_gather(parts, x.contiguous(), group=group)
         return parts
-    exchange = _exchange(group)
-    if exchange is not None:
-        return exchange.all_gather_(parts, x)
     host = [torch.empty(x.shape, dtype=x.dtype) for _ in parts]
     dist.all_gather(host, x.detach().to("cpu", copy=True).contiguous(), group=group)
     with torch.no_grad():
@@ -63,12 +48,9 @@ def all_gather_(parts: list[Tensor], x: Tensor, group=None, stage: bool | None =
 
 
 def transport(x: Tensor, group=None) -> str:
-    """What a collective of ``x`` over ``group`` goes through: ``"host-exchange"`` (shared
-    memory), ``"gloo-host-copies"``, or the group's backend. Collective on a group's first
-    staged use (it may make the exchange)."""
-    if not stages_through_host(x, group):
-        return str(dist.get_backend(group))
-    return "host-exchange" if _exchange(group) is not None else "gloo-host-copies"
+    """What a collective of ``x`` over ``group`` goes through: ``"gloo-host-copies"`` or the
+    group's backend."""
+    return "gloo-host-copies" if stages_through_host(x, group) else str(dist.get_backend(group))
 
 
 def host_staged_allreduce_hook(group, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:

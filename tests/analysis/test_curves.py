@@ -44,7 +44,7 @@ def test_layer_curves_in_layer_order_without_blank_rows(tmp_path):
 
 
 def test_run_labels_stay_short_and_distinct(tmp_path):
-    from flare_lightning.runs import run_labels
+    from flare_lightning.runs.discovery import run_labels
 
     a, b, c = (tmp_path / "bf16/transformer_darcy/seed0_full", tmp_path / "fp32/transformer_darcy/seed0_full",
                tmp_path / "runs/quickstart/version_0")

@@ -1,7 +1,7 @@
 """EMA of the weights: validation, best.ckpt selection and test use the average (equal to an
 EMA computed by hand from the raw weights), with Lightning's automatic optimization and with
 the fast step (its CUDA graphs on a GPU), and a resumed run continues the average. The DDP case
-runs in ``tests/test_fast_step.py`` (two ranks against one process)."""
+runs in ``tests/training/test_fast_step.py`` (two ranks against one process)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from flare_lightning.callbacks import EMA
-from flare_lightning.metrics import RelativeL2Error
+from flare_lightning.training.metrics import RelativeL2Error
 from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 from tests.test_cli import TINY_MODEL
-from tests.test_fast_step import fit_tiny, flat, tiny_darcy
+from tests.training.test_fast_step import fit_tiny, flat, tiny_darcy
 
 DECAY = 0.5
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from flare_lightning.analysis.curves import read_metrics
 from flare_lightning.callbacks.sampled import log_image_file
 from flare_lightning.callbacks.spectral import SpectralAnalysis
-from flare_lightning.module import SurrogateModule
+from flare_lightning.training.module import SurrogateModule
 from tests.helpers import CONFIGS, tiny_darcy_args, tiny_trainer_args
 from tests.quickstart_run import EPOCHS, quickstart_run  # noqa: F401  (session fixture)
 

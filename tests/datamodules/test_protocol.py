@@ -12,7 +12,7 @@ import pytest
 
 from datamodules.checks import DataFormatError
 from flare_lightning.models import FLARE
-from flare_lightning.module import SurrogateModule
+from flare_lightning.training.module import SurrogateModule
 from tests.datamodules.tiny_data import KINDS, drivaerml_run, lpbf_case, tiny, write_lpbf_case
 
 

@@ -18,7 +18,7 @@ import torch
 from datamodules import content_hash, mesh_cache
 from datamodules.checks import DataFormatError
 from datamodules.drivaerml import DrivAerMLDataModule, DrivAerMLDataset
-from flare_lightning.normalizer import channel_stats
+from flare_lightning.training.normalizer import channel_stats
 from tests.helpers import REPO
 
 TRAIN, TEST = [1, 2, 3, 4], [7, 8]

@@ -45,3 +45,10 @@ def test_attention_and_mlp_reject_degenerate_options():
 def test_valid_edge_sizes_still_build():
     FLARE(**{**GOOD, "num_heads": 8, "kv_layers": 0, "ffn_layers": 0, "io_layers": 0})
     ResidualMLP(1, 1, 1, num_layers=0)
+
+
+def test_removed_fuse_kv_option_reads_old_configs_and_refuses_true():
+    """Every config saved before fuse_kv was removed holds ``fuse_kv: false``: it still builds."""
+    assert FLARE(**GOOD, fuse_kv=False).out_dim == 1
+    with pytest.raises(ValueError, match="FLARE: fuse_kv was removed"):
+        FLARE(**GOOD, fuse_kv=True)

@@ -158,7 +158,7 @@ def test_context_size_must_divide_the_world():
 
 def test_fast_step_is_refused_clearly():
     from flare_lightning.models import FLARE
-    from flare_lightning.module import SurrogateModule
+    from flare_lightning.training.module import SurrogateModule
     from flare_lightning.parallel import ContextParallelStrategy
 
     strategy = ContextParallelStrategy(context_parallel=2)

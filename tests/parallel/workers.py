@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from flare_lightning.kernels import flare_mix_explicit
-from flare_lightning.metrics import relative_l2
+from flare_lightning.training.metrics import relative_l2
 from flare_lightning.models import FLARE
 from flare_lightning.parallel import ContextGroup, attach_context, local_forward
 from flare_lightning.parallel.mixer import context_mix_torch, context_mix_triton
