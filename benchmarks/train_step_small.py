@@ -4,7 +4,8 @@
 
 Darcy (85x85 = 7,225 points, H16, M256) and elasticity (972 points, H8, M64), 8 blocks,
 C=64, batch 2, each with the paper's 1000 training samples (500 steps an epoch), in
-bf16-mixed and 32-true, one run on one card, rows side by side:
+bf16-mixed and 32-true (and ``32-tf32``: fp32 with ``--float32_matmul_precision high``, TF32
+matmuls and Triton dots), one run on one card, rows side by side:
 
 | row | what runs |
 |---|---|
@@ -78,6 +79,9 @@ ROWS = {
     "transolver-fast": ["--model.fast_step=true"],
     "perceiverio-fast": ["--model.fast_step=true"],
 }
+PRECISIONS = {  # a --precisions label -> its flare fit arguments (32-tf32: fp32 with TF32 matmuls and dots)
+    "32-tf32": ["--trainer.precision=32-true", "--float32_matmul_precision=high"],
+}
 BASELINE_ROWS = {"transformer-fast": "transformer", "transformer-fast-masked": "transformer",
                  "transolver-fast": "transolver", "perceiverio-fast": "perceiverio"}  # row -> configs/baselines/<model>_
 ALWAYS_MASKED = staticmethod(lambda batch: batch["mask"])  # the network sees the mask even without padding
@@ -146,7 +150,7 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
     name = f"{dataset}_{row}_{precision}"
     args = [
         *(f"--config={path}" for path in row_configs(dataset, row)), *ROWS[row],
-        f"--trainer.precision={precision}", "--trainer.max_epochs=2", "--trainer.num_sanity_val_steps=0",
+        *PRECISIONS.get(precision, [f"--trainer.precision={precision}"]), "--trainer.max_epochs=2", "--trainer.num_sanity_val_steps=0",
         f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
         f"--trainer.logger.init_args.name={name}", "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false", "--test_after_fit=false",

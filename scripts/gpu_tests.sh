@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU test (`pytest -m gpu`: the fast step's CUDA graphs against eager steps, the Triton
-# kernels, mixed precision on a GPU), then one line per test file: passed, failed, skipped, time.
+# Every GPU test (`pytest -m "gpu or kernels"`: the fast step's CUDA graphs against eager steps,
+# mixed precision on a GPU, and every Triton kernel test, which runs the compiled kernels where
+# CUDA is visible instead of the interpreter), then one line per test file: passed, failed, skipped, time.
 # CI has no GPU: run this on a lent GPU before resolving any change to a GPU path.
 #
 #   scripts/gpu_tests.sh                      # all of them
@@ -17,7 +18,7 @@ report=$(mktemp -d)/gpu_tests.xml
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(tests)
 status=0
-"$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -o junit_family=xunit1 --junitxml="$report" "${targets[@]}" || status=$?
+"$PYTHON" -m pytest -m "gpu or kernels" -q -p no:cacheprovider -o junit_family=xunit1 --junitxml="$report" "${targets[@]}" || status=$?
 "$PYTHON" - "$report" <<'EOF'
 """One line per test file of the JUnit report: passed, failed, skipped, seconds."""
 import sys

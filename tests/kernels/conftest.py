@@ -18,6 +18,15 @@ if not HAS_CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test in this folder is a kernel test (``-m kernels``): scripts/gpu_tests.sh
+    runs them on the GPU, where they check the compiled kernels instead of the interpreter."""
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.kernels)
+
+
 def _fix_interpreter() -> None:
     """Two test-only shims for Triton 3.6's interpreter (the GPU path is untouched).
 
