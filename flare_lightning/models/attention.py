@@ -10,6 +10,7 @@ from flare_lightning.kernels.dispatch import BACKENDS, mixer_dtype
 from flare_lightning.kernels.mixer_math import EncodeStats, decode, encode_stats, latent_logits, mask_keys, merge_stats
 from flare_lightning.models.mlp import ResidualMLP
 from flare_lightning.models.options import check_finite, check_heads, check_ints
+from flare_lightning.models.precision import as_float, check_fp32_parts, full_precision, keeps_fp32
 
 
 # torch.compile traces the mixer: the Triton kernels are custom ops (opaque to Inductor,
@@ -33,6 +34,8 @@ class FlareAttention(nn.Module):
         scale: logit scale s (the reference uses 1.0, not 1/sqrt(D)).
         mixer_backend: implementation of the mixer (see ``flare_lightning.kernels.BACKENDS``).
         mlp_chunk_size: chunk size over points for the key/value MLPs (None: no chunking).
+        fp32_parts: ``kv`` and ``mixer`` keep float32 under autocast (``models/precision.py``);
+            with ``mixer`` the output is float32 (the block adds it in its stream's dtype).
 
     Every method that takes the block's ``norm`` applies it to x first; with ``fused`` the
     Triton kernels run the LayerNorm and the key/value MLPs in one pass (``FlareBlock``
@@ -53,8 +56,10 @@ class FlareAttention(nn.Module):
         scale: float = 1.0,
         mixer_backend: str = "auto",
         mlp_chunk_size: int | None = None,
+        fp32_parts: list[str] | None = None,
     ) -> None:
         super().__init__()
+        self.fp32 = check_fp32_parts("FlareAttention", fp32_parts)
         check_ints("FlareAttention", 1, channels=channels, num_heads=num_heads, num_latents=num_latents)
         check_ints("FlareAttention", 0, kv_layers=kv_layers)
         check_heads("FlareAttention", channels, num_heads)
@@ -75,12 +80,15 @@ class FlareAttention(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    @staticmethod
-    def _project(mlp: ResidualMLP, x: Tensor, norm: nn.Module | None, fused: bool) -> Tensor:
-        """``mlp(norm(x))`` [B, N, C]: fused kernels (output in the mixer's dtype) or PyTorch."""
-        if fused:
-            return mlp.forward_fused(x, norm, out_dtype=mixer_dtype(x))
-        return mlp(x if norm is None else norm(x))
+    def _project(self, mlp: ResidualMLP, x: Tensor, norm: nn.Module | None, fused: bool) -> Tensor:
+        """``mlp(norm(x))`` [B, N, C]: fused kernels (output in the mixer's dtype) or PyTorch;
+        in float32 with ``fp32_parts`` ``kv`` (the mixer casts to its own dtype)."""
+        fp32 = keeps_fp32(x, "kv" in self.fp32)
+        with full_precision(x, fp32):
+            x = as_float(x, fp32)
+            if fused:
+                return mlp.forward_fused(x, norm, out_dtype=mixer_dtype(x))
+            return mlp(x if norm is None else norm(x))
 
     def keys(self, x: Tensor, norm: nn.Module | None = None, fused: bool = False) -> Tensor:
         """Keys [B, H, N, D] of x [B, N, C] (normed by ``norm`` first, if given)."""
@@ -96,12 +104,14 @@ class FlareAttention(nn.Module):
     ) -> Tensor:
         """x: [B, N, C]; mask: [B, N] bool (True on real points) -> [B, N, C]."""
         k, v = self.keys_values(x, norm, fused)
-        if self.context is not None and self.context.enabled:
-            y = self.context.mix(self.latents, k, v, mask, self.scale, self.mixer_backend)  # [B, H, N, D]
-        else:
-            y = _mix(self.latents, k, v, mask, self.scale, self.mixer_backend)  # [B, H, N, D]
-        y = y.transpose(1, 2).reshape(x.shape)
-        return self.out_proj(y)
+        fp32 = keeps_fp32(x, "mixer" in self.fp32)  # then the output stays float32 too
+        with full_precision(x, fp32):
+            k, v = as_float(k, fp32), as_float(v, fp32)
+            if self.context is not None and self.context.enabled:
+                y = self.context.mix(self.latents, k, v, mask, self.scale, self.mixer_backend)  # [B, H, N, D]
+            else:
+                y = _mix(self.latents, k, v, mask, self.scale, self.mixer_backend)  # [B, H, N, D]
+            return self.out_proj(y.transpose(1, 2).reshape(x.shape))
 
     # --- evaluation over point chunks: the encode is a sum over points, so per-chunk
     # partial sums merge exactly by log-sum-exp; the decode is pointwise given z.
@@ -140,8 +150,10 @@ class FlareAttention(nn.Module):
         k = self.keys(x, norm, fused)
         with torch.autocast(x.device.type, enabled=False):
             y = decode(latent_logits(self.latents.to(z.dtype), k.to(z.dtype), self.scale), z)  # [B, H, n, D]
-        y = y.to(k.dtype).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
-        return self.out_proj(y)
+        fp32 = keeps_fp32(x, "mixer" in self.fp32)
+        y = y.to(z.dtype if fp32 else mixer_dtype(k)).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        with full_precision(x, fp32):
+            return self.out_proj(y)
 
     @torch.no_grad()
     def attention_weights(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:

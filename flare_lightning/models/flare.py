@@ -13,6 +13,7 @@ from flare_lightning.models.attention import FlareAttention
 from flare_lightning.models.checkpointing import checkpointed
 from flare_lightning.models.mlp import ResidualMLP
 from flare_lightning.models.options import check_finite, check_heads, check_ints, check_optional_positive
+from flare_lightning.models.precision import as_float, check_fp32_parts, full_precision, keeps_fp32, low_precision
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -41,11 +42,13 @@ class FlareBlock(nn.Module):
         mixer_backend: str,
         mlp_chunk_size: int | None,
         mlp_backend: str = "torch",
+        fp32_parts: list[str] | None = None,
     ) -> None:
         super().__init__()
+        self.fp32 = check_fp32_parts("FlareBlock", fp32_parts)
         self.norm1 = make_norm(norm, channels)
         self.attn = FlareAttention(
-            channels, num_heads, num_latents, kv_layers, act, scale, mixer_backend, mlp_chunk_size
+            channels, num_heads, num_latents, kv_layers, act, scale, mixer_backend, mlp_chunk_size, fp32_parts
         )
         self.norm2 = make_norm(norm, channels)
         hidden = int(round(channels * mlp_ratio))
@@ -76,11 +79,23 @@ class FlareBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: [B, N, C] -> [B, N, C]."""
-        if self.fused(x):  # the norms run inside the key/value and feed-forward kernels
-            x = x + self.attn(x, mask, norm=self.norm1, fused=True)
-            return self.mlp.forward_fused(x, self.norm2, residual=x)
-        x = x + self.attn(self.norm1(x), mask)
-        return x + self.mlp(self.norm2(x))
+        fused = self.fused(x)
+        if fused:  # the norms run inside the key/value and feed-forward kernels
+            x = x + self.attn(x, mask, norm=self.norm1, fused=True).to(x.dtype)
+        else:
+            on = keeps_fp32(x, "kv" in self.fp32)  # the norm before the keys and values is theirs
+            with full_precision(x, on):
+                normed = self.norm1(as_float(x, on))
+            x = x + self.attn(normed, mask).to(x.dtype)
+        return self.feed_forward(x, fused)
+
+    def feed_forward(self, x: Tensor, fused: bool) -> Tensor:
+        """``x + mlp(norm2(x))`` in x's dtype; in float32 inside with ``fp32_parts`` ``ffn``."""
+        fp32 = keeps_fp32(x, "ffn" in self.fp32)
+        with full_precision(x, fp32):
+            h = as_float(x, fp32)
+            y = self.mlp.forward_fused(h, self.norm2, residual=h) if fused else h + self.mlp(self.norm2(h))
+        return y.to(x.dtype) if fp32 else y
 
     @torch.no_grad()
     def forward_chunked_(self, h: Tensor, mask: Tensor | None, chunk_size: int) -> Tensor:
@@ -98,8 +113,8 @@ class FlareBlock(nn.Module):
         z = self.attn.latent_summary(stats)  # [B, H, M, D]
         for lo in range(0, h.shape[1], chunk_size):
             x = h[:, lo : lo + chunk_size]
-            x = x + self.attn.decode(x, z, self.norm1, fused)
-            h[:, lo : lo + chunk_size] = self.mlp.forward_fused(x, self.norm2, x) if fused else x + self.mlp(self.norm2(x))
+            x = x + self.attn.decode(x, z, self.norm1, fused).to(x.dtype)
+            h[:, lo : lo + chunk_size] = self.feed_forward(x, fused)
         return h
 
 
@@ -138,6 +153,9 @@ class FLARE(nn.Module):
             ``mlp_ratio=1``), or ``auto`` (``triton`` where it can run, else ``torch``).
         compile: ``torch.compile`` the blocks, the lifting and the head in place
             (``nn.Module.compile``: parameter names and checkpoints are unchanged).
+        fp32_parts: parts that keep float32 under bf16/fp16 autocast, any of ``residual``,
+            ``lift``, ``kv``, ``mixer``, ``ffn``, ``head`` (``models/precision.py`` says what
+            each covers); None or empty: autocast everywhere. No effect without autocast.
     """
 
     def __init__(
@@ -162,8 +180,10 @@ class FLARE(nn.Module):
         fuse_kv: bool = False,
         mlp_backend: Literal["torch", "triton", "auto"] = "torch",
         compile: bool = False,
+        fp32_parts: list[Literal["residual", "lift", "kv", "mixer", "ffn", "head"]] | None = None,
     ) -> None:
         super().__init__()
+        self.fp32 = check_fp32_parts("FLARE", fp32_parts)
         check_ints("FLARE", 1, in_dim=in_dim, out_dim=out_dim, channels=channels, num_blocks=num_blocks,
                    num_heads=num_heads, num_latents=num_latents)
         check_ints("FLARE", 0, kv_layers=kv_layers, ffn_layers=ffn_layers, io_layers=io_layers)
@@ -183,7 +203,7 @@ class FLARE(nn.Module):
         self.blocks = nn.ModuleList(
             FlareBlock(
                 channels, num_heads, num_latents, kv_layers, ffn_layers, mlp_ratio, act, norm,
-                scale, mixer_backend, mlp_chunk_size, mlp_backend,
+                scale, mixer_backend, mlp_chunk_size, mlp_backend, sorted(self.fp32),
             )
             for _ in range(num_blocks)
         )
@@ -214,13 +234,27 @@ class FLARE(nn.Module):
         if self.eval_chunk_size is not None and not torch.is_grad_enabled() and x.shape[1] > self.eval_chunk_size:
             return self.forward_chunked(x, mask, self.eval_chunk_size)
         ckpt = self.checkpoint_blocks
-        h = checkpointed(self.lift, x, enabled=ckpt)
+        h = checkpointed(self._lift, x, enabled=ckpt)
         for block in self.blocks:
             h = checkpointed(block, h, mask, enabled=ckpt)
         return checkpointed(self._output, h, enabled=ckpt)
 
+    def _lift(self, x: Tensor) -> Tensor:
+        """The lifting [.., N, C], in the stream's dtype: float32 with ``fp32_parts``
+        ``residual``, else autocast's (float32 inside with ``lift``)."""
+        fp32 = keeps_fp32(x, "lift" in self.fp32)
+        with full_precision(x, fp32):
+            h = self.lift(as_float(x, fp32))
+        low = low_precision(x)
+        if "residual" in self.fp32:
+            return h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
+        return h.to(low) if fp32 and low is not None else h
+
     def _output(self, h: Tensor) -> Tensor:
-        return self.head(self.norm_out(h))
+        fp32 = keeps_fp32(h, "head" in self.fp32)
+        with full_precision(h, fp32):
+            h = as_float(h, fp32)
+            return self.head(self.norm_out(h))
 
     @torch.no_grad()
     def forward_chunked(self, x: Tensor, mask: Tensor | None, chunk_size: int) -> Tensor:
@@ -232,7 +266,7 @@ class FLARE(nn.Module):
         spans = range(0, x.shape[1], chunk_size)
         h = None
         for lo in spans:
-            part = self.lift(x[:, lo : lo + chunk_size])
+            part = self._lift(x[:, lo : lo + chunk_size])
             if h is None:
                 h = part.new_empty(x.shape[0], x.shape[1], part.shape[-1])  # [B, N, C]
             h[:, lo : lo + chunk_size] = part
