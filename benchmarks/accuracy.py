@@ -705,8 +705,9 @@ def in_progress(out: Path) -> list[InProgress]:
 def run_precision(command: list[str]) -> str:
     """The trainer precision a ``flare fit`` command line asked for (the configs' default: 32-true),
     with ", fp32 eval" where ``--model.eval_fp32 true`` evaluates a mixed-precision run in float32
-    and ", TF32 matmuls" where ``--float32_matmul_precision high`` (or medium) lowers float32 matmuls."""
-    value, eval_fp32, matmul = "32-true", False, "highest"
+    and ", TF32 matmuls" where ``--float32_matmul_precision high`` (or medium) lowers float32 matmuls;
+    ", fp32 mixer+residual" where ``--model.model.init_args.fp32_parts`` keeps parts in float32."""
+    value, eval_fp32, matmul, parts = "32-true", False, "highest", ""
 
     def option(name: str, i: int, arg: str) -> str | None:
         if arg.startswith(f"--{name}="):
@@ -719,7 +720,11 @@ def run_precision(command: list[str]) -> str:
         if flag is not None:
             eval_fp32 = flag.lower() == "true"
         matmul = option("float32_matmul_precision", i, arg) or matmul
+        named = option("model.model.init_args.fp32_parts", i, arg)
+        parts = "+".join(sorted(re.findall(r"\w+", named))) if named is not None else parts
     label = f"{value}, fp32 eval" if eval_fp32 and not value.startswith("32") else value
+    if parts and not value.startswith("32"):
+        label = f"{label}, fp32 {parts}"
     lowered = {"high": "TF32 matmuls", "medium": "bf16 float32 matmuls"}.get(matmul)
     return f"{label}, {lowered}" if lowered else label
 

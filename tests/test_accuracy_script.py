@@ -223,6 +223,10 @@ def test_collector_on_fake_runs(accuracy, tmp_path):
     assert accuracy.run_precision(["flare", "--model.eval_fp32", "true"]) == "32-true"  # fp32 already
     assert accuracy.run_precision(["flare", "--float32_matmul_precision", "high"]) == "32-true, TF32 matmuls"
     assert accuracy.run_precision([*bf16, "--float32_matmul_precision=highest"]) == "bf16-mixed"
+    parts = "--model.model.init_args.fp32_parts"
+    assert accuracy.run_precision([*bf16, f"{parts}=[residual, mixer]"]) == "bf16-mixed, fp32 mixer+residual"
+    assert accuracy.run_precision([*bf16, parts, "[kv]"]) == "bf16-mixed, fp32 kv"
+    assert accuracy.run_precision([*bf16, parts, "[]"]) == "bf16-mixed"
 
 
 def collect_args(tmp_path: Path, out: Path) -> list[str]:
