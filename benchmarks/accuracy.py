@@ -280,17 +280,12 @@ def assign(runs: list[Run], devices: list[str]) -> dict[int, list[Run]]:
 
 
 def git_commit() -> str:
-    """HEAD's short hash, with ``+dirty`` when the work tree has uncommitted changes
-    (``$FLARE_COMMIT`` where the copy has no git history, as on the lent GPU machines)."""
-    if os.environ.get("FLARE_COMMIT"):
-        return os.environ["FLARE_COMMIT"]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                               text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    """The code's commit as runs record it (``flare_lightning.runs.provenance.commit``: ``$FLARE_COMMIT``
+    where set, ``-dirty`` with uncommitted changes), the hash shortened to 7 characters."""
+    from flare_lightning.runs.provenance import commit
+
+    head, dash, dirty = commit().partition("-")
+    return (head[:7] if len(head) == 40 else head) + dash + dirty
 
 
 def card_name(env: dict[str, str]) -> str:
@@ -302,16 +297,12 @@ def card_name(env: dict[str, str]) -> str:
         return "unknown"
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, obj: object) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+    """``obj`` as indented JSON, written to a temporary file and renamed into place."""
+    from flare_lightning.atomic import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def python_path() -> str:

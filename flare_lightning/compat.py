@@ -84,6 +84,17 @@ def batches_processed(trainer: L.Trainer) -> int:
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
 
+# --- hyperparameters ------------------------------------------------------------------
+def built_by_cli() -> bool:
+    """True while LightningCLI instantiates a module with its config as hyperparameters
+    (``save_hyperparameters`` then records the config, not the built objects)."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:
+        return False
+    return _given_hyperparameters.get() is not None
+
+
 # --- torch ----------------------------------------------------------------------------
 def drop_compiled_call(module: nn.Module) -> None:
     """Undo ``nn.Module.compile()`` on ``module`` itself (its calls run eagerly again)."""

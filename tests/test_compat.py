@@ -85,3 +85,16 @@ def test_drop_compiled_call_runs_the_module_eagerly():
     x = torch.randn(4, 3)
     assert layer._compiled_call_impl is None
     torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+
+
+def test_built_by_cli_is_true_only_inside_the_cli(tmp_path):
+    from unittest import mock
+
+    from flare_lightning.cli import make_cli
+    from tests.helpers import CONFIGS, tiny_trainer_args
+
+    assert compat.built_by_cli() is False
+    with mock.patch("sys.argv", ["flare"]):
+        cli = make_cli([f"--config={CONFIGS / 'quickstart.yaml'}", *tiny_trainer_args(tmp_path)], run=False)
+    # the module saw the CLI's config: its hyperparameters hold the model's class path, not the object
+    assert cli.model.hparams["model"]["class_path"] == "flare_lightning.models.FLARE"

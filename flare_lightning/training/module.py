@@ -12,6 +12,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from flare_lightning import compat
 from flare_lightning.training.adam_update import plain_state
 from flare_lightning.training.fast_step import FastTrainStep, GraphedForward
 from flare_lightning.training.fast_step_lightning import build_fast_step, check_fast_step, optimizer_step
@@ -21,15 +22,6 @@ from flare_lightning.training.metrics import RelativeL2Error, SampleMean, relati
 from flare_lightning.training.normalizer import Normalizer
 
 STAGES = ("train", "val", "test")
-
-
-def _built_by_cli() -> bool:
-    """True while LightningCLI instantiates this module with its config as hparams."""
-    try:
-        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-    except ImportError:
-        return False
-    return _given_hyperparameters.get() is not None
 
 
 class SurrogateModule(L.LightningModule):
@@ -100,7 +92,7 @@ class SurrogateModule(L.LightningModule):
         # Built by the CLI, the model (and optimizer/scheduler choices) arrive as their config
         # (class_path, init_args) and are saved so load_from_checkpoint can rebuild them;
         # built in Python they are objects.
-        self.save_hyperparameters(ignore=None if _built_by_cli() else ["model", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=None if compat.built_by_cli() else ["model", "optimizer", "lr_scheduler"])
         self.model = model
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
