@@ -110,3 +110,48 @@ def test_drivaerml_memory_measures_every_phase_and_writes_a_record(tmp_path):
     assert env["train_runs_per_s"] > 0 and env["one_worker_s_per_run"] > 0 and "synthetic" in env["data"]
     (written,) = out.glob("*.json")
     assert json.loads(written.read_text())["rows"] == record["rows"]
+
+
+def test_quickstart_recipes_run_each_recipe_on_its_own_variant_files(tmp_path):
+    """A run's command sets every value of its recipe and reads its (variant, seed)'s own files,
+    generated from seeds clear of the shipped 21x21 set's; file names never repeat across variants."""
+    import argparse
+
+    recipes = import_benchmark("quickstart_recipes")
+    args = argparse.Namespace(epoch_scale=0.5, data=tmp_path / "data", runs=tmp_path / "runs", n_val=100, n_test=50)
+    cmd = recipes.fit_command("n200-e54-lr2e-3", "c12", 1, args)
+    for option in ("--data.init_args.n_train=200", "--trainer.max_epochs=27", "--model.lr=0.002",
+                   "--model.weight_decay=1e-05", "--data.init_args.gen_resolution=21",
+                   "--data.init_args.gen_permeability=[12.0,1.0]", "--data.init_args.gen_seed=102",
+                   "--data.init_args.n_val=100", "--seed_everything=1", "--trainer.callbacks=[]"):
+        assert option in cmd, option
+    names = {(v, s): [a for a in recipes.fit_command("n400-e27-lr3e-3", v, s, args) if "_file=" in a or ".root=" in a]
+             for v in recipes.VARIANTS for s in (0, 1, 2)}
+    values = [a.split("=", 1)[1] for files in names.values() for a in files]
+    assert len(values) == len(set(values)) == 3 * len(names)  # root, train and test file of each differ
+    assert all(recipes.gen_seed(s) > 1 for s in range(3))
+    assert {r.steps() for r in recipes.RECIPES.values()} == {2700}  # one time budget for all
+
+
+def test_quickstart_recipes_rank_on_validation_never_test(tmp_path):
+    """A run's row holds its best validation error (the checkpoint's) and its test error; the
+    summary ranks recipes by mean validation error over every variant and seed."""
+    recipes = import_benchmark("quickstart_recipes")
+    run = tmp_path / "version_0"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,step,train/loss,val/rel_l2\n0,99,0.3,\n0,99,,0.2\n1,199,,0.05\n2,299,,0.07\n")
+    (run / "test_metrics.json").write_text(json.dumps({"test/rel_l2": 0.06, "checkpoint": {}}))
+    row = recipes.run_row("n600-e18-lr3e-3", "r32", 2, run, 123.44, 1.0)
+    assert row == {"recipe": "n600-e18-lr3e-3", "variant": "32x32", "seed": 2, "val_rel_l2": 0.05,
+                   "test_rel_l2": 0.06, "wall_s": 123.4, "steps": 2700}
+    from benchmarks.sections import recipe_summary
+
+    rows = [{"recipe": r, "variant": v, "seed": s, "val_rel_l2": val + 0.001 * s, "test_rel_l2": test, "wall_s": 10.0}
+            for r, val, test in (("a", 0.05, 0.01), ("b", 0.04, 0.09)) for v in ("16x16", "32x32") for s in (0, 1)]
+    summary = recipe_summary(rows)
+    assert [(s["recipe"], s["variant"], s["rank"]) for s in summary] == [
+        ("b", "16x16", None), ("b", "32x32", None), ("b", "all", 1),
+        ("a", "16x16", None), ("a", "32x32", None), ("a", "all", 2)]
+    best = summary[2]
+    assert best["runs"] == 4 and best["val"] == pytest.approx((0.0405, 0.000577), rel=1e-3)
+    assert best["test"] == (0.09, 0.0) and best["variants"] == "16x16, 32x32; seeds 0, 1"
