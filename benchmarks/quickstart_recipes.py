@@ -20,19 +20,23 @@ the shipped 21x21 set (seeds 0 and 1). Each (variant, seed) gets its own data fo
 names, made here once before any run with room for the largest recipe (``n_train + n_val``
 samples), so every recipe of a (variant, seed) tests on the same samples; a recipe validates on
 the ``n_val`` samples after its own training samples. Runs drop the config's analysis callbacks
-(spectra, figures: no effect on training) and take ``--n-val`` validation samples (default 100,
+(spectra, figures: they cost time and train nothing) and take ``--n-val`` validation samples (default 100,
 the config's 20 is too few to rank recipes on). ``--epoch-scale`` shortens every recipe's
 epochs by the same factor (the OneCycle schedule follows), for sweeps that must fit less CPU
 time; the record says which scale ran.
 
 Each run's rows (recipe, variant, seed, validation and test rel. L2, wall seconds) are written
-as a record (``benchmarks/records.py``) into ``--out`` (default ``$OUT``, else
-``benchmarks/records/quickstart_recipes/``); RESULTS.md shows their mean and spread per recipe
-and variant (``benchmarks/sections.py``).
+as a record (``benchmarks/records.py``, at the commit the runs started from) into ``--out``
+(default ``$OUT``, else ``benchmarks/records/quickstart_recipes/``); RESULTS.md shows their mean
+and spread per recipe and variant (``benchmarks/sections.py``). ``--rows-from`` joins the runs of
+an earlier record of the same settings (a sweep extended by a seed: the record says which rows
+came from where).
 
     PYTHONPATH=$PWD python benchmarks/quickstart_recipes.py                     # the whole sweep
     PYTHONPATH=$PWD python benchmarks/quickstart_recipes.py --recipes n400-e27-lr3e-3 --variants r16 \\
         --seeds 0 --epoch-scale 0.05                                            # a quick look
+    PYTHONPATH=$PWD python benchmarks/quickstart_recipes.py --jobs 2 --seeds 2 \\
+        --rows-from benchmarks/records/quickstart_recipes/<seeds 0 and 1>.json  # one more seed
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: `benchmarks.` and `datamodules.` import
 
-from benchmarks.records import add_out_argument, write_record  # noqa: E402
+from benchmarks.records import add_out_argument, current_commit, read_record, write_record  # noqa: E402
 from benchmarks.sections import recipe_summary  # noqa: E402
 
 CONFIG = ROOT / "configs" / "quickstart.yaml"
@@ -187,6 +191,20 @@ def run_row(recipe: str, variant: str, seed: int, run_dir: Path, wall_s: float, 
     }
 
 
+def earlier_rows(path: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The rows of an earlier record of this sweep made with the same settings, less the
+    (recipe, variant, seed) runs this one makes, and a note of where they came from."""
+    record = read_record(path)
+    env = record.get("environment", {})
+    same = {"epoch_scale": args.epoch_scale, "n_val": args.n_val, "n_test": args.n_test}
+    if record["benchmark"] != "quickstart_recipes" or any(env.get(k) != v for k, v in same.items()):
+        raise SystemExit(f"--rows-from {path}: not a quickstart_recipes record with {same}")
+    planned = {(r, VARIANTS[v].label, s) for r in args.recipes for v in args.variants for s in args.seeds}
+    rows = [row for row in record["rows"] if (row["recipe"], row["variant"], row["seed"]) not in planned]
+    return rows, {"record": path.name, "commit": record["commit"], "dirty": record["dirty"], "rows": len(rows),
+                  "recipes": env.get("recipes", {}), "variants": env.get("variants", {})}
+
+
 def print_summary(rows: list[dict[str, Any]]) -> None:
     """The table RESULTS.md shows of these rows (``sections.recipe_summary``)."""
     print("| recipe | variant | runs | val rel. L2 | test rel. L2 | wall s | rank |\n|---|---|---|---|---|---|---|")
@@ -210,11 +228,16 @@ def main(argv: list[str] | None = None) -> None:
                    help="torch threads per run (OMP_NUM_THREADS; default: the cores / jobs)")
     p.add_argument("--data", type=Path, default=ROOT / "data" / "quickstart_recipes", help="generated variants")
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "quickstart_recipes", help="run folders and logs")
+    p.add_argument("--rows-from", type=Path, default=None,
+                   help="an earlier record of this sweep (same epoch scale, n_val, n_test) whose other runs join this "
+                        "one's record, e.g. to add a seed")
     add_out_argument(p)
     args = p.parse_args(argv)
     if not math.isfinite(args.epoch_scale) or args.epoch_scale <= 0:
         p.error(f"--epoch-scale must be > 0, got {args.epoch_scale}")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    commit = current_commit()  # the code the runs import, whatever is committed while they train
+    joined, joined_from = earlier_rows(args.rows_from, args) if args.rows_from else ([], None)
     n_train = max(r.n_train for r in RECIPES.values())  # one file per (variant, seed) serves every recipe
     for variant, seed in itertools.product(args.variants, args.seeds):
         make_data(VARIANTS[variant], seed, args.data, n_train, args.n_val, args.n_test)
@@ -249,13 +272,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{run_name(*key)}: val {row['val_rel_l2']:.4f}, test {row['test_rel_l2']:.4f}, "
                   f"{row['wall_s']:.0f} s ({len(rows) + len(failed)} of {len(rows) + len(failed) + len(queue) + len(running)},"
                   f" {time.time() - start:.0f} s in)", flush=True)
+    rows = joined + rows
     print_summary(rows)
     environment = {"epoch_scale": args.epoch_scale, "n_val": args.n_val, "n_test": args.n_test, "jobs": args.jobs,
                    "threads_per_run": threads, "seeds": args.seeds, "failed": failed,
                    "recipes": {name: RECIPES[name].describe() for name in args.recipes},
                    "variants": {VARIANTS[v].label: f"{VARIANTS[v].resolution}x{VARIANTS[v].resolution}, permeability "
                                 f"{VARIANTS[v].permeability[0]:g}/{VARIANTS[v].permeability[1]:g}" for v in args.variants}}
-    write_record("quickstart_recipes", rows, paths=MEASURES, out=args.out, environment=environment)
+    if joined_from:
+        environment["rows_from"] = joined_from
+    write_record("quickstart_recipes", rows, paths=MEASURES, out=args.out, environment=environment, commit=commit)
 
 
 if __name__ == "__main__":

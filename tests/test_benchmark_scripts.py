@@ -155,3 +155,23 @@ def test_quickstart_recipes_rank_on_validation_never_test(tmp_path):
     best = summary[2]
     assert best["runs"] == 4 and best["val"] == pytest.approx((0.0405, 0.000577), rel=1e-3)
     assert best["test"] == (0.09, 0.0) and best["variants"] == "16x16, 32x32; seeds 0, 1"
+
+
+def test_quickstart_recipes_join_an_earlier_record_of_the_same_settings(tmp_path):
+    """--rows-from keeps the earlier runs this sweep does not repeat, and refuses other settings."""
+    import argparse
+
+    from benchmarks.records import make_record
+
+    recipes = import_benchmark("quickstart_recipes")
+    env = {"epoch_scale": 1.0, "n_val": 100, "n_test": 50}
+    rows = [{"recipe": "n400-e27-lr3e-3", "variant": "16x16", "seed": s, "val_rel_l2": 0.03} for s in (0, 1)]
+    rec = make_record("quickstart_recipes", rows, paths=["datamodules/"], card="cpu", command="c", commit=("abc", False),
+                      versions={}, environment=env)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(rec))
+    args = argparse.Namespace(recipes=["n400-e27-lr3e-3"], variants=["r16"], seeds=[1, 2], **env)
+    joined, note = recipes.earlier_rows(path, args)
+    assert joined == rows[:1] and note["commit"] == "abc" and note["rows"] == 1
+    with pytest.raises(SystemExit, match="not a quickstart_recipes record with"):
+        recipes.earlier_rows(path, argparse.Namespace(**{**vars(args), "epoch_scale": 0.5}))
