@@ -110,10 +110,11 @@ def _mean_sd(values: list[float]) -> tuple[float, float] | None:
 
 def recipe_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per-(recipe, variant, seed) runs -> per recipe, one row per variant and one over all its runs
-    (``variant: all``, naming the ``variants`` and seeds it spans): ``val`` and ``test``, (mean, sample
-    standard deviation; 0 for one run) of ``val_rel_l2`` and ``test_rel_l2``, mean ``wall_s``. Recipes
-    come in the order of their mean validation error over all runs, which is what chooses one
-    (``rank`` 1, on the ``all`` rows)."""
+    (``variant: all``, naming the ``variants`` and seeds it spans, and the ``next`` recipe in the
+    ranking with its mean validation error): ``val`` and ``test``, (mean, sample standard deviation;
+    0 for one run) of ``val_rel_l2`` and ``test_rel_l2``, mean ``wall_s``. Recipes come in the order
+    of their mean validation error over all runs, which is what chooses one (``rank`` 1 of
+    ``recipes``, on the ``all`` rows)."""
     groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for row in rows:
         if row.get("val_rel_l2") is not None:
@@ -125,8 +126,11 @@ def recipe_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         for variant, runs in [*groups[recipe].items(), ("all", everything[recipe])]:
             walls = [r["wall_s"] for r in runs if r.get("wall_s") is not None]
             seeds = sorted({r.get("seed") for r in runs if r.get("seed") is not None})
-            spans = f"{', '.join(groups[recipe])}; seeds {', '.join(map(str, seeds))}" if variant == "all" else None
+            spans = f"{' / '.join(groups[recipe])}; seeds {', '.join(map(str, seeds))}" if variant == "all" else None
+            after = ranked[rank] if variant == "all" and rank < len(ranked) else None
             out.append({"recipe": recipe, "variant": variant, "runs": len(runs), "variants": spans,
+                        "recipes": len(ranked) if variant == "all" else None,
+                        "next": (after, statistics.mean(r["val_rel_l2"] for r in everything[after])) if after else None,
                         "val": _mean_sd([r["val_rel_l2"] for r in runs]),
                         "test": _mean_sd([r["test_rel_l2"] for r in runs if r.get("test_rel_l2") is not None]),
                         "wall_s": statistics.mean(walls) if walls else None,
@@ -314,8 +318,9 @@ SECTIONS = (
         "`flare fit` of `configs/quickstart.yaml` with each candidate recipe's training samples, epochs, peak lr "
         "and weight decay, on generated Darcy variants no recipe was chosen on (grids, permeability contrast, "
         "seeds: `benchmarks/quickstart_recipes.py`); per recipe and variant the mean ± sample standard deviation "
-        "over seeds of the best checkpoint's validation rel. L2 (what chooses: `rank` over all runs) and its test "
-        "rel. L2 (reported, never used to choose), and the mean wall time of a run",
+        "over seeds of the best checkpoint's validation rel. L2 (what chooses: `rank`, by the mean over all of a "
+        "recipe's runs, the `all` rows, whose spread is mostly the variants' differences) and its test rel. L2 "
+        "(reported, never used to choose), and the mean wall time of a run",
         ("card", "recipe", "variant", "seed"),
         (Column("recipe", "recipe"), Column("variant", "variant"), Column("runs", "runs"),
          Column("val", "val rel. L2", _spread), Column("test", "test rel. L2", _spread),

@@ -154,7 +154,8 @@ def test_quickstart_recipes_rank_on_validation_never_test(tmp_path):
         ("a", "16x16", None), ("a", "32x32", None), ("a", "all", 2)]
     best = summary[2]
     assert best["runs"] == 4 and best["val"] == pytest.approx((0.0405, 0.000577), rel=1e-3)
-    assert best["test"] == (0.09, 0.0) and best["variants"] == "16x16, 32x32; seeds 0, 1"
+    assert best["test"] == (0.09, 0.0) and best["variants"] == "16x16 / 32x32; seeds 0, 1"
+    assert best["recipes"] == 2 and best["next"] == ("a", pytest.approx(0.0505)) and summary[-1]["next"] is None
 
 
 def test_quickstart_recipes_join_an_earlier_record_of_the_same_settings(tmp_path):
@@ -175,3 +176,24 @@ def test_quickstart_recipes_join_an_earlier_record_of_the_same_settings(tmp_path
     assert joined == rows[:1] and note["commit"] == "abc" and note["rows"] == 1
     with pytest.raises(SystemExit, match="not a quickstart_recipes record with"):
         recipes.earlier_rows(path, argparse.Namespace(**{**vars(args), "epoch_scale": 0.5}))
+
+
+def test_the_quickstart_config_ships_the_recipe_its_sweep_ranks_first():
+    """configs/quickstart.yaml trains the recipe that the newest quickstart_recipes record ranks first
+    on validation error over variants it was not tuned on (its samples, epochs, peak lr, weight decay)."""
+    from benchmarks.records import RECORDS, read_records
+    from benchmarks.sections import recipe_summary
+    from tests.helpers import CONFIGS, resolved_config
+
+    recipes = import_benchmark("quickstart_recipes")
+    records = [r for r in read_records(RECORDS).values() if r["benchmark"] == "quickstart_recipes"]
+    if not records:
+        pytest.skip("no quickstart_recipes record")
+    newest = max(records, key=lambda r: r["date"])
+    first = next(s["recipe"] for s in recipe_summary(newest["rows"]) if s["rank"] == 1)
+    recipe = recipes.RECIPES[first]
+    cfg = resolved_config([f"--config={CONFIGS / 'quickstart.yaml'}"])
+    shipped = (cfg["data"]["init_args"]["n_train"], cfg["trainer"]["max_epochs"], cfg["model"]["lr"],
+               cfg["model"]["weight_decay"])
+    assert shipped == (recipe.n_train, recipe.epochs, recipe.lr, recipe.weight_decay), first
+    assert cfg["data"]["init_args"]["batch_size"] == recipes.BATCH
