@@ -110,27 +110,26 @@ def _mean_sd(values: list[float]) -> tuple[float, float] | None:
 
 def recipe_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per-(recipe, variant, seed) runs -> per recipe, one row per variant and one over all its runs
-    (``variant: all``, naming the ``variants`` and seeds it spans, and the ``next`` recipe in the
-    ranking with its mean validation error): ``val`` and ``test``, (mean, sample standard deviation;
+    (``variant: all``, naming the ``variants`` and seeds it spans, and the whole ``ranking`` as
+    (recipe, mean validation error) pairs): ``val`` and ``test``, (mean, sample standard deviation;
     0 for one run) of ``val_rel_l2`` and ``test_rel_l2``, mean ``wall_s``. Recipes come in the order
-    of their mean validation error over all runs, which is what chooses one (``rank`` 1 of
-    ``recipes``, on the ``all`` rows)."""
+    of their mean validation error over all runs, which is what ranks them (``rank``, on the ``all``
+    rows)."""
     groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for row in rows:
         if row.get("val_rel_l2") is not None:
             groups.setdefault(row["recipe"], {}).setdefault(row["variant"], []).append(row)
     everything = {recipe: [r for runs in by_variant.values() for r in runs] for recipe, by_variant in groups.items()}
-    ranked = sorted(groups, key=lambda recipe: statistics.mean(r["val_rel_l2"] for r in everything[recipe]))
+    means = {recipe: statistics.mean(r["val_rel_l2"] for r in runs) for recipe, runs in everything.items()}
+    ranked = sorted(groups, key=means.__getitem__)
     out = []
     for rank, recipe in enumerate(ranked, 1):
         for variant, runs in [*groups[recipe].items(), ("all", everything[recipe])]:
             walls = [r["wall_s"] for r in runs if r.get("wall_s") is not None]
             seeds = sorted({r.get("seed") for r in runs if r.get("seed") is not None})
             spans = f"{' / '.join(groups[recipe])}; seeds {', '.join(map(str, seeds))}" if variant == "all" else None
-            after = ranked[rank] if variant == "all" and rank < len(ranked) else None
             out.append({"recipe": recipe, "variant": variant, "runs": len(runs), "variants": spans,
-                        "recipes": len(ranked) if variant == "all" else None,
-                        "next": (after, statistics.mean(r["val_rel_l2"] for r in everything[after])) if after else None,
+                        "ranking": [(name, means[name]) for name in ranked] if variant == "all" else None,
                         "val": _mean_sd([r["val_rel_l2"] for r in runs]),
                         "test": _mean_sd([r["test_rel_l2"] for r in runs if r.get("test_rel_l2") is not None]),
                         "wall_s": statistics.mean(walls) if walls else None,

@@ -388,7 +388,7 @@ def test_prepare_data_makes_and_caches_a_dataset(accuracy, tmp_path):
     root = tmp_path / "qs"
     accuracy.prepare_data(["quickstart"], (f"--data.init_args.root={root}", "--data.init_args.n_train=6",
                                            "--data.init_args.n_val=2", "--data.init_args.n_test=3"))
-    assert (root / "darcy_gen_r21_n620_train.mat").is_file() and (root / "darcy_gen_r21_test.mat").is_file()
+    assert (root / "darcy_gen_r21_train.mat").is_file() and (root / "darcy_gen_r21_test.mat").is_file()
     assert list((root / "processed").rglob("*.pt"))  # processed caches exist before the workers start
 
 

@@ -155,7 +155,7 @@ def test_quickstart_recipes_rank_on_validation_never_test(tmp_path):
     best = summary[2]
     assert best["runs"] == 4 and best["val"] == pytest.approx((0.0405, 0.000577), rel=1e-3)
     assert best["test"] == (0.09, 0.0) and best["variants"] == "16x16 / 32x32; seeds 0, 1"
-    assert best["recipes"] == 2 and best["next"] == ("a", pytest.approx(0.0505)) and summary[-1]["next"] is None
+    assert best["ranking"] == [("b", pytest.approx(0.0405)), ("a", pytest.approx(0.0505))] and summary[0]["ranking"] is None
 
 
 def test_quickstart_recipes_join_an_earlier_record_of_the_same_settings(tmp_path):
@@ -178,22 +178,45 @@ def test_quickstart_recipes_join_an_earlier_record_of_the_same_settings(tmp_path
         recipes.earlier_rows(path, argparse.Namespace(**{**vars(args), "epoch_scale": 0.5}))
 
 
-def test_the_quickstart_config_ships_the_recipe_its_sweep_ranks_first():
-    """configs/quickstart.yaml trains the recipe that the newest quickstart_recipes record ranks first
-    on validation error over variants it was not tuned on (its samples, epochs, peak lr, weight decay)."""
+QUICKSTART_GATE = {"wall_s": 240.0, "rel_l2": 0.035}  # its promise on its own 21x21 set, idle 2-core machine
+
+
+def shippable(ranking: list[str], timing_rows: list[dict]) -> str:
+    """The recipe the quickstart ships: the first of ``ranking`` (by mean validation error on the
+    variants) that no quickstart timing row of its name shows missing the gate; a recipe without
+    such a row is not known to miss it."""
+    missed = {r["recipe"] for r in timing_rows
+              if (r.get("wall_s") or 0) > QUICKSTART_GATE["wall_s"] or (r.get("rel_l2") or 0) >= QUICKSTART_GATE["rel_l2"]}
+    return next(name for name in ranking if name not in missed)
+
+
+def test_the_quickstart_ships_the_best_recipe_on_the_variants_that_keeps_its_promise():
+    """configs/quickstart.yaml trains the first recipe by mean validation error over the variants
+    of the newest quickstart_recipes record whose own quickstart timing (benchmarks/quickstart_time.py)
+    did not miss the gate; the shipped config's newest timing keeps it; the README headline shows
+    that recipe."""
+    from benchmarks import render
     from benchmarks.records import RECORDS, read_records
     from benchmarks.sections import recipe_summary
     from tests.helpers import CONFIGS, resolved_config
 
-    recipes = import_benchmark("quickstart_recipes")
-    records = [r for r in read_records(RECORDS).values() if r["benchmark"] == "quickstart_recipes"]
-    if not records:
+    assert shippable(["a", "b", "c"], [{"recipe": "a", "rel_l2": 0.036}, {"recipe": "b", "wall_s": 250}]) == "c"
+    assert shippable(["a", "b"], [{"recipe": "shipped", "rel_l2": 0.05}]) == "a"
+    records = list(read_records(RECORDS).values())
+    sweeps = [r for r in records if r["benchmark"] == "quickstart_recipes"]
+    if not sweeps:
         pytest.skip("no quickstart_recipes record")
-    newest = max(records, key=lambda r: r["date"])
-    first = next(s["recipe"] for s in recipe_summary(newest["rows"]) if s["rank"] == 1)
-    recipe = recipes.RECIPES[first]
+    summary = recipe_summary(max(sweeps, key=lambda r: r["date"])["rows"])
+    ranking = [s["recipe"] for s in sorted((s for s in summary if s["rank"]), key=lambda s: s["rank"])]
+    timings = [r for r in records if r["benchmark"] == "quickstart"]
+    chosen = shippable(ranking, [row for r in timings for row in r["rows"]])
+    recipe = import_benchmark("quickstart_recipes").RECIPES[chosen]
     cfg = resolved_config([f"--config={CONFIGS / 'quickstart.yaml'}"])
     shipped = (cfg["data"]["init_args"]["n_train"], cfg["trainer"]["max_epochs"], cfg["model"]["lr"],
-               cfg["model"]["weight_decay"])
-    assert shipped == (recipe.n_train, recipe.epochs, recipe.lr, recipe.weight_decay), first
-    assert cfg["data"]["init_args"]["batch_size"] == recipes.BATCH
+               cfg["model"]["weight_decay"], cfg["data"]["init_args"]["batch_size"])
+    assert shipped == (recipe.n_train, recipe.epochs, recipe.lr, recipe.weight_decay, 4), chosen
+    newest = max((r for r in timings if any(row["recipe"] == "shipped" for row in r["rows"])), key=lambda r: r["date"])
+    row = next(row for row in newest["rows"] if row["recipe"] == "shipped")
+    assert row["wall_s"] <= QUICKSTART_GATE["wall_s"] and row["rel_l2"] < QUICKSTART_GATE["rel_l2"]
+    head = next(h for h in render.HEADLINES if h.benchmark == "quickstart_recipes")
+    assert head.match == {"variant": "all", "recipe": chosen}
