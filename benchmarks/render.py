@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: `benchmarks.` imports resolve
 
 from benchmarks import accuracy_page  # noqa: E402
 from benchmarks.records import RECORDS, RecordError, Staleness, commit_order, read_records, staleness  # noqa: E402
-from benchmarks.sections import BY_BENCHMARK, SECTIONS, Column, duration  # noqa: E402
+from benchmarks.sections import BY_BENCHMARK, SECTIONS, Column, Section, duration  # noqa: E402
 from benchmarks.sections import field as row_field  # noqa: E402
 
 NOTES = ROOT / "benchmarks" / "notes"
@@ -117,8 +117,9 @@ def _commit(record: dict[str, Any]) -> str:
     return (record["commit"] or "no commit")[:7] + ("-dirty" if record["dirty"] else "")
 
 
-def record_block(entry: Entry, link: Callable[[Path], str], columns: tuple[Column, ...]) -> list[str]:
-    """One record on RESULTS.md: where its figures come from, then its table."""
+def record_block(entry: Entry, link: Callable[[Path], str], section: Section) -> list[str]:
+    """One record on RESULTS.md: where its figures come from, then its table (of the section's
+    summary of its rows, where it has one)."""
     record = entry.record
     versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v)
     lines = [f"### {record['card']}, {record['date'][:10]}, commit {_commit(record)}{_mark(entry)}", "",
@@ -134,7 +135,7 @@ def record_block(entry: Entry, link: Callable[[Path], str], columns: tuple[Colum
         lines.append(f"- source: {record['source']}")
     if entry.replaced:
         lines.append(f"- rows re-measured by newer records, left out here: {entry.replaced}")
-    return [*lines, "", *table(columns, entry.rows), ""]
+    return [*lines, "", *table(section.columns, section.table_rows(entry.rows)), ""]
 
 
 def read_notes(benchmark: str, notes: Path) -> str:
@@ -162,7 +163,7 @@ def results_page(entries: list[Entry], page: Path, notes: Path) -> str:
     for section in sections:
         lines += [f"## {section.title}", "", f"What it measures: {section.what}.", ""]
         for entry in shown[section.benchmark]:
-            lines += record_block(entry, link, section.columns)
+            lines += record_block(entry, link, section)
         text = read_notes(section.benchmark, notes)
         if text.strip():
             lines += ["**Notes.**", "", text.strip(), ""]
@@ -172,7 +173,8 @@ def results_page(entries: list[Entry], page: Path, notes: Path) -> str:
 @dataclass(frozen=True)
 class Headline:
     """A row of the README's headline table: the newest row still on the pages whose fields
-    equal ``match`` in a record of ``benchmark``, written by ``text``."""
+    equal ``match`` in a record of ``benchmark`` (a row of its section's summary, where it has
+    one), written by ``text``."""
 
     what: str
     benchmark: str
@@ -188,10 +190,20 @@ def _error(row: dict[str, Any]) -> str:
     return f"test rel. L2 {row['rel_l2'] * 1e3:.2f}e-3 ({row['precision']})"
 
 
+def _recipe(row: dict[str, Any]) -> str:
+    ranking = ", ".join(f"`{name}` {val:.4f}" for name, val in row["ranking"])
+    return (f"`{row['recipe']}`: mean validation rel. L2 {row['val'][0]:.4f}, test {row['test'][0]:.4f} over "
+            f"{row['runs']} runs ({row['variants']}); rank {row['rank']} of the recipes tried by validation "
+            f"({ranking})")
+
+
 BF16_FAST = {"precision": "bf16-mixed", "row": "ours-fast"}
 HEADLINES = (
     Headline("Quickstart (`configs/quickstart.yaml`) end to end, data made on first use", "quickstart",
              {"recipe": "shipped"}, lambda r: f"{duration(r['wall_s'])}, test rel. L2 {r['rel_l2']:.3f}"),
+    Headline("Quickstart's recipe on generated Darcy variants it was not tuned on: the best by validation that keeps "
+             "the quickstart's time and error (`benchmarks/quickstart_recipes.py`)", "quickstart_recipes",
+             {"variant": "all", "recipe": "n400-e27-lr3e-3"}, _recipe),
     Headline("Darcy 85x85 training step, paper size, `fast_step`, bf16", "train_step_small",
              {"dataset": "darcy", **BF16_FAST}, _step),
     Headline("Elasticity training step, 1000 cells, `fast_step`, bf16", "train_step_small",
@@ -216,7 +228,9 @@ def headline_block(entries: list[Entry], page: Path) -> str:
              "[benchmarks/ACCURACY.md](benchmarks/ACCURACY.md).", "",
              "| figure | value | card | date | commit | state | record |", "|---|---|---|---|---|---|---|"]
     for head in HEADLINES:
-        found = [(e, row) for e in entries if e.record["benchmark"] == head.benchmark for row in e.rows
+        section = BY_BENCHMARK.get(head.benchmark)
+        found = [(e, row) for e in entries if e.record["benchmark"] == head.benchmark
+                 for row in (section.table_rows(e.rows) if section else e.rows)
                  if all(row.get(k) == v for k, v in head.match.items())]
         if not found:
             raise RecordError(f"README headline {head.what!r}: no record of {head.benchmark!r} has a row with {head.match}")

@@ -1,11 +1,13 @@
 """What benchmarks/RESULTS.md shows of each benchmark's records: one ``Section`` per benchmark
-(its title, what it measures, the row fields that name a figure, its table's columns), in page
-order. A new benchmark adds its ``Section`` here; interpretation goes in
-``benchmarks/notes/<benchmark>.md``, which the renderer puts under the section's tables."""
+(its title, what it measures, the row fields that name a figure, its table's columns, and
+optionally a summary of its rows, such as means over seeds), in page order. A new benchmark adds
+its ``Section`` here; interpretation goes in ``benchmarks/notes/<benchmark>.md``, which the
+renderer puts under the section's tables."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,17 +61,25 @@ class Column:
         return text.replace("|", "\\|")
 
 
+Summary = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+
+
 @dataclass(frozen=True)
 class Section:
     """A benchmark's part of RESULTS.md. ``key``: the fields that name one figure (row fields, or
     record fields such as ``card``): a row leaves the page when a newer record has a row with the
-    same key."""
+    same key. ``summary``: what a record's rows still on the page become in its table (e.g. one
+    row of means per group of runs; the columns then read the summary's fields); None: the rows."""
 
     benchmark: str
     title: str
     what: str
     key: tuple[str, ...]
     columns: tuple[Column, ...]
+    summary: Summary | None = None
+
+    def table_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.summary(rows) if self.summary is not None else rows
 
 
 def _times(x: float) -> str:
@@ -86,6 +96,45 @@ def _run(row: dict[str, Any]) -> str:
 
 def _epoch(row: dict[str, Any]) -> str:
     return f"{row['epoch_s']:.2f}" + ("" if row.get("epoch_measured", True) else "*")
+
+
+def _spread(stats: tuple[float, float]) -> str:
+    return f"{stats[0]:.4f} ± {stats[1]:.4f}"
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float] | None:
+    if not values:
+        return None
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def recipe_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-(recipe, variant, seed) runs -> per recipe, one row per variant and one over all its runs
+    (``variant: all``, naming the ``variants`` and seeds it spans, and the whole ``ranking`` as
+    (recipe, mean validation error) pairs): ``val`` and ``test``, (mean, sample standard deviation;
+    0 for one run) of ``val_rel_l2`` and ``test_rel_l2``, mean ``wall_s``. Recipes come in the order
+    of their mean validation error over all runs, which is what ranks them (``rank``, on the ``all``
+    rows)."""
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for row in rows:
+        if row.get("val_rel_l2") is not None:
+            groups.setdefault(row["recipe"], {}).setdefault(row["variant"], []).append(row)
+    everything = {recipe: [r for runs in by_variant.values() for r in runs] for recipe, by_variant in groups.items()}
+    means = {recipe: statistics.mean(r["val_rel_l2"] for r in runs) for recipe, runs in everything.items()}
+    ranked = sorted(groups, key=means.__getitem__)
+    out = []
+    for rank, recipe in enumerate(ranked, 1):
+        for variant, runs in [*groups[recipe].items(), ("all", everything[recipe])]:
+            walls = [r["wall_s"] for r in runs if r.get("wall_s") is not None]
+            seeds = sorted({r.get("seed") for r in runs if r.get("seed") is not None})
+            spans = f"{' / '.join(groups[recipe])}; seeds {', '.join(map(str, seeds))}" if variant == "all" else None
+            out.append({"recipe": recipe, "variant": variant, "runs": len(runs), "variants": spans,
+                        "ranking": [(name, means[name]) for name in ranked] if variant == "all" else None,
+                        "val": _mean_sd([r["val_rel_l2"] for r in runs]),
+                        "test": _mean_sd([r["test_rel_l2"] for r in runs if r.get("test_rel_l2") is not None]),
+                        "wall_s": statistics.mean(walls) if walls else None,
+                        "rank": rank if variant == "all" else None})
+    return out
 
 
 SHAPE = (Column("H", "H"), Column("D", "D"), Column("M", "M"))
@@ -262,6 +311,20 @@ SECTIONS = (
         ("card", "recipe"),
         (Column("recipe", "recipe"), Column("steps", "training steps", ",d"), Column("wall_s", "wall", duration),
          Column("rel_l2", "test rel. L2", ".4g")),
+    ),
+    Section(
+        "quickstart_recipes", "Choosing the quickstart recipe on data it was not tuned on",
+        "`flare fit` of `configs/quickstart.yaml` with each candidate recipe's training samples, epochs, peak lr "
+        "and weight decay, on generated Darcy variants no recipe was chosen on (grids, permeability contrast, "
+        "seeds: `benchmarks/quickstart_recipes.py`); per recipe and variant the mean ± sample standard deviation "
+        "over seeds of the best checkpoint's validation rel. L2 (what chooses: `rank`, by the mean over all of a "
+        "recipe's runs, the `all` rows, whose spread is mostly the variants' differences) and its test rel. L2 "
+        "(reported, never used to choose), and the mean wall time of a run",
+        ("card", "recipe", "variant", "seed"),
+        (Column("recipe", "recipe"), Column("variant", "variant"), Column("runs", "runs"),
+         Column("val", "val rel. L2", _spread), Column("test", "test rel. L2", _spread),
+         Column("wall_s", "wall per run", duration), Column("rank", "rank by val")),
+        summary=recipe_summary,
     ),
     Section(
         "quickstart_cpu_costs", "What the quickstart's time goes to on 2 CPU cores",

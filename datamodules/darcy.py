@@ -11,7 +11,7 @@ import scipy.io
 from torch.utils.data import Dataset
 
 from datamodules.checks import DataFormatError, finite_float32, require_key
-from datamodules.darcy_generate import generate_darcy, write_darcy_mat
+from datamodules.darcy_generate import HIGH, LOW, check_permeability, generate_darcy, write_darcy_mat
 from datamodules.mesh_dataset import MeshDataset
 from datamodules.mesh_datamodule import MeshDataModule
 
@@ -116,7 +116,9 @@ class DarcyDataModule(MeshDataModule):
     ``n_val`` of the same file (never the test file), testing the first ``n_test`` of
     ``test_file`` (which may have another resolution). When the files are absent and
     ``generate`` is on, they are made with the FNO recipe (``darcy_generate``) and written
-    in the real layout, so the real loading path is always the one used.
+    in the real layout, so the real loading path is always the one used. A file that exists
+    is read as it is, whatever the ``gen_*`` options: give each generated variant (grid,
+    seed, permeability) its own file names.
 
     Args:
         root: folder holding the ``.mat`` files.
@@ -130,6 +132,9 @@ class DarcyDataModule(MeshDataModule):
         generate: make missing files with the FNO recipe.
         gen_resolution: grid size s of generated files.
         gen_seed: seed of generated data (the test file uses ``gen_seed + 1``).
+        gen_permeability: (high, low) permeability of generated data, where the random field
+            is >= 0 and < 0 (FNO: 12 and 3, contrast 4); another pair keeps the fields' geometry
+            for a seed and changes the contrast.
         **kwargs: the loader options of ``MeshDataModule`` (batch_size, num_workers, ...).
     """
 
@@ -150,6 +155,7 @@ class DarcyDataModule(MeshDataModule):
         generate: bool = True,
         gen_resolution: int = 85,
         gen_seed: int = 0,
+        gen_permeability: tuple[float, float] = (HIGH, LOW),
         **kwargs: Any,
     ) -> None:
         super().__init__(root=root, **kwargs)
@@ -158,6 +164,7 @@ class DarcyDataModule(MeshDataModule):
         self.check_options(0, n_val=n_val)
         # 3 points per side is the least with an interior point to solve for
         self.check_options(3, gen_resolution=gen_resolution)
+        gen_permeability = check_permeability(gen_permeability, f"{type(self).__name__}: gen_permeability")
         if (Path(root) / train_file).resolve() == (Path(root) / test_file).resolve():
             raise ValueError(
                 f"DarcyDataModule: train_file and test_file are the same file ({Path(root) / train_file}); "
@@ -169,6 +176,7 @@ class DarcyDataModule(MeshDataModule):
         self.test_stride = test_stride or stride
         self.generate = generate
         self.gen_resolution, self.gen_seed = gen_resolution, gen_seed
+        self.gen_permeability = gen_permeability
 
     def prepare_data(self) -> None:
         if self.predicting_files():
@@ -182,9 +190,10 @@ class DarcyDataModule(MeshDataModule):
                 continue
             if not self.generate:
                 raise FileNotFoundError(f"Darcy file not found: {path} (set data.generate=true to make it)")
-            coeff, sol = generate_darcy(count, self.gen_resolution, seed)
+            coeff, sol = generate_darcy(count, self.gen_resolution, seed, self.gen_permeability)
             write_darcy_mat(path, coeff, sol)
-            self.note_generated(file)
+            s, (high, low) = self.gen_resolution, self.gen_permeability
+            self.note_generated(f"{file} ({s}x{s}, seed {seed}, permeability {high:g}/{low:g})")
 
     def make_datasets(self, splits: list[str]) -> dict[str, Dataset]:
         # (file, first sample, count, stride) of each split: validation follows training in its file

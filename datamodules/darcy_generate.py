@@ -2,7 +2,7 @@
 
 Coefficient: a Gaussian random field with covariance ``(-Δ + τ²)^(-α/2)`` (α = 2, τ = 3,
 drawn through an inverse DCT as in the FNO code), thresholded to 12 where >= 0 and 3
-where < 0. Solution: ``-∇·(a ∇u) = 1`` on the unit square, u = 0 on the boundary,
+where < 0 (``permeability``: another pair of values, the same fields' geometry). Solution: ``-∇·(a ∇u) = 1`` on the unit square, u = 0 on the boundary,
 5-point finite differences with face coefficients averaged, solved by sparse LU.
 """
 
@@ -19,7 +19,19 @@ import scipy.sparse.linalg as spla
 from datamodules.progress import progress
 from flare_lightning.atomic import atomic_write
 
-HIGH, LOW = 12.0, 3.0
+HIGH, LOW = 12.0, 3.0  # the FNO data's permeability: contrast 4
+
+
+def check_permeability(values: tuple[float, float] | list[float], name: str = "permeability") -> tuple[float, float]:
+    """``(high, low)`` as floats, or a ``ValueError`` naming ``name``: two different finite values
+    > 0 (the equation is elliptic only for a positive coefficient; one value is no field)."""
+    try:
+        high, low = (float(v) for v in values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be two numbers (high, low), got {values!r}") from err
+    if not (np.isfinite(high) and np.isfinite(low) and high > 0 and low > 0 and high != low):
+        raise ValueError(f"{name} must be two different finite values > 0 (high, low), got {values!r}")
+    return high, low
 
 
 def gaussian_random_field(rng: np.random.Generator, s: int, alpha: float = 2.0, tau: float = 3.0) -> np.ndarray:
@@ -31,9 +43,11 @@ def gaussian_random_field(rng: np.random.Generator, s: int, alpha: float = 2.0, 
     return scipy.fft.idctn(modes, norm="ortho")
 
 
-def darcy_coefficient(rng: np.random.Generator, s: int) -> np.ndarray:
-    """Piecewise-constant permeability [s, s]: 12 where the GRF is >= 0, else 3."""
-    return np.where(gaussian_random_field(rng, s) >= 0, HIGH, LOW)
+def darcy_coefficient(rng: np.random.Generator, s: int, permeability: tuple[float, float] = (HIGH, LOW)) -> np.ndarray:
+    """Piecewise-constant permeability [s, s]: ``high`` where the GRF is >= 0, else ``low``
+    (FNO: 12 and 3)."""
+    high, low = permeability
+    return np.where(gaussian_random_field(rng, s) >= 0, high, low)
 
 
 def darcy_operator(coeff: np.ndarray) -> sp.csr_matrix:
@@ -70,13 +84,17 @@ def solve_darcy(coeff: np.ndarray, forcing: float = 1.0) -> np.ndarray:
     return u
 
 
-def generate_darcy(num_samples: int, resolution: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``coeff`` and ``sol``, float32 [num_samples, s, s], deterministic for a seed."""
+def generate_darcy(num_samples: int, resolution: int, seed: int,
+                   permeability: tuple[float, float] = (HIGH, LOW)) -> tuple[np.ndarray, np.ndarray]:
+    """``coeff`` and ``sol``, float32 [num_samples, s, s], deterministic for a seed; ``permeability``
+    is the (high, low) pair of the thresholded field (one seed draws the same fields' geometry
+    whatever the pair)."""
+    permeability = check_permeability(permeability)
     rng = np.random.default_rng(seed)
     coeff = np.empty((num_samples, resolution, resolution), dtype=np.float32)
     sol = np.empty_like(coeff)
     for i in progress(range(num_samples), f"Darcy samples ({resolution}x{resolution})", total=num_samples):
-        a = darcy_coefficient(rng, resolution)
+        a = darcy_coefficient(rng, resolution, permeability)
         coeff[i] = a
         sol[i] = solve_darcy(a)
     return coeff, sol

@@ -148,6 +148,29 @@ def test_pages_render_tables_notes_and_the_readme_headline(repo, tmp_path, monke
         render.render_pages(pages, records, notes, repo)
 
 
+def test_a_section_with_a_summary_shows_its_summary_and_headlines_read_it(repo, tmp_path, monkeypatch):
+    """quickstart_recipes' runs render as mean ± sd per recipe and variant, recipes in the order
+    of their mean validation error; a headline finds the summary's rows."""
+    sha = commit_all(repo, "first")
+    records = tmp_path / "records"
+    (records / "quickstart_recipes").mkdir(parents=True)
+    rows = [{"recipe": r, "variant": "16x16", "seed": s, "val_rel_l2": val + 0.002 * s, "test_rel_l2": 0.05, "wall_s": 60}
+            for r, val in (("hot", 0.06), ("calm", 0.04)) for s in (0, 1)]
+    rec = record(sha, rows, benchmark="quickstart_recipes", card="CPU: test, 2 cores")
+    (records / "quickstart_recipes" / "r.json").write_text(json.dumps(rec))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{render.HEADLINE_START}\n{render.HEADLINE_END}\n")
+    headline = render.Headline("chosen", "quickstart_recipes", {"variant": "all", "rank": 1}, lambda r: r["recipe"])
+    monkeypatch.setattr(render, "HEADLINES", (headline,))
+    pages = render.Pages(results=tmp_path / "RESULTS.md", accuracy=tmp_path / "ACCURACY.md", readme=readme)
+    texts = render.render_pages(pages, records, tmp_path / "notes", repo)
+    results = texts[pages.results]
+    assert "| calm | 16x16 | 2 | 0.0410 ± 0.0014 | 0.0500 ± 0.0000 | 1m00 |" in results
+    assert results.index("| calm | all | 2 |") < results.index("| hot | 16x16 |")
+    assert "| hot | all | 2 | 0.0610 ± 0.0014 | 0.0500 ± 0.0000 | 1m00 | 2 |" in results
+    assert "| chosen | calm | CPU: test, 2 cores |" in texts[readme]
+
+
 def test_columns_write_values_as_the_tables_do():
     assert [size(n) for n in (2**14, 2**20, 3 * 2**20, 1000)] == ["16k", "1M", "3M", "1,000"]
     assert tries([[2**20, 4.31], [2**21, None]]) == "1M: 4.3, 2M: OOM"

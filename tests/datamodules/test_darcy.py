@@ -12,7 +12,7 @@ import torch
 
 from datamodules.checks import DataFormatError
 from datamodules.darcy import DarcyDataModule, read_darcy_mat
-from datamodules.darcy_generate import generate_darcy, write_darcy_mat
+from datamodules.darcy_generate import HIGH, LOW, generate_darcy, write_darcy_mat
 
 
 def make_arrays(n: int = 5, s: int = 11, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -171,3 +171,29 @@ def test_processed_cache_is_reused_and_refreshed(tmp_path):
     assert sorted((tmp_path / "processed").glob("darcydataset_*.pt")) == caches
     make_dm(tmp_path, stride=1).setup("fit")  # another stride is another cache
     assert len(list((tmp_path / "processed").glob("darcydataset_*.pt"))) == 6
+
+
+def test_generated_permeability_reaches_the_files_and_the_samples(tmp_path):
+    dm = make_dm(tmp_path, generate=True, gen_resolution=9, gen_seed=4, stride=1, gen_permeability=(24.0, 1.5))
+    dm.prepare_data()
+    coeff = scipy.io.loadmat(tmp_path / "train.mat")["coeff"]
+    np.testing.assert_array_equal(coeff, generate_darcy(6, 9, seed=4, permeability=(24.0, 1.5))[0])
+    assert set(np.unique(scipy.io.loadmat(tmp_path / "test.mat")["coeff"])) == {1.5, 24.0}
+    assert "train.mat (9x9, seed 4, permeability 24/1.5)" in (tmp_path / "GENERATED.txt").read_text()
+    dm.setup("fit")
+    assert set(dm.datasets["train"][0].x.unique().tolist()) <= {1.5, 24.0}
+
+
+@pytest.mark.parametrize("bad", [(12.0, 0.0), (3.0, 3.0), (12.0,)])
+def test_bad_generated_permeability_is_refused_naming_the_key(tmp_path, bad):
+    with pytest.raises(ValueError, match="DarcyDataModule: gen_permeability must be two"):
+        make_dm(tmp_path, gen_permeability=bad)
+
+
+def test_generated_permeability_is_a_cli_option():
+    from tests.helpers import CONFIGS, resolved_config
+
+    quickstart = [f"--config={CONFIGS / 'quickstart.yaml'}"]
+    assert resolved_config(quickstart)["data"]["init_args"]["gen_permeability"] == [HIGH, LOW]
+    other = resolved_config([*quickstart, "--data.init_args.gen_permeability=[24,1.5]"])
+    assert other["data"]["init_args"]["gen_permeability"] == [24.0, 1.5]

@@ -1,4 +1,4 @@
-"""Generated Darcy data: the discrete equation holds, two coefficient values, determinism."""
+"""Generated Darcy data: the discrete equation holds, two coefficient values (the FNO pair or another), determinism."""
 
 from __future__ import annotations
 
@@ -61,3 +61,21 @@ def test_shapes_and_dtype(s):
     coeff, sol = generate_darcy(3, s, seed=0)
     assert coeff.shape == sol.shape == (3, s, s)
     assert coeff.dtype == sol.dtype == np.float32
+
+
+def test_permeability_pair_sets_the_values_and_keeps_the_geometry():
+    fno, fno_sol = generate_darcy(3, 11, seed=2)
+    same, same_sol = generate_darcy(3, 11, seed=2, permeability=(HIGH, LOW))
+    np.testing.assert_array_equal(fno, same)  # the default is the FNO pair, bit for bit
+    np.testing.assert_array_equal(fno_sol, same_sol)
+    coeff, sol = generate_darcy(3, 11, seed=2, permeability=(24.0, 1.5))
+    assert set(np.unique(coeff)) == {1.5, 24.0}
+    np.testing.assert_array_equal(coeff == 24.0, fno == HIGH)  # one seed, one geometry
+    for a, u in zip(coeff.astype(np.float64), sol):
+        np.testing.assert_allclose(u, solve_darcy(a), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("bad", [(12.0, 0.0), (12.0, -3.0), (3.0, 3.0), (12.0, float("nan")), (12.0,), "12,3"])
+def test_bad_permeability_pairs_are_refused(bad):
+    with pytest.raises(ValueError, match="permeability must be two"):
+        generate_darcy(1, 5, seed=0, permeability=bad)
