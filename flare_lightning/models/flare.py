@@ -245,10 +245,9 @@ class FLARE(nn.Module):
         fp32 = keeps_fp32(x, "lift" in self.fp32)
         with full_precision(x, fp32):
             h = self.lift(as_float(x, fp32))
-        low = low_precision(x)
         if "residual" in self.fp32:
-            return h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
-        return h.to(low) if fp32 and low is not None else h
+            return as_float(h, True)
+        return h.to(low_precision(x)) if fp32 else h  # keeps_fp32: autocast is on
 
     def _output(self, h: Tensor) -> Tensor:
         fp32 = keeps_fp32(h, "head" in self.fp32)
