@@ -1,4 +1,5 @@
-"""Compile the mixer's Triton kernels for a Hopper GPU without one, and print their resources.
+"""Compile the mixer's (or, with ``--mlp``, the fused MLP's) Triton kernels for a Hopper GPU
+without one, and print their resources.
 
 Each kernel is compiled for sm_90 (``triton.compile`` with ``GPUTarget("cuda", 90, 32)``,
 Triton's bundled ptxas) with the tile sizes, stages, warps and register caps that
@@ -8,6 +9,11 @@ of in a device session (benchmarks/NOTES_mixer.md, v0). Needs no GPU; must run w
 ``TRITON_INTERPRET``.
 
     python benchmarks/kernel_resources.py --m 256 --d 4          # Darcy's heads (H16, C64)
+    python benchmarks/kernel_resources.py --mlp                  # every launch of benchmarks/mlp.py's sweep
+
+With ``--mlp`` each configuration of ``benchmarks/mlp.py``'s sweep is compiled as it launches at
+C = 64 with 4 layers (FLARE's MLPs): the forward (keeping the layers' inputs or not) and each
+backward segment, so a configuration that spills or does not compile is seen before a device run.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from flare_lightning.kernels import triton_mixer as tm
+from flare_lightning.kernels import triton_mlp
+from flare_lightning.kernels import triton_mlp_kernels as km
 from flare_lightning.kernels import triton_mixer_bwd as kb
 from flare_lightning.kernels import triton_mixer_fwd as kf
 
@@ -37,8 +45,10 @@ LOW = {
     "_bwd_latent_grad_kernel": {"dz_lo_ptr"},
     "_bwd_encode_kernel": {"q_ptr", "k_ptr", "v_ptr", "dz_ptr", "dk_ptr", "dv_ptr"},
     "_dq_sum_kernel": {"dq_ptr"},
+    "mlp_fwd_kernel": {"hid_ptr", "wt_ptr"},
+    "mlp_bwd_kernel": {"hid_ptr", "w_ptr", "wt_ptr"},
 }
-FLOATS = {"qk_scale", "scale"}
+FLOATS = {"qk_scale", "scale", "eps"}
 TYPE = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
@@ -55,10 +65,18 @@ def _signature(kernel, low: str, constexprs: dict) -> tuple[dict, dict]:
     return sig, {(names.index(k),): v for k, v in constexprs.items()}
 
 
-def resources(kernel, dtype: torch.dtype, constexprs: dict, launch: dict) -> dict[str, int]:
-    """Compile ``kernel`` for sm_90; returns cuobjdump's REG, STACK, SHARED, LOCAL."""
+def resources(kernel, dtype: torch.dtype, constexprs: dict, launch: dict,
+              multiples_of_16: frozenset[str] = frozenset()) -> dict[str, int]:
+    """Compile ``kernel`` for sm_90; returns cuobjdump's REG, STACK, SHARED, LOCAL.
+
+    As a launch does, pointers are taken as 16-byte aligned (PyTorch's allocations are) and the
+    integer arguments named in ``multiples_of_16`` as multiples of 16: without these hints the
+    compiler cannot vectorise loads and the counts would not be those of the device."""
     sig, const = _signature(kernel, TYPE[dtype], constexprs)
-    compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=const),
+    names = list(sig)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items()
+             if t.startswith("*") or n in multiples_of_16}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=const, attrs=attrs),
                               target=GPUTarget("cuda", 90, 32), options=launch)
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -102,14 +120,52 @@ def kernel_table(m: int, d: int, dtype: torch.dtype = torch.bfloat16) -> dict[st
     return table
 
 
+ROWS = frozenset({"T"})  # the row count, 2^20 at scale: a multiple of 16, as the launch specialises it
+
+
+def mlp_table(store_hidden: bool, cfg: triton_mlp.MLPConfig, c: int = 64, nl: int = 4,
+              dtype: torch.dtype = torch.bfloat16) -> dict[str, dict[str, int]]:
+    """Resources of the fused MLP's kernels as ``cfg`` launches them: the forward, then each
+    backward segment (layers lo..hi-1), from kept inputs with ``store_hidden``."""
+    dot = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+    common = dict(C=c, NL=nl, LN=True, ACT=km.GELU_TANH, DOT=getattr(triton.language, {"bf16": "bfloat16",
+                  "fp16": "float16", "fp32": "float32"}[dot]), PREC="ieee" if dtype == torch.float32 else "tf32")
+    table = {"forward": resources(km.mlp_fwd_kernel, dtype, common | dict(RES=True, SAVE=store_hidden and nl > 1,
+                                  BT=cfg.fwd_rows), cfg.launch("fwd"), ROWS)}
+    rows, _, launch = cfg.backward(store_hidden)
+    for lo, hi in cfg.segments(nl, store_hidden):
+        table[f"backward {lo}-{hi - 1}"] = resources(
+            km.mlp_bwd_kernel, dtype, common | dict(LO=lo, HI=hi, STORED=store_hidden, BT=rows), cfg.launch(launch), ROWS)
+    return table
+
+
+def print_mlp_tables() -> dict:
+    """Resources of every configuration of ``benchmarks/mlp.py --sweep``."""
+    from benchmarks.mlp import SWEEP, row_name
+
+    tables = {}
+    print(f"sm_90, fused MLP at C=64, 4 layers, bf16")
+    print(f"{'configuration / kernel':<64}{'registers':>10}{'spill stack B':>14}{'local B':>9}")
+    for store_hidden, cfg in SWEEP:
+        name = row_name(store_hidden, cfg)
+        tables[name] = mlp_table(store_hidden, cfg)
+        print(name)
+        for kernel, r in tables[name].items():
+            print(f"  {kernel:<62}{r.get('REG', 0):>10}{r.get('STACK', 0):>14}{r.get('LOCAL', 0):>9}")
+    return tables
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--m", type=int, default=256, help="latents M")
     parser.add_argument("--d", type=int, default=4, help="head dim D")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    parser.add_argument("--mlp", action="store_true", help="the fused MLP's kernels, every sweep configuration")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("kernel_resources.py compiles for the GPU: unset TRITON_INTERPRET")
+    if args.mlp:
+        return print_mlp_tables()
     table = kernel_table(args.m, args.d, getattr(torch, args.dtype))
     print(f"sm_90, M={args.m} D={args.d} {args.dtype}, default_config tiles")
     print(f"{'kernel':<26}{'registers':>10}{'spill stack B':>14}{'local B':>9}{'shared B':>10}")

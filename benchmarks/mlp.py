@@ -3,8 +3,10 @@
 One FLARE feed-forward step ``x + mlp(layer_norm(x))`` (C = 64, 3 hidden layers, GELU-tanh,
 bf16 autocast, fp32 residual stream), as each block runs it three times (keys, values,
 feed-forward). Rows: the plain layers eager and ``torch.compile``d, and the fused Triton
-kernels at their default launch configuration; ``--sweep`` adds other tiles, warps and
-backward segments (``triton_mlp.MLPConfig``). Times: median of CUDA-event timings after
+kernels at their default launch configuration, recomputing the layer chain in backward or
+reading the layers' inputs the forward kept (``store_hidden``); ``--sweep`` adds other tiles,
+warps, register caps and backward segments (``triton_mlp.MLPConfig``;
+``benchmarks/kernel_resources.py --mlp`` prints each one's registers and spills on the CPU). Times: median of CUDA-event timings after
 warm-up; peak: ``max_memory_allocated`` over one forward+backward above what was allocated
 before it (inputs included); ``diff``: relative L2 difference of the output and of dx from
 the eager row's.
@@ -12,7 +14,7 @@ the eager row's.
 Writes a record (``benchmarks/records.py``) into ``--out`` (default ``$OUT``, else
 ``benchmarks/records/mlp/``).
 
-    PYTHONPATH=$PWD python benchmarks/mlp.py            # the three rows
+    PYTHONPATH=$PWD python benchmarks/mlp.py            # the four rows
     PYTHONPATH=$PWD python benchmarks/mlp.py --sweep
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import fields, replace
 
 import torch
 from torch import nn
@@ -31,16 +34,27 @@ from flare_lightning.models.mlp import ResidualMLP
 MEASURES = ["flare_lightning/kernels/triton_mlp.py", "flare_lightning/kernels/triton_mlp_kernels.py",
             "flare_lightning/kernels/fused_mlp.py", "flare_lightning/models/mlp.py"]
 
-SWEEP = [  # MLPConfig fields: fwd rows, warps; bwd rows, warps; layers per backward segment;
-    # fwd, bwd register caps; backward programs per SM; store_hidden, then the per-layer backward
-    # kernels' rows, warps, programs per SM and register cap
-    (64, 4, 64, 4, 2, 128, 168, 3),
-    (64, 4, 64, 4, 2, 128, 168, 3, True, 64, 4, 2, None),
-    (64, 4, 64, 4, 2, 128, 168, 3, True, 64, 4, 3, 168),
-    (64, 4, 64, 4, 2, 128, 168, 3, True, 128, 8, 1, None),
-    (64, 4, 64, 4, 2, 128, 168, 3, True, 128, 8, 2, 128),
-    (128, 8, 64, 4, 2, 128, 168, 3, True, 64, 4, 4, 128),
+DEFAULT = triton_mlp.default_config(64)
+SWEEP: list[tuple[bool, triton_mlp.MLPConfig]] = [  # (store_hidden, launch configuration)
+    (False, DEFAULT),
+    # the forward keeps the layers' inputs: no chain to recompute in backward, so its segments are
+    # light (stored_*: rows, warps, layers per segment, programs per SM, register cap)
+    (True, DEFAULT),
+    (True, replace(DEFAULT, stored_programs_per_sm=6, stored_maxnreg=80)),
+    (True, replace(DEFAULT, stored_layers_per_segment=2, stored_programs_per_sm=3, stored_maxnreg=168)),
+    (True, replace(DEFAULT, stored_layers_per_segment=2, stored_programs_per_sm=4, stored_maxnreg=128)),
+    (True, replace(DEFAULT, stored_layers_per_segment=4, stored_programs_per_sm=2, stored_maxnreg=232)),
+    (True, replace(DEFAULT, stored_rows=128, stored_warps=8, stored_programs_per_sm=2, stored_maxnreg=128)),
+    (True, replace(DEFAULT, fwd_rows=128, fwd_warps=8, stored_layers_per_segment=2, stored_programs_per_sm=3,
+                   stored_maxnreg=168)),
 ]
+
+
+def row_name(store_hidden: bool, cfg: triton_mlp.MLPConfig) -> str:
+    """``fused [stored]`` and the launch fields that differ from the default configuration."""
+    changed = [f"{f.name}={getattr(cfg, f.name)}" for f in fields(cfg) if getattr(cfg, f.name) != getattr(DEFAULT, f.name)
+               and (store_hidden or not f.name.startswith("stored_"))]
+    return " ".join(["fused stored" if store_hidden else "fused", *changed])
 
 
 class FeedForward(nn.Module):
@@ -119,12 +133,14 @@ def main() -> None:
     t0 = time.perf_counter()
     rows.append(("torch compiled", measure(torch.compile(compiled), x, dout)))
     print(f"compiled in {time.perf_counter() - t0:.0f} s", flush=True)
-    configs = [None] + ([triton_mlp.MLPConfig(*c) for c in SWEEP] if args.sweep else [])
-    for cfg in configs:
+    configs = [(False, None)] + (SWEEP if args.sweep else [(True, None)])
+    for store_hidden, cfg in configs:
         triton_mlp.CONFIG_OVERRIDE = cfg
-        name = "fused default" if cfg is None else "fused " + ",".join(map(str, vars(cfg).values()))
+        fused.mlp.store_hidden = store_hidden
+        name = row_name(store_hidden, cfg or DEFAULT) + (" (default launch)" if cfg is None else "")
         try:
-            rows.append((name, measure(fused, x, dout) | {"config": None if cfg is None else vars(cfg)}))
+            rows.append((name, measure(fused, x, dout) | {"store_hidden": store_hidden,
+                                                          "config": vars(cfg or triton_mlp.default_config(args.width))}))
         except Exception as err:  # a configuration that does not compile or launch: say so, go on
             print(f"{name}: {type(err).__name__}: {str(err)[:200]}", flush=True)
     triton_mlp.CONFIG_OVERRIDE = None

@@ -30,8 +30,6 @@ run writes a record (``benchmarks/records.py``) into ``--out`` (default ``$OUT``
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import json
 import os
 import time
@@ -59,10 +57,10 @@ CONFIGS: dict[str, dict] = {
     "ours-compiled-ckpt": dict(mixer_backend="auto", compile=True, checkpoint_blocks=True),
     "ours-fused": dict(mixer_backend="auto", mlp_backend="triton"),  # fused Triton MLPs and norms
     "ours-fused-compiled": dict(mixer_backend="auto", mlp_backend="triton", compile=True),
-    # the fused MLPs keeping their layers' inputs for a per-layer backward (MLPConfig.store_hidden)
-    "ours-fused-compiled-stored": dict(mixer_backend="auto", mlp_backend="triton", compile=True),
+    # the fused MLPs keep their layers' inputs: a backward without recomputation, more memory
+    "ours-fused-compiled-stored": dict(mixer_backend="auto", mlp_backend="triton", compile=True,
+                                       mlp_store_hidden=True),
 }
-STORE_HIDDEN = {"ours-fused-compiled-stored"}  # rows run with the default MLP launch config plus store_hidden
 # The files whose change can move the step's numbers (the record's measured paths).
 MEASURES = ["flare_lightning/models/", "flare_lightning/kernels/", "flare_lightning/training/module.py",
             "flare_lightning/training/metrics.py", "flare_lightning/training/normalizer.py", "benchmarks/reference_flare.py"]
@@ -73,22 +71,7 @@ def options(name: str) -> str:
     if name.startswith("reference"):
         return "paper formulation, " + ("torch.compile" if name == "reference-compiled" else "eager")
     chosen = [k if v is True else f"{k}={v}" for k, v in CONFIGS[name].items() if k != "mixer_backend"]
-    chosen += ["MLPConfig.store_hidden"] if name in STORE_HIDDEN else []
     return ", ".join(chosen) or "(none)"
-
-
-@contextlib.contextmanager
-def mlp_launch(name: str):
-    """The fused MLPs' launch configuration of row ``name`` while it runs (the default elsewhere)."""
-    from flare_lightning.kernels import triton_mlp
-
-    before = triton_mlp.CONFIG_OVERRIDE
-    if name in STORE_HIDDEN:
-        triton_mlp.CONFIG_OVERRIDE = dataclasses.replace(triton_mlp.default_config(SHAPE["channels"]), store_hidden=True)
-    try:
-        yield
-    finally:
-        triton_mlp.CONFIG_OVERRIDE = before
 
 
 def build(name: str, device: torch.device) -> nn.Module:
@@ -178,10 +161,9 @@ def run_table(names: list[str], n: int, device: torch.device) -> list[dict]:
     for name in names:
         row = {"config": name, "options": options(name), "n": n, "latents": SHAPE["num_latents"]}
         try:
-            with mlp_launch(name):
-                model = build(name, device)  # compared before any training step changes its weights
-                row["rel_diff_vs_reference"] = output_rel_diff(model, build("reference", device), device)
-                row.update(time_step(TrainStep(model, n, device)))
+            model = build(name, device)  # compared before any training step changes its weights
+            row["rel_diff_vs_reference"] = output_rel_diff(model, build("reference", device), device)
+            row.update(time_step(TrainStep(model, n, device)))
         except Exception as err:  # one failing config must not cost the others' numbers
             row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
         rows.append(row)

@@ -24,6 +24,7 @@ def fused_mlp(
     residual: Tensor | None = None,
     act: str = "gelu_tanh",
     out_dtype: torch.dtype | None = None,
+    store_hidden: bool = False,
 ) -> Tensor:
     """``[residual +] mlp(layer_norm(x))`` with ``mlp`` the residual chain of ``weight``/``bias``.
 
@@ -36,6 +37,9 @@ def fused_mlp(
         act: activation between layers (none after the last).
         out_dtype: output dtype; default: the dtype eager autocast gives (x's, or the promoted
             dtype of x and the residual).
+        store_hidden: keep the inputs of the layers after the first for backward (L - 1 [..., C]
+            tensors in the dot dtype) instead of recomputing the chain there; only when a
+            gradient will be taken.
 
     The dots run in autocast's dtype when autocast is on for x's device, else in x's dtype
     (fp32 dots at ``torch.get_float32_matmul_precision()``).
@@ -45,4 +49,4 @@ def fused_mlp(
     except ImportError as err:
         raise RuntimeError("mlp_backend='triton' needs the triton package; install it or use mlp_backend='torch'") from err
 
-    return fused_mlp_triton(x, weight, bias, ln, residual, act, out_dtype)
+    return fused_mlp_triton(x, weight, bias, ln, residual, act, out_dtype, store_hidden)

@@ -2,9 +2,11 @@
 
 ``fused_mlp_triton(x, weight, bias, ...)`` computes ``[residual +] mlp(layer_norm(x))`` for FLARE's
 C -> C residual MLPs (``ResidualMLP`` with both residuals) in two kernels: one forward pass
-over the rows, one backward pass that recomputes the chain on chip. What autograd keeps is
-the input x (plus the weights); no hidden activation of the MLP is stored. The ops are
-opaque to ``torch.compile`` (Inductor traces around them, as for the mixer).
+over the rows, one backward pass (in layer segments) that recomputes the chain on chip. What
+autograd keeps is the input x (plus the weights); with ``store_hidden`` also the inputs of the
+layers after the first (L - 1 [N, C] tensors in the dot dtype), so the backward recomputes
+nothing: more memory, fewer dots. The ops are opaque to ``torch.compile`` (Inductor traces
+around them, as for the mixer).
 
 Importing this module needs Triton; ``fused_mlp`` imports it on demand.
 Under ``TRITON_INTERPRET=1`` (set before this import) the kernels run on CPU tensors.
@@ -52,14 +54,12 @@ def _sm_count(device_index: int) -> int:
 @dataclass(frozen=True)
 class MLPConfig:
     """Launch configuration: rows per tile, warps and register cap of each kernel, backward
-    programs per SM, and the backward's layer segments (each a kernel that recomputes the chain
-    and keeps only its own layers' inputs and weight-gradient sums on chip; more segments:
-    fewer registers, more passes). A register cap lets more programs share an SM: the
-    layer chain is a serial dependency, so an SM hides its latency only across programs.
-    With ``store_hidden`` the forward writes the inputs of the layers after the first (L - 1
-    [N, C] tensors in the dot dtype, kept for backward) and the backward runs one three-dot
-    kernel per layer instead of recomputing the chain: more memory, fewer dots (not yet timed
-    on a GPU, so off by default)."""
+    programs per SM, and the backward's layer segments (each a kernel that keeps only its own
+    layers' inputs and weight-gradient sums on chip; more segments: fewer registers, more
+    passes). A register cap lets more programs share an SM: the layer chain is a serial
+    dependency, so an SM hides its latency only across programs. The ``stored_*`` fields
+    launch the backward when the forward kept the layers' inputs (``store_hidden``): no chain
+    to recompute, so its segments are cheap and its kernels light."""
 
     fwd_rows: int = 128
     fwd_warps: int = 8
@@ -69,26 +69,34 @@ class MLPConfig:
     fwd_maxnreg: int | None = None
     bwd_maxnreg: int | None = None
     bwd_programs_per_sm: int = 1
-    store_hidden: bool = False  # keep the layers' inputs from the forward: a backward kernel per layer
-    layer_rows: int = 64
-    layer_warps: int = 4
-    layer_programs_per_sm: int = 4
-    layer_maxnreg: int | None = None
+    stored_rows: int = 64
+    stored_warps: int = 4
+    stored_layers_per_segment: int = 1
+    stored_programs_per_sm: int = 4
+    stored_maxnreg: int | None = None
 
-    def segments(self, num_layers: int) -> list[tuple[int, int]]:
+    def segments(self, num_layers: int, stored: bool = False) -> list[tuple[int, int]]:
         """(lo, hi) layer ranges from the last layers back to the first."""
-        n = -(-num_layers // self.max_layers_per_segment)
+        per = self.stored_layers_per_segment if stored else self.max_layers_per_segment
+        n = -(-num_layers // per)
         bounds = [round(num_layers * i / n) for i in range(n + 1)]
         return [(bounds[i], bounds[i + 1]) for i in reversed(range(n))]
 
     def launch(self, which: str) -> dict:
-        """Keyword arguments of a Triton launch of the ``fwd``, ``bwd`` or ``layer`` kernel."""
+        """Keyword arguments of a Triton launch of the ``fwd``, ``bwd`` or ``stored`` (backward
+        from kept inputs) kernel."""
         warps, cap = {"fwd": (self.fwd_warps, self.fwd_maxnreg), "bwd": (self.bwd_warps, self.bwd_maxnreg),
-                      "layer": (self.layer_warps, self.layer_maxnreg)}[which]
+                      "stored": (self.stored_warps, self.stored_maxnreg)}[which]
         opts = {"num_warps": warps, "num_stages": 1}  # no loop pipelining: its buffers overflow shared memory
         if cap is not None and not interpreted():
             opts["maxnreg"] = cap
         return opts
+
+    def backward(self, stored: bool) -> tuple[int, int, str]:
+        """(rows per tile, programs per SM, launch name) of the backward kernels."""
+        if stored:
+            return self.stored_rows, self.stored_programs_per_sm, "stored"
+        return self.bwd_rows, self.bwd_programs_per_sm, "bwd"
 
 
 def default_config(c: int) -> MLPConfig:
@@ -97,7 +105,7 @@ def default_config(c: int) -> MLPConfig:
     register caps that let three or more programs share an SM. Small tiles in the interpreter
     (numpy runs whole tiles); one-layer segments above C = 64 (registers grow with C)."""
     if interpreted():
-        return MLPConfig(32, 4, 32, 4, 2)
+        return MLPConfig(32, 4, 32, 4, 2, stored_rows=32)
     if c > 64:
         return MLPConfig(64, 4, 64, 4, 1, 128, 168, 3)
     return MLPConfig(64, 4, 64, 4, 2, 128, 168, 3)
@@ -169,9 +177,9 @@ def mlp_bwd(
     x2, grad = _flat(x), _flat(dout)
     rows = x2.shape[0]
     cfg = _config(c)
-    stored = hidden.numel() > 0 or (cfg.store_hidden and nl == 1)
-    programs = (_programs(rows, cfg.layer_rows, cfg.layer_programs_per_sm, x.device) if stored
-                else _programs(rows, cfg.bwd_rows, cfg.bwd_programs_per_sm, x.device))
+    stored = hidden.dim() == 3  # [L-1, N, C] (empty for one layer) when the forward kept the inputs
+    block, per_sm, launch = cfg.backward(stored)
+    programs = _programs(rows, block, per_sm, x.device)
     f32 = torch.float32
     dw = torch.zeros(programs, nl, c, c, device=x.device, dtype=f32)
     db = torch.zeros(programs, nl, c, device=x.device, dtype=f32)
@@ -180,19 +188,13 @@ def mlp_bwd(
     lnw, lnb = (ln_weight, ln_bias) if has_ln else (bias, bias)  # any pointer when there is no norm
     w = weight.to(compute_dtype).contiguous()
     wt = weight.transpose(1, 2).to(compute_dtype).contiguous()
-    common = dict(C=c, NL=nl, LN=has_ln, ACT=act, DOT=_dot_type(compute_dtype), PREC=_precision(compute_dtype))
-    steps = [(i, i + 1) for i in reversed(range(nl))] if stored else cfg.segments(nl)
-    for lo, hi in steps:  # the last layers first; each passes d h_lo to the next
+    for lo, hi in cfg.segments(nl, stored):  # the last layers first; each passes d h_lo to the next
         target = torch.empty(x.shape, device=x.device, dtype=x.dtype if lo == 0 else f32)
-        if rows and stored:
-            kernels.mlp_bwd_layer_kernel[(programs,)](
-                grad, hidden, x2, target, lnw, lnb, w, wt, bias.contiguous(), dw, db, dln, rows, eps,
-                LAYER=lo, BT=cfg.layer_rows, **common, **cfg.launch("layer"),
-            )
-        elif rows:
+        if rows:
             kernels.mlp_bwd_kernel[(programs,)](
-                x2, grad, target, lnw, lnb, w, wt, bias.contiguous(), dw, db, dln, rows, eps,
-                LO=lo, HI=hi, BT=cfg.bwd_rows, **common, **cfg.launch("bwd"),
+                x2, hidden if hidden.numel() else x2, grad, target, lnw, lnb, w, wt, bias.contiguous(), dw, db, dln,
+                rows, eps, C=c, NL=nl, LO=lo, HI=hi, LN=has_ln, STORED=stored, ACT=act,
+                DOT=_dot_type(compute_dtype), PREC=_precision(compute_dtype), BT=block, **cfg.launch(launch),
             )
         grad = target.view(-1, c)
     return target, dw.sum(0), db.sum(0), dln.sum(0)
@@ -247,7 +249,7 @@ def check_fused_inputs(x: Tensor, weight: Tensor, bias: Tensor, ln: tuple | None
 
 
 def fused_mlp_triton(x: Tensor, weight: Tensor, bias: Tensor, ln: tuple | None, residual: Tensor | None, act: str,
-                     out_dtype: torch.dtype | None) -> Tensor:
+                     out_dtype: torch.dtype | None, store_hidden: bool = False) -> Tensor:
     """``fused_mlp.fused_mlp`` on the Triton kernels (its docstring says what each argument is)."""
     check_fused_inputs(x, weight, bias, ln, act)
     device = x.device.type
@@ -258,7 +260,7 @@ def fused_mlp_triton(x: Tensor, weight: Tensor, bias: Tensor, ln: tuple | None, 
         out_dtype = torch.promote_types(x.dtype, residual.dtype) if residual is not None else x.dtype
     ln_w, ln_b, eps = ln if ln is not None else (None, None, 0.0)
     inputs = (x, weight, bias, ln_w, ln_b, residual)
-    save = _config(x.shape[-1]).store_hidden and torch.is_grad_enabled() and any(
+    save = store_hidden and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in inputs)
     with torch.autocast(device, enabled=False):
         return mlp_fwd(*inputs, float(eps), ACT_CODES[act], compute, out_dtype, save)[0]

@@ -3,10 +3,10 @@
 FLARE's MLPs are chains of ``h = h + act(h Wᵢᵀ + bᵢ)`` at width C (64) ending in
 ``out = h + h Wᵀ + b``. Unfused, every Linear, activation and addition is a pass over an
 [N, C] tensor; here one program takes a tile of rows, keeps the whole chain on chip and
-touches memory once for its input and once for its output. The backward kernel recomputes
-the chain from the tile's input (nothing inside the MLP is stored for backward) and
-accumulates the weight gradients of its rows in registers across a persistent loop, so
-each program writes one partial per weight. Dots run in the compute dtype (bf16/fp16, or
+touches memory once for its input and once for its output. The backward kernel takes the
+layers' inputs either by recomputing the chain from the tile's input (nothing inside the MLP
+stored) or from what the forward kept, and accumulates the weight gradients of its rows in
+registers across a persistent loop, so each program writes one partial per weight. Dots run in the compute dtype (bf16/fp16, or
 fp32 at ``PREC``) with fp32 accumulation; the residual stream, LayerNorm and activations
 stay in fp32.
 """
@@ -99,6 +99,16 @@ def _layer_norm_grad(g, xhat, rstd, lnw, C: tl.constexpr):
 
 
 @triton.jit
+def _layer0_input(x_ptr, lnw_ptr, lnb_ptr, rows, cols, T, eps, C: tl.constexpr, LN: tl.constexpr):
+    """The first layer's fp32 input tile: LN(x) with its affine, or x."""
+    h = _load_rows(x_ptr, rows, cols, T, C)
+    if LN:
+        xhat, rstd = _normalise(h, eps, C)
+        h = xhat * tl.load(lnw_ptr + cols)[None, :] + tl.load(lnb_ptr + cols)[None, :]
+    return h
+
+
+@triton.jit
 def mlp_fwd_kernel(
     x_ptr, res_ptr, out_ptr, hid_ptr, lnw_ptr, lnb_ptr, wt_ptr, b_ptr, T, eps,
     C: tl.constexpr, NL: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, ACT: tl.constexpr,
@@ -106,14 +116,10 @@ def mlp_fwd_kernel(
 ):
     """One tile of BT rows: out = [res +] h_L, h_0 = [LN](x), h_{i+1} = h_i + act(h_i W_iᵀ + b_i)
     (no activation on the last of the NL layers). With SAVE, the inputs h_1..h_{NL-1} of the
-    layers after the first go to ``hid_ptr`` [NL-1, T, C] in the dot dtype, for
-    ``mlp_bwd_layer_kernel``."""
+    layers after the first go to ``hid_ptr`` [NL-1, T, C] in the dot dtype, for the backward."""
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
     cols = tl.arange(0, C)
-    h = _load_rows(x_ptr, rows, cols, T, C)
-    if LN:
-        xhat, rstd = _normalise(h, eps, C)
-        h = xhat * tl.load(lnw_ptr + cols)[None, :] + tl.load(lnb_ptr + cols)[None, :]
+    h = _layer0_input(x_ptr, lnw_ptr, lnb_ptr, rows, cols, T, eps, C, LN)
     for i in tl.static_range(NL):
         h_dot = h.to(DOT)
         if SAVE and i > 0:
@@ -130,18 +136,20 @@ def mlp_fwd_kernel(
 
 @triton.jit
 def mlp_bwd_kernel(
-    x_ptr, dout_ptr, dx_ptr, lnw_ptr, lnb_ptr, w_ptr, wt_ptr, b_ptr, dw_ptr, db_ptr, dln_ptr, T, eps,
+    x_ptr, hid_ptr, dout_ptr, dx_ptr, lnw_ptr, lnb_ptr, w_ptr, wt_ptr, b_ptr, dw_ptr, db_ptr, dln_ptr, T, eps,
     C: tl.constexpr, NL: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr, LN: tl.constexpr,
-    ACT: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr,
+    STORED: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr,
 ):
     """Backward through layers LO..HI-1 for the rows of tiles pid, pid + P, ...
 
     ``dout_ptr`` holds the gradient of layer HI-1's output (of the MLP's output when HI = NL);
     ``dx_ptr`` receives the gradient of layer LO's input (of x, through the LayerNorm, when
-    LO = 0), fp32. The chain is recomputed from x up to layer HI-1; only the inputs of layers
-    LO..HI-1 are kept per tile, so splitting a deep MLP into segments bounds the registers.
-    This program's partial sums of dW, db (layers LO..HI-1) and of the LayerNorm's (dγ, dβ)
-    go to slot pid of the partial buffers [P, NL, C, C], [P, NL, C], [P, 2, C].
+    LO = 0), fp32. The inputs of layers LO..HI-1 come from what the forward kept (``STORED``:
+    ``hid_ptr`` [NL-1, T, C] holds the inputs of layers 1..NL-1; layer 0's is LN(x), recomputed)
+    or from recomputing the chain from x; only the segment's inputs are held per tile, so
+    splitting a deep MLP into segments bounds the registers. This program's partial sums of
+    dW, db (layers LO..HI-1) and of the LayerNorm's (dγ, dβ) go to slot pid of the partial
+    buffers [P, NL, C, C], [P, NL, C], [P, 2, C].
     """
     pid = tl.program_id(0)
     cols = tl.arange(0, C)
@@ -154,17 +162,21 @@ def mlp_bwd_kernel(
     dlnb = tl.zeros((C,), tl.float32)
     for start in range(pid * BT, T, tl.num_programs(0) * BT):
         rows = start + tl.arange(0, BT)
-        h = _load_rows(x_ptr, rows, cols, T, C)
-        if LN:
-            xhat, rstd = _normalise(h, eps, C)
-            h = xhat * tl.load(lnw_ptr + cols)[None, :] + tl.load(lnb_ptr + cols)[None, :]
         hs = ()  # the inputs of layers LO..HI-1, in the dot dtype
-        for i in tl.static_range(HI - 1):
-            h_dot = h.to(DOT)
-            if i >= LO:
-                hs = hs + (h_dot,)
-            h = h + _act(_linear(h_dot, wt_ptr, b_ptr, i, cols, C, PREC), ACT)
-        hs = hs + (h.to(DOT),)
+        if STORED:
+            for i in tl.static_range(LO, HI):
+                if i == 0:
+                    hs = hs + (_layer0_input(x_ptr, lnw_ptr, lnb_ptr, rows, cols, T, eps, C, LN).to(DOT),)
+                else:
+                    hs = hs + (_load_rows(hid_ptr + (i - 1) * T.to(tl.int64) * C, rows, cols, T, C).to(DOT),)
+        else:
+            h = _layer0_input(x_ptr, lnw_ptr, lnb_ptr, rows, cols, T, eps, C, LN)
+            for i in tl.static_range(HI - 1):
+                h_dot = h.to(DOT)
+                if i >= LO:
+                    hs = hs + (h_dot,)
+                h = h + _act(_linear(h_dot, wt_ptr, b_ptr, i, cols, C, PREC), ACT)
+            hs = hs + (h.to(DOT),)
         g = _load_rows(dout_ptr, rows, cols, T, C)  # d h_HI (a residual step's output, or the MLP's)
         for i in tl.static_range(HI - 1, LO - 1, -1):
             if i == NL - 1:  # no activation after the last layer
@@ -186,53 +198,5 @@ def mlp_bwd_kernel(
         tl.store(dw_ptr + ((pid * NL + i) * C + cols[:, None]) * C + cols[None, :], dws[i])
         tl.store(db_ptr + (pid * NL + i) * C + cols, dbs[i])
     if LO == 0:
-        tl.store(dln_ptr + pid * 2 * C + cols, dlnw)
-        tl.store(dln_ptr + (pid * 2 + 1) * C + cols, dlnb)
-
-
-@triton.jit
-def mlp_bwd_layer_kernel(
-    g_ptr, hid_ptr, x_ptr, gout_ptr, lnw_ptr, lnb_ptr, w_ptr, wt_ptr, b_ptr, dw_ptr, db_ptr, dln_ptr, T, eps,
-    C: tl.constexpr, NL: tl.constexpr, LAYER: tl.constexpr, LN: tl.constexpr, ACT: tl.constexpr,
-    DOT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr,
-):
-    """Backward through layer LAYER alone, its input read from what the forward saved (layer 0:
-    recomputed from x): ``g_ptr`` holds the gradient of the layer's residual step's output,
-    ``gout_ptr`` receives the gradient of its input (fp32; layer 0: of x, through the LayerNorm).
-    Three dots a tile and one weight-gradient sum on chip: many programs per SM."""
-    pid = tl.program_id(0)
-    cols = tl.arange(0, C)
-    dw = tl.zeros((C, C), tl.float32)
-    db = tl.zeros((C,), tl.float32)
-    dlnw = tl.zeros((C,), tl.float32)
-    dlnb = tl.zeros((C,), tl.float32)
-    for start in range(pid * BT, T, tl.num_programs(0) * BT):
-        rows = start + tl.arange(0, BT)
-        if LAYER == 0:
-            h = _load_rows(x_ptr, rows, cols, T, C)
-            if LN:
-                xhat, rstd = _normalise(h, eps, C)
-                lnw = tl.load(lnw_ptr + cols)
-                h = xhat * lnw[None, :] + tl.load(lnb_ptr + cols)[None, :]
-            h_dot = h.to(DOT)
-        else:
-            h_dot = _load_rows(hid_ptr + (LAYER - 1) * T.to(tl.int64) * C, rows, cols, T, C).to(DOT)
-        g = _load_rows(g_ptr, rows, cols, T, C)
-        if LAYER == NL - 1:  # no activation after the last layer
-            da = g
-        else:
-            da = g * _act_grad(_linear(h_dot, wt_ptr, b_ptr, LAYER, cols, C, PREC), ACT)
-        da_dot = da.to(DOT)
-        dw += tl.dot(tl.trans(da_dot), h_dot, input_precision=PREC)
-        db += tl.sum(da, axis=0)
-        g = g + tl.dot(da_dot, _weight(w_ptr, LAYER, cols, C), input_precision=PREC)
-        if LN and LAYER == 0:  # back through the affine and the normalisation
-            dlnw += tl.sum(g * xhat, axis=0)
-            dlnb += tl.sum(g, axis=0)
-            g = _layer_norm_grad(g, xhat, rstd, lnw, C)
-        _store_rows(gout_ptr, g, rows, cols, T, C)
-    tl.store(dw_ptr + ((pid * NL + LAYER) * C + cols[:, None]) * C + cols[None, :], dw)
-    tl.store(db_ptr + (pid * NL + LAYER) * C + cols, db)
-    if LAYER == 0:
         tl.store(dln_ptr + pid * 2 * C + cols, dlnw)
         tl.store(dln_ptr + (pid * 2 + 1) * C + cols, dlnb)

@@ -36,6 +36,8 @@ class FlareAttention(nn.Module):
         mlp_chunk_size: chunk size over points for the key/value MLPs (None: no chunking).
         fp32_parts: ``kv`` and ``mixer`` keep float32 under autocast (``models/precision.py``);
             with ``mixer`` the output is float32 (the block adds it in its stream's dtype).
+        mlp_store_hidden: the fused key/value MLPs keep their layers' inputs for backward
+            (``ResidualMLP.store_hidden``).
 
     Every method that takes the block's ``norm`` applies it to x first; with ``fused`` the
     Triton kernels run the LayerNorm and the key/value MLPs in one pass (``FlareBlock``
@@ -57,6 +59,7 @@ class FlareAttention(nn.Module):
         mixer_backend: str = "auto",
         mlp_chunk_size: int | None = None,
         fp32_parts: list[str] | None = None,
+        mlp_store_hidden: bool = False,
     ) -> None:
         super().__init__()
         self.fp32 = check_fp32_parts("FlareAttention", fp32_parts)
@@ -71,8 +74,10 @@ class FlareAttention(nn.Module):
         self.scale = scale
         self.mixer_backend = mixer_backend
         self.latents = nn.Parameter(0.1 * torch.randn(num_heads, num_latents, self.head_dim))  # N(0, 0.1)
-        self.k_proj = ResidualMLP(channels, channels, channels, kv_layers, act, chunk_size=mlp_chunk_size)
-        self.v_proj = ResidualMLP(channels, channels, channels, kv_layers, act, chunk_size=mlp_chunk_size)
+        self.k_proj = ResidualMLP(channels, channels, channels, kv_layers, act, chunk_size=mlp_chunk_size,
+                                  store_hidden=mlp_store_hidden)
+        self.v_proj = ResidualMLP(channels, channels, channels, kv_layers, act, chunk_size=mlp_chunk_size,
+                                  store_hidden=mlp_store_hidden)
         self.out_proj = nn.Linear(channels, channels)
 
     def _heads(self, t: Tensor) -> Tensor:

@@ -43,16 +43,19 @@ class FlareBlock(nn.Module):
         mlp_chunk_size: int | None,
         mlp_backend: str = "torch",
         fp32_parts: list[str] | None = None,
+        mlp_store_hidden: bool = False,
     ) -> None:
         super().__init__()
         self.fp32 = check_fp32_parts("FlareBlock", fp32_parts)
         self.norm1 = make_norm(norm, channels)
         self.attn = FlareAttention(
-            channels, num_heads, num_latents, kv_layers, act, scale, mixer_backend, mlp_chunk_size, fp32_parts
+            channels, num_heads, num_latents, kv_layers, act, scale, mixer_backend, mlp_chunk_size, fp32_parts,
+            mlp_store_hidden,
         )
         self.norm2 = make_norm(norm, channels)
         hidden = int(round(channels * mlp_ratio))
-        self.mlp = ResidualMLP(channels, hidden, channels, ffn_layers, act, chunk_size=mlp_chunk_size)
+        self.mlp = ResidualMLP(channels, hidden, channels, ffn_layers, act, chunk_size=mlp_chunk_size,
+                               store_hidden=mlp_store_hidden)
         self.mlp_backend = mlp_backend
         if mlp_backend not in MLP_BACKENDS:
             raise ValueError(f"FLARE: mlp_backend must be one of {MLP_BACKENDS}, got {mlp_backend!r}")
@@ -156,6 +159,10 @@ class FLARE(nn.Module):
         fp32_parts: parts that keep float32 under bf16/fp16 autocast, any of ``residual``,
             ``lift``, ``kv``, ``mixer``, ``ffn``, ``head`` (``models/precision.py`` says what
             each covers); None or empty: autocast everywhere. No effect without autocast.
+        mlp_store_hidden: with the fused MLP kernels, keep the inputs of each MLP's layers for
+            backward instead of recomputing the layer chains there: fewer dots in backward for
+            2 ``kv_layers`` + ``ffn_layers`` + 3 more [B, N, C] tensors per block in the dot dtype
+            (12 at the defaults: 1.5 GiB per block at 2^20 points, C = 64, bf16).
     """
 
     def __init__(
@@ -181,6 +188,7 @@ class FLARE(nn.Module):
         mlp_backend: Literal["torch", "triton", "auto"] = "torch",
         compile: bool = False,
         fp32_parts: list[Literal["residual", "lift", "kv", "mixer", "ffn", "head"]] | None = None,
+        mlp_store_hidden: bool = False,
     ) -> None:
         super().__init__()
         self.fp32 = check_fp32_parts("FLARE", fp32_parts)
@@ -193,6 +201,9 @@ class FLARE(nn.Module):
             raise ValueError("FLARE: fuse_kv was removed (side-by-side key/value GEMMs ran slower than the two "
                              "MLPs, benchmarks/RESULTS.md); drop the option or set it to false")
         check_finite("FLARE", positive=True, mlp_ratio=mlp_ratio)
+        if mlp_store_hidden and mlp_backend == "torch":
+            raise ValueError("FLARE: mlp_store_hidden applies to the fused MLP kernels; set mlp_backend to "
+                             "'triton' or 'auto', or drop it (the torch MLPs store their activations anyway)")
         if int(round(channels * mlp_ratio)) < 1:
             raise ValueError(f"FLARE: mlp_ratio {mlp_ratio} gives a feed-forward width of 0 at channels={channels}")
         self.in_dim = in_dim
@@ -203,7 +214,7 @@ class FLARE(nn.Module):
         self.blocks = nn.ModuleList(
             FlareBlock(
                 channels, num_heads, num_latents, kv_layers, ffn_layers, mlp_ratio, act, norm,
-                scale, mixer_backend, mlp_chunk_size, mlp_backend, sorted(self.fp32),
+                scale, mixer_backend, mlp_chunk_size, mlp_backend, sorted(self.fp32), mlp_store_hidden,
             )
             for _ in range(num_blocks)
         )

@@ -40,6 +40,9 @@ class ResidualMLP(nn.Module):
             chunk checkpointed while training: only the MLP's input and output are kept for
             backward and its hidden activations exist for one chunk at a time, so their
             memory does not grow with N (None: all at once, activations stored).
+        store_hidden: in the fused kernels (``forward_fused``), keep the layers' inputs for
+            backward instead of recomputing the chain there: faster backward, L - 1 more
+            [N, C] tensors in the dot dtype while training.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class ResidualMLP(nn.Module):
         input_residual: bool = True,
         output_residual: bool = True,
         chunk_size: int | None = None,
+        store_hidden: bool = False,
     ) -> None:
         super().__init__()
         check_ints("ResidualMLP", 1, in_dim=in_dim, hidden_dim=hidden_dim, out_dim=out_dim)
@@ -65,6 +69,7 @@ class ResidualMLP(nn.Module):
         self.input_residual = input_residual and in_dim == hidden_dim
         self.output_residual = output_residual and hidden_dim == out_dim
         self.chunk_size = chunk_size
+        self.store_hidden = store_hidden
 
     def _forward(self, x: Tensor) -> Tensor:
         h = self.act(self.fc_in(x))
@@ -107,10 +112,11 @@ class ResidualMLP(nn.Module):
         """``[residual +] self(norm(x))`` in the fused Triton kernels (``fusable()`` must hold).
 
         x: [..., N, C] -> [..., N, C]. Nothing inside the MLP (nor the norm's output) is kept
-        for backward: the kernels recompute it from x. Needs CUDA tensors (or the interpreter).
+        for backward, the kernels recompute it from x, unless ``store_hidden``. Needs CUDA
+        tensors (or the interpreter).
         """
         from flare_lightning.kernels.fused_mlp import fused_mlp
 
         weight, bias = self.stacked()
         ln = None if norm is None else (norm.weight, norm.bias, norm.eps)
-        return fused_mlp(x, weight, bias, ln, residual, self.act_name, out_dtype)
+        return fused_mlp(x, weight, bias, ln, residual, self.act_name, out_dtype, self.store_hidden)

@@ -56,7 +56,7 @@ def random_mlp(width: int, layers: int, act: str, seed: int) -> tuple[ResidualML
     return mlp, norm
 
 
-def fused_errors(tmlp, device, width, layers, act, with_ln, with_res, dtype, seed, rows=(3, 37)):
+def fused_errors(tmlp, device, width, layers, act, with_ln, with_res, dtype, seed, rows=(3, 37), store_hidden=False):
     """Relative L2 errors of the fused output and gradients against the float64 MLP."""
     mlp, norm = random_mlp(width, layers, act, seed)
     g = torch.Generator().manual_seed(seed + 1)
@@ -73,7 +73,7 @@ def fused_errors(tmlp, device, width, layers, act, with_ln, with_res, dtype, see
     xd = x.to(device=device, dtype=dtype).requires_grad_()
     rd = res.to(device=device, dtype=dtype).requires_grad_()
     out = fused_mlp(xd, weight, bias, (ln_w, ln_b, norm.eps) if with_ln else None,
-                                rd if with_res else None, act)
+                    rd if with_res else None, act, store_hidden=store_hidden)
     assert out.shape == x.shape and torch.isfinite(out).all()
     wanted = [xd, weight, bias] + ([ln_w, ln_b] if with_ln else []) + ([rd] if with_res else [])
     grads = torch.autograd.grad(out, wanted, dout.to(device=device, dtype=out.dtype))
@@ -112,40 +112,61 @@ def test_fused_mlp_bf16_autocast_is_bf16_accurate(tmlp, device):
     assert 1e-5 < max(errors.values()) < 3e-2, errors
 
 
-def test_fused_mlp_bf16_stored_hidden(tmlp, device, stored_hidden):
+def test_fused_mlp_bf16_stored_hidden(tmlp, device):
     with torch.autocast(device.type, dtype=torch.bfloat16):
-        errors = fused_errors(tmlp, device, 32, 3, "gelu_tanh", True, True, torch.float32, seed=12)
+        errors = fused_errors(tmlp, device, 32, 3, "gelu_tanh", True, True, torch.float32, seed=12, store_hidden=True)
     assert 1e-5 < max(errors.values()) < 3e-2, errors
 
 
-@pytest.fixture
-def stored_hidden(tmlp):
-    """The launch configuration that keeps the layers' inputs (one backward kernel per layer)."""
+@pytest.fixture(params=[1, 2, 5], ids=lambda n: f"{n}-layer segments")
+def stored_segments(tmlp, request):
+    """Backward segments of 1, 2 or 5 layers when the forward kept the layers' inputs."""
     saved = tmlp.CONFIG_OVERRIDE
-    tmlp.CONFIG_OVERRIDE = tmlp.MLPConfig(32, 4, 32, 4, 2, store_hidden=True, layer_rows=32)
-    yield
+    tmlp.CONFIG_OVERRIDE = tmlp.MLPConfig(32, 4, 32, 4, 2, stored_rows=32, stored_layers_per_segment=request.param)
+    yield request.param
     tmlp.CONFIG_OVERRIDE = saved
 
 
 @pytest.mark.parametrize("width, layers, act, with_ln, with_res", [CASES[0], CASES[2], CASES[4]])
-def test_stored_hidden_backward_matches_float64_reference(tmlp, device, stored_hidden, width, layers, act, with_ln,
+def test_stored_hidden_backward_matches_float64_reference(tmlp, device, stored_segments, width, layers, act, with_ln,
                                                           with_res):
-    errors = fused_errors(tmlp, device, width, layers, act, with_ln, with_res, torch.float32, seed=7 + layers)
+    errors = fused_errors(tmlp, device, width, layers, act, with_ln, with_res, torch.float32, seed=7 + layers,
+                          store_hidden=True)
     tol = 1e-5 if torch.get_float32_matmul_precision() == "highest" else 2e-3
     assert max(errors.values()) < tol, errors
 
 
-def test_stored_hidden_keeps_the_layer_inputs_only_when_training(tmlp, device, stored_hidden):
+def test_stored_hidden_keeps_the_layer_inputs_only_when_training(tmlp, device):
     x = torch.randn(37, 16, device=device)
     w, b = torch.randn(4, 16, 16, device=device) * 0.2, torch.zeros(4, 16, device=device)
     args = (None, None, None, 1e-5, 0, torch.float32, torch.float32)
     out, hidden = tmlp.mlp_fwd(x, w, b, *args, True)
     assert hidden.shape == (3, 37, 16)
+    assert tmlp.mlp_fwd(x, w, b, *args, False)[1].numel() == 0
     with torch.no_grad():  # the wrapper asks for them only when a gradient will be taken
-        ref = fused_mlp(x, w, b)
+        ref = fused_mlp(x, w, b, store_hidden=True)
     torch.testing.assert_close(out, ref)
     h = torch.nn.functional.gelu(x @ w[0].T, approximate="tanh") + x  # the second layer's input
     torch.testing.assert_close(hidden[0], h, rtol=1e-5, atol=1e-5)
+
+
+def test_stored_backward_reads_what_the_forward_kept(tmlp, device, stored_segments):
+    """The backward from kept inputs takes each layer's input from ``hidden`` (not a recompute):
+    changing the kept input of layer i changes the gradients of layer i's weights, not the
+    later layers'."""
+    g = torch.Generator().manual_seed(4)
+    x, dout = (torch.randn(29, 16, generator=g).to(device) for _ in range(2))
+    w, b = (0.3 * torch.randn(4, 16, 16, generator=g)).to(device), (0.1 * torch.randn(4, 16, generator=g)).to(device)
+    _, hidden = tmlp.mlp_fwd(x, w, b, None, None, None, 1e-5, 0, torch.float32, torch.float32, True)
+    bwd = (w, b, None, None, 1e-5, 0, torch.float32)
+    _, dw, _, _ = tmlp.mlp_bwd(x, dout, hidden, *bwd)
+    recomputed = tmlp.mlp_bwd(x, dout, torch.empty(0, device=device), *bwd)[1]
+    torch.testing.assert_close(dw, recomputed, rtol=1e-5, atol=1e-5)
+    changed = hidden.clone()
+    changed[1] += 0.5  # the input of layer 2
+    _, dw_changed, _, _ = tmlp.mlp_bwd(x, dout, changed, *bwd)
+    assert not torch.allclose(dw_changed[2], dw[2], atol=1e-3)
+    torch.testing.assert_close(dw_changed[3], dw[3])  # layer 3's input and gradient are untouched
 
 
 @pytest.mark.parametrize("max_layers", [1, 2, 5])
@@ -177,7 +198,7 @@ def test_opcheck(tmlp, device, save):
     torch.library.opcheck(tmlp.mlp_fwd, args)
 
 
-def flare_pair(seed: int, **kw) -> tuple[FLARE, FLARE]:
+def flare_pair(seed: int, store_hidden: bool = False, **kw) -> tuple[FLARE, FLARE]:
     """The same random FLARE with ``mlp_backend='torch'`` (float64) and ``'triton'`` (float32)."""
     torch.manual_seed(seed)
     kw = dict(in_dim=3, out_dim=2, channels=16, num_blocks=2, num_heads=2, num_latents=8, **kw)
@@ -185,14 +206,17 @@ def flare_pair(seed: int, **kw) -> tuple[FLARE, FLARE]:
     with torch.no_grad():
         for p in plain.parameters():
             p.normal_(0.0, 0.3) if p.dim() > 1 else p.add_(0.1 * torch.randn_like(p))
-    fused = FLARE(**kw, mixer_backend="explicit", mlp_backend="triton")
+    fused = FLARE(**kw, mixer_backend="explicit", mlp_backend="triton", mlp_store_hidden=store_hidden)
     fused.load_state_dict({k: v.float() for k, v in plain.state_dict().items()})
     return plain, fused
 
 
-def test_flare_triton_mlps_match_torch_mlps(tmlp, device):
-    """Whole model, masked: outputs on real points and every parameter's gradient."""
-    plain, fused = flare_pair(0)
+@pytest.mark.parametrize("store_hidden", [False, True], ids=["recompute", "stored"])
+def test_flare_triton_mlps_match_torch_mlps(tmlp, device, store_hidden):
+    """Whole model, masked: outputs on real points and every parameter's gradient, with the
+    fused backward recomputing the layer chains or reading what the forward kept."""
+    plain, fused = flare_pair(0, store_hidden)
+    assert all(m.store_hidden == store_hidden for b in fused.blocks for m in (b.attn.k_proj, b.attn.v_proj, b.mlp))
     fused = fused.to(device)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 45, 3, generator=g, dtype=torch.float64)
@@ -244,6 +268,7 @@ def test_compiled_block_has_no_graph_break(tmlp, device):
         ({"mlp_ratio": 2.0}, "feed-forward MLP: in, hidden and out widths"),
         ({"channels": 24, "num_heads": 2}, "width must be one of"),
         ({"mlp_backend": "cuda"}, "mlp_backend must be one of"),
+        ({"mlp_backend": "torch", "mlp_store_hidden": True}, "mlp_store_hidden applies to the fused MLP kernels"),
     ],
 )
 def test_refusals_name_the_option(kw, match):

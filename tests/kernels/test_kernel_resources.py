@@ -30,3 +30,22 @@ def test_kernels_compile_for_sm90(m, d, dtype, cap):
         assert 0 < registers <= 255, name
     if cap is not None:  # default_config caps the backward kernels' registers for small heads
         assert rows["_bwd_decode_kernel"][0] <= cap and rows["_bwd_encode_kernel"][0] <= cap
+
+
+def test_every_fused_mlp_launch_of_the_sweep_compiles_for_sm90():
+    """Each configuration of ``benchmarks/mlp.py --sweep`` (recomputing or reading the kept
+    inputs, every backward segment) compiles for sm_90 within the register file."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernel_resources.py"), "--mlp"],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    configs = [line for line in out.stdout.splitlines() if line.startswith("fused")]
+    kernels = [line.split() for line in out.stdout.splitlines() if line.startswith("  ")]
+    assert configs[0] == "fused" and any(c.startswith("fused stored") for c in configs)
+    forwards = [k for k in kernels if k[0] == "forward"]
+    assert len(forwards) == len(configs)
+    backwards = [k for k in kernels if k[0] == "backward"]
+    covered = sorted(int(layer) for k in backwards[:2] for layer in k[1].split("-"))  # the default's segments
+    assert covered == [0, 1, 2, 3]
+    for k in kernels:
+        assert 0 < int(k[-3]) <= 255, k
