@@ -12,7 +12,7 @@ of in a device session (benchmarks/NOTES_mixer.md, v0). Needs no GPU; must run w
     python benchmarks/kernel_resources.py --mlp                  # every launch of benchmarks/mlp.py's sweep
 
 With ``--mlp`` each configuration of ``benchmarks/mlp.py``'s sweep is compiled as it launches at
-C = 64 with 4 layers (FLARE's MLPs): the forward (keeping the layers' inputs or not) and each
+C = 64 with 5 layers (FLARE's MLPs: 3 hidden): the forward (keeping the layers' inputs or not) and each
 backward segment, so a configuration that spills or does not compile is seen before a device run.
 """
 
@@ -123,7 +123,7 @@ def kernel_table(m: int, d: int, dtype: torch.dtype = torch.bfloat16) -> dict[st
 ROWS = frozenset({"T"})  # the row count, 2^20 at scale: a multiple of 16, as the launch specialises it
 
 
-def mlp_table(store_hidden: bool, cfg: triton_mlp.MLPConfig, c: int = 64, nl: int = 4,
+def mlp_table(store_hidden: bool, cfg: triton_mlp.MLPConfig, c: int = 64, nl: int = 5,
               dtype: torch.dtype = torch.bfloat16) -> dict[str, dict[str, int]]:
     """Resources of the fused MLP's kernels as ``cfg`` launches them: the forward, then each
     backward segment (layers lo..hi-1), from kept inputs with ``store_hidden``."""
@@ -144,7 +144,7 @@ def print_mlp_tables() -> dict:
     from benchmarks.mlp import SWEEP, row_name
 
     tables = {}
-    print(f"sm_90, fused MLP at C=64, 4 layers, bf16")
+    print("sm_90, fused MLP at C=64, 5 layers (3 hidden), bf16")
     print(f"{'configuration / kernel':<64}{'registers':>10}{'spill stack B':>14}{'local B':>9}")
     for store_hidden, cfg in SWEEP:
         name = row_name(store_hidden, cfg)

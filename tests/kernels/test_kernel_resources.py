@@ -39,13 +39,16 @@ def test_every_fused_mlp_launch_of_the_sweep_compiles_for_sm90():
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernel_resources.py"), "--mlp"],
                          capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    configs = [line for line in out.stdout.splitlines() if line.startswith("fused")]
-    kernels = [line.split() for line in out.stdout.splitlines() if line.startswith("  ")]
-    assert configs[0] == "fused" and any(c.startswith("fused stored") for c in configs)
-    forwards = [k for k in kernels if k[0] == "forward"]
-    assert len(forwards) == len(configs)
-    backwards = [k for k in kernels if k[0] == "backward"]
-    covered = sorted(int(layer) for k in backwards[:2] for layer in k[1].split("-"))  # the default's segments
-    assert covered == [0, 1, 2, 3]
-    for k in kernels:
-        assert 0 < int(k[-3]) <= 255, k
+    tables: dict[str, list[list[str]]] = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("fused"):
+            tables[line] = []
+        elif line.startswith("  "):
+            tables[list(tables)[-1]].append(line.split())
+    assert "fused" in tables and any(name.startswith("fused stored") for name in tables)
+    for name, kernels in tables.items():
+        assert kernels[0][0] == "forward", name
+        layers = [layer for k in kernels[1:] for layer in range(int(k[1].split("-")[0]), int(k[1].split("-")[1]) + 1)]
+        assert sorted(layers) == [0, 1, 2, 3, 4], (name, kernels)  # FLARE's 5-layer MLP, each layer once
+        for k in kernels:
+            assert 0 < int(k[-3]) <= 255, (name, k)
