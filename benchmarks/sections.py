@@ -82,6 +82,13 @@ class Section:
         return self.summary(rows) if self.summary is not None else rows
 
 
+def _range(pair: tuple[float, float]) -> str:
+    """``lo-hi`` with the precision the values need (1.2-3.1, 0.02-0.31)."""
+    lo, hi = pair
+    digits = 1 if min(abs(lo), abs(hi)) >= 1 else 2
+    return f"{lo:.{digits}f}-{hi:.{digits}f}"
+
+
 def _times(x: float) -> str:
     return f"{x:.2f}x"
 
@@ -331,6 +338,17 @@ SECTIONS = (
         "single costs of the quickstart's parts on the 2-core CPU machine (torch.profiler and wall clock)",
         ("card", "item"),
         (Column("item", "what"), Column("value", "cost")),
+    ),
+    Section(
+        "spectra", "Spectra of the quickstart model's token mixing",
+        "the shipped quickstart fit's test-time `SpectralAnalysis` (best checkpoint, 4 test samples, float64; "
+        "docs/spectral.md): per block the effective rank and |λ₂| of `W_dec W_enc`, lowest and highest over heads "
+        "(each a mean over samples: |λ₂| near 0 is plain averaging, near 1 a slowly mixing head), and how much the "
+        "heads' spectra and mixing differ (diversity, mean over samples)",
+        ("block",),
+        (Column("block", "block"), Column(lambda r: (r["eff_rank_min"], r["eff_rank_max"]), "effective rank", _range),
+         Column(lambda r: (r["lambda2_min"], r["lambda2_max"]), "|λ₂|", _range),
+         Column("diversity_spectra", "spectra diversity", ".2f"), Column("diversity_mixing", "mixing diversity", ".2f")),
     ),
 )
 BY_BENCHMARK = {s.benchmark: s for s in SECTIONS}

@@ -14,6 +14,7 @@ from datamodules.checks import DataFormatError, finite_float32, require_key
 from datamodules.darcy_generate import HIGH, LOW, check_permeability, generate_darcy, write_darcy_mat
 from datamodules.mesh_dataset import MeshDataset
 from datamodules.mesh_datamodule import MeshDataModule
+from datamodules.recipes import check_recipe, keep_recipe
 
 KEYS = ("coeff", "sol")
 
@@ -116,9 +117,10 @@ class DarcyDataModule(MeshDataModule):
     ``n_val`` of the same file (never the test file), testing the first ``n_test`` of
     ``test_file`` (which may have another resolution). When the files are absent and
     ``generate`` is on, they are made with the FNO recipe (``darcy_generate``) and written
-    in the real layout, so the real loading path is always the one used. A file that exists
-    is read as it is, whatever the ``gen_*`` options: give each generated variant (grid,
-    seed, permeability) its own file names.
+    in the real layout, so the real loading path is always the one used. The options a file
+    was generated with are kept in ``<root>/GENERATED.json``: with ``generate`` on, a file made
+    with other ``gen_*`` options is refused by name (give each variant its own file names);
+    real files, without a recorded recipe, are read as they are.
 
     Args:
         root: folder holding the ``.mat`` files.
@@ -186,12 +188,18 @@ class DarcyDataModule(MeshDataModule):
             (self.test_file, self.n_test, self.gen_seed + 1),
         ):
             path = self.root / file
+            recipe = {"gen_resolution": self.gen_resolution, "gen_seed": self.gen_seed,
+                      "gen_permeability": self.gen_permeability}
             if path.exists():
+                if self.generate:
+                    check_recipe(self.root, file, recipe, type(self).__name__,
+                                 "give this variant its own data.train_file/data.test_file names or data.root")
                 continue
             if not self.generate:
                 raise FileNotFoundError(f"Darcy file not found: {path} (set data.generate=true to make it)")
             coeff, sol = generate_darcy(count, self.gen_resolution, seed, self.gen_permeability)
             write_darcy_mat(path, coeff, sol)
+            keep_recipe(self.root, file, recipe)
             s, (high, low) = self.gen_resolution, self.gen_permeability
             self.note_generated(f"{file} ({s}x{s}, seed {seed}, permeability {high:g}/{low:g})")
 

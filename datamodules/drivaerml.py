@@ -22,6 +22,7 @@ from datamodules.drivaerml_predict import DrivAerMLReader
 from datamodules.drivaerml_proxy import generate_proxy_runs
 from datamodules.mesh_datamodule import MeshDataModule
 from datamodules.mesh_dataset import EXTRA_FIELDS
+from datamodules.recipes import check_recipe, keep_recipe
 from datamodules.run_files import RunFilesDataset
 
 Targets = Literal["pressure", "pressure_wss"]
@@ -242,7 +243,12 @@ class DrivAerMLDataModule(MeshDataModule):
         if self.proxy:
             self._check_proxy_folder()
             split = self._proxy_split()
+            recipe = {"proxy_panels": self.proxy_panels, "proxy_points": self.proxy_points,
+                      "proxy_seed": self.proxy_seed}
             for name, ids in split.items():
+                # runs made with other options are refused, also before new runs are added beside them
+                check_recipe(self.root, f"{name}/", recipe, type(self).__name__,
+                             "point data.root elsewhere for this variant")
                 missing = [i for i in ids if not (self.root / name / f"run_{i}.npz").exists()]
                 if missing:
                     rank_zero_info(
@@ -252,6 +258,7 @@ class DrivAerMLDataModule(MeshDataModule):
                     generate_proxy_runs(
                         self.root / name, missing, self.proxy_panels, self.proxy_points, self.proxy_seed
                     )
+                    keep_recipe(self.root, f"{name}/", recipe)
         self.split_runs()
 
     def _proxy_split(self) -> dict[str, list[int]]:

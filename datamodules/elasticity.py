@@ -16,6 +16,7 @@ from datamodules.elasticity_generate import FILES, generate_elasticity, write_el
 from datamodules.mesh_datamodule import MeshDataModule
 from datamodules.mesh_dataset import MeshDataset
 from datamodules.numpy_files import load_npy
+from datamodules.recipes import check_recipe, keep_recipe
 
 log = logging.getLogger(__name__)
 READ = ("XY", "sigma")  # rr and theta describe the void; the model sees the points only
@@ -145,6 +146,9 @@ class ElasticityDataModule(MeshDataModule):
         if self.predicting_files():
             return  # new meshes only: no training data is needed
         present = [f for f in FILES.values() if (self.root / f).exists()]
+        recipe = {"gen_seed": self.gen_seed}
+        if present and self.generate:
+            check_recipe(self.root, "Meshes/", recipe, type(self).__name__, "point data.root elsewhere for this variant")
         if present or not self.generate:
             return  # reading reports any missing file by name
         log.warning(
@@ -153,6 +157,7 @@ class ElasticityDataModule(MeshDataModule):
             self.root / "Meshes", self.gen_samples, self.gen_workers,
         )
         write_elasticity(self.root, generate_elasticity(self.gen_samples, self.gen_seed, self.gen_workers))
+        keep_recipe(self.root, "Meshes/", recipe)
         self.note_generated("Meshes/")
 
     def split_ranges(self) -> dict[str, tuple[int, int]]:

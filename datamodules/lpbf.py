@@ -17,6 +17,7 @@ from datamodules.lpbf_predict import LPBFReader
 from datamodules.mesh_datamodule import MeshDataModule
 from datamodules.mesh_dataset import MeshDataset
 from datamodules.numpy_files import npz_array, open_npz
+from datamodules.recipes import check_recipe, keep_recipe
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
@@ -215,9 +216,12 @@ class LPBFDataModule(MeshDataModule):
             return  # new meshes only: no training data is needed
         if not self.generate:
             return  # reading reports a missing folder by name
+        recipe = {"proxy_grid": self.proxy_grid, "proxy_voxel_size": self.proxy_voxel_size, "proxy_seed": self.proxy_seed}
         for offset, split in enumerate(SPLITS):
             folder = self.root / split
             if folder.is_dir() and any(folder.iterdir()):
+                check_recipe(self.root, f"{split}/", recipe, type(self).__name__,
+                             "point data.root elsewhere for this variant")
                 continue
             log.warning(
                 "LPBF proxy: writing %d %s cases to %s (%s)", self.proxy_counts[split], split, folder, PROXY_LABEL
@@ -226,6 +230,7 @@ class LPBFDataModule(MeshDataModule):
                 folder, self.proxy_counts[split], self.proxy_seed + offset, self.proxy_workers,
                 self.proxy_grid, self.proxy_voxel_size,
             )
+            keep_recipe(self.root, f"{split}/", recipe)
             self.note_generated(f"{split}/ ({PROXY_LABEL})")
 
     def split_files(self) -> dict[str, list[str]]:

@@ -129,7 +129,7 @@ def test_pages_render_tables_notes_and_the_readme_headline(repo, tmp_path, monke
     readme.write_text(f"intro\n{render.HEADLINE_START}\nold\n{render.HEADLINE_END}\nrest\n")
     headline = render.Headline("step", "step", {"config": "ours"}, lambda r: f"{r['ms']:.1f} ms")
     monkeypatch.setattr(render, "HEADLINES", (headline,))
-    pages = render.Pages(results=tmp_path / "RESULTS.md", accuracy=tmp_path / "ACCURACY.md", readme=readme)
+    pages = render.Pages(results=tmp_path / "RESULTS.md", accuracy=tmp_path / "ACCURACY.md", readme=readme, spectral=None)
     texts = render.render_pages(pages, records, notes, repo)
     results = texts[pages.results]
     assert "| ours | compile | 1M | 64 | 112.5 |" in results and "Compiling pays." in results
@@ -162,7 +162,7 @@ def test_a_section_with_a_summary_shows_its_summary_and_headlines_read_it(repo, 
     readme.write_text(f"{render.HEADLINE_START}\n{render.HEADLINE_END}\n")
     headline = render.Headline("chosen", "quickstart_recipes", {"variant": "all", "rank": 1}, lambda r: r["recipe"])
     monkeypatch.setattr(render, "HEADLINES", (headline,))
-    pages = render.Pages(results=tmp_path / "RESULTS.md", accuracy=tmp_path / "ACCURACY.md", readme=readme)
+    pages = render.Pages(results=tmp_path / "RESULTS.md", accuracy=tmp_path / "ACCURACY.md", readme=readme, spectral=None)
     texts = render.render_pages(pages, records, tmp_path / "notes", repo)
     results = texts[pages.results]
     assert "| calm | 16x16 | 2 | 0.0410 ± 0.0014 | 0.0500 ± 0.0000 | 1m00 |" in results

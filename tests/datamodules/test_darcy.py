@@ -184,6 +184,31 @@ def test_generated_permeability_reaches_the_files_and_the_samples(tmp_path):
     assert set(dm.datasets["train"][0].x.unique().tolist()) <= {1.5, 24.0}
 
 
+@pytest.mark.parametrize("option, value", [("gen_resolution", 7), ("gen_seed", 5), ("gen_permeability", (24.0, 1.5))])
+def test_a_file_generated_with_other_options_is_refused_naming_them(tmp_path, option, value):
+    """Changing a gen_* option must not silently train on the data the old options made."""
+    make_dm(tmp_path, generate=True, gen_resolution=9, gen_seed=4, stride=1).prepare_data()
+    before = (tmp_path / "train.mat").read_bytes()
+    other = make_dm(tmp_path, generate=True, **{"gen_resolution": 9, "gen_seed": 4, "stride": 1, option: value})
+    with pytest.raises(ValueError, match=rf"DarcyDataModule: .*train.mat was generated with {option}=.*"
+                                         rf"asks for {option}=.*delete it.*data.train_file"):
+        other.prepare_data()
+    assert (tmp_path / "train.mat").read_bytes() == before  # nothing rewritten
+    make_dm(tmp_path, generate=True, gen_resolution=9, gen_seed=4, stride=1).prepare_data()  # same options: reused
+    make_dm(tmp_path, generate=False, **{option: value}).prepare_data()  # not generating: the options do not apply
+    (tmp_path / "train.mat").unlink()
+    (tmp_path / "test.mat").unlink()
+    other.prepare_data()  # deleted: made again with the new options, which are then the recorded ones
+    other.prepare_data()
+
+
+def test_real_files_without_a_recipe_are_read_as_they_are(tmp_path):
+    write_darcy_mat(tmp_path / "train.mat", *make_arrays(n=7, s=9))
+    write_darcy_mat(tmp_path / "test.mat", *make_arrays(n=3, s=9, seed=1))
+    make_dm(tmp_path, generate=True, gen_resolution=31).prepare_data()
+    assert not (tmp_path / "GENERATED.json").exists()
+
+
 @pytest.mark.parametrize("bad", [(12.0, 0.0), (3.0, 3.0), (12.0,)])
 def test_bad_generated_permeability_is_refused_naming_the_key(tmp_path, bad):
     with pytest.raises(ValueError, match="DarcyDataModule: gen_permeability must be two"):
