@@ -63,12 +63,8 @@ def tiny_darcy_args(root: Path, n_train: int = 8, n_val: int = 4, n_test: int = 
 
 
 def import_benchmark(name: str):
-    """A script of ``benchmarks/`` (not a package) imported as a module."""
+    """A script of ``benchmarks/`` imported as ``benchmarks.<name>`` (the name its own imports and
+    pickled functions use, so processes it spawns can import it too)."""
     import importlib
-    import sys
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    return importlib.import_module(f"benchmarks.{name}")

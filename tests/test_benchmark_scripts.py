@@ -220,3 +220,46 @@ def test_the_quickstart_ships_the_best_recipe_on_the_variants_that_keeps_its_pro
     assert row["wall_s"] <= QUICKSTART_GATE["wall_s"] and row["rel_l2"] < QUICKSTART_GATE["rel_l2"]
     head = next(h for h in render.HEADLINES if h.benchmark == "quickstart_recipes")
     assert head.match == {"variant": "all", "recipe": chosen}
+
+
+def test_quickstart_time_runs_the_shipped_command_in_a_fresh_folder_and_records_it(monkeypatch, tmp_path):
+    """The timed command is the README's (shipped config, unchanged, from an empty folder); the
+    record holds its steps, wall time and test error, and the load averages around it; a machine
+    that never gets idle is refused instead of timed."""
+    import subprocess
+    from pathlib import Path
+
+    import torch
+
+    qt = import_benchmark("quickstart_time")
+    calls = []
+
+    real_run = subprocess.run
+
+    def fake_fit(cmd, *args, cwd=None, **kw):
+        if cmd[1:3] != ["-m", "flare_lightning"]:
+            return real_run(cmd, *args, cwd=cwd, **kw)  # git, for the record's commit
+        calls.append((cmd, cwd, sorted(p.name for p in Path(cwd).iterdir())))
+        run = Path(cwd) / "runs" / "quickstart" / "version_0"
+        (run / "checkpoints").mkdir(parents=True)
+        torch.save({"epoch": 26, "global_step": 5400, "state_dict": {}, "pytorch-lightning_version": "2.6.0"},
+                   run / "checkpoints" / "last.ckpt")
+        (run / "test_metrics.json").write_text(json.dumps({"test/rel_l2": 0.0321}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    loads = iter([(0.2, 0.3, 0.4), (1.9, 1.2, 0.8)])
+    monkeypatch.setattr(qt, "load_average", lambda: next(loads))
+    monkeypatch.setattr(qt.subprocess, "run", fake_fit)
+    qt.main(["--out", str(tmp_path)])
+    (cmd, cwd, content), = calls
+    assert cmd[1:] == ["-m", "flare_lightning", "fit", f"--config={qt.CONFIG}"] and content == []
+    (path,) = tmp_path.glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["rows"] == [{"recipe": "shipped", "steps": 5400, "wall_s": record["rows"][0]["wall_s"], "rel_l2": 0.0321}]
+    assert record["environment"]["load_average_before"] == [0.2, 0.3, 0.4]
+    assert record["environment"]["load_average_after"] == [1.9, 1.2, 0.8]
+
+    monkeypatch.setattr(qt, "load_average", lambda: (3.0, 3.0, 3.0))
+    monkeypatch.setattr(qt.time, "sleep", lambda s: None)
+    with pytest.raises(SystemExit, match="not an idle machine"):
+        qt.main(["--out", str(tmp_path), "--wait", "0"])

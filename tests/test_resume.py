@@ -286,3 +286,44 @@ def test_two_fits_in_one_slurm_job_keep_their_own_folders(tiny_darcy_root, tmp_p
     assert [r.name for r in runs] == ["version_777", "version_777.1"]
     seeds = [yaml.safe_load((r / "config.yaml").read_text())["seed_everything"] for r in runs]
     assert seeds == [0, 1] and all((r / "checkpoints" / "last.ckpt").is_file() for r in runs)
+
+
+class SeenBatches(L.Callback):
+    """Each training batch's epoch, sample ids and a checksum of its points (the subsets)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, list[int], float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.append((trainer.current_epoch, batch["sample_id"].tolist(), round(float(batch["x"].double().sum()), 6)))
+
+
+class StopAfterFirstEpoch(L.Callback):
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.should_stop = True
+
+
+def test_plain_trainer_resume_from_an_end_of_epoch_checkpoint_sees_the_same_data(tiny_darcy_root, tmp_path):
+    """Outside the CLI too (a Trainer with its default end-of-epoch checkpoints), a resumed run
+    trains on the samples, in the order and with the point subsets, of an uninterrupted one."""
+    from datamodules import DarcyDataModule
+    from flare_lightning.models import FLARE
+    from flare_lightning.training.module import SurrogateModule
+
+    def fit(folder: str, *callbacks: L.Callback, ckpt: str | None = None) -> list:
+        L.seed_everything(0)
+        dm = DarcyDataModule(root=str(tiny_darcy_root), train_file="train.mat", test_file="test.mat", n_train=8,
+                             n_val=2, n_test=2, stride=1, batch_size=2, train_points=60)
+        model = SurrogateModule(FLARE(3, 1, channels=16, num_blocks=1, num_heads=2, num_latents=4), 3, 1)
+        seen = SeenBatches()
+        trainer = L.Trainer(max_epochs=3, default_root_dir=tmp_path / folder, callbacks=[seen, *callbacks],
+                            enable_progress_bar=False, enable_model_summary=False, logger=False, accelerator="cpu")
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
+        return seen.seen
+
+    full = fit("full")
+    first = fit("cut", StopAfterFirstEpoch())
+    (ckpt,) = (tmp_path / "cut" / "checkpoints").glob("epoch=0-*.ckpt")
+    rest = fit("resumed", ckpt=str(ckpt))
+    assert [s[0] for s in full] == [0] * 4 + [1] * 4 + [2] * 4
+    assert first + rest == full
