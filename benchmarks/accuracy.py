@@ -776,6 +776,8 @@ def main(argv: list[str] | None = None) -> None:
         sp.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md", help="the results page")
         sp.add_argument("--readme", type=lambda v: Path(v) if v else None, default=ROOT / "README.md",
                         help="the README whose headline table is re-rendered ('' for none)")
+        sp.add_argument("--spectral", type=lambda v: Path(v) if v else None, default=ROOT / "docs" / "spectral.md",
+                        help="the spectral page whose table is re-rendered ('' for none)")
     wp = sub.add_parser("worker", help=argparse.SUPPRESS)
     wp.add_argument("queue", type=Path)
     args = p.parse_args(argv)
@@ -795,7 +797,7 @@ def main(argv: list[str] | None = None) -> None:
     for path in write_run_records(results, out, args.records):
         print(f"record: {path}")
     print(status(out, failed, running))
-    pages = Pages(results=args.results, accuracy=args.output, readme=args.readme)
+    pages = Pages(results=args.results, accuracy=args.output, readme=args.readme, spectral=args.spectral)
     for path in write_pages(render_pages(pages, records=args.records)):
         print(f"wrote {path}")
     print(f"{len(results)} finished runs, {len(failed)} failed, {len(running)} in progress")

@@ -347,7 +347,7 @@ SECTIONS = (
         "heads' spectra and mixing differ (diversity, mean over samples)",
         ("block",),
         (Column("block", "block"), Column(lambda r: (r["eff_rank_min"], r["eff_rank_max"]), "effective rank", _range),
-         Column(lambda r: (r["lambda2_min"], r["lambda2_max"]), "|λ₂|", _range),
+         Column(lambda r: (r["lambda2_min"], r["lambda2_max"]), "\\|λ₂\\|", _range),
          Column("diversity_spectra", "spectra diversity", ".2f"), Column("diversity_mixing", "mixing diversity", ".2f")),
     ),
 )

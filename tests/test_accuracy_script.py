@@ -232,7 +232,7 @@ def test_collector_on_fake_runs(accuracy, tmp_path):
 def collect_args(tmp_path: Path, out: Path) -> list[str]:
     """``collect`` into ``tmp_path``: records, the two pages, no README."""
     return ["collect", "--out", str(out), "--records", str(tmp_path / "records"), "--output",
-            str(tmp_path / "ACCURACY.md"), "--results", str(tmp_path / "RESULTS.md"), "--readme", ""]
+            str(tmp_path / "ACCURACY.md"), "--results", str(tmp_path / "RESULTS.md"), "--readme", "", "--spectral", ""]
 
 
 def test_collect_writes_a_record_per_run_and_the_page(accuracy, tmp_path):
