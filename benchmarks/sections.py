@@ -340,6 +340,15 @@ SECTIONS = (
         (Column("item", "what"), Column("value", "cost")),
     ),
     Section(
+        "gpu_tests", "GPU test runs",
+        "`scripts/gpu_tests.sh` on a lent GPU (CI has none): every test marked `gpu` or `kernels` (the fast step's CUDA "
+        "graphs against eager steps, mixed precision on the GPU, the Triton kernels compiled instead of interpreted), "
+        "per test file: passed, failed, skipped, seconds, and the failing tests",
+        ("card", "file"),
+        (Column("file", "test file"), Column("passed", "passed"), Column("failed", "failed"), Column("skipped", "skipped"),
+         Column("seconds", "s", ".0f"), Column("failures", "failing", lambda v: ", ".join(v) if v else "-")),
+    ),
+    Section(
         "spectra", "Spectra of the quickstart model's token mixing",
         "the shipped quickstart fit's test-time `SpectralAnalysis` (best checkpoint, 4 test samples, float64; "
         "docs/spectral.md): per block the effective rank and |λ₂| of `W_dec W_enc`, lowest and highest over heads "

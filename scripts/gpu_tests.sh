@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU test (`pytest -m "gpu or kernels"`: the fast step's CUDA graphs against eager steps,
 # mixed precision on a GPU, and every Triton kernel test, which runs the compiled kernels where
-# CUDA is visible instead of the interpreter), then one line per test file: passed, failed, skipped, time.
+# CUDA is visible instead of the interpreter), then one line per test file: passed, failed, skipped, time,
+# and a record of the run (benchmarks/gpu_tests.py) that RESULTS.md renders.
 # CI has no GPU: run this on a lent GPU before resolving any change to a GPU path.
 #
 #   scripts/gpu_tests.sh                      # all of them
@@ -20,19 +21,7 @@ targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(tests)
 status=0
 "$PYTHON" -m pytest -m "gpu or kernels" -q -p no:cacheprovider --continue-on-collection-errors -o junit_family=xunit1 --junitxml="$report" "${targets[@]}" || status=$?
-"$PYTHON" - "$report" <<'EOF'
-"""One line per test file of the JUnit report: passed, failed, skipped, seconds."""
-import sys
-import xml.etree.ElementTree as ET
-from collections import defaultdict
-
-files = defaultdict(lambda: {"passed": 0, "failed": 0, "skipped": 0, "seconds": 0.0})
-for case in ET.parse(sys.argv[1]).iter("testcase"):
-    row = files[case.get("file") or case.get("classname", "?")]
-    row["seconds"] += float(case.get("time") or 0)
-    outcome = {child.tag for child in case}
-    row["failed" if outcome & {"failure", "error"} else "skipped" if "skipped" in outcome else "passed"] += 1
-for name, row in sorted(files.items()):
-    print(f"{name}: {row['passed']} passed, {row['failed']} failed, {row['skipped']} skipped ({row['seconds']:.0f} s)")
-EOF
+# one line per test file, and a record (card, commit, counts, failing tests) for RESULTS.md: into $OUT on a
+# device machine (copy it into benchmarks/records/gpu_tests/ and re-render), else benchmarks/records/gpu_tests/
+"$PYTHON" benchmarks/gpu_tests.py "$report" --command "scripts/gpu_tests.sh${*:+ $*}" || status=$?
 exit $status

@@ -59,3 +59,4 @@ def test_a_finished_run_becomes_a_record_the_figure_and_the_page_table(tmp_path)
 def test_a_run_without_its_spectra_is_refused_by_name(tmp_path):
     with pytest.raises(SystemExit, match=r"spectral/test.json: missing"):
         spectra.record_run(tmp_path, str(tmp_path), "cmd")
+

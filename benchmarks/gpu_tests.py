@@ -1,0 +1,66 @@
+"""A GPU test run (``scripts/gpu_tests.sh``) as a record: one row per test file of its JUnit report
+(passed, failed, skipped, seconds, the failing tests' ids), so RESULTS.md says which card ran the
+GPU tests at which commit and what came out, as it does for timings.
+
+    python benchmarks/gpu_tests.py report.xml [--command "scripts/gpu_tests.sh ..."] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: `benchmarks.` imports resolve
+
+from benchmarks.records import add_out_argument, write_record  # noqa: E402
+
+MEASURES = ["flare_lightning/", "datamodules/", "tests/", "scripts/gpu_tests.sh"]
+
+
+def file_rows(report: Path) -> list[dict[str, Any]]:
+    """Per test file of a JUnit (xunit1) report: counts, seconds and failing test ids; then an
+    ``all`` row of the totals."""
+    files: dict[str, dict[str, Any]] = defaultdict(lambda: {"passed": 0, "failed": 0, "skipped": 0, "seconds": 0.0,
+                                                            "failures": []})
+    for case in ET.parse(report).iter("testcase"):
+        name = case.get("file") or case.get("classname", "?")
+        row = files[name]
+        row["seconds"] += float(case.get("time") or 0)
+        outcome = {child.tag for child in case}
+        if outcome & {"failure", "error"}:
+            row["failed"] += 1
+            row["failures"].append(case.get("name", "?"))
+        elif "skipped" in outcome:
+            row["skipped"] += 1
+        else:
+            row["passed"] += 1
+    rows = [{"file": name, **row, "seconds": round(row["seconds"], 1)} for name, row in sorted(files.items())]
+    total = {k: sum(r[k] for r in rows) for k in ("passed", "failed", "skipped")}
+    rows.append({"file": "all", **total, "seconds": round(sum(r["seconds"] for r in rows), 1),
+                 "failures": [f"{r['file']}::{t}" for r in rows for t in r["failures"]]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("report", type=Path, help="pytest's --junitxml report (-o junit_family=xunit1)")
+    p.add_argument("--command", default="scripts/gpu_tests.sh", help="the command that ran the tests")
+    p.add_argument("--no-record", action="store_true", help="print only")
+    add_out_argument(p)
+    args = p.parse_args(argv)
+    rows = file_rows(args.report)
+    for row in rows:
+        print(f"{row['file']}: {row['passed']} passed, {row['failed']} failed, {row['skipped']} skipped "
+              f"({row['seconds']:.0f} s)")
+    if not args.no_record:
+        write_record("gpu_tests", rows, paths=MEASURES, out=args.out, command=args.command)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
