@@ -10,11 +10,15 @@ mapped run) once per process; PSS divides it among them, so summed PSS is the me
 really holds: anonymous (private), file (mapped caches: page cache, reclaimable) and shmem
 (batches on their way from the workers). The data is a synthetic set in the presampled layout (``run_<i>.npz``
 with ``surface_mesh_centers`` float32 (N, 3) and ``surface_fields`` float32 (N, 4), random
-values: the memory does not depend on them), written once under ``--root``. Prints a table
+values: the memory does not depend on them), written once under ``--root``; with ``--source vtp``
+full-resolution surfaces as distributed (``run_<i>/boundary_<i>.vtp``: a triangulated sheet of N
+cells with the cell arrays ``pMeanTrim`` and ``wallShearStressMeanTrim``, uncompressed) and a
+``split.json``, read through VTK on the first start. Prints a table
 and writes a record (``benchmarks/records.py``) into ``--out`` (default ``$OUT``, else
 ``benchmarks/records/drivaerml_memory/``).
 
     python benchmarks/drivaerml_memory.py --root /tmp/dml_mem --runs 100 --points 2000000 --workers 4
+    python benchmarks/drivaerml_memory.py --root /tmp/dml_vtp --source vtp --runs 100 --points 2000000 --workers 4
     # another checkout (e.g. before this layout), same data:
     python benchmarks/drivaerml_memory.py --root /tmp/dml_mem --runs 100 --points 2000000 --code /path/to/checkout
 """
@@ -36,7 +40,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: `benchmarks.` imports resolve
-SOURCES = ["datamodules/run_files.py", "datamodules/drivaerml.py", "datamodules/mesh_datamodule.py",
+SOURCES = ["datamodules/run_files.py", "datamodules/drivaerml.py", "datamodules/vtp.py", "datamodules/mesh_datamodule.py",
            "datamodules/mesh_cache.py", "datamodules/subsample.py", "datamodules/collate.py"]
 PHASES = ("first start", "later start", "train epoch", "validation")
 TEST_RUNS = 2
@@ -55,6 +59,60 @@ def write_set(root: Path, runs: int, points: int) -> None:
             np.savez(tmp, surface_mesh_centers=rng.uniform(-1, 4, (points, 3)).astype(np.float32),
                      surface_fields=rng.normal(0, 300, (points, 4)).astype(np.float32))
             os.replace(tmp, path)
+
+
+def sheet(cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points [P, 3] and triangles [cells, 3] of a wavy sheet of about ``cells`` triangles (two per
+    quad of a grid; the count is rounded up to a whole grid)."""
+    nx = int(np.ceil(np.sqrt(cells / 2)))
+    ny = int(np.ceil(cells / (2 * nx)))
+    x, y = np.meshgrid(np.linspace(0, 4, nx + 1), np.linspace(0, 1, ny + 1), indexing="ij")
+    points = np.stack([x, y, 0.1 * np.sin(3 * x) * np.cos(2 * y)], -1).reshape(-1, 3)
+    corner = (np.arange(nx)[:, None] * (ny + 1) + np.arange(ny)[None, :]).reshape(-1)
+    quads = np.stack([corner, corner + ny + 1, corner + ny + 2, corner + 1], -1)
+    triangles = np.concatenate([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]])
+    return points, triangles
+
+
+def write_vtp_set(root: Path, runs: int, points: int) -> None:
+    """``runs`` + ``TEST_RUNS`` surfaces ``run_<i>/boundary_<i>.vtp`` and ``split.json`` (kept if present)."""
+    from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray
+    from vtkmodules.vtkCommonCore import vtkPoints
+    from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
+    from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
+
+    xyz, triangles = sheet(points)
+    n = len(triangles)
+    split = {"train": list(range(1, runs + 1)), "test": list(range(runs + 1, runs + 1 + TEST_RUNS))}
+    for i in split["train"] + split["test"]:
+        path = root / f"run_{i}" / f"boundary_{i}.vtp"
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(i)
+        poly = vtkPolyData()
+        pts = vtkPoints()
+        pts.SetData(numpy_to_vtk(xyz.astype(np.float32), deep=True))
+        poly.SetPoints(pts)
+        cells = vtkCellArray()
+        cells.SetData(numpy_to_vtkIdTypeArray(np.arange(0, 3 * n + 1, 3), deep=True),
+                      numpy_to_vtkIdTypeArray(triangles.reshape(-1).astype(np.int64), deep=True))
+        poly.SetPolys(cells)
+        for name, values in (("pMeanTrim", rng.normal(0, 300, n)), ("wallShearStressMeanTrim", rng.normal(0, 3, (n, 3)))):
+            array = numpy_to_vtk(values.astype(np.float32), deep=True)
+            array.SetName(name)
+            poly.GetCellData().AddArray(array)
+        writer = vtkXMLPolyDataWriter()
+        tmp = path.with_name(f".{path.name}.tmp.vtp")
+        writer.SetFileName(str(tmp))
+        writer.SetInputData(poly)
+        writer.SetDataModeToAppended()
+        writer.SetCompressorTypeToNone()
+        writer.EncodeAppendedDataOff()
+        if not writer.Write():
+            raise OSError(f"{tmp}: VTK could not write it")
+        os.replace(tmp, path)
+    (root / "split.json").write_text(json.dumps(split))
 
 
 # --- measuring (in the child process) ----------------------------------------------------
@@ -119,6 +177,8 @@ def child(args: argparse.Namespace) -> None:
 
     options = dict(root=str(args.root), n_val=args.n_val, train_points=args.train_points, num_workers=args.workers,
                    batch_size=1, eval_batch_size=1, targets="pressure")
+    if args.source == "vtp":
+        options.update(source="vtp", split_file="split.json")
     if "prefetch_factor" in inspect.signature(MeshDataModule.__init__).parameters:  # older checkouts lack them
         options.update(prefetch_factor=args.prefetch, persistent_workers=True)
     sampler = Sampler()
@@ -194,6 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=4, help="loader workers (and cache-building processes)")
     parser.add_argument("--prefetch", type=int, default=2, help="batches each worker prepares ahead")
     parser.add_argument("--code", type=Path, default=REPO, help="checkout whose datamodules are measured")
+    parser.add_argument("--source", choices=["npz", "vtp"], default="npz",
+                        help="presampled archives, or full-resolution .vtp surfaces (needs vtk)")
     parser.add_argument("--out", default=os.environ.get("OUT"),
                         help="folder for the record (default: $OUT, else benchmarks/records/drivaerml_memory/)")
     parser.add_argument("--child", choices=PHASES[:2], help=argparse.SUPPRESS)
@@ -202,19 +264,25 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         child(args)
         return {}
-    write_set(args.root, args.runs, args.points)
+    if args.source == "vtp":
+        write_vtp_set(args.root, args.runs, args.points)
+    else:
+        write_set(args.root, args.runs, args.points)
     shutil.rmtree(args.root / "processed", ignore_errors=True)  # the first start builds every cache
     results = [measure(args, "first start"), measure(args, "later start")]
     peaks = {k: v for r in results for k, v in r["peaks"].items() if k}
     seconds = {k: v for r in results for k, v in r["seconds"].items()}
-    raw_gb = sum(p.stat().st_size for p in args.root.glob("*/run_*.npz")) / 2**30
+    raw = args.root.glob("run_*/boundary_*.vtp") if args.source == "vtp" else args.root.glob("*/run_*.npz")
+    raw_gb = sum(p.stat().st_size for p in raw) / 2**30
     cache_gb = sum(p.stat().st_size for p in (args.root / "processed").rglob("*.pt")) / 2**30
     commit = code_commit(args.code)
     sha, dirty = commit.removesuffix("-dirty"), commit.endswith("-dirty")
-    data = (f"synthetic random fields in the presampled DrivAerML layout (not DrivAerML): {args.runs} + "
+    layout = ("full-resolution DrivAerML layout (run_<i>/boundary_<i>.vtp, triangulated sheets, uncompressed)"
+              if args.source == "vtp" else "presampled DrivAerML layout")
+    data = (f"synthetic random fields in the {layout} (not DrivAerML): {args.runs} + "
             f"{TEST_RUNS} runs x {args.points} points, raw {raw_gb:.2f} GB, caches {cache_gb:.2f} GB")
-    rows = [{"phase": name, **peaks[name], "seconds": seconds[name]} for name in PHASES if name in peaks]
-    environment = {"data": data, "train_points": args.train_points, "n_val": args.n_val, "workers": args.workers,
+    rows = [{"phase": name, "source": args.source, **peaks[name], "seconds": seconds[name]} for name in PHASES if name in peaks]
+    environment = {"data": data, "source": args.source, "train_points": args.train_points, "n_val": args.n_val, "workers": args.workers,
                    "prefetch": args.prefetch, "train_runs_per_s": seconds.get("runs_per_s"),
                    "one_worker_s_per_run": seconds.get("run_s")}
     print(f"{card()}; code {commit}; {data}")
