@@ -169,6 +169,10 @@ class Sampler(threading.Thread):
             time.sleep(0.02)
 
 
+def train_phase(epochs: int) -> str:
+    return "train epoch" if epochs == 1 else f"train, {epochs} epochs"
+
+
 def child(args: argparse.Namespace) -> None:
     import inspect
 
@@ -198,10 +202,20 @@ def child(args: argparse.Namespace) -> None:
         phase("first start", lambda: dm.setup("fit"))
     else:
         phase("later start", lambda: dm.setup("fit"))
-        batches = phase("train epoch", lambda: sum(1 for _ in dm.train_dataloader()))
-        times["runs_per_s"] = batches / times["train epoch"]
+        loader, name = dm.train_dataloader(), train_phase(args.epochs)
+
+        def epochs() -> int:  # persistent workers across epochs, as a fit runs them
+            count = 0
+            for epoch in range(args.epochs):
+                loader.sampler.set_epoch(epoch)
+                count += sum(1 for _ in loader)
+            return count
+
+        batches = phase(name, epochs)
+        times["runs_per_s"] = batches / times[name]
         times["run_s"] = _one_run_seconds(dm)
-        phase("validation", lambda: sum(1 for _ in dm.val_dataloader()))
+        val = dm.val_dataloader()  # beside the training workers, which persist as they do in a fit
+        phase("validation", lambda: sum(1 for _ in val))
     sampler.stop.set()
     sampler.join()
     print(json.dumps({"peaks": sampler.peaks, "seconds": times}))
@@ -253,6 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-val", type=int, default=4, help="training runs held out and read at full resolution")
     parser.add_argument("--workers", type=int, default=4, help="loader workers (and cache-building processes)")
     parser.add_argument("--prefetch", type=int, default=2, help="batches each worker prepares ahead")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="training epochs in the training phase (persistent workers): memory must not grow")
     parser.add_argument("--code", type=Path, default=REPO, help="checkout whose datamodules are measured")
     parser.add_argument("--source", choices=["npz", "vtp"], default="npz",
                         help="presampled archives, or full-resolution .vtp surfaces (needs vtk)")
@@ -281,16 +297,17 @@ def main(argv: list[str] | None = None) -> dict:
               if args.source == "vtp" else "presampled DrivAerML layout")
     data = (f"synthetic random fields in the {layout} (not DrivAerML): {args.runs} + "
             f"{TEST_RUNS} runs x {args.points} points, raw {raw_gb:.2f} GB, caches {cache_gb:.2f} GB")
-    rows = [{"phase": name, "source": args.source, **peaks[name], "seconds": seconds[name]} for name in PHASES if name in peaks]
-    environment = {"data": data, "source": args.source, "train_points": args.train_points, "n_val": args.n_val, "workers": args.workers,
+    phases = [*PHASES[:2], train_phase(args.epochs), PHASES[3]]
+    rows = [{"phase": name, "source": args.source, **peaks[name], "seconds": seconds[name]} for name in phases if name in peaks]
+    environment = {"data": data, "source": args.source, "epochs": args.epochs, "train_points": args.train_points, "n_val": args.n_val, "workers": args.workers,
                    "prefetch": args.prefetch, "train_runs_per_s": seconds.get("runs_per_s"),
                    "one_worker_s_per_run": seconds.get("run_s")}
     print(f"{card()}; code {commit}; {data}")
     print(f"{args.workers} workers, prefetch {args.prefetch}, {args.train_points} training points per run\n")
     print("peak GB, summed over the main process and its workers (PSS: shared pages divided among them)")
-    print(f"{'phase':<14}{'RSS':>7}{'PSS':>7}{'anon':>7}{'file':>7}{'shmem':>7}{'main PSS':>9}{'procs':>6}{'seconds':>9}")
+    print(f"{'phase':<16}{'RSS':>7}{'PSS':>7}{'anon':>7}{'file':>7}{'shmem':>7}{'main PSS':>9}{'procs':>6}{'seconds':>9}")
     for row in rows:
-        print(f"{row['phase']:<14}{row['rss_gb']:>7.2f}{row['pss_gb']:>7.2f}{row['pss_anon_gb']:>7.2f}"
+        print(f"{row['phase']:<16}{row['rss_gb']:>7.2f}{row['pss_gb']:>7.2f}{row['pss_anon_gb']:>7.2f}"
               f"{row['pss_file_gb']:>7.2f}{row['pss_shmem_gb']:>7.2f}{row['main_pss_gb']:>9.2f}{row['processes']:>6}"
               f"{row['seconds']:>9.1f}")
     print(f"\ntraining loader: {environment['train_runs_per_s']:.2f} runs per second with {args.workers} workers; "

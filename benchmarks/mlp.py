@@ -40,6 +40,7 @@ SWEEP: list[tuple[bool, triton_mlp.MLPConfig]] = [  # (store_hidden, launch conf
     # the forward keeps the layers' inputs: no chain to recompute in backward, so its segments are
     # light (stored_*: rows, warps, layers per segment, programs per SM, register cap)
     (True, DEFAULT),
+    (True, replace(DEFAULT, stored_programs_per_sm=3, stored_maxnreg=168)),
     (True, replace(DEFAULT, stored_programs_per_sm=6, stored_maxnreg=80)),
     (True, replace(DEFAULT, stored_layers_per_segment=2, stored_programs_per_sm=3, stored_maxnreg=168)),
     (True, replace(DEFAULT, stored_layers_per_segment=2, stored_programs_per_sm=4, stored_maxnreg=128)),

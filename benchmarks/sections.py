@@ -259,7 +259,7 @@ SECTIONS = (
         "peak resident memory of the main process and its loader workers, summed (PSS: a page shared by several "
         "processes divided among them; RSS counts it in each), per phase of a DrivAerML fit on a synthetic set in "
         "the presampled layout (the data and options are in the record's environment)",
-        ("card", "commit", "source", "phase"),
+        ("card", "commit", "command", "source", "phase"),
         (Column("phase", "phase"), Column("source", "data"), Column("pss_gb", "PSS GB", ".2f"), Column("pss_anon_gb", "of it private GB", ".2f"),
          Column("pss_file_gb", "of it mapped files GB", ".2f"), Column("rss_gb", "RSS GB", ".2f"),
          Column("processes", "processes"), Column("seconds", "seconds", ".1f")),

@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from datamodules.collate import PaddedCollate
+from datamodules.malloc import loader_worker_init
 from datamodules.mesh_dataset import MeshDataset
 from datamodules.point_sets import PointSetReader
 from datamodules.predict_files import PredictCollate, PredictFileDataset, check_unique_names, resolve_predict_files
@@ -208,7 +209,8 @@ class MeshDataModule(L.LightningDataModule):
         kwargs = dict(batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers,
                       pin_memory=self._pin_memory())
         if self.num_workers > 0:  # options of worker processes: DataLoader refuses them without any
-            kwargs.update(prefetch_factor=self.prefetch_factor, persistent_workers=self.persistent_workers)
+            kwargs.update(prefetch_factor=self.prefetch_factor, persistent_workers=self.persistent_workers,
+                          worker_init_fn=loader_worker_init)  # freed batches go back to the OS (datamodules/malloc.py)
         if not train:
             return DataLoader(ds, sampler=ShardSampler(len(ds), replicas, rank), **kwargs)
         self._train_sampler = EpochShuffleSampler(len(ds), self.seed, self.subsample, replicas, rank)

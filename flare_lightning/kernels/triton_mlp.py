@@ -72,7 +72,7 @@ class MLPConfig:
     stored_rows: int = 64
     stored_warps: int = 4
     stored_layers_per_segment: int = 1
-    stored_programs_per_sm: int = 4
+    stored_programs_per_sm: int = 2  # the uncapped kernel needs 188-255 registers (sm_90): two programs fit an SM
     stored_maxnreg: int | None = None
 
     def segments(self, num_layers: int, stored: bool = False) -> list[tuple[int, int]]:
