@@ -226,8 +226,8 @@ HEADLINES = (
     Headline("Host memory of a DrivAerML fit on 100 runs x 2M points, presampled archives, 3 training epochs "
              "(`benchmarks/drivaerml_memory.py`, 4 loader workers)", "drivaerml_memory",
              {"phase": "train, 3 epochs", "source": "npz"}, _host_memory),
-    Headline("The same from full-resolution `.vtp` surfaces, first start (each run's cache built through VTK, "
-             "4 processes)", "drivaerml_memory", {"phase": "first start", "source": "vtp"}, _host_memory),
+    Headline("Host memory of that fit from full-resolution `.vtp` surfaces, first start (each run's cache built "
+             "through VTK, 4 processes)", "drivaerml_memory", {"phase": "first start", "source": "vtp"}, _host_memory),
 )
 
 
