@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
-from datamodules.malloc import loader_worker_init
+from datamodules.malloc import fixed_mmap_threshold
 from datamodules.progress import progress
 
 T = TypeVar("T")
@@ -26,7 +26,7 @@ def parallel_map(fn: Callable[[Any], T], items: Iterable[Any], workers: int = 1,
         return [fn(i) for i in progress(items, desc, total=len(items))]
     workers = min(workers, len(items))
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=loader_worker_init,
-                             initargs=(0,)) as pool:  # a process holds one item at a time: freed ones go back
+    # a process holds one item at a time: freed ones go back to the OS (datamodules/malloc.py)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=fixed_mmap_threshold) as pool:
         results = pool.map(fn, items, chunksize=max(1, len(items) // (4 * workers)))
         return list(progress(results, desc, total=len(items)))

@@ -25,8 +25,3 @@ def fixed_mmap_threshold(nbytes: int = THRESHOLD) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return mallopt(M_MMAP_THRESHOLD, nbytes) == 1
-
-
-def loader_worker_init(worker_id: int) -> None:
-    """``DataLoader(worker_init_fn=...)`` and process-pool initializer of the datamodules."""
-    fixed_mmap_threshold()

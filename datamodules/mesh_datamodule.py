@@ -12,12 +12,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from datamodules.collate import PaddedCollate
-from datamodules.malloc import loader_worker_init
 from datamodules.mesh_dataset import MeshDataset
 from datamodules.point_sets import PointSetReader
 from datamodules.predict_files import PredictCollate, PredictFileDataset, check_unique_names, resolve_predict_files
 from datamodules.run_files import RunFilesDataset
 from datamodules.subsample import EpochShuffleSampler, PointSubsample, ShardSampler
+from datamodules.workers import loader_worker_init
 from flare_lightning import compat
 from flare_lightning.atomic import atomic_write_text
 from flare_lightning.training.normalizer import stats_from_moments
@@ -210,7 +210,7 @@ class MeshDataModule(L.LightningDataModule):
                       pin_memory=self._pin_memory())
         if self.num_workers > 0:  # options of worker processes: DataLoader refuses them without any
             kwargs.update(prefetch_factor=self.prefetch_factor, persistent_workers=self.persistent_workers,
-                          worker_init_fn=loader_worker_init)  # freed batches go back to the OS (datamodules/malloc.py)
+                          worker_init_fn=loader_worker_init)  # datamodules/workers.py
         if not train:
             return DataLoader(ds, sampler=ShardSampler(len(ds), replicas, rank), **kwargs)
         self._train_sampler = EpochShuffleSampler(len(ds), self.seed, self.subsample, replicas, rank)

@@ -51,3 +51,29 @@ def test_the_threshold_is_set_through_glibc():
     """In a fresh process (fixing it here would hide the loader test's subject from its workers)."""
     code = "from datamodules.malloc import fixed_mmap_threshold; import sys; sys.exit(0 if fixed_mmap_threshold() else 1)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_workers_are_seeded_as_lightning_seeds_them(monkeypatch):
+    """With ``seed_everything(workers=True)`` (LightningCLI's default) Lightning seeds the workers of
+    loaders without a worker_init_fn; ours has one, so it must do the same seeding itself."""
+    import random
+
+    import numpy as np
+    import torch
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+
+    from datamodules.workers import loader_worker_init
+
+    def draws(init) -> tuple:
+        torch.manual_seed(1234 + 3)  # what a DataLoader worker 3 starts from
+        np.random.seed(0)
+        random.seed(0)
+        init(3)
+        return torch.rand(1).item(), np.random.rand(), random.random()
+
+    monkeypatch.setattr("datamodules.workers.fixed_mmap_threshold", lambda: True)  # not in this process
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")
+    seeded = draws(loader_worker_init)
+    assert seeded == draws(pl_worker_init_function)
+    monkeypatch.setenv("PL_SEED_WORKERS", "0")
+    assert draws(loader_worker_init) != seeded  # not asked for: the worker's RNGs are left as they are
