@@ -127,9 +127,7 @@ def mlp_table(store_hidden: bool, cfg: triton_mlp.MLPConfig, c: int = 64, nl: in
               dtype: torch.dtype = torch.bfloat16) -> dict[str, dict[str, int]]:
     """Resources of the fused MLP's kernels as ``cfg`` launches them: the forward, then each
     backward segment (layers lo..hi-1), from kept inputs with ``store_hidden``."""
-    dot = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
-    common = dict(C=c, NL=nl, LN=True, ACT=km.GELU_TANH, DOT=getattr(triton.language, {"bf16": "bfloat16",
-                  "fp16": "float16", "fp32": "float32"}[dot]), PREC="ieee" if dtype == torch.float32 else "tf32")
+    common = dict(C=c, NL=nl, LN=True, ACT=km.GELU_TANH, DOT=triton_mlp._dot_type(dtype), PREC=triton_mlp._precision(dtype))
     table = {"forward": resources(km.mlp_fwd_kernel, dtype, common | dict(RES=True, SAVE=store_hidden and nl > 1,
                                   BT=cfg.fwd_rows), cfg.launch("fwd"), ROWS)}
     rows, _, launch = cfg.backward(store_hidden)
@@ -141,12 +139,12 @@ def mlp_table(store_hidden: bool, cfg: triton_mlp.MLPConfig, c: int = 64, nl: in
 
 def print_mlp_tables() -> dict:
     """Resources of every configuration of ``benchmarks/mlp.py --sweep``."""
-    from benchmarks.mlp import SWEEP, row_name
+    from benchmarks.mlp import DEFAULTS, SWEEP, row_name
 
     tables = {}
     print("sm_90, fused MLP at C=64, 5 layers (3 hidden), bf16")
     print(f"{'configuration / kernel':<64}{'registers':>10}{'spill stack B':>14}{'local B':>9}")
-    for store_hidden, cfg in SWEEP:
+    for store_hidden, cfg in DEFAULTS + SWEEP:
         name = row_name(store_hidden, cfg)
         tables[name] = mlp_table(store_hidden, cfg)
         print(name)

@@ -35,11 +35,10 @@ MEASURES = ["flare_lightning/kernels/triton_mlp.py", "flare_lightning/kernels/tr
             "flare_lightning/kernels/fused_mlp.py", "flare_lightning/models/mlp.py"]
 
 DEFAULT = triton_mlp.default_config(64)
-SWEEP: list[tuple[bool, triton_mlp.MLPConfig]] = [  # (store_hidden, launch configuration)
-    (False, DEFAULT),
+DEFAULTS = [(False, DEFAULT), (True, DEFAULT)]  # the two rows every run times: recompute, and kept inputs
+SWEEP: list[tuple[bool, triton_mlp.MLPConfig]] = [  # (store_hidden, launch configuration) besides the defaults:
     # the forward keeps the layers' inputs: no chain to recompute in backward, so its segments are
     # light (stored_*: rows, warps, layers per segment, programs per SM, register cap)
-    (True, DEFAULT),
     (True, replace(DEFAULT, stored_programs_per_sm=3, stored_maxnreg=168)),
     (True, replace(DEFAULT, stored_programs_per_sm=6, stored_maxnreg=80)),
     (True, replace(DEFAULT, stored_layers_per_segment=2, stored_programs_per_sm=3, stored_maxnreg=168)),
@@ -134,14 +133,14 @@ def main() -> None:
     t0 = time.perf_counter()
     rows.append(("torch compiled", measure(torch.compile(compiled), x, dout)))
     print(f"compiled in {time.perf_counter() - t0:.0f} s", flush=True)
-    configs = [(False, None)] + (SWEEP if args.sweep else [(True, None)])
+    configs = [(store, None) for store, _ in DEFAULTS] + (SWEEP if args.sweep else [])  # None: default_config(width)
     for store_hidden, cfg in configs:
         triton_mlp.CONFIG_OVERRIDE = cfg
         fused.mlp.store_hidden = store_hidden
-        name = row_name(store_hidden, cfg or DEFAULT) + (" (default launch)" if cfg is None else "")
+        launch = cfg or triton_mlp.default_config(args.width)
+        name = row_name(store_hidden, launch) + (" (default launch)" if cfg is None else "")
         try:
-            rows.append((name, measure(fused, x, dout) | {"store_hidden": store_hidden,
-                                                          "config": vars(cfg or triton_mlp.default_config(args.width))}))
+            rows.append((name, measure(fused, x, dout) | {"store_hidden": store_hidden, "config": vars(launch)}))
         except Exception as err:  # a configuration that does not compile or launch: say so, go on
             print(f"{name}: {type(err).__name__}: {str(err)[:200]}", flush=True)
     triton_mlp.CONFIG_OVERRIDE = None

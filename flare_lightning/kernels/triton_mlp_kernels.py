@@ -6,7 +6,8 @@ FLARE's MLPs are chains of ``h = h + act(h Wᵢᵀ + bᵢ)`` at width C (64) end
 touches memory once for its input and once for its output. The backward kernel takes the
 layers' inputs either by recomputing the chain from the tile's input (nothing inside the MLP
 stored) or from what the forward kept, and accumulates the weight gradients of its rows in
-registers across a persistent loop, so each program writes one partial per weight. Dots run in the compute dtype (bf16/fp16, or
+registers across a persistent loop, so each program writes one partial per weight. Dots run
+in the compute dtype (bf16/fp16, or
 fp32 at ``PREC``) with fp32 accumulation; the residual stream, LayerNorm and activations
 stay in fp32.
 """
