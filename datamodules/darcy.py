@@ -200,8 +200,6 @@ class DarcyDataModule(MeshDataModule):
             coeff, sol = generate_darcy(count, self.gen_resolution, seed, self.gen_permeability)
             write_darcy_mat(path, coeff, sol)
             keep_recipe(self.root, file, recipe)
-            s, (high, low) = self.gen_resolution, self.gen_permeability
-            self.note_generated(f"{file} ({s}x{s}, seed {seed}, permeability {high:g}/{low:g})")
 
     def make_datasets(self, splits: list[str]) -> dict[str, Dataset]:
         # (file, first sample, count, stride) of each split: validation follows training in its file

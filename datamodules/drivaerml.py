@@ -247,8 +247,7 @@ class DrivAerMLDataModule(MeshDataModule):
                       "proxy_seed": self.proxy_seed}
             for name, ids in split.items():
                 # runs made with other options are refused, also before new runs are added beside them
-                check_recipe(self.root, f"{name}/", recipe, type(self).__name__,
-                             "point data.root elsewhere for this variant")
+                check_recipe(self.root, f"{name}/", recipe, type(self).__name__)
                 missing = [i for i in ids if not (self.root / name / f"run_{i}.npz").exists()]
                 if missing:
                     rank_zero_info(

@@ -148,7 +148,7 @@ class ElasticityDataModule(MeshDataModule):
         present = [f for f in FILES.values() if (self.root / f).exists()]
         recipe = {"gen_seed": self.gen_seed}
         if present and self.generate:
-            check_recipe(self.root, "Meshes/", recipe, type(self).__name__, "point data.root elsewhere for this variant")
+            check_recipe(self.root, "Meshes/", recipe, type(self).__name__)
         if present or not self.generate:
             return  # reading reports any missing file by name
         log.warning(
@@ -158,7 +158,6 @@ class ElasticityDataModule(MeshDataModule):
         )
         write_elasticity(self.root, generate_elasticity(self.gen_samples, self.gen_seed, self.gen_workers))
         keep_recipe(self.root, "Meshes/", recipe)
-        self.note_generated("Meshes/")
 
     def split_ranges(self) -> dict[str, tuple[int, int]]:
         """(start, count) of each split, checked against the number of samples on disk."""

@@ -220,8 +220,7 @@ class LPBFDataModule(MeshDataModule):
         for offset, split in enumerate(SPLITS):
             folder = self.root / split
             if folder.is_dir() and any(folder.iterdir()):
-                check_recipe(self.root, f"{split}/", recipe, type(self).__name__,
-                             "point data.root elsewhere for this variant")
+                check_recipe(self.root, f"{split}/", recipe, type(self).__name__)
                 continue
             log.warning(
                 "LPBF proxy: writing %d %s cases to %s (%s)", self.proxy_counts[split], split, folder, PROXY_LABEL
@@ -231,7 +230,6 @@ class LPBFDataModule(MeshDataModule):
                 self.proxy_grid, self.proxy_voxel_size,
             )
             keep_recipe(self.root, f"{split}/", recipe)
-            self.note_generated(f"{split}/ ({PROXY_LABEL})")
 
     def split_files(self) -> dict[str, list[str]]:
         """Case files of each split, checked against the requested counts."""

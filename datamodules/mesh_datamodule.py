@@ -15,14 +15,13 @@ from datamodules.collate import PaddedCollate
 from datamodules.mesh_dataset import MeshDataset
 from datamodules.point_sets import PointSetReader
 from datamodules.predict_files import PredictCollate, PredictFileDataset, check_unique_names, resolve_predict_files
+from datamodules.recipes import made_here
 from datamodules.run_files import RunFilesDataset
 from datamodules.subsample import EpochShuffleSampler, PointSubsample, ShardSampler
 from datamodules.workers import loader_worker_init
 from flare_lightning import compat
-from flare_lightning.atomic import atomic_write_text
 from flare_lightning.training.normalizer import stats_from_moments
 
-GENERATED_NOTE = "GENERATED.txt"
 # The splits each stage reads. Fit also reads and checks the test split, so that bad test
 # data fails before the first training step; predict without predict_files runs on it.
 STAGE_SPLITS = {"fit": ("val", "train", "test"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -76,14 +75,8 @@ class MeshDataModule(L.LightningDataModule):
     @property
     def data_source(self) -> str:
         """For run records: ``files`` (read from ``root``), or ``generated_as`` when this
-        project made the data in ``root`` (``note_generated`` left a note there)."""
-        return self.generated_as if (self.root / GENERATED_NOTE).is_file() else "files"
-
-    def note_generated(self, what: str) -> None:
-        """Record in ``<root>/GENERATED.txt`` that ``what`` was made locally, not read."""
-        note = self.root / GENERATED_NOTE
-        old = note.read_text() if note.is_file() else ""
-        atomic_write_text(note, old + f"{what}: made locally by {type(self).__name__}, not real data\n")
+        project made the data in ``root`` (``datamodules.recipes`` kept its recipe there)."""
+        return self.generated_as if made_here(self.root) else "files"
 
     def __init__(
         self,

@@ -1,5 +1,6 @@
-"""The options generated data was made with, kept beside it (``<root>/GENERATED.json``), so that
-data made with other options is refused by name instead of silently read as if it were new."""
+"""What this project generated in a data folder and with which options, kept beside it
+(``<root>/GENERATED.json``): run records say the data was made, not read, and data made with
+other options is refused by name instead of silently read as if it were new."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 from flare_lightning.atomic import atomic_write_text
 
 RECIPES = "GENERATED.json"
+LEGACY_NOTE = "GENERATED.txt"  # the plain-text note of folders generated before the recipes were kept
+OTHER_ROOT = "point data.root elsewhere for this variant"
 
 
 def _normal(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -38,7 +41,13 @@ def keep_recipe(root: str | Path, target: str, recipe: dict[str, Any]) -> None:
     atomic_write_text(root / RECIPES, json.dumps(recipes, indent=1, sort_keys=True) + "\n")
 
 
-def check_recipe(root: str | Path, target: str, recipe: dict[str, Any], owner: str, hint: str) -> None:
+def made_here(root: str | Path) -> bool:
+    """Whether this project generated anything in ``root`` (a recipe is kept, or the older note)."""
+    root = Path(root)
+    return bool(_read(root)) or (root / LEGACY_NOTE).is_file()
+
+
+def check_recipe(root: str | Path, target: str, recipe: dict[str, Any], owner: str, hint: str = OTHER_ROOT) -> None:
     """Refuse ``target`` if it was generated with options other than ``recipe`` (the options'
     names as the config spells them). Data without a recorded recipe (real data, or made before
     recipes were kept) is accepted as it is."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -13,6 +14,7 @@ import torch
 from datamodules.checks import DataFormatError
 from datamodules.darcy import DarcyDataModule, read_darcy_mat
 from datamodules.darcy_generate import HIGH, LOW, generate_darcy, write_darcy_mat
+from datamodules.recipes import RECIPES
 
 
 def make_arrays(n: int = 5, s: int = 11, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +181,9 @@ def test_generated_permeability_reaches_the_files_and_the_samples(tmp_path):
     coeff = scipy.io.loadmat(tmp_path / "train.mat")["coeff"]
     np.testing.assert_array_equal(coeff, generate_darcy(6, 9, seed=4, permeability=(24.0, 1.5))[0])
     assert set(np.unique(scipy.io.loadmat(tmp_path / "test.mat")["coeff"])) == {1.5, 24.0}
-    assert "train.mat (9x9, seed 4, permeability 24/1.5)" in (tmp_path / "GENERATED.txt").read_text()
+    made = json.loads((tmp_path / RECIPES).read_text())["train.mat"]
+    assert made == {"gen_resolution": 9, "gen_seed": 4, "gen_permeability": [24.0, 1.5]}
+    assert dm.data_source == "generated"
     dm.setup("fit")
     assert set(dm.datasets["train"][0].x.unique().tolist()) <= {1.5, 24.0}
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from datamodules import DrivAerMLDataModule, ElasticityDataModule, LPBFDataModule
-from datamodules.recipes import RECIPES, check_recipe, keep_recipe
+from datamodules.recipes import LEGACY_NOTE, RECIPES, check_recipe, keep_recipe, made_here
 
 
 def test_recipes_round_trip_and_name_what_differs(tmp_path):
@@ -21,6 +21,19 @@ def test_recipes_round_trip_and_name_what_differs(tmp_path):
     with pytest.raises(ValueError, match=r"X: .*b/ was generated with gen_seed=2 .*asks for gen_seed=3: delete it.*, or hint"):
         check_recipe(tmp_path, "b/", {"gen_seed": 3}, "X", "hint")
     assert not list(tmp_path.glob(".*"))  # written through a temporary file, none left behind
+
+
+def test_made_here_reads_the_recipes_and_the_older_note(tmp_path):
+    """Run records say ``generated`` for folders this project made, also those made before the recipes."""
+    assert not made_here(tmp_path)
+    (tmp_path / RECIPES).write_text("{}\n")
+    assert not made_here(tmp_path)  # nothing recorded in it
+    keep_recipe(tmp_path, "a.mat", {"gen_seed": 1})
+    assert made_here(tmp_path)
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / LEGACY_NOTE).write_text("train.mat: made locally by DarcyDataModule, not real data\n")
+    assert made_here(older)
 
 
 def test_a_damaged_recipe_file_is_named(tmp_path):
