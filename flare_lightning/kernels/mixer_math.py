@@ -12,10 +12,13 @@ in their own tiles (base-2 exponentials), and ``merge_normalised`` joins their o
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 EncodeStats = tuple[Tensor, Tensor, Tensor]  # running max [..., M], sum [..., M], acc [..., M, D]
+EMPTY_LSE2 = -1e29  # below it a base-2 log-sum-exp of the Triton encode means "no real point" (its sentinel is -1e30)
 
 
 def latent_logits(q: Tensor, k: Tensor, scale: float) -> Tensor:
@@ -62,6 +65,15 @@ def merge_normalised(lses: Tensor, zs: Tensor) -> tuple[Tensor, Tensor]:
     w = torch.exp2(lses - mx)
     total = w.sum(0)
     return (w[..., None] * zs).sum(0) / total[..., None], mx + torch.log2(total)
+
+
+def normalised_stats(z: Tensor, lse2: Tensor) -> EncodeStats:
+    """(m, l, acc) of a normalised part (z [..., M, D] and its base-2 log-sum-exp [..., M], the
+    Triton encode's outputs): m = lse·ln 2, l = 1, acc = z, so that it merges with any other
+    part by ``merge_stats``; a latent without real points (lse ~ -1e30) gets m = -inf, l = 0."""
+    empty = lse2 < EMPTY_LSE2
+    m = torch.where(empty, float("-inf"), lse2 * math.log(2.0))
+    return m, (~empty).to(z.dtype), torch.where(empty[..., None], 0.0, z)
 
 
 def decode(logits: Tensor, z: Tensor) -> Tensor:

@@ -186,12 +186,10 @@ def _launch_constants(q: Tensor, k: Tensor, mask: Tensor | None, scale: float) -
     return b, h, n, d, q.shape[1], b * h, k.device, _pow2(d), scale * LOG2E, _prec(k.dtype), mask_u8, mask_stride
 
 
-def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, cfg: MixerConfig, merge=None):
-    """Returns y [B, H, N, D], z [B·H, M, D] (fp32 and input dtype), lse_enc [B·H, M],
-    lse_dec [B·H, N] (fp32, base 2). ``merge(z, lse_enc) -> (z, lse_enc)``, if given, joins
-    this encode with other ranks' shares of the points (context parallelism) before the decode."""
+def _encode(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, cfg: MixerConfig):
+    """The encode of the points of k, v: z [B·H, M, D] (fp32, and z_lo in the input dtype) and
+    its log-sum-exp lse_enc [B·H, M] (fp32, base 2; about -1e30 for a latent that saw no real point)."""
     b, h, n, d, m, bh, dev, bd, qk_scale, prec, mask_u8, mask_stride = _launch_constants(q, k, mask, scale)
-
     ce = cfg.encode
     m_tiles = _cdiv(m, ce.block_m)
     tiles, chunks = _chunking(n, ce.block_n, bh * m_tiles, _num_programs_target(dev, cfg, ce), bh * m * d * 4)
@@ -212,12 +210,15 @@ def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
         m_part, l_part, acc_part, z, z_lo, lse_enc, chunks,
         M=m, D=d, **join_tiles(bd), num_warps=4,
     )
-    if merge is not None:
-        z, lse_enc = merge(z, lse_enc)
-        z_lo = z.to(k.dtype)
+    return z, z_lo, lse_enc
 
+
+def _decode(q: Tensor, z_lo: Tensor, k: Tensor, scale: float, cfg: MixerConfig, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The decode of the points of k given z_lo [B·H, M, D] (k's dtype): y [B, H, N, D] with
+    ``like``'s dtype and layout, and its log-sum-exp lse_dec [B·H, N] (fp32, base 2)."""
+    b, h, n, d, m, bh, dev, bd, qk_scale, prec, _, _ = _launch_constants(q, k, None, scale)
     cd = cfg.decode
-    y = torch.empty_like(v)
+    y = torch.empty_like(like)
     lse_dec = torch.empty(bh, n, device=dev, dtype=torch.float32)
     tiles, chunks = _chunking(n, cd.block_n, bh, _num_programs_target(dev, cfg, cd), 0)
     _decode_fwd_kernel[(chunks, bh)](
@@ -226,6 +227,18 @@ def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
         M=m, D=d, ALIGN=_align(k, y), NUM_M_TILES=_cdiv(m, cd.block_m), PREC=prec,
         BLOCK_N=cd.block_n, BLOCK_M=cd.block_m, BLOCK_D=bd, **cd.launch_options(),
     )
+    return y, lse_dec
+
+
+def _flare_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, cfg: MixerConfig, merge=None):
+    """Returns y [B, H, N, D], z [B·H, M, D] (fp32 and input dtype), lse_enc [B·H, M],
+    lse_dec [B·H, N] (fp32, base 2). ``merge(z, lse_enc) -> (z, lse_enc)``, if given, joins
+    this encode with other ranks' shares of the points (context parallelism) before the decode."""
+    z, z_lo, lse_enc = _encode(q, k, v, mask, scale, cfg)
+    if merge is not None:
+        z, lse_enc = merge(z, lse_enc)
+        z_lo = z.to(k.dtype)
+    y, lse_dec = _decode(q, z_lo, k, scale, cfg, like=v)
     return y, z, z_lo, lse_enc, lse_dec
 
 
@@ -301,6 +314,26 @@ class FlareMixTriton(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
+def _prepare(name: str, q: Tensor, k: Tensor, v: Tensor | None, mask: Tensor | None, scale: float):
+    """Checked kernel inputs (q, k, v, mask, scale): one dtype the kernels take, CUDA (or the
+    interpreter), unit stride over D, and a positive scale (the kernels fold it into exp2's
+    argument: s·q = |s|·(-q); s = 0 makes every logit 0)."""
+    check_mixer_inputs(q, k, k if v is None else v, mask)
+    if q.dtype != k.dtype or (v is not None and v.dtype != k.dtype):
+        got = ", ".join(str(t.dtype) for t in (q, k, v) if t is not None)
+        raise TypeError(f"{name}: q, k, v must share one dtype, got {got}")
+    if k.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"{name}: dtype must be float32, bfloat16 or float16, got {k.dtype}")
+    if not (k.is_cuda or INTERPRETED):
+        raise RuntimeError(f"{name} needs CUDA tensors (or TRITON_INTERPRET=1 set before import)")
+    if mask is not None:
+        mask = mask.contiguous()
+    scale = float(scale)
+    if scale <= 0.0:
+        q, scale = (-q, -scale) if scale < 0.0 else (q * 0.0, 1.0)
+    return q.contiguous(), _unit_last(k), None if v is None else _unit_last(v), mask, scale
+
+
 def flare_mix_triton(
     q: Tensor,
     k: Tensor,
@@ -324,19 +357,7 @@ def flare_mix_triton(
         y [B, H, N, D] with v's dtype and layout; rows at padded points are finite but
         carry no meaning.
     """
-    check_mixer_inputs(q, k, v, mask)
-    if q.dtype != k.dtype or v.dtype != k.dtype:
-        raise TypeError(f"flare_mix_triton: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise TypeError(f"flare_mix_triton: dtype must be float32, bfloat16 or float16, got {k.dtype}")
-    if not (k.is_cuda or INTERPRETED):
-        raise RuntimeError("flare_mix_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before import)")
-    if mask is not None:
-        mask = mask.contiguous()
-    scale = float(scale)
-    if scale <= 0.0:  # the kernels need a positive scale: s·q = |s|·(-q); s = 0 makes every logit 0
-        q, scale = (-q, -scale) if scale < 0.0 else (q * 0.0, 1.0)
-    q, k, v = q.contiguous(), _unit_last(k), _unit_last(v)
+    q, k, v, mask, scale = _prepare("flare_mix_triton", q, k, v, mask, scale)
     if config is None:
         from flare_lightning.kernels.triton_op import mixer_fwd
 
@@ -344,4 +365,36 @@ def flare_mix_triton(
     return FlareMixTriton.apply(q, k, v, mask, scale, config)
 
 
-__all__ = ["FlareMixTriton", "KernelConfig", "MixerConfig", "default_config", "flare_mix_triton"]
+@torch.no_grad()
+def flare_encode_triton(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """The encode alone, without autograd, for evaluation over point chunks: the chunks'
+    results join exactly (``mixer_math.normalised_stats``, then ``merge_stats``).
+
+    Args as ``flare_mix_triton``. Returns z = softmax_N(s q kᵀ) v [B, H, M, D] (fp32) and its
+    base-2 log-sum-exp [B, H, M] (fp32; about -1e30, with z = 0, for a latent with no real point).
+    """
+    q, k, v, mask, scale = _prepare("flare_encode_triton", q, k, v, mask, scale)
+    b, h = k.shape[:2]
+    z, _, lse = _encode(q, k, v, mask, scale, default_config(q.shape[1], q.shape[2], k.dtype))
+    return z.view(b, h, *z.shape[1:]), lse.view(b, h, -1)
+
+
+@torch.no_grad()
+def flare_decode_triton(q: Tensor, z: Tensor, k: Tensor, scale: float = 1.0) -> Tensor:
+    """The decode alone, without autograd: y = softmax_M(s k qᵀ) z [B, H, N, D] in k's dtype
+    and layout, for latent summaries z [B, H, M, D] (cast to k's dtype, as the fused forward
+    does) and the keys k of any chunk of points. Other args as ``flare_mix_triton``."""
+    q, k, _, _, scale = _prepare("flare_decode_triton", q, k, None, None, scale)
+    b, h, m, d = k.shape[0], k.shape[1], q.shape[1], q.shape[2]
+    if tuple(z.shape) != (b, h, m, d):
+        raise ValueError(f"flare_decode_triton: z must be [B, H, M, D] = {[b, h, m, d]}, got {list(z.shape)}")
+    z_lo = z.to(k.dtype).reshape(b * h, m, d).contiguous()
+    return _decode(q, z_lo, k, scale, default_config(m, d, k.dtype), like=k)[0]
+
+
+__all__ = [
+    "FlareMixTriton", "KernelConfig", "MixerConfig", "default_config", "flare_decode_triton", "flare_encode_triton",
+    "flare_mix_triton",
+]

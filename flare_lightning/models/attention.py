@@ -6,8 +6,16 @@ import torch
 from torch import Tensor, nn
 
 from flare_lightning.kernels import flare_mix, flare_weights
-from flare_lightning.kernels.dispatch import BACKENDS, mixer_dtype
-from flare_lightning.kernels.mixer_math import EncodeStats, decode, encode_stats, latent_logits, mask_keys, merge_stats
+from flare_lightning.kernels.dispatch import BACKENDS, mixer_dtype, resolve_backend
+from flare_lightning.kernels.mixer_math import (
+    EncodeStats,
+    decode,
+    encode_stats,
+    latent_logits,
+    mask_keys,
+    merge_stats,
+    normalised_stats,
+)
 from flare_lightning.models.mlp import ResidualMLP
 from flare_lightning.models.options import check_finite, check_heads, check_ints
 from flare_lightning.models.precision import as_float, check_fp32_parts, full_precision, keeps_fp32
@@ -120,16 +128,33 @@ class FlareAttention(nn.Module):
 
     # --- evaluation over point chunks: the encode is a sum over points, so per-chunk
     # partial sums merge exactly by log-sum-exp; the decode is pointwise given z.
+    def _fused_mixer_dtype(self, x: Tensor, k: Tensor) -> torch.dtype | None:
+        """The dtype the Triton kernels evaluate a chunk in, the one ``forward`` mixes in (float32
+        with ``fp32_parts`` ``mixer``); None where the plain PyTorch statistics run instead
+        (another backend, no CUDA, float64)."""
+        if resolve_backend(self.mixer_backend, k) != "triton":
+            return None
+        dtype = torch.float32 if keeps_fp32(x, "mixer" in self.fp32) else mixer_dtype(k)
+        return dtype if dtype in (torch.float32, torch.bfloat16, torch.float16) else None
+
     def encode_partial(
         self, x: Tensor, mask: Tensor | None = None, norm: nn.Module | None = None, fused: bool = False
     ) -> EncodeStats:
-        """Encode statistics of one chunk of points, in float32 (or float64 for a float64 model).
+        """Encode statistics of one chunk of points: from the Triton encode where it runs (in the
+        dtype ``forward`` mixes in, nothing of size n x M stored), else in plain PyTorch in float32
+        (float64 for a float64 model).
 
         x: [B, n, C] (block input, normed by ``norm``); mask: [B, n] bool. Returns the running max
         ``m`` [B, H, M], the sum ``l`` [B, H, M] of ``exp(logit - m)`` and the weighted
         value sum ``acc`` [B, H, M, D]; ``merge_encode`` joins chunks and ``z = acc / l``.
         """
         k, v = self.keys_values(x, norm, fused)
+        fused_dtype = self._fused_mixer_dtype(x, k)
+        if fused_dtype is not None:  # the Triton encode: nothing of size n x M in memory
+            from flare_lightning.kernels.triton_mixer import flare_encode_triton
+
+            q, k, v = (t.to(fused_dtype) for t in (self.latents, k, v))
+            return normalised_stats(*flare_encode_triton(q, k, v, mask, self.scale))
         dtype = torch.promote_types(k.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):  # statistics stay in full precision
             logits = latent_logits(self.latents.to(dtype), k.to(dtype), self.scale)  # [B, H, M, n]
@@ -153,8 +178,14 @@ class FlareAttention(nn.Module):
         x: [B, n, C] (block input, normed by ``norm``) -> [B, n, C] (after ``out_proj``).
         """
         k = self.keys(x, norm, fused)
-        with torch.autocast(x.device.type, enabled=False):
-            y = decode(latent_logits(self.latents.to(z.dtype), k.to(z.dtype), self.scale), z)  # [B, H, n, D]
+        fused_dtype = self._fused_mixer_dtype(x, k)
+        if fused_dtype is not None:
+            from flare_lightning.kernels.triton_mixer import flare_decode_triton
+
+            y = flare_decode_triton(self.latents.to(fused_dtype), z, k.to(fused_dtype), self.scale)
+        else:
+            with torch.autocast(x.device.type, enabled=False):
+                y = decode(latent_logits(self.latents.to(z.dtype), k.to(z.dtype), self.scale), z)  # [B, H, n, D]
         fp32 = keeps_fp32(x, "mixer" in self.fp32)
         y = y.to(z.dtype if fp32 else mixer_dtype(k)).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         with full_precision(x, fp32):

@@ -271,7 +271,8 @@ class FLARE(nn.Module):
         """``forward`` without autograd, ``chunk_size`` points at a time (equal up to rounding).
 
         x: [B, N, in_dim]; mask: [B, N] bool -> [B, N, out_dim]. Peak memory: the
-        [B, N, C] residual stream plus the work of one chunk (N x M logits of one chunk).
+        [B, N, C] residual stream plus the work of one chunk (with the Triton mixer a few
+        [chunk, C] tensors; with the PyTorch ones also the chunk's [M, chunk] logits per head).
         """
         spans = range(0, x.shape[1], chunk_size)
         h = None
