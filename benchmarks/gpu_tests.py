@@ -22,9 +22,10 @@ from benchmarks.records import add_out_argument, write_record  # noqa: E402
 MEASURES = ["flare_lightning/", "datamodules/", "tests/", "scripts/gpu_tests.sh"]
 
 
-def file_rows(report: Path) -> list[dict[str, Any]]:
+def file_rows(report: Path, collected: int | None = None) -> list[dict[str, Any]]:
     """Per test file of a JUnit (xunit1) report: counts, seconds and failing test ids; then an
-    ``all`` row of the totals."""
+    ``all`` row of the totals, with ``not_run``: the tests collected beforehand that the report
+    lacks (a session that pytest aborted, e.g. on an internal error, leaves some unrun)."""
     files: dict[str, dict[str, Any]] = defaultdict(lambda: {"passed": 0, "failed": 0, "skipped": 0, "seconds": 0.0,
                                                             "failures": []})
     for case in ET.parse(report).iter("testcase"):
@@ -41,21 +42,27 @@ def file_rows(report: Path) -> list[dict[str, Any]]:
             row["passed"] += 1
     rows = [{"file": name, **row, "seconds": round(row["seconds"], 1)} for name, row in sorted(files.items())]
     total = {k: sum(r[k] for r in rows) for k in ("passed", "failed", "skipped")}
-    rows.append({"file": "all", **total, "seconds": round(sum(r["seconds"] for r in rows), 1),
-                 "failures": [f"{r['file']}::{t}" for r in rows for t in r["failures"]]})
-    return rows
+    everything = {"file": "all", **total, "seconds": round(sum(r["seconds"] for r in rows), 1),
+                  "failures": [f"{r['file']}::{t}" for r in rows for t in r["failures"]]}
+    if collected is not None:
+        reported = sum(files[name][k] for name in files if name != "pytest" for k in ("passed", "failed", "skipped"))
+        everything["not_run"] = max(0, collected - reported)
+    return [*rows, everything]
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("report", type=Path, help="pytest's --junitxml report (-o junit_family=xunit1)")
     p.add_argument("--command", default="scripts/gpu_tests.sh", help="the command that ran the tests")
+    p.add_argument("--collected", type=int, help="how many tests the run selected (pytest --collect-only): "
+                   "the all row then counts those the report lacks as not run")
     p.add_argument("--no-record", action="store_true", help="print only")
     add_out_argument(p)
     args = p.parse_args(argv)
-    rows = file_rows(args.report)
+    rows = file_rows(args.report, args.collected)
     for row in rows:
-        print(f"{row['file']}: {row['passed']} passed, {row['failed']} failed, {row['skipped']} skipped "
+        unrun = f", {row['not_run']} not run" if row.get("not_run") else ""
+        print(f"{row['file']}: {row['passed']} passed, {row['failed']} failed, {row['skipped']} skipped{unrun} "
               f"({row['seconds']:.0f} s)")
     if not args.no_record:
         write_record("gpu_tests", rows, paths=MEASURES, out=args.out, command=args.command)

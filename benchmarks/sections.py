@@ -193,11 +193,14 @@ SECTIONS = (
     Section(
         "train_step_small", "Paper-size training steps through `flare fit`",
         "a real `flare fit` of the shipped config per row (CLI, datamodule, Lightning loop, checkpoints): epoch 0 "
-        "warms up, epoch 1 is timed after a device sync at its ends; rows marked * trained fewer batches and their "
-        "epoch is batches x step + validation; `back to back`: the captured step replayed with nothing between",
+        "warms up, epoch 1 is timed after a device sync at its ends; `ms / step`: its steps after the first (records "
+        "before 2026-12-07T08: all its steps), `first step`: the first, which also waits for the loader workers' "
+        "first batch; rows marked * trained fewer batches and their epoch is first step + the other batches x step + "
+        "validation; `back to back`: the captured step replayed with nothing between",
         ("card", "dataset", "precision", "row"),
         (Column("dataset", "dataset"), Column("precision", "precision"), Column("row", "row"),
-         Column("step_ms", "ms / step", ".2f"), Column("back_to_back_ms", "back to back ms", ".2f"),
+         Column("step_ms", "ms / step", ".2f"), Column("first_step_ms", "first step ms", ".0f"),
+         Column("back_to_back_ms", "back to back ms", ".2f"),
          Column("kernels_per_step", "kernels / step", ",.0f"), Column("kernel_ms_per_step", "kernel ms / step", ".2f"),
          Column("val_s", "validation s", ".2f"), Column(_epoch, "epoch s"), Column("batches_per_epoch", "batches"),
          Column("500_epochs_min", "500 epochs, min", ".1f"), Column("peak_gb", "peak GB", ".2f"),
@@ -343,10 +346,12 @@ SECTIONS = (
         "gpu_tests", "GPU test runs",
         "`scripts/gpu_tests.sh` on a lent GPU (CI has none): every test marked `gpu` or `kernels` (the fast step's CUDA "
         "graphs against eager steps, mixed precision on the GPU, the Triton kernels compiled instead of interpreted), "
-        "per test file: passed, failed, skipped, seconds, and the failing tests",
+        "per test file: passed, failed, skipped, seconds, and the failing tests; `not run` (the all row): tests "
+        "selected but never reported, where pytest aborted the session",
         ("card", "file"),
         (Column("file", "test file"), Column("passed", "passed"), Column("failed", "failed"), Column("skipped", "skipped"),
-         Column("seconds", "s", ".0f"), Column("failures", "failing", lambda v: ", ".join(v) if v else "-")),
+         Column("not_run", "not run"), Column("seconds", "s", ".0f"),
+         Column("failures", "failing", lambda v: ", ".join(v) if v else "-")),
     ),
     Section(
         "spectra", "Spectra of the quickstart model's token mixing",

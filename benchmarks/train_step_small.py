@@ -121,6 +121,10 @@ class EpochTimer(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._mark(trainer, "start")
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if batch_idx == 0:  # the epoch's first step also waits for the loader workers' first batch
+            self._mark(trainer, "first")
+
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self._mark(trainer, "val_start")
@@ -142,6 +146,18 @@ class FastStepProfile(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.found = profile_fast_step(pl_module, next(iter(trainer.train_dataloader)))
+
+
+def epoch_figures(marks: dict[tuple[int, str], tuple[float, int]], batches: int) -> dict[str, float]:
+    """Epoch 1's figures from ``EpochTimer`` marks: the steady step (the steps after the first, which
+    also waits for the loader workers' first batch: an epoch pays that once), the first step,
+    validation, and the epoch of ``batches`` steps they add up to."""
+    (s0, g0), (f0, gf), (v0, g1), (v1, _) = (marks[(1, k)] for k in ("start", "first", "val_start", "val_end"))
+    step_ms = 1e3 * (v0 - f0) / (g1 - gf) if g1 > gf else 1e3 * (v0 - s0) / (g1 - g0)
+    first_ms = 1e3 * (f0 - s0)
+    epoch_s = (first_ms + (batches - 1) * step_ms) / 1e3 + (v1 - v0)
+    return {"steps_timed": g1 - gf, "step_ms": step_ms, "first_step_ms": first_ms, "val_s": v1 - v0,
+            "epoch_s": epoch_s, "batches_per_epoch": batches, "500_epochs_min": 500 * epoch_s / 60}
 
 
 def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Path,
@@ -180,16 +196,11 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
             stack.enter_context(mock.patch(target, value))
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     total = time.perf_counter() - t0
-    (s0, g0), (v0, g1), (v1, _) = (timer.marks[(1, k)] for k in ("start", "val_start", "val_end"))
-    step_ms = 1e3 * (v0 - s0) / (g1 - g0)
-    batches = len(cli.datamodule.train_dataloader())
-    epoch_s = batches * step_ms / 1e3 + (v1 - v0)
+    figures = epoch_figures(timer.marks, len(cli.datamodule.train_dataloader()))
     summary, kernels = profiler.found
     names = {"dataset": dataset, "precision": precision, "row": row}
     return {
-        **names, "steps_timed": g1 - g0,
-        "step_ms": step_ms, "val_s": v1 - v0, "epoch_s": epoch_s, "batches_per_epoch": batches,
-        "500_epochs_min": 500 * epoch_s / 60, "fit_wall_s": total,
+        **names, **figures, "fit_wall_s": total,
         # the last epoch's peak: the epoch summary line resets the counter at each epoch start
         "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None,
         "epoch_measured": steps is None, **summary,

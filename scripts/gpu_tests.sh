@@ -19,9 +19,13 @@ PYTHON=${PYTHON:-python}
 report=$(mktemp -d)/gpu_tests.xml
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(tests)
+# -p no:benchmark: a pytest-benchmark plugin on the GPU image (its `benchmark` fixture) must not meet our tests
+opts=(-m "gpu or kernels" -q -p no:cacheprovider -p no:benchmark --continue-on-collection-errors)
+# how many tests the run selects, so that the record counts any that an aborted session never ran
+collected=$("$PYTHON" -m pytest "${opts[@]}" --collect-only "${targets[@]}" 2>/dev/null | grep -Eo '^[0-9]+(/[0-9]+)? tests? collected' | grep -Eo '^[0-9]+' || true)
 status=0
-"$PYTHON" -m pytest -m "gpu or kernels" -q -p no:cacheprovider --continue-on-collection-errors -o junit_family=xunit1 --junitxml="$report" "${targets[@]}" || status=$?
+"$PYTHON" -m pytest "${opts[@]}" -o junit_family=xunit1 --junitxml="$report" "${targets[@]}" || status=$?
 # one line per test file, and a record (card, commit, counts, failing tests) for RESULTS.md: into $OUT on a
 # device machine (copy it into benchmarks/records/gpu_tests/ and re-render), else benchmarks/records/gpu_tests/
-"$PYTHON" benchmarks/gpu_tests.py "$report" --command "scripts/gpu_tests.sh${*:+ $*}" || status=$?
+"$PYTHON" benchmarks/gpu_tests.py "$report" ${collected:+--collected "$collected"} --command "scripts/gpu_tests.sh${*:+ $*}" || status=$?
 exit $status

@@ -28,15 +28,15 @@ SCRIPTS = {  # benchmark -> the script's tiny command line
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("benchmark", list(SCRIPTS))
-def test_gpu_benchmark_writes_a_record_the_page_renders(benchmark, tmp_path):
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_gpu_benchmark_writes_a_record_the_page_renders(name, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
     env.pop("TRITON_INTERPRET", None)  # the real kernels
-    subprocess.run([sys.executable, *SCRIPTS[benchmark], "--out", str(tmp_path)], cwd=REPO, env=env, check=True,
+    subprocess.run([sys.executable, *SCRIPTS[name], "--out", str(tmp_path)], cwd=REPO, env=env, check=True,
                    timeout=600)
     (path,) = tmp_path.glob("*.json")
     record = read_record(path)
-    assert record["benchmark"] == benchmark and record["card"] == torch.cuda.get_device_name()
-    assert record["rows"] and SCRIPTS[benchmark][0] in record["paths"] and record["versions"]["cuda"]
-    table = render.table(BY_BENCHMARK[benchmark].columns, record["rows"])
+    assert record["benchmark"] == name and record["card"] == torch.cuda.get_device_name()
+    assert record["rows"] and SCRIPTS[name][0] in record["paths"] and record["versions"]["cuda"]
+    table = render.table(BY_BENCHMARK[name].columns, record["rows"])
     assert len(table) == 2 + len(record["rows"]) and all(line.count("|") == table[0].count("|") for line in table)

@@ -81,6 +81,27 @@ def test_train_step_rows_record_their_speed_up_and_measured_paths():
                      "configs/darcy.yaml", "benchmarks/reference_flare.py"]
 
 
+def test_train_step_timing_keeps_the_epochs_first_step_apart():
+    """The first step of an epoch also waits for the loader workers' first batch: the step time is
+    that of the steps after it, the epoch adds both; the timer marks them in a real fit."""
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    small = import_benchmark("train_step_small")
+    marks = {(1, "start"): (10.0, 5), (1, "first"): (10.5, 6), (1, "val_start"): (10.9, 10), (1, "val_end"): (11.4, 10)}
+    figures = small.epoch_figures(marks, batches=5)
+    assert figures["step_ms"] == pytest.approx(100.0) and figures["first_step_ms"] == pytest.approx(500.0)
+    assert figures["epoch_s"] == pytest.approx(0.5 + 4 * 0.1 + 0.5) and figures["steps_timed"] == 4
+    timer = small.EpochTimer()
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1, callbacks=[timer], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
+    trainer.fit(BoringModel())
+    steps = {k: g for (epoch, k), (_, g) in timer.marks.items() if epoch == 1}
+    assert steps == {"start": 3, "first": 4, "val_start": 6, "val_end": 6, "end": 6}
+    assert small.epoch_figures(timer.marks, batches=3)["steps_timed"] == 2
+
+
 def test_step_rows_name_their_options_and_ratios():
     from benchmarks.step import add_ratios, options
 

@@ -112,7 +112,7 @@ def test_parts_are_chosen_from_the_cli(tmp_path):
 def test_every_part_in_fp32_on_the_gpu_kernels():
     """The Triton mixer and the fused MLPs given float32 under autocast (true fp32 dots)."""
     x = torch.randn(2, 300, 3, dtype=torch.float64, device="cuda")
-    reference = model(ALL, mixer_backend="torch", mlp_backend="torch").double().cuda()(x)
+    reference = model(ALL, mixer_backend="explicit", mlp_backend="torch").double().cuda()(x)
     fast = model(ALL, mixer_backend="auto", mlp_backend="auto").cuda()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         y = fast(x.float())
