@@ -46,6 +46,8 @@ def test_drivaerml_1m_config_trains_subsampled_and_evaluates_full_resolution(tmp
     model = cli.model.model
     assert model.eval_chunk_size == 50 and not model.checkpoint_blocks
     assert all(block.mlp_backend == "auto" for block in model.blocks)  # fused kernels on GPUs
+    mlps = [m for block in model.blocks for m in (block.attn.k_proj, block.attn.v_proj, block.mlp)]
+    assert all(m.store_hidden for m in mlps)  # their backward reads the kept layer inputs
     assert not model.blocks[0].fused(torch.zeros(1, 4, 64))  # plain layers on the CPU
     dm = cli.datamodule
     dm.setup("fit")
