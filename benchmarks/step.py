@@ -15,7 +15,8 @@ over one step) of:
 
 ``--latents`` sets M (the shipped DrivAerML-1M config: 256). ``--grid`` times the paper's
 Figure 4 instead (1M points, blocks 1/2/4/8 x latents 128-2048; time per 400-run epoch and peak
-memory): ``--configs`` picks the rows (e.g. ``reference ours-fused``). ``--eval --n 8800000`` times
+memory): ``--configs`` picks the rows (e.g. ``reference-compiled ours-fused``), ``--grid-blocks`` and
+``--grid-latents`` a part of the grid (each part its own record). ``--eval --n 8800000`` times
 the chunked evaluation of one full-resolution DrivAerML-size surface without autograd.
 
 All start from the same weights; the output of each is compared with the reference's. Each
@@ -238,12 +239,14 @@ def full_resolution(names: list[str], n: int, device: torch.device, reps: int = 
     return rows
 
 
-def grid(names: list[str], n: int, device: torch.device) -> list[dict]:
+def grid(names: list[str], n: int, device: torch.device, blocks_list: tuple[int, ...] = GRID_BLOCKS,
+         latents_list: tuple[int, ...] = GRID_LATENTS) -> list[dict]:
     """The paper's Figure 4 at ``n`` points: step time (-> epoch time) and peak memory per
-    (blocks, latents) for each config, the model rebuilt per cell from the same seed."""
+    (blocks, latents) for each config, the model rebuilt per cell from the same seed; a part of
+    the grid with ``blocks_list``/``latents_list`` (one call's time limit: compiles per cell)."""
     rows = []
-    for blocks in GRID_BLOCKS:
-        for latents in GRID_LATENTS:
+    for blocks in blocks_list:
+        for latents in latents_list:
             SHAPE.update(num_blocks=blocks, num_latents=latents)
             for name in names:
                 row = {"config": name, "n": n, "blocks": blocks, "latents": latents}
@@ -258,8 +261,8 @@ def grid(names: list[str], n: int, device: torch.device) -> list[dict]:
     print(f"\nFigure 4 at N = {n}: seconds per {EPOCH_RUNS}-run epoch (steps only) / peak GB")
     print("| blocks | latents | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))
-    for blocks in GRID_BLOCKS:
-        for latents in GRID_LATENTS:
+    for blocks in blocks_list:
+        for latents in latents_list:
             cells = []
             for name in names:
                 r = next(r for r in rows if (r["config"], r["blocks"], r["latents"]) == (name, blocks, latents))
@@ -358,6 +361,10 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--latents", type=int, default=SHAPE["num_latents"], help="M latents per head")
     parser.add_argument("--grid", action="store_true", help="the paper's Figure 4 grid instead of the table")
+    parser.add_argument("--grid-blocks", type=int, nargs="+", default=list(GRID_BLOCKS),
+                        help="with --grid: these block counts only (a part of the grid per run)")
+    parser.add_argument("--grid-latents", type=int, nargs="+", default=list(GRID_LATENTS),
+                        help="with --grid: these latent counts only")
     parser.add_argument("--eval", action="store_true",
                         help="time the chunked full-resolution evaluation of one --n-point sample instead")
     parser.add_argument("--device", default="cuda")
@@ -382,7 +389,8 @@ def main() -> None:
     if info["mixer_backend_auto"] != "triton":
         print("NOTE: the Triton mixer is not available here; 'auto' ran", info["mixer_backend_auto"])
     if args.grid:
-        write_record("step_grid", grid(args.configs, args.n, device), paths=MEASURES, out=args.out, environment=info)
+        rows = grid(args.configs, args.n, device, tuple(args.grid_blocks), tuple(args.grid_latents))
+        write_record("step_grid", rows, paths=MEASURES, out=args.out, environment=info)
         return
     if args.eval:
         write_record("step_eval", full_resolution(args.configs, args.n, device), paths=MEASURES, out=args.out,

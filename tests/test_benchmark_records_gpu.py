@@ -20,7 +20,8 @@ SCRIPTS = {  # benchmark -> the script's tiny command line
     "mixer_in_model": ["benchmarks/mixer_in_model.py", "--n", "4096"],
     "exp2_floor": ["benchmarks/exp2_floor.py"],
     "max_points": ["benchmarks/max_points.py", "--configs", "ours-memory", "--start", "4096", "--budget-s", "3"],
-    "step_grid": ["benchmarks/step.py", "--grid", "--n", "4096", "--configs", "ours-fused"],
+    "step_grid": ["benchmarks/step.py", "--grid", "--n", "4096", "--configs", "ours-fused", "--grid-blocks", "1", "2",
+                  "--grid-latents", "128", "256"],
     "step_eval": ["benchmarks/step.py", "--eval", "--n", "3000000", "--configs", "ours-fused", "reference"],
     "mlp": ["benchmarks/mlp.py", "--n", "65536"],
 }
