@@ -7,7 +7,8 @@ computed in parts (point chunks, or the shares of context-parallel ranks) as sta
 (running max m, sum l of exp(S - m), weighted value sum acc) that merge exactly by
 log-sum-exp. The reference mixers, ``FlareAttention``'s chunked evaluation and the
 context-parallel mixer all build on these functions; the Triton kernels compute the same
-in their own tiles (base-2 exponentials), and ``merge_normalised`` joins their outputs.
+in their own tiles (base-2 exponentials): ``merge_normalised`` joins their outputs, and
+``normalised_stats`` turns one into statistics that merge with any other.
 """
 
 from __future__ import annotations

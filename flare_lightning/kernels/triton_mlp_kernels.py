@@ -7,9 +7,8 @@ touches memory once for its input and once for its output. The backward kernel t
 layers' inputs either by recomputing the chain from the tile's input (nothing inside the MLP
 stored) or from what the forward kept, and accumulates the weight gradients of its rows in
 registers across a persistent loop, so each program writes one partial per weight. Dots run
-in the compute dtype (bf16/fp16, or
-fp32 at ``PREC``) with fp32 accumulation; the residual stream, LayerNorm and activations
-stay in fp32.
+in the compute dtype (bf16/fp16, or fp32 at ``PREC``) with fp32 accumulation; the residual
+stream, LayerNorm and activations stay in fp32.
 """
 
 from __future__ import annotations

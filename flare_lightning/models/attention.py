@@ -128,13 +128,13 @@ class FlareAttention(nn.Module):
 
     # --- evaluation over point chunks: the encode is a sum over points, so per-chunk
     # partial sums merge exactly by log-sum-exp; the decode is pointwise given z.
-    def _fused_mixer_dtype(self, x: Tensor, k: Tensor) -> torch.dtype | None:
+    def _fused_mixer_dtype(self, k: Tensor, fp32: bool) -> torch.dtype | None:
         """The dtype the Triton kernels evaluate a chunk in, the one ``forward`` mixes in (float32
-        with ``fp32_parts`` ``mixer``); None where the plain PyTorch statistics run instead
-        (another backend, no CUDA, float64)."""
+        with ``fp32_parts`` ``mixer``: ``fp32`` from ``keeps_fp32``); None where the plain PyTorch
+        statistics run instead (another backend, no CUDA, float64)."""
         if resolve_backend(self.mixer_backend, k) != "triton":
             return None
-        dtype = torch.float32 if keeps_fp32(x, "mixer" in self.fp32) else mixer_dtype(k)
+        dtype = torch.float32 if fp32 else mixer_dtype(k)
         return dtype if dtype in (torch.float32, torch.bfloat16, torch.float16) else None
 
     def encode_partial(
@@ -149,7 +149,7 @@ class FlareAttention(nn.Module):
         value sum ``acc`` [B, H, M, D]; ``merge_encode`` joins chunks and ``z = acc / l``.
         """
         k, v = self.keys_values(x, norm, fused)
-        fused_dtype = self._fused_mixer_dtype(x, k)
+        fused_dtype = self._fused_mixer_dtype(k, keeps_fp32(x, "mixer" in self.fp32))
         if fused_dtype is not None:  # the Triton encode: nothing of size n x M in memory
             from flare_lightning.kernels.triton_mixer import flare_encode_triton
 
@@ -178,7 +178,8 @@ class FlareAttention(nn.Module):
         x: [B, n, C] (block input, normed by ``norm``) -> [B, n, C] (after ``out_proj``).
         """
         k = self.keys(x, norm, fused)
-        fused_dtype = self._fused_mixer_dtype(x, k)
+        fp32 = keeps_fp32(x, "mixer" in self.fp32)
+        fused_dtype = self._fused_mixer_dtype(k, fp32)
         if fused_dtype is not None:
             from flare_lightning.kernels.triton_mixer import flare_decode_triton
 
@@ -186,7 +187,6 @@ class FlareAttention(nn.Module):
         else:
             with torch.autocast(x.device.type, enabled=False):
                 y = decode(latent_logits(self.latents.to(z.dtype), k.to(z.dtype), self.scale), z)  # [B, H, n, D]
-        fp32 = keeps_fp32(x, "mixer" in self.fp32)
         y = y.to(z.dtype if fp32 else mixer_dtype(k)).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         with full_precision(x, fp32):
             return self.out_proj(y)
