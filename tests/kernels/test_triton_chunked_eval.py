@@ -115,3 +115,13 @@ def test_bf16_chunked_evaluation_at_scale_matches_the_forward_in_bounded_memory(
     assert (chunked - whole).norm() / whole.norm() < 2e-2
     logits_bytes = 8 * 256 * chunk * 4  # one chunk's float32 logits, all heads
     assert peak < logits_bytes, f"peak {peak / 2**20:.0f} MiB, one chunk's logits {logits_bytes / 2**20:.0f} MiB"
+
+
+def test_bad_inputs_are_refused_naming_the_function_and_shape(tm, device):
+    q, k, v = (torch.randn(*s, device=device) for s in ((2, 8, 4), (1, 2, 10, 4), (1, 2, 10, 4)))
+    with pytest.raises(ValueError, match=r"flare_decode_triton: z must be \[B, H, M, D\] = \[1, 2, 8, 4\]"):
+        tm.flare_decode_triton(q, torch.zeros(1, 2, 7, 4, device=device), k)
+    with pytest.raises(TypeError, match="flare_encode_triton: q, k, v must share one dtype"):
+        tm.flare_encode_triton(q, k, v.to(torch.bfloat16))
+    with pytest.raises(TypeError, match="flare_decode_triton: dtype must be float32, bfloat16 or float16"):
+        tm.flare_decode_triton(q.double(), torch.zeros(1, 2, 8, 4, device=device), k.double())
