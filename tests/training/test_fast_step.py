@@ -27,17 +27,21 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 class Trajectory(L.Callback):
     """Flat parameter vector after every training epoch, the epoch's logged train loss, and
-    how the steps ran (the fast step's object; Lightning's automatic optimization)."""
+    how the steps ran (the fast step's object, its CUDA graphs per captured batch shape at the
+    epoch's end, since teardown releases them; Lightning's automatic optimization)."""
 
     def __init__(self, stop_at: int | None = None) -> None:
         self.params: list[torch.Tensor] = []
         self.losses: list[float] = []
         self.fast_steps: list[FastTrainStep | None] = []
+        self.graphs: list[list[int]] = []  # per epoch: graphs of each captured shape ([] if none)
         self.automatic = True
         self.stop_at = stop_at
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.fast_steps.append(pl_module._fast)
+        captured = {} if pl_module._fast is None else pl_module._fast._captured
+        self.graphs.append([len(entry.graphs) for entry in captured.values()])
         self.automatic = self.automatic and pl_module.automatic_optimization
         if self.stop_at is not None and trainer.global_step >= self.stop_at:
             trainer.should_stop = True
@@ -373,7 +377,7 @@ def test_cuda_graph_step_matches_eager_step(tiny_darcy_root, precision):
     _, _, other = fit_tiny(tiny_darcy_root, fast=False, steps=200, accelerator="gpu", precision=precision,
                            backend="chunked")
     assert graph.fast and graph.automatic and len(graph.params) == len(eager.params) == 50
-    assert all(entry.graphs for entry in graph.fast_steps[-1]._captured.values())
+    assert graph.graphs[-1] and all(graph.graphs[-1])  # the last epoch replayed captured graphs
     ref, losses, noise_run = (torch.tensor(t.losses) for t in (eager, graph, other))
     early, drift = (1e-3, 2e-2) if precision == "32-true" else (2e-2, 0.2)
     torch.testing.assert_close(losses[:5], ref[:5], rtol=early, atol=1e-5)
@@ -386,20 +390,23 @@ def test_cuda_graph_step_matches_eager_step(tiny_darcy_root, precision):
 @gpu
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_each_captured_step_equals_an_eager_step(precision):
-    """Teacher-forced, so rounding cannot drift: before each of 30 steps the eager reference
-    (the plain model, its loss, backward, torch's clip_grad_norm_ and AdamW.step) takes the
-    graph's weights and optimizer state; both then take one step on the same batch, with
-    OneCycle's lr and beta1 changing every step and clipping active on most steps. Gradients
-    differ by the compiled kernels' rounding, so the updates agree to float32 1e-3, bf16 0.1
-    (relative L2); the bf16 update itself is held to 1e-5 given the graph's own gradients
-    (``test_bf16_captured_update_is_adams_on_its_gradients``)."""
+    """Teacher-forced, so rounding cannot drift: before each of 30 steps the reference (the same
+    compiled loss on a twin model, run without graphs, then backward, torch's clip_grad_norm_ and
+    AdamW.step) takes the graph's weights and optimizer state; both then take one step on the same
+    batch, with OneCycle's lr and beta1 changing every step and clipping active on most steps.
+    Both run Inductor's kernels, so what differs is the capture, the captured update and the
+    order of the mixer backward's atomic sums: float32 1e-3, bf16 0.05 (relative L2; a learning
+    rate 10% off moves the update by 0.1). Against the uncompiled model the bf16 gradients differ
+    by Inductor's fp32 intermediates: 0.143 on an H100 at 8d51942. The bf16 update itself is held
+    to 5e-5 given the graph's own gradients (``test_bf16_captured_update_is_adams_on_its_gradients``)."""
     model, ref_model = small_flare("auto"), small_flare("auto")
     params = list(model.parameters())
     opt, ref_opt = two_groups(model), two_groups(ref_model)
     sched = one_cycle(opt)
     step = FastTrainStep(torch.compile(losses_of(model)), opt, clip_val=0.05)
+    ref_losses = torch.compile(losses_of(ref_model))
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=precision == "bf16-mixed")
-    tol = 1e-3 if precision == "32-true" else 0.1
+    tol = 1e-3 if precision == "32-true" else 0.05
     worst, clipped = 0.0, 0
     for _ in range(30):
         batch = random_batch()
@@ -409,7 +416,7 @@ def test_each_captured_step_equals_an_eager_step(precision):
             step(batch)
         ref_opt.zero_grad(set_to_none=True)
         with autocast:
-            losses_of(ref_model)(batch)[0].mean().backward()
+            ref_losses(batch)[0].mean().backward()
         clipped += int(torch.nn.utils.clip_grad_norm_(list(ref_model.parameters()), 0.05) > 0.05)
         ref_opt.step()
         sched.step()
