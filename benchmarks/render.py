@@ -215,6 +215,9 @@ HEADLINES = (
              {"dataset": "darcy", **BF16_FAST}, _step),
     Headline("Elasticity training step, 1000 cells, `fast_step`, bf16", "train_step_small",
              {"dataset": "elasticity", **BF16_FAST}, _step),
+    Headline("Darcy 85x85 training step, paper size, `fast_step`, fp32 with TF32 dots (`32-true`, "
+             "`--float32_matmul_precision high`)", "train_step_small",
+             {"dataset": "darcy", "precision": "32-tf32", "row": "ours-fast"}, _step),
     Headline("Darcy 85x85 accuracy, FLARE, paper protocol", "accuracy",
              {"model": "flare", "dataset": "darcy", "budget": "full"}, _error),
     Headline("Elasticity accuracy, FLARE, paper protocol", "accuracy",

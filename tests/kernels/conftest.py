@@ -7,8 +7,10 @@ before any test module imports ``flare_lightning.kernels.triton_mixer``;
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -160,3 +162,18 @@ def assert_close_errors(errors: dict, dtype: torch.dtype, what: str) -> None:
     """All relative errors under the dtype's tolerance (fp32 1e-4, half 2e-2)."""
     bad = {k: v for k, v in errors.items() if not v < TOL[dtype]}
     assert not bad, f"{what} {dtype}: relative errors {errors} exceed {TOL[dtype]:g}"
+
+
+@contextlib.contextmanager
+def float32_matmul_precision(setting: str) -> Iterator[None]:
+    """``torch.set_float32_matmul_precision(setting)`` inside the block, restored after."""
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(setting)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
+# In the interpreter a tf32 dot is an fp32 one, so only a GPU can tell the two precisions apart.
+needs_tf32 = pytest.mark.skipif(not HAS_CUDA, reason="TF32 dots need a GPU (the interpreter computes them in fp32)")

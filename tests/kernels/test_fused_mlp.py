@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.kernels.conftest import HAS_CUDA, _fix_interpreter
+from tests.kernels.conftest import HAS_CUDA, _fix_interpreter, float32_matmul_precision, needs_tf32
 
 pytest.importorskip("triton")
 # The interpreter's numpy sigmoid overflows exp(-a) for large |a| (the result, 0 or 1, is right).
@@ -103,6 +103,22 @@ def test_fused_mlp_matches_float64_reference(tmlp, device, width, layers, act, w
     errors = fused_errors(tmlp, device, width, layers, act, with_ln, with_res, torch.float32, seed=width + layers)
     tol = 1e-5 if torch.get_float32_matmul_precision() == "highest" else 2e-3
     assert max(errors.values()) < tol, errors
+
+
+@pytest.mark.gpu
+@needs_tf32
+@pytest.mark.parametrize("store_hidden", [False, True], ids=["recompute", "stored"])
+def test_fp32_errors_follow_the_matmul_precision(tmlp, device, store_hidden):
+    """fp32: ``highest`` gives fp32-level errors against float64, ``high`` TF32-level ones (at least
+    10x larger: the setting reaches every dot, forward and backward)."""
+    errors = {}
+    for setting in ("highest", "high"):
+        with float32_matmul_precision(setting):
+            errors[setting] = fused_errors(tmlp, device, 64, 3, "gelu_tanh", True, True, torch.float32, seed=21,
+                                           rows=(4, 3000), store_hidden=store_hidden)
+    exact, tf32 = (max(errors[s].values()) for s in ("highest", "high"))
+    assert exact < 1e-5, errors
+    assert 10 * exact < tf32 < 5e-3, errors
 
 
 def test_fused_mlp_bf16_autocast_is_bf16_accurate(tmlp, device):
@@ -290,10 +306,6 @@ def test_fp32_dots_follow_the_matmul_precision(tmlp, setting, expected):
     precision: exact under ``highest``, TF32 under ``high`` (``--float32_matmul_precision``)."""
     from flare_lightning.kernels.triton_mixer import _prec
 
-    saved = torch.get_float32_matmul_precision()
-    try:
-        torch.set_float32_matmul_precision(setting)
+    with float32_matmul_precision(setting):
         assert tmlp._precision(torch.float32) == expected and _prec(torch.float32) == expected
         assert _prec(torch.bfloat16) == "tf32"  # 16-bit operands: the setting does not apply
-    finally:
-        torch.set_float32_matmul_precision(saved)

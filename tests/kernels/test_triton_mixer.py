@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from tests.kernels.conftest import HAS_CUDA, assert_close_errors, mixer_errors
+from tests.kernels.conftest import HAS_CUDA, assert_close_errors, float32_matmul_precision, mixer_errors, needs_tf32
 
 pytest.importorskip("triton")
 
@@ -165,3 +165,19 @@ def test_matches_explicit_gpu(tm, case, dtype):
     errors = mixer_errors(tm.flare_mix_triton, b, h, n, m, d, dtype, torch.device("cuda"), masked, scale,
                           seed=int(math.log2(n)) + m)
     assert_close_errors(errors, dtype, f"triton gpu {case}")
+
+
+@pytest.mark.gpu
+@needs_tf32
+def test_fp32_errors_follow_the_matmul_precision(tm, device):
+    """fp32 inputs: ``highest`` runs exact fp32 dots (fp32-level error against float64), ``high``
+    TF32 ones (the authors' trainer's setting, `--float32_matmul_precision high`): errors of a
+    10-bit mantissa, and at least 10x those of ``highest``, so each setting really reaches the kernels."""
+    errors = {}
+    for setting in ("highest", "high"):
+        with float32_matmul_precision(setting):
+            errors[setting] = mixer_errors(tm.flare_mix_triton, 2, 4, 5000, 64, 8, torch.float32, device, True, 1.0,
+                                           seed=17)
+    exact, tf32 = (max(errors[s].values()) for s in ("highest", "high"))
+    assert exact < 2e-5, errors
+    assert 10 * exact < tf32 < 1e-2, errors  # TF32's 10-bit mantissa in the logits; bf16's 7 bits give ~2e-2
