@@ -7,6 +7,10 @@ tree had uncommitted changes), package versions, the exact command, the source p
 change can move its numbers, and its rows. The renderer marks a record stale by itself when
 a file on those paths changed since its commit.
 
+Records written on another machine (``$OUT`` of a lent GPU) come home with
+``python benchmarks/records.py collect <folder>``: each valid record under the folder is copied into
+``benchmarks/records/<benchmark>/`` (never over a different record of that name), then re-render.
+
 Adopting it in a benchmark script takes a few lines::
 
     from benchmarks.records import write_record
@@ -276,3 +280,55 @@ def commit_order(commit: str | None, repo: Path = ROOT) -> tuple[int, int] | Non
     seconds = _git(repo, "show", "-s", "--format=%ct", full).stdout.strip()
     count = _git(repo, "rev-list", "--count", full).stdout.strip()
     return int(seconds), int(count)
+
+
+def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two records of one run: equal but for the ``source`` note a reader may have added since."""
+    return {k: v for k, v in a.items() if k != "source"} == {k: v for k, v in b.items() if k != "source"}
+
+
+def collect_records(source: Path, dest: Path = RECORDS) -> list[Path]:
+    """Copy every record under ``source`` (any depth) into ``dest/<benchmark>/``, whole or not at all;
+    returns the new files. A record of the same run already there is skipped (a ``source`` note added
+    to it is kept); a different record of the same name is kept and the new one takes the next free
+    name. JSON files that are no records are reported."""
+    from flare_lightning.atomic import atomic_write_text
+
+    copied = []
+    for path in sorted(Path(source).rglob("*.json")):
+        try:
+            record = read_record(path)
+        except RecordError as err:
+            print(f"not a record, left: {err}", file=sys.stderr)
+            continue
+        text = path.read_text()
+        target = dest / record["benchmark"] / path.name
+        counter = 2
+        while target.exists() and not _same_run(json.loads(target.read_text()), record):
+            target = target.with_name(f"{path.stem}_{counter}.json")
+            counter += 1
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, text)
+        copied.append(target)
+        print(f"record: {target}")
+    return copied
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Benchmark records: bring records made elsewhere home.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    collect = sub.add_parser("collect", help="copy the records under FOLDER into benchmarks/records/<benchmark>/")
+    collect.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        parser.error(f"collect: {args.folder} is not a folder")
+    copied = collect_records(args.folder)
+    print(f"{len(copied)} new record(s); re-render with `python benchmarks/render.py`")
+
+
+if __name__ == "__main__":
+    main()

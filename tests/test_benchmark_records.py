@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import render
-from benchmarks.records import RecordError, Staleness, make_record, read_records, staleness, write_record
+from benchmarks.records import (RecordError, Staleness, collect_records, make_record, read_records, staleness,
+                                write_record)
 from benchmarks.sections import Column, size, tries
 from tests.helpers import REPO
 
@@ -98,6 +99,28 @@ def test_write_record_writes_a_valid_record_and_keeps_earlier_ones(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
     with pytest.raises(RecordError, match="field 'paths' should list repository-relative paths"):
         make_record("step", rows, paths=["/abs/path"], card="x", command="c", commit=(None, False), versions={})
+
+
+def test_collect_brings_records_home_by_benchmark_and_never_overwrites(tmp_path, capsys):
+    """Records fetched from a device run, at any depth, land in <dest>/<benchmark>/; a second collect adds
+    nothing; a different record of the same name is kept beside; other JSON files are reported, not copied."""
+    fetched, dest = tmp_path / "dev", tmp_path / "records"
+    made = write_record("step", [{"config": "ours", "ms": 1.0}], paths=["flare_lightning/"], out=fetched / "rec_step",
+                        card="NVIDIA H100", commit=("a" * 40, False), versions={}, date="2026-12-07T09:00:00Z")
+    (fetched / "rec_tss").mkdir()
+    (fetched / "rec_tss" / "notes.json").write_text('{"a": 1}')
+    assert collect_records(fetched, dest) == [dest / "step" / made.name]
+    assert json.loads((dest / "step" / made.name).read_text())["rows"] == [{"config": "ours", "ms": 1.0}]
+    assert "not a record" in capsys.readouterr().err and not (dest / "tss").exists()
+    assert collect_records(fetched, dest) == []
+    annotated = json.loads((dest / "step" / made.name).read_text()) | {"source": "a note added at home"}
+    (dest / "step" / made.name).write_text(json.dumps(annotated))
+    assert collect_records(fetched, dest) == []  # the same run, its note kept
+    other = json.loads(made.read_text())
+    other["rows"] = [{"config": "ours", "ms": 2.0}]
+    made.write_text(json.dumps(other))
+    assert collect_records(fetched, dest) == [dest / "step" / made.name.replace(".json", "_2.json")]
+    assert json.loads((dest / "step" / made.name).read_text())["rows"][0]["ms"] == 1.0  # the first kept
 
 
 def test_read_records_names_the_file_and_field_at_fault(tmp_path):

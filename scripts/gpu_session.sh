@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Every GPU check and figure of record at HEAD on one lent GPU, in stages that survive a short
+# session: the GPU tests first, then the timings the pages cite (benchmarks/RESULTS.md, README).
+#
+#   setsid nohup scripts/gpu_session.sh > /tmp/gpu_session.out 2>&1 < /dev/null &   # all stages, in the background
+#   STAGES="gpu_tests fit1m" scripts/gpu_session.sh                                # some of them
+#   scripts/gpu_session.sh --list                                                  # the stages and their commands
+#   scripts/gpu_session.sh --collect <folder>     # on the dev machine: a fetched $DEV -> benchmarks/records/, rendered
+#
+# Each stage writes its record(s) into $DEV/rec_<stage>/ (DEV: /tmp/dev), its output into $DEV/<stage>.log
+# and a start/end line into $DEV/progress; a stage that finished on this machine is skipped when the script
+# runs again, so a caller can poll $DEV/progress and copy $DEV back as it goes. $DEV/DONE marks the end.
+# STAGE_LIMIT (seconds, default 1500) bounds each stage. Set FLARE_COMMIT where the copy has no .git.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DEV=${DEV:-/tmp/dev}
+PY=${PYTHON:-python3}
+
+declare -A CMD=(
+  [gpu_tests]="env PYTHON=$PY bash scripts/gpu_tests.sh"
+  [fit1m]="$PY benchmarks/train_step_small.py --datasets drivaerml_1m --precisions bf16-mixed --rows ours-eager ours-recompute ours-m128 ours-m128-recompute --root /tmp/bench_1m"
+  [tss]="$PY benchmarks/train_step_small.py --datasets darcy elasticity --precisions bf16-mixed 32-tf32 --rows ours-fast reference-compiled --root /tmp/bench_small"
+  [eval]="$PY benchmarks/step.py --eval --n 8800000 --latents 256 --configs ours-fused-compiled-stored"
+  [step256]="$PY benchmarks/step.py --n 1048576 --latents 256 --configs reference-compiled ours-fused-compiled ours-fused-compiled-stored"
+  [step128]="$PY benchmarks/step.py --n 1048576 --latents 128 --configs reference-compiled ours-fused-compiled-stored"
+  [mlp]="$PY benchmarks/mlp.py --sweep"
+  [grid12]="$PY benchmarks/step.py --grid --grid-blocks 1 2 --configs reference-compiled ours-fused-compiled-stored"
+  [grid48]="$PY benchmarks/step.py --grid --grid-blocks 4 8 --configs reference-compiled ours-fused-compiled-stored"
+)
+ORDER=(gpu_tests fit1m tss eval step256 step128 mlp grid12 grid48)
+
+case "${1:-}" in
+  --list)
+    for s in "${ORDER[@]}"; do echo "$s: ${CMD[$s]}"; done
+    exit 0 ;;
+  --collect)
+    "$PY" benchmarks/records.py collect "${2:?usage: gpu_session.sh --collect <folder>}" && exec "$PY" benchmarks/render.py ;;
+  "") ;;
+  *) echo "gpu_session.sh: unknown argument '$1' (--list, --collect <folder>, or none)" >&2; exit 2 ;;
+esac
+
+wanted=${STAGES:-${ORDER[*]}}
+for s in $wanted; do
+  [ -n "${CMD[$s]+x}" ] || { echo "gpu_session.sh: unknown stage '$s' in STAGES (known: ${ORDER[*]})" >&2; exit 2; }
+done
+"$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu_session.sh: no CUDA device is visible')" || exit 1
+mkdir -p "$DEV"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$DEV/gpu.txt" 2>&1
+for s in "${ORDER[@]}"; do
+  [[ " $wanted " == *" $s "* ]] || continue
+  [ -e "$DEV/$s.done" ] && continue
+  echo "$(date +%T) start $s" >> "$DEV/progress"
+  mkdir -p "$DEV/rec_$s"
+  OUT="$DEV/rec_$s" timeout "${STAGE_LIMIT:-1500}" ${CMD[$s]} > "$DEV/$s.log" 2>&1
+  echo "$(date +%T) end $s rc=$?" >> "$DEV/progress"
+  touch "$DEV/$s.done"
+done
+touch "$DEV/DONE"
