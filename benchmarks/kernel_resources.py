@@ -31,6 +31,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from flare_lightning.kernels import triton_mixer as tm
+from flare_lightning.kernels.dot_precision import dot_type, input_precision
 from flare_lightning.kernels import triton_mlp
 from flare_lightning.kernels import triton_mlp_kernels as km
 from flare_lightning.kernels import triton_mixer_bwd as kb
@@ -92,7 +93,7 @@ def kernel_table(m: int, d: int, dtype: torch.dtype = torch.bfloat16) -> dict[st
     cfg = tm.default_config(m, d, dtype)
     bd = tm._pow2(d)
     align = min(d & -d, 16 // (torch.finfo(dtype).bits // 8))  # row alignment in elements, as _align finds
-    prec = "ieee" if dtype == torch.float32 else "tf32"
+    prec = input_precision(dtype)  # fp32: as the setting asks (default highest: ieee)
     join = dict(M=m, D=d, **tm.join_tiles(bd))
     small = {"num_warps": 4, "num_stages": 2}
 
@@ -127,7 +128,7 @@ def mlp_table(store_hidden: bool, cfg: triton_mlp.MLPConfig, c: int = 64, nl: in
               dtype: torch.dtype = torch.bfloat16) -> dict[str, dict[str, int]]:
     """Resources of the fused MLP's kernels as ``cfg`` launches them: the forward, then each
     backward segment (layers lo..hi-1), from kept inputs with ``store_hidden``."""
-    common = dict(C=c, NL=nl, LN=True, ACT=km.GELU_TANH, DOT=triton_mlp._dot_type(dtype), PREC=triton_mlp._precision(dtype))
+    common = dict(C=c, NL=nl, LN=True, ACT=km.GELU_TANH, DOT=dot_type(dtype), PREC=input_precision(dtype))
     table = {"forward": resources(km.mlp_fwd_kernel, dtype, common | dict(RES=True, SAVE=store_hidden and nl > 1,
                                   BT=cfg.fwd_rows), cfg.launch("fwd"), ROWS)}
     rows, _, launch = cfg.backward(store_hidden)

@@ -24,6 +24,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from flare_lightning.kernels.dot_precision import input_precision
 from flare_lightning.kernels.reference import check_mixer_inputs
 from flare_lightning.kernels.triton_mixer_bwd import (
     _bwd_decode_kernel,
@@ -147,16 +148,6 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _prec(dtype: torch.dtype) -> str:
-    """tl.dot's input precision: fp32 inputs follow ``torch.get_float32_matmul_precision()``
-    as PyTorch's own matmuls do (``highest``: exact fp32 products, the 1e-4 relative contract;
-    ``high``/``medium``: TF32 tensor cores, as the FLARE authors' trainer runs); 16-bit inputs
-    ignore it."""
-    if dtype != torch.float32:
-        return "tf32"
-    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
-
-
 def _align(*ts: Tensor) -> int:
     """Elements (a power of two, at most 16 bytes' worth) dividing every row start of ``ts``.
 
@@ -183,7 +174,7 @@ def _launch_constants(q: Tensor, k: Tensor, mask: Tensor | None, scale: float) -
     b, h, n, d = k.shape
     mask_u8 = mask.view(torch.uint8) if mask is not None else k
     mask_stride = mask.stride(0) if mask is not None else 0
-    return b, h, n, d, q.shape[1], b * h, k.device, _pow2(d), scale * LOG2E, _prec(k.dtype), mask_u8, mask_stride
+    return b, h, n, d, q.shape[1], b * h, k.device, _pow2(d), scale * LOG2E, input_precision(k.dtype), mask_u8, mask_stride
 
 
 def _encode(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, cfg: MixerConfig):

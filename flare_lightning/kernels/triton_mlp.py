@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from flare_lightning.kernels import triton_mlp_kernels as kernels
+from flare_lightning.kernels.dot_precision import dot_type, input_precision
 from flare_lightning.kernels.fused_mlp import FUSED_WIDTHS
 
 ACT_CODES = {"gelu_tanh": kernels.GELU_TANH, "gelu": kernels.GELU, "silu": kernels.SILU, "relu": kernels.RELU}
@@ -31,19 +32,6 @@ def interpreted() -> bool:
     ``triton_mlp_kernels`` under ``TRITON_INTERPRET=1``; the custom ops stay registered once)."""
     return type(kernels.mlp_fwd_kernel).__name__ == "InterpretedFunction"
 _DOT = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-
-
-def _dot_type(dtype: torch.dtype):
-    import triton.language as tl
-
-    return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}[dtype]
-
-
-def _precision(compute_dtype: torch.dtype) -> str:
-    """fp32 dots follow ``torch.get_float32_matmul_precision()`` (``highest``: exact fp32)."""
-    if compute_dtype != torch.float32:
-        return "ieee"  # ignored for 16-bit operands
-    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
 @lru_cache(maxsize=None)
@@ -156,7 +144,7 @@ def mlp_fwd(
             x2, res, out, hidden, ln_weight if has_ln else bias, ln_bias if has_ln else bias,
             weight.transpose(1, 2).to(compute_dtype).contiguous(), bias.contiguous(), rows, eps,
             C=c, NL=nl, LN=has_ln, RES=residual is not None, ACT=act, SAVE=save and nl > 1,
-            DOT=_dot_type(compute_dtype), PREC=_precision(compute_dtype), BT=cfg.fwd_rows, **cfg.launch("fwd"),
+            DOT=dot_type(compute_dtype), PREC=input_precision(compute_dtype), BT=cfg.fwd_rows, **cfg.launch("fwd"),
         )
     return out, hidden
 
@@ -194,7 +182,7 @@ def mlp_bwd(
             kernels.mlp_bwd_kernel[(programs,)](
                 x2, hidden if hidden.numel() else x2, grad, target, lnw, lnb, w, wt, bias.contiguous(), dw, db, dln,
                 rows, eps, C=c, NL=nl, LO=lo, HI=hi, LN=has_ln, STORED=stored, ACT=act,
-                DOT=_dot_type(compute_dtype), PREC=_precision(compute_dtype), BT=block, **cfg.launch(launch),
+                DOT=dot_type(compute_dtype), PREC=input_precision(compute_dtype), BT=block, **cfg.launch(launch),
             )
         grad = target.view(-1, c)
     return target, dw.sum(0), db.sum(0), dln.sum(0)

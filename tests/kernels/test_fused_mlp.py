@@ -301,11 +301,11 @@ def test_auto_runs_torch_mlps_on_cpu():
 
 
 @pytest.mark.parametrize("setting, expected", [("highest", "ieee"), ("high", "tf32"), ("medium", "tf32")])
-def test_fp32_dots_follow_the_matmul_precision(tmlp, setting, expected):
-    """Both Triton paths (the fused MLP and the mixer) take fp32 dots at PyTorch's fp32 matmul
+def test_fp32_dots_follow_the_matmul_precision(setting, expected):
+    """The Triton paths (the fused MLP and the mixer) take fp32 dots at PyTorch's fp32 matmul
     precision: exact under ``highest``, TF32 under ``high`` (``--float32_matmul_precision``)."""
-    from flare_lightning.kernels.triton_mixer import _prec
+    from flare_lightning.kernels.dot_precision import input_precision
 
     with float32_matmul_precision(setting):
-        assert tmlp._precision(torch.float32) == expected and _prec(torch.float32) == expected
-        assert _prec(torch.bfloat16) == "tf32"  # 16-bit operands: the setting does not apply
+        assert input_precision(torch.float32) == expected
+        assert input_precision(torch.bfloat16) == "tf32"  # 16-bit operands: the setting does not apply
