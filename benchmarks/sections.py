@@ -347,10 +347,12 @@ SECTIONS = (
         "`scripts/gpu_tests.sh` on a lent GPU (CI has none): every test marked `gpu` or `kernels` (the fast step's CUDA "
         "graphs against eager steps, mixed precision on the GPU, the Triton kernels compiled instead of interpreted), "
         "per test file: passed, failed, skipped, seconds, and the failing tests; `not run` (the all row): tests "
-        "selected but never reported, where pytest aborted the session",
+        "selected but never reported, where pytest aborted the session; `wall s` (the all row): the session's wall "
+        "time with `workers` pytest-xdist processes sharing the GPU (records before 2026-12-07T10: one process)",
         ("card", "file"),
         (Column("file", "test file"), Column("passed", "passed"), Column("failed", "failed"), Column("skipped", "skipped"),
-         Column("not_run", "not run"), Column("seconds", "s", ".0f"),
+         Column("not_run", "not run"), Column("seconds", "s", ".0f"), Column("wall_s", "wall s", ".0f"),
+         Column("workers", "workers"),
          Column("failures", "failing", lambda v: ", ".join(v) if v else "-")),
     ),
     Section(

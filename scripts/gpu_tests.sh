@@ -11,7 +11,9 @@
 # On the GPU machine set PYTHONPATH as ../shared/tools/gpu-wheels.sh prints (the CLI tests need
 # jsonargparse, and scikit-fem for the elasticity tests); PYTHON picks the interpreter. A test module that
 # cannot be imported (a missing package) is reported and the others still run. The two-GPU DDP test runs where two GPUs are
-# visible and is skipped otherwise. Exit status: pytest's.
+# visible and is skipped otherwise. With pytest-xdist importable (the `dev` extra; on a lent machine add its wheel and
+# execnet's to .whl/) GPU_TEST_WORKERS processes (default 4) share the GPU, a test file each at a time: most of the time
+# is compilation on the CPU. Exit status: pytest's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -23,9 +25,18 @@ targets=("$@")
 opts=(-m "gpu or kernels" -q -p no:cacheprovider -p no:benchmark --continue-on-collection-errors)
 # how many tests the run selects, so that the record counts any that an aborted session never ran
 collected=$("$PYTHON" -m pytest "${opts[@]}" --collect-only "${targets[@]}" 2>/dev/null | grep -Eo '^[0-9]+(/[0-9]+)? tests? collected' | grep -Eo '^[0-9]+' || true)
+workers=${GPU_TEST_WORKERS:-4}
+parallel=()
+if [ "$workers" -gt 1 ] && "$PYTHON" -c "import xdist" 2>/dev/null; then
+  parallel=(-n "$workers" --dist loadfile)
+else
+  workers=1
+fi
 status=0
-"$PYTHON" -m pytest "${opts[@]}" -o junit_family=xunit1 --junitxml="$report" "${targets[@]}" || status=$?
+start=$SECONDS
+"$PYTHON" -m pytest "${opts[@]}" ${parallel[@]+"${parallel[@]}"} -o junit_family=xunit1 --junitxml="$report" "${targets[@]}" || status=$?
+wall=$((SECONDS - start))
 # one line per test file, and a record (card, commit, counts, failing tests) for RESULTS.md: into $OUT on a
 # device machine (copy it into benchmarks/records/gpu_tests/ and re-render), else benchmarks/records/gpu_tests/
-"$PYTHON" benchmarks/gpu_tests.py "$report" ${collected:+--collected "$collected"} --command "scripts/gpu_tests.sh${*:+ $*}" || status=$?
+"$PYTHON" benchmarks/gpu_tests.py "$report" ${collected:+--collected "$collected"} --wall-s "$wall" --workers "$workers" --command "scripts/gpu_tests.sh${*:+ $*}" || status=$?
 exit $status

@@ -17,14 +17,16 @@ def test_a_gpu_test_report_becomes_a_record_with_its_failures(tmp_path):
         '<testcase file="tests/b.py" name="test_skip" time="0"><skipped message="no 2 GPUs"/></testcase>'
         '<testcase file="tests/b.py" name="test_err" time="0.1"><error message="y"/></testcase>'
         '</testsuite></testsuites>')
-    rows = gpu_tests.main([str(report), "--collected", "7", "--out", str(tmp_path / "records" / "gpu_tests")])
+    rows = gpu_tests.main([str(report), "--collected", "7", "--wall-s", "1.2", "--workers", "4",
+                           "--out", str(tmp_path / "records" / "gpu_tests")])
     assert rows[0] == {"file": "tests/a.py", "passed": 1, "failed": 1, "skipped": 0, "seconds": 2.0, "failures": ["test_bad"]}
     assert rows[-1] == {"file": "all", "passed": 1, "failed": 2, "skipped": 1, "seconds": 2.1, "not_run": 3,
-                        "failures": ["tests/a.py::test_bad", "tests/b.py::test_err"]}  # 7 selected, 4 reported
+                        "failures": ["tests/a.py::test_bad", "tests/b.py::test_err"],  # 7 selected, 4 reported
+                        "wall_s": 1.2, "workers": 4}
     (entry,) = render.load(tmp_path / "records")
     text = "\n".join(render.table(BY_BENCHMARK["gpu_tests"].columns, entry.rows))
-    assert "| all | 1 | 2 | 1 | 3 | 2 | tests/a.py::test_bad, tests/b.py::test_err |" in text
-    assert "| tests/a.py | 1 | 1 | 0 | - | 2 | test_bad |" in text
+    assert "| all | 1 | 2 | 1 | 3 | 2 | 1 | 4 | tests/a.py::test_bad, tests/b.py::test_err |" in text
+    assert "| tests/a.py | 1 | 1 | 0 | - | 2 | - | - | test_bad |" in text
 
 
 def test_an_aborted_session_counts_its_unrun_tests(tmp_path):
