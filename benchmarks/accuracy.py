@@ -24,8 +24,14 @@ OpenMP threads; separate launches each assume the whole machine). In float32 the
 4x slower on Darcy (the fp32 mixer): full-protocol runs use bf16-mixed, as the step benchmarks do.
     python benchmarks/accuracy.py collect       # a record per finished run -> benchmarks/records/accuracy/, pages re-rendered
 
+A precision ablation runs each arm in its own ``--out`` (a run folder keeps its settings) and collects
+each; records are keyed by precision too, so the arms sit side by side in ACCURACY.md:
+    python benchmarks/accuracy.py launch --models flare --datasets elasticity --seeds 0 1 2 --fast-step \
+        --out runs/acc_fp32_mixer -- --trainer.precision bf16-mixed '--model.model.init_args.fp32_parts=[mixer]'
+    python benchmarks/accuracy.py collect --out runs/acc_fp32_mixer
+
 ``collect`` writes one record (``benchmarks/records.py``) per finished run, replacing an earlier
-record of the same run, prints the failed and unfinished runs, and re-renders the pages
+record of the same run and precision, prints the failed and unfinished runs, and re-renders the pages
 (``benchmarks/render.py``: ACCURACY.md with the notes in ``benchmarks/notes/accuracy.md``).
 """
 
@@ -593,14 +599,21 @@ def run_record(result: Result, out: Path) -> dict:
                        commit=(commits[0] if commits else None, any(c.endswith(DIRTY) for c in result.commits)))
 
 
+def precision_slug(precision: str) -> str:
+    """A run's precision label as a file-name part: ``bf16-mixed, fp32 eval`` -> ``bf16-mixed-fp32-eval``."""
+    return re.sub(r"[^a-z0-9]+", "-", precision.lower()).strip("-")
+
+
 def write_run_records(results: list[Result], out: Path, records: Path) -> list[Path]:
-    """One record per finished run in ``records/accuracy/<model>_<dataset>_<tag>.json``, replacing
-    the record an earlier collect wrote for the same run."""
+    """One record per finished run in ``records/accuracy/<model>_<dataset>_<tag>_<precision>.json``
+    (arms of a precision ablation share seeds and tags), replacing the record an earlier collect
+    wrote for the same run."""
     from flare_lightning.atomic import atomic_write_text
 
     paths = []
     for result in results:
-        path = records / "accuracy" / f"{result.model}_{result.dataset}_{result.folder.name}.json"
+        name = f"{result.model}_{result.dataset}_{result.folder.name}_{precision_slug(result.precision)}.json"
+        path = records / "accuracy" / name
         atomic_write_text(path, json.dumps(run_record(result, out), indent=1, allow_nan=False) + "\n")
         paths.append(path)
     return paths

@@ -12,31 +12,77 @@ from typing import Any
 from benchmarks.accuracy import DATASETS, MODELS, hours
 
 BENCHMARK = "accuracy"
-KEY = ("model", "dataset", "seed", "budget")  # a later record of the same run replaces it, on any card
+KEY = ("model", "dataset", "seed", "budget", "precision")  # a later record of the same run replaces it, on any card
+REFERENCE_PRECISION = "32-true"  # what the precision comparison holds every other precision against
 
 INTRO = """\
 Test relative L2 error x1e-3 (lower is better) of the best-validation checkpoint, mean over seeds,
-with the wall time of a run (fit + test). Every model sees the same samples of a column; each
-trains with its own paper protocol (configs/<dataset>.yaml for FLARE, configs/baselines/ for the
-others; Darcy with the reference's gradient objective, test metric rel. L2 of u).
-**Columns marked "paper" are the FLARE paper's numbers on the real files (arXiv 2508.12594, read
-off its figure; blank where it gives none): other data, not comparable cell by cell.**
-The authors' trainer runs in fp32 (`mixed_precision: bool = False` in FLARE.py's pdebench);
-each run's precision is in the table of runs ("fp32 eval": trained under bf16 autocast, validated
-and tested in float32)."""
+with the wall time of a run (fit + test); a cell has a line per precision, each labelled ("fp32
+eval": trained under bf16 autocast, validated and tested in float32). Every model sees the same
+samples of a column; each trains with its own paper protocol (configs/<dataset>.yaml for FLARE,
+configs/baselines/ for the others; Darcy with the reference's gradient objective, test metric rel.
+L2 of u). **Columns marked "paper" are the FLARE paper's numbers on the real files (arXiv
+2508.12594, read off its figure; blank where it gives none): other data,
+not comparable cell by cell.** The authors' trainer runs in fp32 (`mixed_precision: bool = False`
+in FLARE.py's pdebench)."""
 
 
-def _cell(runs: list[tuple[dict[str, Any], str]]) -> str:
-    """Mean (and spread) over seeds of one model on one dataset; ``runs``: (row, its record's state)."""
-    if not runs:
-        return "not run"
+def _by_precision(runs: list[tuple[dict[str, Any], str]]) -> dict[str, list[tuple[dict[str, Any], str]]]:
+    """``runs`` grouped by precision, 32-true first, then by name: seeds average within a group only."""
+    groups: dict[str, list] = {}
+    for run in sorted(runs, key=lambda r: (r[0]["precision"] != REFERENCE_PRECISION, r[0]["precision"])):
+        groups.setdefault(run[0]["precision"], []).append(run)
+    return groups
+
+
+def _summary(runs: list[tuple[dict[str, Any], str]]) -> str:
+    """Mean (and spread) over the seeds of one precision group; ``runs``: (row, its record's state)."""
     vals = [row["rel_l2"] * 1e3 for row, _ in runs]
     walls = [row["wall_s"] for row, _ in runs if row.get("wall_s") is not None]
     wall = hours(statistics.mean(walls)) if walls else "time unknown"
     marks = "".join(f"; {state}" for state in dict.fromkeys(state for _, state in runs) if state != "current")
+    precision = runs[0][0]["precision"]
     if len(vals) == 1:
-        return f"**{vals[0]:.2f}** ({wall}{marks})"
-    return f"**{statistics.mean(vals):.2f}** ({min(vals):.2f}-{max(vals):.2f}, {len(vals)} seeds; {wall} each{marks})"
+        return f"**{vals[0]:.2f}** ({precision}; {wall}{marks})"
+    return (f"**{statistics.mean(vals):.2f}** ({min(vals):.2f}-{max(vals):.2f}, {len(vals)} seeds; {precision}; "
+            f"{wall} each{marks})")
+
+
+def _cell(runs: list[tuple[dict[str, Any], str]]) -> str:
+    """One model on one dataset: a line per precision (mean and spread over its seeds), labelled."""
+    if not runs:
+        return "not run"
+    return "<br>".join(_summary(group) for group in _by_precision(runs).values())
+
+
+def _precision_table(runs: list[tuple[dict[str, Any], Any]]) -> list[str]:
+    """The model/dataset/budget cells run at more than one precision: a row per precision with the mean,
+    spread and seeds, and the mean as a multiple of the 32-true runs' (what bf16 costs, and what a
+    mixed mode recovers)."""
+    cells: dict[tuple, list] = {}
+    for row, entry in runs:
+        cells.setdefault((row["budget"], row["dataset"], row["model"]), []).append((row, entry.staleness.state))
+    lines = []
+    order = list(MODELS)
+    for budget, dataset, model in sorted(cells, key=lambda k: (k[0] != "full", k[1], order.index(k[2]))):
+        groups = _by_precision(cells[budget, dataset, model])
+        if len(groups) < 2:
+            continue
+        means = {p: statistics.mean(r["rel_l2"] * 1e3 for r, _ in g) for p, g in groups.items()}
+        for precision, group in groups.items():
+            vals = [r["rel_l2"] * 1e3 for r, _ in group]
+            spread = f"{min(vals):.2f}-{max(vals):.2f}" if len(vals) > 1 else "-"
+            ratio = f"{means[precision] / means[REFERENCE_PRECISION]:.2f}x" if REFERENCE_PRECISION in means else "-"
+            states = ", ".join(dict.fromkeys(state for _, state in group))
+            lines.append(f"| {MODELS[model]} | {dataset} | {budget} | {precision} | {means[precision]:.2f} | {spread} | "
+                         f"{len(vals)} | {ratio} | {states} |")
+    if not lines:
+        return []
+    return ["## One model and data set at several precisions", "",
+            "The runs above, by precision: mean test rel. L2 x1e-3 over seeds, its spread, and the mean as a multiple "
+            f"of the {REFERENCE_PRECISION} runs' (ratios within the spread of one seed are not a difference).", "",
+            "| model | dataset | budget | precision | mean | spread | seeds | vs 32-true | state |",
+            "|---|---|---|---|---|---|---|---|---|", *lines, ""]
 
 
 def _budget_title(budget: str) -> str:
@@ -85,6 +131,7 @@ def render(entries: list[Any], link: Callable[[Path], str], notes: str) -> str:
                     cells.append(f"*{ds.paper[model]}*" if model in ds.paper else "")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _precision_table(runs)
     if runs:
         lines += ["## Runs", "",
                   "\"full budget at this pace\" scales a run's wall time to its config's full epoch budget.", "",
@@ -94,7 +141,7 @@ def render(entries: list[Any], link: Callable[[Path], str], notes: str) -> str:
         order = list(MODELS)
         stale = []
         for row, entry in sorted(runs, key=lambda r: (r[0]["budget"], r[0]["dataset"], order.index(r[0]["model"]),
-                                                      r[0]["seed"])):
+                                                      r[0]["precision"], r[0]["seed"])):
             record, state = entry.record, entry.staleness.state
             commits = ", then ".join(c[:7] for c in row.get("commits") or [record["commit"] or "unknown"])
             full = row.get("full_budget_s")

@@ -219,9 +219,9 @@ HEADLINES = (
              "`--float32_matmul_precision high`)", "train_step_small",
              {"dataset": "darcy", "precision": "32-tf32", "row": "ours-fast"}, _step),
     Headline("Darcy 85x85 accuracy, FLARE, paper protocol", "accuracy",
-             {"model": "flare", "dataset": "darcy", "budget": "full"}, _error),
+             {"model": "flare", "dataset": "darcy", "budget": "full", "precision": "bf16-mixed, fp32 eval"}, _error),
     Headline("Elasticity accuracy, FLARE, paper protocol", "accuracy",
-             {"model": "flare", "dataset": "elasticity", "budget": "full"}, _error),
+             {"model": "flare", "dataset": "elasticity", "budget": "full", "precision": "32-true"}, _error),
     Headline("DrivAerML-1M training step through `flare fit`: `configs/drivaerml_1m.yaml` as shipped (M = 256, "
              "2^20 points per step, proxy surfaces; `benchmarks/train_step_small.py`)", "train_step_small",
              {"dataset": "drivaerml_1m", "row": "ours-eager"},

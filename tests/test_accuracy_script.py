@@ -199,19 +199,19 @@ def test_collector_on_fake_runs(accuracy, tmp_path):
     reduced = reduced.split("## Runs")[0]
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in reduced.splitlines() if line.startswith("| ")}
     # the fake runs' commits are not in this repository's history: every cell says so
-    assert rows["FLARE"][1] == "**6.10** (1.5 h; unknown commit)" and rows["FLARE"][2] == "*5.1*"  # paper, real files
-    assert rows["Transolver"][1] == "**19.00** (18.00-20.00, 2 seeds; 50 min each; unknown commit)"
+    assert rows["FLARE"][1] == "**6.10** (32-true; 1.5 h; unknown commit)" and rows["FLARE"][2] == "*5.1*"  # paper, real files
+    assert rows["Transolver"][1] == "**19.00** (18.00-20.00, 2 seeds; bf16-mixed; 50 min each; unknown commit)"
     assert rows["Transolver"][2] == "*18.6*"
     assert rows["Transformer"][1] == "not run" and rows["Transformer"][2] == "*4.4*"
     assert rows["PerceiverIO"][2] == ""  # the paper gives no number
-    assert "**37.00** (3 min; unknown commit)" in full
+    assert "**37.00** (32-true; 3 min; unknown commit)" in full
     assert "real FNO files" in text and "not comparable cell by cell" in text
     runs = text.split("## Runs")[1]
     # 50 of Darcy's 500 epochs took 50 min: the full budget at this pace is 10x longer
     assert "| Transolver | darcy | ep50 | 0 | bf16-mixed | 2.0000e-02 | 50 min, 2 attempts | 8.3 h | NVIDIA H200 |" in runs
-    assert "| def5678 | unknown commit | [transolver_darcy_seed0_ep50.json](records/accuracy/transolver_darcy_seed0_ep50.json) |" in runs
+    assert "| def5678 | unknown commit | [transolver_darcy_seed0_ep50_bf16-mixed.json](records/accuracy/transolver_darcy_seed0_ep50_bf16-mixed.json) |" in runs
     assert "| FLARE | quickstart | full | 0 | 32-true | 3.7000e-02 | 3 min | 3 min | cpu |" in runs
-    record = json.loads((tmp_path / "records" / "accuracy" / "transolver_darcy_seed0_ep50.json").read_text())
+    record = json.loads((tmp_path / "records" / "accuracy" / "transolver_darcy_seed0_ep50_bf16-mixed.json").read_text())
     assert (record["commit"], record["dirty"], record["card"]) == ("def5678", True, "NVIDIA H200")
     assert record["paths"] == ["flare_lightning/", "datamodules/", "configs/darcy.yaml", "configs/baselines/transolver_darcy.yaml"]
     assert record["rows"][0]["full_budget_s"] == pytest.approx(3000 * 10)
@@ -229,6 +229,38 @@ def test_collector_on_fake_runs(accuracy, tmp_path):
     assert accuracy.run_precision([*bf16, parts, "[]"]) == "bf16-mixed"
 
 
+def test_precision_arms_of_one_cell_keep_their_own_records_and_lines(accuracy, tmp_path):
+    """An ablation's arms share model, data set and seed: each keeps its record, the cell has a line per
+    precision (seeds average within one only), and the comparison table holds each against 32-true."""
+    out, arm = tmp_path / "runs", tmp_path / "arm"
+    for seed, rel in ((0, 0.006), (1, 0.007)):
+        fake_run(out, "flare_elasticity", f"seed{seed}_full", rel, wall_s=1200)
+    fake_run(arm, "flare_elasticity", "seed0_full", 0.0115, wall_s=600)
+    launch = arm / "flare_elasticity" / "seed0_full" / "launch.json"
+    record = json.loads(launch.read_text())
+    record["attempts"][0]["command"] = ["flare", "fit", "--trainer.precision=bf16-mixed"]
+    launch.write_text(json.dumps(record))
+    records = tmp_path / "records"
+    accuracy.write_run_records(accuracy.collect(out), out, records)
+    text = page(accuracy, accuracy.collect(arm), arm, tmp_path)  # the arm's collect, into the same records
+    assert sorted(p.name for p in (records / "accuracy").iterdir()) == [
+        "flare_elasticity_seed0_full_32-true.json", "flare_elasticity_seed0_full_bf16-mixed.json",
+        "flare_elasticity_seed1_full_32-true.json"]
+    cell = next(line for line in text.split("## Full budget")[1].splitlines() if line.startswith("| FLARE |"))
+    assert ("**6.50** (6.00-7.00, 2 seeds; 32-true; 20 min each; unknown commit)<br>"
+            "**11.50** (bf16-mixed; 10 min; unknown commit)") in cell
+    table = text.split("## One model and data set at several precisions")[1].split("## Runs")[0]
+    assert "| FLARE | elasticity | full | 32-true | 6.50 | 6.00-7.00 | 2 | 1.00x | unknown commit |" in table
+    assert "| FLARE | elasticity | full | bf16-mixed | 11.50 | - | 1 | 1.77x | unknown commit |" in table
+    assert accuracy.precision_slug("bf16-mixed, fp32 mixer+residual") == "bf16-mixed-fp32-mixer-residual"
+
+
+def test_a_page_without_two_precisions_of_a_cell_has_no_comparison(accuracy, tmp_path):
+    out = tmp_path / "runs"
+    fake_run(out, "flare_darcy", "seed0_full", 0.004, wall_s=1800)
+    assert "several precisions" not in page(accuracy, accuracy.collect(out), out, tmp_path)
+
+
 def collect_args(tmp_path: Path, out: Path) -> list[str]:
     """``collect`` into ``tmp_path``: records, the two pages, no README."""
     return ["collect", "--out", str(out), "--records", str(tmp_path / "records"), "--output",
@@ -241,7 +273,7 @@ def test_collect_writes_a_record_per_run_and_the_page(accuracy, tmp_path):
     accuracy.main(collect_args(tmp_path, out))
     text = (tmp_path / "ACCURACY.md").read_text()
     assert "| PerceiverIO | elasticity | full | 2 | 32-true | 9.0000e-03 | 2.0 h | 2.0 h |" in text
-    path = tmp_path / "records" / "accuracy" / "perceiverio_elasticity_seed2_full.json"
+    path = tmp_path / "records" / "accuracy" / "perceiverio_elasticity_seed2_full_32-true.json"
     assert json.loads(path.read_text())["rows"][0]["rel_l2"] == 0.009
     (out / "perceiverio_elasticity" / "seed2_full" / "test_metrics.json").write_text(json.dumps({"test/rel_l2": 0.008}))
     accuracy.main(collect_args(tmp_path, out))  # collected again: the run's record is replaced
@@ -320,7 +352,7 @@ def test_an_attempt_is_recorded_before_its_run_and_untimed_ones_are_marked(accur
     assert [a["commit"] for a in attempts] == ["old0000", "abc1234"]  # each attempt keeps its own code
     assert (result.commit, result.card) == ("old0000, then abc1234", "NVIDIA H200")
     assert "2 attempts (1 without a recorded end: a lower bound)" in page(accuracy, [result], out, tmp_path)
-    record = json.loads((tmp_path / "records" / "accuracy" / "flare_darcy_seed0_ep50.json").read_text())
+    record = json.loads((tmp_path / "records" / "accuracy" / "flare_darcy_seed0_ep50_32-true.json").read_text())
     assert record["commit"] == "old0000" and record["rows"][0]["commits"] == ["old0000", "abc1234"]
 
 
@@ -367,7 +399,7 @@ def test_runs_in_progress_are_listed_with_their_progress(accuracy, tmp_path):
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.split("## Runs")[0].splitlines()
             if line.startswith("| ")}
     assert rows["FLARE"][1] == "not run"  # no record until it is tested
-    assert rows["Transolver"][1] == "**20.00** (1 min; unknown commit)" and rows["PerceiverIO"][1] == "not run"
+    assert rows["Transolver"][1] == "**20.00** (bf16-mixed; 1 min; unknown commit)" and rows["PerceiverIO"][1] == "not run"
     section = accuracy.status(out, [], running)
     assert section.startswith("Runs in progress")
     assert "| FLARE | darcy | full | 0 | bf16-mixed | 3/500 | 3.0000e-01 | 10 min (at least) | NVIDIA H200 | abc1234 |" in section
@@ -418,7 +450,7 @@ def test_failed_runs_are_shown_with_their_reason(accuracy, tmp_path):
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.split("## Runs")[0].splitlines()
             if line.startswith("| ")}
     elasticity = 3  # model, Darcy, paper Darcy, elasticity
-    assert rows["FLARE"][elasticity] == "**11.40** (17 min; unknown commit)"
+    assert rows["FLARE"][elasticity] == "**11.40** (32-true; 17 min; unknown commit)"
     assert rows["Transolver"][elasticity] == rows["Transformer"][elasticity] == "not run"
     section = accuracy.status(out, failed, [])
     assert section.startswith("Failed runs")
@@ -444,4 +476,4 @@ def test_a_ddp_launch_trains_two_processes_end_to_end(accuracy, tmp_path):
     record = json.loads((folder / "launch.json").read_text())
     assert record["attempts"][-1]["rc"] == 0 and record["card"].startswith("2 x ")
     assert accuracy.finished(folder)
-    assert json.loads((tmp_path / "records" / "accuracy" / "transformer_quickstart_seed0_ep1.json").read_text())["card"] == record["card"]
+    assert json.loads((tmp_path / "records" / "accuracy" / "transformer_quickstart_seed0_ep1_32-true.json").read_text())["card"] == record["card"]
