@@ -239,6 +239,16 @@ SECTIONS = (
          Column("error", "error")),
     ),
     Section(
+        "step_kernels", "Where the 2^20-point step's GPU time goes",
+        "the step benchmark's training step, CUDA kernels of 3 steps after warm-up (torch.profiler), grouped by kind "
+        "(`benchmarks/step_kernels.py`'s GROUPS): per config the groups' ms per step and share of kernel time, largest "
+        "first, then the largest kernels by name",
+        ("card", "config", "n", "latents", "group", "kernel"),
+        (Column("config", "config"), Column("latents", "M"), Column("group", "group"), Column("kernel", "kernel"),
+         Column("ms_per_step", "ms / step", ".2f"), Column("share", "share", ".1%"),
+         Column("calls_per_step", "calls / step", ".0f")),
+    ),
+    Section(
         "step_eval", "Full-resolution evaluation of one surface",
         "one sample of N points through the model without autograd, in chunks of `chunk` points (the exact chunked "
         "evaluation of validation, test and predict), bf16 autocast, 8 blocks C = 64 H = 8: median seconds of 3 and "

@@ -23,11 +23,12 @@ declare -A CMD=(
   [eval]="$PY benchmarks/step.py --eval --n 8800000 --latents 256 --configs ours-fused-compiled-stored"
   [step256]="$PY benchmarks/step.py --n 1048576 --latents 256 --configs reference-compiled ours-fused-compiled ours-fused-compiled-stored"
   [step128]="$PY benchmarks/step.py --n 1048576 --latents 128 --configs reference-compiled ours-fused-compiled-stored"
+  [kernels1m]="$PY benchmarks/step_kernels.py --n 1048576 --latents 256 --configs ours-fused-compiled-stored reference-compiled"
   [mlp]="$PY benchmarks/mlp.py --sweep"
   [grid12]="$PY benchmarks/step.py --grid --grid-blocks 1 2 --configs reference-compiled ours-fused-compiled-stored"
   [grid48]="$PY benchmarks/step.py --grid --grid-blocks 4 8 --configs reference-compiled ours-fused-compiled-stored"
 )
-ORDER=(gpu_tests fit1m tss eval step256 step128 mlp grid12 grid48)
+ORDER=(gpu_tests fit1m kernels1m tss eval step256 step128 mlp grid12 grid48)
 
 case "${1:-}" in
   --list)

@@ -24,6 +24,7 @@ SCRIPTS = {  # benchmark -> the script's tiny command line
                   "--grid-latents", "128", "256"],
     "step_eval": ["benchmarks/step.py", "--eval", "--n", "3000000", "--configs", "ours-fused", "reference"],
     "mlp": ["benchmarks/mlp.py", "--n", "65536"],
+    "step_kernels": ["benchmarks/step_kernels.py", "--n", "4096", "--latents", "64", "--configs", "ours-fused", "reference"],
 }
 
 
