@@ -5,7 +5,8 @@
 Darcy (85x85 = 7,225 points, H16, M256) and elasticity (972 points, H8, M64), 8 blocks,
 C=64, batch 2, each with the paper's 1000 training samples (500 steps an epoch), in
 bf16-mixed and 32-true (and ``32-tf32``: fp32 with ``--float32_matmul_precision high``, TF32
-matmuls and Triton dots), one run on one card, rows side by side:
+matmuls and Triton dots; ``bf16-fp32mixer[-tf32]``: bf16 autocast with the mixer in fp32, for FLARE
+rows), one run on one card, rows side by side:
 
 | row | what runs |
 |---|---|
@@ -86,6 +87,10 @@ ROWS = {
 }
 PRECISIONS = {  # a --precisions label -> its flare fit arguments (32-tf32: fp32 with TF32 matmuls and dots)
     "32-tf32": ["--trainer.precision=32-true", "--float32_matmul_precision=high"],
+    # bf16 autocast with the mixer in fp32 (issue 28's candidate mode; FLARE rows only): exact or TF32 dots
+    "bf16-fp32mixer": ["--trainer.precision=bf16-mixed", "--model.model.init_args.fp32_parts=[mixer]"],
+    "bf16-fp32mixer-tf32": ["--trainer.precision=bf16-mixed", "--model.model.init_args.fp32_parts=[mixer]",
+                            "--float32_matmul_precision=high"],
 }
 BASELINE_ROWS = {"transformer-fast": "transformer", "transformer-fast-masked": "transformer",
                  "transolver-fast": "transolver", "perceiverio-fast": "perceiverio"}  # row -> configs/baselines/<model>_

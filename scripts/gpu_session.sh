@@ -20,6 +20,7 @@ declare -A CMD=(
   [gpu_tests]="env PYTHON=$PY bash scripts/gpu_tests.sh"
   [fit1m]="$PY benchmarks/train_step_small.py --datasets drivaerml_1m --precisions bf16-mixed --rows ours-eager ours-recompute ours-m128 ours-m128-recompute --root /tmp/bench_1m"
   [tss]="$PY benchmarks/train_step_small.py --datasets darcy elasticity --precisions bf16-mixed 32-tf32 --rows ours-fast reference-compiled --root /tmp/bench_small"
+  [tss_mixed]="$PY benchmarks/train_step_small.py --datasets darcy elasticity --precisions bf16-fp32mixer-tf32 bf16-fp32mixer --rows ours-fast --root /tmp/bench_small"
   [eval]="$PY benchmarks/step.py --eval --n 8800000 --latents 256 --configs ours-fused-compiled-stored"
   [step256]="$PY benchmarks/step.py --n 1048576 --latents 256 --configs reference-compiled ours-fused-compiled ours-fused-compiled-stored"
   [step128]="$PY benchmarks/step.py --n 1048576 --latents 128 --configs reference-compiled ours-fused-compiled-stored"
@@ -28,7 +29,7 @@ declare -A CMD=(
   [grid12]="$PY benchmarks/step.py --grid --grid-blocks 1 2 --configs reference-compiled ours-fused-compiled-stored"
   [grid48]="$PY benchmarks/step.py --grid --grid-blocks 4 8 --configs reference-compiled ours-fused-compiled-stored"
 )
-ORDER=(gpu_tests fit1m kernels1m tss eval step256 step128 mlp grid12 grid48)
+ORDER=(gpu_tests fit1m kernels1m tss tss_mixed eval step256 step128 mlp grid12 grid48)
 
 case "${1:-}" in
   --list)

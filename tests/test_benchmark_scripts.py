@@ -66,6 +66,18 @@ def test_train_step_rows_train_the_right_model_and_mask():
     assert SurrogateModule.network_mask(batch) is None  # the patch is undone
 
 
+def test_train_step_precision_labels_are_options_flare_fit_accepts():
+    """Each --precisions label of train_step_small.py parses as flare fit arguments on the FLARE config."""
+    from tests.helpers import resolved_config
+
+    small = import_benchmark("train_step_small")
+    for label, args in small.PRECISIONS.items():
+        config = resolved_config(["--config=configs/darcy.yaml", *args])
+        assert config["trainer"]["precision"] == args[0].split("=")[1], label
+        parts = config["model"]["model"]["init_args"].get("fp32_parts")
+        assert (parts == ["mixer"]) == ("fp32mixer" in label), label
+
+
 def test_train_step_rows_record_their_speed_up_and_measured_paths():
     """Each FLARE row's speed-up is over the reference row of its own dataset and precision; the
     record measures the package, the data code and exactly the configs the rows train."""
