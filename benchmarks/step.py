@@ -13,11 +13,12 @@ over one step) of:
   ours-fused    ours-fast with mlp_backend="triton" (fused MLP and LayerNorm kernels)
   ours-fused-compiled  ours-fused with compile=True
 
-``--latents`` sets M (the shipped DrivAerML-1M config: 256). ``--grid`` times the paper's
-Figure 4 instead (1M points, blocks 1/2/4/8 x latents 128-2048; time per 400-run epoch and peak
-memory): ``--configs`` picks the rows (e.g. ``reference-compiled ours-fused``), ``--grid-blocks`` and
-``--grid-latents`` a part of the grid (each part its own record). ``--eval --n 8800000`` times
-the chunked evaluation of one full-resolution DrivAerML-size surface without autograd.
+``--latents`` sets M (the shipped DrivAerML-1M config: 256; several, e.g. ``128 256``, time the
+table at each in one run). ``--grid`` times the paper's Figure 4 instead (1M points, blocks
+1/2/4/8 x latents 128-2048; time per 400-run epoch and peak memory): ``--configs`` picks the rows
+(e.g. ``reference-compiled ours-fused``), ``--grid-blocks`` and ``--grid-latents`` a part of the grid
+(each part its own record). ``--eval --n 8800000`` times the chunked evaluation of one
+full-resolution DrivAerML-size surface without autograd.
 
 All start from the same weights; the output of each is compared with the reference's. Each
 run writes a record (``benchmarks/records.py``) into ``--out`` (default ``$OUT``, else
@@ -359,7 +360,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2**20, help="points per sample")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--latents", type=int, default=SHAPE["num_latents"], help="M latents per head")
+    parser.add_argument("--latents", type=int, nargs="+", default=[SHAPE["num_latents"]],
+                        help="M latents per head; several: the table at each M in one run (--eval uses the first)")
     parser.add_argument("--grid", action="store_true", help="the paper's Figure 4 grid instead of the table")
     parser.add_argument("--grid-blocks", type=int, nargs="+", default=list(GRID_BLOCKS),
                         help="with --grid: these block counts only (a part of the grid per run)")
@@ -372,7 +374,7 @@ def main() -> None:
     parser.add_argument("--diagnose", action="store_true", help="backend agreement and a kernel profile")
     add_out_argument(parser)
     args = parser.parse_args()
-    SHAPE["num_latents"] = args.latents
+    SHAPE["num_latents"] = args.latents[0]
     if args.ddp:
         ddp_throughput(args.n, args.out)
         return
@@ -396,8 +398,13 @@ def main() -> None:
         write_record("step_eval", full_resolution(args.configs, args.n, device), paths=MEASURES, out=args.out,
                      environment=info)
         return
-    rows = add_ratios(run_table(args.configs, args.n, device))
-    print_table(rows)
+    rows = []
+    for latents in args.latents:  # ratios within one M: the reference rows of the same size
+        SHAPE["num_latents"] = latents
+        table = add_ratios(run_table(args.configs, args.n, device))
+        print(f"\nM = {latents}")
+        print_table(table)
+        rows += table
     write_record("step", rows, paths=MEASURES, out=args.out, environment=info)
 
 

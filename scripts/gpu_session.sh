@@ -13,6 +13,7 @@
 # STAGE_LIMIT (seconds, default 1500) bounds each stage. Set FLARE_COMMIT where the copy has no .git.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the scripts import benchmarks.*
 DEV=${DEV:-/tmp/dev}
 PY=${PYTHON:-python3}
 
@@ -22,14 +23,13 @@ declare -A CMD=(
   [tss]="$PY benchmarks/train_step_small.py --datasets darcy elasticity --precisions bf16-mixed 32-tf32 --rows ours-fast reference-compiled --root /tmp/bench_small"
   [tss_mixed]="$PY benchmarks/train_step_small.py --datasets darcy elasticity --precisions bf16-fp32mixer-tf32 bf16-fp32mixer --rows ours-fast --root /tmp/bench_small"
   [eval]="$PY benchmarks/step.py --eval --n 8800000 --latents 256 --configs ours-fused-compiled-stored"
-  [step256]="$PY benchmarks/step.py --n 1048576 --latents 256 --configs reference-compiled ours-fused-compiled ours-fused-compiled-stored"
-  [step128]="$PY benchmarks/step.py --n 1048576 --latents 128 --configs reference-compiled ours-fused-compiled-stored"
+  [step]="$PY benchmarks/step.py --n 1048576 --latents 128 256 --configs reference-compiled ours-fused-compiled ours-fused-compiled-stored"
   [kernels1m]="$PY benchmarks/step_kernels.py --n 1048576 --latents 256 --configs ours-fused-compiled-stored reference-compiled"
   [mlp]="$PY benchmarks/mlp.py --sweep"
   [grid12]="$PY benchmarks/step.py --grid --grid-blocks 1 2 --configs reference-compiled ours-fused-compiled-stored"
   [grid48]="$PY benchmarks/step.py --grid --grid-blocks 4 8 --configs reference-compiled ours-fused-compiled-stored"
 )
-ORDER=(gpu_tests fit1m kernels1m tss tss_mixed eval step256 step128 mlp grid12 grid48)
+ORDER=(gpu_tests fit1m kernels1m tss tss_mixed eval step mlp grid12 grid48)
 
 case "${1:-}" in
   --list)

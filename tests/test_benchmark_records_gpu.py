@@ -15,7 +15,7 @@ from benchmarks.sections import BY_BENCHMARK
 from tests.helpers import REPO
 
 SCRIPTS = {  # benchmark -> the script's tiny command line
-    "step": ["benchmarks/step.py", "--n", "4096", "--configs", "reference", "ours-fast"],
+    "step": ["benchmarks/step.py", "--n", "4096", "--latents", "32", "64", "--configs", "reference", "ours-fast"],
     "mixer": ["benchmarks/mixer.py", "--ns", "12", "--shapes", "2:8:16", "--full-max-n", "4096"],
     "mixer_in_model": ["benchmarks/mixer_in_model.py", "--n", "4096"],
     "exp2_floor": ["benchmarks/exp2_floor.py"],
