@@ -96,7 +96,8 @@ def test_checkpoint_reload_reproduces_test_metrics(trained_run, tiny_darcy_root,
     before = json.loads(fit_record)
     run_cli(
         ["test", f"--config={CONFIGS / 'quickstart.yaml'}", "--ckpt_path=best", *TINY_MODEL,
-         *tiny_data(tiny_darcy_root), *tiny_trainer_args(run.parent.parent, name="tiny")]
+         *tiny_data(tiny_darcy_root), "--data.init_args.batch_size=2",  # the fit's batches: the same sums
+         *tiny_trainer_args(run.parent.parent, name="tiny")]
     )
     assert (run / "test_metrics.json").read_bytes() == fit_record, "a later test replaced the fit's record"
     later = run / "test" / "version_0"  # the later evaluation's own folder, inside the run
