@@ -1,6 +1,6 @@
 """Largest number of points per sample that trains on this GPU (GitHub issue 5).
 
-For each config of ``benchmarks/step.py`` (8 blocks, C=64, M=64, batch 1, bf16 autocast),
+For each config of ``benchmarks/step.py`` (8 blocks, C=64, M=64 or ``--latents``, batch 1, bf16 autocast),
 a full training step (forward, backward, grad-clip, AdamW) is tried at N = start, 2N,
 4N, ... until it runs out of memory, then N is bisected between the last success and the
 first failure (to 1/32 of N, in multiples of 2^14) while the time budget lasts. Between
@@ -21,7 +21,7 @@ import time
 import torch
 
 from benchmarks.records import add_out_argument, write_record
-from benchmarks.step import CONFIGS, MEASURES, TrainStep, build, environment
+from benchmarks.step import CONFIGS, MEASURES, SHAPE, TrainStep, build, environment
 
 GRAIN = 2**14
 
@@ -70,7 +70,7 @@ def search(name: str, device: torch.device, start: int, budget_s: float) -> dict
     gc.collect()
     torch.cuda.empty_cache()
     best = max((t for t in tries if t[1] is not None), default=(0, None))
-    return {"config": name, "max_n": best[0], "peak_gb_at_max": best[1], "first_failure": hi,
+    return {"config": name, "latents": SHAPE["num_latents"], "max_n": best[0], "peak_gb_at_max": best[1], "first_failure": hi,
             "resolved": hi is not None and hi - lo <= max(GRAIN, lo // 32),
             "seconds": round(time.perf_counter() - t0, 1), "tries": tries}
 
@@ -81,8 +81,11 @@ def main() -> None:
                         choices=list(CONFIGS))
     parser.add_argument("--start", type=int, default=2**20, help="first N tried")
     parser.add_argument("--budget-s", type=float, default=75.0, help="search time per config")
+    parser.add_argument("--latents", type=int, default=SHAPE["num_latents"],
+                        help="M latents per head (the shipped DrivAerML-1M config: 256)")
     add_out_argument(parser)
     args = parser.parse_args()
+    SHAPE["num_latents"] = args.latents
     device = torch.device("cuda")
     info = environment(device)
     info["total_gb"] = torch.cuda.get_device_properties(device).total_memory / 1e9

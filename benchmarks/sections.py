@@ -281,8 +281,9 @@ SECTIONS = (
         "max_points", "Largest N per sample that trains",
         "for each config of the step benchmark, a full training step tried at doubling N until out of memory, "
         "then bisected while the time budget lasts",
-        ("card", "config"),
-        (Column("config", "config"), Column("max_n", "largest N that trained", ",d"),
+        ("card", "config", "latents"),
+        (Column("config", "config"), Column(lambda r: r.get("latents", 64), "M"),
+         Column("max_n", "largest N that trained", ",d"),
          Column("peak_gb_at_max", "peak GB there", ".1f"), Column("first_failure", "first N out of memory", ",d"),
          Column("resolved", "bisection closed", _yes_no), Column("tries", "peak GB by N", tries)),
     ),
