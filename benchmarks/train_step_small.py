@@ -15,6 +15,7 @@ rows), one run on one card, rows side by side:
 | ``ours-m128`` | ``ours-eager`` with M = 128 latents (the DrivAerML-1M table's second size) |
 | ``ours-recompute``, ``ours-m128-recompute`` | those with ``mlp_store_hidden: false`` (the fused MLPs' backward recomputes their layer inputs; drivaerml_1m ships it on) |
 | ``ours-fast`` | the same with ``--model.fast_step true`` (compiled model, whole step as a CUDA graph) |
+| ``ours-m128-fast`` | ``ours-fast`` at M = 128 |
 | ``ours-fast-max-autotune`` | ``ours-fast`` with Inductor's GEMM autotuning (Triton GEMMs, fused epilogues) |
 | ``ours-fast-unpinned`` | ``ours-fast`` with pageable batches (as before 2026-11-30's third session) |
 | ``ours-fast-coordesc`` | ``ours-fast`` with Inductor's coordinate-descent tuning of its Triton kernels |
@@ -77,6 +78,7 @@ ROWS = {
     "ours-recompute": ["--model.model.init_args.mlp_store_hidden=false"],
     "ours-m128-recompute": ["--model.model.init_args.num_latents=128", "--model.model.init_args.mlp_store_hidden=false"],
     "ours-fast": ["--model.fast_step=true"],
+    "ours-m128-fast": ["--model.model.init_args.num_latents=128", "--model.fast_step=true"],
     "ours-fast-max-autotune": ["--model.fast_step=true"],
     "ours-fast-unpinned": ["--model.fast_step=true"],
     "ours-fast-coordesc": ["--model.fast_step=true"],

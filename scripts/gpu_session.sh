@@ -19,7 +19,7 @@ PY=${PYTHON:-python3}
 
 declare -A CMD=(
   [gpu_tests]="env PYTHON=$PY bash scripts/gpu_tests.sh"
-  [fit1m]="$PY benchmarks/train_step_small.py --datasets drivaerml_1m --precisions bf16-mixed --rows ours-eager ours-recompute ours-m128 ours-m128-recompute --root /tmp/bench_1m"
+  [fit1m]="$PY benchmarks/train_step_small.py --datasets drivaerml_1m --precisions bf16-mixed --rows ours-eager ours-fast ours-m128 ours-m128-fast ours-recompute ours-m128-recompute --root /tmp/bench_1m"
   [tss]="$PY benchmarks/train_step_small.py --datasets darcy elasticity --precisions bf16-mixed 32-tf32 --rows ours-fast reference-compiled --root /tmp/bench_small"
   [tss_mixed]="$PY benchmarks/train_step_small.py --datasets darcy elasticity --precisions bf16-fp32mixer-tf32 bf16-fp32mixer 32-tf32 --rows ours-fast --root /tmp/bench_small --profile"
   [eval]="$PY benchmarks/step.py --eval --n 8800000 --latents 256 --configs ours-fused-compiled-stored"
