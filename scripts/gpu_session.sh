@@ -6,6 +6,8 @@
 #   STAGES="gpu_tests fit1m" scripts/gpu_session.sh                                # some of them
 #   scripts/gpu_session.sh --list                                                  # the stages and their commands
 #   scripts/gpu_session.sh --collect <folder>     # on the dev machine: a fetched $DEV -> benchmarks/records/, rendered
+#   scripts/gpu_session.sh --wheels               # on the dev machine: the test wheels a lent GPU lacks, into .whl/
+#                                                 # (beside ../shared/tools/gpu-wheels.sh's; install them there as it says)
 #
 # Each stage writes its record(s) into $DEV/rec_<stage>/ (DEV: /tmp/dev), its output into $DEV/<stage>.log
 # and a start/end line into $DEV/progress; a stage that finished on this machine is skipped when the script
@@ -38,8 +40,14 @@ case "${1:-}" in
     exit 0 ;;
   --collect)
     "$PY" benchmarks/records.py collect "${2:?usage: gpu_session.sh --collect <folder>}" && exec "$PY" benchmarks/render.py ;;
+  --wheels)  # pytest-xdist (parallel GPU tests), scikit-fem (elasticity data): pure Python, for the device's Python 3.12
+    mkdir -p .whl
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux2014_x86_64 -d .whl pytest-xdist execnet scikit-fem 2>&1 | grep -v "is ignored" || true
+    ls .whl
+    exit 0 ;;
   "") ;;
-  *) echo "gpu_session.sh: unknown argument '$1' (--list, --collect <folder>, or none)" >&2; exit 2 ;;
+  *) echo "gpu_session.sh: unknown argument '$1' (--list, --collect <folder>, --wheels, or none)" >&2; exit 2 ;;
 esac
 
 wanted=${STAGES:-${ORDER[*]}}
