@@ -47,6 +47,11 @@ SWEEP: list[tuple[bool, triton_mlp.MLPConfig]] = [  # (store_hidden, launch conf
     (True, replace(DEFAULT, stored_rows=128, stored_warps=8, stored_programs_per_sm=2, stored_maxnreg=128)),
     (True, replace(DEFAULT, fwd_rows=128, fwd_warps=8, stored_layers_per_segment=2, stored_programs_per_sm=3,
                    stored_maxnreg=168)),
+    # smaller row tiles: fewer registers a program, more programs an SM (sm_90, compiled on the CPU: 32 rows
+    # 168-192 registers, 16 rows 124-162, no spills; the default's 64 rows take 188-255, two programs an SM)
+    (True, replace(DEFAULT, stored_rows=32, stored_programs_per_sm=3)),
+    (True, replace(DEFAULT, stored_rows=16, stored_programs_per_sm=4)),
+    (True, replace(DEFAULT, stored_warps=8, stored_programs_per_sm=1)),
 ]
 
 
