@@ -74,9 +74,9 @@ class Timer:
         return times[len(times) // 2]
 
 
-def _inputs(h, d, m, n, seed=0):
+def _inputs(h, d, m, n, seed=0, dtype=torch.bfloat16):
     g = torch.Generator(device="cuda").manual_seed(seed)
-    kw = dict(device="cuda", dtype=torch.bfloat16, generator=g)
+    kw = dict(device="cuda", dtype=dtype, generator=g)
     q = torch.randn(h, m, d, **kw).requires_grad_()
     k = torch.randn(1, h, n, d, **kw).requires_grad_()
     v = torch.randn(1, h, n, d, **kw).requires_grad_()

@@ -69,12 +69,12 @@ def candidates(m: int, role: str):
     return out
 
 
-def variants(m: int, d: int):
-    """The default config, then configs whose i-th entry tries candidate i of every role
+def variants(m: int, d: int, dtype: torch.dtype = torch.bfloat16):
+    """The default config for ``dtype``, then configs whose i-th entry tries candidate i of every role
     (shorter lists repeat the default)."""
     from flare_lightning.kernels.triton_mixer import default_config
 
-    base = default_config(m, d)
+    base = default_config(m, d, dtype)
     lists = {role: candidates(m, role) for role in ROLES}
     count = max(len(v) for v in lists.values())
     return [base] + [
@@ -90,10 +90,14 @@ def _run(cfg, q, k, v, dy):
     flare_mix_triton(q, k, v, None, 1.0, config=cfg).backward(dy)
 
 
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
 def _warm(job):
     """Worker: compile one (shape, config) by running it once; the error's name if it fails."""
-    shape, cfg, n = job
-    q, k, v, dy = _inputs(*shape, n)
+    shape, cfg, n, dtype, precision = job
+    torch.set_float32_matmul_precision(precision)  # fp32 dots: exact or TF32, as the sweep times them
+    q, k, v, dy = _inputs(*shape, n, dtype=DTYPES[dtype])
     try:
         _run(cfg, q, k, v, dy)
         torch.cuda.synchronize()
@@ -113,16 +117,23 @@ def main(argv=None) -> None:
     p.add_argument("--shapes", default="8:8:64,8:16:128,16:16:256,8:16:512", help="H:D:M triples")
     p.add_argument("--log2n", type=int, default=20)
     p.add_argument("--jobs", type=int, default=8, help="worker processes compiling candidates first")
+    p.add_argument("--dtype", choices=list(DTYPES), default="bfloat16",
+                   help="the mixer's operands (float32: the fp32 mixer of 32-true or fp32_parts=[mixer])")
+    p.add_argument("--matmul-precision", choices=["highest", "high"], default="highest",
+                   help="torch.set_float32_matmul_precision for float32: exact (highest) or TF32 (high) dots")
     add_out_argument(p)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks/mixer_tune.py needs a CUDA GPU")
+    torch.set_float32_matmul_precision(args.matmul_precision)
+    dtype = DTYPES[args.dtype]
+    label = "bf16" if dtype == torch.bfloat16 else ("fp32" if args.matmul_precision == "highest" else "fp32-tf32")
     from flare_lightning.kernels.reference import flare_mix_sdpa
     from flare_lightning.kernels.triton_mixer import default_config, flare_mix_triton
 
     n = 2**args.log2n
     shapes = [tuple(int(x) for x in s.split(":")) for s in args.shapes.split(",")]
-    jobs = [((h, d, m), cfg, n) for h, d, m in shapes for cfg in variants(m, d)]
+    jobs = [((h, d, m), cfg, n, args.dtype, args.matmul_precision) for h, d, m in shapes for cfg in variants(m, d, dtype)]
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         for failed in pool.imap_unordered(_warm, jobs):
             if failed:
@@ -132,11 +143,11 @@ def main(argv=None) -> None:
     timer = Timer()
     records = []
     for h, d, m in shapes:
-        q, k, v, dy = _inputs(h, d, m, n)
+        q, k, v, dy = _inputs(h, d, m, n, dtype=dtype)
         best = {}
         print(f"\n## H={h} D={d} M={m} N=2^{args.log2n}: us per launch", flush=True)
         print("| variant | " + " | ".join(f"{r} config | us" for r in ROLES) + " | merge us |")
-        for i, cfg in enumerate(variants(m, d)):
+        for i, cfg in enumerate(variants(m, d, dtype)):
             try:
                 t = kernel_times(cfg, q, k, v, dy)
             except Exception as e:
@@ -150,18 +161,18 @@ def main(argv=None) -> None:
                 if not math.isnan(t[role]) and (role not in best or t[role] < best[role][0]):
                     best[role] = (t[role], kc)
             print(f"| {i} | " + " | ".join(cells) + f" | {t['merge']:.0f} |", flush=True)
-        tuned = dataclasses.replace(default_config(m, d), **{r: best[r][1] for r in best})
+        tuned = dataclasses.replace(default_config(m, d, dtype), **{r: best[r][1] for r in best})
         print(f"best H={h} D={d} M={m}: " + ", ".join(f"{r}={best[r][1]} ({best[r][0]:.0f} us)" for r in best))
         ref_out = reference_outputs((q, k, v), dy)
         rows = {"sdpa": measure(flare_mix_sdpa, (q, k, v), dy, timer)}
-        for name, cfg in (("default", default_config(m, d)), ("tuned", tuned)):
+        for name, cfg in (("default", default_config(m, d, dtype)), ("tuned", tuned)):
             def fn(q_, k_, v_, cfg=cfg):
                 return flare_mix_triton(q_, k_, v_, None, 1.0, config=cfg)
             rows[name] = measure(fn, (q, k, v), dy, timer)
             rows[name]["err"] = rel_diff(fn, ref_out, (q, k, v), dy)
         ref = rows["sdpa"]
         for name, r in rows.items():
-            records.append({"H": h, "D": d, "M": m, "n": n, "config": name, **r,
+            records.append({"H": h, "D": d, "M": m, "n": n, "dtype": label, "config": name, **r,
                             "tiles": str(tuned) if name == "tuned" else None})
             print(f"end-to-end H={h} D={d} M={m} {name:8s}: fwd {r['fwd']:.3f} ms ({ref['fwd'] / r['fwd']:.1f}x), "
                   f"fwd+bwd {r['fwd_bwd']:.3f} ms ({ref['fwd_bwd'] / r['fwd_bwd']:.1f}x), peak {r['peak_mib']:.0f} MiB"

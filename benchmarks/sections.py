@@ -179,8 +179,9 @@ SECTIONS = (
         "mixer_tune", "Mixer tile sweep",
         "per (H, D, M) at N = 2^20, the two-SDPA reference, the default tiles and the sweep's best tiles, each "
         "timed end to end (fwd and fwd+bwd, median of CUDA events, L2 flushed)",
-        ("card", "H", "D", "M", "n", "config"),
-        (*SHAPE_N, Column("config", "tiles"), *TIMES, Column("err", "rel. diff", ".1e"), Column("tiles", "tile configs")),
+        ("card", "H", "D", "M", "n", "dtype", "config"),
+        (*SHAPE_N, Column(lambda r: r.get("dtype", "bf16"), "operands"), Column("config", "tiles"), *TIMES,
+         Column("err", "rel. diff", ".1e"), Column("tiles", "tile configs")),
     ),
     Section(
         "quickstart_backends", "Training the quickstart with each mixer backend",

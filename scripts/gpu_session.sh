@@ -28,12 +28,13 @@ declare -A CMD=(
   [step]="$PY benchmarks/step.py --n 1048576 --latents 128 256 --configs reference-compiled ours-fused-compiled ours-fused-compiled-stored"
   [kernels1m]="$PY benchmarks/step_kernels.py --n 1048576 --latents 256 --configs ours-fused-compiled-stored reference-compiled"
   [mixtune]="$PY benchmarks/mixer_tune.py --shapes 8:8:256,8:8:128 --jobs 12"
+  [mixtune_tf32]="$PY benchmarks/mixer_tune.py --shapes 16:4:256 --log2n 14 --dtype float32 --matmul-precision high --jobs 12"
   [mlp]="$PY benchmarks/mlp.py --sweep"
   [maxpoints]="$PY benchmarks/max_points.py --latents 256 --configs ours-fused-compiled-stored ours-fused-compiled ours-memory --budget-s 90"
   [grid12]="$PY benchmarks/step.py --grid --grid-blocks 1 2 --configs reference-compiled ours-fused-compiled-stored"
   [grid48]="$PY benchmarks/step.py --grid --grid-blocks 4 8 --configs reference-compiled ours-fused-compiled-stored"
 )
-ORDER=(gpu_tests fit1m kernels1m mixtune tss tss_mixed eval step mlp maxpoints grid12 grid48)
+ORDER=(gpu_tests fit1m kernels1m mixtune tss tss_mixed mixtune_tf32 eval step mlp maxpoints grid12 grid48)
 
 case "${1:-}" in
   --list)

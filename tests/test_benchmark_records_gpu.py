@@ -25,6 +25,8 @@ SCRIPTS = {  # benchmark -> the script's tiny command line
                   "--grid-latents", "128", "256"],
     "step_eval": ["benchmarks/step.py", "--eval", "--n", "3000000", "--configs", "ours-fused", "reference"],
     "mlp": ["benchmarks/mlp.py", "--n", "65536"],
+    "mixer_tune": ["benchmarks/mixer_tune.py", "--shapes", "2:8:64", "--log2n", "12", "--jobs", "4", "--dtype", "float32",
+                   "--matmul-precision", "high"],
     "step_kernels": ["benchmarks/step_kernels.py", "--n", "4096", "--latents", "64", "--configs", "ours-fused", "reference"],
 }
 

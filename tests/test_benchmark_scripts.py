@@ -29,6 +29,17 @@ def test_tune_variants_start_from_the_default_and_fit_m(mixer_tune, m, d):
             assert kc.block_n >= 16 and kc.num_warps in (4, 8)
 
 
+def test_tune_variants_of_the_fp32_mixer_start_from_its_default(mixer_tune):
+    pytest.importorskip("triton")
+    import torch
+
+    from flare_lightning.kernels.triton_mixer import default_config
+
+    variants = mixer_tune.variants(256, 4, torch.float32)
+    assert variants[0] == default_config(256, 4, torch.float32)
+    assert len(set(variants)) == len(variants) > 4
+
+
 def test_nccl_memory_runs_each_setting_with_exactly_its_variables(monkeypatch):
     """Dry run (gloo): every setting's processes see its NCCL variables and no others, also
     when the caller's environment sets some of them."""
