@@ -80,7 +80,7 @@ def _precision_table(runs: list[tuple[dict[str, Any], Any]]) -> list[str]:
         return []
     return ["## One model and data set at several precisions", "",
             "The runs above, by precision: mean test rel. L2 x1e-3 over seeds, its spread, and the mean as a multiple "
-            f"of the {REFERENCE_PRECISION} runs' (ratios within the spread of one seed are not a difference).", "",
+            f"of the {REFERENCE_PRECISION} runs' (a ratio inside the spread between seeds is no difference).", "",
             "| model | dataset | budget | precision | mean | spread | seeds | vs 32-true | state |",
             "|---|---|---|---|---|---|---|---|---|", *lines, ""]
 
