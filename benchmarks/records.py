@@ -45,6 +45,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -171,11 +172,7 @@ def write_record(benchmark: str, rows: list[dict[str, Any]], *, paths: list[str]
     fields.setdefault("host", os.environ.get("FLARE_HOST"))
     record = make_record(benchmark, rows, paths=list(dict.fromkeys([*paths, *_script_path()])), **fields)
     folder = Path(out) if out is not None else RECORDS / benchmark
-    path = folder / record_name(record)
-    counter = 2
-    while path.exists():
-        path = folder / record_name(record).replace(".json", f"_{counter}.json")
-        counter += 1
+    path = free_path(folder / record_name(record))
     atomic_write_text(path, json.dumps(record, indent=1, allow_nan=False) + "\n")
     print(f"record: {path}", flush=True)
     return path
@@ -282,6 +279,16 @@ def commit_order(commit: str | None, repo: Path = ROOT) -> tuple[int, int] | Non
     return int(seconds), int(count)
 
 
+def free_path(path: Path, same: Callable[[Path], bool] = lambda taken: False) -> Path:
+    """``path``, or the first of ``<stem>_2.json``, ``<stem>_3.json``, ... that does not exist or whose
+    file ``same`` accepts: a record never overwrites a different one."""
+    candidate, counter = path, 2
+    while candidate.exists() and not same(candidate):
+        candidate = path.with_name(f"{path.stem}_{counter}{path.suffix}")
+        counter += 1
+    return candidate
+
+
 def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Two records of one run: equal but for the ``source`` note a reader may have added since."""
     return {k: v for k, v in a.items() if k != "source"} == {k: v for k, v in b.items() if k != "source"}
@@ -301,16 +308,12 @@ def collect_records(source: Path, dest: Path = RECORDS) -> list[Path]:
         except RecordError as err:
             print(f"not a record, left: {err}", file=sys.stderr)
             continue
-        text = path.read_text()
-        target = dest / record["benchmark"] / path.name
-        counter = 2
-        while target.exists() and not _same_run(json.loads(target.read_text()), record):
-            target = target.with_name(f"{path.stem}_{counter}.json")
-            counter += 1
+        target = free_path(dest / record["benchmark"] / path.name,
+                           lambda taken: _same_run(json.loads(taken.read_text()), record))
         if target.exists():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(target, text)
+        atomic_write_text(target, path.read_text())
         copied.append(target)
         print(f"record: {target}")
     return copied

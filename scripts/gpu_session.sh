@@ -19,20 +19,23 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the scripts import benchm
 DEV=${DEV:-/tmp/dev}
 PY=${PYTHON:-python3}
 
+TSS="$PY benchmarks/train_step_small.py"  # paper-size and 1M steps through flare fit
+STEP="$PY benchmarks/step.py"             # the bare 2^20-point step
+TUNE="$PY benchmarks/mixer_tune.py --jobs 12"
 declare -A CMD=(
   [gpu_tests]="env PYTHON=$PY bash scripts/gpu_tests.sh"
-  [fit1m]="$PY benchmarks/train_step_small.py --datasets drivaerml_1m --precisions bf16-mixed --rows ours-eager ours-fast ours-m128 ours-m128-fast ours-recompute ours-m128-recompute --root /tmp/bench_1m"
-  [tss]="$PY benchmarks/train_step_small.py --datasets darcy elasticity --precisions bf16-mixed 32-tf32 --rows ours-fast reference-compiled --root /tmp/bench_small"
-  [tss_mixed]="$PY benchmarks/train_step_small.py --datasets darcy elasticity --precisions bf16-fp32mixer-tf32 bf16-fp32mixer 32-tf32 --rows ours-fast --root /tmp/bench_small --profile"
-  [eval]="$PY benchmarks/step.py --eval --n 8800000 --latents 256 --configs ours-fused-compiled-stored"
-  [step]="$PY benchmarks/step.py --n 1048576 --latents 128 256 --configs reference-compiled ours-fused-compiled ours-fused-compiled-stored"
+  [fit1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows ours-eager ours-fast ours-m128 ours-m128-fast ours-recompute ours-m128-recompute --root /tmp/bench_1m"
+  [tss]="$TSS --datasets darcy elasticity --precisions bf16-mixed 32-tf32 --rows ours-fast reference-compiled --root /tmp/bench_small"
+  [tss_mixed]="$TSS --datasets darcy elasticity --precisions bf16-fp32mixer-tf32 bf16-fp32mixer 32-tf32 --rows ours-fast --root /tmp/bench_small --profile"
+  [eval]="$STEP --eval --n 8800000 --latents 256 --configs ours-fused-compiled-stored"
+  [step]="$STEP --n 1048576 --latents 128 256 --configs reference-compiled ours-fused-compiled ours-fused-compiled-stored"
   [kernels1m]="$PY benchmarks/step_kernels.py --n 1048576 --latents 256 --configs ours-fused-compiled-stored reference-compiled"
-  [mixtune]="$PY benchmarks/mixer_tune.py --shapes 8:8:256,8:8:128 --jobs 12"
-  [mixtune_tf32]="$PY benchmarks/mixer_tune.py --shapes 16:4:256 --log2n 14 --dtype float32 --matmul-precision high --jobs 12"
+  [mixtune]="$TUNE --shapes 8:8:256,8:8:128"
+  [mixtune_tf32]="$TUNE --shapes 16:4:256 --log2n 14 --dtype float32 --matmul-precision high"
   [mlp]="$PY benchmarks/mlp.py --sweep"
   [maxpoints]="$PY benchmarks/max_points.py --latents 256 --configs ours-fused-compiled-stored ours-fused-compiled ours-memory --budget-s 90"
-  [grid12]="$PY benchmarks/step.py --grid --grid-blocks 1 2 --configs reference-compiled ours-fused-compiled-stored"
-  [grid48]="$PY benchmarks/step.py --grid --grid-blocks 4 8 --configs reference-compiled ours-fused-compiled-stored"
+  [grid12]="$STEP --grid --grid-blocks 1 2 --configs reference-compiled ours-fused-compiled-stored"
+  [grid48]="$STEP --grid --grid-blocks 4 8 --configs reference-compiled ours-fused-compiled-stored"
 )
 ORDER=(gpu_tests fit1m kernels1m mixtune tss tss_mixed mixtune_tf32 eval step mlp maxpoints grid12 grid48)
 
