@@ -187,7 +187,7 @@ def child(args: argparse.Namespace) -> None:
         options.update(prefetch_factor=args.prefetch, persistent_workers=True)
     sampler = Sampler()
     sampler.start()
-    times = {}
+    times, settled = {}, {}
 
     def phase(name: str, work) -> int:
         sampler.phase = name
@@ -195,6 +195,7 @@ def child(args: argparse.Namespace) -> None:
         count = work()
         time.sleep(0.1)  # one more sample at the phase's end
         times[name] = time.perf_counter() - start
+        settled[name] = 1 + len(_descendants(os.getpid()))  # the processes that stay (the peak may see a passing one)
         return count
 
     dm = DrivAerMLDataModule(**options)
@@ -218,6 +219,8 @@ def child(args: argparse.Namespace) -> None:
         phase("validation", lambda: sum(1 for _ in val))
     sampler.stop.set()
     sampler.join()
+    for name, processes in settled.items():
+        sampler.peaks[name]["processes_end"] = processes
     print(json.dumps({"peaks": sampler.peaks, "seconds": times}))
 
 
