@@ -12,7 +12,7 @@ from tests.test_cli import TINY_MODEL, tiny_data
 
 
 def test_wandb_logger_config_composes_with_darcy(tiny_darcy_root, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_DIR", raising=False)
     monkeypatch.chdir(tmp_path)  # the configs' relative runs/ lands here
@@ -28,6 +28,9 @@ def test_wandb_logger_config_composes_with_darcy(tiny_darcy_root, tmp_path, monk
     assert run.name == "darcy"
     config = dict(run.config)["config"]  # the run's config as wandb holds it
     run.finish()
+    # finish() can return before the service has flushed the offline file (seen once in CI:
+    # the file held only its header); teardown waits for the service process to exit
+    wandb.teardown()
     assert config["model"]["model"]["init_args"]["channels"] == 16
     assert config["data"]["init_args"]["n_train"] == 8
     assert config["data"]["class_path"] == "datamodules.DarcyDataModule"
