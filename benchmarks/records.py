@@ -197,10 +197,10 @@ def check_record(record: Any, where: str) -> None:
         raise RecordError(f"{where}: field 'rows' should hold objects")
 
 
-def read_record(path: Path) -> dict[str, Any]:
-    """The record in ``path``, checked."""
+def read_record(path: Path, text: str | None = None) -> dict[str, Any]:
+    """The record in ``path`` (or in ``text``, that file's contents already read), checked."""
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text() if text is None else text)
     except (OSError, ValueError) as err:
         raise RecordError(f"{path}: not a readable JSON file ({err})") from err
     check_record(record, str(path))
@@ -304,7 +304,11 @@ def collect_records(source: Path, dest: Path = RECORDS) -> list[Path]:
     copied = []
     for path in sorted(Path(source).rglob("*.json")):
         try:
-            record = read_record(path)
+            try:
+                text = path.read_text()  # read once: what is checked is what is copied
+            except OSError as err:
+                raise RecordError(f"{path}: not a readable file ({err})") from err
+            record = read_record(path, text)
         except RecordError as err:
             print(f"not a record, left: {err}", file=sys.stderr)
             continue
@@ -313,7 +317,7 @@ def collect_records(source: Path, dest: Path = RECORDS) -> list[Path]:
         if target.exists():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(target, path.read_text())
+        atomic_write_text(target, text)
         copied.append(target)
         print(f"record: {target}")
     return copied
