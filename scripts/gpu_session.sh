@@ -5,6 +5,7 @@
 #   setsid nohup scripts/gpu_session.sh > /tmp/gpu_session.out 2>&1 < /dev/null &   # all stages, in the background
 #   STAGES="gpu_tests fit1m" scripts/gpu_session.sh                                # some of them
 #   scripts/gpu_session.sh --list                                                  # the stages and their commands
+#   STAGES="acc gpu_tests" scripts/gpu_session.sh --plan                           # what would run, in order
 #   scripts/gpu_session.sh --collect <folder>     # on the dev machine: a fetched $DEV -> benchmarks/records/, rendered
 #   scripts/gpu_session.sh --wheels               # on the dev machine: the test wheels a lent GPU lacks, into .whl/
 #                                                 # (beside ../shared/tools/gpu-wheels.sh's; install them there as it says)
@@ -13,6 +14,15 @@
 # and a start/end line into $DEV/progress; a stage that finished on this machine is skipped when the script
 # runs again, so a caller can poll $DEV/progress and copy $DEV back as it goes. $DEV/DONE marks the end.
 # STAGE_LIMIT (seconds, default 1500) bounds each stage. Set FLARE_COMMIT where the copy has no .git.
+#
+# Opt-in stage `acc` (name it in STAGES; it runs right after gpu_tests): paper-protocol accuracy runs of
+# issue 28's precision arms (ACC_DATASETS, default elasticity; ACC_SEEDS, default 0), FLARE with the fast
+# step in fp32 with TF32 dots and in bf16 with the mixer in fp32 + TF32, each arm in runs/acc/<arm>/.
+# The stage starts the runs in the background (benchmarks/accuracy.py launch, 4 OpenMP threads each)
+# and the later stages run beside them. A run outlives a short session by its folder: copy runs/acc/
+# back with $DEV, carry it into the next session's first call (never into a call while the runs go:
+# a carried path replaces the one there), and `acc` again resumes each run from its last.ckpt.
+# On the dev machine: python benchmarks/accuracy.py collect --out <fetched runs/acc/<arm>>.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the scripts import benchmarks.*
@@ -22,8 +32,10 @@ PY=${PYTHON:-python3}
 TSS="$PY benchmarks/train_step_small.py"  # paper-size and 1M steps through flare fit
 STEP="$PY benchmarks/step.py"             # the bare 2^20-point step
 TUNE="$PY benchmarks/mixer_tune.py --jobs 12"
+ACC="env OMP_NUM_THREADS=4 $PY benchmarks/accuracy.py launch --models flare --datasets ${ACC_DATASETS:-elasticity} --seeds ${ACC_SEEDS:-0} --fast-step"
 declare -A CMD=(
   [gpu_tests]="env PYTHON=$PY bash scripts/gpu_tests.sh"
+  [acc]="$ACC --out runs/acc/32-tf32 -- --trainer.precision=32-true --float32_matmul_precision=high; $ACC --out runs/acc/bf16-fp32mixer-tf32 -- --trainer.precision=bf16-mixed '--model.model.init_args.fp32_parts=[mixer]' --float32_matmul_precision=high"
   [fit1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows ours-eager ours-fast ours-m128 ours-m128-fast ours-recompute ours-m128-recompute --root /tmp/bench_1m"
   [tss]="$TSS --datasets darcy elasticity --precisions bf16-mixed 32-tf32 --rows ours-fast reference-compiled --root /tmp/bench_small"
   [tss_mixed]="$TSS --datasets darcy elasticity --precisions bf16-fp32mixer-tf32 bf16-fp32mixer 32-tf32 --rows ours-fast --root /tmp/bench_small --profile"
@@ -37,12 +49,15 @@ declare -A CMD=(
   [grid12]="$STEP --grid --grid-blocks 1 2 --configs reference-compiled ours-fused-compiled-stored"
   [grid48]="$STEP --grid --grid-blocks 4 8 --configs reference-compiled ours-fused-compiled-stored"
 )
-ORDER=(gpu_tests fit1m kernels1m mixtune tss tss_mixed mixtune_tf32 eval step mlp maxpoints grid12 grid48)
+ORDER=(gpu_tests acc fit1m kernels1m mixtune tss tss_mixed mixtune_tf32 eval step mlp maxpoints grid12 grid48)
+DEFAULT=()  # every stage but acc, which leaves runs going: it runs only when STAGES names it
+for s in "${ORDER[@]}"; do [ "$s" = acc ] || DEFAULT+=("$s"); done
 
 case "${1:-}" in
   --list)
     for s in "${ORDER[@]}"; do echo "$s: ${CMD[$s]}"; done
     exit 0 ;;
+  --plan) ;;  # below: the stages this call would run (STAGES, or the default), in order, and nothing else
   --collect)
     "$PY" benchmarks/records.py collect "${2:?usage: gpu_session.sh --collect <folder>}" && exec "$PY" benchmarks/render.py ;;
   --wheels)  # pytest-xdist (parallel GPU tests), scikit-fem (elasticity data): pure Python, for the device's Python 3.12
@@ -52,13 +67,17 @@ case "${1:-}" in
     ls .whl
     exit 0 ;;
   "") ;;
-  *) echo "gpu_session.sh: unknown argument '$1' (--list, --collect <folder>, --wheels, or none)" >&2; exit 2 ;;
+  *) echo "gpu_session.sh: unknown argument '$1' (--list, --plan, --collect <folder>, --wheels, or none)" >&2; exit 2 ;;
 esac
 
-wanted=${STAGES:-${ORDER[*]}}
+wanted=${STAGES:-${DEFAULT[*]}}
 for s in $wanted; do
   [ -n "${CMD[$s]+x}" ] || { echo "gpu_session.sh: unknown stage '$s' in STAGES (known: ${ORDER[*]})" >&2; exit 2; }
 done
+if [ "${1:-}" = --plan ]; then
+  for s in "${ORDER[@]}"; do [[ " $wanted " == *" $s "* ]] && echo "$s"; done
+  exit 0
+fi
 "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu_session.sh: no CUDA device is visible')" || exit 1
 mkdir -p "$DEV"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$DEV/gpu.txt" 2>&1
@@ -67,7 +86,7 @@ for s in "${ORDER[@]}"; do
   [ -e "$DEV/$s.done" ] && continue
   echo "$(date +%T) start $s" >> "$DEV/progress"
   mkdir -p "$DEV/rec_$s"
-  OUT="$DEV/rec_$s" timeout "${STAGE_LIMIT:-1500}" ${CMD[$s]} > "$DEV/$s.log" 2>&1
+  OUT="$DEV/rec_$s" timeout "${STAGE_LIMIT:-1500}" bash -c "${CMD[$s]}" > "$DEV/$s.log" 2>&1
   echo "$(date +%T) end $s rc=$?" >> "$DEV/progress"
   touch "$DEV/$s.done"
 done

@@ -21,14 +21,49 @@ def test_each_stage_runs_a_script_of_the_repository_with_options_it_accepts():
     stages = dict(line.split(": ", 1) for line in listed.stdout.splitlines())
     assert list(stages)[0] == "gpu_tests" and {"fit1m", "tss", "eval", "grid48"} <= set(stages)
     for stage, command in stages.items():
-        words = shlex.split(command)
-        script = next(w for w in words if w.endswith((".py", ".sh")))
-        assert (REPO / script).is_file(), f"{stage}: {script} is not in the repository"
-        if script.endswith(".py"):  # every option parses: --help after them would hide a typo, so check them
-            options = {w.split("=")[0] for w in words if w.startswith("--")}
-            text = (REPO / script).read_text()
-            missing = [o for o in options if f'"{o}"' not in text]
-            assert not missing, f"{stage}: {script} has no option {missing}"
+        for part in command.split("; "):  # a stage may run several commands in turn
+            words = shlex.split(part)
+            script = next(w for w in words if w.endswith((".py", ".sh")))
+            assert (REPO / script).is_file(), f"{stage}: {script} is not in the repository"
+            if script.endswith(".py"):  # every option parses: --help after them would hide a typo, so check them
+                own = words[: words.index("--")] if "--" in words else words  # after --: `flare fit`'s
+                options = {w.split("=")[0] for w in own if w.startswith("--")}
+                text = (REPO / script).read_text()
+                missing = [o for o in options if f'"{o}"' not in text]
+                assert not missing, f"{stage}: {script} has no option {missing}"
+
+
+def test_the_accuracy_stage_is_opt_in_and_its_arms_are_flare_fit_options(tmp_path):
+    """acc starts runs that outlive the stage, so only a named STAGES runs it; each arm's options
+    after ``--`` are ones `flare fit` accepts, and each arm has its own --out (a run folder keeps
+    its settings) and its own precision label in the accuracy records."""
+    from tests.helpers import import_benchmark, resolved_config
+
+    accuracy = import_benchmark("accuracy")
+    listed = dict(line.split(": ", 1) for line in run("--list").stdout.splitlines())
+    arms = [shlex.split(part) for part in listed["acc"].split("; ")]
+    assert len(arms) == 2
+    outs = [arm[arm.index("--out") + 1] for arm in arms]
+    assert len(set(outs)) == 2 and all(o.startswith("runs/acc/") for o in outs)
+    labels, chosen = set(), []
+    for arm in arms:
+        launch = arm[arm.index("launch") + 1:]
+        run_ = accuracy.Run("flare", "elasticity", 0, None, tmp_path / "out")
+        extra = tuple(launch[launch.index("--") + 1:])
+        command = run_.command(fast_step="--fast-step" in launch, extra=extra)
+        labels.add(accuracy.run_precision(command))
+        config = resolved_config(command[command.index("fit") + 1:])
+        init = config["model"]["model"]["init_args"]
+        chosen.append((config["trainer"]["precision"], config["float32_matmul_precision"], init["fp32_parts"],
+                       config["model"]["fast_step"]))
+    assert chosen == [("32-true", "high", None, True), ("bf16-mixed", "high", ["mixer"], True)]
+    assert labels == {"32-true, TF32 matmuls", "bf16-mixed, fp32 mixer, TF32 matmuls"}
+    # nothing runs it unless named: the default stages leave it out; named, it runs after the tests
+    default = run("--plan", env={k: v for k, v in os.environ.items() if k != "STAGES"})
+    assert default.returncode == 0 and "acc" not in default.stdout.split()
+    assert default.stdout.split() == [s for s in listed if s != "acc"]
+    named = run("--plan", env={**os.environ, "STAGES": "fit1m acc gpu_tests"})
+    assert named.stdout.split() == ["gpu_tests", "acc", "fit1m"]
 
 
 def test_unknown_arguments_and_stages_stop_before_anything_runs():
