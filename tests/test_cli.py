@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -94,11 +95,15 @@ def test_checkpoint_reload_reproduces_test_metrics(trained_run, tiny_darcy_root,
     _, run = trained_run
     fit_record = (run / "test_metrics.json").read_bytes()
     before = json.loads(fit_record)
-    run_cli(
-        ["test", f"--config={CONFIGS / 'quickstart.yaml'}", "--ckpt_path=best", *TINY_MODEL,
-         *tiny_data(tiny_darcy_root), "--data.init_args.batch_size=2",  # the fit's batches: the same sums
-         *tiny_trainer_args(run.parent.parent, name="tiny")]
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_cli(
+            ["test", f"--config={CONFIGS / 'quickstart.yaml'}", "--ckpt_path=best", *TINY_MODEL,
+             *tiny_data(tiny_darcy_root), "--data.init_args.batch_size=2",  # the fit's batches: the same sums
+             *tiny_trainer_args(run.parent.parent, name="tiny")]
+        )
+    # the fit's checkpoint selection is not restored into the evaluation (nor warned about)
+    assert not [w for w in caught if "dirpath has changed" in str(w.message) or "callbacks used to create" in str(w.message)]
     assert (run / "test_metrics.json").read_bytes() == fit_record, "a later test replaced the fit's record"
     later = run / "test" / "version_0"  # the later evaluation's own folder, inside the run
     after = json.loads((later / "test_metrics.json").read_text())
@@ -144,10 +149,13 @@ def test_predict_writes_denormalised_fields_per_sample(trained_run, tiny_darcy_r
     from tests.mesh_files import read_arrays
 
     cli, run = trained_run
-    run_cli(
-        ["predict", f"--config={CONFIGS / 'quickstart.yaml'}", "--ckpt_path=best", *TINY_MODEL,
-         *tiny_data(tiny_darcy_root), *tiny_trainer_args(run.parent.parent, name="tiny")]
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_cli(
+            ["predict", f"--config={CONFIGS / 'quickstart.yaml'}", "--ckpt_path=best", *TINY_MODEL,
+             *tiny_data(tiny_darcy_root), *tiny_trainer_args(run.parent.parent, name="tiny")]
+        )
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
     out = run / "predict" / "version_0"
     files = sorted(p.name for p in out.glob("*.vtu"))
     assert files == [f"sample_{i:05d}.vtu" for i in range(4)]  # every test sample once

@@ -26,6 +26,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     """
 
     _last_written_step: int = -1
+    _stage: str | None = None  # of the trainer call in progress (setup runs before a checkpoint is restored)
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         # A private hook (declared in compat.OVERRIDDEN): note the step whose last.ckpt was written.
@@ -35,9 +36,17 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        self._stage = stage
         if stage == "fit" and trainer.is_global_zero and self.dirpath:
             for tmp in remove_stale_temps(self.dirpath, ".*.ckpt.*.tmp"):
                 rank_zero_info(f"removed {tmp}, left by an interrupted checkpoint save")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the fit's selection on resume only: test, validate and predict save nothing, and the
+        best/last paths of the run that wrote their checkpoint would only draw Lightning's warning that
+        the folder moved (to the evaluation's subfolder)."""
+        if self._stage in (None, "fit"):
+            super().load_state_dict(state_dict)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)

@@ -18,3 +18,32 @@ def test_last_checkpoint_is_the_latest_epoch(tiny_darcy_root, tmp_path):
     best = torch.load(ckpts / "best.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 3 * 2 and last["epoch"] == 2  # 8 samples / batch 4 = 2 steps per epoch
     assert best["global_step"] == 2
+
+
+def test_a_resumed_fit_keeps_the_best_selection_and_an_evaluation_leaves_it(tiny_darcy_root, tmp_path):
+    """Resuming restores which epoch is best (a worse epoch after the resume does not take best.ckpt);
+    test/predict restore nothing into the callback (its folder is the evaluation's, and it saves nothing)."""
+    import pytest
+
+    from tests.test_resume import Kill, KilledForTest
+
+    # mode=max on a falling error: epoch 0 stays the best, unless the resume forgot it
+    args = ["fit", f"--config={CONFIGS / 'quickstart.yaml'}", *tiny_darcy_args(tiny_darcy_root),
+            *tiny_trainer_args(tmp_path, "ckpt"), "--data.init_args.batch_size=4", "--trainer.max_epochs=3",
+            "--trainer.callbacks=[tests.test_resume.Kill]", "--test_after_fit=false", "--checkpoint.mode=max"]
+    with pytest.raises(KilledForTest):
+        run_cli([*args, "--trainer.callbacks.init_args.at_step=4"])  # after epochs 0 and 1
+    ckpts = next((tmp_path / "ckpt").glob("version_*")) / "checkpoints"
+    Kill.start_steps.clear()
+    cli = run_cli([*args, "--ckpt_path=last"])
+    assert Kill.start_steps == [4]
+    callback = cli.trainer.checkpoint_callback
+    best = torch.load(ckpts / "best.ckpt", map_location="cpu", weights_only=False)
+    assert best["global_step"] == 2 and callback.best_model_score is not None
+    assert torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 6
+
+    evaluation = run_cli(["test", f"--config={CONFIGS / 'quickstart.yaml'}", "--ckpt_path=best",
+                          *tiny_darcy_args(tiny_darcy_root), *tiny_trainer_args(tmp_path, "ckpt"),
+                          "--data.init_args.batch_size=4", "--trainer.callbacks=[]", "--checkpoint.mode=max"])
+    restored = evaluation.trainer.checkpoint_callback
+    assert (restored.best_model_path, restored.best_model_score) == ("", None)  # nothing of the fit's selection
