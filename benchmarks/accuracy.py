@@ -24,11 +24,13 @@ OpenMP threads; separate launches each assume the whole machine). In float32 the
 4x slower on Darcy (the fp32 mixer): full-protocol runs use bf16-mixed, as the step benchmarks do.
     python benchmarks/accuracy.py collect       # a record per finished run -> benchmarks/records/accuracy/, pages re-rendered
 
-A precision ablation runs each arm in its own ``--out`` (a run folder keeps its settings) and collects
-each; records are keyed by precision too, so the arms sit side by side in ACCURACY.md:
-    python benchmarks/accuracy.py launch --models flare --datasets elasticity --seeds 0 1 2 --fast-step \
-        --out runs/acc_fp32_mixer -- --trainer.precision bf16-mixed '--model.model.init_args.fp32_parts=[mixer]'
-    python benchmarks/accuracy.py collect --out runs/acc_fp32_mixer
+A precision ablation runs each arm in its own folder (a run folder keeps its settings): ``--arms`` names
+them (``ARMS``: 32-true, 32-tf32, bf16, bf16-fp32<part>, ...), one launch runs them all, side by side on
+the workers of ``--devices``, and ``collect`` finds each arm's folder; records are keyed by precision too,
+so the arms sit side by side in ACCURACY.md:
+    python benchmarks/accuracy.py launch --models flare --datasets elasticity --seeds 0 --fast-step \
+        --devices 0 0 0 --arms bf16 bf16-fp32mixer bf16-fp32kv --out runs/acc_ablation
+    python benchmarks/accuracy.py collect --out runs/acc_ablation
 
 ``collect`` writes one record (``benchmarks/records.py``) per finished run, replacing an earlier
 record of the same run and precision, prints the failed and unfinished runs, and re-renders the pages
@@ -51,6 +53,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
+
+from flare_lightning.models.precision import FP32_PARTS
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the numbers of a `flare fit` run depend on besides its config: the measured paths of its record.
@@ -87,6 +91,20 @@ DATASETS = {
         paper={"flare": 3.4, "transolver": 6.4},
     ),
     "quickstart": Dataset("quickstart: Darcy 21x21, made here, 90k (FLARE) to 128k-parameter models"),
+}
+
+# Precision arms (issue 28): `launch --arms` puts each arm's runs in <out>/<arm>/ with these `flare fit`
+# overrides, all from one launch (the workers share the machine's cores). `bf16-fp32<part>` keeps one
+# part of FLARE in float32 under bf16 autocast (flare_lightning/models/precision.py): the ablation of
+# where bf16 loses accuracy. Each arm's precision label differs, so their records sit side by side.
+_BF16 = "--trainer.precision=bf16-mixed"
+_TF32 = "--float32_matmul_precision=high"
+ARMS: dict[str, tuple[str, ...]] = {
+    "32-true": ("--trainer.precision=32-true",),
+    "32-tf32": ("--trainer.precision=32-true", _TF32),
+    "bf16": (_BF16,),
+    **{f"bf16-fp32{part}": (_BF16, f"--model.model.init_args.fp32_parts=[{part}]") for part in FP32_PARTS},
+    "bf16-fp32mixer-tf32": (_BF16, "--model.model.init_args.fp32_parts=[mixer]", _TF32),
 }
 
 
@@ -140,6 +158,7 @@ class Run:
     seed: int
     epochs: int | None  # None: the config's own budget
     out: Path
+    extra: tuple[str, ...] = ()  # the run's own `flare fit` overrides (its precision arm's), before a launch's
 
     @property
     def name(self) -> str:
@@ -179,6 +198,7 @@ class Run:
         if gpus > 1:
             cmd += [f"--trainer.devices={gpus}", "--trainer.strategy=ddp",
                     f"--data.init_args.batch_size={self.batch_size() // gpus}"]
+        cmd.extend(self.extra)
         cmd.extend(extra)
         last = self.folder / "checkpoints" / "last.ckpt"
         if last.is_file():
@@ -220,8 +240,20 @@ def settings_conflicts(runs: list[Run], fast_step: bool, extra: tuple[str, ...],
     return conflicts
 
 
-def plan(models: list[str], datasets: list[str], seeds: list[int], epochs: int | None, out: Path) -> list[Run]:
-    """Every (model, dataset, seed) run, dataset by dataset."""
+def plan(models: list[str], datasets: list[str], seeds: list[int], epochs: int | None, out: Path,
+         arms: list[str] | None = None) -> list[Run]:
+    """Every (model, dataset, seed) run, dataset by dataset; with ``arms``, every run once per
+    precision arm, in ``<out>/<arm>/``."""
+    if arms:
+        unknown = [a for a in arms if a not in ARMS]
+        if unknown:
+            raise ValueError(f"--arms: unknown arm(s) {unknown}; choose from {list(ARMS)}")
+        partial = [a for a in arms if any("fp32_parts" in o for o in ARMS[a])]
+        if partial and set(models) != {"flare"}:
+            raise ValueError(f"--arms {' '.join(partial)} keep parts of FLARE in float32 (fp32_parts): "
+                             f"run them with --models flare only, not {' '.join(m for m in models if m != 'flare')}")
+        return [Run(r.model, r.dataset, r.seed, r.epochs, r.out, ARMS[arm])
+                for arm in arms for r in plan(models, datasets, seeds, epochs, out / arm)]
     for model in models:
         if model not in MODELS:
             raise ValueError(f"--models: unknown model {model!r}; choose from {sorted(MODELS)}")
@@ -339,7 +371,7 @@ def worker(queue_file: Path) -> None:
     card = card_name(dict(os.environ))
     card = f"{gpus} x {card}" if gpus > 1 else card
     for item in queue["runs"]:
-        run = Run(item["model"], item["dataset"], item["seed"], item["epochs"], Path(item["out"]))
+        run = Run(item["model"], item["dataset"], item["seed"], item["epochs"], Path(item["out"]), tuple(item.get("extra", ())))
         if finished(run.folder):
             print(f"{run.name}/{run.tag}: finished before, skipped", flush=True)
             continue
@@ -351,7 +383,7 @@ def worker(queue_file: Path) -> None:
             earlier.setdefault("card", record.get("card"))
         record.update(model=run.model, dataset=run.dataset, seed=run.seed, epochs=run.epochs, card=card,
                       commit=queue["commit"], cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
-        log = Path(queue["log_dir"]) / f"{run.name}_{run.tag}.log"
+        log = Path(item.get("log_dir", queue["log_dir"])) / f"{run.name}_{run.tag}.log"  # an arm's runs log in its folder
         print(f"{run.name}/{run.tag}: {' '.join(cmd)}\n  log: {log}", flush=True)
         start = time.time()
         # Recorded before the run starts, so an attempt whose machine went away still counts
@@ -416,7 +448,10 @@ def worker_env(devices: list[str], slot: int, cpus: int | None = None) -> dict[s
 
 def launch(args: argparse.Namespace) -> list[subprocess.Popen]:
     """Print the plan; unless ``--dry-run``, make the data and start the background workers."""
-    runs = plan(args.models, args.datasets, args.seeds, args.epochs, args.out.resolve())
+    try:
+        runs = plan(args.models, args.datasets, args.seeds, args.epochs, args.out.resolve(), args.arms)
+    except ValueError as err:
+        raise SystemExit(f"accuracy.py launch: {err}") from None
     gpus = gpus_per_run(args.devices)
     check_batch_split(runs, gpus)
     slots = assign(runs, args.devices)
@@ -430,7 +465,7 @@ def launch(args: argparse.Namespace) -> list[subprocess.Popen]:
         print(f"# worker {slot}: CUDA_VISIBLE_DEVICES={args.devices[slot]}, {steps} optimizer steps in all")
         for run in queue:
             state = "done, skipped" if finished(run.folder) else "resume" if (run.folder / "checkpoints/last.ckpt").is_file() else "new"
-            print(f"#   {run.name}/{run.tag} [{state}], {estimated_steps(run)} steps")
+            print(f"#   {run.folder.relative_to(args.out.resolve())} [{state}], {estimated_steps(run)} steps")
             print(" ".join(run.command(args.fast_step, extra, gpus)))
     if args.dry_run:
         return []
@@ -442,8 +477,11 @@ def launch(args: argparse.Namespace) -> list[subprocess.Popen]:
         if not queue:
             continue
         queue_file = log_dir / f"queue_{slot}.json"
+        for run in queue:
+            (run.out / "logs").mkdir(parents=True, exist_ok=True)
         write_json(queue_file, {
-            "runs": [{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(r).items()} for r in queue],
+            "runs": [{**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(r).items()},
+                      "log_dir": str(r.out / "logs")} for r in queue],
             "fast_step": args.fast_step, "extra": list(extra), "gpus": gpus, "commit": commit, "log_dir": str(log_dir),
         })
         env = worker_env(args.devices, slot)
@@ -485,6 +523,11 @@ class Result:
             return self.wall_s
         steps = estimated_steps(Run(self.model, self.dataset, self.seed, int(self.budget[2:]), self.folder))
         return self.wall_s * estimated_steps(Run(self.model, self.dataset, self.seed, None, self.folder)) / steps
+
+
+def run_roots(out: Path) -> list[Path]:
+    """``out`` and its precision-arm folders (``launch --arms``: ``<out>/<arm>/``), each holding runs."""
+    return [out, *(out / arm for arm in ARMS if (out / arm).is_dir())]
 
 
 def run_folders(out: Path):
@@ -777,6 +820,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="GPU id per worker; repeat an id for several workers on it; ids joined by commas (0,1) "
                          "make each run a DDP run on those GPUs at the protocol's global batch")
     lp.add_argument("--fast-step", action="store_true", help="pass --model.fast_step=true (issue 15)")
+    lp.add_argument("--arms", nargs="+", default=None, metavar="ARM",
+                    help=f"precision arms, each run once per arm in <out>/<arm>/ (choices: {', '.join(ARMS)})")
     lp.add_argument("--dry-run", action="store_true", help="print the plan and the commands, start nothing")
     lp.add_argument("--wait", action="store_true", help="wait for the workers to finish, then collect")
     lp.add_argument("extra", nargs="*", help="more `flare fit` overrides for every run, after --")
@@ -805,11 +850,13 @@ def main(argv: list[str] | None = None) -> None:
             proc.wait()
     from benchmarks.render import Pages, render_pages, write_pages
 
-    out = args.out.resolve()
-    results, failed, running = collect(out), failures(out), in_progress(out)
-    for path in write_run_records(results, out, args.records):
-        print(f"record: {path}")
-    print(status(out, failed, running))
+    results, failed, running = [], [], []
+    for out in run_roots(args.out.resolve()):
+        found, lost, going = collect(out), failures(out), in_progress(out)
+        for path in write_run_records(found, out, args.records):
+            print(f"record: {path}")
+        print(status(out, lost, going))
+        results, failed, running = results + found, failed + lost, running + going
     pages = Pages(results=args.results, accuracy=args.output, readme=args.readme, spectral=args.spectral)
     for path in write_pages(render_pages(pages, records=args.records)):
         print(f"wrote {path}")

@@ -16,13 +16,14 @@
 # STAGE_LIMIT (seconds, default 1500) bounds each stage. Set FLARE_COMMIT where the copy has no .git.
 #
 # Opt-in stage `acc` (name it in STAGES; it runs right after gpu_tests): paper-protocol accuracy runs of
-# issue 28's precision arms (ACC_DATASETS, default elasticity; ACC_SEEDS, default 0), FLARE with the fast
-# step in fp32 with TF32 dots and in bf16 with the mixer in fp32 + TF32, each arm in runs/acc/<arm>/.
-# The stage starts the runs in the background (benchmarks/accuracy.py launch, 4 OpenMP threads each)
-# and the later stages run beside them. A run outlives a short session by its folder: copy runs/acc/
-# back with $DEV, carry it into the next session's first call (never into a call while the runs go:
-# a carried path replaces the one there), and `acc` again resumes each run from its last.ckpt.
-# On the dev machine: python benchmarks/accuracy.py collect --out <fetched runs/acc/<arm>>.
+# issue 28's precision arms (benchmarks/accuracy.py ARMS; ACC_ARMS, default 32-tf32 and
+# bf16-fp32mixer-tf32), FLARE with the fast step on ACC_DATASETS (default elasticity), ACC_SEEDS
+# (default 0), in ACC_LANES workers side by side on GPU 0 (default 2), each arm in runs/acc/<arm>/.
+# The stage starts the runs in the background (one `accuracy.py launch`) and the later stages run
+# beside them. A run outlives a short session by its folder: copy runs/acc/ back with $DEV, carry it
+# into the next session's first call (never into a call while the runs go: a carried path replaces
+# the one there), and `acc` again resumes each run from its last.ckpt.
+# On the dev machine: python benchmarks/accuracy.py collect --out <fetched runs/acc>.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the scripts import benchmarks.*
@@ -32,10 +33,10 @@ PY=${PYTHON:-python3}
 TSS="$PY benchmarks/train_step_small.py"  # paper-size and 1M steps through flare fit
 STEP="$PY benchmarks/step.py"             # the bare 2^20-point step
 TUNE="$PY benchmarks/mixer_tune.py --jobs 12"
-ACC="env OMP_NUM_THREADS=4 $PY benchmarks/accuracy.py launch --models flare --datasets ${ACC_DATASETS:-elasticity} --seeds ${ACC_SEEDS:-0} --fast-step"
+ACC="$PY benchmarks/accuracy.py launch --models flare --datasets ${ACC_DATASETS:-elasticity} --seeds ${ACC_SEEDS:-0} --fast-step"
 declare -A CMD=(
   [gpu_tests]="env PYTHON=$PY bash scripts/gpu_tests.sh"
-  [acc]="$ACC --out runs/acc/32-tf32 -- --trainer.precision=32-true --float32_matmul_precision=high; $ACC --out runs/acc/bf16-fp32mixer-tf32 -- --trainer.precision=bf16-mixed '--model.model.init_args.fp32_parts=[mixer]' --float32_matmul_precision=high"
+  [acc]="$ACC --devices $(printf '0 %.0s' $(seq "${ACC_LANES:-2}")) --arms ${ACC_ARMS:-32-tf32 bf16-fp32mixer-tf32} --out runs/acc"
   [fit1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows ours-eager ours-fast ours-m128 ours-m128-fast ours-recompute ours-m128-recompute --root /tmp/bench_1m"
   [tss]="$TSS --datasets darcy elasticity --precisions bf16-mixed 32-tf32 --rows ours-fast reference-compiled --root /tmp/bench_small"
   [tss_mixed]="$TSS --datasets darcy elasticity --precisions bf16-fp32mixer-tf32 bf16-fp32mixer 32-tf32 --rows ours-fast --root /tmp/bench_small --profile"

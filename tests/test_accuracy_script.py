@@ -477,3 +477,68 @@ def test_a_ddp_launch_trains_two_processes_end_to_end(accuracy, tmp_path):
     assert record["attempts"][-1]["rc"] == 0 and record["card"].startswith("2 x ")
     assert accuracy.finished(folder)
     assert json.loads((tmp_path / "records" / "accuracy" / "transformer_quickstart_seed0_ep1_32-true.json").read_text())["card"] == record["card"]
+
+
+def test_each_precision_arm_is_a_flare_fit_of_its_own_label(accuracy, tmp_path):
+    """``--arms``: every arm's overrides parse as `flare fit` options and set what the arm is named
+    for; the arms' precision labels (their record names) all differ; a launch's own overrides
+    come after the arm's, so they win."""
+    from flare_lightning.models.precision import FP32_PARTS
+    from tests.helpers import resolved_config
+
+    assert {a.removeprefix("bf16-fp32") for a in accuracy.ARMS if a.startswith("bf16-fp32") and "tf32" not in a} == set(FP32_PARTS)
+    runs = accuracy.plan(["flare"], ["elasticity"], [0], 5, tmp_path, list(accuracy.ARMS))
+    assert [r.folder for r in runs] == [tmp_path / arm / "flare_elasticity" / "seed0_ep5" for arm in accuracy.ARMS]
+    labels = [accuracy.run_precision(r.command()) for r in runs]
+    assert len(set(labels)) == len(accuracy.ARMS), labels
+    for arm, run in zip(accuracy.ARMS, runs):
+        config = resolved_config(run.command()[4:])
+        precision, matmul = config["trainer"]["precision"], config["float32_matmul_precision"]
+        parts = config["model"]["model"]["init_args"]["fp32_parts"]
+        assert precision == ("32-true" if arm.startswith("32") else "bf16-mixed"), arm
+        assert (matmul == "high") == arm.endswith("tf32"), arm
+        assert parts == ([arm.removeprefix("bf16-fp32").removesuffix("-tf32")] if arm.startswith("bf16-fp32") else None), arm
+    last = runs[0].command(extra=("--trainer.precision=bf16-mixed",))
+    assert resolved_config(last[4:])["trainer"]["precision"] == "bf16-mixed"
+    with pytest.raises(ValueError, match="unknown arm"):
+        accuracy.plan(["flare"], ["elasticity"], [0], 5, tmp_path, ["bf8"])
+    with pytest.raises(ValueError, match="--models flare only"):
+        accuracy.plan(["flare", "transolver"], ["elasticity"], [0], 5, tmp_path, ["bf16", "bf16-fp32kv"])
+
+
+def test_one_launch_runs_the_arms_side_by_side_and_collect_finds_each(accuracy, tmp_path):
+    """The workers of one launch take the arms' runs (each with its overrides and its log in
+    ``<out>/<arm>/logs``); ``collect --out <out>`` records every arm's finished run."""
+    out = tmp_path / "runs"
+    with mock.patch.object(accuracy, "prepare_data"), mock.patch.object(accuracy, "git_commit", return_value="abc1234"), \
+            mock.patch.object(accuracy.subprocess, "Popen") as popen:
+        accuracy.main(["launch", "--models", "flare", "--datasets", "quickstart", "--epochs", "1", "--devices", "0", "0",
+                       "--arms", "32-true", "bf16-fp32mixer", "--out", str(out), "--", "--trainer.max_epochs=1"])
+    assert popen.call_count == 2  # one worker per --devices entry
+    queues = [json.loads(p.read_text()) for p in sorted((out / "logs").glob("queue_*.json"))]
+    items = [item for q in queues for item in q["runs"]]
+    assert sorted(item["log_dir"] for item in items) == [str(out / "32-true" / "logs"), str(out / "bf16-fp32mixer" / "logs")]
+    # a worker runs an item with the arm's overrides, logging in the arm's folder
+    item = next(i for i in items if "bf16-fp32mixer" in i["out"])
+    queue = tmp_path / "queue.json"
+    queue.write_text(json.dumps({**queues[0], "runs": [item]}))
+
+    def command(self, *args, **kwargs):  # stands in for `flare fit`: writes the run's test metrics
+        script = ("import json, pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True, exist_ok=True); "
+                  "(p / 'test_metrics.json').write_text(json.dumps({'test/rel_l2': 0.25}))")
+        return [sys.executable, "-c", script, str(self.folder)]
+
+    real = accuracy.Run.command
+    wanted = real(accuracy.Run(item["model"], item["dataset"], item["seed"], item["epochs"], Path(item["out"]),
+                               tuple(item["extra"])), False, ("--trainer.max_epochs=1",))
+    assert "--model.model.init_args.fp32_parts=[mixer]" in wanted and wanted[-1] == "--trainer.max_epochs=1"
+    with mock.patch.object(accuracy.Run, "command", command), mock.patch.object(accuracy, "card_name", return_value="cpu"):
+        accuracy.worker(queue)
+    assert (out / "bf16-fp32mixer" / "logs" / "flare_quickstart_seed0_ep1.log").is_file()
+    record = json.loads((out / "bf16-fp32mixer" / "flare_quickstart" / "seed0_ep1" / "launch.json").read_text())
+    record["attempts"][0]["command"] = wanted  # what the worker ran, had the command not been faked
+    (out / "bf16-fp32mixer" / "flare_quickstart" / "seed0_ep1" / "launch.json").write_text(json.dumps(record))
+    fake_run(out / "32-true", "flare_quickstart", "seed0_ep1", 0.5, wall_s=60)
+    accuracy.main(collect_args(tmp_path, out))
+    assert sorted(p.name for p in (tmp_path / "records" / "accuracy").iterdir()) == [
+        "flare_quickstart_seed0_ep1_32-true.json", "flare_quickstart_seed0_ep1_bf16-mixed-fp32-mixer.json"]
