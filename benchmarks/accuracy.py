@@ -57,6 +57,7 @@ import yaml
 from flare_lightning.models.precision import FP32_PARTS
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: `benchmarks.` imports resolve
 # What the numbers of a `flare fit` run depend on besides its config: the measured paths of its record.
 FIT_PATHS = ["flare_lightning/", "datamodules/"]
 MODELS = {"flare": "FLARE", "transolver": "Transolver", "transformer": "Transformer", "perceiverio": "PerceiverIO"}

@@ -5,10 +5,12 @@ the paper's real-data numbers beside them, then every run with its card, date, c
 from __future__ import annotations
 
 import statistics
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks.` imports resolve
 from benchmarks.accuracy import DATASETS, MODELS, hours
 
 BENCHMARK = "accuracy"

@@ -31,15 +31,18 @@ import copy
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks.` imports resolve
 from benchmarks.records import add_out_argument, cpu_name, write_record
 from flare_lightning.training.metrics import relative_l2
 from flare_lightning.models import FLARE

@@ -23,7 +23,9 @@ import inspect
 import os
 import re
 import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import torch
 import triton
@@ -36,6 +38,8 @@ from flare_lightning.kernels import triton_mlp
 from flare_lightning.kernels import triton_mlp_kernels as km
 from flare_lightning.kernels import triton_mixer_bwd as kb
 from flare_lightning.kernels import triton_mixer_fwd as kf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks.` imports resolve
 
 # Pointer arguments in the inputs' dtype, per kernel; other pointers are fp32, masks uint8.
 LOW = {

@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks.` imports resolve
 from benchmarks.records import add_out_argument, write_record
 from benchmarks.step import CONFIGS, MEASURES, SHAPE, TrainStep, build, environment
 

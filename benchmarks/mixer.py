@@ -25,10 +25,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks.` imports resolve
 from benchmarks.records import add_out_argument, write_record
 from flare_lightning.kernels.chunked import flare_mix_chunked
 from flare_lightning.kernels.reference import flare_mix_sdpa

@@ -11,9 +11,12 @@ layer under bf16 autocast. The times are written as a record (``benchmarks/recor
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks.` imports resolve
 from benchmarks.records import add_out_argument, write_record
 from flare_lightning.kernels import flare_mix
 from flare_lightning.models import FlareAttention

@@ -21,9 +21,11 @@ import math
 import multiprocessing as mp
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks.` imports resolve
 from benchmarks.records import add_out_argument, write_record
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])

@@ -21,12 +21,15 @@ Writes a record (``benchmarks/records.py``) into ``--out`` (default ``$OUT``, el
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import fields, replace
+from pathlib import Path
 
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks.` imports resolve
 from benchmarks.records import add_out_argument, write_record
 from flare_lightning.kernels import triton_mlp
 from flare_lightning.models.mlp import ResidualMLP

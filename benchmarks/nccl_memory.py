@@ -16,13 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks.` imports resolve
 from benchmarks.records import add_out_argument, cpu_name, write_record
 from flare_lightning.parallel.nccl import SMALL_COLLECTIVES
 

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks.` imports resolve
 from benchmarks.records import write_record
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: `benchmarks.` imports resolve
 RECORDS = ROOT / "benchmarks" / "records"
 FORMAT = 1
 REQUIRED = {"format": int, "benchmark": str, "card": str, "date": str, "dirty": bool, "versions": dict,

@@ -34,12 +34,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks.` imports resolve
 from benchmarks.records import add_out_argument, write_record
 from benchmarks.reference_flare import ReferenceSurrogate
 from flare_lightning.training.metrics import relative_l2

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.helpers import import_benchmark
+from tests.helpers import REPO, import_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -310,3 +310,33 @@ def test_quickstart_time_runs_the_shipped_command_in_a_fresh_folder_and_records_
     monkeypatch.setattr(qt.time, "sleep", lambda s: None)
     with pytest.raises(SystemExit, match="not an idle machine"):
         qt.main(["--out", str(tmp_path), "--wait", "0"])
+
+
+SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if '__name__ == "__main__"' in p.read_text())
+
+
+def test_every_benchmark_script_runs_as_a_script_from_anywhere(tmp_path):
+    """``python benchmarks/<script>.py --help`` from another folder, with nothing on PYTHONPATH (as in a
+    fresh `pip install -e .` checkout): each script finds the `benchmarks.` modules it imports itself;
+    ``accuracy.py collect`` also reaches its late imports (render, records)."""
+    import os
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def run(args: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    assert len(SCRIPTS) >= 20
+    with ThreadPoolExecutor(2) as pool:
+        done = dict(zip(SCRIPTS, pool.map(lambda s: run([str(REPO / "benchmarks" / s), "--help"]), SCRIPTS)))
+    failed = {s: p.stderr.strip().splitlines()[-1:] for s, p in done.items() if p.returncode != 0 or "usage:" not in p.stdout}
+    assert not failed, failed
+    out = tmp_path / "pages"
+    collect = run([str(REPO / "benchmarks" / "accuracy.py"), "collect", "--out", str(tmp_path / "none"),
+                   "--records", str(out / "records"), "--output", str(out / "ACCURACY.md"), "--results",
+                   str(out / "RESULTS.md"), "--readme", "", "--spectral", ""])
+    assert collect.returncode == 0, collect.stderr[-2000:]
+    assert "0 finished runs" in collect.stdout and (out / "ACCURACY.md").is_file()
