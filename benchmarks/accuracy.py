@@ -856,7 +856,8 @@ def main(argv: list[str] | None = None) -> None:
         found, lost, going = collect(out), failures(out), in_progress(out)
         for path in write_run_records(found, out, args.records):
             print(f"record: {path}")
-        print(status(out, lost, going))
+        if lost or going:
+            print(status(out, lost, going))
         results, failed, running = results + found, failed + lost, running + going
     pages = Pages(results=args.results, accuracy=args.output, readme=args.readme, spectral=args.spectral)
     for path in write_pages(render_pages(pages, records=args.records)):
