@@ -15,14 +15,14 @@
 # runs again, so a caller can poll $DEV/progress and copy $DEV back as it goes. $DEV/DONE marks the end.
 # STAGE_LIMIT (seconds, default 1500) bounds each stage. Set FLARE_COMMIT where the copy has no .git.
 #
-# Opt-in stage `acc` (name it in STAGES; it runs right after gpu_tests): paper-protocol accuracy runs of
-# issue 28's precision arms (benchmarks/accuracy.py ARMS; ACC_ARMS, default 32-tf32 and
-# bf16-fp32mixer-tf32), FLARE with the fast step on ACC_DATASETS (default elasticity), ACC_SEEDS
+# Opt-in stage `acc` (name it in STAGES; it runs last, so every timing runs alone): paper-protocol
+# accuracy runs of issue 28's precision arms (benchmarks/accuracy.py ARMS; ACC_ARMS, default 32-tf32
+# and bf16-fp32mixer-tf32), FLARE with the fast step on ACC_DATASETS (default elasticity), ACC_SEEDS
 # (default 0), in ACC_LANES workers side by side on GPU 0 (default 2), each arm in runs/acc/<arm>/.
-# The stage starts the runs in the background (one `accuracy.py launch`) and the later stages run
-# beside them. A run outlives a short session by its folder: copy runs/acc/ back with $DEV, carry it
-# into the next session's first call (never into a call while the runs go: a carried path replaces
-# the one there), and `acc` again resumes each run from its last.ckpt.
+# The stage starts the runs in the background (one `accuracy.py launch`) and returns. A run outlives
+# a short session by its folder: copy runs/acc/ back with $DEV, carry it into the next session's
+# first call (never into a call while the runs go: a carried path replaces the one there), and `acc`
+# again resumes each run from its last.ckpt.
 # On the dev machine: python benchmarks/accuracy.py collect --out <fetched runs/acc>.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -50,7 +50,7 @@ declare -A CMD=(
   [grid12]="$STEP --grid --grid-blocks 1 2 --configs reference-compiled ours-fused-compiled-stored"
   [grid48]="$STEP --grid --grid-blocks 4 8 --configs reference-compiled ours-fused-compiled-stored"
 )
-ORDER=(gpu_tests acc fit1m kernels1m mixtune tss tss_mixed mixtune_tf32 eval step mlp maxpoints grid12 grid48)
+ORDER=(gpu_tests fit1m kernels1m mixtune tss tss_mixed mixtune_tf32 eval step mlp maxpoints grid12 grid48 acc)
 DEFAULT=()  # every stage but acc, which leaves runs going: it runs only when STAGES names it
 for s in "${ORDER[@]}"; do [ "$s" = acc ] || DEFAULT+=("$s"); done
 
