@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
@@ -27,6 +29,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     _last_written_step: int = -1
     _stage: str | None = None  # of the trainer call in progress (setup runs before a checkpoint is restored)
+    _trainer: L.Trainer | None = None  # whose ckpt_path names the checkpoint being restored
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         # A private hook (declared in compat.OVERRIDDEN): note the step whose last.ckpt was written.
@@ -37,16 +40,17 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         self._stage = stage
+        self._trainer = trainer
         if stage == "fit" and trainer.is_global_zero and self.dirpath:
             for tmp in remove_stale_temps(self.dirpath, ".*.ckpt.*.tmp"):
                 rank_zero_info(f"removed {tmp}, left by an interrupted checkpoint save")
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore the fit's selection on resume only: test, validate and predict save nothing, and the
-        best/last paths of the run that wrote their checkpoint would only draw Lightning's warning that
-        the folder moved (to the evaluation's subfolder)."""
+        """Restore the fit's selection on resume only (also from a run folder that moved: ``moved_along``):
+        test, validate and predict save nothing, and the best/last paths of the run that wrote their
+        checkpoint would only draw Lightning's warning that the folder moved (to the evaluation's subfolder)."""
         if self._stage in (None, "fit"):
-            super().load_state_dict(state_dict)
+            super().load_state_dict(moved_along(state_dict, self.dirpath, self._trainer))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -74,3 +78,31 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if compat.saves_on_train_epoch_end(self, trainer):
             self._refresh_last(trainer)
+
+
+def moved_along(state: dict, dirpath: str | None, trainer: L.Trainer | None) -> dict:
+    """The callback state of a checkpoint restored from this callback's own folder after that folder
+    moved (another machine or path), with its saved paths moved too; any other state as it is.
+
+    Lightning keeps the best selection only when the saved folder equals the current one, so a run
+    folder carried elsewhere would lose it on resume and a worse epoch would take ``best.ckpt``. A
+    checkpoint of another run (not in this folder) is a new run: its selection is not carried over.
+    """
+    old = state.get("dirpath")
+    restored = getattr(trainer, "ckpt_path", None)
+    if not (old and dirpath and restored) or old == dirpath:
+        return state
+    if Path(restored).resolve().parent != Path(dirpath).resolve():
+        return state
+
+    def move(path: str | None) -> str | None:
+        return str(Path(dirpath) / Path(path).relative_to(old)) if path and Path(path).is_relative_to(old) else path
+
+    moved = {**state, "dirpath": dirpath}
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if key in state:
+            moved[key] = move(state[key])
+    if "best_k_models" in state:
+        moved["best_k_models"] = {move(path): score for path, score in state["best_k_models"].items()}
+    rank_zero_info(f"run folder moved: checkpoint selection of {old} carried to {dirpath}")
+    return moved
