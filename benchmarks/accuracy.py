@@ -835,8 +835,8 @@ def main(argv: list[str] | None = None) -> None:
         sp.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md", help="the results page")
         sp.add_argument("--readme", type=lambda v: Path(v) if v else None, default=ROOT / "README.md",
                         help="the README whose headline table is re-rendered ('' for none)")
-        sp.add_argument("--spectral", type=lambda v: Path(v) if v else None, default=ROOT / "docs" / "spectral.md",
-                        help="the spectral page whose table is re-rendered ('' for none)")
+        sp.add_argument("--docs", type=lambda v: Path(v) if v else None, default=ROOT / "docs",
+                        help="the folder of the docs pages whose tables are re-rendered ('' for none)")
     wp = sub.add_parser("worker", help=argparse.SUPPRESS)
     wp.add_argument("queue", type=Path)
     args = p.parse_args(argv)
@@ -859,7 +859,7 @@ def main(argv: list[str] | None = None) -> None:
         if lost or going:
             print(status(out, lost, going))
         results, failed, running = results + found, failed + lost, running + going
-    pages = Pages(results=args.results, accuracy=args.output, readme=args.readme, spectral=args.spectral)
+    pages = Pages(results=args.results, accuracy=args.output, readme=args.readme, docs=args.docs)
     for path in write_pages(render_pages(pages, records=args.records)):
         print(f"wrote {path}")
     print(f"{len(results)} finished runs, {len(failed)} failed, {len(running)} in progress")

@@ -264,7 +264,7 @@ def test_a_page_without_two_precisions_of_a_cell_has_no_comparison(accuracy, tmp
 def collect_args(tmp_path: Path, out: Path) -> list[str]:
     """``collect`` into ``tmp_path``: records, the two pages, no README."""
     return ["collect", "--out", str(out), "--records", str(tmp_path / "records"), "--output",
-            str(tmp_path / "ACCURACY.md"), "--results", str(tmp_path / "RESULTS.md"), "--readme", "", "--spectral", ""]
+            str(tmp_path / "ACCURACY.md"), "--results", str(tmp_path / "RESULTS.md"), "--readme", "", "--docs", ""]
 
 
 def test_collect_writes_a_record_per_run_and_the_page(accuracy, tmp_path):

@@ -337,6 +337,6 @@ def test_every_benchmark_script_runs_as_a_script_from_anywhere(tmp_path):
     out = tmp_path / "pages"
     collect = run([str(REPO / "benchmarks" / "accuracy.py"), "collect", "--out", str(tmp_path / "none"),
                    "--records", str(out / "records"), "--output", str(out / "ACCURACY.md"), "--results",
-                   str(out / "RESULTS.md"), "--readme", "", "--spectral", ""])
+                   str(out / "RESULTS.md"), "--readme", "", "--docs", ""])
     assert collect.returncode == 0, collect.stderr[-2000:]
     assert "0 finished runs" in collect.stdout and (out / "ACCURACY.md").is_file()

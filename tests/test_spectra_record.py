@@ -49,8 +49,8 @@ def test_a_finished_run_becomes_a_record_the_figure_and_the_page_table(tmp_path)
     page = tmp_path / "spectral.md"
     page.write_text("intro\n<!-- spectra:start -->\nold\n<!-- spectra:end -->\nafter\n")
     entries = render.load(tmp_path / "records")
-    text = render.with_block(page.read_text(), render.spectra_block(entries, page), page,
-                             render.SPECTRA_START, render.SPECTRA_END)
+    spec = next(t for t in render.DOC_TABLES if t.name == "spectra")
+    text = render.with_block(page.read_text(), render.doc_table_block(entries, page, spec), page, *spec.markers())
     assert "old" not in text and text.startswith("intro\n") and text.endswith("after\n")
     assert "test rel. L2 0.0321, 2 test samples" in text
     assert "| 1 | 2.5-4.5 | 0.20-0.22 | 1.20 | 1.30 |" in text
