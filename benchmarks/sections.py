@@ -197,10 +197,12 @@ SECTIONS = (
         "warms up, epoch 1 is timed after a device sync at its ends; `ms / step`: its steps after the first (records "
         "before 2026-12-07T08: all its steps), `first step`: the first, which also waits for the loader workers' "
         "first batch; rows marked * trained fewer batches and their epoch is first step + the other batches x step + "
-        "validation; `back to back`: the captured step replayed with nothing between",
-        ("card", "dataset", "precision", "row"),
+        "validation; `back to back`: the captured step replayed with nothing between; `GPUs` > 1: DDP, each GPU its "
+        "own batches (`samples / s` over all of them; its epoch is each GPU's share of the batches)",
+        ("card", "dataset", "precision", "row", "devices"),
         (Column("dataset", "dataset"), Column("precision", "precision"), Column("row", "row"),
-         Column("step_ms", "ms / step", ".2f"), Column("first_step_ms", "first step ms", ".0f"),
+         Column("devices", "GPUs"), Column("step_ms", "ms / step", ".2f"), Column("samples_per_s", "samples / s", ".1f"),
+         Column("first_step_ms", "first step ms", ".0f"),
          Column("back_to_back_ms", "back to back ms", ".2f"),
          Column("kernels_per_step", "kernels / step", ",.0f"), Column("kernel_ms_per_step", "kernel ms / step", ".2f"),
          Column("val_s", "validation s", ".2f"), Column(_epoch, "epoch s"), Column("batches_per_epoch", "batches"),

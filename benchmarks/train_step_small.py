@@ -29,21 +29,28 @@ epoch 0 warms up (compilation, graph capture) and epoch 1 is timed. Rows slower 
 ``--full-below-ms`` per step train ``--steps`` batches an epoch and their epoch time is
 ``(training samples / batch) x step + validation``; fast rows train full epochs.
 
+``--devices 1 2`` times every row on one GPU and under DDP on two (a ``flare fit`` subprocess with
+``--trainer.strategy ddp``, each GPU its own batches: ``samples / s`` compares them), in one run.
+
 The rows are written as a record (``benchmarks/records.py``) into ``--out`` (default ``$OUT``,
 else ``benchmarks/records/train_step_small/``); with ``--profile``, the captured step's kernels
 too (``train_step_kernels``).
 
     python benchmarks/train_step_small.py                       # the whole table
     python benchmarks/train_step_small.py --datasets darcy --precisions bf16-mixed --rows ours-fast
+    python benchmarks/train_step_small.py --datasets drivaerml_1m --precisions bf16-mixed --rows ours-eager --devices 1 2
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections import defaultdict
@@ -52,6 +59,7 @@ from unittest import mock
 
 import lightning as L
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: `benchmarks.` imports and class paths resolve
@@ -117,10 +125,13 @@ def is_fast(row: str) -> bool:
 
 
 class EpochTimer(L.Callback):
-    """Wall-clock marks (after a device sync) at epoch and validation boundaries."""
+    """Wall-clock marks (after a device sync) at epoch and validation boundaries. With ``path``
+    (a fit in another process, such as DDP's), rank 0 writes them at the end of training as JSON,
+    with the batches per epoch of one rank, the batch size and rank 0's peak memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str | None = None) -> None:
         self.marks: dict[tuple[int, str], tuple[float, int]] = {}
+        self.path = path
 
     def _mark(self, trainer, what: str) -> None:
         if torch.cuda.is_available():
@@ -144,6 +155,23 @@ class EpochTimer(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._mark(trainer, "end")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.path is None or not trainer.is_global_zero:
+            return
+        from flare_lightning.atomic import atomic_write_text
+
+        peak = torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None
+        atomic_write_text(self.path, json.dumps({
+            "marks": [[epoch, what, t, step] for (epoch, what), (t, step) in self.marks.items()],
+            "batches_per_epoch": len(trainer.train_dataloader), "batch_size": trainer.datamodule.batch_size,
+            "devices": trainer.world_size, "peak_gb": peak}))
+
+
+def read_marks(path: Path) -> tuple[dict[tuple[int, str], tuple[float, int]], dict]:
+    """An ``EpochTimer`` file: its marks, and the rest of what it holds."""
+    saved = json.loads(Path(path).read_text())
+    return {(epoch, what): (t, step) for epoch, what, t, step in saved.pop("marks")}, saved
 
 
 class FastStepProfile(L.Callback):
@@ -176,19 +204,7 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
     from flare_lightning.cli import make_cli
 
     timer, profiler = EpochTimer(), FastStepProfile()
-    name = f"{dataset}_{row}_{precision}"
-    args = [
-        *(f"--config={path}" for path in row_configs(dataset, row)), *ROWS[row],
-        *PRECISIONS.get(precision, [f"--trainer.precision={precision}"]), "--trainer.max_epochs=2", "--trainer.num_sanity_val_steps=0",
-        f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
-        f"--trainer.logger.init_args.name={name}", "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false", "--test_after_fit=false",
-    ]
-    if dataset == "elasticity":
-        args.append(f"--data.init_args.gen_workers={min(16, os.cpu_count() or 1)}")
-    args += DATA_ARGS.get(dataset, [])
-    if steps is not None:
-        args.append(f"--trainer.limit_train_batches={steps}")
+    args = fit_args(dataset, precision, row, steps, root)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     cli = make_cli(args, run=False)
@@ -209,11 +225,72 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
     summary, kernels = profiler.found
     names = {"dataset": dataset, "precision": precision, "row": row}
     return {
-        **names, **figures, "fit_wall_s": total,
+        **names, **figures, "fit_wall_s": total, **throughput(1, cli.datamodule.batch_size, figures["step_ms"]),
         # the last epoch's peak: the epoch summary line resets the counter at each epoch start
         "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None,
         "epoch_measured": steps is None, **summary,
     }, [{**names, **kernel} for kernel in kernels]
+
+
+def throughput(devices: int, batch_size: int, step_ms: float) -> dict[str, float]:
+    """Devices, and training samples per second over all of them (each trains its own batches)."""
+    return {"devices": devices, "samples_per_s": devices * batch_size * 1e3 / step_ms}
+
+
+def run_row_ddp(dataset: str, precision: str, row: str, steps: int | None, root: Path, devices: int) -> dict:
+    """The row as a ``flare fit`` subprocess under DDP on ``devices`` GPUs (Lightning starts one process per
+    GPU); epoch 1 timed on rank 0 as ``run_row`` times it, each rank training its share of the batches."""
+    if row in INDUCTOR or row in PATCHES:
+        raise ValueError(f"row {row!r} patches the process it runs in: it cannot run under DDP (--devices)")
+    with tempfile.TemporaryDirectory() as tmp:
+        marks_file = Path(tmp) / "marks.json"
+        cmd = [sys.executable, "-m", "flare_lightning", "fit", *fit_args(dataset, precision, row, steps, root, devices),
+               f"--trainer.devices={devices}", "--trainer.strategy=ddp",
+               "--trainer.callbacks+=benchmarks.train_step_small.EpochTimer",
+               f"--trainer.callbacks.init_args.path={marks_file}"]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=REPO, env=env, check=True)
+        total = time.perf_counter() - t0
+        marks, saved = read_marks(marks_file)
+    figures = epoch_figures(marks, saved["batches_per_epoch"])
+    return {"dataset": dataset, "precision": precision, "row": row, **figures, "fit_wall_s": total,
+            **throughput(saved["devices"], saved["batch_size"], figures["step_ms"]), "peak_gb": saved["peak_gb"],
+            "epoch_measured": steps is None}
+
+
+def fit_args(dataset: str, precision: str, row: str, steps: int | None, root: Path, devices: int = 1) -> list[str]:
+    """The ``flare fit`` options of a row: two epochs of its configs, quiet, in its own run folder."""
+    name = f"{dataset}_{row}_{precision}" + (f"_{devices}gpus" if devices > 1 else "")
+    args = [
+        *(f"--config={path}" for path in row_configs(dataset, row)), *ROWS[row],
+        *PRECISIONS.get(precision, [f"--trainer.precision={precision}"]), "--trainer.max_epochs=2", "--trainer.num_sanity_val_steps=0",
+        f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
+        f"--trainer.logger.init_args.name={name}", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false", "--test_after_fit=false",
+    ]
+    if dataset == "elasticity":
+        args.append(f"--data.init_args.gen_workers={min(16, os.cpu_count() or 1)}")
+    args += DATA_ARGS.get(dataset, [])
+    validation = n_val(args)
+    if devices > 1 and validation is not None and validation < devices:  # every rank validates a sample
+        args.append(f"--data.init_args.n_val={devices}")  # (the 1M proxy validates one run on one GPU)
+    if steps is not None:
+        args.append(f"--trainer.limit_train_batches={steps}")
+    return args
+
+
+def n_val(args: list[str]) -> int | None:
+    """The validation samples a row's options ask for (the last ``--data.init_args.n_val``, else the last
+    config's), None where neither says."""
+    given = [a.split("=", 1)[1] for a in args if a.startswith("--data.init_args.n_val=")]
+    if given:
+        return int(given[-1])
+    for path in reversed([Path(a.split("=", 1)[1]) for a in args if a.startswith("--config=")]):
+        value = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("init_args", {}).get("n_val")
+        if value is not None:
+            return int(value)
+    return None
 
 
 def profile_fast_step(module, batch: dict, steps: int = 5, top: int = 20) -> tuple[dict, list[dict]]:
@@ -255,10 +332,10 @@ def profile_fast_step(module, batch: dict, steps: int = 5, top: int = 20) -> tup
 
 
 def add_speedups(rows: list[dict]) -> list[dict]:
-    """Each FLARE row's speed-up over the ``reference-compiled`` row of its dataset and precision."""
+    """Each FLARE row's speed-up over the ``reference-compiled`` row of its dataset, precision and GPUs."""
     for r in rows:
         ref = next((x for x in rows if x["row"] == "reference-compiled" and x["dataset"] == r["dataset"]
-                    and x["precision"] == r["precision"]), None)
+                    and x["precision"] == r["precision"] and x.get("devices", 1) == r.get("devices", 1)), None)
         if ref is not None and r["row"] not in BASELINE_ROWS:
             r["speedup_vs_reference_compiled"] = ref["step_ms"] / r["step_ms"]
     return rows
@@ -276,14 +353,20 @@ def print_table(rows: list[dict]) -> None:
         return next((x for x in rows if x["row"] == row and x["dataset"] == r["dataset"]
                      and x["precision"] == r["precision"]), None)
 
-    print(f"\n{'dataset':<11}{'precision':<12}{'row':<25}{'ms/step':>9}{'val s':>8}{'epoch s':>9}"
-          f"{'500 ep min':>11}{'peak GB':>9}{'vs ref':>8}")
+    print(f"\n{'dataset':<13}{'precision':<12}{'row':<25}{'GPUs':>5}{'ms/step':>9}{'samples/s':>10}{'val s':>8}"
+          f"{'epoch s':>9}{'500 ep min':>11}{'peak GB':>9}{'vs ref':>8}")
     for r in rows:
         speed = f"{r['speedup_vs_reference_compiled']:.1f}x" if "speedup_vs_reference_compiled" in r else "-"
         mark = "" if r["epoch_measured"] else "*"
         peak = f"{r['peak_gb']:.2f}" if r["peak_gb"] is not None else "-"
-        print(f"{r['dataset']:<11}{r['precision']:<12}{r['row']:<25}{r['step_ms']:>9.2f}{r['val_s']:>8.2f}"
-              f"{r['epoch_s']:>8.1f}{mark:1}{r['500_epochs_min']:>11.1f}{peak:>9}{speed:>8}")
+        print(f"{r['dataset']:<13}{r['precision']:<12}{r['row']:<25}{r['devices']:>5}{r['step_ms']:>9.2f}"
+              f"{r['samples_per_s']:>10.1f}{r['val_s']:>8.2f}{r['epoch_s']:>8.1f}{mark:1}{r['500_epochs_min']:>11.1f}"
+              f"{peak:>9}{speed:>8}")
+    for r in rows:  # DDP against one GPU, same row
+        one = next((x for x in rows if x["devices"] == 1 and all(x[k] == r[k] for k in ("dataset", "precision", "row"))), None)
+        if r["devices"] > 1 and one:
+            print(f"{r['dataset']} {r['precision']} {r['row']}: {r['devices']} GPUs train "
+                  f"{r['samples_per_s'] / one['samples_per_s']:.2f}x the samples per second of one")
     print("* epoch = batches x step + validation (the row trained fewer batches per epoch)")
     for r in rows:  # the network without the all-True mask against with it, same run
         masked = same(r, r["row"] + "-masked")
@@ -300,22 +383,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="training batches per epoch of the slow rows")
     parser.add_argument("--root", default="runs/bench_small", help="run folder of the fits")
     parser.add_argument("--profile", action="store_true", help="kernel table of the captured step")
+    parser.add_argument("--devices", nargs="+", type=int, default=[1],
+                        help="GPUs per fit: 1 in this process, more under DDP in a subprocess (e.g. 1 2: both)")
     add_out_argument(parser)
     args = parser.parse_args()
     rows, kernels = [], []
-    for dataset in args.datasets:
-        for precision in args.precisions:
-            for row in args.rows:
-                steps = None if is_fast(row) else args.steps
-                try:
-                    result, found = run_row(dataset, precision, row, steps, Path(args.root), args.profile)
-                except Exception as err:  # one failed row must not lose the others
-                    traceback.print_exc()
-                    print(json.dumps({"dataset": dataset, "precision": precision, "row": row, "error": repr(err)}))
-                    continue
-                print(json.dumps(result), flush=True)
-                rows.append(result)
-                kernels += found
+    for dataset, precision, row, devices in itertools.product(args.datasets, args.precisions, args.rows, args.devices):
+        steps = None if is_fast(row) else args.steps
+        try:
+            if devices == 1:
+                result, found = run_row(dataset, precision, row, steps, Path(args.root), args.profile)
+            else:
+                result, found = run_row_ddp(dataset, precision, row, steps, Path(args.root), devices), []
+        except Exception as err:  # one failed row must not lose the others
+            traceback.print_exc()
+            print(json.dumps({"dataset": dataset, "precision": precision, "row": row, "devices": devices,
+                              "error": repr(err)}))
+            continue
+        print(json.dumps(result), flush=True)
+        rows.append(result)
+        kernels += found
     print_table(add_speedups(rows))
     paths = measured_paths(args.datasets, args.rows)
     write_record("train_step_small", rows, paths=paths, out=args.out)

@@ -15,6 +15,8 @@
 # runs again, so a caller can poll $DEV/progress and copy $DEV back as it goes. $DEV/DONE marks the end.
 # STAGE_LIMIT (seconds, default 1500) bounds each stage. Set FLARE_COMMIT where the copy has no .git.
 #
+# Opt-in stage `ddp1m` (two GPUs): the 1M config through `flare fit` on one GPU and under DDP on two,
+# in one run (issue 26 item 4: samples per second of two against one).
 # Opt-in stage `acc` (name it in STAGES; it runs last, so every timing runs alone): paper-protocol
 # accuracy runs of issue 28's precision arms (benchmarks/accuracy.py ARMS; ACC_ARMS, default 32-tf32
 # and bf16-fp32mixer-tf32), FLARE with the fast step on ACC_DATASETS (default elasticity), ACC_SEEDS
@@ -49,10 +51,12 @@ declare -A CMD=(
   [maxpoints]="$PY benchmarks/max_points.py --latents 256 --configs ours-fused-compiled-stored ours-fused-compiled ours-memory --budget-s 90"
   [grid12]="$STEP --grid --grid-blocks 1 2 --configs reference-compiled ours-fused-compiled-stored"
   [grid48]="$STEP --grid --grid-blocks 4 8 --configs reference-compiled ours-fused-compiled-stored"
+  [ddp1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows ours-eager --devices 1 2 --root /tmp/bench_1m"
 )
-ORDER=(gpu_tests fit1m kernels1m mixtune tss tss_mixed mixtune_tf32 eval step mlp maxpoints grid12 grid48 acc)
-DEFAULT=()  # every stage but acc, which leaves runs going: it runs only when STAGES names it
-for s in "${ORDER[@]}"; do [ "$s" = acc ] || DEFAULT+=("$s"); done
+ORDER=(gpu_tests fit1m kernels1m mixtune tss tss_mixed mixtune_tf32 eval step mlp maxpoints grid12 grid48 ddp1m acc)
+OPT_IN=" ddp1m acc "  # only when STAGES names them: ddp1m needs two GPUs, acc leaves runs going
+DEFAULT=()
+for s in "${ORDER[@]}"; do [[ "$OPT_IN" == *" $s "* ]] || DEFAULT+=("$s"); done
 
 case "${1:-}" in
   --list)

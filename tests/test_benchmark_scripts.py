@@ -312,6 +312,41 @@ def test_quickstart_time_runs_the_shipped_command_in_a_fresh_folder_and_records_
         qt.main(["--out", str(tmp_path), "--wait", "0"])
 
 
+
+@pytest.mark.slow
+def test_a_ddp_row_times_rank_zero_and_counts_every_gpus_samples(tiny_darcy_root, tmp_path, monkeypatch):
+    """``--devices 2``: the row runs as a `flare fit` subprocess under DDP (here two CPU processes on
+    the tiny Darcy set), rank 0's timer writes its marks, and the row has the figures of one GPU's
+    row plus the GPUs and the samples per second over all of them; the 1M proxy's single validation
+    run becomes one per GPU; rows that patch their process are refused."""
+    from tests.helpers import CONFIGS, tiny_darcy_args
+
+    small = import_benchmark("train_step_small")
+    one = small.fit_args("drivaerml_1m", "bf16-mixed", "ours-eager", None, tmp_path)
+    two = small.fit_args("drivaerml_1m", "bf16-mixed", "ours-eager", None, tmp_path, devices=2)
+    assert small.n_val(one) == 1 and small.n_val(two) == 2 and [a for a in two if a not in one] == [
+        "--trainer.logger.init_args.name=drivaerml_1m_ours-eager_bf16-mixed_2gpus", "--data.init_args.n_val=2"]
+    assert small.n_val(small.fit_args("darcy", "bf16-mixed", "ours-eager", None, tmp_path, devices=2)) == 24
+    with pytest.raises(ValueError, match="cannot run under DDP"):
+        small.run_row_ddp("darcy", "bf16-mixed", "ours-fast-masked", None, tmp_path, 2)
+
+    def tiny(dataset, precision, row, steps, root, devices=1):
+        return [f"--config={CONFIGS / 'quickstart.yaml'}", *tiny_darcy_args(tiny_darcy_root), "--data.init_args.batch_size=2",
+                "--trainer.accelerator=cpu", "--trainer.max_epochs=2", "--trainer.callbacks=[]", "--test_after_fit=false",
+                f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
+                "--trainer.enable_progress_bar=false", "--model.model.init_args.channels=8",
+                "--model.model.init_args.num_blocks=1", "--model.model.init_args.num_latents=4"]
+
+    monkeypatch.setattr(small, "fit_args", tiny)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    row = small.run_row_ddp("darcy", "32-true", "ours-eager", None, tmp_path, 2)
+    # 8 training samples, batch 2 per rank, 2 ranks: 2 batches a rank, the second timed after the first
+    assert (row["devices"], row["batches_per_epoch"], row["steps_timed"]) == (2, 2, 1)
+    assert row["samples_per_s"] == pytest.approx(2 * 2 * 1e3 / row["step_ms"])
+    assert row["val_s"] > 0 and row["epoch_s"] > row["first_step_ms"] / 1e3 and row["peak_gb"] is None
+    small.add_speedups([row])
+    assert small.throughput(1, 2, 4.0) == {"devices": 1, "samples_per_s": 500.0}
+
 SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if '__name__ == "__main__"' in p.read_text())
 
 
