@@ -261,6 +261,18 @@ SECTIONS = (
          Column("seconds", "seconds", ".2f"), Column("peak_gb", "peak GB", ".2f"), Column("error", "error")),
     ),
     Section(
+        "eval_surface", "`flare test` on full-resolution surfaces",
+        "`flare test --config configs/drivaerml_1m.yaml` on synthetic surfaces of N points in the presampled layout "
+        "with normals and areas (benchmarks/eval_surface.py): each run read from disk, every point evaluated in chunks "
+        "of `chunk` by the shipped model (compiled, fused kernels), field errors and Cd/Cl computed; `s / run`: the "
+        "median over the runs after the first (which also compiles), from the batch's start to its end after a "
+        "device sync; peak memory of the test",
+        ("card", "points"),
+        (Column("points", "N", ",d"), Column("runs", "runs"), Column("chunk", "chunk", ",d"),
+         Column("s_per_run", "s / run", ".2f"), Column("first_run_s", "first run s", ".1f"),
+         Column("peak_gb", "peak GB", ".2f"), Column("cd_cl_runs", "runs with Cd/Cl")),
+    ),
+    Section(
         "mlp", "The fused residual MLP",
         "one `x + mlp(layer_norm(x))` (C = 64, 3 hidden layers, GELU-tanh) at 2^20 points, bf16 autocast, fp32 "
         "residual stream: forward and forward+backward (median of CUDA events), peak memory of one forward+backward "

@@ -43,6 +43,7 @@ declare -A CMD=(
   [tss]="$TSS --datasets darcy elasticity --precisions bf16-mixed 32-tf32 --rows ours-fast reference-compiled --root /tmp/bench_small"
   [tss_mixed]="$TSS --datasets darcy elasticity --precisions bf16-fp32mixer-tf32 bf16-fp32mixer 32-tf32 --rows ours-fast --root /tmp/bench_small --profile"
   [eval]="$STEP --eval --n 8800000 --latents 256 --configs ours-fused-compiled-stored"
+  [evaltest]="$PY benchmarks/eval_surface.py --root /tmp/eval_surface --points 8800000 --runs 4"
   [step]="$STEP --n 1048576 --latents 128 256 --configs reference-compiled ours-fused-compiled ours-fused-compiled-stored"
   [kernels1m]="$PY benchmarks/step_kernels.py --n 1048576 --latents 256 --configs ours-fused-compiled-stored reference-compiled"
   [mixtune]="$TUNE --shapes 8:8:256,8:8:128"
@@ -53,7 +54,7 @@ declare -A CMD=(
   [grid48]="$STEP --grid --grid-blocks 4 8 --configs reference-compiled ours-fused-compiled-stored"
   [ddp1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows ours-eager --devices 1 2 --root /tmp/bench_1m"
 )
-ORDER=(gpu_tests fit1m kernels1m mixtune tss tss_mixed mixtune_tf32 eval step mlp maxpoints grid12 grid48 ddp1m acc)
+ORDER=(gpu_tests fit1m kernels1m mixtune tss tss_mixed mixtune_tf32 eval evaltest step mlp maxpoints grid12 grid48 ddp1m acc)
 OPT_IN=" ddp1m acc "  # only when STAGES names them: ddp1m needs two GPUs, acc leaves runs going
 DEFAULT=()
 for s in "${ORDER[@]}"; do [[ "$OPT_IN" == *" $s "* ]] || DEFAULT+=("$s"); done

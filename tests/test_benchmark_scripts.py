@@ -347,6 +347,26 @@ def test_a_ddp_row_times_rank_zero_and_counts_every_gpus_samples(tiny_darcy_root
     small.add_speedups([row])
     assert small.throughput(1, 2, 4.0) == {"devices": 1, "samples_per_s": 500.0}
 
+
+def test_eval_surface_times_flare_test_run_by_run_with_drag_and_lift(tmp_path):
+    """benchmarks/eval_surface.py on CPU at a tiny size: the shipped 1M config's `flare test` reads each
+    synthetic run (with normals and areas), evaluates it in chunks and integrates Cd/Cl; the record
+    has one row with the runs timed."""
+    import json
+
+    evals = import_benchmark("eval_surface")
+    tiny = ["--trainer.accelerator=cpu", "--trainer.precision=32-true", "--model.model.init_args.channels=8",
+            "--model.model.init_args.num_blocks=1", "--model.model.init_args.num_heads=2",
+            "--model.model.init_args.num_latents=4", "--model.model.init_args.eval_chunk_size=1024",
+            "--model.model.init_args.compile=false", "--data.init_args.train_points=512", "--data.init_args.num_workers=0",
+            "--data.init_args.persistent_workers=false", "--data.init_args.prefetch_factor=null"]
+    row = evals.main(["--root", str(tmp_path / "set"), "--points", "3000", "--runs", "3", "--out", str(tmp_path / "rec"), "--", *tiny])
+    assert (row["points"], row["runs"], row["chunk"], row["cd_cl_runs"]) == (3000, 3, 1024, 3)
+    assert 0 < row["s_per_run"] and 0 < row["first_run_s"] and row["rel_l2"] > 0
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "rec").glob("*.json")]
+    assert record["benchmark"] == "eval_surface" and record["rows"] == [row]
+    assert sorted(p.name for p in (tmp_path / "set" / "test").glob("*.npz")) == ["run_3.npz", "run_4.npz", "run_5.npz"]
+
 SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if '__name__ == "__main__"' in p.read_text())
 
 
