@@ -46,18 +46,24 @@ PHASES = ("first start", "later start", "train epoch", "validation")
 TEST_RUNS = 2
 
 
-def write_set(root: Path, runs: int, points: int) -> None:
-    """``runs`` training and ``TEST_RUNS`` test archives of ``points`` points (kept if present)."""
-    for split, ids in (("train", range(1, runs + 1)), ("test", range(runs + 1, runs + 1 + TEST_RUNS))):
+def write_set(root: Path, runs: int, points: int, test_runs: int = TEST_RUNS, geometry: bool = False) -> None:
+    """``runs`` training and ``test_runs`` test archives of ``points`` points (kept if present); with
+    ``geometry`` also unit ``surface_normals`` and ``surface_areas`` (what drag and lift need)."""
+    for split, ids in (("train", range(1, runs + 1)), ("test", range(runs + 1, runs + 1 + test_runs))):
         (root / split).mkdir(parents=True, exist_ok=True)
         for i in ids:
             path = root / split / f"run_{i}.npz"
             if path.exists():
                 continue
             rng = np.random.default_rng(i)
+            arrays = {"surface_mesh_centers": rng.uniform(-1, 4, (points, 3)).astype(np.float32),
+                      "surface_fields": rng.normal(0, 300, (points, 4)).astype(np.float32)}
+            if geometry:
+                normals = rng.normal(size=(points, 3)).astype(np.float32)
+                arrays["surface_normals"] = normals / np.linalg.norm(normals, axis=1, keepdims=True)
+                arrays["surface_areas"] = rng.uniform(0.5, 1.5, points).astype(np.float32) / points
             tmp = path.with_name(f".{path.name}.tmp.npz")
-            np.savez(tmp, surface_mesh_centers=rng.uniform(-1, 4, (points, 3)).astype(np.float32),
-                     surface_fields=rng.normal(0, 300, (points, 4)).astype(np.float32))
+            np.savez(tmp, **arrays)
             os.replace(tmp, path)
 
 

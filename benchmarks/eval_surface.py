@@ -23,36 +23,17 @@ import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: `benchmarks.` imports and class paths resolve
 
+from benchmarks.drivaerml_memory import write_set  # noqa: E402
 from benchmarks.records import add_out_argument, write_record  # noqa: E402
 
 CONFIG = REPO / "configs" / "drivaerml_1m.yaml"
 MEASURES = ["flare_lightning/", "datamodules/", "configs/drivaerml_1m.yaml"]
 TRAIN_RUNS = 2  # one trains the checkpoint's step, one validates
-
-
-def write_set(root: Path, test_runs: int, points: int) -> None:
-    """``TRAIN_RUNS`` training and ``test_runs`` test archives of ``points`` points with normals and
-    areas (kept where present: a later call reuses them)."""
-    for split, ids in (("train", range(1, TRAIN_RUNS + 1)), ("test", range(TRAIN_RUNS + 1, TRAIN_RUNS + 1 + test_runs))):
-        (root / split).mkdir(parents=True, exist_ok=True)
-        for i in ids:
-            path = root / split / f"run_{i}.npz"
-            if path.exists():
-                continue
-            rng = np.random.default_rng(i)
-            normals = rng.normal(size=(points, 3)).astype(np.float32)
-            normals /= np.linalg.norm(normals, axis=1, keepdims=True)
-            tmp = path.with_name(f".{path.name}.tmp.npz")
-            np.savez(tmp, surface_mesh_centers=rng.uniform(-1, 4, (points, 3)).astype(np.float32),
-                     surface_fields=rng.normal(0, 300, (points, 4)).astype(np.float32),
-                     surface_normals=normals, surface_areas=rng.uniform(0.5, 1.5, points).astype(np.float32) / points)
-            os.replace(tmp, path)
 
 
 class RunTimer(L.Callback):
@@ -89,7 +70,7 @@ def measure(root: Path, points: int, runs: int, extra: list[str]) -> dict:
 
     from flare_lightning.cli import make_cli
 
-    write_set(root, runs, points)
+    write_set(root, TRAIN_RUNS, points, test_runs=runs, geometry=True)
     with mock.patch("sys.argv", ["flare"]):
         make_cli(["fit", *common_args(root, extra), "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
                   "--test_after_fit=false", "--model.model.init_args.compile=false"])
