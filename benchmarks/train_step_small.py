@@ -242,6 +242,8 @@ def run_row_ddp(dataset: str, precision: str, row: str, steps: int | None, root:
     GPU); epoch 1 timed on rank 0 as ``run_row`` times it, each rank training its share of the batches."""
     if row in INDUCTOR or row in PATCHES:
         raise ValueError(f"row {row!r} patches the process it runs in: it cannot run under DDP (--devices)")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # this process's cached blocks from earlier rows would crowd rank 0's GPU
     with tempfile.TemporaryDirectory() as tmp:
         marks_file = Path(tmp) / "marks.json"
         cmd = [sys.executable, "-m", "flare_lightning", "fit", *fit_args(dataset, precision, row, steps, root, devices),
