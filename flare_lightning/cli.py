@@ -329,6 +329,7 @@ def main() -> None:
 
     refusals = (ConfigError, CheckpointError, UnsafeCheckpointError, DataFormatError, ResumeChangeError,
                 RunFolderError, RunInUseError, NonFiniteLossError)
+    compat.quiet_upstream_noise()
     try:
         cli_main()
     except refusals as err:

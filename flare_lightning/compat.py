@@ -99,3 +99,19 @@ def built_by_cli() -> bool:
 def drop_compiled_call(module: nn.Module) -> None:
     """Undo ``nn.Module.compile()`` on ``module`` itself (its calls run eagerly again)."""
     module._compiled_call_impl = None
+
+
+# --- warnings of the tested versions that a user cannot act on ------------------------------
+UPSTREAM_NOISE = (
+    # lightning 2.6's own pytree helper builds torch's deprecated LeafSpec (torch >= 2.10), on every
+    # evaluation loop; nothing in this project or a user's config uses it
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+)
+
+
+def quiet_upstream_noise() -> None:
+    """Ignore ``UPSTREAM_NOISE`` (the `flare` command calls this; a library user keeps every warning)."""
+    import warnings
+
+    for category, message in UPSTREAM_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category)
