@@ -9,6 +9,12 @@
 #   scripts/gpu_session.sh --collect <folder>     # on the dev machine: a fetched $DEV -> benchmarks/records/, rendered
 #   scripts/gpu_session.sh --wheels               # on the dev machine: the test wheels a lent GPU lacks, into .whl/
 #                                                 # (beside ../shared/tools/gpu-wheels.sh's; install them there as it says)
+#   scripts/gpu_session.sh --pack "$OUT"          # on the GPU, in each poll: $DEV and the acc runs as a few archives
+#   scripts/gpu_session.sh --unpack <fetched>     # on the dev machine: into runs/gpu_fetched/dev and runs/acc/
+#
+# A call brings back at most 8 files of 16 MiB, two folders deep: --pack writes dev.tar.gz ($DEV: records,
+# logs, progress) and one acc_<n>.tar per accuracy run folder (its checkpoints, records and log), so a
+# poll that copies them to $OUT loses nothing; --unpack restores them (then --collect runs/gpu_fetched/dev).
 #
 # Each stage writes its record(s) into $DEV/rec_<stage>/ (DEV: /tmp/dev), its output into $DEV/<stage>.log
 # and a start/end line into $DEV/progress; a stage that finished on this machine is skipped when the script
@@ -30,6 +36,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the scripts import benchmarks.*
 DEV=${DEV:-/tmp/dev}
+ACC_ROOT=${ACC_ROOT:-runs/acc}  # the acc stage's runs (its --out)
 PY=${PYTHON:-python3}
 
 TSS="$PY benchmarks/train_step_small.py"  # paper-size and 1M steps through flare fit
@@ -38,7 +45,7 @@ TUNE="$PY benchmarks/mixer_tune.py --jobs 12"
 ACC="$PY benchmarks/accuracy.py launch --models flare --datasets ${ACC_DATASETS:-elasticity} --seeds ${ACC_SEEDS:-0} --fast-step"
 declare -A CMD=(
   [gpu_tests]="env PYTHON=$PY bash scripts/gpu_tests.sh"
-  [acc]="$ACC --devices $(printf '0 %.0s' $(seq "${ACC_LANES:-2}")) --arms ${ACC_ARMS:-32-tf32 bf16-fp32mixer-tf32} --out runs/acc"
+  [acc]="$ACC --devices $(printf '0 %.0s' $(seq "${ACC_LANES:-2}")) --arms ${ACC_ARMS:-32-tf32 bf16-fp32mixer-tf32} --out $ACC_ROOT"
   [fit1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows ours-eager ours-fast ours-m128 ours-m128-fast ours-recompute ours-m128-recompute --root /tmp/bench_1m"
   [tss]="$TSS --datasets darcy elasticity --precisions bf16-mixed 32-tf32 --rows ours-fast reference-compiled --root /tmp/bench_small"
   [tss_mixed]="$TSS --datasets darcy elasticity --precisions bf16-fp32mixer-tf32 bf16-fp32mixer 32-tf32 --rows ours-fast --root /tmp/bench_small --profile"
@@ -66,6 +73,38 @@ case "${1:-}" in
   --plan) ;;  # below: the stages this call would run (STAGES, or the default), in order, and nothing else
   --collect)
     "$PY" benchmarks/records.py collect "${2:?usage: gpu_session.sh --collect <folder>}" && exec "$PY" benchmarks/render.py ;;
+  --pack)  # on the GPU machine: $DEV as dev.tar.gz, each accuracy run folder as acc_<n>.tar, into $2
+    dest=${2:?usage: gpu_session.sh --pack <folder>}
+    mkdir -p "$dest"
+    [ -d "$DEV" ] && tar -czf "$dest/.dev.tar.gz.tmp" --exclude=".*.tmp" -C "$(dirname "$DEV")" "$(basename "$DEV")" \
+      && mv "$dest/.dev.tar.gz.tmp" "$dest/dev.tar.gz"
+    n=0
+    for run in "$ACC_ROOT"/*/*_*/seed*/; do
+      [ -d "$run" ] || continue
+      n=$((n + 1))
+      arm=${run#"$ACC_ROOT"/}; arm=${arm%%/*}
+      name=$(basename "$(dirname "$run")")_$(basename "$run")
+      rel=${run#"$ACC_ROOT"/}
+      tar -cf "$dest/.acc_$n.tar.tmp" --exclude=".*.tmp" -C "$ACC_ROOT" "${rel%/}" $(cd "$ACC_ROOT" && ls -d "$arm/logs/$name.log" 2>/dev/null) \
+        && mv "$dest/.acc_$n.tar.tmp" "$dest/acc_$n.tar"
+    done
+    for archive in "$dest"/*.tar*; do  # what a call brings back: 16 MiB a file
+      [ -f "$archive" ] && [ "$(stat -c %s "$archive")" -gt $((16 * 1024 * 1024)) ] \
+        && echo "gpu_session.sh: $archive is over the 16 MiB a file comes back with" >&2
+    done
+    exit 0 ;;
+  --unpack)  # on the dev machine: a fetched (read-only) --pack folder into <dest>/dev and $ACC_ROOT
+    src=${2:?usage: gpu_session.sh --unpack <fetched folder> [<dest>]}
+    dest=${3:-runs/gpu_fetched}
+    mkdir -p "$dest"
+    [ -f "$src/dev.tar.gz" ] && tar -xzf "$src/dev.tar.gz" -C "$dest" \
+      && echo "records and logs: $dest/$(basename "$DEV") (then: $0 --collect $dest/$(basename "$DEV"))"
+    mkdir -p "$ACC_ROOT"
+    for archive in "$src"/acc_*.tar; do
+      [ -f "$archive" ] || continue
+      tar -xf "$archive" -C "$ACC_ROOT" && echo "accuracy run: $(tar -tf "$archive" | head -1) -> $ACC_ROOT"
+    done
+    exit 0 ;;
   --wheels)  # pytest-xdist (parallel GPU tests), scikit-fem (elasticity data): pure Python, for the device's Python 3.12
     mkdir -p .whl
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -73,7 +112,7 @@ case "${1:-}" in
     ls .whl
     exit 0 ;;
   "") ;;
-  *) echo "gpu_session.sh: unknown argument '$1' (--list, --plan, --collect <folder>, --wheels, or none)" >&2; exit 2 ;;
+  *) echo "gpu_session.sh: unknown argument '$1' (--list, --plan, --collect <folder>, --pack <folder>, --unpack <folder>, --wheels, or none)" >&2; exit 2 ;;
 esac
 
 wanted=${STAGES:-${DEFAULT[*]}}

@@ -15,6 +15,9 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO, env=env)
 
 
+run_cmd = run  # for the tests whose own name for a run folder is `run`
+
+
 def test_each_stage_runs_a_script_of_the_repository_with_options_it_accepts():
     listed = run("--list")
     assert listed.returncode == 0
@@ -58,3 +61,36 @@ def test_unknown_arguments_and_stages_stop_before_anything_runs():
     assert bad.returncode == 2 and "unknown argument '--bogus'" in bad.stderr
     stage = run(env={**os.environ, "STAGES": "gpu_tests nope"})
     assert stage.returncode == 2 and "unknown stage 'nope'" in stage.stderr
+
+
+def test_pack_brings_records_and_accuracy_runs_back_in_few_files_and_unpack_restores_them(tmp_path):
+    """A call returns at most 8 files two folders deep: --pack writes $DEV as one archive and each
+    accuracy run folder (checkpoints, launch record, its log) as one; --unpack puts them back."""
+    dev, acc, out = tmp_path / "dev", tmp_path / "acc", tmp_path / "out"
+    (dev / "rec_fit1m").mkdir(parents=True)
+    (dev / "rec_fit1m" / "r.json").write_text("{}")
+    (dev / "progress").write_text("12:00 start fit1m\n")
+    runs = []
+    for arm in ("32-tf32", "bf16-fp32mixer-tf32"):
+        run = acc / arm / "flare_elasticity" / "seed0_full"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "last.ckpt").write_bytes(arm.encode() * 1000)
+        (run / "checkpoints" / ".last.ckpt.x1.tmp").write_bytes(b"half")  # a save in progress stays behind
+        (run / "launch.json").write_text('{"attempts": []}')
+        (acc / arm / "logs").mkdir()
+        (acc / arm / "logs" / "flare_elasticity_seed0_full.log").write_text(f"{arm} log\n")
+        runs.append(run)
+    env = {**os.environ, "DEV": str(dev), "ACC_ROOT": str(acc)}
+    assert run_cmd("--pack", str(out), env=env).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == ["acc_1.tar", "acc_2.tar", "dev.tar.gz"]
+    back, fetched = tmp_path / "back", tmp_path / "fetched"
+    out.chmod(0o555)  # the fetched files lie read-only
+    unpacked = run_cmd("--unpack", str(out), str(fetched), env={**env, "ACC_ROOT": str(back)})
+    out.chmod(0o755)
+    assert unpacked.returncode == 0, unpacked.stderr
+    assert (fetched / "dev" / "rec_fit1m" / "r.json").read_text() == "{}" and (fetched / "dev" / "progress").is_file()
+    for arm, run in zip(("32-tf32", "bf16-fp32mixer-tf32"), runs):
+        here = back / run.relative_to(acc)
+        assert (here / "checkpoints" / "last.ckpt").read_bytes() == arm.encode() * 1000
+        assert (here / "launch.json").is_file() and not (here / "checkpoints" / ".last.ckpt.x1.tmp").exists()
+        assert (back / arm / "logs" / "flare_elasticity_seed0_full.log").read_text() == f"{arm} log\n"
