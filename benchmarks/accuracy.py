@@ -49,7 +49,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -253,8 +253,7 @@ def plan(models: list[str], datasets: list[str], seeds: list[int], epochs: int |
         if partial and set(models) != {"flare"}:
             raise ValueError(f"--arms {' '.join(partial)} keep parts of FLARE in float32 (fp32_parts): "
                              f"run them with --models flare only, not {' '.join(m for m in models if m != 'flare')}")
-        return [Run(r.model, r.dataset, r.seed, r.epochs, r.out, ARMS[arm])
-                for arm in arms for r in plan(models, datasets, seeds, epochs, out / arm)]
+        return [replace(run, extra=ARMS[arm]) for arm in arms for run in plan(models, datasets, seeds, epochs, out / arm)]
     for model in models:
         if model not in MODELS:
             raise ValueError(f"--models: unknown model {model!r}; choose from {sorted(MODELS)}")

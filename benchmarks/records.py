@@ -305,12 +305,9 @@ def collect_records(source: Path, dest: Path = RECORDS) -> list[Path]:
     copied = []
     for path in sorted(Path(source).rglob("*.json")):
         try:
-            try:
-                text = path.read_text()  # read once: what is checked is what is copied
-            except OSError as err:
-                raise RecordError(f"{path}: not a readable file ({err})") from err
+            text = path.read_text()  # read once: what is checked is what is copied
             record = read_record(path, text)
-        except RecordError as err:
+        except (OSError, RecordError) as err:  # both name the file
             print(f"not a record, left: {err}", file=sys.stderr)
             continue
         target = free_path(dest / record["benchmark"] / path.name,

@@ -28,10 +28,10 @@
 # and bf16-fp32mixer-tf32), FLARE with the fast step on ACC_DATASETS (default elasticity), ACC_SEEDS
 # (default 0), in ACC_LANES workers side by side on GPU 0 (default 2), each arm in runs/acc/<arm>/.
 # The stage starts the runs in the background (one `accuracy.py launch`) and returns. A run outlives
-# a short session by its folder: copy runs/acc/ back with $DEV, carry it into the next session's
-# first call (never into a call while the runs go: a carried path replaces the one there), and `acc`
-# again resumes each run from its last.ckpt.
-# On the dev machine: python benchmarks/accuracy.py collect --out <fetched runs/acc>.
+# a short session by its folder: bring runs/acc/ back with --pack/--unpack, carry it into the next
+# session's first call (never into a call while the runs go: a carried path replaces the one there),
+# and `acc` again resumes each run from its last.ckpt.
+# On the dev machine: python benchmarks/accuracy.py collect --out runs/acc.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the scripts import benchmarks.*
@@ -82,10 +82,10 @@ case "${1:-}" in
     for run in "$ACC_ROOT"/*/*_*/seed*/; do
       [ -d "$run" ] || continue
       n=$((n + 1))
-      arm=${run#"$ACC_ROOT"/}; arm=${arm%%/*}
-      name=$(basename "$(dirname "$run")")_$(basename "$run")
-      rel=${run#"$ACC_ROOT"/}
-      tar -cf "$dest/.acc_$n.tar.tmp" --exclude=".*.tmp" -C "$ACC_ROOT" "${rel%/}" $(cd "$ACC_ROOT" && ls -d "$arm/logs/$name.log" 2>/dev/null) \
+      rel=${run#"$ACC_ROOT"/}; rel=${rel%/}                 # <arm>/<model>_<dataset>/seed<S>_<budget>
+      log=${rel%%/*}/logs/$(basename "${rel%/*}")_${rel##*/}.log  # <arm>/logs/<model>_<dataset>_seed<S>_<budget>.log
+      [ -f "$ACC_ROOT/$log" ] || log=
+      tar -cf "$dest/.acc_$n.tar.tmp" --exclude=".*.tmp" -C "$ACC_ROOT" "$rel" ${log:+"$log"} \
         && mv "$dest/.acc_$n.tar.tmp" "$dest/acc_$n.tar"
     done
     for archive in "$dest"/*.tar*; do  # what a call brings back: 16 MiB a file

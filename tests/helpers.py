@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,3 +70,23 @@ def import_benchmark(name: str):
     import importlib
 
     return importlib.import_module(f"benchmarks.{name}")
+
+
+def flare_commands(markdown: str) -> list[list[str]]:
+    """The words after ``flare`` (or ``python -m flare_lightning``) of every command line in the code
+    blocks of ``markdown``: continuation lines joined, comments and what follows a shell operator
+    dropped, ``$lr`` given a value; lines with an unbalanced quote (prose, not commands) skipped."""
+    commands = []
+    for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", markdown, flags=re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            if line.count("'") % 2:
+                continue
+            words = shlex.split(line.replace("$lr", "1e-3"), comments=True)
+            starts = [i for i, w in enumerate(words) if w in ("flare", "flare_lightning")]
+            if not starts:
+                continue
+            words = words[starts[0] + 1:]
+            for op in ("&&", ";", "|"):
+                words = words[: words.index(op)] if op in words else words
+            commands.append(words)
+    return commands

@@ -4,38 +4,27 @@ exist and compose, and each option is one the CLI has, with a value of the right
 
 from __future__ import annotations
 
-import re
-import shlex
-
 import pytest
 
-from tests.helpers import REPO, resolved_config
+from tests.helpers import REPO, flare_commands, resolved_config
 
 SUBCOMMANDS = ("fit", "test", "validate", "predict")
 
 
 def doc_commands() -> list[tuple[str, list[str]]]:
-    """(where, options) of every command line in the pages' code blocks, continuation lines joined;
-    the subcommand and ``--ckpt_path`` (a run's file) left out, shell variables given a value;
-    lines with a placeholder (``...``) or ``--help`` skipped."""
+    """(where, options) of every fit/test/validate/predict command of the pages: the subcommand and
+    ``--ckpt_path`` (a run's file) left out; lines with a placeholder (``...``) or ``--help`` skipped."""
     found = []
     for page in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
-        for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", page.read_text(), flags=re.S):
-            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
-                words = shlex.split(line.replace("$lr", "1e-3"), comments=True) if line.count("'") % 2 == 0 else []
-                starts = [i for i, w in enumerate(words[:-1]) if (w == "flare" or w == "flare_lightning") and words[i + 1] in SUBCOMMANDS]
-                if not starts:
-                    continue
-                words = words[starts[0] + 2:]
-                for op in ("&&", ";", "|"):
-                    words = words[: words.index(op)] if op in words else words
-                if "..." in words or "--help" in words:
-                    continue
-                if "--ckpt_path" in words:
-                    i = words.index("--ckpt_path")
-                    words = words[:i] + words[i + 2:]
-                words = [w for w in words if not w.startswith("--ckpt_path=")]
-                found.append((f"{page.relative_to(REPO)}: {' '.join(words)[:70]}", words))
+        for words in flare_commands(page.read_text()):
+            if not words or words[0] not in SUBCOMMANDS or "..." in words or "--help" in words:
+                continue
+            words = words[1:]
+            if "--ckpt_path" in words:
+                i = words.index("--ckpt_path")
+                words = words[:i] + words[i + 2:]
+            words = [w for w in words if not w.startswith("--ckpt_path=")]
+            found.append((f"{page.relative_to(REPO)}: {' '.join(words)[:70]}", words))
     return found
 
 

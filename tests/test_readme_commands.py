@@ -3,28 +3,15 @@ one value) parse and build the run they describe."""
 
 from __future__ import annotations
 
-import re
-import shlex
-
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, flare_commands
 
 
 def section_commands() -> list[list[str]]:
-    """``flare fit`` command lines of the README section, continuation lines joined,
-    env prefixes and comments dropped, ``$lr`` set to one value."""
+    """``flare fit`` command lines of the README section (``$lr`` set to one value)."""
     text = (REPO / "README.md").read_text()
-    section = text.split("## Composing configs", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
-    joined = re.sub(r"\\\n\s*", " ", "\n".join(blocks))
-    commands = []
-    for line in joined.splitlines():
-        words = shlex.split(line.replace("$lr", "1e-3"), comments=True)
-        if "flare" in words:
-            words = words[words.index("flare") + 1:]
-            commands.append(words)
-    return commands
+    return flare_commands(text.split("## Composing configs", 1)[1].split("\n## ", 1)[0])
 
 
 COMMANDS = section_commands()
