@@ -55,6 +55,19 @@ SWEEP: list[tuple[bool, triton_mlp.MLPConfig]] = [  # (store_hidden, launch conf
     (True, replace(DEFAULT, stored_rows=32, stored_programs_per_sm=3)),
     (True, replace(DEFAULT, stored_rows=16, stored_programs_per_sm=4)),
     (True, replace(DEFAULT, stored_warps=8, stored_programs_per_sm=1)),
+    # the two-kernel backward: a row pass over all layers writing each layer's d a (no weight-gradient
+    # sums on chip, many tiles an SM), then a pipelined split-K GEMM of the weight gradients
+    (True, replace(DEFAULT, split=True)),
+    (False, replace(DEFAULT, split=True)),
+    (True, replace(DEFAULT, split=True, split_rows=128, split_warps=8)),
+    (False, replace(DEFAULT, split=True, split_rows=128, split_warps=8)),
+    (True, replace(DEFAULT, split=True, split_rows=32)),
+    (True, replace(DEFAULT, split=True, split_maxnreg=128)),
+    (False, replace(DEFAULT, split=True, split_maxnreg=168)),
+    (True, replace(DEFAULT, split=True, dw_rows=64)),
+    (True, replace(DEFAULT, split=True, dw_rows=256, dw_warps=8)),
+    (True, replace(DEFAULT, split=True, dw_programs_per_sm=4)),
+    (True, replace(DEFAULT, split=True, dw_stages=4)),
 ]
 
 
@@ -123,6 +136,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--layers", type=int, default=3, help="hidden residual layers (FLARE: 3)")
     parser.add_argument("--sweep", action="store_true", help="time other launch configurations too")
+    parser.add_argument("--only", nargs="+", metavar="TEXT",
+                        help="with --sweep, only the configurations whose row name contains one of these")
     add_out_argument(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -141,7 +156,9 @@ def main() -> None:
     t0 = time.perf_counter()
     rows.append(("torch compiled", measure(torch.compile(compiled), x, dout)))
     print(f"compiled in {time.perf_counter() - t0:.0f} s", flush=True)
-    configs = [(store, None) for store, _ in DEFAULTS] + (SWEEP if args.sweep else [])  # None: default_config(width)
+    sweep = [(store, cfg) for store, cfg in SWEEP
+             if not args.only or any(text in row_name(store, cfg) for text in args.only)] if args.sweep else []
+    configs = [(store, None) for store, _ in DEFAULTS] + sweep  # None: default_config(width)
     for store_hidden, cfg in configs:
         triton_mlp.CONFIG_OVERRIDE = cfg
         fused.mlp.store_hidden = store_hidden

@@ -32,6 +32,7 @@
 # session's first call (never into a call while the runs go: a carried path replaces the one there),
 # and `acc` again resumes each run from its last.ckpt.
 # On the dev machine: python benchmarks/accuracy.py collect --out runs/acc.
+# MLP_ONLY="text ..." limits the mlp stage's sweep to the configurations whose row name contains one.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the scripts import benchmarks.*
@@ -55,7 +56,7 @@ declare -A CMD=(
   [kernels1m]="$PY benchmarks/step_kernels.py --n 1048576 --latents 256 --configs ours-fused-compiled-stored reference-compiled"
   [mixtune]="$TUNE --shapes 8:8:256,8:8:128"
   [mixtune_tf32]="$TUNE --shapes 16:4:256 --log2n 14 --dtype float32 --matmul-precision high"
-  [mlp]="$PY benchmarks/mlp.py --sweep"
+  [mlp]="$PY benchmarks/mlp.py --sweep${MLP_ONLY:+ --only $MLP_ONLY}"
   [maxpoints]="$PY benchmarks/max_points.py --latents 256 --configs ours-fused-compiled-stored ours-fused-compiled ours-memory --budget-s 90"
   [grid12]="$STEP --grid --grid-blocks 1 2 --configs reference-compiled ours-fused-compiled-stored"
   [grid48]="$STEP --grid --grid-blocks 4 8 --configs reference-compiled ours-fused-compiled-stored"

@@ -47,7 +47,10 @@ class MLPConfig:
     passes). A register cap lets more programs share an SM: the layer chain is a serial
     dependency, so an SM hides its latency only across programs. The ``stored_*`` fields
     launch the backward when the forward kept the layers' inputs (``store_hidden``): no chain
-    to recompute, so its segments are cheap and its kernels light."""
+    to recompute, so its segments are cheap and its kernels light. ``split`` runs the backward
+    as two kernels instead: a row pass over all layers that writes each layer's d a and input
+    (no weight-gradient sums held on chip, so many tiles share an SM; ``split_*``), then a
+    split-K GEMM of the weight gradients over those (``dw_*``): more memory traffic, fewer stalls."""
 
     fwd_rows: int = 128
     fwd_warps: int = 8
@@ -62,6 +65,14 @@ class MLPConfig:
     stored_layers_per_segment: int = 1
     stored_programs_per_sm: int = 2  # the uncapped kernel needs 188-255 registers (sm_90): two programs fit an SM
     stored_maxnreg: int | None = None
+    split: bool = False
+    split_rows: int = 64
+    split_warps: int = 4
+    split_maxnreg: int | None = None
+    dw_rows: int = 128
+    dw_warps: int = 4
+    dw_stages: int = 3
+    dw_programs_per_sm: int = 2
 
     def segments(self, num_layers: int, stored: bool = False) -> list[tuple[int, int]]:
         """(lo, hi) layer ranges from the last layers back to the first."""
@@ -74,8 +85,11 @@ class MLPConfig:
         """Keyword arguments of a Triton launch of the ``fwd``, ``bwd`` or ``stored`` (backward
         from kept inputs) kernel."""
         warps, cap = {"fwd": (self.fwd_warps, self.fwd_maxnreg), "bwd": (self.bwd_warps, self.bwd_maxnreg),
-                      "stored": (self.stored_warps, self.stored_maxnreg)}[which]
-        opts = {"num_warps": warps, "num_stages": 1}  # no loop pipelining: its buffers overflow shared memory
+                      "stored": (self.stored_warps, self.stored_maxnreg), "split": (self.split_warps, self.split_maxnreg),
+                      "dw": (self.dw_warps, None)}[which]
+        # no loop pipelining in the layer-chain kernels (its buffers overflow shared memory); the
+        # weight-gradient GEMM is a plain loop over rows that pipelining keeps fed
+        opts = {"num_warps": warps, "num_stages": self.dw_stages if which == "dw" else 1}
         if cap is not None and not interpreted():
             opts["maxnreg"] = cap
         return opts
@@ -166,6 +180,9 @@ def mlp_bwd(
     rows = x2.shape[0]
     cfg = _config(c)
     stored = hidden.dim() == 3  # [L-1, N, C] (empty for one layer) when the forward kept the inputs
+    if cfg.split:
+        return _backward_split(x, x2, grad, hidden if stored else None, weight, bias, ln_weight, ln_bias, eps, act,
+                               compute_dtype, cfg)
     block, per_sm, launch = cfg.backward(stored)
     programs = _programs(rows, block, per_sm, x.device)
     f32 = torch.float32
@@ -186,6 +203,51 @@ def mlp_bwd(
             )
         grad = target.view(-1, c)
     return target, dw.sum(0), db.sum(0), dln.sum(0)
+
+
+def _slices(rows: int, nl: int, cfg: MLPConfig, device: torch.device) -> int:
+    """Row slices of the weight-gradient GEMM: about ``dw_programs_per_sm`` programs an SM over
+    all ``nl`` layers, each slice whole ``dw_rows`` tiles."""
+    target = cfg.dw_programs_per_sm * (_sm_count(device.index if device.index is not None
+                                                 else torch.cuda.current_device()) if device.type == "cuda" else 2)
+    tiles = -(-rows // cfg.dw_rows)
+    per_slice = -(-tiles // max(1, min(tiles, target // nl)))
+    return -(-tiles // per_slice)
+
+
+def _backward_split(x: Tensor, x2: Tensor, grad: Tensor, hidden: Tensor | None, weight: Tensor, bias: Tensor,
+                    ln_weight: Tensor | None, ln_bias: Tensor | None, eps: float, act: int, compute_dtype: torch.dtype,
+                    cfg: MLPConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``mlp_bwd`` as a row pass writing every layer's d a and input, then the weight-gradient GEMM
+    over them; ``hidden`` is what the forward kept (None: the row pass recomputes and writes it)."""
+    c, nl = x.shape[-1], weight.shape[0]
+    rows, device, f32 = x2.shape[0], x.device, torch.float32
+    dx = torch.empty(x.shape, device=device, dtype=x.dtype)
+    if not rows:
+        return dx, weight.new_zeros(nl, c, c, dtype=f32), bias.new_zeros(nl, c, dtype=f32), x.new_zeros(2, c, dtype=f32)
+    stored = hidden is not None and hidden.numel() > 0
+    if not stored:  # the row pass writes the layers' inputs here
+        hidden = torch.empty((nl - 1, rows, c) if nl > 1 else (0,), device=device, dtype=compute_dtype)
+    da = torch.empty(nl, rows, c, device=device, dtype=compute_dtype)
+    h0 = torch.empty(rows, c, device=device, dtype=compute_dtype)
+    tiles = -(-rows // cfg.split_rows)
+    has_ln = ln_weight is not None
+    dln = torch.zeros(tiles if has_ln else 1, 2, c, device=device, dtype=f32)
+    lnw, lnb = (ln_weight, ln_bias) if has_ln else (bias, bias)  # any pointer when there is no norm
+    dot, prec = dot_type(compute_dtype), input_precision(compute_dtype)
+    kernels.mlp_bwd_da_kernel[(tiles,)](
+        x2, hidden, h0, grad, dx, da, lnw, lnb, weight.to(compute_dtype).contiguous(),
+        weight.transpose(1, 2).to(compute_dtype).contiguous(), bias.contiguous(), dln, rows, eps,
+        C=c, NL=nl, LN=has_ln, STORED=stored, ACT=act, DOT=dot, PREC=prec, BT=cfg.split_rows, **cfg.launch("split"),
+    )
+    slices = _slices(rows, nl, cfg, device)
+    per_slice = -(-rows // (slices * cfg.dw_rows)) * cfg.dw_rows
+    dw = torch.empty(slices, nl, c, c, device=device, dtype=f32)
+    db = torch.empty(slices, nl, c, device=device, dtype=f32)
+    kernels.mlp_dw_kernel[(slices, nl)](
+        da, h0, hidden, dw, db, rows, per_slice, C=c, NL=nl, PREC=prec, BT=cfg.dw_rows, **cfg.launch("dw"),
+    )
+    return dx, dw.sum(0), db.sum(0), dln.sum(0)
 
 
 @mlp_bwd.register_fake

@@ -200,3 +200,79 @@ def mlp_bwd_kernel(
     if LO == 0:
         tl.store(dln_ptr + pid * 2 * C + cols, dlnw)
         tl.store(dln_ptr + (pid * 2 + 1) * C + cols, dlnb)
+
+
+@triton.jit
+def mlp_bwd_da_kernel(
+    x_ptr, hid_ptr, h0_ptr, dout_ptr, dx_ptr, da_ptr, lnw_ptr, lnb_ptr, w_ptr, wt_ptr, b_ptr, dln_ptr, T, eps,
+    C: tl.constexpr, NL: tl.constexpr, LN: tl.constexpr, STORED: tl.constexpr, ACT: tl.constexpr,
+    DOT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr,
+):
+    """The backward's row pass for one tile of BT rows, all layers at once (the weight gradients
+    are left to ``mlp_dw_kernel``): the gradient of each layer's pre-activation, d aᵢ, goes to
+    ``da_ptr`` [NL, T, C] and dx to ``dx_ptr``; layer 0's input LN(x) goes to ``h0_ptr`` [T, C]
+    (both in the dot dtype). The inputs of layers 1..NL-1 are read from ``hid_ptr`` [NL-1, T, C]:
+    what the forward kept (``STORED``), or written there first by recomputing the chain. Nothing
+    accumulates across tiles (the LayerNorm's (dγ, dβ) partials go to slot pid of ``dln_ptr``
+    [tiles, 2, C]), so the kernel holds few registers and many tiles share an SM."""
+    pid = tl.program_id(0)
+    cols = tl.arange(0, C)
+    rows = pid * BT + tl.arange(0, BT)
+    layer_stride = T.to(tl.int64) * C
+    h = _layer0_input(x_ptr, lnw_ptr, lnb_ptr, rows, cols, T, eps, C, LN)  # fp32, as in the forward
+    h0 = h.to(DOT)
+    _store_rows(h0_ptr, h0, rows, cols, T, C)
+    if not STORED:  # the chain once more, its layer inputs kept for this pass and for the weight gradients
+        for i in tl.static_range(NL - 1):
+            h = h + _act(_linear(h.to(DOT), wt_ptr, b_ptr, i, cols, C, PREC), ACT)
+            _store_rows(hid_ptr + i * layer_stride, h.to(DOT), rows, cols, T, C)
+    g = _load_rows(dout_ptr, rows, cols, T, C)  # d of the MLP's output
+    for i in tl.static_range(NL - 1, -1, -1):
+        if i == 0:  # re-read (from L2) rather than held in registers through the loop
+            h_i = _load_rows(h0_ptr, rows, cols, T, C).to(DOT)
+        else:
+            h_i = _load_rows(hid_ptr + (i - 1) * layer_stride, rows, cols, T, C).to(DOT)
+        if i == NL - 1:  # no activation after the last layer
+            da = g
+        else:
+            da = g * _act_grad(_linear(h_i, wt_ptr, b_ptr, i, cols, C, PREC), ACT)
+        da_dot = da.to(DOT)
+        _store_rows(da_ptr + i * layer_stride, da_dot, rows, cols, T, C)
+        g = g + tl.dot(da_dot, _weight(w_ptr, i, cols, C), input_precision=PREC)
+    if LN:
+        xhat, rstd = _normalise(_load_rows(x_ptr, rows, cols, T, C), eps, C)
+        tl.store(dln_ptr + pid * 2 * C + cols, tl.sum(g * xhat, axis=0))
+        tl.store(dln_ptr + (pid * 2 + 1) * C + cols, tl.sum(g, axis=0))
+        g = _layer_norm_grad(g, xhat, rstd, tl.load(lnw_ptr + cols), C)
+    _store_rows(dx_ptr, g, rows, cols, T, C)
+
+
+@triton.jit
+def mlp_dw_kernel(
+    da_ptr, h0_ptr, hid_ptr, dw_ptr, db_ptr, T, rows_per_program,
+    C: tl.constexpr, NL: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr,
+):
+    """Weight and bias gradients of layer ``program_id(1)`` over one slice of the rows:
+    dWᵢ = Σ d aᵢᵀ hᵢ and dbᵢ = Σ d aᵢ over rows [pid·R, (pid+1)·R), into slot pid of the
+    partial buffers [P, NL, C, C] and [P, NL, C] (a split-K GEMM, its loop pipelined)."""
+    pid = tl.program_id(0)
+    i = tl.program_id(1)
+    cols = tl.arange(0, C)
+    layer_stride = T.to(tl.int64) * C
+    h_ptr = h0_ptr
+    if i > 0:
+        h_ptr = hid_ptr + (i - 1) * layer_stride
+    dw = tl.zeros((C, C), tl.float32)
+    db = tl.zeros((C,), tl.float32)
+    lo = pid * rows_per_program
+    hi = tl.minimum(lo + rows_per_program, T)
+    for start in range(lo, hi, BT):
+        rows = start + tl.arange(0, BT)
+        offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+        inside = rows[:, None] < hi
+        da = tl.load(da_ptr + i * layer_stride + offs, mask=inside, other=0.0)
+        h = tl.load(h_ptr + offs, mask=inside, other=0.0)
+        dw = tl.dot(tl.trans(da), h, dw, input_precision=PREC)
+        db += tl.sum(da.to(tl.float32), axis=0)
+    tl.store(dw_ptr + ((pid * NL + i) * C + cols[:, None]) * C + cols[None, :], dw)
+    tl.store(db_ptr + (pid * NL + i) * C + cols, db)

@@ -185,6 +185,47 @@ def test_stored_backward_reads_what_the_forward_kept(tmlp, device, stored_segmen
     torch.testing.assert_close(dw_changed[3], dw[3])  # layer 3's input and gradient are untouched
 
 
+@pytest.fixture
+def split_backward(tmlp):
+    """The two-kernel backward (row pass, then the weight-gradient GEMM over three row slices)."""
+    saved = tmlp.CONFIG_OVERRIDE
+    tmlp.CONFIG_OVERRIDE = tmlp.MLPConfig(32, 4, 32, 4, 2, stored_rows=32, split=True, split_rows=16, dw_rows=16,
+                                          dw_programs_per_sm=8)
+    yield
+    tmlp.CONFIG_OVERRIDE = saved
+
+
+@pytest.mark.parametrize("store_hidden", [False, True], ids=["recompute", "stored"])
+@pytest.mark.parametrize("width, layers, act, with_ln, with_res", CASES)
+def test_split_backward_matches_float64_reference(tmlp, device, split_backward, store_hidden, width, layers, act,
+                                                  with_ln, with_res):
+    errors = fused_errors(tmlp, device, width, layers, act, with_ln, with_res, torch.float32, seed=31 + layers,
+                          store_hidden=store_hidden)
+    tol = 1e-5 if torch.get_float32_matmul_precision() == "highest" else 2e-3
+    assert max(errors.values()) < tol, errors
+
+
+def test_split_backward_bf16_agrees_with_the_register_backward(tmlp, device):
+    """Under bf16 autocast both backwards see the same bf16 operands: their gradients agree far
+    more closely than either does with float64 (only fp32 summation order and the bf16 d a
+    that the GEMM reads differ)."""
+    saved = tmlp.CONFIG_OVERRIDE
+    results = []
+    try:
+        for split in (False, True):
+            tmlp.CONFIG_OVERRIDE = tmlp.MLPConfig(32, 4, 32, 4, 2, stored_rows=32, split=split, split_rows=16,
+                                                  dw_rows=16, dw_programs_per_sm=8)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                results.append(fused_errors(tmlp, device, 32, 3, "gelu_tanh", True, True, torch.float32, seed=13,
+                                            store_hidden=True))
+    finally:
+        tmlp.CONFIG_OVERRIDE = saved
+    register, split = results
+    assert max(split.values()) < 3e-2, split
+    for key in register:  # bf16-level errors of the same size: neither backward is off
+        assert split[key] < 1.5 * register[key] + 1e-3, (key, register, split)
+
+
 @pytest.mark.parametrize("max_layers", [1, 2, 5])
 def test_backward_segments_cover_each_layer_once_and_agree(tmlp, device, max_layers):
     cfg = tmlp.MLPConfig(32, 4, 32, 4, max_layers)
