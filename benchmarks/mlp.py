@@ -39,35 +39,38 @@ MEASURES = ["flare_lightning/kernels/triton_mlp.py", "flare_lightning/kernels/tr
 
 DEFAULT = triton_mlp.default_config(64)
 DEFAULTS = [(False, DEFAULT), (True, DEFAULT)]  # the two rows every run times: recompute, and kept inputs
+REGISTER = replace(DEFAULT, split=False)  # the one-kernel backward: weight-gradient sums held on chip
 SWEEP: list[tuple[bool, triton_mlp.MLPConfig]] = [  # (store_hidden, launch configuration) besides the defaults:
-    # the forward keeps the layers' inputs: no chain to recompute in backward, so its segments are
-    # light (stored_*: rows, warps, layers per segment, programs per SM, register cap)
-    (True, replace(DEFAULT, stored_programs_per_sm=3, stored_maxnreg=168)),
-    (True, replace(DEFAULT, stored_programs_per_sm=6, stored_maxnreg=80)),
-    (True, replace(DEFAULT, stored_layers_per_segment=2, stored_programs_per_sm=3, stored_maxnreg=168)),
-    (True, replace(DEFAULT, stored_layers_per_segment=2, stored_programs_per_sm=4, stored_maxnreg=128)),
-    (True, replace(DEFAULT, stored_layers_per_segment=4, stored_programs_per_sm=2, stored_maxnreg=232)),
-    (True, replace(DEFAULT, stored_rows=128, stored_warps=8, stored_programs_per_sm=2, stored_maxnreg=128)),
-    (True, replace(DEFAULT, fwd_rows=128, fwd_warps=8, stored_layers_per_segment=2, stored_programs_per_sm=3,
+    # the one-kernel backward (its layer segments each a kernel that sums dW in registers), at its
+    # best launch of the earlier sweeps, recomputing the layer chain or reading the kept inputs
+    (False, REGISTER),
+    (True, REGISTER),
+    # ... from kept inputs: no chain to recompute, so its segments are light (stored_*: rows, warps,
+    # layers per segment, programs per SM, register cap)
+    (True, replace(REGISTER, stored_programs_per_sm=3, stored_maxnreg=168)),
+    (True, replace(REGISTER, stored_programs_per_sm=6, stored_maxnreg=80)),
+    (True, replace(REGISTER, stored_layers_per_segment=2, stored_programs_per_sm=3, stored_maxnreg=168)),
+    (True, replace(REGISTER, stored_layers_per_segment=2, stored_programs_per_sm=4, stored_maxnreg=128)),
+    (True, replace(REGISTER, stored_layers_per_segment=4, stored_programs_per_sm=2, stored_maxnreg=232)),
+    (True, replace(REGISTER, stored_rows=128, stored_warps=8, stored_programs_per_sm=2, stored_maxnreg=128)),
+    (True, replace(REGISTER, fwd_rows=128, fwd_warps=8, stored_layers_per_segment=2, stored_programs_per_sm=3,
                    stored_maxnreg=168)),
     # smaller row tiles: fewer registers a program, more programs an SM (sm_90, compiled on the CPU: 32 rows
     # 168-192 registers, 16 rows 124-162, no spills; the default's 64 rows take 188-255, two programs an SM)
-    (True, replace(DEFAULT, stored_rows=32, stored_programs_per_sm=3)),
-    (True, replace(DEFAULT, stored_rows=16, stored_programs_per_sm=4)),
-    (True, replace(DEFAULT, stored_warps=8, stored_programs_per_sm=1)),
-    # the two-kernel backward: a row pass over all layers writing each layer's d a (no weight-gradient
-    # sums on chip, many tiles an SM), then a pipelined split-K GEMM of the weight gradients
-    (True, replace(DEFAULT, split=True)),
-    (False, replace(DEFAULT, split=True)),
-    (True, replace(DEFAULT, split=True, split_rows=128, split_warps=8)),
-    (False, replace(DEFAULT, split=True, split_rows=128, split_warps=8)),
-    (True, replace(DEFAULT, split=True, split_rows=32)),
-    (True, replace(DEFAULT, split=True, split_maxnreg=128)),
-    (False, replace(DEFAULT, split=True, split_maxnreg=168)),
-    (True, replace(DEFAULT, split=True, dw_rows=64)),
-    (True, replace(DEFAULT, split=True, dw_rows=256, dw_warps=8)),
-    (True, replace(DEFAULT, split=True, dw_programs_per_sm=4)),
-    (True, replace(DEFAULT, split=True, dw_stages=4)),
+    (True, replace(REGISTER, stored_rows=32, stored_programs_per_sm=3)),
+    (True, replace(REGISTER, stored_rows=16, stored_programs_per_sm=4)),
+    (True, replace(REGISTER, stored_warps=8, stored_programs_per_sm=1)),
+    # the two-kernel backward (the default): the row pass's tiles, warps and register cap (split_*),
+    # the weight-gradient GEMM's rows, warps, pipeline stages and programs (dw_*)
+    (True, replace(DEFAULT, split_rows=128, split_warps=8)),
+    (False, replace(DEFAULT, split_rows=128, split_warps=8)),
+    (True, replace(DEFAULT, split_rows=32)),
+    (True, replace(DEFAULT, split_maxnreg=128)),
+    (False, replace(DEFAULT, split_maxnreg=168)),
+    (True, replace(DEFAULT, dw_rows=64)),
+    (True, replace(DEFAULT, dw_rows=256, dw_warps=8)),
+    (True, replace(DEFAULT, dw_programs_per_sm=4)),
+    (True, replace(DEFAULT, dw_stages=4)),
 ]
 
 
