@@ -32,7 +32,7 @@
 # session's first call (never into a call while the runs go: a carried path replaces the one there),
 # and `acc` again resumes each run from its last.ckpt.
 # On the dev machine: python benchmarks/accuracy.py collect --out runs/acc.
-# MLP_ONLY="text ..." limits the mlp stage's sweep to the configurations whose row name contains one.
+# FIT1M_ROWS="row ..." picks the fit1m stage's rows; MLP_ONLY="text ..." limits the mlp stage's sweep to the configurations whose row name contains one.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the scripts import benchmarks.*
@@ -47,7 +47,7 @@ ACC="$PY benchmarks/accuracy.py launch --models flare --datasets ${ACC_DATASETS:
 declare -A CMD=(
   [gpu_tests]="env PYTHON=$PY bash scripts/gpu_tests.sh"
   [acc]="$ACC --devices $(printf '0 %.0s' $(seq "${ACC_LANES:-2}")) --arms ${ACC_ARMS:-32-tf32 bf16-fp32mixer-tf32} --out $ACC_ROOT"
-  [fit1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows ours-eager ours-fast ours-m128 ours-m128-fast ours-recompute ours-m128-recompute --root /tmp/bench_1m"
+  [fit1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows ${FIT1M_ROWS:-ours-eager ours-fast ours-m128 ours-m128-fast ours-recompute ours-m128-recompute} --root /tmp/bench_1m"
   [tss]="$TSS --datasets darcy elasticity --precisions bf16-mixed 32-tf32 --rows ours-fast reference-compiled --root /tmp/bench_small"
   [tss_mixed]="$TSS --datasets darcy elasticity --precisions bf16-fp32mixer-tf32 bf16-fp32mixer 32-tf32 --rows ours-fast --root /tmp/bench_small --profile"
   [eval]="$STEP --eval --n 8800000 --latents 256 --configs ours-fused-compiled-stored"
