@@ -32,7 +32,7 @@
 # session's first call (never into a call while the runs go: a carried path replaces the one there),
 # and `acc` again resumes each run from its last.ckpt.
 # On the dev machine: python benchmarks/accuracy.py collect --out runs/acc.
-# FIT1M_ROWS="row ..." picks the fit1m stage's rows; MLP_ONLY="text ..." limits the mlp stage's sweep to the configurations whose row name contains one.
+# FIT1M_ROWS="row ..." picks the fit1m stage's rows, KERNELS1M_CONFIGS="config ..." the kernels1m stage's; MLP_ONLY="text ..." limits the mlp stage's sweep to the configurations whose row name contains one.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the scripts import benchmarks.*
@@ -53,7 +53,7 @@ declare -A CMD=(
   [eval]="$STEP --eval --n 8800000 --latents 256 --configs ours-fused-compiled-stored"
   [evaltest]="$PY benchmarks/eval_surface.py --root /tmp/eval_surface --points 8800000 --runs 4"
   [step]="$STEP --n 1048576 --latents 128 256 --configs reference-compiled ours-fused-compiled ours-fused-compiled-stored"
-  [kernels1m]="$PY benchmarks/step_kernels.py --n 1048576 --latents 256 --configs ours-fused-compiled-stored reference-compiled"
+  [kernels1m]="$PY benchmarks/step_kernels.py --n 1048576 --latents 256 --configs ${KERNELS1M_CONFIGS:-ours-fused-compiled-stored reference-compiled}"
   [mixtune]="$TUNE --shapes 8:8:256,8:8:128"
   [mixtune_tf32]="$TUNE --shapes 16:4:256 --log2n 14 --dtype float32 --matmul-precision high"
   [mlp]="$PY benchmarks/mlp.py --sweep${MLP_ONLY:+ --only $MLP_ONLY}"
