@@ -70,9 +70,10 @@ def _precision_table(runs: list[tuple[dict[str, Any], Any]]) -> list[str]:
         groups = _by_precision(cells[budget, dataset, model])
         if len(groups) < 2:
             continue
-        means = {p: statistics.mean(r["rel_l2"] * 1e3 for r, _ in g) for p, g in groups.items()}
+        values = {p: [r["rel_l2"] * 1e3 for r, _ in g] for p, g in groups.items()}
+        means = {p: statistics.mean(v) for p, v in values.items()}
         for precision, group in groups.items():
-            vals = [r["rel_l2"] * 1e3 for r, _ in group]
+            vals = values[precision]
             spread = f"{min(vals):.2f}-{max(vals):.2f}" if len(vals) > 1 else "-"
             ratio = f"{means[precision] / means[REFERENCE_PRECISION]:.2f}x" if REFERENCE_PRECISION in means else "-"
             states = ", ".join(dict.fromkeys(state for _, state in group))
