@@ -1,12 +1,13 @@
 """The fused residual MLP on Triton: launches, ``torch.library`` custom ops and autograd.
 
 ``fused_mlp_triton(x, weight, bias, ...)`` computes ``[residual +] mlp(layer_norm(x))`` for FLARE's
-C -> C residual MLPs (``ResidualMLP`` with both residuals) in two kernels: one forward pass
-over the rows, one backward pass (in layer segments) that recomputes the chain on chip. What
-autograd keeps is the input x (plus the weights); with ``store_hidden`` also the inputs of the
-layers after the first (L - 1 [N, C] tensors in the dot dtype), so the backward recomputes
-nothing: more memory, fewer dots. The ops are opaque to ``torch.compile`` (Inductor traces
-around them, as for the mixer).
+C -> C residual MLPs (``ResidualMLP`` with both residuals): one forward pass over the rows, and
+a backward that recomputes the chain on chip, either in one kernel per layer segment summing the
+weight gradients in registers, or (``MLPConfig.split``) as a row pass over all layers that writes
+each layer's d a and input, then a split-K GEMM of the weight gradients. What autograd keeps is
+the input x (plus the weights); with ``store_hidden`` also the inputs of the layers after the
+first (L - 1 [N, C] tensors in the dot dtype), so the backward recomputes nothing: more memory,
+fewer dots. The ops are opaque to ``torch.compile`` (Inductor traces around them, as for the mixer).
 
 Importing this module needs Triton; ``fused_mlp`` imports it on demand.
 Under ``TRITON_INTERPRET=1`` (set before this import) the kernels run on CPU tensors.

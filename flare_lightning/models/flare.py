@@ -151,7 +151,7 @@ class FLARE(nn.Module):
             it (every one before its removal holds ``fuse_kv: false``) load; only ``False``.
         mlp_backend: how each block's key, value and feed-forward MLPs run: ``torch`` (plain
             layers), ``triton`` (fused kernels: each MLP and the LayerNorm before it is one pass
-            over the points, recomputed in backward, so no MLP activation is stored and
+            over the points, recomputed in backward, so no MLP activation is kept for backward and
             ``mlp_chunk_size`` is not needed; CUDA only; needs ``norm='layernorm'`` and
             ``mlp_ratio=1``), or ``auto`` (``triton`` where it can run, else ``torch``).
         compile: ``torch.compile`` the blocks, the lifting and the head in place
