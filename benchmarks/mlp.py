@@ -21,6 +21,7 @@ Writes a record (``benchmarks/records.py``) into ``--out`` (default ``$OUT``, el
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from dataclasses import fields, replace
@@ -39,38 +40,37 @@ MEASURES = ["flare_lightning/kernels/triton_mlp.py", "flare_lightning/kernels/tr
 
 DEFAULT = triton_mlp.default_config(64)
 DEFAULTS = [(False, DEFAULT), (True, DEFAULT)]  # the two rows every run times: recompute, and kept inputs
-REGISTER = replace(DEFAULT, split=False)  # the one-kernel backward: weight-gradient sums held on chip
+SPLIT = replace(DEFAULT, split=True)  # the two-kernel backward: a row pass, then the weight-gradient GEMM
 SWEEP: list[tuple[bool, triton_mlp.MLPConfig]] = [  # (store_hidden, launch configuration) besides the defaults:
-    # the one-kernel backward (its layer segments each a kernel that sums dW in registers), at its
-    # best launch of the earlier sweeps, recomputing the layer chain or reading the kept inputs
-    (False, REGISTER),
-    (True, REGISTER),
-    # ... from kept inputs: no chain to recompute, so its segments are light (stored_*: rows, warps,
-    # layers per segment, programs per SM, register cap)
-    (True, replace(REGISTER, stored_programs_per_sm=3, stored_maxnreg=168)),
-    (True, replace(REGISTER, stored_programs_per_sm=6, stored_maxnreg=80)),
-    (True, replace(REGISTER, stored_layers_per_segment=2, stored_programs_per_sm=3, stored_maxnreg=168)),
-    (True, replace(REGISTER, stored_layers_per_segment=2, stored_programs_per_sm=4, stored_maxnreg=128)),
-    (True, replace(REGISTER, stored_layers_per_segment=4, stored_programs_per_sm=2, stored_maxnreg=232)),
-    (True, replace(REGISTER, stored_rows=128, stored_warps=8, stored_programs_per_sm=2, stored_maxnreg=128)),
-    (True, replace(REGISTER, fwd_rows=128, fwd_warps=8, stored_layers_per_segment=2, stored_programs_per_sm=3,
+    # the forward keeps the layers' inputs: no chain to recompute in backward, so its segments are
+    # light (stored_*: rows, warps, layers per segment, programs per SM, register cap)
+    (True, replace(DEFAULT, stored_programs_per_sm=3, stored_maxnreg=168)),
+    (True, replace(DEFAULT, stored_programs_per_sm=6, stored_maxnreg=80)),
+    (True, replace(DEFAULT, stored_layers_per_segment=2, stored_programs_per_sm=3, stored_maxnreg=168)),
+    (True, replace(DEFAULT, stored_layers_per_segment=2, stored_programs_per_sm=4, stored_maxnreg=128)),
+    (True, replace(DEFAULT, stored_layers_per_segment=4, stored_programs_per_sm=2, stored_maxnreg=232)),
+    (True, replace(DEFAULT, stored_rows=128, stored_warps=8, stored_programs_per_sm=2, stored_maxnreg=128)),
+    (True, replace(DEFAULT, fwd_rows=128, fwd_warps=8, stored_layers_per_segment=2, stored_programs_per_sm=3,
                    stored_maxnreg=168)),
     # smaller row tiles: fewer registers a program, more programs an SM (sm_90, compiled on the CPU: 32 rows
     # 168-192 registers, 16 rows 124-162, no spills; the default's 64 rows take 188-255, two programs an SM)
-    (True, replace(REGISTER, stored_rows=32, stored_programs_per_sm=3)),
-    (True, replace(REGISTER, stored_rows=16, stored_programs_per_sm=4)),
-    (True, replace(REGISTER, stored_warps=8, stored_programs_per_sm=1)),
-    # the two-kernel backward (the default): the row pass's tiles, warps and register cap (split_*),
-    # the weight-gradient GEMM's rows, warps, pipeline stages and programs (dw_*)
-    (True, replace(DEFAULT, split_rows=128, split_warps=8)),
-    (False, replace(DEFAULT, split_rows=128, split_warps=8)),
-    (True, replace(DEFAULT, split_rows=32)),
-    (True, replace(DEFAULT, split_maxnreg=128)),
-    (False, replace(DEFAULT, split_maxnreg=168)),
-    (True, replace(DEFAULT, dw_rows=64)),
-    (True, replace(DEFAULT, dw_rows=256, dw_warps=8)),
-    (True, replace(DEFAULT, dw_programs_per_sm=4)),
-    (True, replace(DEFAULT, dw_stages=4)),
+    (True, replace(DEFAULT, stored_rows=32, stored_programs_per_sm=3)),
+    (True, replace(DEFAULT, stored_rows=16, stored_programs_per_sm=4)),
+    (True, replace(DEFAULT, stored_warps=8, stored_programs_per_sm=1)),
+    # the two-kernel backward (MLPConfig.split), recomputing the chain or reading the kept inputs; then
+    # the row pass's tiles, warps and register cap (split_*), the weight-gradient GEMM's rows, warps,
+    # pipeline stages and programs (dw_*)
+    (False, SPLIT),
+    (True, SPLIT),
+    (True, replace(SPLIT, split_rows=128, split_warps=8)),
+    (False, replace(SPLIT, split_rows=128, split_warps=8)),
+    (True, replace(SPLIT, split_rows=32)),
+    (True, replace(SPLIT, split_maxnreg=128)),
+    (False, replace(SPLIT, split_maxnreg=168)),
+    (True, replace(SPLIT, dw_rows=64)),
+    (True, replace(SPLIT, dw_rows=256, dw_warps=8)),
+    (True, replace(SPLIT, dw_programs_per_sm=4)),
+    (True, replace(SPLIT, dw_stages=4)),
 ]
 
 
@@ -139,8 +139,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--layers", type=int, default=3, help="hidden residual layers (FLARE: 3)")
     parser.add_argument("--sweep", action="store_true", help="time other launch configurations too")
-    parser.add_argument("--only", nargs="+", metavar="TEXT",
-                        help="with --sweep, only the configurations whose row name contains one of these")
+    parser.add_argument("--only", nargs="+", metavar="REGEX",
+                        help="with --sweep, only the configurations whose row name one of these regular expressions "
+                             "finds (re.search: 'split=True$' picks the two plain split rows)")
     add_out_argument(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -160,7 +161,7 @@ def main() -> None:
     rows.append(("torch compiled", measure(torch.compile(compiled), x, dout)))
     print(f"compiled in {time.perf_counter() - t0:.0f} s", flush=True)
     sweep = [(store, cfg) for store, cfg in SWEEP
-             if not args.only or any(text in row_name(store, cfg) for text in args.only)] if args.sweep else []
+             if not args.only or any(re.search(pattern, row_name(store, cfg)) for pattern in args.only)] if args.sweep else []
     configs = [(store, None) for store, _ in DEFAULTS] + sweep  # None: default_config(width)
     for store_hidden, cfg in configs:
         triton_mlp.CONFIG_OVERRIDE = cfg

@@ -110,8 +110,8 @@ def default_config(c: int) -> MLPConfig:
     if interpreted():
         return MLPConfig(32, 4, 32, 4, 2, stored_rows=32)
     if c > 64:
-        return MLPConfig(64, 4, 64, 4, 1, 128, 168, 3, split=True)
-    return MLPConfig(64, 4, 64, 4, 2, 128, 168, 3, split=True)
+        return MLPConfig(64, 4, 64, 4, 1, 128, 168, 3)
+    return MLPConfig(64, 4, 64, 4, 2, 128, 168, 3)
 
 
 CONFIG_OVERRIDE: MLPConfig | None = None  # benchmarks/mlp.py sweeps launch configurations through it
