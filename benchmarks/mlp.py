@@ -142,6 +142,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", metavar="REGEX",
                         help="with --sweep, only the configurations whose row name one of these regular expressions "
                              "finds (re.search: 'split=True$' picks the two plain split rows)")
+    parser.add_argument("--no-compiled", action="store_true", help="leave out the torch.compile row (its compile is slow)")
     add_out_argument(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -155,11 +156,12 @@ def main() -> None:
     rows = []
     ref = measure(plain, x, dout)
     rows.append(("torch eager", ref))
-    compiled = FeedForward(args.width, args.layers, fused=False).to(device)
-    compiled.load_state_dict(plain.state_dict())
-    t0 = time.perf_counter()
-    rows.append(("torch compiled", measure(torch.compile(compiled), x, dout)))
-    print(f"compiled in {time.perf_counter() - t0:.0f} s", flush=True)
+    if not args.no_compiled:
+        compiled = FeedForward(args.width, args.layers, fused=False).to(device)
+        compiled.load_state_dict(plain.state_dict())
+        t0 = time.perf_counter()
+        rows.append(("torch compiled", measure(torch.compile(compiled), x, dout)))
+        print(f"compiled in {time.perf_counter() - t0:.0f} s", flush=True)
     sweep = [(store, cfg) for store, cfg in SWEEP
              if not args.only or any(re.search(pattern, row_name(store, cfg)) for pattern in args.only)] if args.sweep else []
     configs = [(store, None) for store, _ in DEFAULTS] + sweep  # None: default_config(width)
