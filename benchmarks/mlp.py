@@ -40,37 +40,37 @@ MEASURES = ["flare_lightning/kernels/triton_mlp.py", "flare_lightning/kernels/tr
 
 DEFAULT = triton_mlp.default_config(64)
 DEFAULTS = [(False, DEFAULT), (True, DEFAULT)]  # the two rows every run times: recompute, and kept inputs
-SPLIT = replace(DEFAULT, split=True)  # the two-kernel backward: a row pass, then the weight-gradient GEMM
+ONE_KERNEL = replace(DEFAULT, split=False)  # the backward in one kernel a layer segment, dW summed in registers
 SWEEP: list[tuple[bool, triton_mlp.MLPConfig]] = [  # (store_hidden, launch configuration) besides the defaults:
-    # the forward keeps the layers' inputs: no chain to recompute in backward, so its segments are
-    # light (stored_*: rows, warps, layers per segment, programs per SM, register cap)
-    (True, replace(DEFAULT, stored_programs_per_sm=3, stored_maxnreg=168)),
-    (True, replace(DEFAULT, stored_programs_per_sm=6, stored_maxnreg=80)),
-    (True, replace(DEFAULT, stored_layers_per_segment=2, stored_programs_per_sm=3, stored_maxnreg=168)),
-    (True, replace(DEFAULT, stored_layers_per_segment=2, stored_programs_per_sm=4, stored_maxnreg=128)),
-    (True, replace(DEFAULT, stored_layers_per_segment=4, stored_programs_per_sm=2, stored_maxnreg=232)),
-    (True, replace(DEFAULT, stored_rows=128, stored_warps=8, stored_programs_per_sm=2, stored_maxnreg=128)),
-    (True, replace(DEFAULT, fwd_rows=128, fwd_warps=8, stored_layers_per_segment=2, stored_programs_per_sm=3,
+    # the one-kernel backward at its best launch, recomputing the chain or reading the kept inputs
+    (False, ONE_KERNEL),
+    (True, ONE_KERNEL),
+    # ... from kept inputs: no chain to recompute, so its segments are light (stored_*: rows, warps,
+    # layers per segment, programs per SM, register cap)
+    (True, replace(ONE_KERNEL, stored_programs_per_sm=3, stored_maxnreg=168)),
+    (True, replace(ONE_KERNEL, stored_programs_per_sm=6, stored_maxnreg=80)),
+    (True, replace(ONE_KERNEL, stored_layers_per_segment=2, stored_programs_per_sm=3, stored_maxnreg=168)),
+    (True, replace(ONE_KERNEL, stored_layers_per_segment=2, stored_programs_per_sm=4, stored_maxnreg=128)),
+    (True, replace(ONE_KERNEL, stored_layers_per_segment=4, stored_programs_per_sm=2, stored_maxnreg=232)),
+    (True, replace(ONE_KERNEL, stored_rows=128, stored_warps=8, stored_programs_per_sm=2, stored_maxnreg=128)),
+    (True, replace(ONE_KERNEL, fwd_rows=128, fwd_warps=8, stored_layers_per_segment=2, stored_programs_per_sm=3,
                    stored_maxnreg=168)),
     # smaller row tiles: fewer registers a program, more programs an SM (sm_90, compiled on the CPU: 32 rows
-    # 168-192 registers, 16 rows 124-162, no spills; the default's 64 rows take 188-255, two programs an SM)
-    (True, replace(DEFAULT, stored_rows=32, stored_programs_per_sm=3)),
-    (True, replace(DEFAULT, stored_rows=16, stored_programs_per_sm=4)),
-    (True, replace(DEFAULT, stored_warps=8, stored_programs_per_sm=1)),
-    # the two-kernel backward (MLPConfig.split), recomputing the chain or reading the kept inputs; then
-    # the row pass's tiles, warps and register cap (split_*), the weight-gradient GEMM's rows, warps,
-    # pipeline stages and programs (dw_*)
-    (False, SPLIT),
-    (True, SPLIT),
-    (True, replace(SPLIT, split_rows=128, split_warps=8)),
-    (False, replace(SPLIT, split_rows=128, split_warps=8)),
-    (True, replace(SPLIT, split_rows=32)),
-    (True, replace(SPLIT, split_maxnreg=128)),
-    (False, replace(SPLIT, split_maxnreg=168)),
-    (True, replace(SPLIT, dw_rows=64)),
-    (True, replace(SPLIT, dw_rows=256, dw_warps=8)),
-    (True, replace(SPLIT, dw_programs_per_sm=4)),
-    (True, replace(SPLIT, dw_stages=4)),
+    # 168-192 registers, 16 rows 124-162, no spills; 64 rows take 188-255, two programs an SM)
+    (True, replace(ONE_KERNEL, stored_rows=32, stored_programs_per_sm=3)),
+    (True, replace(ONE_KERNEL, stored_rows=16, stored_programs_per_sm=4)),
+    (True, replace(ONE_KERNEL, stored_warps=8, stored_programs_per_sm=1)),
+    # the split backward (the default): the row pass's tiles, warps and register cap (split_*), the
+    # weight-gradient GEMM's rows, warps, pipeline stages and programs (dw_*)
+    (True, replace(DEFAULT, split_rows=128, split_warps=8)),
+    (False, replace(DEFAULT, split_rows=128, split_warps=8)),
+    (True, replace(DEFAULT, split_rows=32)),
+    (True, replace(DEFAULT, split_maxnreg=128)),
+    (False, replace(DEFAULT, split_maxnreg=168)),
+    (True, replace(DEFAULT, dw_rows=64)),
+    (True, replace(DEFAULT, dw_rows=256, dw_warps=8)),
+    (True, replace(DEFAULT, dw_programs_per_sm=4)),
+    (True, replace(DEFAULT, dw_stages=4)),
 ]
 
 
@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="time other launch configurations too")
     parser.add_argument("--only", nargs="+", metavar="REGEX",
                         help="with --sweep, only the configurations whose row name one of these regular expressions "
-                             "finds (re.search: 'split=True$' picks the two plain split rows)")
+                             "finds (re.search: 'split=False$' picks the two one-kernel rows)")
     parser.add_argument("--no-compiled", action="store_true", help="leave out the torch.compile row (its compile is slow)")
     add_out_argument(parser)
     args = parser.parse_args()

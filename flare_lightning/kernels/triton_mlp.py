@@ -103,15 +103,17 @@ class MLPConfig:
 
 
 def default_config(c: int) -> MLPConfig:
-    """The fastest configuration of ``benchmarks/mlp.py --sweep`` at C = 64 (H200; RESULTS.md,
-    "The fused residual MLP"): 64-row tiles of one warpgroup, backward segments of two layers,
-    register caps that let three or more programs share an SM. Small tiles in the interpreter
-    (numpy runs whole tiles); one-layer segments above C = 64 (registers grow with C)."""
+    """The fastest configuration of ``benchmarks/mlp.py --sweep`` at C = 64 (RESULTS.md, "The fused
+    residual MLP"): 64-row forward tiles of one warpgroup under a register cap, and the split
+    backward (at 2^20 rows on an H100: 2.95 against 3.27 ms forward+backward from kept inputs,
+    3.49 against 4.83 ms recomputing); the one-kernel backward's launch fields (segments of two
+    layers, three programs an SM) stay its best. Small tiles in the interpreter (numpy runs whole
+    tiles); one-layer segments above C = 64 (registers grow with C)."""
     if interpreted():
-        return MLPConfig(32, 4, 32, 4, 2, stored_rows=32)
+        return MLPConfig(32, 4, 32, 4, 2, stored_rows=32, split=True, split_rows=32, dw_rows=32)
     if c > 64:
-        return MLPConfig(64, 4, 64, 4, 1, 128, 168, 3)
-    return MLPConfig(64, 4, 64, 4, 2, 128, 168, 3)
+        return MLPConfig(64, 4, 64, 4, 1, 128, 168, 3, split=True)
+    return MLPConfig(64, 4, 64, 4, 2, 128, 168, 3, split=True)
 
 
 CONFIG_OVERRIDE: MLPConfig | None = None  # benchmarks/mlp.py sweeps launch configurations through it
