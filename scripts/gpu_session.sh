@@ -32,7 +32,8 @@
 # session's first call (never into a call while the runs go: a carried path replaces the one there),
 # and `acc` again resumes each run from its last.ckpt.
 # On the dev machine: python benchmarks/accuracy.py collect --out runs/acc.
-# FIT1M_ROWS="row ..." picks the fit1m stage's rows, KERNELS1M_CONFIGS="config ..." the kernels1m stage's; MLP_ONLY="regex ..." limits the mlp stage's sweep to the configurations whose row name one of them finds.
+# FIT1M_ROWS="row ..." picks the fit1m stage's rows, KERNELS1M_CONFIGS="config ..." the kernels1m stage's;
+# MLP_ONLY="regex ..." limits the mlp stage's sweep to the configurations whose row name one of them finds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the scripts import benchmarks.*

@@ -123,13 +123,18 @@ def _config(c: int) -> MLPConfig:
     return CONFIG_OVERRIDE if CONFIG_OVERRIDE is not None else default_config(c)
 
 
+def _sms(device: torch.device) -> int | None:
+    """The SM count of a CUDA device; None elsewhere (the interpreter)."""
+    if device.type != "cuda":
+        return None
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def _programs(rows: int, block: int, per_sm: int, device: torch.device) -> int:
     """Programs of a persistent launch: ``per_sm`` on each SM, no more than there are tiles."""
     tiles = -(-rows // block)
-    if device.type != "cuda":
-        return max(1, min(tiles, 4))
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return max(1, min(tiles, per_sm * _sm_count(index)))
+    sms = _sms(device)
+    return max(1, min(tiles, 4 if sms is None else per_sm * sms))
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -183,8 +188,12 @@ def mlp_bwd(
     rows = x2.shape[0]
     cfg = _config(c)
     stored = hidden.dim() == 3  # [L-1, N, C] (empty for one layer) when the forward kept the inputs
+    has_ln = ln_weight is not None
+    lnw, lnb = (ln_weight, ln_bias) if has_ln else (bias, bias)  # any pointer when there is no norm
+    w = weight.to(compute_dtype).contiguous()
+    wt = weight.transpose(1, 2).to(compute_dtype).contiguous()
     if cfg.split:
-        return _backward_split(x, x2, grad, hidden if stored else None, weight, bias, ln_weight, ln_bias, eps, act,
+        return _backward_split(x, x2, grad, hidden if stored else None, w, wt, bias, (lnw, lnb, has_ln), eps, act,
                                compute_dtype, cfg)
     block, per_sm, launch = cfg.backward(stored)
     programs = _programs(rows, block, per_sm, x.device)
@@ -192,10 +201,6 @@ def mlp_bwd(
     dw = torch.zeros(programs, nl, c, c, device=x.device, dtype=f32)
     db = torch.zeros(programs, nl, c, device=x.device, dtype=f32)
     dln = torch.zeros(programs, 2, c, device=x.device, dtype=f32)
-    has_ln = ln_weight is not None
-    lnw, lnb = (ln_weight, ln_bias) if has_ln else (bias, bias)  # any pointer when there is no norm
-    w = weight.to(compute_dtype).contiguous()
-    wt = weight.transpose(1, 2).to(compute_dtype).contiguous()
     for lo, hi in cfg.segments(nl, stored):  # the last layers first; each passes d h_lo to the next
         target = torch.empty(x.shape, device=x.device, dtype=x.dtype if lo == 0 else f32)
         if rows:
@@ -208,43 +213,42 @@ def mlp_bwd(
     return target, dw.sum(0), db.sum(0), dln.sum(0)
 
 
-def _slices(rows: int, nl: int, cfg: MLPConfig, device: torch.device) -> int:
-    """Row slices of the weight-gradient GEMM: about ``dw_programs_per_sm`` programs an SM over
-    all ``nl`` layers, each slice whole ``dw_rows`` tiles."""
-    target = cfg.dw_programs_per_sm * (_sm_count(device.index if device.index is not None
-                                                 else torch.cuda.current_device()) if device.type == "cuda" else 2)
+def _slices(rows: int, nl: int, cfg: MLPConfig, device: torch.device) -> tuple[int, int]:
+    """(row slices, rows per slice) of the weight-gradient GEMM: about ``dw_programs_per_sm``
+    programs an SM over all ``nl`` layers, each slice whole ``dw_rows`` tiles."""
+    sms = _sms(device)
+    target = cfg.dw_programs_per_sm * (2 if sms is None else sms)
     tiles = -(-rows // cfg.dw_rows)
     per_slice = -(-tiles // max(1, min(tiles, target // nl)))
-    return -(-tiles // per_slice)
+    return -(-tiles // per_slice), per_slice * cfg.dw_rows
 
 
-def _backward_split(x: Tensor, x2: Tensor, grad: Tensor, hidden: Tensor | None, weight: Tensor, bias: Tensor,
-                    ln_weight: Tensor | None, ln_bias: Tensor | None, eps: float, act: int, compute_dtype: torch.dtype,
+def _backward_split(x: Tensor, x2: Tensor, grad: Tensor, hidden: Tensor | None, w: Tensor, wt: Tensor, bias: Tensor,
+                    ln: tuple[Tensor, Tensor, bool], eps: float, act: int, compute_dtype: torch.dtype,
                     cfg: MLPConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``mlp_bwd`` as a row pass writing every layer's d a and input, then the weight-gradient GEMM
-    over them; ``hidden`` is what the forward kept (None: the row pass recomputes and writes it)."""
-    c, nl = x.shape[-1], weight.shape[0]
+    over them. ``w``/``wt``: the weights [L, C, C] and their transposes in the dot dtype; ``ln``: the
+    LayerNorm's weight and bias pointers and whether there is one; ``hidden``: what the forward kept
+    (None: the row pass recomputes and writes it)."""
+    c, nl = x.shape[-1], w.shape[0]
     rows, device, f32 = x2.shape[0], x.device, torch.float32
     dx = torch.empty(x.shape, device=device, dtype=x.dtype)
     if not rows:
-        return dx, weight.new_zeros(nl, c, c, dtype=f32), bias.new_zeros(nl, c, dtype=f32), x.new_zeros(2, c, dtype=f32)
+        return dx, x.new_zeros(nl, c, c, dtype=f32), x.new_zeros(nl, c, dtype=f32), x.new_zeros(2, c, dtype=f32)
     stored = hidden is not None and hidden.numel() > 0
     if not stored:  # the row pass writes the layers' inputs here
         hidden = torch.empty((nl - 1, rows, c) if nl > 1 else (0,), device=device, dtype=compute_dtype)
     da = torch.empty(nl, rows, c, device=device, dtype=compute_dtype)
     h0 = torch.empty(rows, c, device=device, dtype=compute_dtype)
     tiles = -(-rows // cfg.split_rows)
-    has_ln = ln_weight is not None
+    lnw, lnb, has_ln = ln
     dln = torch.zeros(tiles if has_ln else 1, 2, c, device=device, dtype=f32)
-    lnw, lnb = (ln_weight, ln_bias) if has_ln else (bias, bias)  # any pointer when there is no norm
     dot, prec = dot_type(compute_dtype), input_precision(compute_dtype)
     kernels.mlp_bwd_da_kernel[(tiles,)](
-        x2, hidden, h0, grad, dx, da, lnw, lnb, weight.to(compute_dtype).contiguous(),
-        weight.transpose(1, 2).to(compute_dtype).contiguous(), bias.contiguous(), dln, rows, eps,
+        x2, hidden, h0, grad, dx, da, lnw, lnb, w, wt, bias.contiguous(), dln, rows, eps,
         C=c, NL=nl, LN=has_ln, STORED=stored, ACT=act, DOT=dot, PREC=prec, BT=cfg.split_rows, **cfg.launch("split"),
     )
-    slices = _slices(rows, nl, cfg, device)
-    per_slice = -(-rows // (slices * cfg.dw_rows)) * cfg.dw_rows
+    slices, per_slice = _slices(rows, nl, cfg, device)
     dw = torch.empty(slices, nl, c, c, device=device, dtype=f32)
     db = torch.empty(slices, nl, c, device=device, dtype=f32)
     kernels.mlp_dw_kernel[(slices, nl)](

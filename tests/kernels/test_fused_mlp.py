@@ -9,6 +9,7 @@ Interpreted kernels without CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import pytest
@@ -134,13 +135,22 @@ def test_fused_mlp_bf16_stored_hidden(tmlp, device):
     assert 1e-5 < max(errors.values()) < 3e-2, errors
 
 
+@contextlib.contextmanager
+def launched_with(tmlp, cfg):
+    """The fused kernels launch with ``cfg`` (``triton_mlp.CONFIG_OVERRIDE``) inside the block."""
+    saved = tmlp.CONFIG_OVERRIDE
+    tmlp.CONFIG_OVERRIDE = cfg
+    try:
+        yield cfg
+    finally:
+        tmlp.CONFIG_OVERRIDE = saved
+
+
 @pytest.fixture(params=[1, 2, 5], ids=lambda n: f"{n}-layer segments")
 def stored_segments(tmlp, request):
     """Backward segments of 1, 2 or 5 layers when the forward kept the layers' inputs."""
-    saved = tmlp.CONFIG_OVERRIDE
-    tmlp.CONFIG_OVERRIDE = tmlp.MLPConfig(32, 4, 32, 4, 2, stored_rows=32, stored_layers_per_segment=request.param)
-    yield request.param
-    tmlp.CONFIG_OVERRIDE = saved
+    with launched_with(tmlp, tmlp.MLPConfig(32, 4, 32, 4, 2, stored_rows=32, stored_layers_per_segment=request.param)):
+        yield request.param
 
 
 @pytest.mark.parametrize("width, layers, act, with_ln, with_res", [CASES[0], CASES[2], CASES[4]])
@@ -185,14 +195,16 @@ def test_stored_backward_reads_what_the_forward_kept(tmlp, device, stored_segmen
     torch.testing.assert_close(dw_changed[3], dw[3])  # layer 3's input and gradient are untouched
 
 
+def small_tiles(tmlp, split: bool):
+    """Tiles small enough for many of them at the tests' row counts; with ``split`` the two-kernel
+    backward (row pass, then the weight-gradient GEMM over three row slices)."""
+    return tmlp.MLPConfig(32, 4, 32, 4, 2, stored_rows=32, split=split, split_rows=16, dw_rows=16, dw_programs_per_sm=8)
+
+
 @pytest.fixture
 def split_backward(tmlp):
-    """The two-kernel backward (row pass, then the weight-gradient GEMM over three row slices)."""
-    saved = tmlp.CONFIG_OVERRIDE
-    tmlp.CONFIG_OVERRIDE = tmlp.MLPConfig(32, 4, 32, 4, 2, stored_rows=32, split=True, split_rows=16, dw_rows=16,
-                                          dw_programs_per_sm=8)
-    yield
-    tmlp.CONFIG_OVERRIDE = saved
+    with launched_with(tmlp, small_tiles(tmlp, split=True)):
+        yield
 
 
 @pytest.mark.parametrize("store_hidden", [False, True], ids=["recompute", "stored"])
@@ -206,20 +218,14 @@ def test_split_backward_matches_float64_reference(tmlp, device, split_backward, 
 
 
 def test_split_backward_bf16_agrees_with_the_register_backward(tmlp, device):
-    """Under bf16 autocast both backwards see the same bf16 operands: their gradients agree far
-    more closely than either does with float64 (only fp32 summation order and the bf16 d a
-    that the GEMM reads differ)."""
-    saved = tmlp.CONFIG_OVERRIDE
+    """Under bf16 autocast both backwards see the same bf16 operands, so against float64 the split
+    one's errors are bf16-level and no larger than the one-kernel backward's (only fp32 summation
+    order and the bf16 d a that the GEMM reads differ)."""
     results = []
-    try:
-        for split in (False, True):
-            tmlp.CONFIG_OVERRIDE = tmlp.MLPConfig(32, 4, 32, 4, 2, stored_rows=32, split=split, split_rows=16,
-                                                  dw_rows=16, dw_programs_per_sm=8)
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                results.append(fused_errors(tmlp, device, 32, 3, "gelu_tanh", True, True, torch.float32, seed=13,
-                                            store_hidden=True))
-    finally:
-        tmlp.CONFIG_OVERRIDE = saved
+    for split in (False, True):
+        with launched_with(tmlp, small_tiles(tmlp, split)), torch.autocast(device.type, dtype=torch.bfloat16):
+            results.append(fused_errors(tmlp, device, 32, 3, "gelu_tanh", True, True, torch.float32, seed=13,
+                                        store_hidden=True))
     register, split = results
     assert max(split.values()) < 3e-2, split
     for key in register:  # bf16-level errors of the same size: neither backward is off
@@ -234,12 +240,8 @@ def test_backward_segments_cover_each_layer_once_and_agree(tmlp, device, max_lay
         covered = [i for lo, hi in reversed(segments) for i in range(lo, hi)]
         assert covered == list(range(layers)) and all(hi - lo <= max_layers for lo, hi in segments)
         assert segments[0][1] == layers and segments[-1][0] == 0
-    saved = tmlp.CONFIG_OVERRIDE
-    tmlp.CONFIG_OVERRIDE = cfg
-    try:
+    with launched_with(tmlp, cfg):
         errors = fused_errors(tmlp, device, 16, 3, "gelu_tanh", True, False, torch.float32, seed=5)
-    finally:
-        tmlp.CONFIG_OVERRIDE = saved
     assert max(errors.values()) < 1e-5, errors
 
 

@@ -50,9 +50,8 @@ def test_every_fused_mlp_launch_of_the_sweep_compiles_for_sm90():
         assert kernels[0][0] == "forward", name
         if kernels[1][1] == "row":  # the two-kernel backward: a row pass over all layers, then the GEMM
             assert [" ".join(k[:-3]) for k in kernels[1:]] == ["backward row pass", "backward weight GEMM"], name
-            layers = [0, 1, 2, 3, 4]
-        else:
+        else:  # layer segments: FLARE's 5-layer MLP, each layer once
             layers = [layer for k in kernels[1:] for layer in range(int(k[1].split("-")[0]), int(k[1].split("-")[1]) + 1)]
-        assert sorted(layers) == [0, 1, 2, 3, 4], (name, kernels)  # FLARE's 5-layer MLP, each layer once
+            assert sorted(layers) == [0, 1, 2, 3, 4], (name, kernels)
         for k in kernels:
             assert 0 < int(k[-3]) <= 255, (name, k)
