@@ -260,6 +260,9 @@ HEADLINES = (
     Headline("A whole DrivAerML surface (8.8M points) through the 1M model, exact chunked evaluation, M = 256 "
              "(`benchmarks/step.py --eval`, model only)", "step_eval", {"config": "ours-fused-compiled-stored"},
              lambda r: f"{r['seconds']:.2f} s, {r['peak_gb']:.1f} GB above model and input"),
+    Headline("A whole DrivAerML surface (8.8M points) through `flare test` on the 1M config: read from disk, "
+             "evaluated in 2^20-point chunks, field errors and Cd/Cl (`benchmarks/eval_surface.py`)", "eval_surface",
+             {"points": 8800000}, lambda r: f"{r['s_per_run']:.2f} s per run, peak {r['peak_gb']:.2f} GB"),
     Headline("Host memory of a DrivAerML fit on 100 runs x 2M points, presampled archives, 3 training epochs "
              "(`benchmarks/drivaerml_memory.py`, 4 loader workers)", "drivaerml_memory",
              {"phase": "train, 3 epochs", "source": "npz"}, _host_memory),

@@ -29,11 +29,12 @@ from benchmarks.step import CONFIGS, MEASURES, SHAPE, TrainStep, build, environm
 
 # (group, pattern on the kernel name), first match wins; names as torch.profiler reports them.
 GROUPS = (
-    ("fused MLP backward", r"mlp_bwd_kernel"),
+    ("fused MLP backward", r"mlp_bwd_kernel|mlp_bwd_da_kernel|mlp_dw_kernel"),  # one kernel, or the split's two
     ("fused MLP forward", r"mlp_fwd_kernel"),
     ("mixer backward", r"_bwd_(decode|encode|latent_grad)_kernel|_dq_sum_kernel"),
     ("mixer forward", r"_encode_(partial|merge)_kernel|_decode_fwd_kernel"),
     ("SDPA (reference)", r"flash|fmha|efficient_attention|attention_kernel"),
+    ("ATen LayerNorm", r"at::native::.*(layer_norm|GammaBeta)"),  # before the optimizer's *norm_kernel
     ("optimizer and clipping", r"multi_tensor|foreach|adam|_amp_|norm_kernel"),
     ("cuBLAS GEMM", r"gemm|xmma|cutlass|nvjet|sgemm|hgemm|Kernel2|splitKreduce"),
     ("Inductor kernels", r"^triton_"),

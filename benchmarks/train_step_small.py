@@ -302,7 +302,7 @@ def profile_fast_step(module, batch: dict, steps: int = 5, top: int = 20) -> tup
     if module._fast is None or not module._fast._captured:
         print("profile: no captured step")
         return {}, []
-    batch = {k: v.cuda() for k, v in batch.items()}
+    batch = module.transfer_batch_to_device(batch, module.device, 0)  # as Lightning moves it (flags stay)
     for _ in range(5):
         module._fast(batch)
     torch.cuda.synchronize()

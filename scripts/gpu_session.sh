@@ -41,23 +41,25 @@ DEV=${DEV:-/tmp/dev}
 ACC_ROOT=${ACC_ROOT:-runs/acc}  # the acc stage's runs (its --out)
 PY=${PYTHON:-python3}
 
+words() { local w q; read -ra w <<< "$*"; printf -v q '%q ' "${w[@]}"; printf '%s' "${q% }"; }  # "$X" as shell words for a CMD string: a
+# regex's | or * stays one argument (MLP_ONLY="split_|dw_" is not a pipe, "dw_*" no glob)
 TSS="$PY benchmarks/train_step_small.py"  # paper-size and 1M steps through flare fit
 STEP="$PY benchmarks/step.py"             # the bare 2^20-point step
 TUNE="$PY benchmarks/mixer_tune.py --jobs 12"
-ACC="$PY benchmarks/accuracy.py launch --models flare --datasets ${ACC_DATASETS:-elasticity} --seeds ${ACC_SEEDS:-0} --fast-step"
+ACC="$PY benchmarks/accuracy.py launch --models flare --datasets $(words "${ACC_DATASETS:-elasticity}") --seeds $(words "${ACC_SEEDS:-0}") --fast-step"
 declare -A CMD=(
   [gpu_tests]="env PYTHON=$PY bash scripts/gpu_tests.sh"
-  [acc]="$ACC --devices $(printf '0 %.0s' $(seq "${ACC_LANES:-2}")) --arms ${ACC_ARMS:-32-tf32 bf16-fp32mixer-tf32} --out $ACC_ROOT"
-  [fit1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows ${FIT1M_ROWS:-ours-eager ours-fast ours-m128 ours-m128-fast ours-recompute ours-m128-recompute} --root /tmp/bench_1m"
+  [acc]="$ACC --devices $(printf '0 %.0s' $(seq "${ACC_LANES:-2}")) --arms $(words "${ACC_ARMS:-32-tf32 bf16-fp32mixer-tf32}") --out $ACC_ROOT"
+  [fit1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows $(words "${FIT1M_ROWS:-ours-eager ours-fast ours-m128 ours-m128-fast ours-recompute ours-m128-recompute}") --root /tmp/bench_1m"
   [tss]="$TSS --datasets darcy elasticity --precisions bf16-mixed 32-tf32 --rows ours-fast reference-compiled --root /tmp/bench_small"
   [tss_mixed]="$TSS --datasets darcy elasticity --precisions bf16-fp32mixer-tf32 bf16-fp32mixer 32-tf32 --rows ours-fast --root /tmp/bench_small --profile"
   [eval]="$STEP --eval --n 8800000 --latents 256 --configs ours-fused-compiled-stored"
   [evaltest]="$PY benchmarks/eval_surface.py --root /tmp/eval_surface --points 8800000 --runs 4"
   [step]="$STEP --n 1048576 --latents 128 256 --configs reference-compiled ours-fused-compiled ours-fused-compiled-stored"
-  [kernels1m]="$PY benchmarks/step_kernels.py --n 1048576 --latents 256 --configs ${KERNELS1M_CONFIGS:-ours-fused-compiled-stored reference-compiled}"
+  [kernels1m]="$PY benchmarks/step_kernels.py --n 1048576 --latents 256 --configs $(words "${KERNELS1M_CONFIGS:-ours-fused-compiled-stored reference-compiled}")"
   [mixtune]="$TUNE --shapes 8:8:256,8:8:128"
   [mixtune_tf32]="$TUNE --shapes 16:4:256 --log2n 14 --dtype float32 --matmul-precision high"
-  [mlp]="$PY benchmarks/mlp.py --sweep${MLP_ONLY:+ --only $MLP_ONLY}"
+  [mlp]="$PY benchmarks/mlp.py --sweep${MLP_ONLY:+ --only $(words "$MLP_ONLY")}"
   [maxpoints]="$PY benchmarks/max_points.py --latents 256 --configs ours-fused-compiled-stored ours-fused-compiled ours-memory --budget-s 90"
   [grid12]="$STEP --grid --grid-blocks 1 2 --configs reference-compiled ours-fused-compiled-stored"
   [grid48]="$STEP --grid --grid-blocks 4 8 --configs reference-compiled ours-fused-compiled-stored"

@@ -56,6 +56,19 @@ def test_the_accuracy_stage_is_opt_in_and_launches_known_arms():
     assert named.stdout.split() == ["gpu_tests", "fit1m", "acc"]
 
 
+def test_row_choices_reach_the_scripts_as_words_even_with_shell_characters():
+    """MLP_ONLY's regexes (and the other choosers) are quoted into the stage's command: a | is no pipe
+    (a bare one ran `dw_` as a command and lost the mlp stage on a lent GPU), a * no glob."""
+    env = {**os.environ, "MLP_ONLY": "split_|dw_  dw_*", "FIT1M_ROWS": "ours-fast ours-m128", "ACC_SEEDS": "0 1 2"}
+    listed = dict(line.split(": ", 1) for line in run("--list", env=env).stdout.splitlines())
+    mlp = shlex.split(listed["mlp"])
+    assert mlp[mlp.index("--only") + 1:] == ["split_|dw_", "dw_*"]
+    fit1m = shlex.split(listed["fit1m"])
+    assert fit1m[fit1m.index("--rows") + 1: fit1m.index("--root")] == ["ours-fast", "ours-m128"]
+    acc = shlex.split(listed["acc"])
+    assert acc[acc.index("--seeds") + 1: acc.index("--fast-step")] == ["0", "1", "2"]
+
+
 def test_unknown_arguments_and_stages_stop_before_anything_runs():
     bad = run("--bogus")
     assert bad.returncode == 2 and "unknown argument '--bogus'" in bad.stderr

@@ -10,7 +10,10 @@ from benchmarks.step_kernels import breakdown, group_of
 
 @pytest.mark.parametrize("name, group", [
     ("mlp_bwd_kernel", "fused MLP backward"),
+    ("mlp_bwd_da_kernel", "fused MLP backward"),  # the split backward's row pass
+    ("mlp_dw_kernel", "fused MLP backward"),  # and its weight-gradient GEMM
     ("mlp_fwd_kernel", "fused MLP forward"),
+    ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float>", "ATen LayerNorm"),
     ("_bwd_encode_kernel", "mixer backward"),
     ("_dq_sum_kernel", "mixer backward"),
     ("_encode_partial_kernel", "mixer forward"),

@@ -20,6 +20,7 @@ from flare_lightning.forces.metrics import ForceCoefficientErrors, force_report
 from flare_lightning.training.losses import check_loss_data, get_loss
 from flare_lightning.training.metrics import RelativeL2Error, SampleMean, relative_l2
 from flare_lightning.training.normalizer import Normalizer
+from flare_lightning.training.schedule import one_cycle
 
 STAGES = ("train", "val", "test")
 
@@ -369,15 +370,8 @@ class SurrogateModule(L.LightningModule):
         hp = self.hparams
         if hp.scheduler == "constant":
             return None
-        peak = [float(group["lr"]) for group in optimizer.param_groups]
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=peak,
-            total_steps=max(1, int(self.trainer.estimated_stepping_batches)),
-            pct_start=hp.pct_start,
-            div_factor=hp.div_factor,
-            final_div_factor=hp.final_div_factor,
-        )
+        schedule = one_cycle(optimizer, self.trainer.estimated_stepping_batches, hp.pct_start, hp.div_factor,
+                             hp.final_div_factor)
         return {"scheduler": schedule, "interval": "step"}
 
     def configure_optimizers(self) -> Any:

@@ -656,3 +656,16 @@ def test_training_loss_traces_as_one_graph(loss):
     batch = {"x": torch.randn(2, 36, 3), "y": torch.randn(2, 36, 1), "mask": torch.rand(2, 36) > 0.2}
     traced = torch.compile(module._sample_losses, backend="eager", fullgraph=True)
     torch.testing.assert_close(traced(batch), module._sample_losses(batch))
+
+
+@gpu
+def test_benchmark_profile_of_the_captured_step(tiny_darcy_root):
+    """train_step_small.py --profile: the kernel table of the captured step at the end of a fit, from a
+    loader batch as Lightning sees it (it carries a ``padded`` flag beside the tensors)."""
+    from tests.helpers import import_benchmark
+
+    profile = import_benchmark("train_step_small").FastStepProfile()
+    fit_tiny(tiny_darcy_root, fast=True, steps=8, accelerator="gpu", callbacks=(profile,))
+    summary, kernels = profile.found
+    assert summary["kernels_per_step"] > 10 and summary["kernel_ms_per_step"] > 0 and kernels
+    assert all(k["calls_per_step"] > 0 and k["us_per_call"] > 0 for k in kernels)

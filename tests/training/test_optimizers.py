@@ -9,6 +9,7 @@ import torch
 
 from flare_lightning.models import FLARE
 from flare_lightning.training.module import SurrogateModule
+from flare_lightning.training.schedule import one_cycle, one_cycle_pct
 from tests.helpers import CONFIGS, run_cli, tiny_darcy_args, tiny_trainer_args
 from tests.test_cli import TINY_MODEL
 
@@ -89,3 +90,33 @@ def test_unknown_scheduler_name_is_reported():
     model = FLARE(in_dim=2, out_dim=1, channels=8, num_blocks=1, num_heads=2, num_latents=4)
     with pytest.raises(ValueError, match="model.scheduler must be 'onecycle' or 'constant'"):
         SurrogateModule(model, in_dim=2, out_dim=1, scheduler="cosine")
+
+
+@pytest.mark.parametrize("pct_start", [0.5, 0.3, 0.25, 0.2, 0.1, 0.05, 0.02, 0.01])
+def test_onecycle_runs_every_step_count(pct_start):
+    """torch's OneCycleLR divides by zero where pct_start * steps == 1 (5% of 20); ours steps through
+    every count, keeps pct_start elsewhere, and still warms up to the peak and anneals from it."""
+    for total in range(1, 121):
+        param = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.AdamW([param], lr=1e-3)
+        schedule = one_cycle(optimizer, total, pct_start, div_factor=25.0, final_div_factor=1e4)
+        lrs = [optimizer.param_groups[0]["lr"]]
+        for _ in range(total):
+            optimizer.step()
+            schedule.step()
+            lrs.append(optimizer.param_groups[0]["lr"])
+        assert all(0 < lr <= 1e-3 * (1 + 1e-9) for lr in lrs), (total, pct_start)
+        if pct_start * total != 1:
+            assert one_cycle_pct(pct_start, total) == pct_start
+        if total >= 3:
+            assert lrs[total - 1] < 1e-3 / 100  # the last step's lr: annealed
+        if pct_start * total >= 1 and total > 2:  # a warm-up, also where torch's would end at step 0
+            assert lrs[0] < 1e-3 / 10 and max(lrs) > 5 * lrs[0]
+
+
+def test_fit_of_twenty_steps_at_five_percent_warm_up(tiny_darcy_root, tmp_path):
+    """The 1M config's pct_start (0.05) over a 20-step fit: torch's schedule alone raised at its first step."""
+    cli = fit(tiny_darcy_root, tmp_path, "--model.pct_start=0.05", "--trainer.max_steps=20", "--trainer.max_epochs=-1")
+    schedule = cli.trainer.lr_scheduler_configs[0].scheduler
+    assert schedule.total_steps == 20 and schedule.last_epoch == 20 and cli.trainer.global_step == 20
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] < cli.model.hparams.lr / 10  # annealed
