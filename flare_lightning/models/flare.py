@@ -12,6 +12,7 @@ from flare_lightning.kernels.fused_mlp import MLP_BACKENDS
 from flare_lightning.models.attention import FlareAttention
 from flare_lightning.models.checkpointing import checkpointed
 from flare_lightning.models.mlp import ResidualMLP
+from flare_lightning.models.norms import LayerNorm, RMSNorm
 from flare_lightning.models.options import check_finite, check_heads, check_ints, check_optional_positive
 from flare_lightning.models.precision import as_float, check_fp32_parts, full_precision, keeps_fp32, low_precision
 
@@ -19,9 +20,9 @@ from flare_lightning.models.precision import as_float, check_fp32_parts, full_pr
 def make_norm(kind: str, channels: int) -> nn.Module:
     """``layernorm`` or ``rmsnorm`` over the channel axis."""
     if kind == "layernorm":
-        return nn.LayerNorm(channels)
+        return LayerNorm(channels)
     if kind == "rmsnorm":
-        return nn.RMSNorm(channels)
+        return RMSNorm(channels)
     raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {kind!r}")
 
 

@@ -46,3 +46,21 @@ def test_state_dict_of_torch_compile_wrapper_can_be_stripped():
     other = FLARE(3, 1, **TINY)
     other.load_state_dict(strip_compiled_prefix(wrapped.state_dict()))
     assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), plain.state_dict().values()))
+
+
+@pytest.mark.skipif(not (shutil.which("gcc") or shutil.which("cc")), reason="inductor needs a C compiler")
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_every_part_compile_names_runs_compiled(norm):
+    """The lifting, each block, the output norm and the head each run as a compiled graph. A norm
+    whose forward is torch.nn's stayed eager under ``nn.Module.compile()`` (an ATen LayerNorm in
+    the compiled 1M step); the project's own norms compile."""
+    torch.manual_seed(0)
+    model = FLARE(3, 1, compile=True, norm=norm, **TINY)
+    x = torch.randn(1, 24, 3)
+    h = model.lift(x)
+    parts = {"lift": h, "blocks.0": model.blocks[0](h, None)}
+    parts["norm_out"] = model.norm_out(h)
+    parts["head"] = model.head(parts["norm_out"])
+    eager = {name: type(out.grad_fn).__name__ for name, out in parts.items()
+             if type(out.grad_fn).__name__ != "CompiledFunctionBackward"}
+    assert not eager, f"parts that ran eagerly: {eager}"
