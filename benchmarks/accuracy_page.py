@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks.` imports resolve
-from benchmarks.accuracy import DATASETS, MODELS, hours
+from benchmarks.accuracy_collect import hours
+from benchmarks.accuracy_runs import DATASETS, MODELS
 
 BENCHMARK = "accuracy"
 KEY = ("model", "dataset", "seed", "budget", "precision")  # a later record of the same run replaces it, on any card

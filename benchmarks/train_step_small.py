@@ -64,7 +64,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: `benchmarks.` imports and class paths resolve
 
-from benchmarks.accuracy import ELASTICITY_PAPER_COUNTS, FIT_PATHS, config_paths  # noqa: E402
+from benchmarks.accuracy_runs import ELASTICITY_PAPER_COUNTS, FIT_PATHS, config_paths  # noqa: E402
 from benchmarks.records import add_out_argument, write_record  # noqa: E402
 DATASETS = ("darcy", "elasticity", "drivaerml_1m")  # FLARE rows train configs/<dataset>.yaml (row_configs)
 DATA_ARGS = {

@@ -24,7 +24,7 @@
 # Opt-in stage `ddp1m` (two GPUs): the 1M config through `flare fit` on one GPU and under DDP on two,
 # in one run (issue 26 item 4: samples per second of two against one).
 # Opt-in stage `acc` (name it in STAGES; it runs last, so every timing runs alone): paper-protocol
-# accuracy runs of issue 28's precision arms (benchmarks/accuracy.py ARMS; ACC_ARMS, default 32-tf32
+# accuracy runs of issue 28's precision arms (benchmarks/accuracy_runs.py ARMS; ACC_ARMS, default 32-tf32
 # and bf16-fp32mixer-tf32), FLARE with the fast step on ACC_DATASETS (default elasticity), ACC_SEEDS
 # (default 0), in ACC_LANES workers side by side on GPU 0 (default 2), each arm in runs/acc/<arm>/.
 # The stage starts the runs in the background (one `accuracy.py launch`) and returns. A run outlives

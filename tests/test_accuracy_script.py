@@ -4,7 +4,6 @@ GPUs, skipping and resuming, and the records and page collected from fake run fo
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from unittest import mock
@@ -21,6 +20,21 @@ def accuracy():
     return import_benchmark("accuracy")
 
 
+@pytest.fixture(scope="module")
+def acc_runs():
+    return import_benchmark("accuracy_runs")
+
+
+@pytest.fixture(scope="module")
+def acc_launch():
+    return import_benchmark("accuracy_launch")
+
+
+@pytest.fixture(scope="module")
+def acc_collect():
+    return import_benchmark("accuracy_collect")
+
+
 def opts(cmd: list[str]) -> dict:
     """The command's options; ``config`` lists every ``--config`` in order."""
     out = dict(a.removeprefix("--").split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
@@ -28,8 +42,8 @@ def opts(cmd: list[str]) -> dict:
     return out
 
 
-def test_command_lines(accuracy, tmp_path):
-    flare = accuracy.Run("flare", "darcy", 3, 50, tmp_path)
+def test_command_lines(acc_runs, tmp_path):
+    flare = acc_runs.Run("flare", "darcy", 3, 50, tmp_path)
     cmd = flare.command()
     assert cmd[1:4] == ["-m", "flare_lightning", "fit"]
     o = opts(cmd)
@@ -39,7 +53,7 @@ def test_command_lines(accuracy, tmp_path):
     assert "model.fast_step" not in o and "ckpt_path" not in o
     assert opts(flare.command(fast_step=True))["model.fast_step"] == "true"
 
-    base = accuracy.Run("transolver", "elasticity", 0, None, tmp_path)
+    base = acc_runs.Run("transolver", "elasticity", 0, None, tmp_path)
     o = opts(base.command(extra=("--trainer.precision=bf16-mixed",)))
     assert o["config"] == [str(CONFIGS / "elasticity.yaml"), str(CONFIGS / "baselines" / "transolver_elasticity.yaml")]
     assert "trainer.max_epochs" not in o and o["trainer.precision"] == "bf16-mixed"
@@ -47,32 +61,32 @@ def test_command_lines(accuracy, tmp_path):
     assert base.folder == tmp_path / "transolver_elasticity" / "seed0_full"
 
 
-def test_interrupted_runs_resume_and_finished_runs_are_skipped(accuracy, tmp_path):
-    run = accuracy.Run("perceiverio", "quickstart", 0, 5, tmp_path)
+def test_interrupted_runs_resume_and_finished_runs_are_skipped(acc_runs, tmp_path):
+    run = acc_runs.Run("perceiverio", "quickstart", 0, 5, tmp_path)
     (run.folder / "checkpoints").mkdir(parents=True)
     (run.folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
     assert opts(run.command())["ckpt_path"] == str(run.folder / "checkpoints" / "last.ckpt")
-    assert not accuracy.finished(run.folder)
+    assert not acc_runs.finished(run.folder)
     (run.folder / "test_metrics.json").write_text(json.dumps({"test/rel_l2": None}))  # a diverged run is not done
-    assert not accuracy.finished(run.folder)
+    assert not acc_runs.finished(run.folder)
     (run.folder / "test_metrics.json").write_text(json.dumps({"test/rel_l2": 0.01, "test/loss": 0.01}))
-    assert accuracy.finished(run.folder)
+    assert acc_runs.finished(run.folder)
 
 
 @pytest.mark.parametrize("model,dataset", [("flare", "elasticity"), ("transformer", "darcy"), ("perceiverio", "quickstart")])
-def test_command_lines_parse_as_flare_fit(accuracy, tmp_path, model, dataset):
+def test_command_lines_parse_as_flare_fit(acc_runs, tmp_path, model, dataset):
     """Every option the launcher adds is one the CLI knows (nothing is trained)."""
-    cmd = accuracy.Run(model, dataset, 1, 7, tmp_path).command()
+    cmd = acc_runs.Run(model, dataset, 1, 7, tmp_path).command()
     with mock.patch("sys.argv", ["flare"]):
         cli = make_cli(cmd[4:], run=False)
     assert cli.trainer.max_epochs == 7
     assert Path(cli.trainer.logger.log_dir) == tmp_path / f"{model}_{dataset}" / "seed1_ep7"
 
 
-def test_a_ddp_run_keeps_the_protocols_global_batch(accuracy, tmp_path):
+def test_a_ddp_run_keeps_the_protocols_global_batch(acc_runs, tmp_path):
     """--devices 0,1: each run is DDP on both GPUs with the config's batch split between them, and
     the CLI accepts what the launcher adds (nothing is trained)."""
-    run = accuracy.Run("transformer", "darcy", 0, None, tmp_path)
+    run = acc_runs.Run("transformer", "darcy", 0, None, tmp_path)
     assert run.batch_size() == 2
     cmd = run.command(True, ("--trainer.precision", "32-true"), gpus=2)
     assert cmd[-5:] == ["--trainer.devices=2", "--trainer.strategy=ddp", "--data.init_args.batch_size=1",
@@ -81,16 +95,16 @@ def test_a_ddp_run_keeps_the_protocols_global_batch(accuracy, tmp_path):
         cli = make_cli([*cmd[4:], "--trainer.accelerator=cpu"], run=False)
     assert cli.trainer.num_devices == 2 and type(cli.trainer.strategy).__name__ == "DDPStrategy"
     assert cli.datamodule.batch_size == 1
-    assert accuracy.estimated_steps(run) == 500 * 500  # steps per epoch as on one GPU
-    assert accuracy.gpus_per_run(["0,1", "2,3"]) == 2 and accuracy.gpus_per_run(["0", "0"]) == 1
+    assert acc_runs.estimated_steps(run) == 500 * 500  # steps per epoch as on one GPU
+    assert acc_runs.gpus_per_run(["0,1", "2,3"]) == 2 and acc_runs.gpus_per_run(["0", "0"]) == 1
     for bad in (["0,1", "2"], ["0,"]):
         with pytest.raises(SystemExit, match="give each worker the same number of GPUs"):
-            accuracy.gpus_per_run(bad)
+            acc_runs.gpus_per_run(bad)
 
 
-def test_ddp_launch_plans_and_refuses(accuracy, tmp_path, capsys, monkeypatch):
+def test_ddp_launch_plans_and_refuses(accuracy, acc_runs, acc_launch, tmp_path, capsys, monkeypatch):
     base = ["launch", "--datasets", "darcy", "--out", str(tmp_path), "--fast-step", "--dry-run"]
-    with mock.patch.object(accuracy.subprocess, "Popen") as popen:
+    with mock.patch.object(acc_launch.subprocess, "Popen") as popen:
         accuracy.main([*base, "--models", "transformer", "--devices", "0,1"])
         printed = capsys.readouterr().out
         assert "CUDA_VISIBLE_DEVICES=0,1" in printed and "--data.init_args.batch_size=1" in printed
@@ -98,38 +112,38 @@ def test_ddp_launch_plans_and_refuses(accuracy, tmp_path, capsys, monkeypatch):
                                              "over 2 GPUs per run"):
             accuracy.main([*base, "--models", "transolver", "--datasets", "elasticity", "--devices", "0,1"])
         # a run begun on one GPU is not resumed as a DDP run (the per-GPU batch differs)
-        run = accuracy.Run("transformer", "darcy", 0, None, tmp_path)
+        run = acc_runs.Run("transformer", "darcy", 0, None, tmp_path)
         run.folder.mkdir(parents=True)
         (run.folder / "launch.json").write_text(json.dumps({"attempts": [{"command": run.command(True)}]}))
         with pytest.raises(SystemExit, match="this launch asks --model.fast_step=true --trainer.devices=2"):
             accuracy.main([*base, "--models", "transformer", "--devices", "0,1"])
     popen.assert_not_called()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    env = accuracy.worker_env(["0,1", "2,3"], 1, cpus=32)  # four processes in all
+    env = acc_launch.worker_env(["0,1", "2,3"], 1, cpus=32)  # four processes in all
     assert (env["CUDA_VISIBLE_DEVICES"], env["OMP_NUM_THREADS"]) == ("2,3", "8")
 
 
-def test_runs_are_spread_evenly_over_the_gpus(accuracy, tmp_path):
-    runs = accuracy.plan(list(accuracy.MODELS), list(accuracy.DATASETS), [0, 1], 10, tmp_path)
+def test_runs_are_spread_evenly_over_the_gpus(acc_runs, tmp_path):
+    runs = acc_runs.plan(list(acc_runs.MODELS), list(acc_runs.DATASETS), [0, 1], 10, tmp_path)
     assert len(runs) == 4 * 3 * 2
-    slots = accuracy.assign(runs, ["0", "0", "1", "1"])
+    slots = acc_runs.assign(runs, ["0", "0", "1", "1"])
     assigned = [r for q in slots.values() for r in q]
     assert sorted(map(id, assigned)) == sorted(map(id, runs))
-    loads = [sum(accuracy.estimated_steps(r) for r in q) for q in slots.values()]
-    assert max(loads) - min(loads) <= max(accuracy.estimated_steps(r) for r in runs)
+    loads = [sum(acc_runs.estimated_steps(r) for r in q) for q in slots.values()]
+    assert max(loads) - min(loads) <= max(acc_runs.estimated_steps(r) for r in runs)
     # Transolver trains elasticity with batch 1: 1000 steps per epoch
-    assert accuracy.estimated_steps(accuracy.Run("transolver", "elasticity", 0, 10, tmp_path)) == 10_000
+    assert acc_runs.estimated_steps(acc_runs.Run("transolver", "elasticity", 0, 10, tmp_path)) == 10_000
 
 
-def test_bad_choices_are_reported(accuracy, tmp_path):
+def test_bad_choices_are_reported(acc_runs, tmp_path):
     with pytest.raises(ValueError, match="unknown model 'gnot'"):
-        accuracy.plan(["gnot"], ["darcy"], [0], None, tmp_path)
+        acc_runs.plan(["gnot"], ["darcy"], [0], None, tmp_path)
     with pytest.raises(ValueError, match="--epochs must be >= 1"):
-        accuracy.plan(["flare"], ["darcy"], [0], 0, tmp_path)
+        acc_runs.plan(["flare"], ["darcy"], [0], 0, tmp_path)
 
 
-def test_dry_run_prints_and_starts_nothing(accuracy, tmp_path, capsys):
-    with mock.patch.object(accuracy, "prepare_data") as prepare, mock.patch.object(accuracy.subprocess, "Popen") as popen:
+def test_dry_run_prints_and_starts_nothing(accuracy, acc_launch, tmp_path, capsys):
+    with mock.patch.object(acc_launch, "prepare_data") as prepare, mock.patch.object(acc_launch.subprocess, "Popen") as popen:
         accuracy.main(["launch", "--models", "flare", "transolver", "--datasets", "quickstart", "--devices", "0", "1",
                        "--out", str(tmp_path), "--fast-step", "--dry-run"])
     printed = capsys.readouterr().out
@@ -139,18 +153,18 @@ def test_dry_run_prints_and_starts_nothing(accuracy, tmp_path, capsys):
     popen.assert_not_called()
 
 
-def test_launch_refuses_runs_made_with_other_settings(accuracy, tmp_path, capsys):
+def test_launch_refuses_runs_made_with_other_settings(accuracy, acc_runs, acc_launch, acc_collect, tmp_path, capsys):
     """A run folder holds one run: relaunching it with another precision (or without the fast
     step) is refused before anything starts, naming the record and both settings; the same
     settings from another machine (other paths, other interpreter) resume as before."""
-    run = accuracy.Run("transolver", "darcy", 0, None, tmp_path)
+    run = acc_runs.Run("transolver", "darcy", 0, None, tmp_path)
     run.folder.mkdir(parents=True)
     recorded = run.command(True, ("--trainer.precision", "32-true"))
     elsewhere = ["/opt/other/python3"] + [a.replace(str(tmp_path), "/dev/shm/acc1") for a in recorded[1:]]
     (run.folder / "launch.json").write_text(json.dumps({"attempts": [{"command": elsewhere, "wall_s": None}]}))
     launch = ["launch", "--models", "transolver", "--datasets", "darcy", "--devices", "0", "--out", str(tmp_path),
               "--dry-run"]
-    with mock.patch.object(accuracy.subprocess, "Popen") as popen:
+    with mock.patch.object(acc_launch.subprocess, "Popen") as popen:
         accuracy.main([*launch, "--fast-step", "--", "--trainer.precision", "32-true"])  # same settings: fine
         with pytest.raises(SystemExit, match="started with --model.fast_step=true --trainer.precision 32-true; "
                                              "this launch asks --model.fast_step=true --trainer.precision bf16-mixed"):
@@ -159,15 +173,15 @@ def test_launch_refuses_runs_made_with_other_settings(accuracy, tmp_path, capsys
         with pytest.raises(SystemExit, match=r"launch.json: finished with .*; this launch asks --trainer.precision 32-true"):
             accuracy.main([*launch, "--", "--trainer.precision", "32-true"])  # no fast step
     popen.assert_not_called()
-    assert accuracy.run_settings(recorded, "darcy") == ["--model.fast_step=true", "--trainer.precision", "32-true"]
+    assert acc_runs.run_settings(recorded, "darcy") == ["--model.fast_step=true", "--trainer.precision", "32-true"]
 
 
-def page(accuracy, results: list, out: Path, tmp_path: Path, notes: str = "") -> str:
+def page(acc_collect, results: list, out: Path, tmp_path: Path, notes: str = "") -> str:
     """ACCURACY.md as ``collect`` renders it: from the records it writes for ``results``."""
     from benchmarks import accuracy_page, render
 
     records = tmp_path / "records"
-    accuracy.write_run_records(results, out, records)
+    acc_collect.write_run_records(results, out, records)
     return accuracy_page.render(render.load(records, REPO), render.link_from(tmp_path / "ACCURACY.md"), notes)
 
 
@@ -182,7 +196,7 @@ def fake_run(out: Path, name: str, tag: str, rel_l2, wall_s=None, card="NVIDIA H
         (folder / "launch.json").write_text(json.dumps({"attempts": attempts, "card": card, "commit": commit}))
 
 
-def test_collector_on_fake_runs(accuracy, tmp_path):
+def test_collector_on_fake_runs(accuracy, acc_collect, tmp_path):
     out = tmp_path / "runs"
     fake_run(out, "flare_darcy", "seed0_ep50", 0.0061, wall_s=5400)
     fake_run(out, "transolver_darcy", "seed0_ep50", 0.0200, wall_s=[1800, 1200], commit="def5678+dirty")
@@ -190,11 +204,11 @@ def test_collector_on_fake_runs(accuracy, tmp_path):
     fake_run(out, "transformer_darcy", "seed0_ep50", False)  # still running: no test_metrics.json
     fake_run(out, "flare_quickstart", "seed0_full", 0.037, wall_s=180, card="cpu")
     fake_run(out, "flare_pipe", "seed0_full", 0.01)  # a dataset the table does not have
-    results = accuracy.collect(out)
+    results = acc_collect.collect(out)
     assert sorted((r.model, r.dataset, r.seed, r.budget) for r in results) == [
         ("flare", "darcy", 0, "ep50"), ("flare", "quickstart", 0, "full"),
         ("transolver", "darcy", 0, "ep50"), ("transolver", "darcy", 1, "ep50")]
-    text = page(accuracy, results, out, tmp_path)
+    text = page(acc_collect, results, out, tmp_path)
     full, reduced = text.split("## Full budget")[1].split("## Reduced budget: 50 epochs")
     reduced = reduced.split("## Runs")[0]
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in reduced.splitlines() if line.startswith("| ")}
@@ -215,21 +229,21 @@ def test_collector_on_fake_runs(accuracy, tmp_path):
     assert (record["commit"], record["dirty"], record["card"]) == ("def5678", True, "NVIDIA H200")
     assert record["paths"] == ["flare_lightning/", "datamodules/", "configs/darcy.yaml", "configs/baselines/transolver_darcy.yaml"]
     assert record["rows"][0]["full_budget_s"] == pytest.approx(3000 * 10)
-    assert accuracy.run_precision(["flare", "--trainer.precision", "16-mixed"]) == "16-mixed"
+    assert acc_collect.run_precision(["flare", "--trainer.precision", "16-mixed"]) == "16-mixed"
     bf16 = ["flare", "--trainer.precision", "bf16-mixed"]
-    assert accuracy.run_precision([*bf16, "--model.eval_fp32", "true"]) == "bf16-mixed, fp32 eval"
-    assert accuracy.run_precision([*bf16, "--model.eval_fp32=True"]) == "bf16-mixed, fp32 eval"
-    assert accuracy.run_precision([*bf16, "--model.eval_fp32", "false"]) == "bf16-mixed"
-    assert accuracy.run_precision(["flare", "--model.eval_fp32", "true"]) == "32-true"  # fp32 already
-    assert accuracy.run_precision(["flare", "--float32_matmul_precision", "high"]) == "32-true, TF32 matmuls"
-    assert accuracy.run_precision([*bf16, "--float32_matmul_precision=highest"]) == "bf16-mixed"
+    assert acc_collect.run_precision([*bf16, "--model.eval_fp32", "true"]) == "bf16-mixed, fp32 eval"
+    assert acc_collect.run_precision([*bf16, "--model.eval_fp32=True"]) == "bf16-mixed, fp32 eval"
+    assert acc_collect.run_precision([*bf16, "--model.eval_fp32", "false"]) == "bf16-mixed"
+    assert acc_collect.run_precision(["flare", "--model.eval_fp32", "true"]) == "32-true"  # fp32 already
+    assert acc_collect.run_precision(["flare", "--float32_matmul_precision", "high"]) == "32-true, TF32 matmuls"
+    assert acc_collect.run_precision([*bf16, "--float32_matmul_precision=highest"]) == "bf16-mixed"
     parts = "--model.model.init_args.fp32_parts"
-    assert accuracy.run_precision([*bf16, f"{parts}=[residual, mixer]"]) == "bf16-mixed, fp32 mixer+residual"
-    assert accuracy.run_precision([*bf16, parts, "[kv]"]) == "bf16-mixed, fp32 kv"
-    assert accuracy.run_precision([*bf16, parts, "[]"]) == "bf16-mixed"
+    assert acc_collect.run_precision([*bf16, f"{parts}=[residual, mixer]"]) == "bf16-mixed, fp32 mixer+residual"
+    assert acc_collect.run_precision([*bf16, parts, "[kv]"]) == "bf16-mixed, fp32 kv"
+    assert acc_collect.run_precision([*bf16, parts, "[]"]) == "bf16-mixed"
 
 
-def test_precision_arms_of_one_cell_keep_their_own_records_and_lines(accuracy, tmp_path):
+def test_precision_arms_of_one_cell_keep_their_own_records_and_lines(accuracy, acc_collect, tmp_path):
     """An ablation's arms share model, data set and seed: each keeps its record, the cell has a line per
     precision (seeds average within one only), and the comparison table holds each against 32-true."""
     out, arm = tmp_path / "runs", tmp_path / "arm"
@@ -241,8 +255,8 @@ def test_precision_arms_of_one_cell_keep_their_own_records_and_lines(accuracy, t
     record["attempts"][0]["command"] = ["flare", "fit", "--trainer.precision=bf16-mixed"]
     launch.write_text(json.dumps(record))
     records = tmp_path / "records"
-    accuracy.write_run_records(accuracy.collect(out), out, records)
-    text = page(accuracy, accuracy.collect(arm), arm, tmp_path)  # the arm's collect, into the same records
+    acc_collect.write_run_records(acc_collect.collect(out), out, records)
+    text = page(acc_collect, acc_collect.collect(arm), arm, tmp_path)  # the arm's collect, into the same records
     assert sorted(p.name for p in (records / "accuracy").iterdir()) == [
         "flare_elasticity_seed0_full_32-true.json", "flare_elasticity_seed0_full_bf16-mixed.json",
         "flare_elasticity_seed1_full_32-true.json"]
@@ -252,13 +266,13 @@ def test_precision_arms_of_one_cell_keep_their_own_records_and_lines(accuracy, t
     table = text.split("## One model and data set at several precisions")[1].split("## Runs")[0]
     assert "| FLARE | elasticity | full | 32-true | 6.50 | 6.00-7.00 | 2 | 1.00x | unknown commit |" in table
     assert "| FLARE | elasticity | full | bf16-mixed | 11.50 | - | 1 | 1.77x | unknown commit |" in table
-    assert accuracy.precision_slug("bf16-mixed, fp32 mixer+residual") == "bf16-mixed-fp32-mixer-residual"
+    assert acc_collect.precision_slug("bf16-mixed, fp32 mixer+residual") == "bf16-mixed-fp32-mixer-residual"
 
 
-def test_a_page_without_two_precisions_of_a_cell_has_no_comparison(accuracy, tmp_path):
+def test_a_page_without_two_precisions_of_a_cell_has_no_comparison(acc_collect, tmp_path):
     out = tmp_path / "runs"
     fake_run(out, "flare_darcy", "seed0_full", 0.004, wall_s=1800)
-    assert "several precisions" not in page(accuracy, accuracy.collect(out), out, tmp_path)
+    assert "several precisions" not in page(acc_collect, acc_collect.collect(out), out, tmp_path)
 
 
 def collect_args(tmp_path: Path, out: Path) -> list[str]:
@@ -283,27 +297,27 @@ def test_collect_writes_a_record_per_run_and_the_page(accuracy, tmp_path):
     assert not list(tmp_path.rglob(".*.tmp"))  # no temporary file left behind
 
 
-def test_the_page_puts_the_notes_under_the_tables(accuracy, tmp_path):
+def test_the_page_puts_the_notes_under_the_tables(acc_collect, tmp_path):
     out = tmp_path / "runs"
     fake_run(out, "flare_darcy", "seed0_full", 0.004, wall_s=1800)
-    text = page(accuracy, accuracy.collect(out), out, tmp_path, notes="- FLARE's run was **bf16**.\n")
+    text = page(acc_collect, acc_collect.collect(out), out, tmp_path, notes="- FLARE's run was **bf16**.\n")
     assert text.index("## Runs") < text.index("## Notes on the runs") < text.index("- FLARE's run was **bf16**.")
-    assert "Notes on the runs" not in page(accuracy, accuracy.collect(out), out, tmp_path)
+    assert "Notes on the runs" not in page(acc_collect, acc_collect.collect(out), out, tmp_path)
 
 
-def test_worker_records_attempts_and_skips_finished_runs(accuracy, tmp_path):
+def test_worker_records_attempts_and_skips_finished_runs(acc_runs, acc_launch, tmp_path):
     out = tmp_path / "runs"
-    run = accuracy.Run("flare", "quickstart", 0, 1, out)
+    run = acc_runs.Run("flare", "quickstart", 0, 1, out)
     queue = {"runs": [{"model": "flare", "dataset": "quickstart", "seed": 0, "epochs": 1, "out": str(out)}],
              "fast_step": False, "extra": [], "commit": "abc1234", "log_dir": str(tmp_path)}
     (tmp_path / "queue.json").write_text(json.dumps(queue))
     script = ("import json, pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True, exist_ok=True); "
               "(p / 'test_metrics.json').write_text(json.dumps({'test/rel_l2': 0.5})); print('trained')")
     fake = [sys.executable, "-c", script, str(run.folder)]
-    with mock.patch.object(accuracy.Run, "command", return_value=fake) as command, \
-            mock.patch.object(accuracy, "card_name", return_value="NVIDIA H200"):
-        accuracy.worker(tmp_path / "queue.json")
-        accuracy.worker(tmp_path / "queue.json")  # finished now: skipped
+    with mock.patch.object(acc_runs.Run, "command", return_value=fake) as command, \
+            mock.patch.object(acc_launch, "card_name", return_value="NVIDIA H200"):
+        acc_launch.worker(tmp_path / "queue.json")
+        acc_launch.worker(tmp_path / "queue.json")  # finished now: skipped
     assert command.call_count == 1
     record = json.loads((run.folder / "launch.json").read_text())
     assert (record["card"], record["commit"], record["seed"], record["epochs"]) == ("NVIDIA H200", "abc1234", 0, 1)
@@ -311,13 +325,13 @@ def test_worker_records_attempts_and_skips_finished_runs(accuracy, tmp_path):
     assert "trained" in (tmp_path / "flare_quickstart_seed0_ep1.log").read_text()
 
 
-def test_an_attempt_is_recorded_before_its_run_and_untimed_ones_are_marked(accuracy, tmp_path, monkeypatch):
+def test_an_attempt_is_recorded_before_its_run_and_untimed_ones_are_marked(accuracy, acc_runs, acc_launch, acc_collect, tmp_path, monkeypatch):
     """A worker killed with its machine leaves an attempt without an end. The next attempt opens
     with a marker line in the log and beats a heartbeat into launch.json while it runs; the table
     counts the lost attempt by its epoch times in the log and says the total is a lower bound."""
-    monkeypatch.setattr(accuracy, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(acc_launch, "HEARTBEAT_S", 0.05)
     out = tmp_path / "runs"
-    run = accuracy.Run("flare", "darcy", 0, 50, out)
+    run = acc_runs.Run("flare", "darcy", 0, 50, out)
     queue = {"runs": [{"model": "flare", "dataset": "darcy", "seed": 0, "epochs": 50, "out": str(out)}],
              "fast_step": False, "extra": [], "commit": "abc1234", "log_dir": str(tmp_path)}
     (tmp_path / "queue.json").write_text(json.dumps(queue))
@@ -332,53 +346,53 @@ def test_an_attempt_is_recorded_before_its_run_and_untimed_ones_are_marked(accur
     script = ("import json, pathlib, shutil, sys, time; p = pathlib.Path(sys.argv[1]); "
               "shutil.copy(p / 'launch.json', p / 'seen.json'); time.sleep(0.4); "
               "(p / 'test_metrics.json').write_text(json.dumps({'test/rel_l2': 0.006})); print('epoch 3/50  (4.0 s)')")
-    with mock.patch.object(accuracy.Run, "command", return_value=[sys.executable, "-c", script, str(run.folder)]), \
-            mock.patch.object(accuracy, "card_name", return_value="NVIDIA H200"):
-        accuracy.worker(tmp_path / "queue.json")
+    with mock.patch.object(acc_runs.Run, "command", return_value=[sys.executable, "-c", script, str(run.folder)]), \
+            mock.patch.object(acc_launch, "card_name", return_value="NVIDIA H200"):
+        acc_launch.worker(tmp_path / "queue.json")
     seen = json.loads((run.folder / "seen.json").read_text())["attempts"][-1]
     assert seen["start"] > 0 and seen["end"] is None and seen["rc"] is None
     attempts = json.loads((run.folder / "launch.json").read_text())["attempts"]
     assert len(attempts) == 2 and attempts[1]["rc"] == 0 and attempts[1]["wall_s"] >= 0.4
     assert attempts[1]["start"] < attempts[1]["last_seen"] <= attempts[1]["end"]
     text = log.read_text()
-    assert text.count(accuracy.ATTEMPT_MARK) == 1 and f"{accuracy.ATTEMPT_MARK}2 at " in text
-    assert accuracy.epoch_seconds_per_attempt(text, 2) == pytest.approx([68.3, 4.0])
+    assert text.count(acc_launch.ATTEMPT_MARK) == 1 and f"{acc_launch.ATTEMPT_MARK}2 at " in text
+    assert acc_collect.epoch_seconds_per_attempt(text, 2) == pytest.approx([68.3, 4.0])
     # collect reads the log where a launch keeps it, <out>/logs
     (out / "logs").mkdir()
     log.rename(out / "logs" / log.name)
-    (result,) = accuracy.collect(out)
+    (result,) = acc_collect.collect(out)
     assert result.attempts == 2 and result.untimed_attempts == 1
     assert result.wall_s == pytest.approx(68.3 + attempts[1]["wall_s"])
     assert [a["commit"] for a in attempts] == ["old0000", "abc1234"]  # each attempt keeps its own code
     assert (result.commit, result.card) == ("old0000, then abc1234", "NVIDIA H200")
-    assert "2 attempts (1 without a recorded end: a lower bound)" in page(accuracy, [result], out, tmp_path)
+    assert "2 attempts (1 without a recorded end: a lower bound)" in page(acc_collect, [result], out, tmp_path)
     record = json.loads((tmp_path / "records" / "accuracy" / "flare_darcy_seed0_ep50_32-true.json").read_text())
     assert record["commit"] == "old0000" and record["rows"][0]["commits"] == ["old0000", "abc1234"]
 
 
-def test_time_of_attempts_without_an_end(accuracy):
+def test_time_of_attempts_without_an_end(acc_collect):
     """Recorded wall time first, else the last heartbeat, else the epoch times of the log."""
     ended = {"start": 0.0, "wall_s": 100.0}
     beat = {"start": 1000.0, "wall_s": None, "last_seen": 1060.0}
     lost = {"start": 2000.0, "wall_s": None}
-    assert accuracy.timed_seconds([ended, beat]) == 160.0
-    assert accuracy.timed_seconds([ended, lost]) == 100.0
-    assert accuracy.timed_seconds([ended, beat, lost], [99.0, 5.0, 30.0]) == 190.0  # wall_s and heartbeat win
-    assert accuracy.timed_seconds([lost]) is None and accuracy.timed_seconds([lost], [0.0]) is None
-    assert accuracy.timed_seconds([]) is None
+    assert acc_collect.timed_seconds([ended, beat]) == 160.0
+    assert acc_collect.timed_seconds([ended, lost]) == 100.0
+    assert acc_collect.timed_seconds([ended, beat, lost], [99.0, 5.0, 30.0]) == 190.0  # wall_s and heartbeat win
+    assert acc_collect.timed_seconds([lost]) is None and acc_collect.timed_seconds([lost], [0.0]) is None
+    assert acc_collect.timed_seconds([]) is None
 
 
-def test_epoch_seconds_split_by_attempt_markers(accuracy):
-    mark = accuracy.ATTEMPT_MARK
+def test_epoch_seconds_split_by_attempt_markers(acc_launch, acc_collect):
+    mark = acc_launch.ATTEMPT_MARK
     log = (f"{mark}1 at t\nepoch 1/9  val/rel_l2 0.5  (10.5 s, peak 1 GB)\nepoch 2/9  (2 s)\n"
            f"{mark}2 at t\nSeed set to 0\nTraceback...\n"
            f"{mark}3 at t\nepoch 3/9  train/rel_l2 0.1  (3.25 s)\nepoch 3/9 is not a summary line\n")
-    assert accuracy.epoch_seconds_per_attempt(log, 3) == pytest.approx([12.5, 0.0, 3.25])
-    assert accuracy.epoch_seconds_per_attempt(log, 2) is None  # attempts and log disagree: unknown
-    assert accuracy.epoch_seconds_per_attempt("epoch 1/9  (7 s)\n" + f"{mark}2 at t\n", 2) == pytest.approx([7.0, 0.0])
+    assert acc_collect.epoch_seconds_per_attempt(log, 3) == pytest.approx([12.5, 0.0, 3.25])
+    assert acc_collect.epoch_seconds_per_attempt(log, 2) is None  # attempts and log disagree: unknown
+    assert acc_collect.epoch_seconds_per_attempt("epoch 1/9  (7 s)\n" + f"{mark}2 at t\n", 2) == pytest.approx([7.0, 0.0])
 
 
-def test_runs_in_progress_are_listed_with_their_progress(accuracy, tmp_path):
+def test_runs_in_progress_are_listed_with_their_progress(acc_collect, tmp_path):
     """A run whose machine went away mid-training is not a failure: collect's status says how far it
     got (epochs with validation, best validation error so far); it has no record yet."""
     out = tmp_path / "runs"
@@ -392,43 +406,43 @@ def test_runs_in_progress_are_listed_with_their_progress(accuracy, tmp_path):
                                         "1,999,0.5,0.5,,\n2,1499,,,0.6,0.35\n2,1499,0.4,0.4,,\n")
     fake_run(out, "transolver_darcy", "seed0_full", 0.02, wall_s=60)  # finished: not in progress
     fake_run(out, "perceiverio_darcy", "seed0_full", False, wall_s=60)  # exit 0 without metrics: not running
-    running = accuracy.in_progress(out)
+    running = acc_collect.in_progress(out)
     assert [(r.model, r.epochs_done, r.max_epochs, r.best_val, r.wall_s, r.precision) for r in running] == [
         ("flare", 3, 500, 0.30, 600.0, "bf16-mixed")]
-    text = page(accuracy, accuracy.collect(out), out, tmp_path)
+    text = page(acc_collect, acc_collect.collect(out), out, tmp_path)
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.split("## Runs")[0].splitlines()
             if line.startswith("| ")}
     assert rows["FLARE"][1] == "not run"  # no record until it is tested
     assert rows["Transolver"][1] == "**20.00** (bf16-mixed; 1 min; unknown commit)" and rows["PerceiverIO"][1] == "not run"
-    section = accuracy.status(out, [], running)
+    section = acc_collect.status(out, [], running)
     assert section.startswith("Runs in progress")
     assert "| FLARE | darcy | full | 0 | bf16-mixed | 3/500 | 3.0000e-01 | 10 min (at least) | NVIDIA H200 | abc1234 |" in section
 
 
-def test_workers_keep_the_callers_python_path(accuracy, monkeypatch):
+def test_workers_keep_the_callers_python_path(acc_launch, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "/opt/wheels")
-    assert accuracy.python_path().split(":") == [str(REPO), "/opt/wheels"]
+    assert acc_launch.python_path().split(":") == [str(REPO), "/opt/wheels"]
 
 
-def test_workers_share_the_cpu_cores(accuracy, monkeypatch):
+def test_workers_share_the_cpu_cores(acc_launch, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    envs = [accuracy.worker_env(["0", "0", "1"], slot, cpus=32) for slot in range(3)]
+    envs = [acc_launch.worker_env(["0", "0", "1"], slot, cpus=32) for slot in range(3)]
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "0", "1"]
     assert {e["OMP_NUM_THREADS"] for e in envs} == {"10"}
-    assert accuracy.worker_env(["0"] * 64, 0, cpus=32)["OMP_NUM_THREADS"] == "1"
+    assert acc_launch.worker_env(["0"] * 64, 0, cpus=32)["OMP_NUM_THREADS"] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the caller's choice wins
-    assert accuracy.worker_env(["0", "1"], 1, cpus=32)["OMP_NUM_THREADS"] == "3"
+    assert acc_launch.worker_env(["0", "1"], 1, cpus=32)["OMP_NUM_THREADS"] == "3"
 
 
-def test_prepare_data_makes_and_caches_a_dataset(accuracy, tmp_path):
+def test_prepare_data_makes_and_caches_a_dataset(acc_launch, tmp_path):
     root = tmp_path / "qs"
-    accuracy.prepare_data(["quickstart"], (f"--data.init_args.root={root}", "--data.init_args.n_train=6",
+    acc_launch.prepare_data(["quickstart"], (f"--data.init_args.root={root}", "--data.init_args.n_train=6",
                                            "--data.init_args.n_val=2", "--data.init_args.n_test=3"))
     assert (root / "darcy_gen_r21_train.mat").is_file() and (root / "darcy_gen_r21_test.mat").is_file()
     assert list((root / "processed").rglob("*.pt"))  # processed caches exist before the workers start
 
 
-def test_failed_runs_are_shown_with_their_reason(accuracy, tmp_path):
+def test_failed_runs_are_shown_with_their_reason(acc_collect, tmp_path):
     """A run that diverged (exit 1, no test metrics) is not silently dropped: collect's status gives
     its exit code and the log's error line; the page, made of records, shows finished runs only."""
     out = tmp_path / "runs"
@@ -443,22 +457,22 @@ def test_failed_runs_are_shown_with_their_reason(accuracy, tmp_path):
     (out / "logs" / "transolver_elasticity_seed0_full.log").write_text(
         "epoch 85/500 ...\nTraceback (most recent call last):\n  File x\n"
         "flare_lightning.callbacks.finite_loss.NonFiniteLossError: the validation loss (val/loss) is nan at epoch 85\n")
-    failed = accuracy.failures(out)
+    failed = acc_collect.failures(out)
     assert [(f.model, f.dataset, f.rc, f.precision) for f in failed] == [("transolver", "elasticity", 1, "bf16-mixed")]
     assert failed[0].reason == "NonFiniteLossError: the validation loss (val/loss) is nan at epoch 85"
-    text = page(accuracy, accuracy.collect(out), out, tmp_path)
+    text = page(acc_collect, acc_collect.collect(out), out, tmp_path)
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.split("## Runs")[0].splitlines()
             if line.startswith("| ")}
     elasticity = 3  # model, Darcy, paper Darcy, elasticity
     assert rows["FLARE"][elasticity] == "**11.40** (32-true; 17 min; unknown commit)"
     assert rows["Transolver"][elasticity] == rows["Transformer"][elasticity] == "not run"
-    section = accuracy.status(out, failed, [])
+    section = acc_collect.status(out, failed, [])
     assert section.startswith("Failed runs")
     assert "| Transolver | elasticity | full | 0 | bf16-mixed | 1 | NonFiniteLossError: the validation loss" in section
 
 
 @pytest.mark.slow
-def test_a_ddp_launch_trains_two_processes_end_to_end(accuracy, tmp_path):
+def test_a_ddp_launch_trains_two_processes_end_to_end(accuracy, acc_runs, tmp_path):
     """``--devices 0,1`` through the real worker on the CPU (gloo): Lightning re-launches
     ``python -m flare_lightning fit`` as rank 1, the run is tested and recorded as a 2-GPU run."""
     out = tmp_path / "runs"
@@ -475,23 +489,23 @@ def test_a_ddp_launch_trains_two_processes_end_to_end(accuracy, tmp_path):
     assert int(saved["trainer"]["devices"]) == 2 and saved["data"]["init_args"]["batch_size"] == 2  # the config's 4, split
     record = json.loads((folder / "launch.json").read_text())
     assert record["attempts"][-1]["rc"] == 0 and record["card"].startswith("2 x ")
-    assert accuracy.finished(folder)
+    assert acc_runs.finished(folder)
     assert json.loads((tmp_path / "records" / "accuracy" / "transformer_quickstart_seed0_ep1_32-true.json").read_text())["card"] == record["card"]
 
 
-def test_each_precision_arm_is_a_flare_fit_of_its_own_label(accuracy, tmp_path):
+def test_each_precision_arm_is_a_flare_fit_of_its_own_label(acc_runs, acc_collect, tmp_path):
     """``--arms``: every arm's overrides parse as `flare fit` options and set what the arm is named
     for; the arms' precision labels (their record names) all differ; a launch's own overrides
     come after the arm's, so they win."""
     from flare_lightning.models.precision import FP32_PARTS
     from tests.helpers import resolved_config
 
-    assert {a.removeprefix("bf16-fp32") for a in accuracy.ARMS if a.startswith("bf16-fp32") and "tf32" not in a} == set(FP32_PARTS)
-    runs = accuracy.plan(["flare"], ["elasticity"], [0], 5, tmp_path, list(accuracy.ARMS))
-    assert [r.folder for r in runs] == [tmp_path / arm / "flare_elasticity" / "seed0_ep5" for arm in accuracy.ARMS]
-    labels = [accuracy.run_precision(r.command()) for r in runs]
-    assert len(set(labels)) == len(accuracy.ARMS), labels
-    for arm, run in zip(accuracy.ARMS, runs):
+    assert {a.removeprefix("bf16-fp32") for a in acc_runs.ARMS if a.startswith("bf16-fp32") and "tf32" not in a} == set(FP32_PARTS)
+    runs = acc_runs.plan(["flare"], ["elasticity"], [0], 5, tmp_path, list(acc_runs.ARMS))
+    assert [r.folder for r in runs] == [tmp_path / arm / "flare_elasticity" / "seed0_ep5" for arm in acc_runs.ARMS]
+    labels = [acc_collect.run_precision(r.command()) for r in runs]
+    assert len(set(labels)) == len(acc_runs.ARMS), labels
+    for arm, run in zip(acc_runs.ARMS, runs):
         config = resolved_config(run.command()[4:])
         precision, matmul = config["trainer"]["precision"], config["float32_matmul_precision"]
         parts = config["model"]["model"]["init_args"]["fp32_parts"]
@@ -501,17 +515,17 @@ def test_each_precision_arm_is_a_flare_fit_of_its_own_label(accuracy, tmp_path):
     last = runs[0].command(extra=("--trainer.precision=bf16-mixed",))
     assert resolved_config(last[4:])["trainer"]["precision"] == "bf16-mixed"
     with pytest.raises(ValueError, match="unknown arm"):
-        accuracy.plan(["flare"], ["elasticity"], [0], 5, tmp_path, ["bf8"])
+        acc_runs.plan(["flare"], ["elasticity"], [0], 5, tmp_path, ["bf8"])
     with pytest.raises(ValueError, match="--models flare only"):
-        accuracy.plan(["flare", "transolver"], ["elasticity"], [0], 5, tmp_path, ["bf16", "bf16-fp32kv"])
+        acc_runs.plan(["flare", "transolver"], ["elasticity"], [0], 5, tmp_path, ["bf16", "bf16-fp32kv"])
 
 
-def test_one_launch_runs_the_arms_side_by_side_and_collect_finds_each(accuracy, tmp_path):
+def test_one_launch_runs_the_arms_side_by_side_and_collect_finds_each(accuracy, acc_runs, acc_launch, tmp_path):
     """The workers of one launch take the arms' runs (each with its overrides and its log in
     ``<out>/<arm>/logs``); ``collect --out <out>`` records every arm's finished run."""
     out = tmp_path / "runs"
-    with mock.patch.object(accuracy, "prepare_data"), mock.patch.object(accuracy, "git_commit", return_value="abc1234"), \
-            mock.patch.object(accuracy.subprocess, "Popen") as popen:
+    with mock.patch.object(acc_launch, "prepare_data"), mock.patch.object(acc_launch, "git_commit", return_value="abc1234"), \
+            mock.patch.object(acc_launch.subprocess, "Popen") as popen:
         accuracy.main(["launch", "--models", "flare", "--datasets", "quickstart", "--epochs", "1", "--devices", "0", "0",
                        "--arms", "32-true", "bf16-fp32mixer", "--out", str(out), "--", "--trainer.max_epochs=1"])
     assert popen.call_count == 2  # one worker per --devices entry
@@ -528,12 +542,12 @@ def test_one_launch_runs_the_arms_side_by_side_and_collect_finds_each(accuracy, 
                   "(p / 'test_metrics.json').write_text(json.dumps({'test/rel_l2': 0.25}))")
         return [sys.executable, "-c", script, str(self.folder)]
 
-    real = accuracy.Run.command
-    wanted = real(accuracy.Run(item["model"], item["dataset"], item["seed"], item["epochs"], Path(item["out"]),
+    real = acc_runs.Run.command
+    wanted = real(acc_runs.Run(item["model"], item["dataset"], item["seed"], item["epochs"], Path(item["out"]),
                                tuple(item["extra"])), False, ("--trainer.max_epochs=1",))
     assert "--model.model.init_args.fp32_parts=[mixer]" in wanted and wanted[-1] == "--trainer.max_epochs=1"
-    with mock.patch.object(accuracy.Run, "command", command), mock.patch.object(accuracy, "card_name", return_value="cpu"):
-        accuracy.worker(queue)
+    with mock.patch.object(acc_runs.Run, "command", command), mock.patch.object(acc_launch, "card_name", return_value="cpu"):
+        acc_launch.worker(queue)
     assert (out / "bf16-fp32mixer" / "logs" / "flare_quickstart_seed0_ep1.log").is_file()
     record = json.loads((out / "bf16-fp32mixer" / "flare_quickstart" / "seed0_ep1" / "launch.json").read_text())
     record["attempts"][0]["command"] = wanted  # what the worker ran, had the command not been faked

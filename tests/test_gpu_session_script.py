@@ -41,7 +41,7 @@ def test_the_accuracy_stage_is_opt_in_and_launches_known_arms():
     benchmarks/accuracy.py knows (their options are tested there), in two lanes on GPU 0."""
     from tests.helpers import import_benchmark
 
-    accuracy = import_benchmark("accuracy")
+    accuracy = import_benchmark("accuracy_runs")
     listed = dict(line.split(": ", 1) for line in run("--list").stdout.splitlines())
     words = shlex.split(listed["acc"])
     arms = words[words.index("--arms") + 1: words.index("--out")]

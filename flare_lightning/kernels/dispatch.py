@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from typing import Literal
 
 import torch
@@ -26,14 +25,22 @@ MixerBackend = Literal["auto", "triton", "chunked", "sdpa", "explicit"]
 BACKENDS: tuple[str, ...] = ("auto", "triton", "chunked", "sdpa", "explicit")
 
 
-@lru_cache(maxsize=None)
+_TRITON: bool | None = None  # triton_available's answer, once asked
+
+
 def triton_available() -> bool:
-    """Whether the Triton kernels can be imported (Triton is an optional dependency)."""
-    try:
-        import flare_lightning.kernels.triton_mixer  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the Triton kernels can be imported (Triton is an optional dependency). Cached in a
+    module global, not ``lru_cache``: torch.compile traces it as a constant instead of warning that
+    it ignores the cache wrapper (a warning in every compiled GPU fit's log)."""
+    global _TRITON
+    if _TRITON is None:
+        try:
+            import flare_lightning.kernels.triton_mixer  # noqa: F401
+        except ImportError:
+            _TRITON = False
+        else:
+            _TRITON = True
+    return _TRITON
 
 
 def resolve_backend(backend: str, k: Tensor) -> str:

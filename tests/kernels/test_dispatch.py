@@ -43,6 +43,22 @@ def test_import_without_triton():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+def test_the_triton_lookup_under_torch_compile_warns_nothing():
+    """``auto`` is resolved inside compiled blocks, where CUDA keys look Triton up: tracing that lookup
+    must not warn (an ``lru_cache`` there put dynamo's "ignores the cache wrapper" warning in every
+    compiled GPU fit's log)."""
+    import warnings
+
+    from flare_lightning.kernels import triton_available
+
+    fn = torch.compile(lambda k: k * 2 if triton_available() else k, backend="eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn(torch.ones(1, 1, 4, 8))
+    assert torch.equal(out, torch.full((1, 1, 4, 8), 2.0 if triton_available() else 1.0))
+    assert not [w for w in caught if "cache" in str(w.message)], [str(w.message) for w in caught]
+
+
 @pytest.mark.parametrize("backend", ["explicit", "sdpa", "chunked", "triton", "auto"])
 def test_backends_agree_and_reach_fp32_latents(backend, tm, device):
     """An fp32 latent parameter with bf16 keys (autocast) gets its gradient through the cast."""
