@@ -43,19 +43,25 @@ KERNEL_NAMES = {
 # M's tile. Round 2 (round 1 and its results: benchmarks/NOTES_mixer.md): stages and program
 # counts around the round-1 winners, and register caps that fit one more program per SM
 # (128 registers: 4 programs of 4 warps; 72: 7) with the program count a multiple of that.
-# Round 3 (the last two of each role): 128-point tiles, for the small heads of the shipped 1M model
+# Round 3 (entries 8-9 of each role): 128-point tiles, for the small heads of the shipped 1M model
 # (H 8, D 8, M 128-256), where a tile's logits cost few registers per point.
+# Round 4 (the last three): wider latent tiles for M = 256 (the 1M model; clamped to M below). The
+# forward over all of M in one tile (each point row loaded once, no rescaling across latent tiles);
+# the backward over 128 latents (half the atomics into the partials): over all 256 it spills (sm_90,
+# kernel_resources.py: 255 registers and 32-592 B of stack at 4-8 warps).
 CANDIDATES = {
     "encode": [(64, 64, 4, 3, 6), (64, 64, 4, 3, 12), (64, 64, 4, 3, 7, 72), (64, 64, 4, 3, 14, 72),
-               (64, 64, 4, 3, 8, 72), (64, 64, 4, 4, 8), (64, 64, 4, 2, 12), (128, 64, 4, 3, 6), (128, 64, 8, 3, 4)],
+               (64, 64, 4, 3, 8, 72), (64, 64, 4, 4, 8), (64, 64, 4, 2, 12), (128, 64, 4, 3, 6), (128, 64, 8, 3, 4),
+               (32, 256, 8, 3, 2), (16, 256, 8, 3, 2), (16, 256, 4, 3, 4)],
     "decode": [(64, 64, 4, 3, 16), (64, 64, 4, 3, 12), (64, 64, 4, 4, 8), (64, 128, 4, 3, 8), (64, 128, 4, 2, 12),
-               (64, 64, 4, 2, 8), (64, 64, 4, 3, 6), (128, 64, 4, 3, 8), (128, 64, 8, 3, 4)],
+               (64, 64, 4, 2, 8), (64, 64, 4, 3, 6), (128, 64, 4, 3, 8), (128, 64, 8, 3, 4),
+               (32, 256, 8, 3, 2), (16, 256, 8, 3, 2), (64, 256, 8, 2, 1)],
     "bwd_decode": [(64, 64, 4, 3, 8, 128), (64, 64, 4, 2, 8, 128), (64, 64, 4, 2, 12, 128), (64, 64, 4, 3, 12, 128),
                    (64, 128, 4, 2, 6, 168), (64, 64, 4, 3, 12), (64, 64, 4, 2, 6), (128, 64, 8, 2, 4),
-                   (128, 32, 4, 2, 8, 128)],
+                   (128, 32, 4, 2, 8, 128), (16, 128, 4, 2, 4), (32, 128, 8, 2, 2), (16, 128, 8, 2, 2)],
     "bwd_encode": [(64, 64, 4, 2, 8, 128), (64, 64, 4, 2, 12, 128), (64, 32, 4, 2, 8, 128), (64, 32, 4, 2, 12, 128),
                    (128, 32, 4, 2, 8, 128), (64, 64, 4, 2, 12), (64, 64, 4, 3, 6), (128, 64, 8, 2, 4),
-                   (128, 32, 8, 2, 6)],
+                   (128, 32, 8, 2, 6), (16, 128, 4, 2, 4), (32, 128, 8, 2, 2), (16, 128, 8, 2, 2)],
 }
 
 
