@@ -10,6 +10,7 @@ of in a device session (benchmarks/NOTES_mixer.md, v0). Needs no GPU; must run w
 
     python benchmarks/kernel_resources.py --m 256 --d 4          # Darcy's heads (H16, C64)
     python benchmarks/kernel_resources.py --mlp                  # every launch of benchmarks/mlp.py's sweep
+    python benchmarks/kernel_resources.py --tune --m 256 --d 8   # every tile mixer_tune.py would try there
 
 With ``--mlp`` each configuration of ``benchmarks/mlp.py``'s sweep is compiled as it launches at
 C = 64 with 5 layers (FLARE's MLPs: 3 hidden): the forward (keeping the layers' inputs or not) and each
@@ -94,36 +95,66 @@ def resources(kernel, dtype: torch.dtype, constexprs: dict, launch: dict,
     return {key: int(value) for key, value in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", report)}
 
 
+ROLE_KERNELS = {"encode": kf._encode_partial_kernel, "decode": kf._decode_fwd_kernel,
+                "bwd_decode": kb._bwd_decode_kernel, "bwd_encode": kb._bwd_encode_kernel}
+
+
+def _shape_constants(m: int, d: int, dtype: torch.dtype) -> dict:
+    """The compile-time constants every mixer kernel shares at (m, d, dtype)."""
+    align = min(d & -d, 16 // (torch.finfo(dtype).bits // 8))  # row alignment in elements, as _align finds
+    return dict(M=m, D=d, ALIGN=align, PREC=input_precision(dtype))  # fp32: as the setting asks
+
+
+def role_resources(m: int, d: int, dtype: torch.dtype, role: str, k: tm.KernelConfig) -> dict[str, int]:
+    """Resources of one tiled kernel (``encode``, ``decode``, ``bwd_decode``, ``bwd_encode``) launched
+    with ``k`` at (m, d, dtype)."""
+    constexprs = _shape_constants(m, d, dtype) | dict(BLOCK_N=k.block_n, BLOCK_M=k.block_m, BLOCK_D=tm._pow2(d))
+    if role in ("encode", "bwd_encode"):
+        constexprs |= dict(HAS_KEYMASK=True, HAS_MASK=True)
+    if role != "encode":
+        constexprs["NUM_M_TILES"] = -(-m // k.block_m)
+    return resources(ROLE_KERNELS[role], dtype, constexprs, k.launch_options())
+
+
 def kernel_table(m: int, d: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, dict[str, int]]:
     """Resources of all seven kernels at ``default_config(m, d, dtype)``."""
     cfg = tm.default_config(m, d, dtype)
-    bd = tm._pow2(d)
-    align = min(d & -d, 16 // (torch.finfo(dtype).bits // 8))  # row alignment in elements, as _align finds
-    prec = input_precision(dtype)  # fp32: as the setting asks (default highest: ieee)
-    join = dict(M=m, D=d, **tm.join_tiles(bd))
+    join = dict(M=m, D=d, **tm.join_tiles(tm._pow2(d)))
     small = {"num_warps": 4, "num_stages": 2}
-
-    def tiles(k: tm.KernelConfig) -> dict:
-        return dict(M=m, D=d, ALIGN=align, PREC=prec, BLOCK_N=k.block_n, BLOCK_M=k.block_m, BLOCK_D=bd)
-
-    masks = dict(HAS_KEYMASK=True, HAS_MASK=True)
-    runs = {
-        "_encode_partial_kernel": (kf._encode_partial_kernel, tiles(cfg.encode) | masks, cfg.encode),
-        "_encode_merge_kernel": (kf._encode_merge_kernel, join, None),
-        "_decode_fwd_kernel": (kf._decode_fwd_kernel, tiles(cfg.decode) | {"NUM_M_TILES": -(-m // cfg.decode.block_m)},
-                               cfg.decode),
-        "_bwd_decode_kernel": (kb._bwd_decode_kernel,
-                               tiles(cfg.bwd_decode) | {"NUM_M_TILES": -(-m // cfg.bwd_decode.block_m)}, cfg.bwd_decode),
-        "_bwd_latent_grad_kernel": (kb._bwd_latent_grad_kernel, join, None),
-        "_bwd_encode_kernel": (kb._bwd_encode_kernel,
-                               tiles(cfg.bwd_encode) | masks | {"NUM_M_TILES": -(-m // cfg.bwd_encode.block_m)},
-                               cfg.bwd_encode),
-        "_dq_sum_kernel": (kb._dq_sum_kernel, join, None),
-    }
     table = {}
-    for name, (kernel, constexprs, k) in runs.items():
-        launch = k.launch_options() if k is not None else small
-        table[name] = resources(kernel, dtype, constexprs, launch)
+    for role, name in (("encode", "_encode_partial_kernel"), ("merge", "_encode_merge_kernel"),
+                       ("decode", "_decode_fwd_kernel"), ("bwd_decode", "_bwd_decode_kernel"),
+                       ("latent_grad", "_bwd_latent_grad_kernel"), ("bwd_encode", "_bwd_encode_kernel"),
+                       ("dq_sum", "_dq_sum_kernel")):
+        if role in ROLE_KERNELS:
+            table[name] = role_resources(m, d, dtype, role, getattr(cfg, role))
+        else:  # the joins: fixed small tiles
+            kernel = {"merge": kf._encode_merge_kernel, "latent_grad": kb._bwd_latent_grad_kernel,
+                      "dq_sum": kb._dq_sum_kernel}[role]
+            table[name] = resources(kernel, dtype, join, small)
+    return table
+
+
+def print_tune_table(m: int, d: int, dtype: torch.dtype) -> dict:
+    """Resources of every candidate tile of ``benchmarks/mixer_tune.py`` for each tiled kernel at
+    (m, d, dtype): a candidate that spills or does not compile is seen before a device sweep."""
+    from benchmarks.mixer_tune import ROLES, candidates
+
+    base = tm.default_config(m, d, dtype)
+    table = {}
+    print(f"sm_90, M={m} D={d} {str(dtype).removeprefix('torch.')}, mixer_tune.py's candidates (first: the default)")
+    print(f"{'kernel':<12}{'candidate (block_n, block_m, warps, stages, programs/SM, register cap)':<72}"
+          f"{'registers':>10}{'spill stack B':>14}")
+    for role in ROLES:
+        for k in dict.fromkeys([getattr(base, role), *candidates(m, role)]):
+            try:
+                r = role_resources(m, d, dtype, role, k)
+            except Exception as err:  # out of registers or shared memory: the sweep would fail on it too
+                r = {"error": type(err).__name__}
+            table[(role, k)] = r
+            shape = (k.block_n, k.block_m, k.num_warps, k.num_stages, k.programs_per_sm, k.maxnreg)
+            found = r.get("error") or f"{r.get('REG', 0):>10}{r.get('STACK', 0):>14}"
+            print(f"{role:<12}{str(shape):<72}{found}")
     return table
 
 
@@ -172,11 +203,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--d", type=int, default=4, help="head dim D")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     parser.add_argument("--mlp", action="store_true", help="the fused MLP's kernels, every sweep configuration")
+    parser.add_argument("--tune", action="store_true", help="the tiled mixer kernels at every candidate of mixer_tune.py")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("kernel_resources.py compiles for the GPU: unset TRITON_INTERPRET")
     if args.mlp:
         return print_mlp_tables()
+    if args.tune:
+        return print_tune_table(args.m, args.d, getattr(torch, args.dtype))
     table = kernel_table(args.m, args.d, getattr(torch, args.dtype))
     print(f"sm_90, M={args.m} D={args.d} {args.dtype}, default_config tiles")
     print(f"{'kernel':<26}{'registers':>10}{'spill stack B':>14}{'local B':>9}{'shared B':>10}")

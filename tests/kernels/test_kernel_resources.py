@@ -55,3 +55,23 @@ def test_every_fused_mlp_launch_of_the_sweep_compiles_for_sm90():
             assert sorted(layers) == [0, 1, 2, 3, 4], (name, kernels)
         for k in kernels:
             assert 0 < int(k[-3]) <= 255, (name, k)
+
+
+def test_every_mixer_tune_candidate_is_compiled_for_sm90():
+    """``--tune``: each tiled kernel at the default and at every candidate of ``mixer_tune.py``,
+    one row each with its registers and spills (or why it does not compile)."""
+    from benchmarks.mixer_tune import ROLES, candidates
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernel_resources.py"), "--tune", "--m", "64",
+                          "--d", "8"], capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split(None, 1) for line in out.stdout.splitlines() if line.split(None, 1)[0] in ROLES]
+    for role in ROLES:
+        found = [rest for name, rest in rows if name == role]
+        assert len(found) >= len(candidates(64, role)), role  # the default first, unless it is a candidate too
+        for rest in found:
+            if not rest.split()[-1].isdigit():  # does not compile: its row names the error instead
+                continue
+            registers = int(rest.rsplit(None, 2)[-2])
+            assert 0 < registers <= 255, (role, rest)
