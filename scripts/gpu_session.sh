@@ -13,8 +13,9 @@
 #   scripts/gpu_session.sh --unpack <fetched>     # on the dev machine: into runs/gpu_fetched/dev and runs/acc/
 #
 # A call brings back at most 8 files of 16 MiB, two folders deep: --pack writes dev.tar.gz ($DEV: records,
-# logs, progress) and one acc_<n>.tar per accuracy run folder (its checkpoints, records and log), so a
-# poll that copies them to $OUT loses nothing; --unpack restores them (then --collect runs/gpu_fetched/dev).
+# logs, progress) and the accuracy run folders (checkpoints, records and log) as acc_<n>.tar archives of up to
+# PACK_MIB (15) each, so a poll that copies them to $OUT loses nothing; --unpack restores them (then
+# --collect runs/gpu_fetched/dev).
 #
 # Each stage writes its record(s) into $DEV/rec_<stage>/ (DEV: /tmp/dev), its output into $DEV/<stage>.log
 # and a start/end line into $DEV/progress; a stage that finished on this machine is skipped when the script
@@ -26,7 +27,8 @@
 # Opt-in stage `acc` (name it in STAGES; it runs last, so every timing runs alone): paper-protocol
 # accuracy runs of issue 28's precision arms (benchmarks/accuracy_runs.py ARMS; ACC_ARMS, default 32-tf32
 # and bf16-fp32mixer-tf32), FLARE with the fast step on ACC_DATASETS (default elasticity), ACC_SEEDS
-# (default 0), in ACC_LANES workers side by side on GPU 0 (default 2), each arm in runs/acc/<arm>/.
+# (default 0), in ACC_LANES workers side by side on GPU 0 (default 2), or one worker per entry of ACC_DEVICES
+# (GPU ids, e.g. "0 1 2 3 4 5 6 7" on a lent machine of eight: the whole ablation at once), each arm in runs/acc/<arm>/.
 # The stage starts the runs in the background (one `accuracy.py launch`) and returns. A run outlives
 # a short session by its folder: bring runs/acc/ back with --pack/--unpack, carry it into the next
 # session's first call (never into a call while the runs go: a carried path replaces the one there),
@@ -49,7 +51,7 @@ TUNE="$PY benchmarks/mixer_tune.py --jobs 12"
 ACC="$PY benchmarks/accuracy.py launch --models flare --datasets $(words "${ACC_DATASETS:-elasticity}") --seeds $(words "${ACC_SEEDS:-0}") --fast-step"
 declare -A CMD=(
   [gpu_tests]="env PYTHON=$PY bash scripts/gpu_tests.sh"
-  [acc]="$ACC --devices $(printf '0 %.0s' $(seq "${ACC_LANES:-2}")) --arms $(words "${ACC_ARMS:-32-tf32 bf16-fp32mixer-tf32}") --out $ACC_ROOT"
+  [acc]="$ACC --devices $(words "${ACC_DEVICES:-$(printf '0 %.0s' $(seq "${ACC_LANES:-2}"))}") --arms $(words "${ACC_ARMS:-32-tf32 bf16-fp32mixer-tf32}") --out $ACC_ROOT"
   [fit1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows $(words "${FIT1M_ROWS:-ours-eager ours-fast ours-m128 ours-m128-fast ours-recompute ours-m128-recompute}") --root /tmp/bench_1m"
   [tss]="$TSS --datasets darcy elasticity --precisions bf16-mixed 32-tf32 --rows ours-fast reference-compiled --root /tmp/bench_small"
   [tss_mixed]="$TSS --datasets darcy elasticity --precisions bf16-fp32mixer-tf32 bf16-fp32mixer 32-tf32 --rows ours-fast --root /tmp/bench_small --profile"
@@ -77,21 +79,29 @@ case "${1:-}" in
   --plan) ;;  # below: the stages this call would run (STAGES, or the default), in order, and nothing else
   --collect)
     "$PY" benchmarks/records.py collect "${2:?usage: gpu_session.sh --collect <folder>}" && exec "$PY" benchmarks/render.py ;;
-  --pack)  # on the GPU machine: $DEV as dev.tar.gz, each accuracy run folder as acc_<n>.tar, into $2
+  --pack)  # on the GPU machine: $DEV as dev.tar.gz, the accuracy run folders as acc_<n>.tar, into $2
     dest=${2:?usage: gpu_session.sh --pack <folder>}
     mkdir -p "$dest"
     [ -d "$DEV" ] && tar -czf "$dest/.dev.tar.gz.tmp" --exclude=".*.tmp" -C "$(dirname "$DEV")" "$(basename "$DEV")" \
       && mv "$dest/.dev.tar.gz.tmp" "$dest/dev.tar.gz"
-    n=0
-    for run in "$ACC_ROOT"/*/*_*/seed*/; do
-      [ -d "$run" ] || continue
+    n=0 group=() group_bytes=0 limit=$(( ${PACK_MIB:-15} * 1024 * 1024 ))
+    flush() {  # the runs gathered so far as one archive
+      [ ${#group[@]} -gt 0 ] || return 0
       n=$((n + 1))
+      tar -cf "$dest/.acc_$n.tar.tmp" --exclude=".*.tmp" -C "$ACC_ROOT" "${group[@]}" \
+        && mv "$dest/.acc_$n.tar.tmp" "$dest/acc_$n.tar"
+      group=() group_bytes=0
+    }
+    for run in "$ACC_ROOT"/*/*_*/seed*/; do  # runs share an archive up to PACK_MIB (15): eight arms fit the 8 files
+      [ -d "$run" ] || continue
       rel=${run#"$ACC_ROOT"/}; rel=${rel%/}                 # <arm>/<model>_<dataset>/seed<S>_<budget>
       log=${rel%%/*}/logs/$(basename "${rel%/*}")_${rel##*/}.log  # <arm>/logs/<model>_<dataset>_seed<S>_<budget>.log
       [ -f "$ACC_ROOT/$log" ] || log=
-      tar -cf "$dest/.acc_$n.tar.tmp" --exclude=".*.tmp" -C "$ACC_ROOT" "$rel" ${log:+"$log"} \
-        && mv "$dest/.acc_$n.tar.tmp" "$dest/acc_$n.tar"
+      bytes=$(du -sb "$run" ${log:+"$ACC_ROOT/$log"} | awk '{s += $1} END {print s}')
+      [ $((group_bytes + bytes)) -gt "$limit" ] && flush
+      group+=("$rel" ${log:+"$log"}) group_bytes=$((group_bytes + bytes))
     done
+    flush
     for archive in "$dest"/*.tar*; do  # what a call brings back: 16 MiB a file
       [ -f "$archive" ] && [ "$(stat -c %s "$archive")" -gt $((16 * 1024 * 1024)) ] \
         && echo "gpu_session.sh: $archive is over the 16 MiB a file comes back with" >&2

@@ -67,6 +67,9 @@ def test_row_choices_reach_the_scripts_as_words_even_with_shell_characters():
     assert fit1m[fit1m.index("--rows") + 1: fit1m.index("--root")] == ["ours-fast", "ours-m128"]
     acc = shlex.split(listed["acc"])
     assert acc[acc.index("--seeds") + 1: acc.index("--fast-step")] == ["0", "1", "2"]
+    eight = dict(line.split(": ", 1) for line in run("--list", env={**env, "ACC_DEVICES": "0 1 2 3 4 5 6 7"}).stdout.splitlines())
+    acc = shlex.split(eight["acc"])  # a lent machine of eight GPUs: a worker on each
+    assert acc[acc.index("--devices") + 1: acc.index("--arms")] == [str(i) for i in range(8)]
 
 
 def test_unknown_arguments_and_stages_stop_before_anything_runs():
@@ -77,8 +80,9 @@ def test_unknown_arguments_and_stages_stop_before_anything_runs():
 
 
 def test_pack_brings_records_and_accuracy_runs_back_in_few_files_and_unpack_restores_them(tmp_path):
-    """A call returns at most 8 files two folders deep: --pack writes $DEV as one archive and each
-    accuracy run folder (checkpoints, launch record, its log) as one; --unpack puts them back."""
+    """A call returns at most 8 files two folders deep: --pack writes $DEV as one archive and the
+    accuracy run folders (checkpoints, launch record, its log) in archives of up to PACK_MIB each
+    (here one MiB: a run each); --unpack puts them back."""
     dev, acc, out = tmp_path / "dev", tmp_path / "acc", tmp_path / "out"
     (dev / "rec_fit1m").mkdir(parents=True)
     (dev / "rec_fit1m" / "r.json").write_text("{}")
@@ -87,14 +91,16 @@ def test_pack_brings_records_and_accuracy_runs_back_in_few_files_and_unpack_rest
     for arm in ("32-tf32", "bf16-fp32mixer-tf32"):
         run = acc / arm / "flare_elasticity" / "seed0_full"
         (run / "checkpoints").mkdir(parents=True)
-        (run / "checkpoints" / "last.ckpt").write_bytes(arm.encode() * 1000)
+        (run / "checkpoints" / "last.ckpt").write_bytes(arm.encode() * 1000 + bytes(700_000))
         (run / "checkpoints" / ".last.ckpt.x1.tmp").write_bytes(b"half")  # a save in progress stays behind
         (run / "launch.json").write_text('{"attempts": []}')
         (acc / arm / "logs").mkdir()
         (acc / arm / "logs" / "flare_elasticity_seed0_full.log").write_text(f"{arm} log\n")
         runs.append(run)
     env = {**os.environ, "DEV": str(dev), "ACC_ROOT": str(acc)}
-    assert run_cmd("--pack", str(out), env=env).returncode == 0
+    assert run_cmd("--pack", str(tmp_path / "together"), env=env).returncode == 0  # both runs fit 15 MiB
+    assert sorted(p.name for p in (tmp_path / "together").iterdir()) == ["acc_1.tar", "dev.tar.gz"]
+    assert run_cmd("--pack", str(out), env={**env, "PACK_MIB": "1"}).returncode == 0  # 0.7 MB each: two archives
     assert sorted(p.name for p in out.iterdir()) == ["acc_1.tar", "acc_2.tar", "dev.tar.gz"]
     back, fetched = tmp_path / "back", tmp_path / "fetched"
     out.chmod(0o555)  # the fetched files lie read-only
@@ -104,6 +110,8 @@ def test_pack_brings_records_and_accuracy_runs_back_in_few_files_and_unpack_rest
     assert (fetched / "dev" / "rec_fit1m" / "r.json").read_text() == "{}" and (fetched / "dev" / "progress").is_file()
     for arm, run in zip(("32-tf32", "bf16-fp32mixer-tf32"), runs):
         here = back / run.relative_to(acc)
-        assert (here / "checkpoints" / "last.ckpt").read_bytes() == arm.encode() * 1000
+        assert (here / "checkpoints" / "last.ckpt").read_bytes() == arm.encode() * 1000 + bytes(700_000)
         assert (here / "launch.json").is_file() and not (here / "checkpoints" / ".last.ckpt.x1.tmp").exists()
         assert (back / arm / "logs" / "flare_elasticity_seed0_full.log").read_text() == f"{arm} log\n"
+    together = run_cmd("--unpack", str(tmp_path / "together"), str(tmp_path / "f2"), env={**env, "ACC_ROOT": str(tmp_path / "b2")})
+    assert together.returncode == 0 and all((tmp_path / "b2" / r.relative_to(acc) / "launch.json").is_file() for r in runs)
