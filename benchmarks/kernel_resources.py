@@ -119,20 +119,23 @@ def role_resources(m: int, d: int, dtype: torch.dtype, role: str, k: tm.KernelCo
 def kernel_table(m: int, d: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, dict[str, int]]:
     """Resources of all seven kernels at ``default_config(m, d, dtype)``."""
     cfg = tm.default_config(m, d, dtype)
-    join = dict(M=m, D=d, **tm.join_tiles(tm._pow2(d)))
-    small = {"num_warps": 4, "num_stages": 2}
-    table = {}
-    for role, name in (("encode", "_encode_partial_kernel"), ("merge", "_encode_merge_kernel"),
-                       ("decode", "_decode_fwd_kernel"), ("bwd_decode", "_bwd_decode_kernel"),
-                       ("latent_grad", "_bwd_latent_grad_kernel"), ("bwd_encode", "_bwd_encode_kernel"),
-                       ("dq_sum", "_dq_sum_kernel")):
-        if role in ROLE_KERNELS:
-            table[name] = role_resources(m, d, dtype, role, getattr(cfg, role))
-        else:  # the joins: fixed small tiles
-            kernel = {"merge": kf._encode_merge_kernel, "latent_grad": kb._bwd_latent_grad_kernel,
-                      "dq_sum": kb._dq_sum_kernel}[role]
-            table[name] = resources(kernel, dtype, join, small)
-    return table
+    join = dict(M=m, D=d, **tm.join_tiles(tm._pow2(d)))  # the joins: fixed small tiles
+
+    def joined(kernel) -> dict[str, int]:
+        return resources(kernel, dtype, join, {"num_warps": 4, "num_stages": 2})
+
+    def tiled(role: str) -> dict[str, int]:
+        return role_resources(m, d, dtype, role, getattr(cfg, role))
+
+    return {
+        "_encode_partial_kernel": tiled("encode"),
+        "_encode_merge_kernel": joined(kf._encode_merge_kernel),
+        "_decode_fwd_kernel": tiled("decode"),
+        "_bwd_decode_kernel": tiled("bwd_decode"),
+        "_bwd_latent_grad_kernel": joined(kb._bwd_latent_grad_kernel),
+        "_bwd_encode_kernel": tiled("bwd_encode"),
+        "_dq_sum_kernel": joined(kb._dq_sum_kernel),
+    }
 
 
 def print_tune_table(m: int, d: int, dtype: torch.dtype) -> dict:

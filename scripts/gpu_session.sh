@@ -43,8 +43,9 @@ DEV=${DEV:-/tmp/dev}
 ACC_ROOT=${ACC_ROOT:-runs/acc}  # the acc stage's runs (its --out)
 PY=${PYTHON:-python3}
 
-words() { local w q; read -ra w <<< "$*"; printf -v q '%q ' "${w[@]}"; printf '%s' "${q% }"; }  # "$X" as shell words for a CMD string: a
-# regex's | or * stays one argument (MLP_ONLY="split_|dw_" is not a pipe, "dw_*" no glob)
+# "$*" as quoted shell words for a CMD string: a regex's | or * stays one argument (MLP_ONLY="split_|dw_" is
+# no pipe, "dw_*" no glob)
+words() { local w q; read -ra w <<< "$*"; printf -v q '%q ' "${w[@]}"; printf '%s' "${q% }"; }
 TSS="$PY benchmarks/train_step_small.py"  # paper-size and 1M steps through flare fit
 STEP="$PY benchmarks/step.py"             # the bare 2^20-point step
 TUNE="$PY benchmarks/mixer_tune.py --jobs 12"

@@ -153,7 +153,7 @@ def test_dry_run_prints_and_starts_nothing(accuracy, acc_launch, tmp_path, capsy
     popen.assert_not_called()
 
 
-def test_launch_refuses_runs_made_with_other_settings(accuracy, acc_runs, acc_launch, acc_collect, tmp_path, capsys):
+def test_launch_refuses_runs_made_with_other_settings(accuracy, acc_runs, acc_launch, tmp_path, capsys):
     """A run folder holds one run: relaunching it with another precision (or without the fast
     step) is refused before anything starts, naming the record and both settings; the same
     settings from another machine (other paths, other interpreter) resume as before."""
@@ -196,7 +196,7 @@ def fake_run(out: Path, name: str, tag: str, rel_l2, wall_s=None, card="NVIDIA H
         (folder / "launch.json").write_text(json.dumps({"attempts": attempts, "card": card, "commit": commit}))
 
 
-def test_collector_on_fake_runs(accuracy, acc_collect, tmp_path):
+def test_collector_on_fake_runs(acc_collect, tmp_path):
     out = tmp_path / "runs"
     fake_run(out, "flare_darcy", "seed0_ep50", 0.0061, wall_s=5400)
     fake_run(out, "transolver_darcy", "seed0_ep50", 0.0200, wall_s=[1800, 1200], commit="def5678+dirty")
@@ -243,7 +243,7 @@ def test_collector_on_fake_runs(accuracy, acc_collect, tmp_path):
     assert acc_collect.run_precision([*bf16, parts, "[]"]) == "bf16-mixed"
 
 
-def test_precision_arms_of_one_cell_keep_their_own_records_and_lines(accuracy, acc_collect, tmp_path):
+def test_precision_arms_of_one_cell_keep_their_own_records_and_lines(acc_collect, tmp_path):
     """An ablation's arms share model, data set and seed: each keeps its record, the cell has a line per
     precision (seeds average within one only), and the comparison table holds each against 32-true."""
     out, arm = tmp_path / "runs", tmp_path / "arm"
@@ -325,7 +325,7 @@ def test_worker_records_attempts_and_skips_finished_runs(acc_runs, acc_launch, t
     assert "trained" in (tmp_path / "flare_quickstart_seed0_ep1.log").read_text()
 
 
-def test_an_attempt_is_recorded_before_its_run_and_untimed_ones_are_marked(accuracy, acc_runs, acc_launch, acc_collect, tmp_path, monkeypatch):
+def test_an_attempt_is_recorded_before_its_run_and_untimed_ones_are_marked(acc_runs, acc_launch, acc_collect, tmp_path, monkeypatch):
     """A worker killed with its machine leaves an attempt without an end. The next attempt opens
     with a marker line in the log and beats a heartbeat into launch.json while it runs; the table
     counts the lost attempt by its epoch times in the log and says the total is a lower bound."""
