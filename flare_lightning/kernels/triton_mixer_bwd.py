@@ -94,8 +94,8 @@ def _bwd_decode_kernel(
             else:
                 q = _latents(q_ptr + h * M * D, offs_m, offs_d, M, D)
                 z = _latents(z_ptr + pid_bh * M * D, offs_m, offs_d, M, D)
-            s = tl.dot(k, tl.trans(q), input_precision=PREC)  # [BN, BM], unscaled
-            p = tl.exp2(tl.fma(s, qk_scale, -lse[:, None]))  # the scale in one FMA per logit, as forward
+            s = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
+            p = tl.exp2(s - lse[:, None])
             if M % BLOCK_M != 0:
                 p = tl.where(m_ok[None, :], p, 0.0)
             d_p = tl.dot(dy, tl.trans(z), input_precision=PREC)  # dy_n·z_m
@@ -181,8 +181,8 @@ def _bwd_encode_kernel(
                 dz = _latents(dz_ptr + pid_bh * M * D, offs_m, offs_d, M, D)
                 lse = tl.load(lse_enc_ptr + pid_bh * M + offs_m, mask=m_ok, other=float("inf"))  # A = 0 off M
                 delta = tl.load(delta_ptr + pid_bh * M + offs_m, mask=m_ok, other=0.0)  # δ_m
-            s = tl.dot(k, tl.trans(q), input_precision=PREC)  # [BN, BM], unscaled
-            a = tl.exp2(tl.fma(s, qk_scale, -lse[None, :]))  # Aᵀ
+            s = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
+            a = tl.exp2(s - lse[None, :])  # Aᵀ
             if HAS_KEYMASK:
                 a = tl.where(valid[:, None], a, 0.0)
             d_a = tl.dot(v, tl.trans(dz), input_precision=PREC)  # dz_m·v_n
