@@ -366,9 +366,11 @@ def flare_encode_triton(
     Args as ``flare_mix_triton``. Returns z = softmax_N(s q kᵀ) v [B, H, M, D] (fp32) and its
     base-2 log-sum-exp [B, H, M] (fp32; about -1e30, with z = 0, for a latent with no real point).
     """
+    from flare_lightning.kernels.triton_op import encode_eval  # compiled evaluations trace the op
+
     q, k, v, mask, scale = _prepare("flare_encode_triton", q, k, v, mask, scale)
     b, h = k.shape[:2]
-    z, _, lse = _encode(q, k, v, mask, scale, default_config(q.shape[1], q.shape[2], k.dtype))
+    z, lse = encode_eval(q, k, v, mask, scale)
     return z.view(b, h, *z.shape[1:]), lse.view(b, h, -1)
 
 
@@ -381,8 +383,9 @@ def flare_decode_triton(q: Tensor, z: Tensor, k: Tensor, scale: float = 1.0) -> 
     b, h, m, d = k.shape[0], k.shape[1], q.shape[1], q.shape[2]
     if tuple(z.shape) != (b, h, m, d):
         raise ValueError(f"flare_decode_triton: z must be [B, H, M, D] = {[b, h, m, d]}, got {list(z.shape)}")
-    z_lo = z.to(k.dtype).reshape(b * h, m, d).contiguous()
-    return _decode(q, z_lo, k, scale, default_config(m, d, k.dtype), like=k)[0]
+    from flare_lightning.kernels.triton_op import decode_eval
+
+    return decode_eval(q, z.to(k.dtype).reshape(b * h, m, d).contiguous(), k, scale)
 
 
 __all__ = [

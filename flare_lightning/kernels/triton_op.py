@@ -2,8 +2,10 @@
 
 ``torch.compile`` traces a whole FLARE block through ``flare_lightning::mixer_fwd`` (no
 graph break): Inductor leaves the hand-written kernels alone and takes output shapes from
-the fake implementations; ``mixer_bwd`` is the registered backward. Both run the default
-tiles (``triton_mixer.default_config``). The kernels are looked up at call time, so reloading
+the fake implementations; ``mixer_bwd`` is the registered backward. ``encode_eval`` and
+``decode_eval`` are the chunked evaluation's halves (no autograd): without them a compiled
+evaluation would hand the kernels to Inductor, which recompiles them with its own scalar
+types and launch options. All run the default tiles (``triton_mixer.default_config``). The kernels are looked up at call time, so reloading
 ``triton_mixer`` (tests switch to Triton's interpreter) does not need the ops registered twice.
 """
 
@@ -76,4 +78,30 @@ def _mixer_backward(ctx, dy, *unused):
 mixer_fwd.register_autograd(_mixer_backward, setup_context=_mixer_setup_context)
 
 
-__all__ = ["mixer_bwd", "mixer_fwd"]
+@torch.library.custom_op("flare_lightning::encode_eval", mutates_args=())
+def encode_eval(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
+    """(z [B·H, M, D], lse [B·H, M]), both fp32, of ``triton_mixer._encode`` with the default tiles."""
+    tm = _kernels()
+    z, _, lse = tm._encode(q, k, v, mask, scale, tm.default_config(q.shape[1], q.shape[2], k.dtype))
+    return z, lse
+
+
+@encode_eval.register_fake
+def _(q, k, v, mask, scale):
+    bh, m, d = k.shape[0] * k.shape[1], q.shape[1], q.shape[2]
+    return k.new_empty(bh, m, d, dtype=torch.float32), k.new_empty(bh, m, dtype=torch.float32)
+
+
+@torch.library.custom_op("flare_lightning::decode_eval", mutates_args=())
+def decode_eval(q: Tensor, z_lo: Tensor, k: Tensor, scale: float) -> Tensor:
+    """y [B, H, N, D] in k's dtype and layout of ``triton_mixer._decode`` (z_lo [B·H, M, D] in k's dtype)."""
+    tm = _kernels()
+    return tm._decode(q, z_lo, k, scale, tm.default_config(q.shape[1], q.shape[2], k.dtype), like=k)[0]
+
+
+@decode_eval.register_fake
+def _(q, z_lo, k, scale):
+    return torch.empty_like(k)
+
+
+__all__ = ["decode_eval", "encode_eval", "mixer_bwd", "mixer_fwd"]
