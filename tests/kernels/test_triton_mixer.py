@@ -64,6 +64,22 @@ def test_many_chunks_and_tiles(tm, device, dtype):
     assert_close_errors(errors, dtype, "triton small tiles")
 
 
+@pytest.mark.parametrize("m", [256, 128], ids=lambda m: f"M{m}")
+def test_gpu_default_tiles_of_the_1m_heads(tm, device, monkeypatch, m):
+    """The tiles ``default_config`` picks on a GPU for the 1M config's heads (D = 8; at M = 256,
+    128-point decode tiles over four latent tiles), run as they are (interpreted without CUDA)."""
+    monkeypatch.setattr(tm, "INTERPRETED", False)  # the GPU's choice, also under the interpreter
+    cfg = tm.default_config(m, 8, torch.bfloat16)
+    monkeypatch.undo()
+    assert cfg.decode.block_n == (128 if m == 256 else 64)
+
+    def fn(q, k, v, mask, scale):
+        return tm.flare_mix_triton(q, k, v, mask, scale, config=cfg)
+
+    errors = mixer_errors(fn, 1, 1, 300, m, 8, torch.float32, device, True, 1.0, seed=m)
+    assert_close_errors(errors, torch.float32, f"GPU default tiles at M = {m}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_negative_scale(tm, device, dtype):
     """The kernels take a positive scale; a negative one runs as |s| with q negated."""
