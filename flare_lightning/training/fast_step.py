@@ -388,7 +388,9 @@ class GraphedForward:
 
     The first call of each shape runs eagerly (compiling and warming up), the second
     captures, every later one copies the inputs in and replays. The returned tensor is
-    the graph's static output: read or copy it before the next call.
+    the graph's static output: read or copy it before the next call (of any shape: the
+    graphs share one memory pool, so evaluation memory is that of the largest shape, not
+    the sum over shapes, e.g. the 1M config's full-resolution validation runs).
 
     Args:
         fn: the forward, ``x [B, N, in], mask [B, N] -> [B, N, out]``.
@@ -399,6 +401,7 @@ class GraphedForward:
         self.fn = fn
         self.capture = capture
         self._captured: dict[tuple, tuple[_Captured, Tensor]] = {}
+        self._pool = None  # one pool for every shape's graph: replays never overlap
 
     @torch.no_grad()
     def __call__(self, x: Tensor, mask: Tensor | None) -> Tensor:
@@ -418,7 +421,9 @@ class GraphedForward:
             entry.inputs = {"x": x.clone(), "mask": None if mask is None else mask.clone()}
             graph = torch.cuda.CUDAGraph()
             torch.cuda.synchronize(x.device)
-            with uncached_autocast(x.device), torch.cuda.graph(graph):
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            with uncached_autocast(x.device), torch.cuda.graph(graph, pool=self._pool):
                 out = self.fn(entry.inputs["x"], entry.inputs["mask"])
             entry.graphs.append(graph)
             self._captured[key] = (entry, out)

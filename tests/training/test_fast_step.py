@@ -605,6 +605,38 @@ def test_graphed_forward_replays_new_inputs():
 
 
 @gpu
+def test_graphed_forward_shapes_share_one_pool():
+    """Three shapes captured and replayed in turn: each replay gives its own shape's eager
+    result, and the graphs' memory is about one shape's, not three (one shared pool; the 1M
+    config validates on runs of different sizes)."""
+    torch.manual_seed(0)
+    lin1, lin2 = torch.nn.Linear(4, 2048).cuda(), torch.nn.Linear(2048, 3).cuda()
+    fwd = GraphedForward(lambda x, m: lin2(torch.relu(lin1(x))) * m[..., None])  # 128 MiB hidden per shape
+    shapes = [(2, 8192), (2, 8000), (2, 7900)]
+
+    def call(b, n, seed):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        x = torch.randn(b, n, 4, device="cuda", generator=g)
+        m = torch.rand(b, n, device="cuda", generator=g) > 0.3
+        out = fwd(x, m).clone()
+        torch.testing.assert_close(out, lin2(torch.relu(lin1(x))) * m[..., None])
+
+    torch.cuda.synchronize()
+    for i, (b, n) in enumerate(shapes[:1] * 2):  # eager, then the first capture
+        call(b, n, i)
+    torch.cuda.synchronize()
+    start = torch.cuda.memory_reserved()
+    for i, (b, n) in enumerate(shapes[1:] * 2):  # the other two shapes: eager, then capture
+        call(b, n, 10 + i)
+    for i, (b, n) in enumerate(shapes * 2):  # replays, interleaved
+        call(b, n, 20 + i)
+    assert len(fwd._captured) == 3
+    hidden = 2 * 8192 * 2048 * 4
+    grown = torch.cuda.memory_reserved() - start
+    assert grown < hidden, f"two more captures reserved {grown / 2**20:.0f} MiB; one shape's hidden is 128 MiB"
+
+
+@gpu
 def test_graphed_eval_in_fp32_under_bf16_training(tiny_darcy_root):
     """``eval_fp32`` with the fast step on a GPU: the captured evaluation forward runs in float32
     while training runs under bf16 autocast, and equals the eager float32 forward."""
