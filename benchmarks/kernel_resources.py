@@ -113,6 +113,8 @@ def role_resources(m: int, d: int, dtype: torch.dtype, role: str, k: tm.KernelCo
         constexprs |= dict(HAS_KEYMASK=True, HAS_MASK=True)
     if role != "encode":
         constexprs["NUM_M_TILES"] = -(-m // k.block_m)
+    if role == "bwd_decode":
+        constexprs["LATENT_ROWS"] = k.latent_rows
     return resources(ROLE_KERNELS[role], dtype, constexprs, k.launch_options())
 
 
@@ -155,7 +157,8 @@ def print_tune_table(m: int, d: int, dtype: torch.dtype) -> dict:
             except Exception as err:  # out of registers or shared memory: the sweep would fail on it too
                 r = {"error": type(err).__name__}
             table[(role, k)] = r
-            shape = (k.block_n, k.block_m, k.num_warps, k.num_stages, k.programs_per_sm, k.maxnreg)
+            shape = (k.block_n, k.block_m, k.num_warps, k.num_stages, k.programs_per_sm, k.maxnreg) + (
+                ("latent rows",) if k.latent_rows else ())
             found = r.get("error") or f"{r.get('REG', 0):>10}{r.get('STACK', 0):>14}"
             print(f"{role:<12}{str(shape):<72}{found}")
     return table

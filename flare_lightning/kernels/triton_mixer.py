@@ -54,6 +54,7 @@ class KernelConfig:
     num_stages: int = 2
     programs_per_sm: int | None = None  # None: the MixerConfig's
     maxnreg: int | None = None  # register cap per thread (more programs per SM, maybe spills)
+    latent_rows: bool = False  # backward decode only: logits as [block_m, block_n] tiles (fewer transposes)
 
     def launch_options(self) -> dict:
         """Keyword arguments of a Triton launch with this config."""
@@ -251,7 +252,7 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
         k.stride(0), k.stride(1), k.stride(2), y.stride(0), y.stride(1), y.stride(2),
         dy.stride(0), dy.stride(1), dy.stride(2), dk.stride(0), dk.stride(1), dk.stride(2),
         M=m, D=d, ALIGN=_align(k, y, dy, dk), NUM_M_TILES=tiles_1, PREC=prec,
-        BLOCK_N=c1.block_n, BLOCK_M=c1.block_m, BLOCK_D=bd, **c1.launch_options(),
+        BLOCK_N=c1.block_n, BLOCK_M=c1.block_m, BLOCK_D=bd, LATENT_ROWS=c1.latent_rows, **c1.launch_options(),
     )
     if reduce_dz is None:  # dz_lo = Σ_chunks dz_part and δ_m = dz_m·z_m [B·H, M], one launch
         dz_lo = torch.empty(bh, m, d, device=dev, dtype=k.dtype)

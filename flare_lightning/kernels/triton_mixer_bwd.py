@@ -44,12 +44,14 @@ def _bwd_decode_kernel(
     N, H, qk_scale, scale, tiles_per_chunk,
     s_kb, s_kh, s_kn, s_yb, s_yh, s_yn, s_gb, s_gh, s_gn, s_dkb, s_dkh, s_dkn,
     M: tl.constexpr, D: tl.constexpr, ALIGN: tl.constexpr, NUM_M_TILES: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, LATENT_ROWS: tl.constexpr,
 ):
     """Decode side: dk = s Σ_m dS_dec q (stored), dz and dq partials [B·H, chunks, M, D].
 
     z: [B·H, M, D] in the input dtype; lse_dec: [B·H, N] fp32. The partials are fp32,
     each program's slot zeroed by the program itself; dq partials are unscaled.
+    ``LATENT_ROWS`` computes the logits as [BM, BN] tiles: dz and dq then take P and dS as
+    they are, and only dk takes a transposed one (one layout change per tile instead of two).
     """
     pid_c, pid_bh, b64, h = _chunk_program(H)
     num_chunks = tl.num_programs(0)
@@ -94,15 +96,26 @@ def _bwd_decode_kernel(
             else:
                 q = _latents(q_ptr + h * M * D, offs_m, offs_d, M, D)
                 z = _latents(z_ptr + pid_bh * M * D, offs_m, offs_d, M, D)
-            s = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
-            p = tl.exp2(s - lse[:, None])
-            if M % BLOCK_M != 0:
-                p = tl.where(m_ok[None, :], p, 0.0)
-            d_p = tl.dot(dy, tl.trans(z), input_precision=PREC)  # dy_n·z_m
-            ds = (p * (d_p - delta[:, None])).to(k.dtype)
-            dz_tile = tl.dot(tl.trans(p.to(dy.dtype)), dy, input_precision=PREC)  # [BM, BD]
-            dq_tile = tl.dot(tl.trans(ds), k, input_precision=PREC)
-            dk_acc += tl.dot(ds, q, input_precision=PREC)
+            if LATENT_ROWS:  # Pᵀ, dSᵀ [BM, BN]
+                s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+                p = tl.exp2(s - lse[None, :])
+                if M % BLOCK_M != 0:
+                    p = tl.where(m_ok[:, None], p, 0.0)
+                d_p = tl.dot(z, tl.trans(dy), input_precision=PREC)  # z_m·dy_n
+                ds = (p * (d_p - delta[None, :])).to(k.dtype)
+                dz_tile = tl.dot(p.to(dy.dtype), dy, input_precision=PREC)  # [BM, BD]
+                dq_tile = tl.dot(ds, k, input_precision=PREC)
+                dk_acc += tl.dot(tl.trans(ds), q, input_precision=PREC)
+            else:  # P, dS [BN, BM]
+                s = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
+                p = tl.exp2(s - lse[:, None])
+                if M % BLOCK_M != 0:
+                    p = tl.where(m_ok[None, :], p, 0.0)
+                d_p = tl.dot(dy, tl.trans(z), input_precision=PREC)  # dy_n·z_m
+                ds = (p * (d_p - delta[:, None])).to(k.dtype)
+                dz_tile = tl.dot(tl.trans(p.to(dy.dtype)), dy, input_precision=PREC)  # [BM, BD]
+                dq_tile = tl.dot(tl.trans(ds), k, input_precision=PREC)
+                dk_acc += tl.dot(ds, q, input_precision=PREC)
             if NUM_M_TILES == 1:
                 dz_acc += dz_tile
                 dq_acc += dq_tile

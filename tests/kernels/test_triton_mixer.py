@@ -64,6 +64,22 @@ def test_many_chunks_and_tiles(tm, device, dtype):
     assert_close_errors(errors, dtype, "triton small tiles")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", SMALL_CASES[:4], ids=lambda c: "B{}H{}N{}M{}D{}{}s{}".format(*c[:5], "mask" if c[5] else "", c[6]))
+def test_backward_decode_with_latent_rows(tm, device, case, dtype):
+    """The backward decode's [BM, BN] orientation (``KernelConfig.latent_rows``): one latent tile
+    (M = 16) and several, M not a multiple of the tile, masks, against the float64 formula."""
+    tile = tm.KernelConfig(block_n=16, block_m=16)
+    cfg = tm.MixerConfig(tile, tile, tm.KernelConfig(block_n=16, block_m=16, latent_rows=True), tile, programs_per_sm=2)
+
+    def fn(q, k, v, mask, scale):
+        return tm.flare_mix_triton(q, k, v, mask, scale, config=cfg)
+
+    b, h, n, m, d, masked, scale = case
+    errors = mixer_errors(fn, b, h, n, m, d, dtype, device, masked, scale, seed=n + m + d)
+    assert_close_errors(errors, dtype, f"latent rows {case}")
+
+
 @pytest.mark.parametrize("m", [256, 128], ids=lambda m: f"M{m}")
 def test_gpu_default_tiles_of_the_1m_heads(tm, device, monkeypatch, m):
     """The tiles ``default_config`` picks on a GPU for the 1M config's heads (D = 8; at M = 256,
