@@ -198,7 +198,9 @@ SECTIONS = (
         "before 2026-12-07T08: all its steps), `first step`: the first, which also waits for the loader workers' "
         "first batch; rows marked * trained fewer batches and their epoch is first step + the other batches x step + "
         "validation; `back to back`: the captured step replayed with nothing between; `GPUs` > 1: DDP, each GPU its "
-        "own batches (`samples / s` over all of them; its epoch is each GPU's share of the batches)",
+        "own batches (`samples / s` over all of them; its epoch is each GPU's share of the batches); `vs reference-compiled`: "
+        "speed-up over the authors' compiled formulation at the row's M in the same run (`reference-m128-compiled` for "
+        "the M = 128 rows)",
         ("card", "dataset", "precision", "row", "devices"),
         (Column("dataset", "dataset"), Column("precision", "precision"), Column("row", "row"),
          Column("devices", "GPUs"), Column("step_ms", "ms / step", ".2f"), Column("samples_per_s", "samples / s", ".1f"),

@@ -96,9 +96,11 @@ def test_train_step_rows_record_their_speed_up_and_measured_paths():
     rows = [{"dataset": d, "precision": "bf16-mixed", "row": r, "step_ms": ms}
             for d, r, ms in (("darcy", "reference-compiled", 80.0), ("darcy", "ours-fast", 5.0),
                              ("elasticity", "reference-compiled", 60.0), ("elasticity", "ours-fast", 3.0),
-                             ("darcy", "transformer-fast", 4.0))]
+                             ("darcy", "transformer-fast", 4.0), ("drivaerml_1m", "reference-compiled", 440.0),
+                             ("drivaerml_1m", "reference-m128-compiled", 300.0), ("drivaerml_1m", "ours-fast", 110.0),
+                             ("drivaerml_1m", "ours-m128-fast", 75.0))]
     small.add_speedups(rows)
-    assert [r.get("speedup_vs_reference_compiled") for r in rows] == [1.0, 16.0, 1.0, 20.0, None]
+    assert [r.get("speedup_vs_reference_compiled") for r in rows] == [1.0, 16.0, 1.0, 20.0, None, 1.0, 1.0, 4.0, 4.0]
     paths = small.measured_paths(["darcy"], ["ours-fast", "transformer-fast", "reference-compiled"])
     assert paths == ["flare_lightning/", "datamodules/", "configs/baselines/transformer_darcy.yaml",
                      "configs/darcy.yaml", "benchmarks/reference_flare.py"]
