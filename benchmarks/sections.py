@@ -197,7 +197,10 @@ SECTIONS = (
         "warms up, epoch 1 is timed after a device sync at its ends; `ms / step`: its steps after the first (records "
         "before 2026-12-07T08: all its steps), `first step`: the first, which also waits for the loader workers' "
         "first batch; rows marked * trained fewer batches and their epoch is first step + the other batches x step + "
-        "validation; `back to back`: the captured step replayed with nothing between; `GPUs` > 1: DDP, each GPU its "
+        "validation; `back to back`: the captured step replayed with nothing between; `kernel ms`, `GPU idle ms` and "
+        "`host waits` of a row that does not capture its step: a few warm-up steps under torch.profiler (the GPU's busy "
+        "time, the rest of the step, and the host calls per step that wait for the GPU; `benchmarks/loop_profile.py`); "
+        "`GPUs` > 1: DDP, each GPU its "
         "own batches (`samples / s` over all of them; its epoch is each GPU's share of the batches); `vs reference-compiled`: "
         "speed-up over the authors' compiled formulation at the row's M in the same run (`reference-m128-compiled` for "
         "the M = 128 rows)",
@@ -207,6 +210,8 @@ SECTIONS = (
          Column("first_step_ms", "first step ms", ".0f"),
          Column("back_to_back_ms", "back to back ms", ".2f"),
          Column("kernels_per_step", "kernels / step", ",.0f"), Column("kernel_ms_per_step", "kernel ms / step", ".2f"),
+         Column("gpu_idle_ms_per_step", "GPU idle ms / step (profiled)", ".1f"),
+         Column("host_waits_per_step", "host waits / step", ".1f"),
          Column("val_s", "validation s", ".2f"), Column(_epoch, "epoch s"), Column("batches_per_epoch", "batches"),
          Column("500_epochs_min", "500 epochs, min", ".1f"), Column("peak_gb", "peak GB", ".2f"),
          Column("speedup_vs_reference_compiled", "vs reference-compiled", _times)),

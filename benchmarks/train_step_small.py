@@ -35,7 +35,9 @@ epoch 0 warms up (compilation, graph capture) and epoch 1 is timed. Rows slower 
 
 The rows are written as a record (``benchmarks/records.py``) into ``--out`` (default ``$OUT``,
 else ``benchmarks/records/train_step_small/``); with ``--profile``, the captured step's kernels
-too (``train_step_kernels``).
+too (``train_step_kernels``), and for rows that do not capture their step, where the loop's time
+goes besides its kernels (``benchmarks/loop_profile.py``: GPU idle time, host waits and their
+callers, profiled in the warm-up epoch).
 
     python benchmarks/train_step_small.py                       # the whole table
     python benchmarks/train_step_small.py --datasets darcy --precisions bf16-mixed --rows ours-fast
@@ -66,6 +68,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: `benchmarks.` imports and class paths resolve
 
 from benchmarks.accuracy_runs import ELASTICITY_PAPER_COUNTS, FIT_PATHS, config_paths  # noqa: E402
+from benchmarks.loop_profile import LoopProfile  # noqa: E402
 from benchmarks.records import add_out_argument, write_record  # noqa: E402
 DATASETS = ("darcy", "elasticity", "drivaerml_1m")  # FLARE rows train configs/<dataset>.yaml (row_configs)
 DATA_ARGS = {
@@ -208,14 +211,14 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
     profile's summary when asked) and the captured step's kernels (``--profile`` on a fast row)."""
     from flare_lightning.cli import make_cli
 
-    timer, profiler = EpochTimer(), FastStepProfile()
+    timer, profiler, loop = EpochTimer(), FastStepProfile(), LoopProfile()
     args = fit_args(dataset, precision, row, steps, root)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     cli = make_cli(args, run=False)
     cli.trainer.callbacks.append(timer)
-    if profile and is_fast(row):
-        cli.trainer.callbacks.append(profiler)
+    if profile:  # the captured step's kernels, or where the loop's time goes besides its kernels
+        cli.trainer.callbacks.append(profiler if is_fast(row) else loop)
     import torch._inductor.config as inductor_config
 
     torch._dynamo.reset()
@@ -233,7 +236,7 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
         **names, **figures, "fit_wall_s": total, **throughput(1, cli.datamodule.batch_size, figures["step_ms"]),
         # the last epoch's peak: the epoch summary line resets the counter at each epoch start
         "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None,
-        "epoch_measured": steps is None, **summary,
+        "epoch_measured": steps is None, **summary, **loop.found,
     }, [{**names, **kernel} for kernel in kernels]
 
 
@@ -395,7 +398,8 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=["reference-compiled", "ours-eager", "ours-fast"], choices=list(ROWS))
     parser.add_argument("--steps", type=int, default=100, help="training batches per epoch of the slow rows")
     parser.add_argument("--root", default="runs/bench_small", help="run folder of the fits")
-    parser.add_argument("--profile", action="store_true", help="kernel table of the captured step")
+    parser.add_argument("--profile", action="store_true",
+                        help="kernel table of the captured step; for the other rows, the loop's GPU idle time and host waits")
     parser.add_argument("--devices", nargs="+", type=int, default=[1],
                         help="GPUs per fit: 1 in this process, more under DDP in a subprocess (e.g. 1 2: both)")
     add_out_argument(parser)

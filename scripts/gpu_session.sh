@@ -53,7 +53,7 @@ ACC="$PY benchmarks/accuracy.py launch --models flare --datasets $(words "${ACC_
 declare -A CMD=(
   [gpu_tests]="env PYTHON=$PY bash scripts/gpu_tests.sh"
   [acc]="$ACC --devices $(words "${ACC_DEVICES:-$(printf '0 %.0s' $(seq "${ACC_LANES:-2}"))}") --arms $(words "${ACC_ARMS:-32-tf32 bf16-fp32mixer-tf32}") --out $ACC_ROOT"
-  [fit1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows $(words "${FIT1M_ROWS:-ours-eager ours-fast ours-m128 ours-m128-fast reference-compiled reference-m128-compiled}") --root /tmp/bench_1m"
+  [fit1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows $(words "${FIT1M_ROWS:-ours-eager ours-fast ours-m128 ours-m128-fast reference-compiled reference-m128-compiled}") --root /tmp/bench_1m --profile"
   [tss]="$TSS --datasets darcy elasticity --precisions bf16-mixed 32-tf32 --rows ours-fast reference-compiled --root /tmp/bench_small"
   [tss_mixed]="$TSS --datasets darcy elasticity --precisions bf16-fp32mixer-tf32 bf16-fp32mixer 32-tf32 --rows ours-fast --root /tmp/bench_small --profile"
   [eval]="$STEP --eval --n 8800000 --latents 256 --configs ours-fused-compiled-stored"

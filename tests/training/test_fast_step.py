@@ -701,3 +701,16 @@ def test_benchmark_profile_of_the_captured_step(tiny_darcy_root):
     summary, kernels = profile.found
     assert summary["kernels_per_step"] > 10 and summary["kernel_ms_per_step"] > 0 and kernels
     assert all(k["calls_per_step"] > 0 and k["us_per_call"] > 0 for k in kernels)
+
+
+@gpu
+def test_benchmark_loop_profile_of_a_plain_fit(tiny_darcy_root):
+    """train_step_small.py --profile on a row that does not capture its step: the warm-up epoch's
+    GPU busy time and the host waits of a real Lightning fit on a GPU (epochs of 4 batches here)."""
+    from benchmarks.loop_profile import LoopProfile
+
+    loop = LoopProfile(first=1, steps=3)
+    fit_tiny(tiny_darcy_root, fast=False, steps=8, accelerator="gpu", callbacks=(loop,))
+    found = loop.found
+    assert found["kernels_per_step"] > 10 and 0 < found["kernel_ms_per_step"] < found["loop_ms_per_step"]
+    assert found["host_waits_per_step"] == sum(found["host_waits"].values())
