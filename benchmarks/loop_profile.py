@@ -3,12 +3,13 @@
 ``LoopProfile`` profiles steps of a fit's warm-up epoch (epoch 0, after compilation; the timed
 epoch is left alone) and reports per step: the wall time, the GPU's busy time (the union of its
 kernels' intervals, so overlapping kernels count once), the idle time between them, and the host
-calls that wait for the GPU (stream/device/event synchronisations and tensor-to-Python reads such
-as ``.item()``), each with the Python frame that made it. A step whose wall time exceeds its busy
-time by a host-side wait is serialised with the host; one without waits is bound by the GPU or by a
-host that cannot keep up. The profiler slows the host (Python stacks are recorded), so the idle
-time is an upper bound; the waits and where they come from are exact. ``benchmarks/train_step_small.py
---profile`` adds it to the rows that do not capture their step (those have ``profile_fast_step``).
+calls that wait for the GPU (stream, device and event synchronisations, e.g. inside ``.item()`` on
+a device tensor), each with the ATen op and the Python frame that made it. A step whose wall time
+exceeds its busy time by a host-side wait is serialised with the host; one without waits is bound
+by the GPU or by a host that cannot keep up. The profiler slows the host (Python stacks are
+recorded), so the idle time is an upper bound; the waits and their callers are exact.
+``benchmarks/train_step_small.py --profile`` adds it to the rows that do not capture their step
+(those have ``profile_fast_step``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import lightning as L
 import torch
 
 PY_FRAME = re.compile(r"^\S.*\.py\(\d+\): \S+$")  # a Python frame's event, e.g. "flare_lightning/x.py(12): f"
-# Host calls that block until the GPU has caught up (CUDA runtime names, and ATen's read of a
-# device scalar into Python, which synchronises; a wait inside another counts once)
-WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense")
+# CUDA runtime calls that block the host until the GPU has caught up (``.item()`` on a device tensor
+# makes one; on a CPU tensor, such as the optimizer's step counts, it waits for nothing)
+WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 
 
 def busy_time(intervals: list[tuple[float, float]]) -> float:
@@ -36,34 +37,26 @@ def busy_time(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def _frame(event) -> str:
-    """The innermost Python frame (``file(line): function``, as the profiler names its Python events)
-    among ``event``'s callers that lies in this project, else the innermost Python frame at all."""
-    frames = []
-    while event is not None:
+def _caller(event) -> str:
+    """``op at frame``: the outermost ATen op above ``event`` (e.g. ``aten::item``) and the innermost
+    Python frame (``file(line): function``, as the profiler names its Python events) that lies in this
+    project, else the innermost Python frame at all."""
+    op, frames = event.name, []
+    while (event := event.cpu_parent) is not None:
         if PY_FRAME.match(event.name):
             frames.append(event.name)
-        event = event.cpu_parent
+        elif event.name.startswith("aten::") and not frames:
+            op = event.name
     ours = [f for f in frames if any(part in f for part in ("flare_lightning", "datamodules", "benchmarks", "tests"))]
-    return (ours or frames or ["(no Python caller)"])[0]
-
-
-def _inside_wait(event) -> bool:
-    parent = event.cpu_parent
-    while parent is not None:
-        if parent.name in WAITS:
-            return True
-        parent = parent.cpu_parent
-    return False
+    return f"{op} at {(ours or frames or ['(no Python caller)'])[0]}"
 
 
 def summarise(events, steps: int, wall_us: float) -> dict:
     """Per-step figures of a profile's ``events`` (``prof.events()``) over ``steps`` steps of ``wall_us``."""
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     busy = busy_time([(e.time_range.start, e.time_range.end) for e in kernels])
-    waits = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU and e.name in WAITS
-             and not _inside_wait(e)]
-    where = Counter(f"{e.name} at {_frame(e)}" for e in waits)
+    waits = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU and e.name in WAITS]
+    where = Counter(_caller(e) for e in waits)
     return {
         "loop_ms_per_step": wall_us / steps / 1e3,
         "kernels_per_step": len(kernels) / steps,
