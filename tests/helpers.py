@@ -90,3 +90,27 @@ def flare_commands(markdown: str) -> list[list[str]]:
                 words = words[: words.index(op)] if op in words else words
             commands.append(words)
     return commands
+
+
+def check_gpu_benchmark_record(name: str, command: list[str], tmp_path: Path) -> None:
+    """Run a GPU benchmark script (``command``, with its real kernels) into ``tmp_path``: its record names
+    the benchmark, the card, the script and CUDA, and renders as a table of its rows."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from benchmarks import render
+    from benchmarks.records import read_record
+    from benchmarks.sections import BY_BENCHMARK
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
+    env.pop("TRITON_INTERPRET", None)  # the real kernels
+    subprocess.run([sys.executable, *command, "--out", str(tmp_path)], cwd=REPO, env=env, check=True, timeout=600)
+    (path,) = tmp_path.glob("*.json")
+    record = read_record(path)
+    assert record["benchmark"] == name and record["card"] == torch.cuda.get_device_name()
+    assert record["rows"] and command[0] in record["paths"] and record["versions"]["cuda"]
+    table = render.table(BY_BENCHMARK[name].columns, record["rows"])
+    assert len(table) == 2 + len(record["rows"]) and all(line.count("|") == table[0].count("|") for line in table)

@@ -96,6 +96,18 @@ def triton_mixer_module():
     return triton_mixer
 
 
+@pytest.fixture(scope="module")
+def tmlp():
+    """``flare_lightning.kernels.triton_mlp``, its kernels interpreted when there is no CUDA."""
+    from flare_lightning.kernels import triton_mlp, triton_mlp_kernels
+
+    if not HAS_CUDA:
+        _fix_interpreter()
+        if not triton_mlp.interpreted():
+            importlib.reload(triton_mlp_kernels)
+    return triton_mlp
+
+
 @pytest.fixture(scope="session")
 def tm():
     """The Triton mixer module (see ``triton_mixer_module``)."""
