@@ -5,8 +5,9 @@ graph break): Inductor leaves the hand-written kernels alone and takes output sh
 the fake implementations; ``mixer_bwd`` is the registered backward. ``encode_eval`` and
 ``decode_eval`` are the chunked evaluation's halves (no autograd): without them a compiled
 evaluation would hand the kernels to Inductor, which recompiles them with its own scalar
-types and launch options. All run the default tiles (``triton_mixer.default_config``). The kernels are looked up at call time, so reloading
-``triton_mixer`` (tests switch to Triton's interpreter) does not need the ops registered twice.
+types and launch options. All run the default tiles (``triton_mixer.default_config``). The
+kernels are looked up at call time, so reloading ``triton_mixer`` (tests switch to Triton's
+interpreter) does not need the ops registered twice.
 """
 
 from __future__ import annotations
