@@ -49,23 +49,29 @@ KERNEL_NAMES = {
 # forward over all of M in one tile (each point row loaded once, no rescaling across latent tiles);
 # the backward over 128 latents (half the atomics into the partials): over all 256 it spills (sm_90,
 # kernel_resources.py: 255 registers and 32-592 B of stack at 4-8 warps).
-# Round 5 (bwd_decode's last five, a seventh field True): the backward decode with its logits as
+# Round 5 (bwd_decode's five with a seventh field True): the backward decode with its logits as
 # [block_m, block_n] tiles (``KernelConfig.latent_rows``), at the defaults' and round 3's tiles.
+# Round 6 (the last three of each role): mid-size tiles for the fp32 mixer (--dtype float32; its
+# default, 32 x 32, holds 65-112 registers on sm_90, these 64 x 32 and 32 x 64 ones stay unspilled).
 CANDIDATES = {
     "encode": [(64, 64, 4, 3, 6), (64, 64, 4, 3, 12), (64, 64, 4, 3, 7, 72), (64, 64, 4, 3, 14, 72),
                (64, 64, 4, 3, 8, 72), (64, 64, 4, 4, 8), (64, 64, 4, 2, 12), (128, 64, 4, 3, 6), (128, 64, 8, 3, 4),
-               (32, 256, 8, 3, 2), (16, 256, 8, 3, 2), (16, 256, 4, 3, 4)],
+               (32, 256, 8, 3, 2), (16, 256, 8, 3, 2), (16, 256, 4, 3, 4),
+               (32, 64, 4, 2, 8), (64, 32, 4, 2, 8), (32, 64, 4, 3, 12)],
     "decode": [(64, 64, 4, 3, 16), (64, 64, 4, 3, 12), (64, 64, 4, 4, 8), (64, 128, 4, 3, 8), (64, 128, 4, 2, 12),
                (64, 64, 4, 2, 8), (64, 64, 4, 3, 6), (128, 64, 4, 3, 8), (128, 64, 8, 3, 4),
-               (32, 256, 8, 3, 2), (16, 256, 8, 3, 2), (64, 256, 8, 2, 1)],
+               (32, 256, 8, 3, 2), (16, 256, 8, 3, 2), (64, 256, 8, 2, 1),
+               (32, 64, 4, 2, 8), (64, 32, 4, 2, 8), (32, 64, 4, 3, 12)],
     "bwd_decode": [(64, 64, 4, 3, 8, 128), (64, 64, 4, 2, 8, 128), (64, 64, 4, 2, 12, 128), (64, 64, 4, 3, 12, 128),
                    (64, 128, 4, 2, 6, 168), (64, 64, 4, 3, 12), (64, 64, 4, 2, 6), (128, 64, 8, 2, 4),
                    (128, 32, 4, 2, 8, 128), (16, 128, 4, 2, 4), (32, 128, 8, 2, 2), (16, 128, 8, 2, 2),
                    (64, 64, 4, 3, 12, 128, True), (64, 64, 4, 2, 12, 128, True), (64, 64, 4, 3, 8, None, True),
-                   (64, 128, 4, 2, 4, None, True), (128, 64, 8, 2, 4, None, True)],
+                   (64, 128, 4, 2, 4, None, True), (128, 64, 8, 2, 4, None, True),
+                   (32, 64, 4, 2, 8), (64, 32, 4, 2, 8), (32, 64, 4, 3, 12)],
     "bwd_encode": [(64, 64, 4, 2, 8, 128), (64, 64, 4, 2, 12, 128), (64, 32, 4, 2, 8, 128), (64, 32, 4, 2, 12, 128),
                    (128, 32, 4, 2, 8, 128), (64, 64, 4, 2, 12), (64, 64, 4, 3, 6), (128, 64, 8, 2, 4),
-                   (128, 32, 8, 2, 6), (16, 128, 4, 2, 4), (32, 128, 8, 2, 2), (16, 128, 8, 2, 2)],
+                   (128, 32, 8, 2, 6), (16, 128, 4, 2, 4), (32, 128, 8, 2, 2), (16, 128, 8, 2, 2),
+                   (32, 64, 4, 2, 8), (64, 32, 4, 2, 8), (32, 64, 4, 3, 12)],
 }
 
 
