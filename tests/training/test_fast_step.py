@@ -713,4 +713,5 @@ def test_benchmark_loop_profile_of_a_plain_fit(tiny_darcy_root):
     fit_tiny(tiny_darcy_root, fast=False, steps=8, accelerator="gpu", callbacks=(loop,))
     found = loop.found
     assert found["kernels_per_step"] > 10 and 0 < found["kernel_ms_per_step"] < found["loop_ms_per_step"]
-    assert found["host_waits_per_step"] == sum(found["host_waits"].values())
+    assert found["host_waits_per_step"] >= sum(found["host_waits"].values()) and len(found["host_waits"]) <= 8
+    assert all(" at " in where for where in found["host_waits"])  # each wait named by its op and caller
