@@ -109,8 +109,9 @@ def default_config(m: int, d: int, dtype: torch.dtype = torch.bfloat16) -> Mixer
         dec = KernelConfig(64, 128, 4, st)
         bwd_dec = KernelConfig(64, 128, 4, 2, programs_per_sm=4)
         bwd_enc = KernelConfig(128, 32, 4, 2, programs_per_sm=6)
-    else:  # d <= 8: 128-point decode tiles, 1.04 against 1.34 ms at (H, D, M) = (8, 8, 256) (NOTES_mixer, round 4)
-        dec = KernelConfig(128, 64, 4, st, programs_per_sm=8) if d <= 8 else KernelConfig(64, 64, 4, st, programs_per_sm=16)
+    else:  # M 256, d <= 8 (as measured): 128-point decode tiles, 1.04 against 1.34 ms at (8, 8, 256) (NOTES_mixer, round 4)
+        wide = bm == 256 and d <= 8
+        dec = KernelConfig(128, 64, 4, st, programs_per_sm=8) if wide else KernelConfig(64, 64, 4, st, programs_per_sm=16)
         bwd_dec = KernelConfig(64, 64, 4, st, programs_per_sm=12, maxnreg=128 if cap else None)
         bwd_enc = KernelConfig(64, 64, 4, 2, programs_per_sm=12, maxnreg=128 if cap else None)
     return MixerConfig(encode=encode, decode=dec, bwd_decode=bwd_dec, bwd_encode=bwd_enc)

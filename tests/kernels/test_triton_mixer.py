@@ -80,10 +80,11 @@ def test_backward_decode_with_latent_rows(tm, device, case, dtype):
     assert_close_errors(errors, dtype, f"latent rows {case}")
 
 
-@pytest.mark.parametrize("m", [256, 128], ids=lambda m: f"M{m}")
+@pytest.mark.parametrize("m", [256, 128, 512], ids=lambda m: f"M{m}")
 def test_gpu_default_tiles_of_the_1m_heads(tm, device, monkeypatch, m):
     """The tiles ``default_config`` picks on a GPU for the 1M config's heads (D = 8; at M = 256,
-    128-point decode tiles over four latent tiles), run as they are (interpreted without CUDA)."""
+    128-point decode tiles over four latent tiles, measured there only), run as they are (interpreted
+    without CUDA)."""
     monkeypatch.setattr(tm, "INTERPRETED", False)  # the GPU's choice, also under the interpreter
     cfg = tm.default_config(m, 8, torch.bfloat16)
     monkeypatch.undo()
