@@ -15,6 +15,7 @@ recorded), so the idle time is an upper bound; the waits and their callers are e
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 
 import lightning as L
@@ -84,27 +85,21 @@ class LoopProfile(L.Callback):
 
             _sync()
             self._prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True)
-            self._prof.__enter__()
-            self._t0 = _now_us()
+            self._prof.start()
+            self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self._prof is not None and batch_idx == self.first + self.steps - 1:
             _sync()
-            wall = _now_us() - self._t0
-            self._prof.__exit__(None, None, None)
-            self.found = summarise(self._prof.events(), self.steps, wall)
+            wall_us = (time.perf_counter() - self._t0) * 1e6
+            self._prof.stop()
+            self.found = summarise(self._prof.events(), self.steps, wall_us)
             self._prof = None
             print(f"loop profile: {self.found['loop_ms_per_step']:.1f} ms per step, GPU busy "
                   f"{self.found['kernel_ms_per_step']:.1f} ms, idle {self.found['gpu_idle_ms_per_step']:.1f} ms; "
                   f"{self.found['host_waits_per_step']:.1f} host waits per step", flush=True)
             for where, count in self.found["host_waits"].items():
                 print(f"  {count:.1f} per step: {where}", flush=True)
-
-
-def _now_us() -> float:
-    import time
-
-    return time.perf_counter() * 1e6
 
 
 def _sync() -> None:
