@@ -70,6 +70,8 @@ sys.path.insert(0, str(REPO))  # run as a script: `benchmarks.` imports and clas
 from benchmarks.accuracy_runs import ELASTICITY_PAPER_COUNTS, FIT_PATHS, config_paths  # noqa: E402
 from benchmarks.loop_profile import LoopProfile  # noqa: E402
 from benchmarks.records import add_out_argument, write_record  # noqa: E402
+from flare_lightning.training.device_memory import peak_memory_bytes  # noqa: E402
+
 DATASETS = ("darcy", "elasticity", "drivaerml_1m")  # FLARE rows train configs/<dataset>.yaml (row_configs)
 DATA_ARGS = {
     "elasticity": list(ELASTICITY_PAPER_COUNTS),  # 1000 training cells: 500 steps an epoch
@@ -169,7 +171,7 @@ class EpochTimer(L.Callback):
             return
         from flare_lightning.atomic import atomic_write_text
 
-        peak = torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None
+        peak = peak_memory_bytes(pl_module.device) / 1e9 if torch.cuda.is_available() else None
         atomic_write_text(self.path, json.dumps({
             "marks": [[epoch, what, t, step] for (epoch, what), (t, step) in self.marks.items()],
             "batches_per_epoch": len(trainer.train_dataloader), "batch_size": trainer.datamodule.batch_size,
@@ -234,8 +236,8 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
     names = {"dataset": dataset, "precision": precision, "row": row}
     return {
         **names, **figures, "fit_wall_s": total, **throughput(1, cli.datamodule.batch_size, figures["step_ms"]),
-        # the last epoch's peak: the epoch summary line resets the counter at each epoch start
-        "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None,
+        # the last epoch's peak, graph pools included: the epoch summary line resets the counter at each epoch start
+        "peak_gb": peak_memory_bytes(cli.model.device) / 1e9 if torch.cuda.is_available() else None,
         "epoch_measured": steps is None, **summary, **loop.found,
     }, [{**names, **kernel} for kernel in kernels]
 

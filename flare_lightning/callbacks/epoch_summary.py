@@ -9,6 +9,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from flare_lightning.training.device_memory import peak_memory_bytes
+
 TRAIN_KEYS = ("train/loss_epoch", "train/rel_l2")
 VAL_KEYS = ("val/loss", "val/rel_l2")
 
@@ -16,7 +18,7 @@ VAL_KEYS = ("val/loss", "val/rel_l2")
 class EpochSummary(L.Callback):
     """Prints ``epoch e/E  train/loss_epoch ..  train/rel_l2 ..  val/loss ..  val/rel_l2 ..  (t s)``
     at the end of each training epoch, with that epoch's own numbers (on a GPU also the
-    epoch's peak allocated memory: ``(t s, peak g GB)``).
+    epoch's peak device memory, CUDA graph pools included: ``(t s, peak g GB)``).
 
     Lightning reduces a training epoch's metrics at ``on_train_epoch_end``, after the
     epoch's validation has run, so that is where both are current. Validation values are
@@ -50,6 +52,6 @@ class EpochSummary(L.Callback):
         parts = [f"{k} {float(metrics[k]):.4g}" for k in keys if k in metrics]
         took = f"{time.perf_counter() - self._start:.1f} s"
         if pl_module.device.type == "cuda":
-            took += f", peak {torch.cuda.max_memory_allocated(pl_module.device) / 1e9:.2f} GB"
+            took += f", peak {peak_memory_bytes(pl_module.device) / 1e9:.2f} GB"
         self.last_line = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {'  '.join(parts)}  ({took})"
         rank_zero_info(self.last_line)
