@@ -242,7 +242,8 @@ SECTIONS = (
     Section(
         "step_grid", "The paper's Figure 4: blocks and latents at 2^20 points",
         "the step benchmark's training step per (blocks, latents) at 2^20 points, each config rebuilt per cell "
-        "from the same seed; `epoch s`: 400 steps (one DrivAerML training run each), data and validation not included",
+        "from the same seed; `epoch s`: 400 steps (one DrivAerML training run each), data and validation not included; "
+        "the same records drawn as [docs/figures/figure4_grid.png](../docs/figures/figure4_grid.png) by `benchmarks/figure4.py`",
         ("card", "config", "n", "blocks", "latents"),
         (Column("config", "config"), Column("blocks", "blocks"), Column("latents", "M"),
          Column("ms", "step ms", ".1f"), Column("epoch_s", "epoch s", ".0f"), Column("peak_gb", "peak GB", ".1f"),

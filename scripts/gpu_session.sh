@@ -6,7 +6,7 @@
 #   STAGES="gpu_tests fit1m" scripts/gpu_session.sh                                # some of them
 #   scripts/gpu_session.sh --list                                                  # the stages and their commands
 #   STAGES="acc gpu_tests" scripts/gpu_session.sh --plan                           # what would run, in order
-#   scripts/gpu_session.sh --collect <folder>     # on the dev machine: a fetched $DEV -> benchmarks/records/, rendered
+#   scripts/gpu_session.sh --collect <folder>     # on the dev machine: a fetched $DEV -> benchmarks/records/, rendered (Figure 4 drawn where the grid has records)
 #   scripts/gpu_session.sh --wheels               # on the dev machine: the test wheels a lent GPU lacks, into .whl/
 #                                                 # (beside ../shared/tools/gpu-wheels.sh's; install them there as it says)
 #   scripts/gpu_session.sh --pack "$OUT"          # on the GPU, in each poll: $DEV and the acc runs as a few archives
@@ -78,8 +78,10 @@ case "${1:-}" in
     for s in "${ORDER[@]}"; do echo "$s: ${CMD[$s]}"; done
     exit 0 ;;
   --plan) ;;  # below: the stages this call would run (STAGES, or the default), in order, and nothing else
-  --collect)
-    "$PY" benchmarks/records.py collect "${2:?usage: gpu_session.sh --collect <folder>}" && exec "$PY" benchmarks/render.py ;;
+  --collect)  # then the pages, and Figure 4 where the grid has records
+    "$PY" benchmarks/records.py collect "${2:?usage: gpu_session.sh --collect <folder>}" && "$PY" benchmarks/render.py || exit
+    if compgen -G "benchmarks/records/step_grid/*.json" > /dev/null; then exec "$PY" benchmarks/figure4.py; fi
+    exit 0 ;;
   --pack)  # on the GPU machine: $DEV as dev.tar.gz, the accuracy run folders as acc_<n>.tar, into $2
     dest=${2:?usage: gpu_session.sh --pack <folder>}
     mkdir -p "$dest"
