@@ -12,10 +12,10 @@ rows), one run on one card, rows side by side:
 |---|---|
 | ``reference-compiled`` | the authors' formulation (two SDPA calls), ``torch.compile``d as their trainer does |
 | ``reference-m128-compiled`` | ``reference-compiled`` at M = 128 (beside ``ours-m128`` at 1M points) |
-| ``ours-eager`` | ``flare fit`` with the paper config as shipped |
+| ``ours-eager`` | ``flare fit`` with the paper config, its step not captured (``--model.fast_step false``) |
 | ``ours-m128`` | ``ours-eager`` with M = 128 latents (the DrivAerML-1M table's second size) |
 | ``ours-recompute``, ``ours-m128-recompute`` | those with ``mlp_store_hidden: false`` (the fused MLPs' backward recomputes their layer inputs; drivaerml_1m ships it on) |
-| ``ours-fast`` | the same with ``--model.fast_step true`` (compiled model, whole step as a CUDA graph) |
+| ``ours-fast`` | the same with ``--model.fast_step true`` (compiled model, whole step as a CUDA graph; as ``drivaerml_1m`` ships) |
 | ``ours-m128-fast`` | ``ours-fast`` at M = 128 |
 | ``ours-fast-max-autotune`` | ``ours-fast`` with Inductor's GEMM autotuning (Triton GEMMs, fused epilogues) |
 | ``ours-fast-unpinned`` | ``ours-fast`` with pageable batches (as before 2026-11-30's third session) |
@@ -41,7 +41,7 @@ callers, profiled in the warm-up epoch).
 
     python benchmarks/train_step_small.py                       # the whole table
     python benchmarks/train_step_small.py --datasets darcy --precisions bf16-mixed --rows ours-fast
-    python benchmarks/train_step_small.py --datasets drivaerml_1m --precisions bf16-mixed --rows ours-eager --devices 1 2
+    python benchmarks/train_step_small.py --datasets drivaerml_1m --precisions bf16-mixed --rows ours-fast --devices 1 2
 """
 
 from __future__ import annotations
@@ -89,12 +89,13 @@ ROWS = {
         "--model.model.class_path=benchmarks.reference_flare.ReferenceSurrogate",
         "--model.model.init_args.num_latents=128",
     ],
-    "ours-eager": [],
-    "ours-m128": ["--model.model.init_args.num_latents=128"],  # the shipped config at M = 128 (drivaerml_1m)
+    "ours-eager": ["--model.fast_step=false"],  # drivaerml_1m ships the captured step: the row without it
+    "ours-m128": ["--model.model.init_args.num_latents=128", "--model.fast_step=false"],
     # the fused MLPs recompute their layers' inputs in backward instead of reading the kept ones
     # (drivaerml_1m ships mlp_store_hidden: true; this is its less memory, slower variant)
-    "ours-recompute": ["--model.model.init_args.mlp_store_hidden=false"],
-    "ours-m128-recompute": ["--model.model.init_args.num_latents=128", "--model.model.init_args.mlp_store_hidden=false"],
+    "ours-recompute": ["--model.model.init_args.mlp_store_hidden=false", "--model.fast_step=false"],
+    "ours-m128-recompute": ["--model.model.init_args.num_latents=128", "--model.model.init_args.mlp_store_hidden=false",
+                            "--model.fast_step=false"],
     "ours-fast": ["--model.fast_step=true"],
     "ours-m128-fast": ["--model.model.init_args.num_latents=128", "--model.fast_step=true"],
     "ours-fast-max-autotune": ["--model.fast_step=true"],
@@ -238,6 +239,7 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
         **names, **figures, "fit_wall_s": total, **throughput(1, cli.datamodule.batch_size, figures["step_ms"]),
         # the last epoch's peak, graph pools included: the epoch summary line resets the counter at each epoch start
         "peak_gb": peak_memory_bytes(cli.model.device) / 1e9 if torch.cuda.is_available() else None,
+        "peak_counts_graph_pools": True,  # captured rows' peaks before f9824f5 left their graphs' pools out
         "epoch_measured": steps is None, **summary, **loop.found,
     }, [{**names, **kernel} for kernel in kernels]
 
@@ -268,6 +270,7 @@ def run_row_ddp(dataset: str, precision: str, row: str, steps: int | None, root:
     figures = epoch_figures(marks, saved["batches_per_epoch"])
     return {"dataset": dataset, "precision": precision, "row": row, **figures, "fit_wall_s": total,
             **throughput(saved["devices"], saved["batch_size"], figures["step_ms"]), "peak_gb": saved["peak_gb"],
+            "peak_counts_graph_pools": True,
             "epoch_measured": steps is None}
 
 

@@ -66,7 +66,7 @@ declare -A CMD=(
   [maxpoints]="$PY benchmarks/max_points.py --latents 256 --configs ours-fused-compiled-stored ours-fused-compiled ours-memory --budget-s 90"
   [grid12]="$STEP --grid --grid-blocks 1 2 --configs reference-compiled ours-fused-compiled-stored"
   [grid48]="$STEP --grid --grid-blocks 4 8 --configs reference-compiled ours-fused-compiled-stored"
-  [ddp1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows ours-eager --devices 1 2 --root /tmp/bench_1m"
+  [ddp1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows ours-fast ours-eager --devices 1 2 --root /tmp/bench_1m"
 )
 ORDER=(gpu_tests fit1m kernels1m mixtune tss tss_mixed mixtune_tf32 eval evaltest step mlp maxpoints grid12 grid48 ddp1m acc)
 OPT_IN=" ddp1m acc "  # only when STAGES names them: ddp1m needs two GPUs, acc leaves runs going
