@@ -400,7 +400,7 @@ class GraphedForward:
     def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], capture: bool = True) -> None:
         self.fn = fn
         self.capture = capture
-        self._captured: dict[tuple, tuple[_Captured, Tensor]] = {}
+        self._captured: dict[tuple, tuple[_Captured, Tensor | None]] = {}  # shape -> graph, static output
         self._pool = None  # one pool for every shape's graph: replays never overlap
 
     @torch.no_grad()
@@ -412,8 +412,8 @@ class GraphedForward:
             _warn_shapes(len(self._captured))
             with uncached_autocast(x.device):
                 return self.fn(x, mask)
-        if key not in self._captured:
-            self._captured[key] = (_Captured(), x)
+        if key not in self._captured:  # seen once: no output yet (holding x would keep a test run's input alive)
+            self._captured[key] = (_Captured(), None)
             with uncached_autocast(x.device):
                 return self.fn(x, mask)
         entry, out = self._captured[key]
