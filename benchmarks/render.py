@@ -232,6 +232,10 @@ def _host_memory(row: dict[str, Any]) -> str:
 
 
 BF16_FAST = {"precision": "bf16-mixed", "row": "ours-fast"}
+def _peak(gb: float | None) -> str:
+    return f"peak {gb:.1f} GB" if gb is not None else "peak not measured with the graph's pool"
+
+
 HEADLINES = (
     Headline("Quickstart (`configs/quickstart.yaml`) end to end, data made on first use", "quickstart",
              {"recipe": "shipped"}, lambda r: f"{duration(r['wall_s'])}, test rel. L2 {r['rel_l2']:.3f}"),
@@ -252,9 +256,7 @@ HEADLINES = (
     Headline("DrivAerML-1M training step through `flare fit`: `configs/drivaerml_1m.yaml` as shipped (M = 256, "
              "2^20 points per step, proxy surfaces; `benchmarks/train_step_small.py`)", "train_step_small",
              {"dataset": "drivaerml_1m", "row": "ours-fast"},
-             lambda r: f"{r['step_ms']:.1f} ms per step, "
-                       + (f"peak {peak_gb(r):.1f} GB" if peak_gb(r) is not None else "peak not measured with the graph's pool")
-                       + " (validation included)"),
+             lambda r: f"{r['step_ms']:.1f} ms per step, {_peak(peak_gb(r))} (validation included)"),
     Headline("2^20-point training step, 8 blocks, M = 256, the fused MLPs compiled, beside the authors' "
              "formulation (`benchmarks/step.py`)", "step", {"config": "ours-fused-compiled", "latents": 256},
              lambda r: f"{r['ms']:.1f} ms per step ({r['speedup_vs_reference_compiled']:.2f}x the authors' "

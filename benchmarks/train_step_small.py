@@ -81,6 +81,7 @@ DATA_ARGS = {
                      "--data.init_args.proxy_points=1100000", "--data.init_args.proxy_train_runs=11",
                      "--data.init_args.proxy_test_runs=2", "--data.init_args.n_val=1"],
 }
+UNCAPTURED = "--model.fast_step=false"  # drivaerml_1m ships the captured step: its rows without it
 ROWS = {
     "reference-compiled": [
         "--model.model.class_path=benchmarks.reference_flare.ReferenceSurrogate",
@@ -89,13 +90,13 @@ ROWS = {
         "--model.model.class_path=benchmarks.reference_flare.ReferenceSurrogate",
         "--model.model.init_args.num_latents=128",
     ],
-    "ours-eager": ["--model.fast_step=false"],  # drivaerml_1m ships the captured step: the row without it
-    "ours-m128": ["--model.model.init_args.num_latents=128", "--model.fast_step=false"],
+    "ours-eager": [UNCAPTURED],
+    "ours-m128": ["--model.model.init_args.num_latents=128", UNCAPTURED],
     # the fused MLPs recompute their layers' inputs in backward instead of reading the kept ones
     # (drivaerml_1m ships mlp_store_hidden: true; this is its less memory, slower variant)
-    "ours-recompute": ["--model.model.init_args.mlp_store_hidden=false", "--model.fast_step=false"],
+    "ours-recompute": ["--model.model.init_args.mlp_store_hidden=false", UNCAPTURED],
     "ours-m128-recompute": ["--model.model.init_args.num_latents=128", "--model.model.init_args.mlp_store_hidden=false",
-                            "--model.fast_step=false"],
+                            UNCAPTURED],
     "ours-fast": ["--model.fast_step=true"],
     "ours-m128-fast": ["--model.model.init_args.num_latents=128", "--model.fast_step=true"],
     "ours-fast-max-autotune": ["--model.fast_step=true"],
