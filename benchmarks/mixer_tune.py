@@ -53,6 +53,9 @@ KERNEL_NAMES = {
 # [block_m, block_n] tiles (``KernelConfig.latent_rows``), at the defaults' and round 3's tiles.
 # Round 6 (the last three of each role): mid-size tiles for the fp32 mixer (--dtype float32; its
 # default, 32 x 32, holds 65-112 registers on sm_90, these 64 x 32 and 32 x 64 ones stay unspilled).
+# Round 7 (bwd_encode's last three): the backward encode over one latent tile of 128 at 32-64-point
+# tiles (M = 128: no atomics into the dq partials, as the backward decode's winner there; at 0d2271d on an
+# H100 the encode side's four 32-latent tiles took 1.32 ms a launch against the decode side's 1.04).
 CANDIDATES = {
     "encode": [(64, 64, 4, 3, 6), (64, 64, 4, 3, 12), (64, 64, 4, 3, 7, 72), (64, 64, 4, 3, 14, 72),
                (64, 64, 4, 3, 8, 72), (64, 64, 4, 4, 8), (64, 64, 4, 2, 12), (128, 64, 4, 3, 6), (128, 64, 8, 3, 4),
@@ -71,7 +74,8 @@ CANDIDATES = {
     "bwd_encode": [(64, 64, 4, 2, 8, 128), (64, 64, 4, 2, 12, 128), (64, 32, 4, 2, 8, 128), (64, 32, 4, 2, 12, 128),
                    (128, 32, 4, 2, 8, 128), (64, 64, 4, 2, 12), (64, 64, 4, 3, 6), (128, 64, 8, 2, 4),
                    (128, 32, 8, 2, 6), (16, 128, 4, 2, 4), (32, 128, 8, 2, 2), (16, 128, 8, 2, 2),
-                   (32, 64, 4, 2, 8), (64, 32, 4, 2, 8), (32, 64, 4, 3, 12)],
+                   (32, 64, 4, 2, 8), (64, 32, 4, 2, 8), (32, 64, 4, 3, 12),
+                   (64, 128, 4, 2, 4), (64, 128, 8, 2, 2), (32, 128, 4, 2, 6)],
 }
 
 
