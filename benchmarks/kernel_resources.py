@@ -49,7 +49,7 @@ LOW = {
     "_decode_fwd_kernel": {"q_ptr", "z_ptr", "k_ptr", "y_ptr"},
     "_bwd_decode_kernel": {"q_ptr", "k_ptr", "y_ptr", "dy_ptr", "z_ptr", "dk_ptr"},
     "_bwd_latent_grad_kernel": {"dz_lo_ptr"},
-    "_bwd_encode_kernel": {"q_ptr", "k_ptr", "v_ptr", "dz_ptr", "dk_ptr", "dv_ptr"},
+    "_bwd_encode_kernel": {"q_ptr", "k_ptr", "v_ptr", "dz_ptr", "dkp_ptr", "dk_ptr", "dv_ptr"},
     "_dq_sum_kernel": {"dq_ptr"},
     "mlp_fwd_kernel": {"hid_ptr", "wt_ptr"},
     "mlp_bwd_kernel": {"hid_ptr", "w_ptr", "wt_ptr"},
@@ -113,8 +113,10 @@ def role_resources(m: int, d: int, dtype: torch.dtype, role: str, k: tm.KernelCo
         constexprs |= dict(HAS_KEYMASK=True, HAS_MASK=True)
     if role != "encode":
         constexprs["NUM_M_TILES"] = -(-m // k.block_m)
-    if role == "bwd_decode":
-        constexprs["LATENT_ROWS"] = k.latent_rows
+    if role == "bwd_decode":  # the tiles of one latent group
+        constexprs |= dict(LATENT_ROWS=k.latent_rows, NUM_M_TILES=tm._latent_groups(m, k)[0])
+    if role == "bwd_encode":
+        constexprs["DK_PARTS"] = 1  # the decode side's shares of dk add one load each; one here
     return resources(ROLE_KERNELS[role], dtype, constexprs, k.launch_options())
 
 
@@ -158,7 +160,8 @@ def print_tune_table(m: int, d: int, dtype: torch.dtype) -> dict:
                 r = {"error": type(err).__name__}
             table[(role, k)] = r
             shape = (k.block_n, k.block_m, k.num_warps, k.num_stages, k.programs_per_sm, k.maxnreg) + (
-                ("latent rows",) if k.latent_rows else ())
+                ("latent rows",) if k.latent_rows else ()) + (
+                (f"{k.latent_groups} latent groups",) if k.latent_groups > 1 else ())
             found = r.get("error") or f"{r.get('REG', 0):>10}{r.get('STACK', 0):>14}"
             print(f"{role:<12}{str(shape):<72}{found}")
     return table

@@ -53,6 +53,9 @@ KERNEL_NAMES = {
 # [block_m, block_n] tiles (``KernelConfig.latent_rows``), at the defaults' and round 3's tiles.
 # Round 6 (the last three of each role): mid-size tiles for the fp32 mixer (--dtype float32; its
 # default, 32 x 32, holds 65-112 registers on sm_90, these 64 x 32 and 32 x 64 ones stay unspilled).
+# Round 8 (bwd_decode's last four, an eighth field): the backward decode with its latents split over
+# programs (``KernelConfig.latent_groups``; M = 256: two groups of 128 as M = 128's winner, four of 64),
+# each group's sums in registers and its share of dk summed by the encode side: no atomics.
 # Round 7 (bwd_encode's last three): the backward encode over one latent tile of 128 at 32-64-point
 # tiles (M = 128: no atomics into the dq partials, as the backward decode's winner there; at 0d2271d on an
 # H100 the encode side's four 32-latent tiles took 1.32 ms a launch against the decode side's 1.04).
@@ -70,7 +73,9 @@ CANDIDATES = {
                    (128, 32, 4, 2, 8, 128), (16, 128, 4, 2, 4), (32, 128, 8, 2, 2), (16, 128, 8, 2, 2),
                    (64, 64, 4, 3, 12, 128, True), (64, 64, 4, 2, 12, 128, True), (64, 64, 4, 3, 8, None, True),
                    (64, 128, 4, 2, 4, None, True), (128, 64, 8, 2, 4, None, True),
-                   (32, 64, 4, 2, 8), (64, 32, 4, 2, 8), (32, 64, 4, 3, 12)],
+                   (32, 64, 4, 2, 8), (64, 32, 4, 2, 8), (32, 64, 4, 3, 12),
+                   (64, 128, 4, 2, 4, None, False, 2), (64, 128, 4, 2, 8, None, False, 2),
+                   (64, 64, 4, 3, 12, 128, False, 4), (64, 64, 4, 2, 8, None, True, 4)],
     "bwd_encode": [(64, 64, 4, 2, 8, 128), (64, 64, 4, 2, 12, 128), (64, 32, 4, 2, 8, 128), (64, 32, 4, 2, 12, 128),
                    (128, 32, 4, 2, 8, 128), (64, 64, 4, 2, 12), (64, 64, 4, 3, 6), (128, 64, 8, 2, 4),
                    (128, 32, 8, 2, 6), (16, 128, 4, 2, 4), (32, 128, 8, 2, 2), (16, 128, 8, 2, 2),
@@ -81,12 +86,13 @@ CANDIDATES = {
 
 def candidates(m: int, role: str):
     """The role's candidate KernelConfigs for M latents (block_m clamped, duplicates dropped)."""
-    from flare_lightning.kernels.triton_mixer import KernelConfig, _pow2
+    from flare_lightning.kernels.triton_mixer import KernelConfig, _latent_groups, _pow2
 
     out = []
     for bn, bm, w, st, pps, *rest in CANDIDATES[role]:
-        cap, rows = (rest + [None, False])[:2]
+        cap, rows, groups = (rest + [None, False, 1][len(rest):])[:3]
         cfg = KernelConfig(bn, min(bm, _pow2(m)), w, st, pps, cap, rows)
+        cfg = dataclasses.replace(cfg, latent_groups=_latent_groups(m, dataclasses.replace(cfg, latent_groups=groups))[1])
         if cfg not in out:
             out.append(cfg)
     return out

@@ -55,6 +55,7 @@ class KernelConfig:
     programs_per_sm: int | None = None  # None: the MixerConfig's
     maxnreg: int | None = None  # register cap per thread (more programs per SM, maybe spills)
     latent_rows: bool = False  # backward decode only: logits as [block_m, block_n] tiles (fewer transposes)
+    latent_groups: int = 1  # backward decode only: latent tiles split over this many programs per chunk
 
     def launch_options(self) -> dict:
         """Keyword arguments of a Triton launch with this config."""
@@ -135,6 +136,16 @@ def _chunking(n: int, block_n: int, other_programs: int, target: int, partial_by
     chunks = max(1, min(n_tiles, _cdiv(target, other_programs), _PARTIAL_BYTES // max(1, partial_bytes)))
     tiles_per_chunk = _cdiv(n_tiles, chunks)
     return tiles_per_chunk, _cdiv(n_tiles, tiles_per_chunk)
+
+
+def _latent_groups(m: int, kernel: KernelConfig) -> tuple[int, int]:
+    """(latent tiles per program, groups) of the backward decode: ``kernel.latent_groups`` groups
+    of whole tiles, as even as the tiles allow, none empty."""
+    if kernel.latent_groups < 1:
+        raise ValueError(f"KernelConfig.latent_groups must be >= 1, got {kernel.latent_groups}")
+    m_tiles = _cdiv(m, kernel.block_m)
+    per_group = _cdiv(m_tiles, min(kernel.latent_groups, m_tiles))
+    return per_group, _cdiv(m_tiles, per_group)
 
 
 JOIN_M = 16  # latents per program of the kernels that join chunk partials (merge, dz, dq)
@@ -243,16 +254,20 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
     dv = torch.empty_like(v)
 
     c1 = cfg.bwd_decode
-    tiles_1 = _cdiv(m, c1.block_m)
-    tiles, chunks_1 = _chunking(n, c1.block_n, bh, _num_programs_target(dev, cfg, c1), 2 * bh * m * d * 4)
+    tiles_1, groups = _latent_groups(m, c1)
+    tiles, chunks_1 = _chunking(n, c1.block_n, bh * groups, _num_programs_target(dev, cfg, c1), 2 * bh * m * d * 4)
     dz_part = torch.empty(bh, chunks_1, m, d, device=dev, dtype=torch.float32)
     dq_part_1 = torch.empty_like(dz_part)
-    _bwd_decode_kernel[(chunks_1, bh)](
-        q, k, y, dy, z_lo, lse_dec, dk, dz_part, dq_part_1,
+    # the decode part of dk: in dk itself, or one share per latent group (summed by the encode side)
+    dk_dec = dk if groups == 1 else torch.empty(groups, b, h, n, d, device=dev, dtype=k.dtype)
+    dk_dec_g = dk_dec if groups == 1 else dk_dec[0]
+    group_stride = 0 if groups == 1 else dk_dec.stride(0)
+    _bwd_decode_kernel[(chunks_1, bh, groups)](
+        q, k, y, dy, z_lo, lse_dec, dk_dec, dz_part, dq_part_1,
         n, h, qk_scale, scale, tiles,
         k.stride(0), k.stride(1), k.stride(2), y.stride(0), y.stride(1), y.stride(2),
-        dy.stride(0), dy.stride(1), dy.stride(2), dk.stride(0), dk.stride(1), dk.stride(2),
-        M=m, D=d, ALIGN=_align(k, y, dy, dk), NUM_M_TILES=tiles_1, PREC=prec,
+        dy.stride(0), dy.stride(1), dy.stride(2), dk_dec_g.stride(0), dk_dec_g.stride(1), dk_dec_g.stride(2), group_stride,
+        M=m, D=d, ALIGN=_align(k, y, dy, *(dk_dec.unbind(0)[:2] if groups > 1 else (dk,))), NUM_M_TILES=tiles_1, PREC=prec,
         BLOCK_N=c1.block_n, BLOCK_M=c1.block_m, BLOCK_D=bd, LATENT_ROWS=c1.latent_rows, **c1.launch_options(),
     )
     if reduce_dz is None:  # dz_lo = Σ_chunks dz_part and δ_m = dz_m·z_m [B·H, M], one launch
@@ -271,13 +286,15 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
     tiles, chunks_2 = _chunking(n, c2.block_n, bh, _num_programs_target(dev, cfg, c2), bh * m * d * 4)
     dq_part_2 = torch.empty(bh, chunks_2, m, d, device=dev, dtype=torch.float32)
     _bwd_encode_kernel[(chunks_2, bh)](
-        q, k, v, mask_u8, dz_lo, delta, lse_enc, dk, dv, dq_part_2,
+        q, k, v, mask_u8, dz_lo, delta, lse_enc, dk_dec, dk, dv, dq_part_2,
         n, h, qk_scale, scale, tiles,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        dk_dec_g.stride(0), dk_dec_g.stride(1), dk_dec_g.stride(2), group_stride,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), mask_stride,
-        M=m, D=d, ALIGN=_align(k, v, dk, dv), HAS_KEYMASK=mask is not None or n % c2.block_n != 0, HAS_MASK=mask is not None,
+        M=m, D=d, ALIGN=_align(k, v, dk, dv, *(dk_dec.unbind(0)[:2] if groups > 1 else ())),
+        HAS_KEYMASK=mask is not None or n % c2.block_n != 0, HAS_MASK=mask is not None,
         NUM_M_TILES=tiles_2, PREC=prec,
-        BLOCK_N=c2.block_n, BLOCK_M=c2.block_m, BLOCK_D=bd, **c2.launch_options(),
+        BLOCK_N=c2.block_n, BLOCK_M=c2.block_m, BLOCK_D=bd, DK_PARTS=groups, **c2.launch_options(),
     )
     dq = torch.empty(h, m, d, device=dev, dtype=q.dtype)  # s Σ_{b, chunks} of both passes' partials
     _dq_sum_kernel[(_cdiv(m, JOIN_M), h)](

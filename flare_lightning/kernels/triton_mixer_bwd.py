@@ -14,7 +14,10 @@ decode part, written to dk) then ``_bwd_encode_kernel`` (dv, dk += encode part, 
 partials). Each program takes a chunk of point tiles and loops over latent tiles: per
 point sums stay in registers; per latent sums (dz, dq) are one partial per program, in
 registers when one latent tile covers M, else zeroed by the program and added
-atomically into its own slot (no contention). Two small
+atomically into its own slot (no contention). The decode side can also split the latents
+over programs (``M_GROUPS``): each program then holds one group's latents in registers and
+writes its share of dk's decode part to its own [B, H, N, D] slice, which the encode side sums
+as it reads them (no atomics, at the cost of one more [N, D] write and read per group). Two small
 kernels join the partials: ``_bwd_latent_grad_kernel`` (dz and δ between the passes) and
 ``_dq_sum_kernel`` (dq at the end), one launch each instead of a dozen small ops.
 """
@@ -42,7 +45,7 @@ def _zero_slot(part_ptr, part_row0, offs_m0, offs_d, M: tl.constexpr, D: tl.cons
 def _bwd_decode_kernel(
     q_ptr, k_ptr, y_ptr, dy_ptr, z_ptr, lse_dec_ptr, dk_ptr, dz_part_ptr, dq_part_ptr,
     N, H, qk_scale, scale, tiles_per_chunk,
-    s_kb, s_kh, s_kn, s_yb, s_yh, s_yn, s_gb, s_gh, s_gn, s_dkb, s_dkh, s_dkn,
+    s_kb, s_kh, s_kn, s_yb, s_yh, s_yn, s_gb, s_gh, s_gn, s_dkb, s_dkh, s_dkn, s_dkg,
     M: tl.constexpr, D: tl.constexpr, ALIGN: tl.constexpr, NUM_M_TILES: tl.constexpr, PREC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, LATENT_ROWS: tl.constexpr,
 ):
@@ -52,15 +55,18 @@ def _bwd_decode_kernel(
     each program's slot zeroed by the program itself; dq partials are unscaled.
     ``LATENT_ROWS`` computes the logits as [BM, BN] tiles: dz and dq then take P and dS as
     they are, and only dk takes a transposed one (one layout change per tile instead of two).
+    Grid axis 2 splits the latents into groups of NUM_M_TILES tiles: group g sums over its own
+    latents only and stores that share of dk at ``dk_ptr + g·s_dkg``.
     """
     pid_c, pid_bh, b64, h = _chunk_program(H)
+    pid_g = tl.program_id(2)
     num_chunks = tl.num_programs(0)
     k_base = _head_base(k_ptr, b64, h, s_kb, s_kh)
     y_base = _head_base(y_ptr, b64, h, s_yb, s_yh)
     g_base = _head_base(dy_ptr, b64, h, s_gb, s_gh)
-    dk_base = _head_base(dk_ptr, b64, h, s_dkb, s_dkh)
+    dk_base = _head_base(dk_ptr + pid_g.to(tl.int64) * s_dkg, b64, h, s_dkb, s_dkh)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_m0 = tl.arange(0, BLOCK_M)
+    offs_m0 = pid_g * (NUM_M_TILES * BLOCK_M) + tl.arange(0, BLOCK_M)  # this group's first latent tile
     offs_n0 = tl.arange(0, BLOCK_N)
     d_ok = offs_d < D
     part_row0 = (pid_bh * num_chunks + pid_c) * M
@@ -134,21 +140,23 @@ def _bwd_decode_kernel(
 
 @triton.jit
 def _bwd_encode_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, dz_ptr, delta_ptr, lse_enc_ptr, dk_ptr, dv_ptr, dq_part_ptr,
+    q_ptr, k_ptr, v_ptr, mask_ptr, dz_ptr, delta_ptr, lse_enc_ptr, dkp_ptr, dk_ptr, dv_ptr, dq_part_ptr,
     N, H, qk_scale, scale, tiles_per_chunk,
-    s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_dkb, s_dkh, s_dkn, s_dvb, s_dvh, s_dvn, s_mb,
+    s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_pb, s_ph, s_pn, s_pg, s_dkb, s_dkh, s_dkn, s_dvb, s_dvh, s_dvn, s_mb,
     M: tl.constexpr, D: tl.constexpr, ALIGN: tl.constexpr,
     HAS_KEYMASK: tl.constexpr, HAS_MASK: tl.constexpr, NUM_M_TILES: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, DK_PARTS: tl.constexpr,
 ):
-    """Encode side: dv, dk += s Σ_m dS_enc q (dk holds the decode part), dq partials.
+    """Encode side: dv, dk = s Σ_m dS_enc q + the decode part, dq partials.
 
-    dz: [B·H, M, D] in the input dtype; delta (δ) and lse_enc: [B·H, M] fp32.
+    dz: [B·H, M, D] in the input dtype; delta (δ) and lse_enc: [B·H, M] fp32. The decode part
+    of dk is the sum of DK_PARTS slices ``dkp_ptr + g·s_pg`` (with one, dkp may be dk itself).
     """
     pid_c, pid_bh, b64, h = _chunk_program(H)
     num_chunks = tl.num_programs(0)
     k_base = _head_base(k_ptr, b64, h, s_kb, s_kh)
     v_base = _head_base(v_ptr, b64, h, s_vb, s_vh)
+    dkp_base = _head_base(dkp_ptr, b64, h, s_pb, s_ph)
     dk_base = _head_base(dk_ptr, b64, h, s_dkb, s_dkh)
     dv_base = _head_base(dv_ptr, b64, h, s_dvb, s_dvh)
     offs_d = tl.arange(0, BLOCK_D)
@@ -208,9 +216,11 @@ def _bwd_encode_kernel(
             else:
                 part = (part_row0 + offs_m)[:, None] * D + offs_d[None, :]
                 tl.atomic_add(dq_part_ptr + part, dq_tile, mask=md_mask, sem="relaxed")
-        dk_ptrs = _rows(dk_base, offs_n, s_dkn, offs_d, ALIGN)
-        dk_dec = tl.load(dk_ptrs, mask=nd_mask, other=0.0).to(tl.float32)
-        tl.store(dk_ptrs, (dk_dec + dk_acc * scale).to(dk_ptr.dtype.element_ty), mask=nd_mask)
+        dk_acc = dk_acc * scale
+        for g in tl.static_range(DK_PARTS):  # + the decode side's share(s)
+            dkp = _rows(dkp_base + g * s_pg, offs_n, s_pn, offs_d, ALIGN)
+            dk_acc += tl.load(dkp, mask=nd_mask, other=0.0).to(tl.float32)
+        tl.store(_rows(dk_base, offs_n, s_dkn, offs_d, ALIGN), dk_acc.to(dk_ptr.dtype.element_ty), mask=nd_mask)
         tl.store(_rows(dv_base, offs_n, s_dvn, offs_d, ALIGN), dv_acc.to(dv_ptr.dtype.element_ty), mask=nd_mask)
 
     if NUM_M_TILES == 1:

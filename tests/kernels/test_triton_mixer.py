@@ -80,6 +80,36 @@ def test_backward_decode_with_latent_rows(tm, device, case, dtype):
     assert_close_errors(errors, dtype, f"latent rows {case}")
 
 
+@pytest.mark.parametrize("groups, rows", [(2, False), (3, False), (3, True), (8, False)], ids=lambda g: str(g))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_backward_decode_with_latent_groups(tm, device, groups, rows, dtype):
+    """The backward decode with its latents split over programs (``KernelConfig.latent_groups``):
+    M = 40 in three 16-latent tiles as groups of two tiles and one (atomics within a group), of
+    one tile each (registers), and more groups asked for than there are tiles; each group's
+    share of dk summed by the encode side. Masked, several chunks, against the float64 formula."""
+    tile = tm.KernelConfig(block_n=16, block_m=16)
+    grouped = tm.KernelConfig(block_n=16, block_m=16, latent_rows=rows, latent_groups=groups)
+    cfg = tm.MixerConfig(tile, tile, grouped, tile, programs_per_sm=4)
+
+    def fn(q, k, v, mask, scale):
+        return tm.flare_mix_triton(q, k, v, mask, scale, config=cfg)
+
+    errors = mixer_errors(fn, 2, 2, 100, 40, 8, dtype, device, True, 0.7, seed=groups)
+    assert_close_errors(errors, dtype, f"{groups} latent groups")
+
+
+def test_latent_groups_cover_the_tiles_once(tm):
+    """Groups are runs of whole latent tiles, none empty, however many are asked for."""
+    k = lambda g: tm.KernelConfig(block_n=64, block_m=64, latent_groups=g)  # noqa: E731
+    assert tm._latent_groups(256, k(1)) == (4, 1)
+    assert tm._latent_groups(256, k(2)) == (2, 2)
+    assert tm._latent_groups(256, k(3)) == (2, 2)  # 4 tiles in runs of 2: two groups, not an empty third
+    assert tm._latent_groups(256, k(4)) == (1, 4)
+    assert tm._latent_groups(200, k(16)) == (1, 4)
+    with pytest.raises(ValueError, match="latent_groups"):
+        tm._latent_groups(256, k(0))
+
+
 @pytest.mark.parametrize("m", [256, 128, 512], ids=lambda m: f"M{m}")
 def test_gpu_default_tiles_of_the_1m_heads(tm, device, monkeypatch, m):
     """The tiles ``default_config`` picks on a GPU for the 1M config's heads (D = 8; at M = 256,
