@@ -54,7 +54,7 @@ LOW = {
     "mlp_fwd_kernel": {"hid_ptr", "wt_ptr"},
     "mlp_bwd_kernel": {"hid_ptr", "w_ptr", "wt_ptr"},
     "mlp_bwd_da_kernel": {"hid_ptr", "h0_ptr", "da_ptr", "w_ptr", "wt_ptr"},
-    "mlp_dw_kernel": {"da_ptr", "h0_ptr", "hid_ptr"},
+    "mlp_dw_kernel": {"da_ptr", "dout_ptr", "h0_ptr", "hid_ptr"},
 }
 FLOATS = {"qk_scale", "scale", "eps"}
 TYPE = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
@@ -179,9 +179,9 @@ def mlp_table(store_hidden: bool, cfg: triton_mlp.MLPConfig, c: int = 64, nl: in
                                   BT=cfg.fwd_rows), cfg.launch("fwd"), ROWS)}
     if cfg.split:  # the row pass, then the weight-gradient GEMM
         table["backward row pass"] = resources(km.mlp_bwd_da_kernel, dtype, common | dict(
-            STORED=store_hidden, BT=cfg.split_rows), cfg.launch("split"), ROWS)
+            STORED=store_hidden, BT=cfg.split_rows, DA_LAST=False), cfg.launch("split"), ROWS)
         table["backward weight GEMM"] = resources(km.mlp_dw_kernel, dtype, dict(
-            C=c, NL=nl, PREC=common["PREC"], BT=cfg.dw_rows), cfg.launch("dw"), ROWS)
+            C=c, NL=nl, PREC=common["PREC"], BT=cfg.dw_rows, DA_LAST=False), cfg.launch("dw"), ROWS)
         return table
     rows, _, launch = cfg.backward(store_hidden)
     for lo, hi in cfg.segments(nl, store_hidden):

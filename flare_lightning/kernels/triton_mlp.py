@@ -238,21 +238,25 @@ def _backward_split(x: Tensor, x2: Tensor, grad: Tensor, hidden: Tensor | None, 
     stored = hidden is not None and hidden.numel() > 0
     if not stored:  # the row pass writes the layers' inputs here
         hidden = torch.empty((nl - 1, rows, c) if nl > 1 else (0,), device=device, dtype=compute_dtype)
-    da = torch.empty(nl, rows, c, device=device, dtype=compute_dtype)
+    da_last = grad.dtype != compute_dtype  # else the last layer's d a is the gradient as it is: not written again
+    da = torch.empty(nl - (not da_last), rows, c, device=device, dtype=compute_dtype)
     h0 = torch.empty(rows, c, device=device, dtype=compute_dtype)
     tiles = -(-rows // cfg.split_rows)
     lnw, lnb, has_ln = ln
     dln = torch.zeros(tiles if has_ln else 1, 2, c, device=device, dtype=f32)
     dot, prec = dot_type(compute_dtype), input_precision(compute_dtype)
+    da_arg = da if da.numel() else h0  # one layer, read from grad: any pointer of the dot dtype
     kernels.mlp_bwd_da_kernel[(tiles,)](
-        x2, hidden, h0, grad, dx, da, lnw, lnb, w, wt, bias.contiguous(), dln, rows, eps,
-        C=c, NL=nl, LN=has_ln, STORED=stored, ACT=act, DOT=dot, PREC=prec, BT=cfg.split_rows, **cfg.launch("split"),
+        x2, hidden, h0, grad, dx, da_arg, lnw, lnb, w, wt, bias.contiguous(), dln, rows, eps,
+        C=c, NL=nl, LN=has_ln, STORED=stored, ACT=act, DOT=dot, PREC=prec, BT=cfg.split_rows, DA_LAST=da_last,
+        **cfg.launch("split"),
     )
     slices, per_slice = _slices(rows, nl, cfg, device)
     dw = torch.empty(slices, nl, c, c, device=device, dtype=f32)
     db = torch.empty(slices, nl, c, device=device, dtype=f32)
     kernels.mlp_dw_kernel[(slices, nl)](
-        da, h0, hidden, dw, db, rows, per_slice, C=c, NL=nl, PREC=prec, BT=cfg.dw_rows, **cfg.launch("dw"),
+        da_arg, grad if not da_last else da_arg, h0, hidden, dw, db, rows, per_slice, C=c, NL=nl, PREC=prec,
+        BT=cfg.dw_rows, DA_LAST=da_last, **cfg.launch("dw"),
     )
     return dx, dw.sum(0), db.sum(0), dln.sum(0)
 

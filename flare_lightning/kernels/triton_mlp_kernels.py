@@ -206,12 +206,14 @@ def mlp_bwd_kernel(
 def mlp_bwd_da_kernel(
     x_ptr, hid_ptr, h0_ptr, dout_ptr, dx_ptr, da_ptr, lnw_ptr, lnb_ptr, w_ptr, wt_ptr, b_ptr, dln_ptr, T, eps,
     C: tl.constexpr, NL: tl.constexpr, LN: tl.constexpr, STORED: tl.constexpr, ACT: tl.constexpr,
-    DOT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr,
+    DOT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr, DA_LAST: tl.constexpr,
 ):
     """The backward's row pass for one tile of BT rows, all layers at once (the weight gradients
     are left to ``mlp_dw_kernel``): the gradient of each layer's pre-activation, d aᵢ, goes to
     ``da_ptr`` [NL, T, C] and dx to ``dx_ptr``; layer 0's input LN(x) goes to ``h0_ptr`` [T, C]
-    (both in the dot dtype). The inputs of layers 1..NL-1 are read from ``hid_ptr`` [NL-1, T, C]:
+    (both in the dot dtype). The last layer's d a is the output's gradient itself: without
+    ``DA_LAST`` (the gradient already in the dot dtype) it is not written again and ``da_ptr``
+    holds layers 0..NL-2 only. The inputs of layers 1..NL-1 are read from ``hid_ptr`` [NL-1, T, C]:
     what the forward kept (``STORED``), or written there first by recomputing the chain. Nothing
     accumulates across tiles (the LayerNorm's (dγ, dβ) partials go to slot pid of ``dln_ptr``
     [tiles, 2, C]), so the kernel holds few registers and many tiles share an SM."""
@@ -237,7 +239,8 @@ def mlp_bwd_da_kernel(
         else:
             da = g * _act_grad(_linear(h_i, wt_ptr, b_ptr, i, cols, C, PREC), ACT)
         da_dot = da.to(DOT)
-        _store_rows(da_ptr + i * layer_stride, da_dot, rows, cols, T, C)
+        if DA_LAST or i < NL - 1:
+            _store_rows(da_ptr + i * layer_stride, da_dot, rows, cols, T, C)
         g = g + tl.dot(da_dot, _weight(w_ptr, i, cols, C), input_precision=PREC)
     if LN:
         xhat, rstd = _normalise(_load_rows(x_ptr, rows, cols, T, C), eps, C)
@@ -249,12 +252,13 @@ def mlp_bwd_da_kernel(
 
 @triton.jit
 def mlp_dw_kernel(
-    da_ptr, h0_ptr, hid_ptr, dw_ptr, db_ptr, T, rows_per_program,
-    C: tl.constexpr, NL: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr,
+    da_ptr, dout_ptr, h0_ptr, hid_ptr, dw_ptr, db_ptr, T, rows_per_program,
+    C: tl.constexpr, NL: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr, DA_LAST: tl.constexpr,
 ):
     """Weight and bias gradients of layer ``program_id(1)`` over one slice of the rows:
     dWᵢ = Σ d aᵢᵀ hᵢ and dbᵢ = Σ d aᵢ over rows [pid·R, (pid+1)·R), into slot pid of the
-    partial buffers [P, NL, C, C] and [P, NL, C] (a split-K GEMM, its loop pipelined)."""
+    partial buffers [P, NL, C, C] and [P, NL, C] (a split-K GEMM, its loop pipelined). The last
+    layer's d a is read from ``dout_ptr`` (the output's gradient in the dot dtype) unless ``DA_LAST``."""
     pid = tl.program_id(0)
     i = tl.program_id(1)
     cols = tl.arange(0, C)
@@ -262,6 +266,10 @@ def mlp_dw_kernel(
     h_ptr = h0_ptr
     if i > 0:
         h_ptr = hid_ptr + (i - 1) * layer_stride
+    a_ptr = da_ptr + i * layer_stride
+    if not DA_LAST:
+        if i == NL - 1:
+            a_ptr = dout_ptr
     dw = tl.zeros((C, C), tl.float32)
     db = tl.zeros((C,), tl.float32)
     lo = pid * rows_per_program
@@ -270,7 +278,7 @@ def mlp_dw_kernel(
         rows = start + tl.arange(0, BT)
         offs = rows[:, None].to(tl.int64) * C + cols[None, :]
         inside = rows[:, None] < hi
-        da = tl.load(da_ptr + i * layer_stride + offs, mask=inside, other=0.0)
+        da = tl.load(a_ptr + offs, mask=inside, other=0.0)
         h = tl.load(h_ptr + offs, mask=inside, other=0.0)
         dw = tl.dot(tl.trans(da), h, dw, input_precision=PREC)
         db += tl.sum(da.to(tl.float32), axis=0)

@@ -111,3 +111,22 @@ def test_backward_segments_cover_each_layer_once_and_agree(tmlp, device, max_lay
     with launched_with(tmlp, cfg):
         errors = fused_errors(tmlp, device, 16, 3, "gelu_tanh", True, False, torch.float32, seed=5)
     assert max(errors.values()) < 1e-5, errors
+
+
+@pytest.mark.parametrize("layers", [1, 4])
+def test_split_backward_reads_a_dot_dtype_gradient_as_the_last_layers_da(tmlp, device, split_backward, layers):
+    """With the output's gradient already in the dot dtype (bf16 keys and values), the row pass does
+    not write the last layer's d a again and the weight GEMM reads the gradient itself: the same
+    numbers, bit for bit, as from that gradient in fp32 (which the row pass casts and writes)."""
+    g = torch.Generator().manual_seed(layers)
+    x = torch.randn(45, 16, generator=g).to(device)
+    dout = torch.randn(45, 16, generator=g).to(device).to(torch.bfloat16)
+    w, b = (0.3 * torch.randn(layers, 16, 16, generator=g)).to(device), (0.1 * torch.randn(layers, 16, generator=g)).to(device)
+    lnw, lnb = (1 + 0.1 * torch.randn(16, generator=g)).to(device), (0.1 * torch.randn(16, generator=g)).to(device)
+    hidden = tmlp.mlp_fwd(x, w, b, lnw, lnb, None, 1e-5, 0, torch.bfloat16, torch.float32, True)[1]
+    bwd = (w, b, lnw, lnb, 1e-5, 0, torch.bfloat16)
+    from_bf16 = tmlp.mlp_bwd(x, dout, hidden, *bwd)
+    from_fp32 = tmlp.mlp_bwd(x, dout.float(), hidden, *bwd)
+    for a, r in zip(from_bf16, from_fp32):
+        torch.testing.assert_close(a, r, rtol=0, atol=0)
+    assert from_bf16[1][-1].abs().sum() > 0  # the last layer's weight gradient is there
