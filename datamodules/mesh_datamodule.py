@@ -11,7 +11,7 @@ import lightning as L
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from datamodules.collate import PaddedCollate
+from datamodules.collate import EVAL_FIELDS, TRAIN_FIELDS, PaddedCollate
 from datamodules.mesh_dataset import MeshDataset
 from datamodules.point_sets import PointSetReader
 from datamodules.predict_files import PredictCollate, PredictFileDataset, check_unique_names, resolve_predict_files
@@ -198,7 +198,7 @@ class MeshDataModule(L.LightningDataModule):
         if isinstance(ds, PredictFileDataset):
             collate = PredictCollate()
         else:
-            collate = PaddedCollate(pad_to_buckets=self.pad_to_buckets)
+            collate = PaddedCollate(pad_to_buckets=self.pad_to_buckets, fields=TRAIN_FIELDS if train else EVAL_FIELDS)
         kwargs = dict(batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers,
                       pin_memory=self._pin_memory())
         if self.num_workers > 0:  # options of worker processes: DataLoader refuses them without any

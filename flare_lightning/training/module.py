@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 
 from flare_lightning import compat
 from flare_lightning.training.adam_update import plain_state
+from flare_lightning.training.batch_transfer import SideStreamTransfer
 from flare_lightning.training.fast_step import FastTrainStep, GraphedForward
 from flare_lightning.training.fast_step_lightning import build_fast_step, check_fast_step, optimizer_step
 from flare_lightning.forces.metrics import ForceCoefficientErrors, force_report
@@ -116,11 +117,13 @@ class SurrogateModule(L.LightningModule):
         self._fast_eval: GraphedForward | None = None
         self._fast_fns: tuple[Callable, Callable] | None = None  # (train losses, eval forward) the graphs run
         self._train_metric_logged = False  # train/rel_l2 registered with Lightning this epoch
+        self._transfer = SideStreamTransfer()  # training batches' host-to-GPU copies, off the compute stream
 
     def __getstate__(self) -> dict[str, Any]:
         # Copies (EMA's averaged model, pickling) go without this object's captured graphs and
         # compiled functions: they belong to its own fit and device.
-        return super().__getstate__() | {"_fast": None, "_fast_eval": None, "_fast_fns": None}
+        return super().__getstate__() | {"_fast": None, "_fast_eval": None, "_fast_fns": None,
+                                         "_transfer": SideStreamTransfer()}
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
@@ -224,6 +227,15 @@ class SurrogateModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._train_metric_logged = False
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Lightning's transfer; a training batch to a GPU on a side stream, so that it overlaps the
+        step before it (``training/batch_transfer.py``)."""
+        trainer = self._trainer
+        if device.type != "cuda" or trainer is None or not trainer.training:
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        plain = super(SurrogateModule, self).transfer_batch_to_device
+        return self._transfer(lambda b: plain(b, device, dataloader_idx), batch, device)
 
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         """Lightning's backward; the fast step ran it in its graph and hands over the gradients."""

@@ -136,6 +136,17 @@ def test_padded_batches_match_single_samples(root):
             )
 
 
+def test_training_batches_carry_only_what_the_step_reads(root):
+    """Training batches hold x, y and the mask (pos would only cross to the GPU, 12 MB a step at
+    2^20 points); validation batches keep pos for predictions and field plots."""
+    dm = setup_dm(root)
+    train = next(iter(dm.train_dataloader()))
+    assert set(train) == {"x", "y", "mask", "padded", "sample_id"}
+    val = next(iter(dm.val_dataloader()))
+    assert {"x", "y", "mask", "pos"} <= set(val)
+    torch.testing.assert_close(val["pos"], val["x"][..., :3])  # the coordinates are the model's first inputs
+
+
 def tiny_model_args() -> list[str]:
     return [
         "--model.model.init_args.channels=16",
