@@ -3,7 +3,6 @@ objective (relative L2 of u plus 0.1 x the relative L2 errors of its grid deriva
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch.nn.functional as F
