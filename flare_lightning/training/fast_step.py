@@ -401,6 +401,7 @@ class GraphedForward:
         self.fn = fn
         self.capture = capture
         self._captured: dict[tuple, tuple[_Captured, Tensor | None]] = {}  # shape -> graph, static output
+        self._seen_once: set[tuple] = set()  # shapes run once, eagerly: captured if they come again
         self._pool = None  # one pool for every shape's graph: replays never overlap
 
     @torch.no_grad()
@@ -408,14 +409,17 @@ class GraphedForward:
         if not (self.capture and x.is_cuda):
             return self.fn(x, mask)
         key = batch_key({"x": x, "mask": mask}, ("x", "mask")) + (torch.is_autocast_enabled("cuda"),)
-        if key not in self._captured and len(self._captured) >= MAX_GRAPHS:
-            _warn_shapes(len(self._captured))
-            with uncached_autocast(x.device):
-                return self.fn(x, mask)
-        if key not in self._captured:  # seen once: no output yet (holding x would keep a test run's input alive)
+        if key not in self._captured:
+            # seen once: run eagerly and keep nothing of it (holding x would keep a test run's input alive);
+            # only shapes that come again are captured, and only those count toward MAX_GRAPHS
+            if key not in self._seen_once or len(self._captured) >= MAX_GRAPHS:
+                if key in self._seen_once:
+                    _warn_shapes(len(self._captured))
+                self._seen_once.add(key)
+                with uncached_autocast(x.device):
+                    return self.fn(x, mask)
+            self._seen_once.discard(key)
             self._captured[key] = (_Captured(), None)
-            with uncached_autocast(x.device):
-                return self.fn(x, mask)
         entry, out = self._captured[key]
         if not entry.graphs:
             entry.inputs = {"x": x.clone(), "mask": None if mask is None else mask.clone()}

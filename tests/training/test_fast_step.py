@@ -615,7 +615,36 @@ def test_graphed_forward_keeps_no_input_of_a_shape_seen_once():
     seen = weakref.ref(x)
     torch.testing.assert_close(fwd(x, None), x * 2)
     del x
-    assert seen() is None and len(fwd._captured) == 1
+    assert seen() is None and not fwd._captured
+
+
+@gpu
+def test_graphed_forward_counts_only_captured_shapes(monkeypatch):
+    """Shapes seen once (full-resolution test runs, each its own size) run eagerly without warning and
+    do not use up MAX_GRAPHS: a shape that comes again is still captured; past MAX_GRAPHS captured
+    shapes, a repeated shape warns and runs eagerly."""
+    import warnings
+
+    import flare_lightning.training.fast_step as fast_step
+
+    monkeypatch.setattr(fast_step, "MAX_GRAPHS", 2)
+    fwd = GraphedForward(lambda x, m: x * 2)
+
+    def call(n):
+        x = torch.randn(1, n, 3, device="cuda")
+        torch.testing.assert_close(fwd(x, None), x * 2)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "captured already" warning for shapes seen once
+        for n in range(100, 105):
+            call(n)
+        for n in (200, 200, 300, 300):  # two shapes that come again: both captured
+            call(n)
+    assert len(fwd._captured) == 2 and all(e.graphs for e, _ in fwd._captured.values())
+    with pytest.warns(UserWarning, match="2 batch shapes are captured already"):
+        call(100)  # seen before, but the graphs are used up: eager, with the advice
+    call(300)  # a replay
+    assert len(fwd._captured) == 2
 
 
 @gpu
