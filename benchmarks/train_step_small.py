@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import itertools
 import json
 import os
@@ -217,7 +218,9 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
 
     timer, profiler, loop = EpochTimer(), FastStepProfile(), LoopProfile()
     args = fit_args(dataset, precision, row, steps, root)
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # earlier rows' graph pools go back first: they would count in this row's peak
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     cli = make_cli(args, run=False)
     cli.trainer.callbacks.append(timer)
@@ -239,10 +242,18 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
     return {
         **names, **figures, "fit_wall_s": total, **throughput(1, cli.datamodule.batch_size, figures["step_ms"]),
         # the last epoch's peak, graph pools included: the epoch summary line resets the counter at each epoch start
-        "peak_gb": peak_memory_bytes(cli.model.device) / 1e9 if torch.cuda.is_available() else None,
+        "peak_gb": gpu_peak_gb(),
         "peak_counts_graph_pools": True,  # captured rows' peaks before f9824f5 left their graphs' pools out
         "epoch_measured": steps is None, **summary, **loop.found,
     }, [{**names, **kernel} for kernel in kernels]
+
+
+def gpu_peak_gb() -> float | None:
+    """Peak memory of the current CUDA device, graph pools included (None without CUDA). The device
+    is named, not taken from the model: after a fit Lightning has moved the model back to the CPU."""
+    if not torch.cuda.is_available():
+        return None
+    return peak_memory_bytes(torch.device("cuda", torch.cuda.current_device())) / 1e9
 
 
 def throughput(devices: int, batch_size: int, step_ms: float) -> dict[str, float]:

@@ -7,6 +7,7 @@
 #   scripts/gpu_session.sh --list                                                  # the stages and their commands
 #   STAGES="acc gpu_tests" scripts/gpu_session.sh --plan                           # what would run, in order
 #   scripts/gpu_session.sh --collect <folder>     # on the dev machine: a fetched $DEV -> benchmarks/records/, rendered (Figure 4 drawn where the grid has records)
+#   scripts/gpu_session.sh --snapshot <dir>       # copy the tree (no .git, runs/, data/, .whl/) to <dir>: what the stages run from
 #   scripts/gpu_session.sh --wheels               # on the dev machine: the test wheels a lent GPU lacks, into .whl/
 #                                                 # (beside ../shared/tools/gpu-wheels.sh's; install them there as it says)
 #   scripts/gpu_session.sh --pack "$OUT"          # on the GPU, in each poll: $DEV and the acc runs as a few archives
@@ -17,6 +18,10 @@
 # PACK_MIB (15) each, so a poll that copies them to $OUT loses nothing; --unpack restores them (then
 # --collect runs/gpu_fetched/dev).
 #
+# The stages run from a snapshot of the tree (SNAPSHOT, default /tmp/flare_tree), taken when the script starts:
+# each later `run` call copies the working tree onto the GPU machine again, and a stage that starts Python
+# processes while its files are rewritten can read a half-written one (a mixer sweep's workers died so at
+# 77fe692). GPU_SESSION_IN_PLACE=1 runs in the tree itself.
 # Each stage writes its record(s) into $DEV/rec_<stage>/ (DEV: /tmp/dev), its output into $DEV/<stage>.log
 # and a start/end line into $DEV/progress; a stage that finished on this machine is skipped when the script
 # runs again, so a caller can poll $DEV/progress and copy $DEV back as it goes. $DEV/DONE marks the end.
@@ -122,6 +127,12 @@ case "${1:-}" in
       tar -xf "$archive" -C "$ACC_ROOT" && echo "accuracy run: $(tar -tf "$archive" | head -1) -> $ACC_ROOT"
     done
     exit 0 ;;
+  --snapshot)  # the tree as the stages see it: tracked and untracked files, not .git, runs/, data/ or .whl/
+    dest=${2:?usage: gpu_session.sh --snapshot <dir>}
+    mkdir -p "$dest"
+    tar -cf - --exclude=./.git --exclude=./runs --exclude=./data --exclude=./.whl . | tar -xf - -C "$dest" || exit
+    echo "$dest"
+    exit 0 ;;
   --wheels)  # pytest-xdist (parallel GPU tests), scikit-fem (elasticity data): pure Python, for the device's Python 3.12
     mkdir -p .whl
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -129,7 +140,7 @@ case "${1:-}" in
     ls .whl
     exit 0 ;;
   "") ;;
-  *) echo "gpu_session.sh: unknown argument '$1' (--list, --plan, --collect <folder>, --pack <folder>, --unpack <folder>, --wheels, or none)" >&2; exit 2 ;;
+  *) echo "gpu_session.sh: unknown argument '$1' (--list, --plan, --collect <folder>, --pack <folder>, --unpack <folder>, --snapshot <dir>, --wheels, or none)" >&2; exit 2 ;;
 esac
 
 wanted=${STAGES:-${DEFAULT[*]}}
@@ -141,6 +152,12 @@ if [ "${1:-}" = --plan ]; then
   exit 0
 fi
 "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu_session.sh: no CUDA device is visible')" || exit 1
+if [ -z "${GPU_SESSION_IN_PLACE:-}" ]; then  # run from a snapshot that later calls' copies cannot touch
+  snap=$(bash "$0" --snapshot "${SNAPSHOT:-/tmp/flare_tree}") || exit 1
+  mkdir -p "$ACC_ROOT"
+  commit=${FLARE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}
+  GPU_SESSION_IN_PLACE=1 ACC_ROOT=$(realpath "$ACC_ROOT") FLARE_COMMIT=$commit exec bash "$snap/scripts/gpu_session.sh" "$@"
+fi
 mkdir -p "$DEV"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$DEV/gpu.txt" 2>&1
 for s in "${ORDER[@]}"; do

@@ -106,6 +106,17 @@ def test_train_step_rows_record_their_speed_up_and_measured_paths():
                      "configs/darcy.yaml", "benchmarks/reference_flare.py"]
 
 
+def test_train_step_peak_reads_the_gpu_not_the_models_device(monkeypatch):
+    """After a fit Lightning moves the model to the CPU: the row's peak is read from the current CUDA
+    device (the model's device gave 0.0 GB for every row at 77fe692)."""
+    small = import_benchmark("train_step_small")
+    seen = []
+    monkeypatch.setattr(small.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(small.torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(small, "peak_memory_bytes", lambda device: seen.append(device) or 23.5e9)
+    assert small.gpu_peak_gb() == 23.5 and seen == [small.torch.device("cuda", 0)]
+
+
 def test_train_step_timing_keeps_the_epochs_first_step_apart():
     """The first step of an epoch also waits for the loader workers' first batch: the step time is
     that of the steps after it, the epoch adds both; the timer marks them in a real fit."""

@@ -115,3 +115,17 @@ def test_pack_brings_records_and_accuracy_runs_back_in_few_files_and_unpack_rest
         assert (back / arm / "logs" / "flare_elasticity_seed0_full.log").read_text() == f"{arm} log\n"
     together = run_cmd("--unpack", str(tmp_path / "together"), str(tmp_path / "f2"), env={**env, "ACC_ROOT": str(tmp_path / "b2")})
     assert together.returncode == 0 and all((tmp_path / "b2" / r.relative_to(acc) / "launch.json").is_file() for r in runs)
+
+
+def test_snapshot_copies_the_tree_the_stages_run_from(tmp_path):
+    """Stages run from a copy of the tree (a later call's copy onto the GPU machine rewrites the
+    tree's files while they run): the scripts and package are there, .git and run outputs are not."""
+    dest = tmp_path / "tree"
+    done = run("--snapshot", str(dest))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(dest)
+    for path in ("scripts/gpu_session.sh", "flare_lightning/kernels/triton_mixer.py", "benchmarks/train_step_small.py",
+                 "configs/drivaerml_1m.yaml"):
+        assert (dest / path).read_bytes() == (REPO / path).read_bytes()
+    assert not (dest / ".git").exists() and not (dest / "runs").exists()
+    assert run("--snapshot").returncode != 0  # the folder is required
