@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import itertools
 import json
@@ -104,6 +105,9 @@ ROWS = {
     "ours-fast-unpinned": ["--model.fast_step=true"],
     "ours-fast-coordesc": ["--model.fast_step=true"],
     "ours-fast-masked": ["--model.fast_step=true"],
+    # mixer tiles not yet the default (mixtune rounds 7-8), timed in the step they would ship in
+    "ours-fast-grouped": ["--model.fast_step=true"],
+    "ours-m128-fast-enc128": ["--model.model.init_args.num_latents=128", "--model.fast_step=true"],
     "transformer-fast": ["--model.fast_step=true"],
     "transformer-fast-masked": ["--model.fast_step=true"],
     "transolver-fast": ["--model.fast_step=true"],
@@ -121,7 +125,32 @@ BASELINE_ROWS = {"transformer-fast": "transformer", "transformer-fast-masked": "
 ALWAYS_MASKED = staticmethod(lambda batch: batch["mask"])  # the network sees the mask even without padding
 INDUCTOR = {"ours-fast-max-autotune": {"max_autotune_gemm": True},
             "ours-fast-coordesc": {"coordinate_descent_tuning": True}}
+def grouped_decode_config(m: int, d: int, dtype: torch.dtype = torch.bfloat16):
+    """``default_config`` with the backward decode over 128-latent groups, one program each (M > 128:
+    two groups at M = 256, their sums in registers, no atomics): the row ``ours-fast-grouped``."""
+    from flare_lightning.kernels import triton_mixer as tm
+
+    cfg = tm.default_config(m, d, dtype)
+    if m <= 128:
+        return cfg
+    return dataclasses.replace(cfg, bwd_decode=tm.KernelConfig(64, 128, 4, 2, programs_per_sm=4, latent_groups=-(-m // 128)))
+
+
+def encode128_config(m: int, d: int, dtype: torch.dtype = torch.bfloat16):
+    """``default_config`` with the backward encode over one 128-latent tile at M = 128 (no atomics into
+    its dq partials; 8 warps hold its registers unspilled on sm_90): the row ``ours-m128-fast-enc128``."""
+    from flare_lightning.kernels import triton_mixer as tm
+
+    cfg = tm.default_config(m, d, dtype)
+    if m != 128:
+        return cfg
+    return dataclasses.replace(cfg, bwd_encode=tm.KernelConfig(64, 128, 8, 2, programs_per_sm=2))
+
+
+MIXER_TILES = "flare_lightning.kernels.triton_mixer.CONFIG_OVERRIDE"
 PATCHES = {  # module constants a row sets for its run
+    "ours-fast-grouped": {MIXER_TILES: grouped_decode_config},
+    "ours-m128-fast-enc128": {MIXER_TILES: encode128_config},
     "ours-fast-unpinned": {"datamodules.mesh_datamodule.MeshDataModule._pin_memory": lambda self: False},
     "ours-fast-masked": {"flare_lightning.training.module.SurrogateModule.network_mask": ALWAYS_MASKED},
     "transformer-fast-masked": {"flare_lightning.training.module.SurrogateModule.network_mask": ALWAYS_MASKED},

@@ -18,6 +18,7 @@ Under ``TRITON_INTERPRET=1`` (set before this import) the kernels run on CPU ten
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -116,6 +117,15 @@ def default_config(m: int, d: int, dtype: torch.dtype = torch.bfloat16) -> Mixer
         bwd_dec = KernelConfig(64, 64, 4, st, programs_per_sm=12, maxnreg=128 if cap else None)
         bwd_enc = KernelConfig(64, 64, 4, 2, programs_per_sm=12, maxnreg=128 if cap else None)
     return MixerConfig(encode=encode, decode=dec, bwd_decode=bwd_dec, bwd_encode=bwd_enc)
+
+
+CONFIG_OVERRIDE: Callable[[int, int, torch.dtype], MixerConfig] | None = None  # benchmarks time candidate tiles through it
+
+
+def launch_config(m: int, d: int, dtype: torch.dtype = torch.bfloat16) -> MixerConfig:
+    """The tiles the mixer's custom ops launch: ``default_config``'s, or ``CONFIG_OVERRIDE``'s where a
+    benchmark sets one (``benchmarks/train_step_small.py`` times candidate tiles in the whole step)."""
+    return (CONFIG_OVERRIDE or default_config)(m, d, dtype)
 
 
 @lru_cache(maxsize=None)

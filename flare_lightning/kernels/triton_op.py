@@ -5,9 +5,9 @@ graph break): Inductor leaves the hand-written kernels alone and takes output sh
 the fake implementations; ``mixer_bwd`` is the registered backward. ``encode_eval`` and
 ``decode_eval`` are the chunked evaluation's halves (no autograd): without them a compiled
 evaluation would hand the kernels to Inductor, which recompiles them with its own scalar
-types and launch options. All run the default tiles (``triton_mixer.default_config``). The
-kernels are looked up at call time, so reloading ``triton_mixer`` (tests switch to Triton's
-interpreter) does not need the ops registered twice.
+types and launch options. All run the default tiles (``triton_mixer.launch_config``:
+``default_config`` unless a benchmark overrides it). The kernels are looked up at call time, so
+reloading ``triton_mixer`` (tests switch to Triton's interpreter) does not need the ops registered twice.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def mixer_fwd(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(y, z, z_lo, lse_enc, lse_dec) of ``_flare_forward`` with the default tiles."""
     tm = _kernels()
-    return tm._flare_forward(q, k, v, mask, scale, tm.default_config(q.shape[1], q.shape[2], k.dtype))
+    return tm._flare_forward(q, k, v, mask, scale, tm.launch_config(q.shape[1], q.shape[2], k.dtype))
 
 
 @mixer_fwd.register_fake
@@ -54,7 +54,7 @@ def mixer_bwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dq, dk, dv) of ``_flare_backward`` with the default tiles."""
     tm = _kernels()
-    cfg = tm.default_config(q.shape[1], q.shape[2], k.dtype)
+    cfg = tm.launch_config(q.shape[1], q.shape[2], k.dtype)
     return tm._flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, tm._unit_last(dy), scale, cfg)
 
 
@@ -83,7 +83,7 @@ mixer_fwd.register_autograd(_mixer_backward, setup_context=_mixer_setup_context)
 def encode_eval(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
     """(z [B·H, M, D], lse [B·H, M]), both fp32, of ``triton_mixer._encode`` with the default tiles."""
     tm = _kernels()
-    z, _, lse = tm._encode(q, k, v, mask, scale, tm.default_config(q.shape[1], q.shape[2], k.dtype))
+    z, _, lse = tm._encode(q, k, v, mask, scale, tm.launch_config(q.shape[1], q.shape[2], k.dtype))
     return z, lse
 
 
@@ -97,7 +97,7 @@ def _(q, k, v, mask, scale):
 def decode_eval(q: Tensor, z_lo: Tensor, k: Tensor, scale: float) -> Tensor:
     """y [B, H, N, D] in k's dtype and layout of ``triton_mixer._decode`` (z_lo [B·H, M, D] in k's dtype)."""
     tm = _kernels()
-    return tm._decode(q, z_lo, k, scale, tm.default_config(q.shape[1], q.shape[2], k.dtype), like=k)[0]
+    return tm._decode(q, z_lo, k, scale, tm.launch_config(q.shape[1], q.shape[2], k.dtype), like=k)[0]
 
 
 @decode_eval.register_fake

@@ -98,6 +98,30 @@ def test_backward_decode_with_latent_groups(tm, device, groups, rows, dtype):
     assert_close_errors(errors, dtype, f"{groups} latent groups")
 
 
+@pytest.mark.parametrize("name, m", [("grouped_decode_config", 256), ("encode128_config", 128)])
+def test_tiles_the_step_benchmark_times(tm, device, monkeypatch, name, m):
+    """Candidate tiles that ``benchmarks/train_step_small.py`` times in the whole 1M step (rows
+    ``ours-fast-grouped``, ``ours-m128-fast-enc128``), through the override the custom ops read:
+    what they change, and the mixer with them against the float64 formula."""
+    from tests.helpers import import_benchmark
+
+    candidate = getattr(import_benchmark("train_step_small"), name)
+    monkeypatch.setattr(tm, "INTERPRETED", False)  # the GPU's tiles, also under the interpreter
+    cfg, shipped = candidate(m, 8, torch.bfloat16), tm.default_config(m, 8, torch.bfloat16)
+    monkeypatch.undo()
+    changed = {f for f in ("encode", "decode", "bwd_decode", "bwd_encode") if getattr(cfg, f) != getattr(shipped, f)}
+    assert changed == ({"bwd_decode"} if m == 256 else {"bwd_encode"})
+    assert cfg.bwd_decode.latent_groups == (2 if m == 256 else 1) and cfg.bwd_encode.block_m == (128 if m == 128 else 64)
+    monkeypatch.setattr(tm, "CONFIG_OVERRIDE", lambda m_, d_, dtype: cfg)
+    assert tm.launch_config(m, 8, torch.bfloat16) is cfg
+
+    def fn(q, k, v, mask, scale):
+        return tm.flare_mix_triton(q, k, v, mask, scale, config=tm.launch_config(m, 8))
+
+    errors = mixer_errors(fn, 1, 1, 300, m, 8, torch.float32, device, True, 1.0, seed=m + 1)
+    assert_close_errors(errors, torch.float32, f"{name} at M = {m}")
+
+
 def test_latent_groups_cover_the_tiles_once(tm):
     """Groups are runs of whole latent tiles, none empty, however many are asked for."""
     k = lambda g: tm.KernelConfig(block_n=64, block_m=64, latent_groups=g)  # noqa: E731
