@@ -8,8 +8,8 @@ a device tensor), each with the ATen op and the Python frame that made it. A ste
 exceeds its busy time by a host-side wait is serialised with the host; one without waits is bound
 by the GPU or by a host that cannot keep up. The profiler slows the host (Python stacks are
 recorded), so the idle time is an upper bound; the waits and their callers are exact.
-``benchmarks/train_step_small.py --profile`` adds it to the rows that do not capture their step
-(those have ``profile_fast_step``).
+``benchmarks/train_step_small.py --profile`` adds it to every row (a captured row's from its sixth
+step: replays only; its kernels come from ``profile_fast_step``).
 """
 
 from __future__ import annotations

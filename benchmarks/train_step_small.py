@@ -35,9 +35,9 @@ epoch 0 warms up (compilation, graph capture) and epoch 1 is timed. Rows slower 
 
 The rows are written as a record (``benchmarks/records.py``) into ``--out`` (default ``$OUT``,
 else ``benchmarks/records/train_step_small/``); with ``--profile``, the captured step's kernels
-too (``train_step_kernels``), and for rows that do not capture their step, where the loop's time
-goes besides its kernels (``benchmarks/loop_profile.py``: GPU idle time, host waits and their
-callers, profiled in the warm-up epoch).
+too (``train_step_kernels``), and for every row where the loop's time goes besides its kernels
+(``benchmarks/loop_profile.py``: GPU idle time, host waits and their callers, profiled in the
+warm-up epoch; a captured row's on replays, after its warm-up and capture steps).
 
     python benchmarks/train_step_small.py                       # the whole table
     python benchmarks/train_step_small.py --datasets darcy --precisions bf16-mixed --rows ours-fast
@@ -245,7 +245,8 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
     profile's summary when asked) and the captured step's kernels (``--profile`` on a fast row)."""
     from flare_lightning.cli import make_cli
 
-    timer, profiler, loop = EpochTimer(), FastStepProfile(), LoopProfile()
+    # a captured row's loop is profiled on replays only: its first 3 steps warm up, the 4th captures
+    timer, profiler, loop = EpochTimer(), FastStepProfile(), LoopProfile(first=5 if is_fast(row) else 3)
     args = fit_args(dataset, precision, row, steps, root)
     if torch.cuda.is_available():  # earlier rows' graph pools go back first: they would count in this row's peak
         gc.collect()
@@ -253,8 +254,8 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
         torch.cuda.reset_peak_memory_stats()
     cli = make_cli(args, run=False)
     cli.trainer.callbacks.append(timer)
-    if profile:  # the captured step's kernels, or where the loop's time goes besides its kernels
-        cli.trainer.callbacks.append(profiler if is_fast(row) else loop)
+    if profile:  # where the loop's time goes besides its kernels; a captured step's kernels too
+        cli.trainer.callbacks.extend([loop, profiler] if is_fast(row) else [loop])
     import torch._inductor.config as inductor_config
 
     torch._dynamo.reset()
@@ -273,7 +274,7 @@ def run_row(dataset: str, precision: str, row: str, steps: int | None, root: Pat
         # the last epoch's peak, graph pools included: the epoch summary line resets the counter at each epoch start
         "peak_gb": gpu_peak_gb(),
         "peak_counts_graph_pools": True,  # captured rows' peaks before f9824f5 left their graphs' pools out
-        "epoch_measured": steps is None, **summary, **loop.found,
+        "epoch_measured": steps is None, **loop.found, **summary,  # a captured row: its replays' kernel figures
     }, [{**names, **kernel} for kernel in kernels]
 
 
