@@ -228,10 +228,11 @@ SECTIONS = (
     Section(
         "train_step_kernels", "Where a captured step's kernel time goes",
         "CUDA kernels of a few replays of the captured training step (torch.profiler): calls per step and time per "
-        "call",
+        "call; for Inductor's kernels, the model operations they fused (source nodes <- ATen ops, from the code it wrote)",
         ("card", "dataset", "precision", "row", "kernel"),
         (Column("dataset", "dataset"), Column("row", "row"), Column("kernel", "kernel"),
-         Column("calls_per_step", "calls / step", ",.0f"), Column("us_per_call", "us / call", ".1f")),
+         Column("calls_per_step", "calls / step", ",.0f"), Column("us_per_call", "us / call", ".1f"),
+         Column("fused", "fused from")),
     ),
     Section(
         "step", "Training step at N = 2^20",

@@ -70,6 +70,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: `benchmarks.` imports and class paths resolve
 
 from benchmarks.accuracy_runs import ELASTICITY_PAPER_COUNTS, FIT_PATHS, config_paths  # noqa: E402
+from benchmarks.inductor_sources import kernel_sources  # noqa: E402
 from benchmarks.loop_profile import LoopProfile  # noqa: E402
 from benchmarks.records import add_out_argument, write_record  # noqa: E402
 from flare_lightning.training.device_memory import peak_memory_bytes  # noqa: E402
@@ -222,9 +223,10 @@ class FastStepProfile(L.Callback):
 
     def __init__(self) -> None:
         self.found: tuple[dict, list[dict]] = ({}, [])
+        self.since = time.time()  # Inductor code written from here on is this row's
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.found = profile_fast_step(pl_module, next(iter(trainer.train_dataloader)))
+        self.found = profile_fast_step(pl_module, next(iter(trainer.train_dataloader)), since=self.since)
 
 
 def epoch_figures(marks: dict[tuple[int, str], tuple[float, int]], batches: int) -> dict[str, float]:
@@ -350,10 +352,12 @@ def n_val(args: list[str]) -> int | None:
     return None
 
 
-def profile_fast_step(module, batch: dict, steps: int = 5, top: int = 20) -> tuple[dict, list[dict]]:
+def profile_fast_step(module, batch: dict, steps: int = 5, top: int = 20,
+                      since: float | None = None) -> tuple[dict, list[dict]]:
     """Kernel table of a few replays of the captured step (they update the weights): returns the
     summary (kernels and kernel ms per step, ms per step replayed back to back) and the ``top``
-    kernels by time (calls per step, us per call)."""
+    kernels by time (calls per step, us per call, and for Inductor's kernels the model operations
+    they fused, from its code written since ``since``)."""
     if module._fast is None or not module._fast._captured:
         print("profile: no captured step")
         return {}, []
@@ -384,8 +388,9 @@ def profile_fast_step(module, batch: dict, steps: int = 5, top: int = 20) -> tup
     for e in events:
         by_name[e.name].append(e.device_time)
     ranked = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]
-    return summary, [{"kernel": name, "calls_per_step": len(us) / steps, "us_per_call": sum(us) / len(us)}
-                     for name, us in ranked]
+    fused = kernel_sources([name for name, _ in ranked], since) if since is not None else {}
+    return summary, [{"kernel": name, "calls_per_step": len(us) / steps, "us_per_call": sum(us) / len(us),
+                      **({"fused": fused[name]} if name in fused else {})} for name, us in ranked]
 
 
 def reference_row(row: str) -> str:
