@@ -109,6 +109,9 @@ ROWS = {
     # mixer tiles not yet the default (mixtune rounds 7-8), timed in the step they would ship in
     "ours-fast-grouped": ["--model.fast_step=true"],
     "ours-m128-fast-enc128": ["--model.model.init_args.num_latents=128", "--model.fast_step=true"],
+    # the key and value MLPs as one fused op (kernels/triton_mlp_pair.py), not yet the default
+    "ours-fast-kvpair": ["--model.fast_step=true"],
+    "ours-m128-fast-kvpair": ["--model.model.init_args.num_latents=128", "--model.fast_step=true"],
     "transformer-fast": ["--model.fast_step=true"],
     "transformer-fast-masked": ["--model.fast_step=true"],
     "transolver-fast": ["--model.fast_step=true"],
@@ -152,6 +155,8 @@ MIXER_TILES = "flare_lightning.kernels.triton_mixer.CONFIG_OVERRIDE"
 PATCHES = {  # module constants a row sets for its run
     "ours-fast-grouped": {MIXER_TILES: grouped_decode_config},
     "ours-m128-fast-enc128": {MIXER_TILES: encode128_config},
+    "ours-fast-kvpair": {"flare_lightning.kernels.triton_mlp_pair.KV_PAIR": True},
+    "ours-m128-fast-kvpair": {"flare_lightning.kernels.triton_mlp_pair.KV_PAIR": True},
     "ours-fast-unpinned": {"datamodules.mesh_datamodule.MeshDataModule._pin_memory": lambda self: False},
     "ours-fast-masked": {"flare_lightning.training.module.SurrogateModule.network_mask": ALWAYS_MASKED},
     "transformer-fast-masked": {"flare_lightning.training.module.SurrogateModule.network_mask": ALWAYS_MASKED},

@@ -194,7 +194,7 @@ def mlp_bwd(
     wt = weight.transpose(1, 2).to(compute_dtype).contiguous()
     if cfg.split:
         return _backward_split(x, x2, grad, hidden if stored else None, w, wt, bias, (lnw, lnb, has_ln), eps, act,
-                               compute_dtype, cfg)
+                               compute_dtype, cfg)[:4]
     block, per_sm, launch = cfg.backward(stored)
     programs = _programs(rows, block, per_sm, x.device)
     f32 = torch.float32
@@ -225,22 +225,28 @@ def _slices(rows: int, nl: int, cfg: MLPConfig, device: torch.device) -> tuple[i
 
 def _backward_split(x: Tensor, x2: Tensor, grad: Tensor, hidden: Tensor | None, w: Tensor, wt: Tensor, bias: Tensor,
                     ln: tuple[Tensor, Tensor, bool], eps: float, act: int, compute_dtype: torch.dtype,
-                    cfg: MLPConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                    cfg: MLPConfig, dx: Tensor | None = None, h0: Tensor | None = None,
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
     """``mlp_bwd`` as a row pass writing every layer's d a and input, then the weight-gradient GEMM
     over them. ``w``/``wt``: the weights [L, C, C] and their transposes in the dot dtype; ``ln``: the
     LayerNorm's weight and bias pointers and whether there is one; ``hidden``: what the forward kept
-    (None: the row pass recomputes and writes it)."""
+    (None: the row pass recomputes and writes it). A second MLP of the same x and LayerNorm passes
+    the first's ``dx`` (its own is added in) and ``h0`` (LN(x) as the first wrote it: not again).
+    Returns (dx, dW, db, d(LN weight, bias), h0)."""
     c, nl = x.shape[-1], w.shape[0]
     rows, device, f32 = x2.shape[0], x.device, torch.float32
-    dx = torch.empty(x.shape, device=device, dtype=x.dtype)
+    acc_dx, store_h0 = dx is not None, h0 is None
+    if dx is None:
+        dx = torch.empty(x.shape, device=device, dtype=x.dtype)
     if not rows:
-        return dx, x.new_zeros(nl, c, c, dtype=f32), x.new_zeros(nl, c, dtype=f32), x.new_zeros(2, c, dtype=f32)
+        return dx, x.new_zeros(nl, c, c, dtype=f32), x.new_zeros(nl, c, dtype=f32), x.new_zeros(2, c, dtype=f32), h0
     stored = hidden is not None and hidden.numel() > 0
     if not stored:  # the row pass writes the layers' inputs here
         hidden = torch.empty((nl - 1, rows, c) if nl > 1 else (0,), device=device, dtype=compute_dtype)
     da_last = grad.dtype != compute_dtype  # else the last layer's d a is the gradient as it is: not written again
     da = torch.empty(nl - (not da_last), rows, c, device=device, dtype=compute_dtype)
-    h0 = torch.empty(rows, c, device=device, dtype=compute_dtype)
+    if h0 is None:
+        h0 = torch.empty(rows, c, device=device, dtype=compute_dtype)
     tiles = -(-rows // cfg.split_rows)
     lnw, lnb, has_ln = ln
     dln = torch.zeros(tiles if has_ln else 1, 2, c, device=device, dtype=f32)
@@ -249,7 +255,7 @@ def _backward_split(x: Tensor, x2: Tensor, grad: Tensor, hidden: Tensor | None, 
     kernels.mlp_bwd_da_kernel[(tiles,)](
         x2, hidden, h0, grad, dx, da_arg, lnw, lnb, w, wt, bias.contiguous(), dln, rows, eps,
         C=c, NL=nl, LN=has_ln, STORED=stored, ACT=act, DOT=dot, PREC=prec, BT=cfg.split_rows, DA_LAST=da_last,
-        **cfg.launch("split"),
+        STORE_H0=store_h0, ACC_DX=acc_dx, **cfg.launch("split"),
     )
     slices, per_slice = _slices(rows, nl, cfg, device)
     dw = torch.empty(slices, nl, c, c, device=device, dtype=f32)
@@ -258,7 +264,7 @@ def _backward_split(x: Tensor, x2: Tensor, grad: Tensor, hidden: Tensor | None, 
         da_arg, grad if not da_last else da_arg, h0, hidden, dw, db, rows, per_slice, C=c, NL=nl, PREC=prec,
         BT=cfg.dw_rows, DA_LAST=da_last, **cfg.launch("dw"),
     )
-    return dx, dw.sum(0), db.sum(0), dln.sum(0)
+    return dx, dw.sum(0), db.sum(0), dln.sum(0), h0
 
 
 @mlp_bwd.register_fake

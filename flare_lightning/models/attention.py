@@ -26,6 +26,13 @@ from flare_lightning.models.precision import as_float, check_fp32_parts, full_pr
 _mix = flare_mix
 
 
+def _kv_pair() -> bool:
+    """Whether fused key/value MLPs run as one op (``triton_mlp_pair.KV_PAIR``; off until timed)."""
+    from flare_lightning.kernels import triton_mlp_pair
+
+    return triton_mlp_pair.KV_PAIR
+
+
 class FlareAttention(nn.Module):
     """Global token mixing at O(N M) cost.
 
@@ -107,9 +114,23 @@ class FlareAttention(nn.Module):
         """Keys [B, H, N, D] of x [B, N, C] (normed by ``norm`` first, if given)."""
         return self._heads(self._project(self.k_proj, x, norm, fused))
 
+    def _project_pair(self, x: Tensor, norm: nn.LayerNorm) -> tuple[Tensor, Tensor]:
+        """``_project`` of the key and value MLPs as one fused op (``kernels/triton_mlp_pair.py``: their
+        backward shares LN(x) and sums dx in the kernel)."""
+        from flare_lightning.kernels.triton_mlp_pair import fused_mlp_pair_triton
+
+        fp32 = keeps_fp32(x, "kv" in self.fp32)
+        with full_precision(x, fp32):
+            x = as_float(x, fp32)
+            return fused_mlp_pair_triton(x, self.k_proj.stacked(), self.v_proj.stacked(), (norm.weight, norm.bias, norm.eps),
+                                         self.k_proj.act_name, mixer_dtype(x), self.k_proj.store_hidden)
+
     def keys_values(self, x: Tensor, norm: nn.Module | None = None, fused: bool = False) -> tuple[Tensor, Tensor]:
         """Keys and values [B, H, N, D] of x [B, N, C]."""
-        k, v = self._project(self.k_proj, x, norm, fused), self._project(self.v_proj, x, norm, fused)
+        if fused and norm is not None and _kv_pair():
+            k, v = self._project_pair(x, norm)
+        else:
+            k, v = self._project(self.k_proj, x, norm, fused), self._project(self.v_proj, x, norm, fused)
         return self._heads(k), self._heads(v)
 
     def forward(
