@@ -179,7 +179,7 @@ def mlp_table(store_hidden: bool, cfg: triton_mlp.MLPConfig, c: int = 64, nl: in
                                   BT=cfg.fwd_rows), cfg.launch("fwd"), ROWS)}
     if cfg.split:  # the row pass, then the weight-gradient GEMM
         table["backward row pass"] = resources(km.mlp_bwd_da_kernel, dtype, common | dict(
-            STORED=store_hidden, BT=cfg.split_rows, DA_LAST=False, STORE_H0=True, ACC_DX=False), cfg.launch("split"), ROWS)
+            STORED=store_hidden, BT=cfg.split_rows, DA_LAST=False, STORE_H0=True, ACC_DX=False, ADD_DOUT=False), cfg.launch("split"), ROWS)
         table["backward weight GEMM"] = resources(km.mlp_dw_kernel, dtype, dict(
             C=c, NL=nl, PREC=common["PREC"], BT=cfg.dw_rows, DA_LAST=False), cfg.launch("dw"), ROWS)
         return table

@@ -112,6 +112,9 @@ ROWS = {
     # the key and value MLPs as one fused op (kernels/triton_mlp_pair.py), not yet the default
     "ours-fast-kvpair": ["--model.fast_step=true"],
     "ours-m128-fast-kvpair": ["--model.model.init_args.num_latents=128", "--model.fast_step=true"],
+    # ... and with the feed-forward's residual gradient folded into its backward kernel (FOLD_RESIDUAL) too
+    "ours-fast-fused": ["--model.fast_step=true"],
+    "ours-m128-fast-fused": ["--model.model.init_args.num_latents=128", "--model.fast_step=true"],
     "transformer-fast": ["--model.fast_step=true"],
     "transformer-fast-masked": ["--model.fast_step=true"],
     "transolver-fast": ["--model.fast_step=true"],
@@ -157,6 +160,10 @@ PATCHES = {  # module constants a row sets for its run
     "ours-m128-fast-enc128": {MIXER_TILES: encode128_config},
     "ours-fast-kvpair": {"flare_lightning.kernels.triton_mlp_pair.KV_PAIR": True},
     "ours-m128-fast-kvpair": {"flare_lightning.kernels.triton_mlp_pair.KV_PAIR": True},
+    "ours-fast-fused": {"flare_lightning.kernels.triton_mlp_pair.KV_PAIR": True,
+                        "flare_lightning.kernels.triton_mlp.FOLD_RESIDUAL": True},
+    "ours-m128-fast-fused": {"flare_lightning.kernels.triton_mlp_pair.KV_PAIR": True,
+                             "flare_lightning.kernels.triton_mlp.FOLD_RESIDUAL": True},
     "ours-fast-unpinned": {"datamodules.mesh_datamodule.MeshDataModule._pin_memory": lambda self: False},
     "ours-fast-masked": {"flare_lightning.training.module.SurrogateModule.network_mask": ALWAYS_MASKED},
     "transformer-fast-masked": {"flare_lightning.training.module.SurrogateModule.network_mask": ALWAYS_MASKED},

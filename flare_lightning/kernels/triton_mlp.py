@@ -117,6 +117,9 @@ def default_config(c: int) -> MLPConfig:
 
 
 CONFIG_OVERRIDE: MLPConfig | None = None  # benchmarks/mlp.py sweeps launch configurations through it
+# A residual that is the MLP's own input (the feed-forward's x + mlp(LN x)): its gradient added to dx in the
+# backward kernel, not by autograd in another pass over [N, C]. Opt-in until train_step_small times it (-fused rows).
+FOLD_RESIDUAL = False
 
 
 def _config(c: int) -> MLPConfig:
@@ -149,10 +152,11 @@ def _hidden_shape(x: Tensor, nl: int, save: bool) -> tuple[int, ...]:
 def mlp_fwd(
     x: Tensor, weight: Tensor, bias: Tensor, ln_weight: Tensor | None, ln_bias: Tensor | None,
     residual: Tensor | None, eps: float, act: int, compute_dtype: torch.dtype, out_dtype: torch.dtype,
-    save: bool,
+    save: bool, fold_residual: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(``[residual +] mlp(layer_norm(x))``, the layers' inputs for backward [L-1, N, C] when
-    ``save``, else an empty tensor) for x [..., C]; weight [L, C, C], bias [L, C]."""
+    ``save``, else an empty tensor) for x [..., C]; weight [L, C, C], bias [L, C]. ``fold_residual``:
+    the residual is x itself, and the backward returns dx with the residual's gradient in it."""
     c, nl = x.shape[-1], weight.shape[0]
     x2 = _flat(x)
     out = torch.empty(x.shape, device=x.device, dtype=out_dtype)
@@ -172,17 +176,18 @@ def mlp_fwd(
 
 
 @mlp_fwd.register_fake
-def _(x, weight, bias, ln_weight, ln_bias, residual, eps, act, compute_dtype, out_dtype, save):
+def _(x, weight, bias, ln_weight, ln_bias, residual, eps, act, compute_dtype, out_dtype, save, fold_residual=False):
     return x.new_empty(x.shape, dtype=out_dtype), x.new_empty(_hidden_shape(x, weight.shape[0], save), dtype=compute_dtype)
 
 
 @torch.library.custom_op("flare_lightning::mlp_bwd", mutates_args=())
 def mlp_bwd(
     x: Tensor, dout: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor, ln_weight: Tensor | None,
-    ln_bias: Tensor | None, eps: float, act: int, compute_dtype: torch.dtype,
+    ln_bias: Tensor | None, eps: float, act: int, compute_dtype: torch.dtype, add_dout: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias, d(ln_weight, ln_bias) [2, C]) of ``mlp_fwd`` (fp32 parameter grads);
-    from the saved layer inputs ``hidden`` when the forward kept them, else recomputing."""
+    from the saved layer inputs ``hidden`` when the forward kept them, else recomputing. ``add_dout``:
+    dx includes ``dout`` (a residual that is x itself)."""
     c, nl = x.shape[-1], weight.shape[0]
     x2, grad = _flat(x), _flat(dout)
     rows = x2.shape[0]
@@ -194,7 +199,7 @@ def mlp_bwd(
     wt = weight.transpose(1, 2).to(compute_dtype).contiguous()
     if cfg.split:
         return _backward_split(x, x2, grad, hidden if stored else None, w, wt, bias, (lnw, lnb, has_ln), eps, act,
-                               compute_dtype, cfg)[:4]
+                               compute_dtype, cfg, add_dout=add_dout)[:4]
     block, per_sm, launch = cfg.backward(stored)
     programs = _programs(rows, block, per_sm, x.device)
     f32 = torch.float32
@@ -210,6 +215,8 @@ def mlp_bwd(
                 DOT=dot_type(compute_dtype), PREC=input_precision(compute_dtype), BT=block, **cfg.launch(launch),
             )
         grad = target.view(-1, c)
+    if add_dout:
+        target = target + dout.to(target.dtype)
     return target, dw.sum(0), db.sum(0), dln.sum(0)
 
 
@@ -225,13 +232,14 @@ def _slices(rows: int, nl: int, cfg: MLPConfig, device: torch.device) -> tuple[i
 
 def _backward_split(x: Tensor, x2: Tensor, grad: Tensor, hidden: Tensor | None, w: Tensor, wt: Tensor, bias: Tensor,
                     ln: tuple[Tensor, Tensor, bool], eps: float, act: int, compute_dtype: torch.dtype,
-                    cfg: MLPConfig, dx: Tensor | None = None, h0: Tensor | None = None,
+                    cfg: MLPConfig, dx: Tensor | None = None, h0: Tensor | None = None, add_dout: bool = False,
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
     """``mlp_bwd`` as a row pass writing every layer's d a and input, then the weight-gradient GEMM
     over them. ``w``/``wt``: the weights [L, C, C] and their transposes in the dot dtype; ``ln``: the
     LayerNorm's weight and bias pointers and whether there is one; ``hidden``: what the forward kept
     (None: the row pass recomputes and writes it). A second MLP of the same x and LayerNorm passes
-    the first's ``dx`` (its own is added in) and ``h0`` (LN(x) as the first wrote it: not again).
+    the first's ``dx`` (its own is added in) and ``h0`` (LN(x) as the first wrote it: not again);
+    ``add_dout`` adds the output's gradient to dx (a residual that is x itself).
     Returns (dx, dW, db, d(LN weight, bias), h0)."""
     c, nl = x.shape[-1], w.shape[0]
     rows, device, f32 = x2.shape[0], x.device, torch.float32
@@ -255,7 +263,7 @@ def _backward_split(x: Tensor, x2: Tensor, grad: Tensor, hidden: Tensor | None, 
     kernels.mlp_bwd_da_kernel[(tiles,)](
         x2, hidden, h0, grad, dx, da_arg, lnw, lnb, w, wt, bias.contiguous(), dln, rows, eps,
         C=c, NL=nl, LN=has_ln, STORED=stored, ACT=act, DOT=dot, PREC=prec, BT=cfg.split_rows, DA_LAST=da_last,
-        STORE_H0=store_h0, ACC_DX=acc_dx, **cfg.launch("split"),
+        STORE_H0=store_h0, ACC_DX=acc_dx, ADD_DOUT=add_dout, **cfg.launch("split"),
     )
     slices, per_slice = _slices(rows, nl, cfg, device)
     dw = torch.empty(slices, nl, c, c, device=device, dtype=f32)
@@ -268,7 +276,7 @@ def _backward_split(x: Tensor, x2: Tensor, grad: Tensor, hidden: Tensor | None, 
 
 
 @mlp_bwd.register_fake
-def _(x, dout, hidden, weight, bias, ln_weight, ln_bias, eps, act, compute_dtype):
+def _(x, dout, hidden, weight, bias, ln_weight, ln_bias, eps, act, compute_dtype, add_dout=False):
     c, nl = x.shape[-1], weight.shape[0]
     f32 = torch.float32
     return (x.new_empty(x.shape), x.new_empty(nl, c, c, dtype=f32), x.new_empty(nl, c, dtype=f32),
@@ -276,21 +284,23 @@ def _(x, dout, hidden, weight, bias, ln_weight, ln_bias, eps, act, compute_dtype
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, weight, bias, ln_weight, ln_bias, residual, eps, act, compute_dtype, out_dtype, save = inputs
+    x, weight, bias, ln_weight, ln_bias, residual, eps, act, compute_dtype, out_dtype, save, *fold = inputs
     ctx.save_for_backward(x, output[1], weight, bias, ln_weight, ln_bias)
     ctx.mark_non_differentiable(output[1])
     ctx.eps, ctx.act, ctx.compute_dtype = eps, act, compute_dtype
-    ctx.residual_dtype = residual.dtype if residual is not None else None
+    ctx.fold = bool(fold and fold[0])  # the residual is x: its gradient goes into dx, in the kernel
+    ctx.residual_dtype = residual.dtype if residual is not None and not ctx.fold else None
 
 
 def _backward(ctx, dout, _):
     x, hidden, weight, bias, ln_weight, ln_bias = ctx.saved_tensors
-    dx, dw, db, dln = mlp_bwd(x, dout, hidden, weight, bias, ln_weight, ln_bias, ctx.eps, ctx.act, ctx.compute_dtype)
+    dx, dw, db, dln = mlp_bwd(x, dout, hidden, weight, bias, ln_weight, ln_bias, ctx.eps, ctx.act, ctx.compute_dtype,
+                              ctx.fold)
     has_ln = ln_weight is not None
     return (
         dx, dw.to(weight.dtype), db.to(bias.dtype),
         dln[0].to(ln_weight.dtype) if has_ln else None, dln[1].to(ln_bias.dtype) if has_ln else None,
-        dout.to(ctx.residual_dtype) if ctx.residual_dtype is not None else None, None, None, None, None, None,
+        dout.to(ctx.residual_dtype) if ctx.residual_dtype is not None else None, None, None, None, None, None, None,
     )
 
 
@@ -329,8 +339,9 @@ def fused_mlp_triton(x: Tensor, weight: Tensor, bias: Tensor, ln: tuple | None, 
     inputs = (x, weight, bias, ln_w, ln_b, residual)
     save = store_hidden and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in inputs)
+    fold = FOLD_RESIDUAL and residual is x  # the feed-forward's x + mlp(LN x)
     with torch.autocast(device, enabled=False):
-        return mlp_fwd(*inputs, float(eps), ACT_CODES[act], compute, out_dtype, save)[0]
+        return mlp_fwd(*inputs, float(eps), ACT_CODES[act], compute, out_dtype, save, fold)[0]
 
 
 __all__ = ["ACT_CODES", "MLPConfig", "check_fused_inputs", "default_config", "fused_mlp_triton", "mlp_bwd", "mlp_fwd"]

@@ -207,7 +207,7 @@ def mlp_bwd_da_kernel(
     x_ptr, hid_ptr, h0_ptr, dout_ptr, dx_ptr, da_ptr, lnw_ptr, lnb_ptr, w_ptr, wt_ptr, b_ptr, dln_ptr, T, eps,
     C: tl.constexpr, NL: tl.constexpr, LN: tl.constexpr, STORED: tl.constexpr, ACT: tl.constexpr,
     DOT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr, DA_LAST: tl.constexpr,
-    STORE_H0: tl.constexpr, ACC_DX: tl.constexpr,
+    STORE_H0: tl.constexpr, ACC_DX: tl.constexpr, ADD_DOUT: tl.constexpr,
 ):
     """The backward's row pass for one tile of BT rows, all layers at once (the weight gradients
     are left to ``mlp_dw_kernel``): the gradient of each layer's pre-activation, d aᵢ, goes to
@@ -216,7 +216,9 @@ def mlp_bwd_da_kernel(
     ``DA_LAST`` (the gradient already in the dot dtype) it is not written again and ``da_ptr``
     holds layers 0..NL-2 only. Two MLPs of one input (keys and values) share LN(x): the second pass
     reads ``h0_ptr`` as the first wrote it (not ``STORE_H0``) and adds its dx to the first's
-    (``ACC_DX``). The inputs of layers 1..NL-1 are read from ``hid_ptr`` [NL-1, T, C]:
+    (``ACC_DX``). An MLP whose residual is its own input (the feed-forward's ``x + mlp(LN x)``) adds
+    the output's gradient to dx here (``ADD_DOUT``) rather than in another pass.
+    The inputs of layers 1..NL-1 are read from ``hid_ptr`` [NL-1, T, C]:
     what the forward kept (``STORED``), or written there first by recomputing the chain. Nothing
     accumulates across tiles (the LayerNorm's (dγ, dβ) partials go to slot pid of ``dln_ptr``
     [tiles, 2, C]), so the kernel holds few registers and many tiles share an SM."""
@@ -250,6 +252,8 @@ def mlp_bwd_da_kernel(
         tl.store(dln_ptr + pid * 2 * C + cols, tl.sum(g * xhat, axis=0))
         tl.store(dln_ptr + (pid * 2 + 1) * C + cols, tl.sum(g, axis=0))
         g = _layer_norm_grad(g, xhat, rstd, tl.load(lnw_ptr + cols), C)
+    if ADD_DOUT:  # the residual path's gradient (re-read: held through the loop it would cost registers)
+        g += _load_rows(dout_ptr, rows, cols, T, C)
     if ACC_DX:
         g += _load_rows(dx_ptr, rows, cols, T, C)
     _store_rows(dx_ptr, g, rows, cols, T, C)
