@@ -82,3 +82,21 @@ def small_tiles(tmlp, split: bool):
     """Tiles small enough for many of them at the tests' row counts; with ``split`` the two-kernel
     backward (row pass, then the weight-gradient GEMM over three row slices)."""
     return tmlp.MLPConfig(32, 4, 32, 4, 2, stored_rows=32, split=split, split_rows=16, dw_rows=16, dw_programs_per_sm=8)
+
+
+def assert_compiles_like_eager(block: torch.nn.Module, x: torch.Tensor) -> None:
+    """``torch.compile(fullgraph=True)`` of ``block`` (a graph break fails it): its output and the input's
+    gradient of ``out.square().sum()`` as the eager block's (Inductor may reassociate fp32 sums)."""
+    from tests.kernels.conftest import HAS_CUDA
+
+    x = x.detach().requires_grad_()
+    expected = block(x)
+    (g_expected,) = torch.autograd.grad(expected.square().sum(), x)
+    torch._dynamo.reset()
+    try:
+        out = torch.compile(block, fullgraph=True, backend="inductor" if HAS_CUDA else "aot_eager")(x)
+        (g_out,) = torch.autograd.grad(out.square().sum(), x)
+    finally:
+        torch._dynamo.reset()
+    for got, want in ((out, expected), (g_out, g_expected)):
+        assert ((got - want).norm() / want.norm()).item() < 1e-4

@@ -11,7 +11,7 @@ pytest.importorskip("triton")
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
 
 from flare_lightning.kernels.fused_mlp import fused_mlp  # noqa: E402
-from tests.kernels.fused_mlp_cases import launched_with, random_mlp, small_tiles  # noqa: E402
+from tests.kernels.fused_mlp_cases import assert_compiles_like_eager, launched_with, random_mlp, small_tiles  # noqa: E402
 
 
 @pytest.fixture
@@ -63,43 +63,21 @@ def test_a_separate_residual_is_not_folded(tmlp, device, folded):
 def test_flare_with_folded_residuals_matches_torch(tmlp, device, folded):
     """The whole model with every block's feed-forward folded: outputs and gradients against the
     float64 PyTorch MLPs."""
-    from tests.kernels.test_fused_mlp import flare_pair
+    from tests.kernels.test_fused_mlp import assert_matches_plain, flare_pair
 
     plain, fused = flare_pair(6, True)
-    fused = fused.to(device)
-    g = torch.Generator().manual_seed(8)
-    x = torch.randn(2, 35, 3, generator=g, dtype=torch.float64)
-    mask = torch.arange(35)[None, :] < torch.tensor([[35], [20]])
-    dy = torch.randn(2, 35, 2, generator=g, dtype=torch.float64) * mask[..., None]
-    y, y_fused = plain(x, mask), fused(x.float().to(device), mask.to(device))
-    rows = mask[..., None]
-    assert ((y_fused.double().cpu() - y) * rows).norm() / (y * rows).norm() < 1e-5
-    grads = torch.autograd.grad(y, list(plain.parameters()), dy)
-    grads_fused = torch.autograd.grad(y_fused, list(fused.parameters()), dy.float().to(device))
+    assert_matches_plain(plain, fused.to(device), device, seed=8, n=35, short=20)
     assert folded.count(True) == len(fused.blocks)  # each block's feed-forward folded (keys and values have no residual)
-    worst = max(((a.double().cpu() - b).norm() / b.norm()).item() for a, b in zip(grads_fused, grads))
-    assert worst < 1e-3, worst
 
 
 def test_compiled_block_folds_without_graph_break(tmlp, device, folded):
     """``torch.compile(fullgraph=True)`` sees the feed-forward's residual is its input (the fold is
     decided while tracing) and computes what the eager block does."""
-    from tests.kernels.conftest import HAS_CUDA
     from tests.kernels.test_fused_mlp import flare_pair
 
     _, fused = flare_pair(9)
-    block = fused.blocks[0].to(device)
-    x = torch.randn(2, 29, 16, device=device, requires_grad=True)
-    expected = block(x)
-    (g_expected,) = torch.autograd.grad(expected.square().sum(), x)
-    torch._dynamo.reset()
-    compiled = torch.compile(block, fullgraph=True, backend="inductor" if HAS_CUDA else "aot_eager")
-    out = compiled(x)
-    (g_out,) = torch.autograd.grad(out.square().sum(), x)
+    assert_compiles_like_eager(fused.blocks[0].to(device), torch.randn(2, 29, 16, device=device))
     assert folded.count(True) == 2  # the feed-forward of the eager block and of the compiled one
-    for got, want in ((out, expected), (g_out, g_expected)):
-        assert ((got - want).norm() / want.norm()).item() < 1e-4
-    torch._dynamo.reset()
 
 
 def test_opcheck_folded(tmlp, device):
