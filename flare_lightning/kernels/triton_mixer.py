@@ -268,16 +268,19 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
     tiles, chunks_1 = _chunking(n, c1.block_n, bh * groups, _num_programs_target(dev, cfg, c1), 2 * bh * m * d * 4)
     dz_part = torch.empty(bh, chunks_1, m, d, device=dev, dtype=torch.float32)
     dq_part_1 = torch.empty_like(dz_part)
-    # the decode part of dk: in dk itself, or one share per latent group (summed by the encode side)
-    dk_dec = dk if groups == 1 else torch.empty(groups, b, h, n, d, device=dev, dtype=k.dtype)
-    dk_dec_g = dk_dec if groups == 1 else dk_dec[0]
-    group_stride = 0 if groups == 1 else dk_dec.stride(0)
+    # the decode part of dk: in dk itself, or one share per latent group (summed by the encode side);
+    # its strides (b, h, n, group) and the slices whose row starts set the alignment, for both kernels
+    if groups == 1:
+        dk_dec, dec_strides, dec_rows = dk, (*dk.stride()[:3], 0), (dk,)
+    else:
+        dk_dec = torch.empty(groups, b, h, n, d, device=dev, dtype=k.dtype)
+        dec_strides, dec_rows = (*dk_dec.stride()[1:4], dk_dec.stride(0)), tuple(dk_dec.unbind(0)[:2])
     _bwd_decode_kernel[(chunks_1, bh, groups)](
         q, k, y, dy, z_lo, lse_dec, dk_dec, dz_part, dq_part_1,
         n, h, qk_scale, scale, tiles,
         k.stride(0), k.stride(1), k.stride(2), y.stride(0), y.stride(1), y.stride(2),
-        dy.stride(0), dy.stride(1), dy.stride(2), dk_dec_g.stride(0), dk_dec_g.stride(1), dk_dec_g.stride(2), group_stride,
-        M=m, D=d, ALIGN=_align(k, y, dy, *(dk_dec.unbind(0)[:2] if groups > 1 else (dk,))), NUM_M_TILES=tiles_1, PREC=prec,
+        dy.stride(0), dy.stride(1), dy.stride(2), *dec_strides,
+        M=m, D=d, ALIGN=_align(k, y, dy, *dec_rows), NUM_M_TILES=tiles_1, PREC=prec,
         BLOCK_N=c1.block_n, BLOCK_M=c1.block_m, BLOCK_D=bd, LATENT_ROWS=c1.latent_rows, **c1.launch_options(),
     )
     if reduce_dz is None:  # dz_lo = Σ_chunks dz_part and δ_m = dz_m·z_m [B·H, M], one launch
@@ -299,9 +302,9 @@ def _flare_backward(q, k, v, mask, y, z, z_lo, lse_enc, lse_dec, dy, scale: floa
         q, k, v, mask_u8, dz_lo, delta, lse_enc, dk_dec, dk, dv, dq_part_2,
         n, h, qk_scale, scale, tiles,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        dk_dec_g.stride(0), dk_dec_g.stride(1), dk_dec_g.stride(2), group_stride,
+        *dec_strides,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), mask_stride,
-        M=m, D=d, ALIGN=_align(k, v, dk, dv, *(dk_dec.unbind(0)[:2] if groups > 1 else ())),
+        M=m, D=d, ALIGN=_align(k, v, dk, dv, *dec_rows),
         HAS_KEYMASK=mask is not None or n % c2.block_n != 0, HAS_MASK=mask is not None,
         NUM_M_TILES=tiles_2, PREC=prec,
         BLOCK_N=c2.block_n, BLOCK_M=c2.block_m, BLOCK_D=bd, DK_PARTS=groups, **c2.launch_options(),

@@ -144,6 +144,20 @@ def _flat(t: Tensor) -> Tensor:
     return t.reshape(-1, t.shape[-1]).contiguous()
 
 
+def _dot_weights(weight: Tensor, compute_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The weights [L, C, C] (out, in) and their transposes [L, in, out] in the dot dtype, as the kernels read them."""
+    return weight.to(compute_dtype).contiguous(), weight.transpose(1, 2).to(compute_dtype).contiguous()
+
+
+def compute_dtype_of(x: Tensor, name: str) -> torch.dtype:
+    """The dtype the fused kernels' dots run in for x: autocast's on x's device, else x's own."""
+    device = x.device.type
+    compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    if compute not in _DOT:
+        raise TypeError(f"{name}: compute dtype must be float32, bfloat16 or float16, got {compute}")
+    return compute
+
+
 def _hidden_shape(x: Tensor, nl: int, save: bool) -> tuple[int, ...]:
     return (nl - 1, x.numel() // x.shape[-1], x.shape[-1]) if save else (0,)
 
@@ -168,7 +182,7 @@ def mlp_fwd(
     if rows:
         kernels.mlp_fwd_kernel[(-(-rows // cfg.fwd_rows),)](
             x2, res, out, hidden, ln_weight if has_ln else bias, ln_bias if has_ln else bias,
-            weight.transpose(1, 2).to(compute_dtype).contiguous(), bias.contiguous(), rows, eps,
+            _dot_weights(weight, compute_dtype)[1], bias.contiguous(), rows, eps,
             C=c, NL=nl, LN=has_ln, RES=residual is not None, ACT=act, SAVE=save and nl > 1,
             DOT=dot_type(compute_dtype), PREC=input_precision(compute_dtype), BT=cfg.fwd_rows, **cfg.launch("fwd"),
         )
@@ -195,8 +209,7 @@ def mlp_bwd(
     stored = hidden.dim() == 3  # [L-1, N, C] (empty for one layer) when the forward kept the inputs
     has_ln = ln_weight is not None
     lnw, lnb = (ln_weight, ln_bias) if has_ln else (bias, bias)  # any pointer when there is no norm
-    w = weight.to(compute_dtype).contiguous()
-    wt = weight.transpose(1, 2).to(compute_dtype).contiguous()
+    w, wt = _dot_weights(weight, compute_dtype)
     if cfg.split:
         return _backward_split(x, x2, grad, hidden if stored else None, w, wt, bias, (lnw, lnb, has_ln), eps, act,
                                compute_dtype, cfg, add_dout=add_dout)[:4]
@@ -330,9 +343,7 @@ def fused_mlp_triton(x: Tensor, weight: Tensor, bias: Tensor, ln: tuple | None, 
     """``fused_mlp.fused_mlp`` on the Triton kernels (its docstring says what each argument is)."""
     check_fused_inputs(x, weight, bias, ln, act)
     device = x.device.type
-    compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-    if compute not in _DOT:
-        raise TypeError(f"fused_mlp: compute dtype must be float32, bfloat16 or float16, got {compute}")
+    compute = compute_dtype_of(x, "fused_mlp")
     if out_dtype is None:
         out_dtype = torch.promote_types(x.dtype, residual.dtype) if residual is not None else x.dtype
     ln_w, ln_b, eps = ln if ln is not None else (None, None, 0.0)

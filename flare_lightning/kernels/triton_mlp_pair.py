@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from flare_lightning.kernels.triton_mlp import (
-    ACT_CODES, _DOT, _backward_split, _config, _flat, _hidden_shape, check_fused_inputs, mlp_bwd, mlp_fwd,
+    ACT_CODES, _backward_split, _config, _dot_weights, _flat, _hidden_shape, check_fused_inputs, compute_dtype_of,
+    mlp_bwd, mlp_fwd,
 )
 
 KV_PAIR = False  # the model's key/value MLPs through this op (benchmarks turn it on to time it)
@@ -52,8 +53,7 @@ def mlp_pair_bwd(
     x2, ln = _flat(x), (ln_weight, ln_bias, True)
 
     def backward(dout, hidden, weight, bias, dx=None, h0=None):
-        w = weight.to(compute_dtype).contiguous()
-        wt = weight.transpose(1, 2).to(compute_dtype).contiguous()
+        w, wt = _dot_weights(weight, compute_dtype)
         kept = hidden if hidden.dim() == 3 else None  # [L-1, N, C] when the forward kept the layer inputs
         return _backward_split(x, x2, _flat(dout), kept, w, wt, bias, ln, eps, act, compute_dtype, cfg, dx, h0)
 
@@ -78,9 +78,8 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, dout1, dout2, _h1, _h2):
     x, hidden1, hidden2, weight1, bias1, weight2, bias2, ln_weight, ln_bias = ctx.saved_tensors
-    shape_of = x.shape
-    dout1 = torch.zeros(shape_of, device=x.device, dtype=x.dtype) if dout1 is None else dout1
-    dout2 = torch.zeros(shape_of, device=x.device, dtype=x.dtype) if dout2 is None else dout2
+    dout1 = torch.zeros_like(x) if dout1 is None else dout1  # an output left unused
+    dout2 = torch.zeros_like(x) if dout2 is None else dout2
     dx, dw1, db1, dw2, db2, dln = mlp_pair_bwd(x, dout1, dout2, hidden1, hidden2, weight1, bias1, weight2, bias2,
                                                ln_weight, ln_bias, ctx.eps, ctx.act, ctx.compute_dtype)
     return (dx, dw1.to(weight1.dtype), db1.to(bias1.dtype), dw2.to(weight2.dtype), db2.to(bias2.dtype),
@@ -98,9 +97,7 @@ def fused_mlp_pair_triton(x: Tensor, first: tuple[Tensor, Tensor], second: tuple
     for weight, bias in (first, second):
         check_fused_inputs(x, weight, bias, ln, act)
     device = x.device.type
-    compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-    if compute not in _DOT:
-        raise TypeError(f"fused_mlp_pair: compute dtype must be float32, bfloat16 or float16, got {compute}")
+    compute = compute_dtype_of(x, "fused_mlp_pair")
     ln_w, ln_b, eps = ln
     inputs = (x, *first, *second, ln_w, ln_b)
     save = store_hidden and torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
