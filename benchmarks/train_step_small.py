@@ -155,15 +155,13 @@ def encode128_config(m: int, d: int, dtype: torch.dtype = torch.bfloat16):
 
 
 MIXER_TILES = "flare_lightning.kernels.triton_mixer.CONFIG_OVERRIDE"
+KV_PAIR = {"flare_lightning.kernels.triton_mlp_pair.KV_PAIR": True}
+FUSED = KV_PAIR | {"flare_lightning.kernels.triton_mlp.FOLD_RESIDUAL": True}
 PATCHES = {  # module constants a row sets for its run
     "ours-fast-grouped": {MIXER_TILES: grouped_decode_config},
     "ours-m128-fast-enc128": {MIXER_TILES: encode128_config},
-    "ours-fast-kvpair": {"flare_lightning.kernels.triton_mlp_pair.KV_PAIR": True},
-    "ours-m128-fast-kvpair": {"flare_lightning.kernels.triton_mlp_pair.KV_PAIR": True},
-    "ours-fast-fused": {"flare_lightning.kernels.triton_mlp_pair.KV_PAIR": True,
-                        "flare_lightning.kernels.triton_mlp.FOLD_RESIDUAL": True},
-    "ours-m128-fast-fused": {"flare_lightning.kernels.triton_mlp_pair.KV_PAIR": True,
-                             "flare_lightning.kernels.triton_mlp.FOLD_RESIDUAL": True},
+    "ours-fast-kvpair": KV_PAIR, "ours-m128-fast-kvpair": KV_PAIR,
+    "ours-fast-fused": FUSED, "ours-m128-fast-fused": FUSED,
     "ours-fast-unpinned": {"datamodules.mesh_datamodule.MeshDataModule._pin_memory": lambda self: False},
     "ours-fast-masked": {"flare_lightning.training.module.SurrogateModule.network_mask": ALWAYS_MASKED},
     "transformer-fast-masked": {"flare_lightning.training.module.SurrogateModule.network_mask": ALWAYS_MASKED},
