@@ -30,8 +30,8 @@
 # Opt-in stage `ddp1m` (two GPUs): the 1M config through `flare fit` on one GPU and under DDP on two,
 # in one run (issue 26 item 4: samples per second of two against one).
 # Opt-in stage `acc` (name it in STAGES; it runs last, so every timing runs alone): paper-protocol
-# accuracy runs of issue 28's precision arms (benchmarks/accuracy_runs.py ARMS; ACC_ARMS, default 32-tf32
-# and bf16-fp32mixer-tf32), FLARE with the fast step on ACC_DATASETS (default elasticity), ACC_SEEDS
+# accuracy runs of issue 28's precision arms (benchmarks/accuracy_runs.py ARMS; ACC_ARMS, default fp16
+# and 32-tf32: the candidate fast and exact mode beside the authors' precision), FLARE with the fast step on ACC_DATASETS (default elasticity), ACC_SEEDS
 # (default 0), in ACC_LANES workers side by side on GPU 0 (default 2), or one worker per entry of ACC_DEVICES
 # (GPU ids, e.g. "0 1 2 3 4 5 6 7" on a lent machine of eight: the whole ablation at once), each arm in runs/acc/<arm>/.
 # The stage starts the runs in the background (one `accuracy.py launch`) and returns. A run outlives
@@ -39,6 +39,8 @@
 # session's first call (never into a call while the runs go: a carried path replaces the one there),
 # and `acc` again resumes each run from its last.ckpt.
 # On the dev machine: python benchmarks/accuracy.py collect --out runs/acc.
+# tss_fp16: the captured Darcy and elasticity steps under 16-mixed (its loss scale on the GPU) beside bf16-mixed,
+# through flare fit in one run (issue 28 item 2's speed bound: within 1.3x of bf16).
 # fit1m_tiles: the 1M fit with what is written but not yet shipped (train_step_small.py's rows ours-fast-grouped,
 # ours-m128-fast-enc128: mixer tiles; -fused: the paired key/value MLPs and the feed-forward's residual gradient
 # folded into its kernel; the -kvpair rows time the pair alone) beside the shipped config, in one run:
@@ -61,10 +63,11 @@ TUNE="$PY benchmarks/mixer_tune.py --jobs 12"
 ACC="$PY benchmarks/accuracy.py launch --models flare --datasets $(words "${ACC_DATASETS:-elasticity}") --seeds $(words "${ACC_SEEDS:-0}") --fast-step"
 declare -A CMD=(
   [gpu_tests]="env PYTHON=$PY bash scripts/gpu_tests.sh"
-  [acc]="$ACC --devices $(words "${ACC_DEVICES:-$(printf '0 %.0s' $(seq "${ACC_LANES:-2}"))}") --arms $(words "${ACC_ARMS:-32-tf32 bf16-fp32mixer-tf32}") --out $ACC_ROOT"
+  [acc]="$ACC --devices $(words "${ACC_DEVICES:-$(printf '0 %.0s' $(seq "${ACC_LANES:-2}"))}") --arms $(words "${ACC_ARMS:-fp16 32-tf32}") --out $ACC_ROOT"
   [fit1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows $(words "${FIT1M_ROWS:-ours-eager ours-fast ours-m128 ours-m128-fast reference-compiled reference-m128-compiled}") --root /tmp/bench_1m --profile"
   [fit1m_tiles]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows ours-fast ours-fast-grouped ours-fast-fused ours-m128-fast ours-m128-fast-enc128 ours-m128-fast-fused reference-compiled --root /tmp/bench_1m"
   [tss]="$TSS --datasets darcy elasticity --precisions bf16-mixed 32-tf32 --rows ours-fast reference-compiled --root /tmp/bench_small"
+  [tss_fp16]="$TSS --datasets darcy elasticity --precisions bf16-mixed 16-mixed --rows ours-fast --root /tmp/bench_small"
   [tss_mixed]="$TSS --datasets darcy elasticity --precisions bf16-fp32mixer-tf32 bf16-fp32mixer 32-tf32 --rows ours-fast --root /tmp/bench_small --profile"
   [eval]="$STEP --eval --n 8800000 --latents 256 --configs ours-fused-compiled-stored"
   [evaltest]="$PY benchmarks/eval_surface.py --root /tmp/eval_surface --points 8800000 --runs 4"
@@ -78,7 +81,7 @@ declare -A CMD=(
   [grid48]="$STEP --grid --grid-blocks 4 8 --configs reference-compiled ours-fused-compiled-stored"
   [ddp1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows ours-fast ours-eager --devices 1 2 --root /tmp/bench_1m"
 )
-ORDER=(gpu_tests fit1m fit1m_tiles kernels1m mixtune tss tss_mixed mixtune_tf32 eval evaltest step mlp maxpoints grid12 grid48 ddp1m acc)
+ORDER=(gpu_tests fit1m fit1m_tiles kernels1m mixtune tss tss_fp16 tss_mixed mixtune_tf32 eval evaltest step mlp maxpoints grid12 grid48 ddp1m acc)
 OPT_IN=" ddp1m acc "  # only when STAGES names them: ddp1m needs two GPUs, acc leaves runs going
 DEFAULT=()
 for s in "${ORDER[@]}"; do [[ "$OPT_IN" == *" $s "* ]] || DEFAULT+=("$s"); done

@@ -509,7 +509,7 @@ def test_each_precision_arm_is_a_flare_fit_of_its_own_label(acc_runs, acc_collec
         config = resolved_config(run.command()[4:])
         precision, matmul = config["trainer"]["precision"], config["float32_matmul_precision"]
         parts = config["model"]["model"]["init_args"]["fp32_parts"]
-        assert precision == ("32-true" if arm.startswith("32") else "bf16-mixed"), arm
+        assert precision == ("32-true" if arm.startswith("32") else "16-mixed" if arm == "fp16" else "bf16-mixed"), arm
         assert (matmul == "high") == arm.endswith("tf32"), arm
         assert parts == ([arm.removeprefix("bf16-fp32").removesuffix("-tf32")] if arm.startswith("bf16-fp32") else None), arm
     last = runs[0].command(extra=("--trainer.precision=bf16-mixed",))

@@ -45,7 +45,7 @@ def test_the_accuracy_stage_is_opt_in_and_launches_known_arms():
     listed = dict(line.split(": ", 1) for line in run("--list").stdout.splitlines())
     words = shlex.split(listed["acc"])
     arms = words[words.index("--arms") + 1: words.index("--out")]
-    assert arms == ["32-tf32", "bf16-fp32mixer-tf32"] and set(arms) <= set(accuracy.ARMS)
+    assert arms == ["fp16", "32-tf32"] and set(arms) <= set(accuracy.ARMS)
     assert words[words.index("--devices") + 1: words.index("--arms")] == ["0", "0"]
     assert words[words.index("--models") + 1] == "flare" and "--fast-step" in words
     # nothing runs it unless named: the default stages leave it out; named, it runs last (timings run alone)

@@ -85,7 +85,7 @@ def group_lists(group: dict, state: dict, lr: Tensor, beta1: Tensor, beta2: Tens
 def adam_group_update_(
     params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
     steps: list[Tensor], lr: Tensor, beta1: Tensor, beta2: Tensor, weight_decay: float, eps: float,
-    decoupled: bool, shared_step: bool = False,
+    decoupled: bool, shared_step: bool = False, skip: Tensor | None = None,
 ) -> None:
     """torch's Adam (``decoupled``: AdamW) update of one group's tensor lists, in place.
 
@@ -93,30 +93,43 @@ def adam_group_update_(
     parameter missed a gradient. ``shared_step`` says the caller knows they are all equal (the
     fast step counts steps on the host), so one count serves the group: a dozen fewer kernels
     than a correction per parameter, which foreach ops apply one tensor at a time.
+
+    ``skip`` (a device scalar, 1.0 or 0.0; the gradients finite, e.g. zeroed) makes the step a
+    no-op without the host reading it, as GradScaler's skipped ``optimizer.step()``: no count
+    advances, the moments keep their values (their decay is 1 and their gain 0) and the learning
+    rate is 0. At 0.0 every value is the plain update's, bit for bit.
     """
     if not params:
         return
-    torch._foreach_add_(steps, 1.0)
+    gain1, gain2 = 1.0 - beta1, 1.0 - beta2
+    decay1, decay2, increment = beta1, beta2, 1.0
+    if skip is not None:
+        keep = 1.0 - skip
+        lr, gain1, gain2, increment = lr * keep, gain1 * keep, gain2 * keep, keep
+        decay1, decay2 = torch.where(skip > 0, 1.0, beta1), torch.where(skip > 0, 1.0, beta2)
+    torch._foreach_add_(steps, increment)
     if weight_decay != 0:
         if decoupled:
             torch._foreach_mul_(params, 1.0 - lr * weight_decay)
         else:
             grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    torch._foreach_mul_(exp_avgs, beta1)
-    torch._foreach_add_(exp_avgs, torch._foreach_mul(grads, 1.0 - beta1))
-    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_mul_(exp_avgs, decay1)
+    torch._foreach_add_(exp_avgs, torch._foreach_mul(grads, gain1))
+    torch._foreach_mul_(exp_avg_sqs, decay2)
     sq = torch._foreach_mul(grads, grads)
-    torch._foreach_mul_(sq, 1.0 - beta2)
+    torch._foreach_mul_(sq, gain2)
     torch._foreach_add_(exp_avg_sqs, sq)
     denom = torch._foreach_sqrt(exp_avg_sqs)
     if shared_step:
-        step = steps[0]
+        step = steps[0] if skip is None else steps[0].clamp(min=1.0)  # a first step skipped stays at 0
         torch._foreach_div_(denom, (1.0 - beta2**step).sqrt())
         torch._foreach_add_(denom, eps)
         update = torch._foreach_div(exp_avgs, denom)
         torch._foreach_mul_(update, -lr / (1.0 - beta1**step))
     else:
         step = torch.stack(steps).to(beta1.dtype)  # [n]; a 0-dim beta would not promote it
+        if skip is not None:
+            step = step.clamp(min=1.0)
         torch._foreach_div_(denom, (1.0 - beta2**step).sqrt().unbind())
         torch._foreach_add_(denom, eps)
         update = torch._foreach_div(exp_avgs, denom)
@@ -125,15 +138,22 @@ def adam_group_update_(
 
 
 @torch.no_grad()
-def clipped_adam_update_(groups: list[tuple], clip_val: float | None, clip_algorithm: str) -> None:
+def clipped_adam_update_(groups: list[tuple], clip_val: float | None, clip_algorithm: str,
+                         skip: Tensor | None = None) -> None:
     """Gradient clipping over all groups, then each group's Adam update, in place.
 
     ``groups``: per param group ``group_lists``'s tuple. Clipping is torch's ``clip_grad_norm_``
     (total 2-norm, coefficient ``clip / (norm + 1e-6)`` capped at 1) or ``clip_grad_value_``.
     Multi-tensor (foreach) ops: some 40 launches for all parameters. (Compiled by Inductor it
     took more kernels, one per tensor for the norms: 1,493 vs 1,248 per Darcy step.)
+    ``skip`` (device scalar, 1.0: the loss scale found an inf or NaN gradient): the gradients
+    are zeroed, so nothing non-finite reaches the arithmetic, and the update changes nothing.
     """
     grads = [g for group in groups for g in group[1]]
+    if skip is not None:
+        overflowed = skip > 0
+        for g in grads:  # no multi-tensor "where": a small kernel per gradient, on fp16 runs only
+            g.masked_fill_(overflowed, 0.0)
     if clip_val is not None and grads:
         if clip_algorithm == "norm":
             total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
@@ -142,4 +162,4 @@ def clipped_adam_update_(groups: list[tuple], clip_val: float | None, clip_algor
             torch._foreach_clamp_min_(grads, -clip_val)
             torch._foreach_clamp_max_(grads, clip_val)
     for group in groups:
-        adam_group_update_(*group)
+        adam_group_update_(*group, skip=skip)

@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from flare_lightning.training.adam_update import check_adam, clipped_adam_update_, group_lists, prepare_state
+from flare_lightning.training.loss_scale import DeviceLossScale
 
 LossFn = Callable[[dict[str, Tensor]], tuple[Tensor, Tensor]]  # batch -> (losses [B], relative L2 errors [B])
 TRAIN_KEYS = ("x", "y", "mask")
@@ -113,9 +114,9 @@ class StepCounts:
 class FastTrainStep:
     """Forward, backward, gradient all-reduce, clipping and Adam/AdamW update of one batch.
 
-    A step is ``forward_backward(batch)``, then ``backward()`` and ``update()`` (Lightning's
-    ``training_step``, ``backward`` and ``optimizer_step``); ``step(batch)`` runs all three.
-    Unsplit, ``forward_backward`` runs the whole step and the other two do nothing.
+    A step is ``forward_backward(batch)``, then ``backward()``, ``unscale()`` and ``update()``
+    (Lightning's ``training_step``, ``backward`` and ``optimizer_step``); ``step(batch)`` runs them
+    all. Unsplit, ``forward_backward`` runs the whole step and the others do nothing.
 
     Args:
         loss_fn: maps a batch (``x``, ``y``, ``mask``) to per-sample losses and relative L2
@@ -131,6 +132,10 @@ class FastTrainStep:
         world_size: processes whose gradients are averaged (None: torch.distributed's).
         all_reduce: sums a flat gradient buffer over processes in place (torch.distributed's
             ``all_reduce`` unless given, e.g. by a test that fakes ranks on one GPU).
+        loss_scale: fp16's dynamic loss scale (``16-mixed``): backward runs on the scaled loss,
+            the gradients are unscaled (after the all-reduce, before gradient hooks and clipping,
+            as Lightning's GradScaler does it) and a step whose gradients overflowed changes
+            nothing but the scale, decided on the device.
     """
 
     def __init__(
@@ -144,6 +149,7 @@ class FastTrainStep:
         split: bool = False,
         world_size: int | None = None,
         all_reduce: Callable[[Tensor], Any] | None = None,
+        loss_scale: DeviceLossScale | None = None,
     ) -> None:
         if clip_algorithm not in ("norm", "value"):
             raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {clip_algorithm!r}")
@@ -163,6 +169,7 @@ class FastTrainStep:
         self.world_size = world_size
         self.all_reduce = all_reduce or dist.all_reduce
         self.split = split or world_size > 1
+        self.loss_scale = loss_scale
         prepare_state(optimizer, self.device, capturable=self.capture)
         self.counts = StepCounts.of(optimizer)
         # (lr, beta1, beta2) per group as device tensors the update reads (in the parameters'
@@ -218,8 +225,14 @@ class FastTrainStep:
         for p, g in zip(self.params, grads):
             p.grad = g
 
+    def unscale(self) -> None:
+        """Split steps with a loss scale: the gradients ``backward`` handed over to their true
+        size, and the step's overflow flag set (a few kernels, no host read)."""
+        if self.split and self.loss_scale is not None:
+            self.loss_scale.unscale_([p.grad for p in self.params if p.grad is not None])
+
     def update(self) -> None:
-        """Split steps: gradient clipping and the Adam update, after ``backward``."""
+        """Split steps: gradient clipping and the Adam update, after ``backward`` and ``unscale``."""
         if not self.split:
             return
         self._write_hparams()
@@ -242,6 +255,7 @@ class FastTrainStep:
         """One whole optimizer step on ``batch`` (``x`` [B, N, in], ``y`` [B, N, out], ``mask`` [B, N])."""
         out = self.forward_backward(batch)
         self.backward()
+        self.unscale()
         self.update()
         return out
 
@@ -256,7 +270,8 @@ class FastTrainStep:
     def _ops_forward_backward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         with uncached_autocast(self.device):
             losses, errors = self.loss_fn(batch)
-        losses.mean().backward()
+        loss = losses.mean()
+        (loss if self.loss_scale is None else self.loss_scale.scale_loss(loss)).backward()
         return losses.detach(), errors.detach()
 
     def _eager_forward_backward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -289,12 +304,19 @@ class FastTrainStep:
 
     # --- the update -----------------------------------------------------------------------
     def _ops_update(self, shared: tuple[bool, ...]) -> None:
-        """Clipping and Adam/AdamW on the parameters' ``.grad`` (eager, or recorded into a graph)."""
+        """Clipping and Adam/AdamW on the parameters' ``.grad`` (eager, or recorded into a graph);
+        with a loss scale, the unscaling first (unsplit: split steps ran ``unscale``), the overflow
+        check's skip applied and the scale's update after."""
         adamw = isinstance(self.optimizer, torch.optim.AdamW)
         groups = [group_lists(group, self.optimizer.state, *hparams, bool(group.get("decoupled_weight_decay", adamw)),
                               shared_step=flag)
                   for group, hparams, flag in zip(self.optimizer.param_groups, self._hparams, shared)]
-        clipped_adam_update_(groups, self.clip_val, self.clip_algorithm)
+        scale = self.loss_scale
+        if scale is not None and not self.split:
+            scale.unscale_([g for group in groups for g in group[1]])
+        clipped_adam_update_(groups, self.clip_val, self.clip_algorithm, skip=None if scale is None else scale.skip)
+        if scale is not None:
+            scale.update_()
 
     def _with_grad(self) -> tuple[tuple[int, ...], ...]:
         return tuple(tuple(i for i, p in enumerate(group["params"]) if p.grad is not None)

@@ -24,8 +24,9 @@ from lightning.pytorch.strategies import DDPStrategy, ParallelStrategy, SingleDe
 
 from flare_lightning.training.adam_update import check_adam
 from flare_lightning.training.fast_step import FastTrainStep, LossFn
+from flare_lightning.training.loss_scale import DeviceLossScale
 
-PRECISIONS = ("32-true", "32", "bf16-mixed")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
 # Hooks that see a step between its backward and its update: when a callback or the module
 # implements one, the step is captured as two graphs with the hooks run between them.
 GRADIENT_HOOKS = ("on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step")
@@ -50,8 +51,7 @@ def check_fast_step(trainer: L.Trainer, module: L.LightningModule) -> None:
     precision = str(trainer.precision)
     if precision not in PRECISIONS:
         raise ValueError(
-            f"model.fast_step supports trainer.precision 32-true and bf16-mixed, got {precision!r} "
-            "(16-mixed needs a gradient scaler that reads the loss on the host every step)"
+            f"model.fast_step supports trainer.precision 32-true, bf16-mixed and 16-mixed, got {precision!r}"
         )
     strategy = trainer.strategy
     if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
@@ -87,6 +87,7 @@ def build_fast_step(module: L.LightningModule, loss_fn: LossFn) -> FastTrainStep
     state is converted where the captured update can advance it)."""
     trainer = module.trainer
     algorithm = trainer.gradient_clip_algorithm
+    scaler = getattr(trainer.precision_plugin, "scaler", None)  # 16-mixed: Lightning's GradScaler, maybe restored
     return FastTrainStep(
         loss_fn,
         trainer.optimizers[0],
@@ -94,13 +95,15 @@ def build_fast_step(module: L.LightningModule, loss_fn: LossFn) -> FastTrainStep
         clip_algorithm=str(getattr(algorithm, "value", algorithm) or "norm"),
         capture=module.device.type == "cuda",
         split=needs_split(trainer, module),
+        loss_scale=None if scaler is None else DeviceLossScale.of(scaler, module.device),
     )
 
 
 def optimizer_step(fast: FastTrainStep, module: L.LightningModule, optimizer: Any, closure: Any) -> None:
     """Lightning's optimizer step with the fast step in it, in Lightning's order: the closure
     (``training_step`` runs the captured forward and backward; zero_grad, ``backward`` and its
-    hooks follow), ``on_before_optimizer_step`` of the callbacks and the module, the update.
+    hooks follow), the loss scale's unscaling (16-mixed), ``on_before_optimizer_step`` of the
+    callbacks and the module, the update.
 
     DDP's reducer is kept out (``block_backward_sync``): no autograd backward reaches it; the
     fast step averages the gradients itself in ``backward``."""
@@ -108,9 +111,20 @@ def optimizer_step(fast: FastTrainStep, module: L.LightningModule, optimizer: An
     strategy = trainer.strategy
     with strategy.block_backward_sync() if isinstance(strategy, ParallelStrategy) else nullcontext():
         closure()
+    fast.unscale()
     if fast.split:
         torch_optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning hands hooks the torch one
         for callback in trainer.callbacks:
             callback.on_before_optimizer_step(trainer, module, torch_optimizer)
         module.on_before_optimizer_step(torch_optimizer)
     fast.update()
+
+
+def save_loss_scale(fast: FastTrainStep | None, trainer: L.Trainer, checkpoint: dict[str, Any]) -> None:
+    """Put the fast step's loss scale in ``checkpoint`` where Lightning keeps its precision
+    plugin's (its GradScaler never stepped: the captured step scaled on the device)."""
+    if fast is None or fast.loss_scale is None:
+        return
+    plugin = trainer.precision_plugin
+    plugin.scaler.load_state_dict(fast.loss_scale.state_dict())
+    checkpoint[type(plugin).__qualname__] = plugin.state_dict()

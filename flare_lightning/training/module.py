@@ -16,7 +16,7 @@ from flare_lightning import compat
 from flare_lightning.training.adam_update import plain_state
 from flare_lightning.training.batch_transfer import SideStreamTransfer
 from flare_lightning.training.fast_step import FastTrainStep, GraphedForward
-from flare_lightning.training.fast_step_lightning import build_fast_step, check_fast_step, optimizer_step
+from flare_lightning.training.fast_step_lightning import build_fast_step, check_fast_step, optimizer_step, save_loss_scale
 from flare_lightning.forces.metrics import ForceCoefficientErrors, force_report
 from flare_lightning.training.losses import check_loss_data, get_loss
 from flare_lightning.training.metrics import RelativeL2Error, SampleMean, relative_l2
@@ -59,8 +59,8 @@ class SurrogateModule(L.LightningModule):
             clipping, Adam/AdamW with the scheduled lr and betas) as a CUDA graph inside
             Lightning's automatic optimization, and evaluation forwards as graphs: no host
             overhead at small meshes. Elsewhere the same step runs eagerly. Needs Adam or
-            AdamW, 32-true or bf16-mixed precision and no gradient accumulation
-            (docs/fast_step.md).
+            AdamW, 32-true, bf16-mixed or 16-mixed precision (its loss scale kept on the
+            device) and no gradient accumulation (docs/fast_step.md).
         loss: training objective on de-normalised fields: ``rel_l2``, or ``darcy_grad`` (the
             paper's Darcy objective: rel. L2 of u + 0.1 x rel. L2 of its grid derivatives).
         eval_fp32: run validation, test and predict forwards in float32 even when the trainer
@@ -299,6 +299,9 @@ class SurrogateModule(L.LightningModule):
                     "since that run started); resume with the original trainer.max_epochs and data, or train "
                     "a new run that starts from the checkpoint's weights"
                 )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_loss_scale(self._fast, self.trainer, checkpoint)  # 16-mixed: the scale the graph kept
 
     def teardown(self, stage: str) -> None:
         # Lightning moves the model off the GPU after each stage: captured graphs would replay

@@ -130,7 +130,7 @@ def hooks_against_eager(root, accelerator: str = "cpu", steps: int = 8, **fit_ar
         module, trainer, traj = fit_tiny(root, fast=fast, steps=steps, callbacks=(hooks,), accelerator=accelerator,
                                          **fit_args)
         runs[fast] = hooks, traj
-    (eager_hooks, eager), (fast_hooks, fast) = runs[False], runs[True]
+    (eager_hooks, _), (fast_hooks, fast) = runs[False], runs[True]
     assert fast_hooks.calls == eager_hooks.calls == ["zero_grad", "before_backward", "after_backward",
                                                      "before_optimizer_step"] * steps
     assert fast.fast and fast.fast_steps[-1].split  # two graphs, the hooks between them
