@@ -16,7 +16,6 @@ batch's start to its end after a device sync, the host-to-device copy and the me
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time

@@ -4,7 +4,6 @@ plain forward), the target and the error where the file has targets."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
