@@ -149,3 +149,47 @@ def test_fast_step_with_loss_scale_is_grad_scaler_and_adam(cls, split):
     assert float(opt.state[ours.weight]["step"]) == 12 - len(OVERFLOWS)
     moves = [b / a for a, b in zip([2.0**12, *scales], scales)]
     assert 0.5 in moves and 2.0 in moves  # backed off and grew
+
+
+def test_two_rank_step_unscales_the_averaged_gradients():
+    """Under DDP the fast step averages the scaled gradients, then unscales them (as DDP's reducer
+    and Lightning's GradScaler do): an overflow on the other rank alone reaches the average, so
+    every rank skips that step. The other rank is faked: its gradient a fixed vector times the
+    scale, inf on step 2."""
+    ours, ref = SkippingLoss(), SkippingLoss()
+    opt, opt_ref = torch.optim.AdamW(ours.parameters(), lr=0.05), torch.optim.AdamW(ref.parameters(), lr=0.05)
+    scale = DeviceLossScale("cpu", init_scale=2.0**8, growth_interval=3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=3)
+    numel = sum(p.numel() for p in ours.parameters())
+    other = torch.randn(numel, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    step_index = [0]
+
+    def other_rank(i: int) -> torch.Tensor:
+        g = other * float(scale.scale)
+        if i == 2:
+            g[1] = float("inf")
+        return g
+
+    def all_reduce(flat: torch.Tensor) -> None:
+        flat.add_(other_rank(step_index[0]))
+
+    step = FastTrainStep(ours, opt, clip_val=0.5, capture=False, world_size=2, all_reduce=all_reduce, loss_scale=scale)
+    batches = [b for b in skipping_batches(12) if b["x"].shape[1] == 5]  # every parameter has a gradient
+    for i, batch in enumerate(batches):
+        step_index[0] = i
+        opt_ref.zero_grad(set_to_none=True)
+        scaler.scale(ref(batch)[0].mean()).backward()
+        params = list(ref.parameters())
+        flat = torch.cat([p.grad.flatten() for p in params]).add_(other_rank(i)).div_(2)
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad = g.view_as(p).clone()
+        scaler.unscale_(opt_ref)
+        torch.nn.utils.clip_grad_norm_(params, 0.5)
+        scaler.step(opt_ref)
+        scaler.update()
+        step(batch)
+        assert bool(scale.skip) == (i == 2)
+        assert scale.state_dict() == scaler.state_dict()
+        for p, q in zip(ours.parameters(), ref.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    assert float(opt.state[ours.weight]["step"]) == len(batches) - 1
