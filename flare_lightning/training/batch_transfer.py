@@ -13,18 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
-
-
-def _tensors(batch: Any) -> list[Tensor]:
-    """The tensors of a batch (dicts, lists and tuples of them, other values ignored)."""
-    if isinstance(batch, Tensor):
-        return [batch]
-    if isinstance(batch, dict):
-        return [t for v in batch.values() for t in _tensors(v)]
-    if isinstance(batch, (list, tuple)):
-        return [t for v in batch for t in _tensors(v)]
-    return []
 
 
 class SideStreamTransfer:
@@ -44,7 +34,5 @@ class SideStreamTransfer:
         with torch.cuda.stream(stream):
             moved = move(batch)
         current.wait_stream(stream)
-        for t in _tensors(moved):
-            if t.is_cuda:
-                t.record_stream(current)
+        apply_to_collection(moved, Tensor, lambda t: t.record_stream(current) if t.is_cuda else None)
         return moved
