@@ -51,17 +51,22 @@ LOW = {
     "_bwd_latent_grad_kernel": {"dz_lo_ptr"},
     "_bwd_encode_kernel": {"q_ptr", "k_ptr", "v_ptr", "dz_ptr", "dkp_ptr", "dk_ptr", "dv_ptr"},
     "_dq_sum_kernel": {"dq_ptr"},
-    "mlp_fwd_kernel": {"hid_ptr", "wt_ptr"},
+    "mlp_fwd_kernel": {"hid_ptr", "wt_ptr", "y_ptr", "pt_ptr"},
     "mlp_bwd_kernel": {"hid_ptr", "w_ptr", "wt_ptr"},
-    "mlp_bwd_da_kernel": {"hid_ptr", "h0_ptr", "da_ptr", "w_ptr", "wt_ptr"},
-    "mlp_dw_kernel": {"da_ptr", "dout_ptr", "h0_ptr", "hid_ptr"},
+    "mlp_bwd_da_kernel": {"hid_ptr", "h0_ptr", "da_ptr", "w_ptr", "wt_ptr", "p_ptr", "dy_ptr"},
+    "mlp_dw_kernel": {"da_ptr", "dout_ptr", "h0_ptr", "hid_ptr", "dx_ptr", "y_ptr"},
 }
 FLOATS = {"qk_scale", "scale", "eps"}
 TYPE = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
-def _signature(kernel, low: str, constexprs: dict) -> tuple[dict, dict]:
-    names = list(inspect.signature(kernel.fn).parameters)
+def _signature(kernel, low: str, constexprs: dict, pointers: frozenset[str] = frozenset()) -> tuple[dict, dict]:
+    params = inspect.signature(kernel.fn).parameters
+    names = list(params)
+    # an argument with a default that is not given compiles as a launch that omits it (that constant),
+    # but for the optional pointers named in ``pointers``, which the launch passes
+    constexprs = {n: p.default for n, p in params.items()
+                  if p.default is not inspect.Parameter.empty and n not in pointers} | constexprs
     sig = {}
     for name in names:
         if name in constexprs:
@@ -74,13 +79,13 @@ def _signature(kernel, low: str, constexprs: dict) -> tuple[dict, dict]:
 
 
 def resources(kernel, dtype: torch.dtype, constexprs: dict, launch: dict,
-              multiples_of_16: frozenset[str] = frozenset()) -> dict[str, int]:
+              multiples_of_16: frozenset[str] = frozenset(), pointers: frozenset[str] = frozenset()) -> dict[str, int]:
     """Compile ``kernel`` for sm_90; returns cuobjdump's REG, STACK, SHARED, LOCAL.
 
     As a launch does, pointers are taken as 16-byte aligned (PyTorch's allocations are) and the
     integer arguments named in ``multiples_of_16`` as multiples of 16: without these hints the
     compiler cannot vectorise loads and the counts would not be those of the device."""
-    sig, const = _signature(kernel, TYPE[dtype], constexprs)
+    sig, const = _signature(kernel, TYPE[dtype], constexprs, pointers)
     names = list(sig)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items()
              if t.startswith("*") or n in multiples_of_16}
@@ -171,18 +176,28 @@ ROWS = frozenset({"T"})  # the row count, 2^20 at scale: a multiple of 16, as th
 
 
 def mlp_table(store_hidden: bool, cfg: triton_mlp.MLPConfig, c: int = 64, nl: int = 5,
-              dtype: torch.dtype = torch.bfloat16) -> dict[str, dict[str, int]]:
+              dtype: torch.dtype = torch.bfloat16, proj: bool = False) -> dict[str, dict[str, int]]:
     """Resources of the fused MLP's kernels as ``cfg`` launches them: the forward, then each
-    backward segment (layers lo..hi-1), from kept inputs with ``store_hidden``."""
+    backward segment (layers lo..hi-1), from kept inputs with ``store_hidden``; with ``proj`` as the
+    folded output projection launches them (``triton_mlp_proj``: split backward only)."""
     common = dict(C=c, NL=nl, LN=True, ACT=km.GELU_TANH, DOT=dot_type(dtype), PREC=input_precision(dtype))
-    table = {"forward": resources(km.mlp_fwd_kernel, dtype, common | dict(RES=True, SAVE=store_hidden and nl > 1,
-                                  BT=cfg.fwd_rows), cfg.launch("fwd"), ROWS)}
+    pre = dict(PRE=True) if proj else {}
+    if proj:
+        from flare_lightning.kernels.triton_mlp_proj import proj_config
+
+        cfg = proj_config(cfg, store_hidden)
+    given = frozenset({"y_ptr", "pt_ptr", "pb_ptr", "p_ptr", "dy_ptr", "dx_ptr"} if proj else ())  # the fold passes them
+    table = {"forward": resources(km.mlp_fwd_kernel, dtype, common | pre | dict(
+        RES=not proj, SAVE=store_hidden and nl > 1, BT=cfg.fwd_rows), cfg.launch("fwd"), ROWS, given)}
     if cfg.split:  # the row pass, then the weight-gradient GEMM
-        table["backward row pass"] = resources(km.mlp_bwd_da_kernel, dtype, common | dict(
-            STORED=store_hidden, BT=cfg.split_rows, DA_LAST=False, STORE_H0=True, ACC_DX=False, ADD_DOUT=False), cfg.launch("split"), ROWS)
-        table["backward weight GEMM"] = resources(km.mlp_dw_kernel, dtype, dict(
-            C=c, NL=nl, PREC=common["PREC"], BT=cfg.dw_rows, DA_LAST=False), cfg.launch("dw"), ROWS)
+        table["backward row pass"] = resources(km.mlp_bwd_da_kernel, dtype, common | pre | dict(
+            STORED=store_hidden, BT=cfg.split_rows, DA_LAST=False, STORE_H0=True, ACC_DX=False, ADD_DOUT=proj),
+            cfg.launch("split"), ROWS, given)
+        table["backward weight GEMM"] = resources(km.mlp_dw_kernel, dtype, pre | dict(
+            C=c, NL=nl, PREC=common["PREC"], BT=cfg.dw_rows, DA_LAST=False), cfg.launch("dw"), ROWS, given)
         return table
+    if proj:
+        raise ValueError("the folded projection runs the split backward only")
     rows, _, launch = cfg.backward(store_hidden)
     for lo, hi in cfg.segments(nl, store_hidden):
         table[f"backward {lo}-{hi - 1}"] = resources(
@@ -197,9 +212,11 @@ def print_mlp_tables() -> dict:
     tables = {}
     print("sm_90, fused MLP at C=64, 5 layers (3 hidden), bf16")
     print(f"{'configuration / kernel':<64}{'registers':>10}{'spill stack B':>14}{'local B':>9}")
-    for store_hidden, cfg in DEFAULTS + SWEEP:
-        name = row_name(store_hidden, cfg)
-        tables[name] = mlp_table(store_hidden, cfg)
+    runs = [(store_hidden, cfg, False) for store_hidden, cfg in DEFAULTS + SWEEP]
+    runs += [(store_hidden, cfg, True) for store_hidden, cfg in DEFAULTS if cfg.split]  # the folded projection
+    for store_hidden, cfg, proj in runs:
+        name = row_name(store_hidden, cfg) + (" + out_proj folded" if proj else "")
+        tables[name] = mlp_table(store_hidden, cfg, proj=proj)
         print(name)
         for kernel, r in tables[name].items():
             print(f"  {kernel:<62}{r.get('REG', 0):>10}{r.get('STACK', 0):>14}{r.get('LOCAL', 0):>9}")

@@ -77,6 +77,19 @@ def test_train_step_rows_train_the_right_model_and_mask():
     assert SurrogateModule.network_mask(batch) is None  # the patch is undone
 
 
+def test_train_step_row_patches_name_existing_switches():
+    """Every module constant a row patches exists as named (a misspelt path would time the default)."""
+    from unittest import mock
+
+    pytest.importorskip("triton")
+    small = import_benchmark("train_step_small")
+    for row, patches in small.PATCHES.items():
+        assert row in small.ROWS, row
+        for target, value in patches.items():
+            with mock.patch(target, value):  # mock refuses an attribute that is not there
+                pass
+
+
 def test_train_step_precision_labels_are_options_flare_fit_accepts():
     """Each --precisions label of train_step_small.py parses as flare fit arguments on the FLARE config."""
     from tests.helpers import resolved_config

@@ -246,21 +246,26 @@ def _slices(rows: int, nl: int, cfg: MLPConfig, device: torch.device) -> tuple[i
 def _backward_split(x: Tensor, x2: Tensor, grad: Tensor, hidden: Tensor | None, w: Tensor, wt: Tensor, bias: Tensor,
                     ln: tuple[Tensor, Tensor, bool], eps: float, act: int, compute_dtype: torch.dtype,
                     cfg: MLPConfig, dx: Tensor | None = None, h0: Tensor | None = None, add_dout: bool = False,
+                    pre: tuple[Tensor, Tensor, Tensor] | None = None,
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
     """``mlp_bwd`` as a row pass writing every layer's d a and input, then the weight-gradient GEMM
     over them. ``w``/``wt``: the weights [L, C, C] and their transposes in the dot dtype; ``ln``: the
     LayerNorm's weight and bias pointers and whether there is one; ``hidden``: what the forward kept
     (None: the row pass recomputes and writes it). A second MLP of the same x and LayerNorm passes
     the first's ``dx`` (its own is added in) and ``h0`` (LN(x) as the first wrote it: not again);
-    ``add_dout`` adds the output's gradient to dx (a residual that is x itself).
+    ``add_dout`` adds the output's gradient to dx (a residual that is x itself). ``pre``: (y, P, dy)
+    of a projection of y that made x (``triton_mlp_proj``: x = x0 + y Pᵀ + p_b): dx P is written to dy
+    and dW, db carry P's and p_b's gradients as a last layer.
     Returns (dx, dW, db, d(LN weight, bias), h0)."""
     c, nl = x.shape[-1], w.shape[0]
+    nw = nl + (pre is not None)  # weight-gradient slots
     rows, device, f32 = x2.shape[0], x.device, torch.float32
     acc_dx, store_h0 = dx is not None, h0 is None
     if dx is None:
         dx = torch.empty(x.shape, device=device, dtype=x.dtype)
     if not rows:
-        return dx, x.new_zeros(nl, c, c, dtype=f32), x.new_zeros(nl, c, dtype=f32), x.new_zeros(2, c, dtype=f32), h0
+        return dx, x.new_zeros(nw, c, c, dtype=f32), x.new_zeros(nw, c, dtype=f32), x.new_zeros(2, c, dtype=f32), h0
+    y2, p, dy = pre if pre is not None else (None,) * 3
     stored = hidden is not None and hidden.numel() > 0
     if not stored:  # the row pass writes the layers' inputs here
         hidden = torch.empty((nl - 1, rows, c) if nl > 1 else (0,), device=device, dtype=compute_dtype)
@@ -276,14 +281,16 @@ def _backward_split(x: Tensor, x2: Tensor, grad: Tensor, hidden: Tensor | None, 
     kernels.mlp_bwd_da_kernel[(tiles,)](
         x2, hidden, h0, grad, dx, da_arg, lnw, lnb, w, wt, bias.contiguous(), dln, rows, eps,
         C=c, NL=nl, LN=has_ln, STORED=stored, ACT=act, DOT=dot, PREC=prec, BT=cfg.split_rows, DA_LAST=da_last,
-        STORE_H0=store_h0, ACC_DX=acc_dx, ADD_DOUT=add_dout, **cfg.launch("split"),
+        STORE_H0=store_h0, ACC_DX=acc_dx, ADD_DOUT=add_dout, p_ptr=p, dy_ptr=dy, PRE=pre is not None,
+        **cfg.launch("split"),
     )
-    slices, per_slice = _slices(rows, nl, cfg, device)
-    dw = torch.empty(slices, nl, c, c, device=device, dtype=f32)
-    db = torch.empty(slices, nl, c, device=device, dtype=f32)
-    kernels.mlp_dw_kernel[(slices, nl)](
+    slices, per_slice = _slices(rows, nw, cfg, device)
+    dw = torch.empty(slices, nw, c, c, device=device, dtype=f32)
+    db = torch.empty(slices, nw, c, device=device, dtype=f32)
+    kernels.mlp_dw_kernel[(slices, nw)](
         da_arg, grad if not da_last else da_arg, h0, hidden, dw, db, rows, per_slice, C=c, NL=nl, PREC=prec,
-        BT=cfg.dw_rows, DA_LAST=da_last, **cfg.launch("dw"),
+        BT=cfg.dw_rows, DA_LAST=da_last, dx_ptr=dx if pre is not None else None, y_ptr=y2, PRE=pre is not None,
+        **cfg.launch("dw"),
     )
     return dx, dw.sum(0), db.sum(0), dln.sum(0), h0
 

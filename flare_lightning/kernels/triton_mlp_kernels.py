@@ -101,7 +101,12 @@ def _layer_norm_grad(g, xhat, rstd, lnw, C: tl.constexpr):
 @triton.jit
 def _layer0_input(x_ptr, lnw_ptr, lnb_ptr, rows, cols, T, eps, C: tl.constexpr, LN: tl.constexpr):
     """The first layer's fp32 input tile: LN(x) with its affine, or x."""
-    h = _load_rows(x_ptr, rows, cols, T, C)
+    return _affine_norm(_load_rows(x_ptr, rows, cols, T, C), lnw_ptr, lnb_ptr, cols, eps, C, LN)
+
+
+@triton.jit
+def _affine_norm(h, lnw_ptr, lnb_ptr, cols, eps, C: tl.constexpr, LN: tl.constexpr):
+    """LN(h) with its affine for an fp32 tile h, or h."""
     if LN:
         xhat, rstd = _normalise(h, eps, C)
         h = xhat * tl.load(lnw_ptr + cols)[None, :] + tl.load(lnb_ptr + cols)[None, :]
@@ -113,13 +118,24 @@ def mlp_fwd_kernel(
     x_ptr, res_ptr, out_ptr, hid_ptr, lnw_ptr, lnb_ptr, wt_ptr, b_ptr, T, eps,
     C: tl.constexpr, NL: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, ACT: tl.constexpr,
     SAVE: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr,
+    y_ptr=None, pt_ptr=None, pb_ptr=None, PRE: tl.constexpr = False,
 ):
     """One tile of BT rows: out = [res +] h_L, h_0 = [LN](x), h_{i+1} = h_i + act(h_i W_iᵀ + b_i)
     (no activation on the last of the NL layers). With SAVE, the inputs h_1..h_{NL-1} of the
-    layers after the first go to ``hid_ptr`` [NL-1, T, C] in the dot dtype, for the backward."""
+    layers after the first go to ``hid_ptr`` [NL-1, T, C] in the dot dtype, for the backward.
+    With ``PRE`` the MLP's input is x1 = x + y Pᵀ + p_b (a projection of y added to the stream
+    first; ``pt_ptr``: Pᵀ [in, out] in the dot dtype, ``pb_ptr`` p_b), written to ``res_ptr`` in its
+    dtype (what the backward reads as the input) and used as rounded there, residual included."""
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
     cols = tl.arange(0, C)
-    h = _layer0_input(x_ptr, lnw_ptr, lnb_ptr, rows, cols, T, eps, C, LN)
+    if PRE:
+        y = _load_rows(y_ptr, rows, cols, T, C).to(DOT)
+        x1 = _load_rows(x_ptr, rows, cols, T, C) + tl.dot(y, _weight(pt_ptr, 0, cols, C), input_precision=PREC)
+        x1 = (x1 + tl.load(pb_ptr + cols)[None, :]).to(res_ptr.dtype.element_ty)
+        _store_rows(res_ptr, x1, rows, cols, T, C)
+        h = _affine_norm(x1.to(tl.float32), lnw_ptr, lnb_ptr, cols, eps, C, LN)
+    else:
+        h = _layer0_input(x_ptr, lnw_ptr, lnb_ptr, rows, cols, T, eps, C, LN)
     for i in tl.static_range(NL):
         h_dot = h.to(DOT)
         if SAVE and i > 0:
@@ -129,7 +145,7 @@ def mlp_fwd_kernel(
             h = h + _act(a, ACT)
         else:
             h = h + a
-    if RES:
+    if RES:  # (PRE: x1, as this program wrote it)
         h = h + _load_rows(res_ptr, rows, cols, T, C)
     _store_rows(out_ptr, h, rows, cols, T, C)
 
@@ -208,6 +224,7 @@ def mlp_bwd_da_kernel(
     C: tl.constexpr, NL: tl.constexpr, LN: tl.constexpr, STORED: tl.constexpr, ACT: tl.constexpr,
     DOT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr, DA_LAST: tl.constexpr,
     STORE_H0: tl.constexpr, ACC_DX: tl.constexpr, ADD_DOUT: tl.constexpr,
+    p_ptr=None, dy_ptr=None, PRE: tl.constexpr = False,
 ):
     """The backward's row pass for one tile of BT rows, all layers at once (the weight gradients
     are left to ``mlp_dw_kernel``): the gradient of each layer's pre-activation, d aᵢ, goes to
@@ -217,7 +234,9 @@ def mlp_bwd_da_kernel(
     holds layers 0..NL-2 only. Two MLPs of one input (keys and values) share LN(x): the second pass
     reads ``h0_ptr`` as the first wrote it (not ``STORE_H0``) and adds its dx to the first's
     (``ACC_DX``). An MLP whose residual is its own input (the feed-forward's ``x + mlp(LN x)``) adds
-    the output's gradient to dx here (``ADD_DOUT``) rather than in another pass.
+    the output's gradient to dx here (``ADD_DOUT``) rather than in another pass. With ``PRE`` x is
+    x1 = x + y Pᵀ + p_b as the forward wrote it: dx is also x's gradient, and d y = dx P goes to
+    ``dy_ptr`` (``p_ptr``: P [out, in] in the dot dtype).
     The inputs of layers 1..NL-1 are read from ``hid_ptr`` [NL-1, T, C]:
     what the forward kept (``STORED``), or written there first by recomputing the chain. Nothing
     accumulates across tiles (the LayerNorm's (dγ, dβ) partials go to slot pid of ``dln_ptr``
@@ -257,19 +276,24 @@ def mlp_bwd_da_kernel(
     if ACC_DX:
         g += _load_rows(dx_ptr, rows, cols, T, C)
     _store_rows(dx_ptr, g, rows, cols, T, C)
+    if PRE:
+        _store_rows(dy_ptr, tl.dot(g.to(DOT), _weight(p_ptr, 0, cols, C), input_precision=PREC), rows, cols, T, C)
 
 
 @triton.jit
 def mlp_dw_kernel(
     da_ptr, dout_ptr, h0_ptr, hid_ptr, dw_ptr, db_ptr, T, rows_per_program,
     C: tl.constexpr, NL: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr, DA_LAST: tl.constexpr,
+    dx_ptr=None, y_ptr=None, PRE: tl.constexpr = False,
 ):
     """Weight and bias gradients of layer ``program_id(1)`` over one slice of the rows:
     dWᵢ = Σ d aᵢᵀ hᵢ and dbᵢ = Σ d aᵢ over rows [pid·R, (pid+1)·R), into slot pid of the
-    partial buffers [P, NL, C, C] and [P, NL, C] (a split-K GEMM, its loop pipelined). The last
-    layer's d a is read from ``dout_ptr`` (the output's gradient in the dot dtype) unless ``DA_LAST``."""
+    partial buffers [P, NW, C, C] and [P, NW, C] (a split-K GEMM, its loop pipelined). The last
+    layer's d a is read from ``dout_ptr`` (the output's gradient in the dot dtype) unless ``DA_LAST``.
+    With ``PRE`` a last slot (NW = NL + 1) holds the input projection's: Σ dxᵀ y and Σ dx."""
     pid = tl.program_id(0)
     i = tl.program_id(1)
+    NW: tl.constexpr = NL + PRE
     cols = tl.arange(0, C)
     layer_stride = T.to(tl.int64) * C
     h_ptr = h0_ptr
@@ -279,6 +303,9 @@ def mlp_dw_kernel(
     if not DA_LAST:
         if i == NL - 1:
             a_ptr = dout_ptr
+    if PRE:
+        if i == NL:
+            a_ptr, h_ptr = dx_ptr, y_ptr
     dw = tl.zeros((C, C), tl.float32)
     db = tl.zeros((C,), tl.float32)
     lo = pid * rows_per_program
@@ -291,5 +318,5 @@ def mlp_dw_kernel(
         h = tl.load(h_ptr + offs, mask=inside, other=0.0)
         dw = tl.dot(tl.trans(da), h, dw, input_precision=PREC)
         db += tl.sum(da.to(tl.float32), axis=0)
-    tl.store(dw_ptr + ((pid * NL + i) * C + cols[:, None]) * C + cols[None, :], dw)
-    tl.store(db_ptr + (pid * NL + i) * C + cols, db)
+    tl.store(dw_ptr + ((pid * NW + i) * C + cols[:, None]) * C + cols[None, :], dw)
+    tl.store(db_ptr + (pid * NW + i) * C + cols, db)

@@ -134,9 +134,11 @@ class FlareAttention(nn.Module):
         return self._heads(k), self._heads(v)
 
     def forward(
-        self, x: Tensor, mask: Tensor | None = None, norm: nn.Module | None = None, fused: bool = False
+        self, x: Tensor, mask: Tensor | None = None, norm: nn.Module | None = None, fused: bool = False,
+        project: bool = True,
     ) -> Tensor:
-        """x: [B, N, C]; mask: [B, N] bool (True on real points) -> [B, N, C]."""
+        """x: [B, N, C]; mask: [B, N] bool (True on real points) -> [B, N, C] (without ``project``: the
+        heads' outputs before ``out_proj``, for a caller that applies it, e.g. folded into its MLP)."""
         k, v = self.keys_values(x, norm, fused)
         fp32 = keeps_fp32(x, "mixer" in self.fp32)  # then the output stays float32 too
         with full_precision(x, fp32):
@@ -145,7 +147,8 @@ class FlareAttention(nn.Module):
                 y = self.context.mix(self.latents, k, v, mask, self.scale, self.mixer_backend)  # [B, H, N, D]
             else:
                 y = _mix(self.latents, k, v, mask, self.scale, self.mixer_backend)  # [B, H, N, D]
-            return self.out_proj(y.transpose(1, 2).reshape(x.shape))
+            y = y.transpose(1, 2).reshape(x.shape)
+            return self.out_proj(y) if project else y
 
     # --- evaluation over point chunks: the encode is a sum over points, so per-chunk
     # partial sums merge exactly by log-sum-exp; the decode is pointwise given z.

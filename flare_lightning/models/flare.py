@@ -17,6 +17,20 @@ from flare_lightning.models.options import check_finite, check_heads, check_ints
 from flare_lightning.models.precision import as_float, check_fp32_parts, full_precision, keeps_fp32, low_precision
 
 
+def _fold_projection() -> bool:
+    """Whether fused blocks fold ``out_proj`` into the feed-forward's kernels (``triton_mlp_proj.FOLD_PROJECTION``;
+    off until timed)."""
+    from flare_lightning.kernels import triton_mlp_proj
+
+    return triton_mlp_proj.FOLD_PROJECTION
+
+
+def _foldable(x: Tensor, y: Tensor) -> bool:
+    from flare_lightning.kernels.triton_mlp_proj import foldable
+
+    return foldable(x, y)
+
+
 def make_norm(kind: str, channels: int) -> nn.Module:
     """``layernorm`` or ``rmsnorm`` over the channel axis."""
     if kind == "layernorm":
@@ -84,6 +98,11 @@ class FlareBlock(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: [B, N, C] -> [B, N, C]."""
         fused = self.fused(x)
+        if fused and not self.fp32 & {"ffn", "mixer"} and _fold_projection():
+            y = self.attn(x, mask, norm=self.norm1, fused=True, project=False)
+            if _foldable(x, y):  # out_proj and the residual add inside the feed-forward's kernels
+                return self.mlp.forward_fused_projected(x, y, self.attn.out_proj, self.norm2)
+            return self.feed_forward(x + self.attn.out_proj(y).to(x.dtype), fused)
         if fused:  # the norms run inside the key/value and feed-forward kernels
             x = x + self.attn(x, mask, norm=self.norm1, fused=True).to(x.dtype)
         else:

@@ -120,3 +120,11 @@ class ResidualMLP(nn.Module):
         weight, bias = self.stacked()
         ln = None if norm is None else (norm.weight, norm.bias, norm.eps)
         return fused_mlp(x, weight, bias, ln, residual, self.act_name, out_dtype, self.store_hidden)
+
+    def forward_fused_projected(self, x: Tensor, y: Tensor, proj: nn.Linear, norm: nn.LayerNorm) -> Tensor:
+        """``x1 + self(norm(x1))`` with ``x1 = x + proj(y)``, the projection inside the fused kernels
+        (``kernels/triton_mlp_proj.py``; ``foldable(x, y)`` must hold)."""
+        from flare_lightning.kernels.triton_mlp_proj import fused_mlp_proj_triton
+
+        return fused_mlp_proj_triton(x, y, (proj.weight, proj.bias), self.stacked(), (norm.weight, norm.bias, norm.eps),
+                                     self.act_name, self.store_hidden)
