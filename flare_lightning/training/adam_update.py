@@ -138,6 +138,19 @@ def adam_group_update_(
 
 
 @torch.no_grad()
+def zero_where_(tensors: list[Tensor], condition: Tensor) -> None:
+    """Zero all ``tensors`` in place when the device bool ``condition`` holds, without reading it on
+    the host. There is no multi-tensor "where", and a kernel per tensor would be hundreds a step:
+    the tensors go into one flat buffer per dtype, it is zeroed or not, and they are copied back."""
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for same in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for t in same]).masked_fill_(condition, 0.0)
+        torch._foreach_copy_(same, [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in same]), same)])
+
+
+@torch.no_grad()
 def clipped_adam_update_(groups: list[tuple], clip_val: float | None, clip_algorithm: str,
                          skip: Tensor | None = None) -> None:
     """Gradient clipping over all groups, then each group's Adam update, in place.
@@ -151,9 +164,7 @@ def clipped_adam_update_(groups: list[tuple], clip_val: float | None, clip_algor
     """
     grads = [g for group in groups for g in group[1]]
     if skip is not None:
-        overflowed = skip > 0
-        for g in grads:  # no multi-tensor "where": a small kernel per gradient, on fp16 runs only
-            g.masked_fill_(overflowed, 0.0)
+        zero_where_(grads, skip > 0)
     if clip_val is not None and grads:
         if clip_algorithm == "norm":
             total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))

@@ -193,3 +193,24 @@ def test_two_rank_step_unscales_the_averaged_gradients():
         for p, q in zip(ours.parameters(), ref.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
     assert float(opt.state[ours.weight]["step"]) == len(batches) - 1
+
+
+def test_zero_where_zeroes_every_tensor_or_none():
+    """The skip's zeroing: every tensor (two dtypes, one not contiguous, inf and NaN inside) zeroed
+    when the condition holds, each left bit for bit when it does not."""
+    from flare_lightning.training.adam_update import zero_where_
+
+    def tensors():
+        torch.manual_seed(4)
+        a, b = torch.randn(3, 4), torch.randn(5, dtype=torch.float64)
+        a[1, 2], b[0] = float("inf"), float("nan")
+        return [a, b, torch.randn(4, 3).t(), torch.randn(7)]
+
+    kept = tensors()
+    zero_where_(kept, torch.tensor(False))
+    for t, ref in zip(kept, tensors()):
+        torch.testing.assert_close(t, ref, rtol=0, atol=0, equal_nan=True)
+        assert t.stride() == ref.stride()
+    zeroed = tensors()
+    zero_where_(zeroed, torch.tensor(True))
+    assert all(torch.equal(t, torch.zeros_like(t)) for t in zeroed)
