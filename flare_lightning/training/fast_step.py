@@ -56,11 +56,12 @@ def uncached_autocast(device: torch.device) -> Iterator[None]:
         yield
 
 
-def _warn_shapes(count: int) -> None:
+def _warn_shapes(count: int, stacklevel: int = 3) -> None:
+    """Warn, at the caller of the public method that found it (``stacklevel``), that no more shapes are captured."""
     warnings.warn(
         f"fast_step: {count} batch shapes are captured already; further shapes run eagerly. "
         "Meshes of varying sizes: set data.init_args.pad_to_buckets true",
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
 
 
@@ -431,30 +432,40 @@ class GraphedForward:
         if not (self.capture and x.is_cuda):
             return self.fn(x, mask)
         key = batch_key({"x": x, "mask": mask}, ("x", "mask")) + (torch.is_autocast_enabled("cuda"),)
-        if key not in self._captured:
-            # seen once: run eagerly and keep nothing of it (holding x would keep a test run's input alive);
-            # only shapes that come again are captured, and only those count toward MAX_GRAPHS
-            if key not in self._seen_once or len(self._captured) >= MAX_GRAPHS:
-                if key in self._seen_once:
-                    _warn_shapes(len(self._captured))
-                self._seen_once.add(key)
-                with uncached_autocast(x.device):
-                    return self.fn(x, mask)
-            self._seen_once.discard(key)
-            self._captured[key] = (_Captured(), None)
+        if key not in self._captured and not self._admit(key):
+            with uncached_autocast(x.device):
+                return self.fn(x, mask)
         entry, out = self._captured[key]
         if not entry.graphs:
-            entry.inputs = {"x": x.clone(), "mask": None if mask is None else mask.clone()}
-            graph = torch.cuda.CUDAGraph()
-            torch.cuda.synchronize(x.device)
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            with uncached_autocast(x.device), torch.cuda.graph(graph, pool=self._pool):
-                out = self.fn(entry.inputs["x"], entry.inputs["mask"])
-            entry.graphs.append(graph)
-            self._captured[key] = (entry, out)
+            out = self._capture(key, entry, x, mask)
         entry.inputs["x"].copy_(x, non_blocking=True)
         if mask is not None:
             entry.inputs["mask"].copy_(mask, non_blocking=True)
         entry.graphs[0].replay()
+        return out
+
+    def _admit(self, key: tuple) -> bool:
+        """Whether a shape without a graph gets one now. A shape seen once runs eagerly and nothing of
+        it is kept (holding x would keep a test run's input alive); only shapes that come again are
+        captured, and only those count toward ``MAX_GRAPHS`` (beyond it: eager, with a warning)."""
+        if key in self._seen_once and len(self._captured) < MAX_GRAPHS:
+            self._seen_once.discard(key)
+            self._captured[key] = (_Captured(), None)
+            return True
+        if key in self._seen_once:
+            _warn_shapes(len(self._captured), stacklevel=4)
+        self._seen_once.add(key)
+        return False
+
+    def _capture(self, key: tuple, entry: _Captured, x: Tensor, mask: Tensor | None) -> Tensor:
+        """Record ``fn`` on static copies of this shape's inputs; returns the graph's static output."""
+        entry.inputs = {"x": x.clone(), "mask": None if mask is None else mask.clone()}
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize(x.device)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with uncached_autocast(x.device), torch.cuda.graph(graph, pool=self._pool):
+            out = self.fn(entry.inputs["x"], entry.inputs["mask"])
+        entry.graphs.append(graph)
+        self._captured[key] = (entry, out)
         return out

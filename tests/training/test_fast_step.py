@@ -618,6 +618,20 @@ def test_graphed_forward_keeps_no_input_of_a_shape_seen_once():
     assert seen() is None and not fwd._captured
 
 
+def test_graphed_forward_admits_a_shape_the_second_time_it_comes(monkeypatch):
+    """Which shapes get a graph (the CPU side of the test below): a shape's first call runs eagerly,
+    its second is admitted for capture, and past MAX_GRAPHS a repeated shape stays eager and warns."""
+    import flare_lightning.training.fast_step as fast_step
+
+    monkeypatch.setattr(fast_step, "MAX_GRAPHS", 1)
+    fwd = GraphedForward(lambda x, m: x)
+    assert [fwd._admit(k) for k in ("a", "b", "a")] == [False, False, True]
+    assert list(fwd._captured) == ["a"] and fwd._seen_once == {"b"}
+    with pytest.warns(UserWarning, match="1 batch shapes are captured already"):
+        assert not fwd._admit("b")
+    assert list(fwd._captured) == ["a"] and fwd._seen_once == {"b"}
+
+
 @gpu
 def test_graphed_forward_counts_only_captured_shapes(monkeypatch):
     """Shapes seen once (full-resolution test runs, each its own size) run eagerly without warning and
