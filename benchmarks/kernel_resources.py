@@ -176,25 +176,27 @@ ROWS = frozenset({"T"})  # the row count, 2^20 at scale: a multiple of 16, as th
 
 
 def mlp_table(store_hidden: bool, cfg: triton_mlp.MLPConfig, c: int = 64, nl: int = 5,
-              dtype: torch.dtype = torch.bfloat16, proj: bool = False) -> dict[str, dict[str, int]]:
+              dtype: torch.dtype = torch.bfloat16, proj: bool = False, h0_from_x: bool = False,
+              ) -> dict[str, dict[str, int]]:
     """Resources of the fused MLP's kernels as ``cfg`` launches them: the forward, then each
     backward segment (layers lo..hi-1), from kept inputs with ``store_hidden``; with ``proj`` as the
-    folded output projection launches them (``triton_mlp_proj``: split backward only)."""
+    folded output projection launches them (``triton_mlp_proj``: split backward only); with
+    ``h0_from_x`` recomputing layer 0's input (``triton_mlp.RECOMPUTE_H0``: split backward only)."""
     common = dict(C=c, NL=nl, LN=True, ACT=km.GELU_TANH, DOT=dot_type(dtype), PREC=input_precision(dtype))
     pre = dict(PRE=True) if proj else {}
-    if proj:
-        from flare_lightning.kernels.triton_mlp_proj import proj_config
-
-        cfg = proj_config(cfg, store_hidden)
     given = frozenset({"y_ptr", "pt_ptr", "pb_ptr", "p_ptr", "dy_ptr", "dx_ptr"} if proj else ())  # the fold passes them
     table = {"forward": resources(km.mlp_fwd_kernel, dtype, common | pre | dict(
         RES=not proj, SAVE=store_hidden and nl > 1, BT=cfg.fwd_rows), cfg.launch("fwd"), ROWS, given)}
     if cfg.split:  # the row pass, then the weight-gradient GEMM
         table["backward row pass"] = resources(km.mlp_bwd_da_kernel, dtype, common | pre | dict(
-            STORED=store_hidden, BT=cfg.split_rows, DA_LAST=False, STORE_H0=True, ACC_DX=False, ADD_DOUT=proj),
-            cfg.launch("split"), ROWS, given)
-        table["backward weight GEMM"] = resources(km.mlp_dw_kernel, dtype, pre | dict(
-            C=c, NL=nl, PREC=common["PREC"], BT=cfg.dw_rows, DA_LAST=False), cfg.launch("dw"), ROWS, given)
+            STORED=store_hidden, BT=cfg.split_rows, DA_LAST=False, STORE_H0=not h0_from_x, ACC_DX=False,
+            ADD_DOUT=proj, H0_FROM_X=h0_from_x), triton_mlp.row_pass_launch(cfg, store_hidden, proj or h0_from_x),
+            ROWS, given)
+        gemm = pre | dict(C=c, NL=nl, PREC=common["PREC"], BT=cfg.dw_rows, DA_LAST=False, LN=True)
+        table["backward weight GEMM"] = resources(km.mlp_dw_kernel, dtype, gemm, cfg.launch("dw"), ROWS, given)
+        if h0_from_x:
+            table["backward weight GEMM, layer 0 from x"] = resources(
+                km.mlp_dw_kernel, dtype, gemm | dict(H0_FROM_X=True), cfg.launch("dw"), ROWS, given)
         return table
     if proj:
         raise ValueError("the folded projection runs the split backward only")
@@ -214,9 +216,10 @@ def print_mlp_tables() -> dict:
     print(f"{'configuration / kernel':<64}{'registers':>10}{'spill stack B':>14}{'local B':>9}")
     runs = [(store_hidden, cfg, False) for store_hidden, cfg in DEFAULTS + SWEEP]
     runs += [(store_hidden, cfg, True) for store_hidden, cfg in DEFAULTS if cfg.split]  # the folded projection
-    for store_hidden, cfg, proj in runs:
-        name = row_name(store_hidden, cfg) + (" + out_proj folded" if proj else "")
-        tables[name] = mlp_table(store_hidden, cfg, proj=proj)
+    runs += [(store_hidden, cfg, "h0") for store_hidden, cfg in DEFAULTS if cfg.split]  # LN(x) recomputed
+    for store_hidden, cfg, variant in runs:
+        name = row_name(store_hidden, cfg) + {False: "", True: " + out_proj folded", "h0": " + LN(x) recomputed"}[variant]
+        tables[name] = mlp_table(store_hidden, cfg, proj=variant is True, h0_from_x=variant == "h0")
         print(name)
         for kernel, r in tables[name].items():
             print(f"  {kernel:<62}{r.get('REG', 0):>10}{r.get('STACK', 0):>14}{r.get('LOCAL', 0):>9}")

@@ -18,7 +18,7 @@ rows), one run on one card, rows side by side:
 | ``ours-fast`` | the same with ``--model.fast_step true`` (compiled model, whole step as a CUDA graph; as ``drivaerml_1m`` ships) |
 | ``ours-m128-fast`` | ``ours-fast`` at M = 128 |
 | ``ours-fast-grouped``, ``ours-m128-fast-enc128`` | mixer tiles not yet the default (latent groups; one 128-latent encode tile) |
-| ``-kvpair``, ``-fused``, ``-proj``, ``-all`` rows | opt-in kernels not yet the default: the key/value MLP pair; with the folded feed-forward residual; the output projection folded into the feed-forward (``triton_mlp_proj``); all three |
+| ``-kvpair``, ``-fused``, ``-proj``, ``-h0``, ``-all`` rows | opt-in kernels not yet the default: the key/value MLP pair; with the folded feed-forward residual; the output projection folded into the feed-forward (``triton_mlp_proj``); LN(x) recomputed in the MLP backward, not written (``RECOMPUTE_H0``); all four |
 | ``ours-fast-max-autotune`` | ``ours-fast`` with Inductor's GEMM autotuning (Triton GEMMs, fused epilogues) |
 | ``ours-fast-unpinned`` | ``ours-fast`` with pageable batches (as before 2026-11-30's third session) |
 | ``ours-fast-coordesc`` | ``ours-fast`` with Inductor's coordinate-descent tuning of its Triton kernels |
@@ -120,8 +120,9 @@ ROWS = {
     "ours-fast-fused": ["--model.fast_step=true"],
     "ours-m128-fast-fused": ["--model.model.init_args.num_latents=128", "--model.fast_step=true"],
     # the attention's out_proj and residual add inside the feed-forward's kernels (kernels/triton_mlp_proj.py);
-    # -all: with the pair and the folded residual
+    # -h0: the MLPs' backward recomputing LN(x) instead of writing it; -all: those, the pair and the folded residual
     "ours-fast-proj": ["--model.fast_step=true"],
+    "ours-fast-h0": ["--model.fast_step=true"],
     "ours-m128-fast-proj": ["--model.model.init_args.num_latents=128", "--model.fast_step=true"],
     "ours-fast-all": ["--model.fast_step=true"],
     "ours-m128-fast-all": ["--model.model.init_args.num_latents=128", "--model.fast_step=true"],
@@ -168,13 +169,14 @@ MIXER_TILES = "flare_lightning.kernels.triton_mixer.CONFIG_OVERRIDE"
 KV_PAIR = {"flare_lightning.kernels.triton_mlp_pair.KV_PAIR": True}
 FUSED = KV_PAIR | {"flare_lightning.kernels.triton_mlp.FOLD_RESIDUAL": True}
 PROJ = {"flare_lightning.kernels.triton_mlp_proj.FOLD_PROJECTION": True}
+H0 = {"flare_lightning.kernels.triton_mlp.RECOMPUTE_H0": True}
 PATCHES = {  # module constants a row sets for its run
     "ours-fast-grouped": {MIXER_TILES: grouped_decode_config},
     "ours-m128-fast-enc128": {MIXER_TILES: encode128_config},
     "ours-fast-kvpair": KV_PAIR, "ours-m128-fast-kvpair": KV_PAIR,
     "ours-fast-fused": FUSED, "ours-m128-fast-fused": FUSED,
-    "ours-fast-proj": PROJ, "ours-m128-fast-proj": PROJ,
-    "ours-fast-all": FUSED | PROJ, "ours-m128-fast-all": FUSED | PROJ,
+    "ours-fast-proj": PROJ, "ours-m128-fast-proj": PROJ, "ours-fast-h0": H0,
+    "ours-fast-all": FUSED | PROJ | H0, "ours-m128-fast-all": FUSED | PROJ | H0,
     "ours-fast-unpinned": {"datamodules.mesh_datamodule.MeshDataModule._pin_memory": lambda self: False},
     "ours-fast-masked": {"flare_lightning.training.module.SurrogateModule.network_mask": ALWAYS_MASKED},
     "transformer-fast-masked": {"flare_lightning.training.module.SurrogateModule.network_mask": ALWAYS_MASKED},

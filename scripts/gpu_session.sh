@@ -42,9 +42,10 @@
 # tss_fp16: the captured Darcy and elasticity steps under 16-mixed (its loss scale on the GPU) beside bf16-mixed,
 # through flare fit in one run (issue 28 item 2's speed bound: within 1.3x of bf16).
 # fit1m_tiles: the 1M fit with what is written but not yet shipped (train_step_small.py's rows ours-fast-grouped,
-# ours-m128-fast-enc128: mixer tiles; -proj: the attention's out_proj folded into the feed-forward's kernels; -all:
-# that, the paired key/value MLPs and the feed-forward's residual gradient folded into its kernel; the -fused and
-# -kvpair rows, not in the stage, time those two and the pair alone) beside the shipped config, in one run (~12 min):
+# ours-m128-fast-enc128: mixer tiles; -proj: the attention's out_proj folded into the feed-forward's kernels; -h0:
+# the MLPs' backward recomputing LN(x) rather than writing it; -all: those two, the paired key/value MLPs and the
+# feed-forward's residual gradient folded into its kernel; the -fused and -kvpair rows, not in the stage, time
+# those two and the pair alone) beside the shipped config, in one run (~13 min):
 # what a default change would gain in the step.
 # FIT1M_ROWS="row ..." picks the fit1m stage's rows, KERNELS1M_CONFIGS="config ..." the kernels1m stage's;
 # MLP_ONLY="regex ..." limits the mlp stage's sweep to the configurations whose row name one of them finds.
@@ -66,7 +67,7 @@ declare -A CMD=(
   [gpu_tests]="env PYTHON=$PY bash scripts/gpu_tests.sh"
   [acc]="$ACC --devices $(words "${ACC_DEVICES:-$(printf '0 %.0s' $(seq "${ACC_LANES:-2}"))}") --arms $(words "${ACC_ARMS:-fp16 32-tf32}") --out $ACC_ROOT"
   [fit1m]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows $(words "${FIT1M_ROWS:-ours-eager ours-fast ours-m128 ours-m128-fast reference-compiled reference-m128-compiled}") --root /tmp/bench_1m --profile"
-  [fit1m_tiles]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows ours-fast ours-fast-grouped ours-fast-proj ours-fast-all ours-m128-fast ours-m128-fast-enc128 ours-m128-fast-all reference-compiled --root /tmp/bench_1m"
+  [fit1m_tiles]="$TSS --datasets drivaerml_1m --precisions bf16-mixed --rows ours-fast ours-fast-grouped ours-fast-proj ours-fast-h0 ours-fast-all ours-m128-fast ours-m128-fast-enc128 ours-m128-fast-all reference-compiled --root /tmp/bench_1m"
   [tss]="$TSS --datasets darcy elasticity --precisions bf16-mixed 32-tf32 --rows ours-fast reference-compiled --root /tmp/bench_small"
   [tss_fp16]="$TSS --datasets darcy elasticity --precisions bf16-mixed 16-mixed --rows ours-fast --root /tmp/bench_small"
   [tss_mixed]="$TSS --datasets darcy elasticity --precisions bf16-fp32mixer-tf32 bf16-fp32mixer 32-tf32 --rows ours-fast --root /tmp/bench_small --profile"

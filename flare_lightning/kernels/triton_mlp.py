@@ -120,6 +120,21 @@ CONFIG_OVERRIDE: MLPConfig | None = None  # benchmarks/mlp.py sweeps launch conf
 # A residual that is the MLP's own input (the feed-forward's x + mlp(LN x)): its gradient added to dx in the
 # backward kernel, not by autograd in another pass over [N, C]. Opt-in until train_step_small times it (-fused rows).
 FOLD_RESIDUAL = False
+# The split backward recomputes layer 0's input LN(x) from x where its two kernels need it instead of the row
+# pass writing it for the weight GEMM ([N, C] in the dot dtype a call). Opt-in until timed (rows -h0, -all).
+RECOMPUTE_H0 = False
+# From kept layer inputs the row pass holds 168 registers on sm_90 (three programs an SM); recomputing LN(x) or
+# writing the folded projection's d y lifts it to 177-178 (two). Capped at 160 it keeps three, spilling 0 and 16
+# bytes (benchmarks/kernel_resources.py --mlp); recomputing the layer inputs it needs ~239 either way.
+EXTRA_ROW_PASS_MAXNREG = 160
+
+
+def row_pass_launch(cfg: MLPConfig, stored: bool, extra: bool) -> dict:
+    """Launch options of the split backward's row pass; ``extra``: it also recomputes LN(x) or writes d y."""
+    opts = cfg.launch("split")
+    if stored and extra and cfg.split_maxnreg is None and not interpreted():
+        opts["maxnreg"] = EXTRA_ROW_PASS_MAXNREG
+    return opts
 
 
 def _config(c: int) -> MLPConfig:
@@ -260,7 +275,7 @@ def _backward_split(x: Tensor, x2: Tensor, grad: Tensor, hidden: Tensor | None, 
     c, nl = x.shape[-1], w.shape[0]
     nw = nl + (pre is not None)  # weight-gradient slots
     rows, device, f32 = x2.shape[0], x.device, torch.float32
-    acc_dx, store_h0 = dx is not None, h0 is None
+    acc_dx, store_h0 = dx is not None, h0 is None and not RECOMPUTE_H0
     if dx is None:
         dx = torch.empty(x.shape, device=device, dtype=x.dtype)
     if not rows:
@@ -271,27 +286,31 @@ def _backward_split(x: Tensor, x2: Tensor, grad: Tensor, hidden: Tensor | None, 
         hidden = torch.empty((nl - 1, rows, c) if nl > 1 else (0,), device=device, dtype=compute_dtype)
     da_last = grad.dtype != compute_dtype  # else the last layer's d a is the gradient as it is: not written again
     da = torch.empty(nl - (not da_last), rows, c, device=device, dtype=compute_dtype)
-    if h0 is None:
+    if store_h0:
         h0 = torch.empty(rows, c, device=device, dtype=compute_dtype)
     tiles = -(-rows // cfg.split_rows)
     lnw, lnb, has_ln = ln
     dln = torch.zeros(tiles if has_ln else 1, 2, c, device=device, dtype=f32)
     dot, prec = dot_type(compute_dtype), input_precision(compute_dtype)
-    da_arg = da if da.numel() else h0  # one layer, read from grad: any pointer of the dot dtype
+    recompute = h0 is None and not store_h0  # no one wrote LN(x): both kernels recompute it from x
+    da_arg = da if da.numel() else grad  # one layer, read from grad (then in the dot dtype): any such pointer
+    h0_arg = da_arg if recompute else h0
     kernels.mlp_bwd_da_kernel[(tiles,)](
-        x2, hidden, h0, grad, dx, da_arg, lnw, lnb, w, wt, bias.contiguous(), dln, rows, eps,
+        x2, hidden, h0_arg, grad, dx, da_arg, lnw, lnb, w, wt, bias.contiguous(), dln, rows, eps,
         C=c, NL=nl, LN=has_ln, STORED=stored, ACT=act, DOT=dot, PREC=prec, BT=cfg.split_rows, DA_LAST=da_last,
         STORE_H0=store_h0, ACC_DX=acc_dx, ADD_DOUT=add_dout, p_ptr=p, dy_ptr=dy, PRE=pre is not None,
-        **cfg.launch("split"),
+        H0_FROM_X=recompute, **row_pass_launch(cfg, stored, recompute or pre is not None),
     )
     slices, per_slice = _slices(rows, nw, cfg, device)
     dw = torch.empty(slices, nw, c, c, device=device, dtype=f32)
     db = torch.empty(slices, nw, c, device=device, dtype=f32)
-    kernels.mlp_dw_kernel[(slices, nw)](
-        da_arg, grad if not da_last else da_arg, h0, hidden, dw, db, rows, per_slice, C=c, NL=nl, PREC=prec,
-        BT=cfg.dw_rows, DA_LAST=da_last, dx_ptr=dx if pre is not None else None, y_ptr=y2, PRE=pre is not None,
-        **cfg.launch("dw"),
-    )
+    args = (da_arg, grad if not da_last else da_arg, h0_arg, hidden, dw, db, rows, per_slice, x2, lnw, lnb, eps)
+    consts = dict(C=c, NL=nl, PREC=prec, BT=cfg.dw_rows, DA_LAST=da_last, dx_ptr=dx if pre is not None else None,
+                  y_ptr=y2, PRE=pre is not None, LN=has_ln, **cfg.launch("dw"))
+    if recompute:  # layer 0 (its input from x) apart from the rest
+        kernels.mlp_dw_kernel[(slices, 1)](*args, FIRST=0, H0_FROM_X=True, **consts)
+    if nw > recompute:
+        kernels.mlp_dw_kernel[(slices, nw - recompute)](*args, FIRST=int(recompute), **consts)
     return dx, dw.sum(0), db.sum(0), dln.sum(0), h0
 
 

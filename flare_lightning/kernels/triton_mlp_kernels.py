@@ -224,7 +224,7 @@ def mlp_bwd_da_kernel(
     C: tl.constexpr, NL: tl.constexpr, LN: tl.constexpr, STORED: tl.constexpr, ACT: tl.constexpr,
     DOT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr, DA_LAST: tl.constexpr,
     STORE_H0: tl.constexpr, ACC_DX: tl.constexpr, ADD_DOUT: tl.constexpr,
-    p_ptr=None, dy_ptr=None, PRE: tl.constexpr = False,
+    p_ptr=None, dy_ptr=None, PRE: tl.constexpr = False, H0_FROM_X: tl.constexpr = False,
 ):
     """The backward's row pass for one tile of BT rows, all layers at once (the weight gradients
     are left to ``mlp_dw_kernel``): the gradient of each layer's pre-activation, d aᵢ, goes to
@@ -236,7 +236,8 @@ def mlp_bwd_da_kernel(
     (``ACC_DX``). An MLP whose residual is its own input (the feed-forward's ``x + mlp(LN x)``) adds
     the output's gradient to dx here (``ADD_DOUT``) rather than in another pass. With ``PRE`` x is
     x1 = x + y Pᵀ + p_b as the forward wrote it: dx is also x's gradient, and d y = dx P goes to
-    ``dy_ptr`` (``p_ptr``: P [out, in] in the dot dtype).
+    ``dy_ptr`` (``p_ptr``: P [out, in] in the dot dtype). With ``H0_FROM_X`` layer 0's input LN(x) is
+    recomputed from x (in L2 by then) where it is needed, never written (``mlp_dw_kernel`` recomputes it too).
     The inputs of layers 1..NL-1 are read from ``hid_ptr`` [NL-1, T, C]:
     what the forward kept (``STORED``), or written there first by recomputing the chain. Nothing
     accumulates across tiles (the LayerNorm's (dγ, dβ) partials go to slot pid of ``dln_ptr``
@@ -245,16 +246,19 @@ def mlp_bwd_da_kernel(
     cols = tl.arange(0, C)
     rows = pid * BT + tl.arange(0, BT)
     layer_stride = T.to(tl.int64) * C
-    h = _layer0_input(x_ptr, lnw_ptr, lnb_ptr, rows, cols, T, eps, C, LN)  # fp32, as in the forward
-    if STORE_H0:
-        _store_rows(h0_ptr, h.to(DOT), rows, cols, T, C)
-    if not STORED:  # the chain once more, its layer inputs kept for this pass and for the weight gradients
-        for i in tl.static_range(NL - 1):
-            h = h + _act(_linear(h.to(DOT), wt_ptr, b_ptr, i, cols, C, PREC), ACT)
-            _store_rows(hid_ptr + i * layer_stride, h.to(DOT), rows, cols, T, C)
+    if STORE_H0 or not STORED:
+        h = _layer0_input(x_ptr, lnw_ptr, lnb_ptr, rows, cols, T, eps, C, LN)  # fp32, as in the forward
+        if STORE_H0:
+            _store_rows(h0_ptr, h.to(DOT), rows, cols, T, C)
+        if not STORED:  # the chain once more, its layer inputs kept for this pass and for the weight gradients
+            for i in tl.static_range(NL - 1):
+                h = h + _act(_linear(h.to(DOT), wt_ptr, b_ptr, i, cols, C, PREC), ACT)
+                _store_rows(hid_ptr + i * layer_stride, h.to(DOT), rows, cols, T, C)
     g = _load_rows(dout_ptr, rows, cols, T, C)  # d of the MLP's output
     for i in tl.static_range(NL - 1, -1, -1):
-        if i == 0:  # re-read (from L2) rather than held in registers through the loop
+        if i == 0 and H0_FROM_X:
+            h_i = _layer0_input(x_ptr, lnw_ptr, lnb_ptr, rows, cols, T, eps, C, LN).to(DOT)
+        elif i == 0:  # re-read (from L2) rather than held in registers through the loop
             h_i = _load_rows(h0_ptr, rows, cols, T, C).to(DOT)
         else:
             h_i = _load_rows(hid_ptr + (i - 1) * layer_stride, rows, cols, T, C).to(DOT)
@@ -282,17 +286,20 @@ def mlp_bwd_da_kernel(
 
 @triton.jit
 def mlp_dw_kernel(
-    da_ptr, dout_ptr, h0_ptr, hid_ptr, dw_ptr, db_ptr, T, rows_per_program,
+    da_ptr, dout_ptr, h0_ptr, hid_ptr, dw_ptr, db_ptr, T, rows_per_program, x_ptr, lnw_ptr, lnb_ptr, eps,
     C: tl.constexpr, NL: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr, DA_LAST: tl.constexpr,
-    dx_ptr=None, y_ptr=None, PRE: tl.constexpr = False,
+    dx_ptr=None, y_ptr=None, PRE: tl.constexpr = False, FIRST: tl.constexpr = 0, H0_FROM_X: tl.constexpr = False,
+    LN: tl.constexpr = False,
 ):
     """Weight and bias gradients of layer ``program_id(1)`` over one slice of the rows:
     dWᵢ = Σ d aᵢᵀ hᵢ and dbᵢ = Σ d aᵢ over rows [pid·R, (pid+1)·R), into slot pid of the
     partial buffers [P, NW, C, C] and [P, NW, C] (a split-K GEMM, its loop pipelined). The last
     layer's d a is read from ``dout_ptr`` (the output's gradient in the dot dtype) unless ``DA_LAST``.
-    With ``PRE`` a last slot (NW = NL + 1) holds the input projection's: Σ dxᵀ y and Σ dx."""
+    With ``PRE`` a last slot (NW = NL + 1) holds the input projection's: Σ dxᵀ y and Σ dx. The
+    launch covers layers FIRST, FIRST + 1, ...; with ``H0_FROM_X`` it is layer 0 alone, its input
+    [LN](x) recomputed from ``x_ptr`` rather than read from ``h0_ptr``."""
     pid = tl.program_id(0)
-    i = tl.program_id(1)
+    i = tl.program_id(1) + FIRST
     NW: tl.constexpr = NL + PRE
     cols = tl.arange(0, C)
     layer_stride = T.to(tl.int64) * C
@@ -315,7 +322,10 @@ def mlp_dw_kernel(
         offs = rows[:, None].to(tl.int64) * C + cols[None, :]
         inside = rows[:, None] < hi
         da = tl.load(a_ptr + offs, mask=inside, other=0.0)
-        h = tl.load(h_ptr + offs, mask=inside, other=0.0)
+        if H0_FROM_X:  # rows past the slice get LN's bias, against zero d a
+            h = _layer0_input(x_ptr, lnw_ptr, lnb_ptr, rows, cols, hi, eps, C, LN).to(da.dtype)
+        else:
+            h = tl.load(h_ptr + offs, mask=inside, other=0.0)
         dw = tl.dot(tl.trans(da), h, dw, input_precision=PREC)
         db += tl.sum(da.to(tl.float32), axis=0)
     tl.store(dw_ptr + ((pid * NW + i) * C + cols[:, None]) * C + cols[None, :], dw)

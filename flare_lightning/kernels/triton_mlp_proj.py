@@ -12,28 +12,16 @@ x, y and the dots in one dtype; elsewhere the block runs the two apart.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import Tensor
 
 from flare_lightning.kernels import triton_mlp_kernels as kernels
 from flare_lightning.kernels.dot_precision import dot_type, input_precision
 from flare_lightning.kernels.triton_mlp import (
-    ACT_CODES, MLPConfig, _backward_split, _config, _dot_weights, _flat, _hidden_shape, check_fused_inputs,
-    compute_dtype_of,
+    ACT_CODES, _backward_split, _config, _dot_weights, _flat, _hidden_shape, check_fused_inputs, compute_dtype_of,
 )
 
 FOLD_PROJECTION = False  # the model's blocks through this op (benchmarks turn it on to time it)
-# The row pass's d y dot lifts it from 168 to 178 registers on sm_90 from kept layer inputs: two programs an
-# SM instead of three. Capped at 160 it spills 16 bytes and keeps three (benchmarks/kernel_resources.py --mlp);
-# recomputing the layer inputs it needs 239 either way, and a cap would spill.
-ROW_PASS_MAXNREG = 160
-
-
-def proj_config(cfg: MLPConfig, stored: bool) -> MLPConfig:
-    """The launch configuration of the fold's kernels: ``cfg``, its row pass capped from kept inputs."""
-    return dataclasses.replace(cfg, split_maxnreg=cfg.split_maxnreg or ROW_PASS_MAXNREG) if stored else cfg
 
 
 @torch.library.custom_op("flare_lightning::mlp_proj_fwd", mutates_args=())
@@ -73,7 +61,7 @@ def mlp_proj_bwd(
     """(dx, dy, dP, dp_b, dW, db, d(LN weight, bias) [2, C]) of ``mlp_proj_fwd`` (fp32 parameter
     grads) from the x1 it wrote."""
     kept = hidden if hidden.dim() == 3 else None  # [L-1, N, C] when the forward kept the layer inputs
-    cfg = proj_config(_config(x1.shape[-1]), kept is not None)
+    cfg = _config(x1.shape[-1])
     w, wt = _dot_weights(weight, compute_dtype)
     dy = torch.empty(y.shape, device=y.device, dtype=y.dtype)
     pre = (_flat(y), proj_weight.to(compute_dtype).contiguous(), dy)

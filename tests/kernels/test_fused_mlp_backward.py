@@ -130,3 +130,40 @@ def test_split_backward_reads_a_dot_dtype_gradient_as_the_last_layers_da(tmlp, d
     for a, r in zip(from_bf16, from_fp32):
         torch.testing.assert_close(a, r, rtol=0, atol=0)
     assert from_bf16[1][-1].abs().sum() > 0  # the last layer's weight gradient is there
+
+
+@pytest.fixture
+def recompute_h0(tmlp, monkeypatch):
+    """The split backward with layer 0's input recomputed from x (``RECOMPUTE_H0``)."""
+    monkeypatch.setattr(tmlp, "RECOMPUTE_H0", True)
+    with launched_with(tmlp, small_tiles(tmlp, split=True)):
+        yield
+
+
+@pytest.mark.parametrize("store_hidden", [False, True], ids=["recompute", "stored"])
+@pytest.mark.parametrize("width, layers, act, with_ln, with_res", CASES)
+def test_split_backward_recomputing_layer0_input_matches_float64(tmlp, device, recompute_h0, store_hidden, width,
+                                                                 layers, act, with_ln, with_res):
+    """Every case (with and without LayerNorm, one layer to five) against float64, LN(x) never written."""
+    errors = fused_errors(tmlp, device, width, layers, act, with_ln, with_res, torch.float32, seed=31 + layers,
+                          store_hidden=store_hidden)
+    tol = 1e-5 if torch.get_float32_matmul_precision() == "highest" else 2e-3
+    assert max(errors.values()) < tol, errors
+
+
+def test_recomputed_layer0_input_is_the_written_one_bit_for_bit(tmlp, device, monkeypatch):
+    """Under bf16 the kernels recompute LN(x) with the very arithmetic that wrote it: dx, dW, db and the
+    LayerNorm's gradients are the same numbers either way (the ops run the same sums in the same order)."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 45, 16, generator=g).to(device, torch.bfloat16)
+    dout = torch.randn(2, 45, 16, generator=g).to(device, torch.bfloat16)
+    w, b = (0.3 * torch.randn(4, 16, 16, generator=g)).to(device), (0.3 * torch.randn(4, 16, generator=g)).to(device)
+    lnw, lnb = (1 + 0.3 * torch.randn(16, generator=g)).to(device), (0.3 * torch.randn(16, generator=g)).to(device)
+    results = []
+    for recompute in (False, True):
+        monkeypatch.setattr(tmlp, "RECOMPUTE_H0", recompute)
+        with launched_with(tmlp, small_tiles(tmlp, split=True)):
+            hidden = tmlp.mlp_fwd(x, w, b, lnw, lnb, None, 1e-5, 0, torch.bfloat16, torch.bfloat16, True)[1]
+            results.append(tmlp.mlp_bwd(x, dout, hidden, w, b, lnw, lnb, 1e-5, 0, torch.bfloat16))
+    for name, a, c in zip(["dx", "dW", "db", "dLN"], *results):
+        assert torch.equal(a, c), name

@@ -135,3 +135,10 @@ def test_compiled_block_with_the_pair_has_no_graph_break(tmlp, pair, device, mon
     _, fused = flare_pair(4)
     assert_compiles_like_eager(fused.blocks[0].to(device), torch.randn(2, 33, 16, device=device))
     assert len(calls) == 2  # the eager block and the traced one
+
+
+@pytest.mark.parametrize("store_hidden", [False, True], ids=["recompute", "stored"])
+def test_pair_recomputing_layer0_input_matches_float64(tmlp, pair, device, monkeypatch, store_hidden):
+    """``RECOMPUTE_H0``: neither MLP of the pair writes LN(x), each of its kernels recomputes it."""
+    monkeypatch.setattr(tmlp, "RECOMPUTE_H0", True)
+    test_pair_matches_float64(tmlp, pair, device, True, store_hidden, 16, 3, "gelu_tanh")

@@ -151,3 +151,25 @@ def test_folded_block_compiles_as_one_graph(tmlp, proj, device, monkeypatch):
     _, fused = flare_pair(4)
     assert_compiles_like_eager(fused.blocks[0].to(device), torch.randn(2, 33, 16, device=device))
     assert len(calls) == 2  # the eager block and the traced one
+
+
+@pytest.mark.parametrize("store_hidden", [False, True], ids=["recompute", "stored"])
+def test_fold_recomputing_layer0_input_matches_float64(tmlp, proj, device, monkeypatch, store_hidden):
+    """``RECOMPUTE_H0`` with the fold: LN(x1) recomputed from the x1 the forward wrote."""
+    monkeypatch.setattr(tmlp, "RECOMPUTE_H0", True)
+    test_folded_projection_matches_float64(tmlp, proj, device, store_hidden, 16, 3, "gelu_tanh")
+
+
+def test_flare_with_every_opt_in_fold_matches_torch(tmlp, proj, device, monkeypatch):
+    """The benchmark's ``-all`` rows: the key/value pair, the folded residual, the folded projection and
+    LN(x) recomputed, all at once, against the float64 PyTorch model."""
+    from flare_lightning.kernels import triton_mlp_pair
+    from tests.kernels.test_fused_mlp import assert_matches_plain, flare_pair
+
+    calls = counting_fold(proj, monkeypatch)
+    monkeypatch.setattr(triton_mlp_pair, "KV_PAIR", True)
+    monkeypatch.setattr(tmlp, "FOLD_RESIDUAL", True)
+    monkeypatch.setattr(tmlp, "RECOMPUTE_H0", True)
+    plain, fused = flare_pair(2, True)
+    assert_matches_plain(plain, fused.to(device), device, seed=6, n=37, short=23)
+    assert len(calls) == len(fused.blocks)
