@@ -54,7 +54,7 @@ LOW = {
     "mlp_fwd_kernel": {"hid_ptr", "wt_ptr", "y_ptr", "pt_ptr"},
     "mlp_bwd_kernel": {"hid_ptr", "w_ptr", "wt_ptr"},
     "mlp_bwd_da_kernel": {"hid_ptr", "h0_ptr", "da_ptr", "w_ptr", "wt_ptr", "p_ptr", "dy_ptr"},
-    "mlp_dw_kernel": {"da_ptr", "dout_ptr", "h0_ptr", "hid_ptr", "dx_ptr", "y_ptr"},
+    "mlp_dw_kernel": {"da_ptr", "dout_ptr", "h0_ptr", "hid_ptr", "dx_ptr", "y_ptr", "x_ptr"},
 }
 FLOATS = {"qk_scale", "scale", "eps"}
 TYPE = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
