@@ -292,7 +292,7 @@ def _backward_split(x: Tensor, x2: Tensor, grad: Tensor, hidden: Tensor | None, 
     lnw, lnb, has_ln = ln
     dln = torch.zeros(tiles if has_ln else 1, 2, c, device=device, dtype=f32)
     dot, prec = dot_type(compute_dtype), input_precision(compute_dtype)
-    recompute = h0 is None and not store_h0  # no one wrote LN(x): both kernels recompute it from x
+    recompute = h0 is None and RECOMPUTE_H0  # no one wrote LN(x): both kernels recompute it from x
     da_arg = da if da.numel() else grad  # one layer, read from grad (then in the dot dtype): any such pointer
     h0_arg = da_arg if recompute else h0
     kernels.mlp_bwd_da_kernel[(tiles,)](

@@ -137,15 +137,20 @@ def adam_group_update_(
     torch._foreach_add_(params, update)
 
 
+def by_dtype(tensors: list[Tensor]) -> list[list[Tensor]]:
+    """``tensors`` grouped by dtype, in order (multi-tensor kernels take one dtype a list)."""
+    groups: dict[torch.dtype, list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.dtype, []).append(t)
+    return list(groups.values())
+
+
 @torch.no_grad()
 def zero_where_(tensors: list[Tensor], condition: Tensor) -> None:
     """Zero all ``tensors`` in place when the device bool ``condition`` holds, without reading it on
     the host. There is no multi-tensor "where", and a kernel per tensor would be hundreds a step:
     the tensors go into one flat buffer per dtype, it is zeroed or not, and they are copied back."""
-    by_dtype: dict[torch.dtype, list[Tensor]] = {}
-    for t in tensors:
-        by_dtype.setdefault(t.dtype, []).append(t)
-    for same in by_dtype.values():
+    for same in by_dtype(tensors):
         flat = torch.cat([t.reshape(-1) for t in same]).masked_fill_(condition, 0.0)
         torch._foreach_copy_(same, [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in same]), same)])
 

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flare_lightning.training.adam_update import by_dtype
+
 
 class DeviceLossScale:
     """Dynamic loss scaling as ``torch.amp.GradScaler`` does it, with every value on ``device``.
@@ -72,10 +74,7 @@ class DeviceLossScale:
         (GradScaler's kernel and arithmetic: one multi-tensor pass, the inverse taken in float64)."""
         self.skip.zero_()
         self._inv_scale.copy_(self.scale.double().reciprocal().float())
-        by_dtype: dict[torch.dtype, list[Tensor]] = {}
-        for g in grads:
-            by_dtype.setdefault(g.dtype, []).append(g)
-        for same in by_dtype.values():
+        for same in by_dtype(grads):
             torch._amp_foreach_non_finite_check_and_unscale_(same, self.skip, self._inv_scale)
 
     @torch.no_grad()

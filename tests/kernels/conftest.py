@@ -108,6 +108,22 @@ def tmlp():
     return triton_mlp
 
 
+@pytest.fixture
+def pair(tmlp):
+    """``triton_mlp_pair``, the key/value MLPs as one op (its kernels as ``tmlp``'s)."""
+    from flare_lightning.kernels import triton_mlp_pair
+
+    return triton_mlp_pair
+
+
+@pytest.fixture
+def proj(tmlp):
+    """``triton_mlp_proj``, the output projection folded into the feed-forward (its kernels as ``tmlp``'s)."""
+    from flare_lightning.kernels import triton_mlp_proj
+
+    return triton_mlp_proj
+
+
 @pytest.fixture(scope="session")
 def tm():
     """The Triton mixer module (see ``triton_mixer_module``)."""

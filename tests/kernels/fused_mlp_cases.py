@@ -100,3 +100,12 @@ def assert_compiles_like_eager(block: torch.nn.Module, x: torch.Tensor) -> None:
         torch._dynamo.reset()
     for got, want in ((out, expected), (g_out, g_expected)):
         assert ((got - want).norm() / want.norm()).item() < 1e-4
+
+
+def switched_on(module, op: str, switch: str, monkeypatch) -> list:
+    """Set ``module.<switch>`` True for the test and count the calls of ``module.<op>`` (each appends to the list)."""
+    calls = []
+    original = getattr(module, op)
+    monkeypatch.setattr(module, op, lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(module, switch, True)
+    return calls

@@ -10,14 +10,9 @@ pytest.importorskip("triton")
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
 
 from flare_lightning.kernels.fused_mlp import fused_mlp  # noqa: E402
-from tests.kernels.fused_mlp_cases import assert_compiles_like_eager, launched_with, random_mlp, small_tiles  # noqa: E402
-
-
-@pytest.fixture
-def pair(tmlp):
-    from flare_lightning.kernels import triton_mlp_pair
-
-    return triton_mlp_pair
+from tests.kernels.fused_mlp_cases import (  # noqa: E402
+    assert_compiles_like_eager, launched_with, random_mlp, small_tiles, switched_on,
+)
 
 
 def two_mlps(width: int, layers: int, act: str, seed: int):
@@ -99,10 +94,7 @@ def test_flare_with_paired_key_value_mlps_matches_torch(tmlp, pair, device, monk
     outputs and every parameter's gradient against the float64 PyTorch MLPs."""
     from tests.kernels.test_fused_mlp import assert_matches_plain, flare_pair
 
-    calls = []
-    original = pair.fused_mlp_pair_triton
-    monkeypatch.setattr(pair, "fused_mlp_pair_triton", lambda *a, **k: calls.append(1) or original(*a, **k))
-    monkeypatch.setattr(pair, "KV_PAIR", True)
+    calls = switched_on(pair, "fused_mlp_pair_triton", "KV_PAIR", monkeypatch)
     plain, fused = flare_pair(1, store_hidden)
     assert_matches_plain(plain, fused.to(device), device, seed=5, n=37, short=23)
     assert len(calls) == len(fused.blocks)  # one pair op per block
@@ -128,10 +120,7 @@ def test_compiled_block_with_the_pair_has_no_graph_break(tmlp, pair, device, mon
     (the switch read while tracing), and it computes what the eager block does."""
     from tests.kernels.test_fused_mlp import flare_pair
 
-    calls = []
-    original = pair.fused_mlp_pair_triton
-    monkeypatch.setattr(pair, "fused_mlp_pair_triton", lambda *a, **k: calls.append(1) or original(*a, **k))
-    monkeypatch.setattr(pair, "KV_PAIR", True)
+    calls = switched_on(pair, "fused_mlp_pair_triton", "KV_PAIR", monkeypatch)
     _, fused = flare_pair(4)
     assert_compiles_like_eager(fused.blocks[0].to(device), torch.randn(2, 33, 16, device=device))
     assert len(calls) == 2  # the eager block and the traced one

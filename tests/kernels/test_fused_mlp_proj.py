@@ -11,14 +11,7 @@ import torch
 pytest.importorskip("triton")
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
 
-from tests.kernels.fused_mlp_cases import launched_with, random_mlp, small_tiles  # noqa: E402
-
-
-@pytest.fixture
-def proj(tmlp):
-    from flare_lightning.kernels import triton_mlp_proj
-
-    return triton_mlp_proj
+from tests.kernels.fused_mlp_cases import launched_with, random_mlp, small_tiles, switched_on  # noqa: E402
 
 
 def reference(width: int, layers: int, act: str, seed: int):
@@ -123,12 +116,8 @@ def test_opcheck(tmlp, proj, device):
 
 
 def counting_fold(proj, monkeypatch) -> list:
-    """Turn ``FOLD_PROJECTION`` on and count the calls of the fold."""
-    calls = []
-    original = proj.fused_mlp_proj_triton
-    monkeypatch.setattr(proj, "fused_mlp_proj_triton", lambda *a, **k: calls.append(1) or original(*a, **k))
-    monkeypatch.setattr(proj, "FOLD_PROJECTION", True)
-    return calls
+    """``FOLD_PROJECTION`` on, the fold's calls counted."""
+    return switched_on(proj, "fused_mlp_proj_triton", "FOLD_PROJECTION", monkeypatch)
 
 
 @pytest.mark.parametrize("store_hidden", [False, True], ids=["recompute", "stored"])
